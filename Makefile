@@ -1,0 +1,51 @@
+# skinflow: `make demo` runs the main job, `make test` runs the suite. Both install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.skinflow-installed
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features stack-up stack-down stack-status clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the declared dependencies change (idempotent).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/skinflow demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -ra tests/unit
+
+bench: bench-train bench-overhead bench-features
+
+bench-train: install
+	$(PY) bench/bench_train.py $(BENCH_ARGS)
+
+bench-overhead: install
+	$(PY) bench/bench_overhead.py $(BENCH_ARGS)
+
+bench-features: install
+	$(PY) bench/bench_features.py $(BENCH_ARGS)
+
+stack-up: install
+	bash infra/stack.sh up
+
+stack-down:
+	bash infra/stack.sh down
+
+stack-status:
+	bash infra/stack.sh status
+
+clean:
+	rm -rf data/demo mlruns mlartifacts .pytest_cache

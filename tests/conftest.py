@@ -1,0 +1,119 @@
+"""Shared fixtures: real services started once per test session on 127.0.0.1 free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+ISIC9 = REPO.parent / "shared" / "data" / "isic9"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"service for {url} exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+class Service:
+    """A subprocess bound to 127.0.0.1, stopped (whole process group) on close."""
+
+    def __init__(self, name: str, cmd: list[str], health: str, log_dir: Path, env: dict | None = None,
+                 timeout: float = 90):
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True, cwd=log_dir)
+        try:
+            wait_http(health, timeout, self.proc, self.log)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Dummy credentials for the local moto endpoint (never real secrets)."""
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory, aws_env):
+    """A real S3 HTTP endpoint: moto's standalone server on a free 127.0.0.1 port."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp("moto")
+    svc = Service("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                  f"http://127.0.0.1:{port}/moto-api/", logs, env=aws_env, timeout=60)
+    yield f"http://127.0.0.1:{port}"
+    svc.close()
+
+
+@pytest.fixture()
+def s3(s3_endpoint):
+    """``(storage, bucket_uri)``: a fresh bucket on the real local endpoint per test."""
+    from ml.settings import Settings
+    from ml.storage import Storage
+
+    settings = Settings(s3_endpoint_url=s3_endpoint, s3_max_attempts=2)
+    storage = Storage(settings)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    storage.client.create_bucket(Bucket=bucket)
+    return storage, f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def isic9() -> Path:
+    if not ISIC9.is_dir():
+        pytest.skip(f"real-data test: {ISIC9} is absent (it is provided at ../shared/data/isic9)")
+    return ISIC9
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """A tiny synthetic SD-198-style ImageFolder (10 classes x 8 images, 32 px)."""
+    from ml.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    generate(out, SynthConfig(per_class=8, size=32, seed=0), progress=False)
+    return out
