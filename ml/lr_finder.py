@@ -1,0 +1,230 @@
+"""LR range test (Smith): ramp the LR over mini-batches, watch the smoothed loss, bracket the choice.
+
+The thesis stresses a *bracket* on the log scale rather than a point: :func:`bracket_around`
+returns ``chosen / 10**(w/2) .. chosen * 10**(w/2)`` (``w = width_decades``, one decade by default,
+i.e. ``chosen / sqrt(10) .. chosen * sqrt(10)``), clipped to the range of LRs actually tested.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MODES = ("exp", "linear")
+
+StepCallback = Callable[[int, float, float, float], None]
+"""Called after every iteration with ``(iteration, lr, raw_loss, smoothed_loss)``."""
+
+
+@dataclass
+class LRFinderResult:
+    """History of an LR range test and the LRs suggested from it."""
+
+    lrs: list[float]
+    losses: list[float]
+    raw_losses: list[float]
+    suggestions: dict[str, float]
+    chosen: float
+    bracket: tuple[float, float]
+    stopped_early: bool
+
+
+def ramp(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> list[float]:
+    """The ``num_iter`` LRs of the test, from ``start_lr`` to ``end_lr`` inclusive.
+
+    ``exp``: ``start * (end / start) ** (i / (num_iter - 1))``; ``linear``: evenly spaced.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    if num_iter < 2:
+        raise ValueError(f"num_iter must be >= 2, got {num_iter}")
+    if not 0 < start_lr < end_lr:
+        raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
+    fractions = [i / (num_iter - 1) for i in range(num_iter)]
+    if mode == "exp":
+        return [start_lr * (end_lr / start_lr) ** f for f in fractions]
+    return [start_lr + (end_lr - start_lr) * f for f in fractions]
+
+
+def lr_range_test(
+    model: torch.nn.Module,
+    loader: Iterable,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.98,
+    diverge: float = 4.0,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    step_callback: StepCallback | None = None,
+) -> LRFinderResult:
+    """Run the LR range test and restore ``model`` and ``optimizer`` to their state before it.
+
+    The loader yields ``(inputs, targets, ...)`` batches and is cycled when shorter than
+    ``num_iter``. The ramped LR goes to the parameter group with the largest initial LR; the
+    other groups keep their ratio to it (discriminative LRs). The smoothed loss is the debiased
+    EMA ``avg_i / (1 - smooth**(i + 1))``; the test stops early once it exceeds ``diverge`` times
+    the best smoothed loss so far, or the loss is no longer finite. Batches are moved to
+    ``device`` (default: the device of the model's parameters, where the model must already be).
+    Gradients are left as ``None`` afterwards.
+    """
+    lrs_plan = ramp(start_lr, end_lr, num_iter, mode)
+    if not 0.0 <= smooth < 1.0:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+    if not diverge > 1.0:
+        raise ValueError(f"diverge must be > 1, got {diverge}")
+    bases = [float(g["lr"]) for g in optimizer.param_groups]
+    if not max(bases) > 0:
+        raise ValueError(f"the optimizer's parameter groups need a positive initial lr, got {bases}")
+    scales = [b / max(bases) for b in bases]
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16 and dev.type == "cuda")
+
+    model_state = copy.deepcopy(model.state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    was_training = model.training
+    lrs: list[float] = []
+    losses: list[float] = []
+    raw_losses: list[float] = []
+    stopped_early = False
+    try:
+        model.train()
+        batches = _cycle(loader)
+        avg, best = 0.0, math.inf
+        for i, lr in enumerate(lrs_plan):
+            for group, scale in zip(optimizer.param_groups, scales):
+                group["lr"] = lr * scale
+            inputs, targets = next(batches)[:2]
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = loss_fn(model(inputs.to(dev)), targets.to(dev))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                if i == 0:
+                    raise ValueError(
+                        f"loss is {value} at the first step (lr={lr:g}): check the model, data and loss_fn"
+                    )
+                stopped_early = True
+                break
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            avg = smooth * avg + (1.0 - smooth) * value
+            smoothed = avg / (1.0 - smooth ** (i + 1))
+            lrs.append(lr)
+            raw_losses.append(value)
+            losses.append(smoothed)
+            if step_callback is not None:
+                step_callback(i, lr, value, smoothed)
+            best = min(best, smoothed)
+            if smoothed > diverge * best:
+                stopped_early = i < num_iter - 1
+                break
+    finally:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+    if len(lrs) < 2:
+        raise ValueError(
+            f"the loss diverged after {len(lrs)} iteration(s) (start_lr={start_lr:g}): "
+            "lower start_lr or end_lr so that the range test records at least 2 points"
+        )
+    suggestions = suggest(lrs, losses)
+    chosen = suggestions["valley"]
+    return LRFinderResult(
+        lrs=lrs,
+        losses=losses,
+        raw_losses=raw_losses,
+        suggestions=suggestions,
+        chosen=chosen,
+        bracket=bracket_around(chosen, lrs),
+        stopped_early=stopped_early,
+    )
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
+    """LR suggestions from a (smoothed) loss curve.
+
+    - ``valley``: the longest strictly descending subsequence of the losses (fastai's "valley"),
+      taking the point two thirds of the way from its start to its end (lower, safer LRs than
+      its bottom).
+    - ``steepest``: the LR where ``d loss / d log10(lr)`` is most negative (``numpy.gradient``).
+    - ``min_div10``: the LR of the minimum loss divided by 10.
+    """
+    x, y = _check_curve(lrs, losses)
+    start, end = _longest_descent(y)
+    valley = int(start + (2 * (end - start)) // 3)
+    steepest = int(np.argmin(np.gradient(y, np.log10(x))))
+    return {
+        "valley": float(x[valley]),
+        "steepest": float(x[steepest]),
+        "min_div10": float(x[int(np.argmin(y))] / 10.0),
+    }
+
+
+def bracket_around(lr: float, lrs: Sequence[float], width_decades: float = 1.0) -> tuple[float, float]:
+    """``(lr / 10**(w/2), lr * 10**(w/2))`` with ``w = width_decades``, clipped to ``[min(lrs), max(lrs)]``."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not width_decades > 0:
+        raise ValueError(f"width_decades must be > 0, got {width_decades}")
+    if len(lrs) == 0:
+        raise ValueError("lrs is empty: need the tested LRs to clip the bracket")
+    half = 10.0 ** (width_decades / 2)
+    return max(lr / half, float(min(lrs))), min(lr * half, float(max(lrs)))
+
+
+def _longest_descent(y: np.ndarray) -> tuple[int, int]:
+    """First and last index of the first-ending longest strictly decreasing subsequence."""
+    n = len(y)
+    length = [1] * n
+    prev = list(range(n))
+    for i in range(1, n):
+        for j in range(i):
+            if y[i] < y[j] and length[j] + 1 > length[i]:
+                length[i], prev[i] = length[j] + 1, j
+    end = int(np.argmax(length))
+    start = end
+    while prev[start] != start:
+        start = prev[start]
+    return start, end
+
+
+def _check_curve(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"lrs and losses must be 1-d and equally long, got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 points to suggest an LR, got {len(x)}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("lrs and losses must be finite")
+    if not (np.all(x > 0) and np.all(np.diff(x) > 0)):
+        raise ValueError("lrs must be positive and strictly increasing")
+    return x, y
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    """Yield batches forever, restarting ``loader`` when it is exhausted."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the loader yielded no batches")

@@ -1,0 +1,168 @@
+"""Optimisers and per-iteration learning-rate schedules for the thesis's training variants.
+
+Variants (thesis ch. 3):
+
+- ``sgd``: SGD with momentum, one LR for every group, step decay (x ``gamma`` every ``step_epochs``).
+- ``adam``: Adam, one LR for every group, the same step decay.
+- ``sgdr``: SGD with momentum, cosine annealing from ``lr`` to ``lr_min`` with a warm restart
+  every epoch (torch's ``CosineAnnealingWarmRestarts`` with ``T_0`` counted in iterations).
+- ``sgdr_dlr``: as ``sgdr`` with discriminative LRs, log-spaced from ``dlr_ratio * lr`` (first
+  group) to ``lr`` (head). Every group anneals to its own floor ``base_g * lr_min / lr``.
+  ``CosineAnnealingWarmRestarts`` has a single absolute ``eta_min`` shared by all groups, which
+  would squash the low-LR groups' cosine; a multiplicative factor in ``LambdaLR``
+  (:class:`WarmRestartCosine`) scales each group's whole curve instead.
+- ``sgdr_dlr_clm``: as ``sgdr_dlr`` with cycle length multiplication (cycles of 1, 2, 4, ... epochs).
+
+Every scheduler is stepped once per training iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, LRScheduler, StepLR
+
+VARIANTS = ("sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm")
+
+
+@dataclass
+class Schedule:
+    """An optimiser with its per-iteration scheduler and the variant's snapshot points."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    variant: str
+    cycle_end_iters: list[int]
+
+    def lrs(self) -> list[float]:
+        """Current learning rate of each parameter group."""
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+
+class WarmRestartCosine:
+    """Multiplicative LR factor of SGDR: cosine from 1 to ``floor`` with warm restarts.
+
+    After ``step`` iterations inside a cycle of ``T_i`` iterations (``t_cur`` iterations into it)
+    the factor is ``floor + (1 - floor) * (1 + cos(pi * t_cur / T_i)) / 2``; cycle ``i`` lasts
+    ``t0 * t_mult**i`` iterations. A callable object (not a lambda) so that ``LambdaLR`` saves it
+    in its ``state_dict``.
+    """
+
+    def __init__(self, t0: int, t_mult: int = 1, floor: float = 0.01) -> None:
+        if t0 < 1 or t_mult < 1:
+            raise ValueError(f"t0 and t_mult must be >= 1, got t0={t0}, t_mult={t_mult}")
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {floor}")
+        self.t0 = t0
+        self.t_mult = t_mult
+        self.floor = floor
+
+    def position(self, step: int) -> tuple[int, int]:
+        """``(t_cur, T_i)`` after ``step`` completed iterations."""
+        t_cur, t_i = step, self.t0
+        while t_cur >= t_i:
+            t_cur -= t_i
+            t_i *= self.t_mult
+        return t_cur, t_i
+
+    def __call__(self, step: int) -> float:
+        t_cur, t_i = self.position(step)
+        return self.floor + (1.0 - self.floor) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
+
+
+def group_lrs(lr: float, n_groups: int, ratio: float = 0.01) -> list[float]:
+    """Log-spaced LRs from ``ratio * lr`` (first group) to ``lr`` (last group, the head)."""
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if n_groups == 1:
+        return [lr]
+    return [lr * ratio ** ((n_groups - 1 - g) / (n_groups - 1)) for g in range(n_groups)]
+
+
+def cycle_end_iters(steps_per_epoch: int, epochs: int, t0_epochs: int = 1, t_mult: int = 1) -> list[int]:
+    """Iteration counts at which a full warm-restart cycle completes within ``epochs`` epochs.
+
+    Cycle ``i`` lasts ``t0_epochs * t_mult**i`` epochs; a partial last cycle is not listed.
+    """
+    _check_positive(steps_per_epoch=steps_per_epoch, epochs=epochs, t0_epochs=t0_epochs, t_mult=t_mult)
+    total = steps_per_epoch * epochs
+    ends: list[int] = []
+    end, length = 0, t0_epochs * steps_per_epoch
+    while end + length <= total:
+        end += length
+        ends.append(end)
+        length *= t_mult
+    return ends
+
+
+def make_schedule(
+    variant: str,
+    param_groups: list[list[torch.nn.Parameter]],
+    lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    lr_min: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    step_epochs: int | None = None,
+    gamma: float = 0.1,
+    dlr_ratio: float = 0.01,
+    cycle_mult: int = 2,
+) -> Schedule:
+    """Build the optimiser and per-iteration scheduler of ``variant`` (one of :data:`VARIANTS`).
+
+    ``param_groups`` are the model's layer groups, first (stem) to last (head). ``lr_min``
+    (default ``lr / 100``) is the cosine floor of the head; ``step_epochs`` (default
+    ``max(1, epochs // 3)``) and ``gamma`` define the step decay of ``sgd``/``adam``;
+    ``momentum`` is ignored by ``adam``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    _check_positive(steps_per_epoch=steps_per_epoch, epochs=epochs)
+    if not param_groups:
+        raise ValueError("param_groups is empty: pass at least one non-empty list of parameters")
+    empty = [i for i, g in enumerate(param_groups) if len(g) == 0]
+    if empty:
+        raise ValueError(f"parameter groups {empty} are empty: every group needs >= 1 parameter")
+    lr_min = lr / 100 if lr_min is None else lr_min
+    if not 0.0 <= lr_min <= lr:
+        raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min}")
+
+    total = steps_per_epoch * epochs
+    dlr = variant in ("sgdr_dlr", "sgdr_dlr_clm")
+    lrs = group_lrs(lr, len(param_groups), dlr_ratio) if dlr else [lr] * len(param_groups)
+    groups = [{"params": list(p), "lr": g_lr} for p, g_lr in zip(param_groups, lrs)]
+    if variant == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    scheduler: LRScheduler
+    if variant in ("sgd", "adam"):
+        step_epochs = max(1, epochs // 3) if step_epochs is None else step_epochs
+        _check_positive(step_epochs=step_epochs)
+        scheduler = StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+        return Schedule(optimizer, scheduler, variant, [total])
+    if variant == "sgdr":
+        scheduler = CosineAnnealingWarmRestarts(optimizer, T_0=steps_per_epoch, eta_min=lr_min)
+        return Schedule(optimizer, scheduler, variant, cycle_end_iters(steps_per_epoch, epochs))
+    t_mult = cycle_mult if variant == "sgdr_dlr_clm" else 1
+    _check_positive(cycle_mult=t_mult)
+    scheduler = LambdaLR(optimizer, WarmRestartCosine(steps_per_epoch, t_mult, lr_min / lr))
+    return Schedule(optimizer, scheduler, variant, cycle_end_iters(steps_per_epoch, epochs, 1, t_mult))
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,105 @@
+"""Every plot writes a valid PNG, including edge cases (absent class, single epoch, one group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ml.lr_finder import LRFinderResult, bracket_around, suggest
+from ml.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule, save_image_grid
+from ml.schedules import make_schedule
+
+CLASSES = ["acne", "ulcer", "tumor"]
+
+
+def _assert_png(path: Path, returned: Path) -> tuple[int, int]:
+    assert returned == path and path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+    with Image.open(path) as im:
+        assert im.width > 100 and im.height > 100
+        return im.size
+
+
+def _finder_result(stopped_early: bool) -> LRFinderResult:
+    lrs = list(np.geomspace(1e-6, 1.0, 40))
+    x = np.log10(lrs)
+    losses = list(2 - np.tanh(x + 3) + np.exp(3 * (x + 0.5)))
+    raw = list(np.asarray(losses) + 0.05 * np.sin(np.arange(40)))
+    s = suggest(lrs, losses)
+    return LRFinderResult(lrs, losses, raw, s, s["valley"], bracket_around(s["valley"], lrs), stopped_early)
+
+
+@pytest.mark.parametrize("stopped_early", [False, True])
+def test_plot_lr_finder(tmp_path, stopped_early):
+    path = tmp_path / "plots" / "lr_finder.png"
+    _assert_png(path, plot_lr_finder(_finder_result(stopped_early), path))
+
+
+def test_plot_schedule_from_a_real_trace(tmp_path):
+    s = make_schedule("sgdr_dlr_clm", [[torch.nn.Parameter(torch.zeros(1))] for _ in range(3)], 0.1, 5, 3)
+    trace = []
+    for _ in range(15):
+        trace.append(s.lrs())
+        s.optimizer.step()
+        s.scheduler.step()
+    path = tmp_path / "schedule.png"
+    _assert_png(path, plot_schedule(trace, path, s.cycle_end_iters))
+    single = tmp_path / "single.png"
+    _assert_png(single, plot_schedule([[0.1], [0.0]], single))  # one group, a zero LR (linear axis)
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_schedule([], tmp_path / "x.png")
+
+
+def test_plot_curves_full_partial_and_single_epoch(tmp_path):
+    history = [
+        {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_accuracy": 0.5 + 0.1 * e,
+         "val_balanced_accuracy": 0.4 + 0.1 * e, "val_macro_f1": 0.45 + 0.1 * e}
+        for e in range(4)
+    ]
+    path = tmp_path / "curves.png"
+    _assert_png(path, plot_curves(history, path))
+    partial = tmp_path / "partial.png"
+    _assert_png(partial, plot_curves([{"train_loss": 0.9}], partial))
+    with pytest.raises(ValueError, match="history is empty"):
+        plot_curves([], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_plot_confusion_with_an_absent_class(tmp_path, normalize):
+    cm = np.array([[5, 2, 0], [1, 3, 0], [0, 0, 0]])  # tumor absent: zero row
+    path = tmp_path / f"cm_{normalize}.png"
+    _assert_png(path, plot_confusion(cm, CLASSES, path, normalize=normalize))
+    with pytest.raises(ValueError, match="does not match"):
+        plot_confusion(cm, CLASSES[:2], path)
+
+
+def test_plot_roc_with_an_absent_class(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=30)  # class 2 (tumor) never occurs
+    probs = rng.dirichlet(np.ones(3), size=30)
+    path = tmp_path / "roc.png"
+    _assert_png(path, plot_roc(y, probs, CLASSES, path))
+    with pytest.raises(ValueError, match="shape"):
+        plot_roc(y, probs[:, :2], CLASSES, path)
+
+
+def test_save_image_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "grid.png"
+    wide = _assert_png(path, save_image_grid(images, [f"img {i}" for i in range(5)], path, ncols=3))
+    gray = tmp_path / "gray.png"
+    _assert_png(gray, save_image_grid(images[:1, ..., :1], None, gray))
+    tall = tmp_path / "tall.png"
+    narrow = _assert_png(tall, save_image_grid(images, None, tall, ncols=1))
+    assert narrow[1] > narrow[0] and wide[0] > wide[1]  # the layout follows ncols
+    with pytest.raises(ValueError, match="uint8"):
+        save_image_grid(images.astype(np.float32), None, path)
+    with pytest.raises(ValueError, match="titles"):
+        save_image_grid(images, ["one"], path)
