@@ -1,0 +1,152 @@
+"""Decoded uint8 image cache at training size, keyed by manifest version and size.
+
+Layout: ``<cache_root>/<version>/<size>/`` with ``images.npy`` (N, size, size, 3 uint8, opened as a
+memory map), ``labels.npy`` (int64 indices into ``classes``), ``index.csv`` (path, label, split) and
+``meta.json`` (version, size, n, classes). A cache is built in a temporary folder and renamed into
+place, so a folder with a matching ``meta.json`` is always complete and is reused without decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from ml.images import BadImageError, load_rgb
+from ml.manifest import Manifest
+
+
+@dataclass
+class ImageCache:
+    """Decoded images (memory-mapped), label indices and split names of one manifest at one size."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    classes: list[str]
+    version: str
+    size: int
+    path: Path | None = None
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ImageCache:
+        """Open a complete cache folder (``<cache_root>/<version>/<size>``), e.g. in a Ray trial."""
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a complete image cache (no meta.json)")
+        return _open(folder)
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, labels)`` of one split (images are read into memory)."""
+        mask = self.splits == split
+        if not mask.any():
+            raise ValueError(f"cache {self.version}/{self.size} has no '{split}' records "
+                             f"(splits: {sorted(set(self.splits.tolist()))})")
+        return np.asarray(self.images[mask]), self.labels[mask]
+
+
+def resize_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to ``size`` and centre-crop to ``size`` x ``size``."""
+    return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+
+
+def _label_indices(manifest: Manifest) -> np.ndarray:
+    index = {c: i for i, c in enumerate(manifest.classes)}
+    unknown = sorted(set(manifest.records["label"]) - set(index))
+    if unknown:
+        raise ValueError(f"manifest labels {unknown} are not in its classes {manifest.classes}")
+    return manifest.records["label"].map(index).to_numpy(dtype=np.int64)
+
+
+def _meta(manifest: Manifest, size: int) -> dict:
+    return {"version": manifest.version, "size": size, "n": len(manifest.records), "classes": manifest.classes}
+
+
+def _open(folder: Path) -> ImageCache:
+    meta = json.loads((folder / "meta.json").read_text())
+    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False)
+    return ImageCache(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.load(folder / "labels.npy"),
+        splits=index["split"].to_numpy(dtype=str),
+        classes=list(meta["classes"]),
+        version=meta["version"],
+        size=int(meta["size"]),
+        path=folder.resolve(),
+    )
+
+
+def _is_complete(folder: Path, meta: dict) -> bool:
+    meta_file = folder / "meta.json"
+    return meta_file.is_file() and json.loads(meta_file.read_text()) == meta
+
+
+def _decode_into(images: np.ndarray, i: int, row: pd.Series, size: int,
+                 on_decode: Callable[[str], None] | None) -> None:
+    try:
+        img = load_rgb(row["local_path"])
+    except BadImageError as exc:
+        raise BadImageError(exc.reason, f"cannot cache {row['path']}: {exc.message}") from exc
+    images[i] = np.asarray(resize_crop(img, size))
+    if on_decode is not None:
+        on_decode(row["path"])
+
+
+def _write(folder: Path, manifest: Manifest, size: int, progress: bool, workers: int,
+           on_decode: Callable[[str], None] | None) -> None:
+    """Decode every record into ``folder`` (a fresh temporary folder)."""
+    records = manifest.records.reset_index(drop=True)
+    labels = _label_indices(manifest)
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(records), size, size, 3))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = pool.map(lambda i: _decode_into(images, i, records.iloc[i], size, on_decode), range(len(records)))
+        for _ in tqdm(jobs, total=len(records), desc=f"cache {size}px", disable=not progress):
+            pass
+    images.flush()
+    del images
+    np.save(folder / "labels.npy", labels)
+    records[["path", "label", "split"]].to_csv(folder / "index.csv", index=False)
+    (folder / "meta.json").write_text(json.dumps(_meta(manifest, size), indent=2))
+
+
+def build_cache(
+    manifest: Manifest,
+    size: int,
+    cache_root: str | Path,
+    progress: bool = False,
+    workers: int = 2,
+    on_decode: Callable[[str], None] | None = None,
+) -> ImageCache:
+    """Decode the manifest once at ``size`` px into ``cache_root/<version>/<size>/`` (or reuse it).
+
+    ``on_decode(path)`` is called after each image is decoded (never when the cache is reused).
+    A file that fails to decode raises :class:`BadImageError` naming it.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if manifest.records.empty:
+        raise ValueError(f"manifest {manifest.version} of {manifest.source} has no records to cache")
+    folder = Path(cache_root) / manifest.version / str(size)
+    if _is_complete(folder, _meta(manifest, size)):
+        return _open(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{size}.tmp-"))
+    try:
+        _write(tmp, manifest, size, progress, workers, on_decode)
+        if not _is_complete(folder, _meta(manifest, size)):  # else a concurrent build finished first
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete or stale cache
+            os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(folder)

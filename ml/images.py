@@ -1,0 +1,159 @@
+"""Robust decoding of one image: EXIF orientation, any mode to 8-bit RGB, and a never-raising check."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 89_478_485
+"""Default decompression-bomb limit (Pillow's default): images with more pixels are refused.
+Pillow itself refuses twice its ``Image.MAX_IMAGE_PIXELS`` whatever the limit given here."""
+
+ALLOWED_FORMATS = ("JPEG", "PNG")
+
+ImageSource = str | Path | bytes
+
+REASONS = ("zero_bytes", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "unreadable")
+
+
+class BadImageError(ValueError):
+    """An image that cannot be used; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of :func:`check_image`; ``reason``/``message`` are empty when ``ok``."""
+
+    ok: bool
+    reason: str
+    width: int
+    height: int
+    mode: str
+    format: str
+    bytes: int
+    message: str = ""
+
+
+def _open_bytes(src: ImageSource) -> tuple[bytes, str]:
+    """Read the raw bytes of ``src`` and a name for messages."""
+    if isinstance(src, bytes):
+        return src, "<bytes>"
+    path = Path(src)
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        raise BadImageError("unreadable", f"{path}: cannot read file ({exc})") from exc
+
+
+def _decode(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
+    """Open and fully decode ``data``, mapping every failure to a :class:`BadImageError`.
+
+    The pixel limit is checked from the header, before decoding. (No ``warnings`` filter is used for
+    Pillow's own DecompressionBombWarning: filters are process-wide and this runs in threads.)
+    """
+    if not data:
+        raise BadImageError("zero_bytes", f"{name}: file is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise BadImageError("not_an_image", f"{name}: not a recognised image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadImageError("decompression_bomb", f"{name}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError("unreadable", f"{name}: cannot parse the header ({exc})") from exc
+    _check_pixels(img, name, max_pixels)
+    try:
+        img.load()
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
+        raise BadImageError(reason, f"{name}: decoding failed ({exc})") from exc
+    except (SyntaxError, ValueError) as exc:
+        raise BadImageError("unreadable", f"{name}: decoding failed ({exc})") from exc
+    return img
+
+
+def _check_pixels(img: Image.Image, name: str, max_pixels: int | None) -> None:
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    pixels = img.width * img.height
+    if pixels > limit:
+        raise BadImageError(
+            "decompression_bomb", f"{name}: {img.width}x{img.height} = {pixels} pixels exceeds the limit of {limit}"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha composited on white, 16/32-bit scaled)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _high_depth_to_rgb(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit or 32-bit single-channel image to 8-bit grey by its nominal range."""
+    arr = np.asarray(img, dtype=np.float64)
+    gray = np.clip(np.rint(arr / _nominal_range(img.mode, arr) * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _nominal_range(mode: str, arr: np.ndarray) -> float:
+    """Full-scale value: 65535 for 16-bit modes, else the smallest of 255/65535/peak that holds the data."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    peak = float(arr.max(initial=0.0))
+    if peak <= 255.0:
+        return 255.0
+    return 65535.0 if peak <= 65535.0 else peak
+
+
+def load_rgb(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``src`` (path or bytes) fully, apply EXIF orientation and return an 8-bit RGB image.
+
+    Raises :class:`BadImageError` when the data is empty, truncated, not an image or too large.
+    """
+    data, name = _open_bytes(src)
+    img = _decode(data, name, max_pixels)
+    img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
+
+
+def _failed(reason: str, message: str, size: int = 0) -> ImageCheck:
+    return ImageCheck(False, reason, 0, 0, "", "", size, message)
+
+
+def check_image(
+    path: ImageSource, max_pixels: int | None = None, allowed_formats: tuple[str, ...] = ALLOWED_FORMATS
+) -> ImageCheck:
+    """Check that ``path`` is a fully decodable JPEG/PNG within the pixel limit. Never raises."""
+    try:
+        data, name = _open_bytes(path)
+    except BadImageError as exc:
+        return _failed(exc.reason, exc.message)
+    try:
+        img = _decode(data, name, max_pixels)
+    except BadImageError as exc:
+        return _failed(exc.reason, exc.message, len(data))
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must be reported, not raised
+        return _failed("unreadable", f"{name}: {type(exc).__name__}: {exc}", len(data))
+    fmt = img.format or ""
+    found = ImageCheck(True, "", img.width, img.height, img.mode, fmt, len(data))
+    if fmt not in allowed_formats:
+        message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
+        return replace(found, ok=False, reason="unsupported_format", message=message)
+    return found

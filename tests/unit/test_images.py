@@ -1,0 +1,150 @@
+"""ml.images: EXIF orientation, mode conversion to 8-bit RGB, and every bad-file reason."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.images import BadImageError, check_image, load_rgb
+
+
+def _jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, **kwargs)
+    return buf.getvalue()
+
+
+def _marked(width: int = 40, height: int = 20) -> Image.Image:
+    """A grey image with a red block in the top-left corner, to follow rotations."""
+    arr = np.full((height, width, 3), 128, np.uint8)
+    arr[:8, :8] = (255, 0, 0)
+    return Image.fromarray(arr)
+
+
+def test_exif_orientation_6_rotates_the_image(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "rot.jpg"
+    path.write_bytes(_jpeg_bytes(_marked(), exif=exif.tobytes()))
+
+    raw = Image.open(path)
+    assert raw.size == (40, 20)
+    img = load_rgb(path)
+    assert img.size == (20, 40)
+    arr = np.asarray(img).astype(int)
+    # Rotated clockwise: the top-left red block moves to the top-right corner.
+    assert arr[3, 16, 0] > 200 and arr[3, 16, 1] < 60
+    assert arr[3, 3, 0] < 180 and abs(arr[3, 3, 0] - arr[3, 3, 2]) < 30
+
+
+@pytest.mark.parametrize(
+    ("mode", "make"),
+    [
+        ("L", lambda: Image.new("L", (8, 6), 200)),
+        ("LA", lambda: Image.new("LA", (8, 6), (10, 0))),
+        ("P", lambda: Image.new("RGB", (8, 6), (0, 0, 255)).convert("P")),
+        ("RGBA", lambda: Image.new("RGBA", (8, 6), (255, 0, 0, 0))),
+        ("CMYK", lambda: Image.new("CMYK", (8, 6), (0, 255, 255, 0))),
+        ("I;16", lambda: Image.fromarray(np.full((6, 8), 65535, np.uint16))),
+        ("I", lambda: Image.fromarray(np.full((6, 8), 32768, np.int32))),
+    ],
+)
+def test_every_mode_becomes_8bit_rgb(mode: str, make) -> None:
+    src = make()
+    assert src.mode == mode
+    buf = io.BytesIO()
+    src.save(buf, format="TIFF")
+    img = load_rgb(buf.getvalue())
+    assert img.mode == "RGB" and img.size == (8, 6)
+    pixel = np.asarray(img)[0, 0].tolist()
+    expected = {
+        "L": [200, 200, 200],
+        "LA": [255, 255, 255],  # fully transparent -> the white background
+        "P": [0, 0, 255],
+        "RGBA": [255, 255, 255],
+        "CMYK": [255, 0, 0],
+        "I;16": [255, 255, 255],  # 16-bit full scale -> 8-bit full scale
+        "I": [128, 128, 128],  # 32768 of 65535 -> 128 of 255
+    }[mode]
+    assert pixel == expected
+
+
+def test_semi_transparent_rgba_is_composited_on_white() -> None:
+    buf = io.BytesIO()
+    Image.new("RGBA", (4, 4), (0, 0, 0, 128)).save(buf, format="PNG")
+    assert np.asarray(load_rgb(buf.getvalue()))[0, 0].tolist() == [127, 127, 127]
+
+
+def test_good_jpeg_and_png_pass_the_check(tmp_path: Path) -> None:
+    for fmt, name in (("JPEG", "a.jpg"), ("PNG", "b.png")):
+        _marked().save(tmp_path / name, format=fmt)
+        result = check_image(tmp_path / name)
+        assert result.ok and result.reason == ""
+        assert (result.width, result.height, result.format, result.mode) == (40, 20, fmt, "RGB")
+        assert result.bytes == (tmp_path / name).stat().st_size
+
+
+def _write_bad(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "zero_bytes":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        rng = np.random.default_rng(0)
+        data = _jpeg_bytes(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not_an_image":
+        path.write_text("this is a text file with a .jpg name\n")
+    elif kind == "unsupported_format":
+        path = tmp_path / "x.gif"
+        _marked().save(path, format="GIF")
+    return path
+
+
+@pytest.mark.parametrize("reason", ["zero_bytes", "truncated", "not_an_image", "unsupported_format"])
+def test_bad_files_are_reported_with_their_reason(tmp_path: Path, reason: str) -> None:
+    path = _write_bad(tmp_path, reason)
+    result = check_image(path)
+    assert not result.ok
+    assert result.reason == reason
+    assert path.name in result.message or reason == "unsupported_format"
+    assert result.bytes == path.stat().st_size
+
+
+def test_bmp_is_unsupported_but_decodable(tmp_path: Path) -> None:
+    path = tmp_path / "x.bmp"
+    _marked().save(path, format="BMP")
+    result = check_image(path)
+    assert (result.ok, result.reason, result.format) == (False, "unsupported_format", "BMP")
+    assert "BMP" in result.message
+    assert load_rgb(path).size == (40, 20)
+
+
+def test_decompression_bomb_limit_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(path)
+    assert check_image(path).ok
+    result = check_image(path, max_pixels=5_000)
+    assert (result.ok, result.reason) == (False, "decompression_bomb")
+    assert "10000" in result.message and "5000" in result.message
+    with pytest.raises(BadImageError) as err:
+        load_rgb(path, max_pixels=5_000)
+    assert err.value.reason == "decompression_bomb"
+
+
+@pytest.mark.parametrize("reason", ["zero_bytes", "truncated", "not_an_image"])
+def test_load_rgb_raises_bad_image_error_naming_the_file(tmp_path: Path, reason: str) -> None:
+    path = _write_bad(tmp_path, reason)
+    with pytest.raises(BadImageError) as err:
+        load_rgb(path)
+    assert err.value.reason == reason
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    result = check_image(tmp_path / "nope.jpg")
+    assert (result.ok, result.reason) == (False, "unreadable")
+    assert "nope.jpg" in result.message

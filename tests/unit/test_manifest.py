@@ -1,0 +1,195 @@
+"""ml.manifest: ImageFolder and CSV sources, versions, class maps, bad inputs, save/load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ml.manifest import Manifest, build_manifest, load_class_map
+
+CLASSES = ("acne", "tumor", "wheal")
+
+
+def write_image(path: Path, seed: int, size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def make_folder(root: Path, classes=CLASSES, per_class: int = 3) -> Path:
+    for ci, label in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / label / f"{label}_{i}.jpg", seed=100 * ci + i)
+    return root
+
+
+def write_csv(folder: Path, name: str = "manifest.csv", **columns) -> Path:
+    path = folder / name
+    pd.DataFrame(columns).to_csv(path, index=False)
+    return path
+
+
+def folder_as_csv(root: Path) -> Path:
+    files = sorted(p for p in root.rglob("*.jpg"))
+    return write_csv(root, path=[p.relative_to(root).as_posix() for p in files], label=[p.parent.name for p in files])
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "ds")
+
+
+def test_image_folder_records(folder: Path) -> None:
+    m = build_manifest(folder)
+    assert m.classes == list(CLASSES)
+    assert len(m.records) == 9 and m.bad.empty
+    assert list(m.records.columns) == ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
+    first = m.records.iloc[0]
+    assert Path(first.path).is_file() and first.local_path == first.path
+    assert first.bytes == Path(first.path).stat().st_size
+    assert set(m.records["split"]) == {""}
+    assert m.summary()["counts"] == {c: {"unassigned": 3} for c in CLASSES}
+
+
+def test_folder_and_csv_give_the_same_records_and_version(folder: Path) -> None:
+    from_folder = build_manifest(folder)
+    from_csv = build_manifest(folder_as_csv(folder))
+    cols = ["path", "label", "split", "sha256", "bytes"]
+    pd.testing.assert_frame_equal(from_folder.records[cols], from_csv.records[cols])
+    assert from_folder.version == from_csv.version
+    assert len(from_folder.version) == 16 and int(from_folder.version, 16) >= 0
+
+
+def test_csv_paths_may_be_absolute(folder: Path, tmp_path: Path) -> None:
+    files = sorted(folder.rglob("*.jpg"))
+    csv = write_csv(tmp_path, "abs.csv", path=[str(p) for p in files], label=[p.parent.name for p in files])
+    m = build_manifest(csv)
+    assert sorted(m.records["path"]) == sorted(str(p) for p in files)
+    assert m.classes == list(CLASSES)
+
+
+def test_version_is_stable_and_tracks_bytes_and_labels(folder: Path) -> None:
+    v1 = build_manifest(folder).version
+    assert build_manifest(folder).version == v1
+
+    csv = folder_as_csv(folder)
+    assert build_manifest(csv).version == v1
+    table = pd.read_csv(csv)
+    table.loc[0, "label"] = "wheal" if table.loc[0, "label"] != "wheal" else "acne"
+    table.to_csv(csv, index=False)
+    assert build_manifest(csv).version != v1
+    csv.unlink()
+
+    target = next(iter(sorted(folder.rglob("*.jpg"))))
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the entropy-coded data
+    target.write_bytes(bytes(data))
+    assert build_manifest(folder, check=False).version != v1
+
+
+def test_split_layout_is_detected(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    make_folder(root / "train", per_class=3)
+    make_folder(root / "test", per_class=1)
+    (root / "NOTICE.md").write_text("licence notes")
+    m = build_manifest(root)
+    assert m.classes == list(CLASSES)
+    assert m.records.groupby("split").size().to_dict() == {"test": 3, "train": 9}
+    assert m.bad.empty
+    assert m.summary()["counts"]["acne"] == {"test": 1, "train": 3}
+
+
+def test_bad_files_are_reported_not_dropped(folder: Path) -> None:
+    (folder / "acne" / "empty.jpg").write_bytes(b"")
+    (folder / "tumor" / "notes.jpg").write_text("not an image")
+    good = (folder / "wheal" / "wheal_0.jpg").read_bytes()
+    (folder / "wheal" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    write_image(folder / "stray.jpg", seed=7)
+    m = build_manifest(folder)
+    assert len(m.records) == 9
+    reasons = dict(zip(m.bad["path"].map(lambda p: Path(p).name), m.bad["reason"], strict=True))
+    assert reasons == {"empty.jpg": "zero_bytes", "notes.jpg": "not_an_image", "cut.jpg": "truncated",
+                       "stray.jpg": "no_label"}
+    assert (m.bad["message"].str.len() > 0).all()
+    assert m.summary()["bad"] == {"zero_bytes": 1, "not_an_image": 1, "truncated": 1, "no_label": 1}
+
+
+def test_csv_row_problems_become_bad_rows(folder: Path) -> None:
+    csv = write_csv(folder, path=["acne/acne_0.jpg", "acne/acne_0.jpg", "acne/gone.jpg", "tumor/tumor_0.jpg"],
+                    label=["acne", "acne", "acne", ""], split=["train", "train", "valid", "test"])
+    m = build_manifest(csv)
+    assert m.records["path"].map(lambda p: Path(p).name).tolist() == ["acne_0.jpg"]
+    assert sorted(m.bad["reason"]) == ["duplicate_entry", "missing_file", "no_label"]
+    assert "line 3" in m.bad.set_index("reason").loc["duplicate_entry", "message"]
+
+
+def test_csv_schema_errors_are_clear(folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        build_manifest(write_csv(folder, "a.csv", path=["acne/acne_0.jpg"], klass=["acne"]))
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        build_manifest(write_csv(folder, "b.csv", path=["acne/acne_0.jpg"], label=["acne"], split=["holdout"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_manifest(folder / "nope.csv")
+
+
+def test_class_map_maps_and_reports_unmapped(tmp_path: Path) -> None:
+    root = tmp_path / "sd"
+    for i, source in enumerate(["Acne_Vulgaris", "steroid acne", "Urticaria", "Bowens-Disease", "Mystery Rash"]):
+        write_image(root / source / f"{i}.jpg", seed=i)
+    m = build_manifest(root, class_map="sd198_to_10")
+    mapped = dict(zip(m.records["source_label"], m.records["label"], strict=True))
+    assert mapped == {"Acne_Vulgaris": "acne", "steroid acne": "acne", "Urticaria": "wheal",
+                      "Bowens-Disease": "crust"}
+    assert m.classes == ["acne", "crust", "wheal"]
+    assert m.bad[["label", "reason"]].values.tolist() == [["Mystery Rash", "unmapped_label"]]
+    assert "Mystery Rash" in m.bad["message"].iloc[0]
+
+
+def test_shipped_class_map_has_the_ten_labels() -> None:
+    cmap = load_class_map("sd198_to_10")
+    assert cmap.labels == ["acne", "alopecia", "blister", "crust", "erythema", "leukoderma", "macula", "tumor",
+                           "ulcer", "wheal"]
+    assert sum(len(v) for v in cmap.groups.values()) == 59
+    assert cmap.lookup("ERYTHEMA_AB_IGNE") == "erythema"
+    assert cmap.lookup("dermatofibroma") == "tumor"
+    assert cmap.lookup("macula") == "macula"
+    assert cmap.lookup("psoriasis") is None
+
+
+def test_class_map_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mapped to both 'a' and 'b'"):
+        load_class_map({"a": ["Foo Bar"], "b": ["foo_bar"]})
+    with pytest.raises(FileNotFoundError, match="sd198_to_10"):
+        load_class_map("no_such_map")
+    bad_yaml = tmp_path / "m.yaml"
+    bad_yaml.write_text("acne: Acne Vulgaris\n")
+    with pytest.raises(ValueError, match="must be a list"):
+        load_class_map(bad_yaml)
+
+
+def test_save_and_load_round_trip(folder: Path, tmp_path: Path) -> None:
+    (folder / "acne" / "empty.jpg").write_bytes(b"")
+    m = build_manifest(folder)
+    path = m.save(tmp_path / "out" / "manifest.csv")
+    assert path.with_suffix(".json").is_file()
+    loaded = Manifest.load(path)
+    pd.testing.assert_frame_equal(loaded.records, m.records)
+    pd.testing.assert_frame_equal(loaded.bad, m.bad)
+    assert (loaded.classes, loaded.source, loaded.version) == (m.classes, m.source, m.version)
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[0, "label"] = "tumor"
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="sidecar says"):
+        Manifest.load(path)
+
+
+def test_moved_dataset_keeps_its_version(folder: Path, tmp_path: Path) -> None:
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
+    assert build_manifest(moved).version == build_manifest(folder).version
