@@ -69,7 +69,8 @@ def _decode(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise BadImageError("decompression_bomb", f"{name}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError("unreadable", f"{name}: cannot parse the header ({exc})") from exc
+        reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
+        raise BadImageError(reason, f"{name}: cannot parse the header ({exc})") from exc
     _check_pixels(img, name, max_pixels)
     try:
         img.load()

@@ -148,3 +148,20 @@ def test_missing_file_is_unreadable_not_a_crash(tmp_path: Path) -> None:
     result = check_image(tmp_path / "nope.jpg")
     assert (result.ok, result.reason) == (False, "unreadable")
     assert "nope.jpg" in result.message
+
+
+def test_file_cut_inside_its_header_is_reported_as_truncated(tmp_path):
+    """A tiny JPEG cut in half loses part of its header: still a truncation, not 'unreadable'."""
+    import io
+
+    from PIL import Image
+
+    from ml.images import check_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 100)).save(buf, "JPEG")
+    data = buf.getvalue()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    check = check_image(path)
+    assert not check.ok and check.reason == "truncated", check
