@@ -1,0 +1,467 @@
+"""Great Expectations suites over the features table (:mod:`ml.features`) and tables derived from it.
+
+One suite per concern, thresholds from ``policies/validation.yaml``:
+
+* ``integrity``: files decode, original mode allowed, min side, format, bytes > 0, labels known;
+* ``class_balance``: min images per class, max/min ratio, KL divergence from the expected priors;
+* ``confounders``: share of confounder-flagged images per class, and Cramér's V between the label
+  and every metadata column present (a custom GX expectation, :class:`ExpectColumnPairCramersVToBeLessThan`);
+* ``duplicates_leakage``: no identical bytes under two labels, no exact or near duplicate across
+  splits, few duplicates within a split.
+
+GX binds one suite to one table, so a concern that reads two tables runs as two GX suites named
+``<concern>.<table>``; outcomes carry the concern. ``observed`` is GX's ``observed_value`` or, for
+row-wise expectations (which have none), the number of unexpected rows; ``details`` lists the
+offending ids (row-wise) or the derived table's values (aggregates).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import yaml
+from great_expectations.core.metric_domain_types import MetricDomainTypes
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import BatchExpectation
+from great_expectations.expectations.metrics.metric_provider import metric_value
+from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.stats.contingency import association
+
+POLICY_PATH = Path(__file__).resolve().parents[1] / "policies" / "validation.yaml"
+SEVERITIES = ("critical", "warning")
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_PAIR_CHUNK = 512
+_MAX_DETAILS = 50
+
+
+# --------------------------------------------------------------------------- custom expectation
+class TableColumnPairCramersV(TableMetricProvider):
+    """Bias-corrected Cramér's V between two categorical columns (0: independent, 1: one determines
+    the other); see :func:`cramers_v`."""
+
+    metric_name = "skinflow.table.column_pair_cramers_v"
+    value_keys = ("column_A", "column_B", "bias_correction")
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(
+        cls,
+        execution_engine: PandasExecutionEngine,
+        metric_domain_kwargs: dict,
+        metric_value_kwargs: dict,
+        metrics: dict[str, Any],
+        runtime_configuration: dict,
+    ) -> float:
+        df, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
+        kw = metric_value_kwargs
+        return cramers_v(df[kw["column_A"]], df[kw["column_B"]], bool(kw["bias_correction"]))
+
+
+class ExpectColumnPairCramersVToBeLessThan(BatchExpectation):
+    """Expect the association (Cramér's V) between ``column_A`` and ``column_B`` to be below ``threshold``."""
+
+    column_A: str
+    column_B: str
+    threshold: float
+    bias_correction: bool = True
+
+    metric_dependencies: ClassVar[tuple[str, ...]] = (TableColumnPairCramersV.metric_name,)
+    success_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B", "threshold", "bias_correction")
+
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: dict | None = None,
+        execution_engine: Any = None,
+    ) -> dict[str, Any]:
+        observed = float(metrics[TableColumnPairCramersV.metric_name])
+        return {"success": observed < self.threshold, "result": {"observed_value": observed}}
+
+
+def cramers_v(a: pd.Series, b: pd.Series, bias_correction: bool = True) -> float:
+    """Cramér's V of two categorical series (missing values are a category); 0 for a single level.
+
+    With ``bias_correction`` (Bergsma 2013) the chance association of small samples is removed:
+    plain V of one flagged image among 60 in 10 classes is ~0.39, corrected ~0.
+    """
+    table = pd.crosstab(a.astype(str), b.astype(str)).to_numpy()
+    if min(table.shape) < 2:
+        return 0.0
+    v = float(association(table, method="cramer"))
+    if not bias_correction:
+        return v
+    n, (r, k) = table.sum(), table.shape
+    phi2 = max(0.0, v**2 * min(r - 1, k - 1) - (r - 1) * (k - 1) / (n - 1))
+    r_c, k_c = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
+    return float(np.sqrt(phi2 / min(r_c - 1, k_c - 1)))
+
+
+# --------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's result, flattened."""
+
+    suite: str
+    check: str
+    expectation: str
+    column: str | None
+    observed: Any
+    threshold: Any
+    success: bool
+    severity: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ValidationReport:
+    """All outcomes of :func:`validate_features` plus the derived duplicate tables."""
+
+    results: list[ExpectationOutcome]
+    label_conflicts: pd.DataFrame
+    leaking_pairs: pd.DataFrame
+    data_docs_index: Path | None = None
+
+    @property
+    def critical_failures(self) -> list[ExpectationOutcome]:
+        return [r for r in self.results if not r.success and r.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[ExpectationOutcome]:
+        """Failed expectations of severity 'warning'."""
+        return [r for r in self.results if not r.success and r.severity == "warning"]
+
+    @property
+    def passed(self) -> bool:
+        """True when no critical expectation failed."""
+        return not self.critical_failures
+
+    def outcome(self, check: str) -> ExpectationOutcome:
+        """The outcome of the check named ``check`` (e.g. ``'imbalance_ratio'``)."""
+        return next(r for r in self.results if r.check == check)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(r) for r in self.results], columns=list(ExpectationOutcome.__dataclass_fields__))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (numpy scalars converted)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "passed": self.passed,
+                    "n_critical_failures": len(self.critical_failures),
+                    "n_warnings": len(self.warnings),
+                    "results": [asdict(r) for r in self.results],
+                    "label_conflicts": self.label_conflicts.to_dict(orient="records"),
+                    "leaking_pairs": self.leaking_pairs.to_dict(orient="records"),
+                    "data_docs_index": str(self.data_docs_index) if self.data_docs_index else None,
+                },
+                default=_json_default,
+            )
+        )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float | np.floating) and not np.isfinite(obj):
+        return None
+    return str(obj)
+
+
+# --------------------------------------------------------------------------- policy
+def load_policy(path: str | Path | None = None) -> dict[str, Any]:
+    """Read the validation policy YAML (default: the repository's ``policies/validation.yaml``)."""
+    with open(path or POLICY_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+# --------------------------------------------------------------------------- derived tables
+def duplicate_pairs(features: pd.DataFrame, max_distance: int) -> pd.DataFrame:
+    """Pairs of decoded images whose pHash Hamming distance is <= ``max_distance``.
+
+    Identical bytes decode identically, so exact duplicates are the distance-0 pairs with equal
+    sha256. Columns: ``i``, ``j`` (row positions in ``features``, i < j), ``distance``, ``kind``
+    ('exact' for identical sha256, else 'near').
+    """
+    ok = np.flatnonzero(features["decode_ok"].fillna(False).to_numpy(dtype=bool))
+    hashes = np.array([int(h, 16) for h in features["phash"].to_numpy()[ok]], dtype=np.uint64)
+    sha = features["sha256"].to_numpy()[ok]
+    rows: list[tuple[int, int, int, str]] = []
+    for start in range(0, len(ok), _PAIR_CHUNK):
+        block = hashes[start : start + _PAIR_CHUNK]
+        dist = _POPCOUNT[(block[:, None] ^ hashes[None, :]).view(np.uint8)].reshape(len(block), len(hashes), 8).sum(-1)
+        a, b = np.nonzero(dist <= max_distance)
+        a = a + start
+        for x, y in zip(a[a < b], b[a < b], strict=True):
+            rows.append((int(ok[x]), int(ok[y]), int(dist[x - start, y]), "exact" if sha[x] == sha[y] else "near"))
+    return pd.DataFrame(rows, columns=["i", "j", "distance", "kind"])
+
+
+def _splits(features: pd.DataFrame) -> pd.Series:
+    """The split of each row ('unsplit' when the column or the value is missing)."""
+    if "split" not in features:
+        return pd.Series("unsplit", index=features.index)
+    return features["split"].fillna("unsplit").astype(str)
+
+
+def leaking_pairs_table(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Duplicate pairs whose members sit in different splits, with paths, splits and labels."""
+    split = _splits(features).to_numpy()
+    cross = pairs[split[pairs["i"]] != split[pairs["j"]]]
+    cols = ["path", "label"]
+    a = features.iloc[cross["i"]][cols].reset_index(drop=True).add_suffix("_a")
+    b = features.iloc[cross["j"]][cols].reset_index(drop=True).add_suffix("_b")
+    out = pd.concat([a, b], axis=1)
+    out["split_a"], out["split_b"] = split[cross["i"]], split[cross["j"]]
+    out["distance"], out["kind"] = cross["distance"].to_numpy(), cross["kind"].to_numpy()
+    return out
+
+
+def within_split_duplicates(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per split: images, redundant copies (images minus duplicate groups) and their share."""
+    split = _splits(features)
+    same = pairs[split.to_numpy()[pairs["i"]] == split.to_numpy()[pairs["j"]]]
+    n = len(features)
+    graph = coo_matrix((np.ones(len(same)), (same["i"], same["j"])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    table = pd.DataFrame({"split": split.to_numpy(), "group": group})
+    out = table.groupby("split").agg(images=("group", "size"), groups=("group", "nunique")).reset_index()
+    out["duplicates"] = out["images"] - out["groups"]
+    out["duplicate_share"] = out["duplicates"] / out["images"]
+    return out.drop(columns="groups")
+
+
+def sha_groups(features: pd.DataFrame) -> pd.DataFrame:
+    """Identical-bytes groups of decoded images with at least two members: size, labels, splits."""
+    ok = features[features["decode_ok"].fillna(False).astype(bool)]
+    groups = ok.assign(split=_splits(ok)).groupby("sha256").agg(
+        n=("path", "size"), n_labels=("label", "nunique"), n_splits=("split", "nunique")
+    )
+    return groups[groups["n"] > 1].reset_index()
+
+
+def label_conflicts_table(features: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose bytes also occur under another label."""
+    bad = groups.loc[groups["n_labels"] > 1, "sha256"]
+    rows = features[features["sha256"].isin(bad) & features["decode_ok"].fillna(False).astype(bool)]
+    cols = ["sha256", "path", "label"] + (["split"] if "split" in features else [])
+    return rows[cols].sort_values(["sha256", "label", "path"]).reset_index(drop=True)
+
+
+def class_counts(features: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Images per label over the class map plus any unknown label; ratio of each count to the smallest."""
+    counts = features["label"].value_counts().reindex(list(dict.fromkeys([*classes, *features["label"]])), fill_value=0)
+    out = counts.rename_axis("label").rename("count").reset_index()
+    smallest = out["count"].min()
+    out["ratio_to_min"] = out["count"] / smallest if smallest > 0 else np.inf
+    return out
+
+
+def flagged_by_class(features: pd.DataFrame) -> pd.DataFrame:
+    """Per label: images, confounder-flagged images and their share."""
+    out = features.groupby("label").agg(images=("path", "size"), flagged=("confounder_flag", "sum")).reset_index()
+    out["flagged_share"] = out["flagged"] / out["images"]
+    return out
+
+
+def _priors(classes: list[str], expected: dict[str, float] | None) -> list[float]:
+    """Expected class shares in class-map order, normalised to sum to 1 (uniform when None)."""
+    raw = np.array([1.0 if expected is None else float(expected.get(c, 0.0)) for c in classes])
+    return list(raw / raw.sum())
+
+
+# --------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class _Check:
+    """One expectation with its place in the report."""
+
+    suite: str
+    table: str
+    name: str
+    expectation: gxe.Expectation
+    column: str | None
+    threshold: Any
+    severity: str
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table to validate; ``id_column`` names its rows in details; ``summary`` marks small
+    per-group tables whose values are copied into the details of aggregate expectations."""
+
+    frame: pd.DataFrame
+    id_column: str
+    summary: bool = False
+
+
+def _integrity_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check]:
+    p, sev = policy["integrity"], policy["integrity"]["severity"]
+    spec = [
+        ("decodes", gxe.ExpectColumnValuesToBeInSet(column="decode_ok", value_set=[True]), "decode_ok", True),
+        ("mode_allowed", gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=p["allowed_modes"]), "mode",
+         p["allowed_modes"]),
+        ("min_side", gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=p["min_side"]), "min_side",
+         p["min_side"]),
+        ("format_allowed", gxe.ExpectColumnValuesToBeInSet(column="format", value_set=p["allowed_formats"]),
+         "format", p["allowed_formats"]),
+        ("bytes_positive", gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1), "bytes", 1),
+        ("labels_known", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes), "label", classes),
+    ]  # fmt: skip
+    return [_Check("integrity", "features", n, e, c, t, sev) for n, e, c, t in spec]
+
+
+def _balance_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check]:
+    p, sev = policy["class_balance"], policy["class_balance"]["severity"]
+    partition = {"values": list(classes), "weights": _priors(classes, p.get("expected_priors"))}
+    kl = gxe.ExpectColumnKLDivergenceToBeLessThan(
+        column="label", partition_object=partition, threshold=p["max_kl_divergence"]
+    )
+    return [
+        _Check("class_balance", "class_counts", "min_per_class",
+               gxe.ExpectColumnMinToBeBetween(column="count", min_value=p["min_per_class"]), "count",
+               p["min_per_class"], sev),
+        _Check("class_balance", "class_counts", "imbalance_ratio",
+               gxe.ExpectColumnMaxToBeBetween(column="ratio_to_min", max_value=p["max_imbalance_ratio"]),
+               "ratio_to_min", p["max_imbalance_ratio"], sev),
+        _Check("class_balance", "features", "kl_divergence", kl, "label", p["max_kl_divergence"], sev),
+    ]  # fmt: skip
+
+
+def _confounder_checks(policy: dict[str, Any], features: pd.DataFrame) -> list[_Check]:
+    p, sev = policy["confounders"], policy["confounders"]["severity"]
+    checks = [
+        _Check("confounders", "flagged_by_class", "flagged_share_per_class",
+               gxe.ExpectColumnMaxToBeBetween(column="flagged_share", max_value=p["max_flagged_share_per_class"]),
+               "flagged_share", p["max_flagged_share_per_class"], sev)
+    ]  # fmt: skip
+    for col in [c for c in p["association_columns"] if c in features and c != "label"]:
+        exp = ExpectColumnPairCramersVToBeLessThan(
+            column_A=col, column_B="label", threshold=p["max_cramers_v"], bias_correction=p["cramers_v_bias_correction"]
+        )
+        checks.append(_Check("confounders", "features", f"association:{col}", exp, col, p["max_cramers_v"], sev))
+    return checks
+
+
+def _duplicate_checks(policy: dict[str, Any]) -> list[_Check]:
+    p, sev = policy["duplicates_leakage"], policy["duplicates_leakage"]["severity"]
+    share = p["max_within_split_duplicate_share"]
+    return [
+        _Check("duplicates_leakage", "sha_groups", "label_conflicts",
+               gxe.ExpectColumnValuesToBeBetween(column="n_labels", max_value=1), "n_labels", 1, sev),
+        _Check("duplicates_leakage", "leaking_pairs", "cross_split_leakage",
+               gxe.ExpectTableRowCountToEqual(value=0), None, 0, sev),
+        _Check("duplicates_leakage", "split_duplicates", "within_split_duplicate_share",
+               gxe.ExpectColumnMaxToBeBetween(column="duplicate_share", max_value=share), "duplicate_share", share,
+               p.get("within_split_severity", sev)),
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- running
+def _run_suites(
+    context: Any, checks: list[_Check], tables: dict[str, _Table]
+) -> dict[str, Any]:
+    """Run one GX suite per (concern, table); return the GX result of each check by name."""
+    source = context.data_sources.add_pandas("skinflow")
+    by_check: dict[str, Any] = {}
+    for suite_name, table_name in dict.fromkeys((c.suite, c.table) for c in checks):
+        table = tables[table_name]
+        batch = source.add_dataframe_asset(f"{suite_name}.{table_name}").add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{suite_name}.{table_name}"))
+        for check in (c for c in checks if (c.suite, c.table) == (suite_name, table_name)):
+            check.expectation.meta = {"check": check.name, "severity": check.severity}
+            suite.add_expectation(check.expectation)
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{suite_name}.{table_name}", data=batch, suite=suite)
+        )
+        result = vd.run(
+            batch_parameters={"dataframe": table.frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [table.id_column]},
+        )
+        by_check.update({r.expectation_config.meta["check"]: r for r in result.results})
+    return by_check
+
+
+def _outcome(check: _Check, result: Any, table: _Table) -> ExpectationOutcome:
+    res = result.result or {}
+    observed = res.get("observed_value")
+    if "unexpected_count" in res:
+        ids = [row[table.id_column] for row in res.get("unexpected_index_list") or []]
+        observed, details = res["unexpected_count"], {"unexpected": ids[:_MAX_DETAILS]}
+    elif table.summary and check.column:
+        details = {"values": dict(zip(table.frame[table.id_column], table.frame[check.column], strict=True))}
+    elif table.summary:
+        details = {"rows": table.frame[table.id_column].tolist()[:_MAX_DETAILS]}
+    else:
+        details = {}
+    if result.exception_info.get("raised_exception"):
+        details["exception"] = result.exception_info.get("exception_message")
+    return ExpectationOutcome(
+        suite=check.suite,
+        check=check.name,
+        expectation=type(check.expectation).__name__,
+        column=check.column,
+        observed=observed,
+        threshold=check.threshold,
+        success=bool(result.success),
+        severity=check.severity,
+        details=details,
+    )
+
+
+def _build_docs(context: Any, data_docs_dir: Path) -> Path:
+    """Render the stored validation results as a static Data Docs site; return its index.html."""
+    context.add_data_docs_site(
+        site_name="skinflow",
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs_dir)},
+        },
+    )
+    context.build_data_docs(site_names=["skinflow"])
+    return data_docs_dir / "index.html"
+
+
+def validate_features(
+    features: pd.DataFrame,
+    policy: dict[str, Any],
+    classes: list[str],
+    data_docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Run every suite on ``features`` (from :func:`ml.features.compute_features`) and derived tables."""
+    features = features.reset_index(drop=True)
+    pairs = duplicate_pairs(features, policy["duplicates_leakage"]["phash_max_distance"])
+    groups = sha_groups(features)
+    leaking = leaking_pairs_table(features, pairs)
+    tables = {
+        "features": _Table(features.assign(min_side=features[["width", "height"]].min(axis=1)), "path"),
+        "class_counts": _Table(class_counts(features, classes), "label", summary=True),
+        "flagged_by_class": _Table(flagged_by_class(features), "label", summary=True),
+        "sha_groups": _Table(groups, "sha256"),
+        "leaking_pairs": _Table(leaking.assign(pair=leaking["path_a"] + " | " + leaking["path_b"]), "pair", True),
+        "split_duplicates": _Table(within_split_duplicates(features, pairs), "split", summary=True),
+    }
+    checks = [
+        *_integrity_checks(policy, classes),
+        *_balance_checks(policy, classes),
+        *_confounder_checks(policy, features),
+        *_duplicate_checks(policy),
+    ]
+    bad = {c.severity for c in checks} - set(SEVERITIES)
+    if bad:
+        raise ValueError(f"policy severities {sorted(bad)} are not among {SEVERITIES}")
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    gx_results = _run_suites(context, checks, tables)
+    outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
+    docs = _build_docs(context, Path(data_docs_dir)) if data_docs_dir is not None else None
+    return ValidationReport(outcomes, label_conflicts_table(features, groups), leaking, docs)

@@ -1,0 +1,145 @@
+"""Per-image features: decode status, hashes, exposure, sharpness, confounder score; parallel and cached runs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from ml.features import compute_features, compute_features_cached, features_path, image_features
+
+SKIN = (224, 172, 140)
+
+
+def _skin(seed: int = 0, size: int = 64) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(np.clip(np.array(SKIN) + rng.normal(0, 4, (size, size, 3)), 0, 255).astype(np.uint8))
+    c = size / 2
+    ImageDraw.Draw(img).ellipse([c - 12, c - 9, c + 12, c + 9], fill=(140, 90, 60))
+    return img
+
+
+def _ink(img: Image.Image, colour: tuple[int, int, int], width: int = 3) -> Image.Image:
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    draw.line([(4, 6), (58, 20)], fill=colour, width=width)
+    draw.arc([10, 10, 54, 54], 200, 340, fill=colour, width=width)
+    return img
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("imgs")
+    skin = _skin()
+    made = {
+        "clean": skin,
+        "blue": _ink(skin, (40, 60, 200)),
+        "purple": _ink(skin, (120, 40, 160)),
+        "green": _ink(skin, (30, 150, 60)),
+        "black": _ink(skin, (20, 20, 25), width=1),
+        "dark": Image.fromarray((np.asarray(skin) * 0.3).astype(np.uint8)),
+        "flash": Image.fromarray(np.full((64, 64, 3), 252, np.uint8)),
+        "blurred": skin.filter(ImageFilter.GaussianBlur(2)),
+    }
+    paths = {}
+    for name, img in made.items():
+        paths[name] = d / f"{name}.jpg"
+        img.save(paths[name], quality=92)
+    paths["grey_png"] = d / "grey.png"
+    skin.convert("L").save(paths["grey_png"])
+    paths["bmp"] = d / "odd.bmp"
+    skin.save(paths["bmp"])
+    paths["truncated"] = d / "truncated.jpg"
+    paths["truncated"].write_bytes(paths["clean"].read_bytes()[:-300])
+    paths["empty"] = d / "empty.jpg"
+    paths["empty"].write_bytes(b"")
+    return paths
+
+
+def test_clean_image_features(images):
+    f = image_features(images["clean"])
+    assert (f["width"], f["height"], f["mode"], f["format"]) == (64, 64, "RGB", "JPEG")
+    assert f["decode_ok"] and f["reason"] == ""
+    assert f["sha256"] == hashlib.sha256(images["clean"].read_bytes()).hexdigest()
+    assert f["bytes"] == images["clean"].stat().st_size
+    assert len(f["phash"]) == 16 and int(f["phash"], 16) >= 0
+    arr = np.asarray(Image.open(images["clean"]).convert("RGB"), dtype=np.float64)
+    assert f["mean_r"] == pytest.approx(arr[..., 0].mean()) and f["std_b"] == pytest.approx(arr[..., 2].std())
+    assert f["exposure"] == "ok" and f["confounder_score"] == 0.0
+
+
+@pytest.mark.parametrize("ink", ["blue", "purple", "green", "black"])
+def test_marker_ink_and_dark_strokes_raise_the_confounder_score(images, ink):
+    assert image_features(images[ink])["confounder_score"] > 0.01
+    assert image_features(images["clean"])["confounder_score"] < 0.001
+
+
+def test_exposure_sharpness_and_modes(images):
+    assert image_features(images["dark"])["exposure"] == "under"
+    assert image_features(images["flash"])["exposure"] == "washed_out"
+    assert image_features(images["blurred"])["sharpness"] < 0.5 * image_features(images["clean"])["sharpness"]
+    assert image_features(images["dark"])["brightness"] < image_features(images["clean"])["brightness"]
+    grey = image_features(images["grey_png"])
+    assert (grey["mode"], grey["format"], grey["saturation"]) == ("L", "PNG", 0.0)
+    bmp = image_features(images["bmp"])
+    assert bmp["decode_ok"] and bmp["format"] == "BMP"  # decodes; the integrity suite rejects the format
+
+
+def test_broken_files_are_reported_not_raised(images, tmp_path):
+    trunc, empty = image_features(images["truncated"]), image_features(images["empty"])
+    assert not trunc["decode_ok"] and trunc["reason"] == "truncated" and trunc["phash"] is None
+    assert np.isnan(trunc["brightness"]) and trunc["bytes"] == images["clean"].stat().st_size - 300
+    assert (empty["decode_ok"], empty["reason"], empty["bytes"]) == (False, "zero_bytes", 0)
+    missing = image_features(tmp_path / "nope.jpg")
+    assert not missing["decode_ok"] and missing["sha256"] is None
+
+
+def _records(images: dict[str, Path]) -> pd.DataFrame:
+    names = ["clean", "blue", "black", "dark", "truncated", "grey_png"]
+    return pd.DataFrame(
+        {"path": [str(images[n]) for n in names], "label": names, "split": "train", "skin_tone": range(len(names)),
+         "sha256": "stale", "bytes": -1}
+    )  # fmt: skip
+
+
+def test_compute_features_parallel_matches_serial_and_keeps_metadata(images):
+    records = _records(images)
+    serial = compute_features(records, workers=1)
+    parallel = compute_features(records, workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert list(serial["label"]) == list(records["label"]) and list(serial["skin_tone"]) == list(range(6))
+    assert (serial["sha256"] != "stale").all() and (serial["bytes"] > 0).all()
+    assert list(serial["confounder_flag"]) == [False, True, True, False, False, False]
+    assert not compute_features(records, workers=1, confounder_threshold=0.5)["confounder_flag"].any()
+
+
+def test_local_path_is_read_when_present(images, tmp_path):
+    records = pd.DataFrame({"path": ["s3://bucket/a.jpg"], "local_path": [str(images["blue"])], "label": ["x"]})
+    feats = compute_features(records, workers=1)
+    assert feats.loc[0, "path"] == "s3://bucket/a.jpg" and feats.loc[0, "decode_ok"]
+
+
+def test_cache_is_keyed_by_version_and_reused(images, tmp_path):
+    work = tmp_path / "data"
+    work.mkdir()
+    for name in ("clean", "blue"):
+        shutil.copy(images[name], work / images[name].name)
+    records = pd.DataFrame({"path": [str(p) for p in sorted(work.iterdir())], "label": ["b", "c"], "split": "val"})
+    first = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
+    assert features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / "features.parquet"
+    assert features_path("v1", tmp_path / "cache").is_file()
+    shutil.rmtree(work)  # a cache hit must not touch the images
+    again = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
+    pd.testing.assert_frame_equal(first, again)
+    assert compute_features_cached(records, "v2", tmp_path / "cache", workers=1)["decode_ok"].sum() == 0
+
+
+def test_ray_path_matches_local(images):
+    records = _records(images)
+    ray_feats = compute_features(records, ray_address="local")
+    pd.testing.assert_frame_equal(ray_feats, compute_features(records, workers=1))

@@ -1,0 +1,198 @@
+"""GX suites on synthetic sets with known defects: each defect is caught by its expectation."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from PIL import Image
+
+from ml.features import compute_features
+from ml.synth import LABELS, SynthConfig, generate
+from ml.validation import cramers_v, load_policy, validate_features
+
+CLASSES = list(LABELS)
+PER_CLASS = 12
+
+
+def _synth_features(out: Path, **cfg: object) -> pd.DataFrame:
+    generate(out, SynthConfig(per_class=PER_CLASS, size=64, seed=0, **cfg), progress=False)
+    meta = pd.read_csv(out / "synth_meta.csv")
+    records = pd.DataFrame({"path": [str(out / p) for p in meta["path"]], "label": meta["label"]})
+    records["split"] = np.where(meta.groupby("label").cumcount() % 6 == 0, "val", "train")
+    return compute_features(records, workers=1)
+
+
+def _extra(rows: list[tuple[Path, str, str]]) -> pd.DataFrame:
+    """Features of extra files given as (path, label, split)."""
+    return compute_features(pd.DataFrame(rows, columns=["path", "label", "split"]).astype({"path": str}), workers=1)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    return _synth_features(tmp_path_factory.mktemp("clean") / "ds")
+
+
+@pytest.fixture(scope="module")
+def policy() -> dict:
+    return load_policy()
+
+
+def _first(features: pd.DataFrame, label: str, split: str = "train") -> Path:
+    return Path(features[(features["label"] == label) & (features["split"] == split)]["path"].iloc[0])
+
+
+def test_clean_set_passes_every_expectation_and_builds_data_docs(clean, policy, tmp_path):
+    report = validate_features(clean, policy, CLASSES, tmp_path / "docs")
+    failed = [(r.check, r.observed) for r in report.results if not r.success]
+    assert failed == []
+    assert report.passed and not report.warnings
+    assert {r.suite for r in report.results} == {"integrity", "class_balance", "confounders", "duplicates_leakage"}
+    assert report.outcome("kl_divergence").observed == pytest.approx(0.0, abs=1e-9)
+    assert report.outcome("imbalance_ratio").observed == 1.0
+    assert report.data_docs_index == tmp_path / "docs" / "index.html"
+    assert report.data_docs_index.is_file()
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert len(pages) >= 4  # one GX suite per concern at least
+    assert report.label_conflicts.empty and report.leaking_pairs.empty
+
+
+def test_pen_marks_in_one_class_fail_share_and_association(policy, tmp_path):
+    feats = _synth_features(tmp_path / "pen", pen_rate={"acne": 1.0})
+    report = validate_features(feats, policy, CLASSES, None)
+    share = report.outcome("flagged_share_per_class")
+    assert not share.success
+    # synth draws some pens off-frame (4 of 12 acne images here carry no visible mark)
+    assert share.observed == share.details["values"]["acne"] >= 0.5
+    assert max(v for k, v in share.details["values"].items() if k != "acne") <= 0.1
+    assoc = report.outcome("association:confounder_flag")
+    assert not assoc.success and assoc.observed > 0.5
+    assert assoc.observed == pytest.approx(cramers_v(feats["confounder_flag"], feats["label"]))
+    assert report.passed  # confounders warn by policy
+    assert {w.check for w in report.warnings} == {"flagged_share_per_class", "association:confounder_flag"}
+
+
+def test_metadata_association_is_generic(clean, policy):
+    feats = clean.assign(device=np.where(clean["label"] == "ulcer", "phone", "dermatoscope"))
+    report = validate_features(feats, policy, CLASSES, None)
+    assert not report.outcome("association:device").success
+    assert report.outcome("association:device").observed > 0.9
+    assert "association:source" not in {r.check for r in report.results}
+
+
+def test_strong_imbalance_fails_ratio_min_and_kl(clean, policy):
+    keep = clean.groupby("label").cumcount() < np.where(clean["label"].isin(CLASSES[:5]), PER_CLASS, 1)
+    feats = clean[keep]
+    report = validate_features(feats, policy, CLASSES, None)
+    assert report.outcome("imbalance_ratio").observed == PER_CLASS
+    assert report.outcome("min_per_class").observed == 1
+    counts = feats["label"].value_counts().reindex(CLASSES).to_numpy()
+    kl = scipy.stats.entropy(counts / counts.sum(), np.full(len(CLASSES), 1 / len(CLASSES)))
+    assert report.outcome("kl_divergence").observed == pytest.approx(kl)
+    assert {r.check for r in report.critical_failures} == {"imbalance_ratio", "min_per_class", "kl_divergence"}
+    assert not report.passed
+
+
+def test_duplicates_across_splits_are_leakage(clean, policy, tmp_path):
+    src = _first(clean, "acne")
+    exact = tmp_path / "exact.jpg"
+    shutil.copyfile(src, exact)
+    buf = io.BytesIO()
+    Image.open(_first(clean, "tumor")).save(buf, "JPEG", quality=60)
+    near = tmp_path / "near.jpg"
+    near.write_bytes(buf.getvalue())
+    feats = pd.concat([clean, _extra([(exact, "acne", "val"), (near, "tumor", "val")])], ignore_index=True)
+    report = validate_features(feats, policy, CLASSES, None)
+    leak = report.outcome("cross_split_leakage")
+    assert not leak.success and leak.observed == 2
+    pairs = report.leaking_pairs
+    assert set(zip(pairs["path_a"], pairs["path_b"], pairs["kind"])) == {
+        (str(src), str(exact), "exact"),
+        (str(_first(clean, "tumor")), str(near), "near"),
+    }
+    assert (pairs["distance"] <= policy["duplicates_leakage"]["phash_max_distance"]).all()
+    assert report.outcome("label_conflicts").success
+
+
+def test_same_bytes_under_two_labels_is_a_label_conflict(clean, policy, tmp_path):
+    src = _first(clean, "acne")
+    copy = tmp_path / "copy.jpg"
+    shutil.copyfile(src, copy)
+    feats = pd.concat([clean, _extra([(copy, "blister", "train")])], ignore_index=True)
+    report = validate_features(feats, policy, CLASSES, None)
+    conflict = report.outcome("label_conflicts")
+    assert not conflict.success and conflict.observed == 1
+    assert conflict.details["unexpected"] == [feats.loc[feats["path"] == str(copy), "sha256"].item()]
+    assert set(zip(report.label_conflicts["path"], report.label_conflicts["label"])) == {
+        (str(src), "acne"),
+        (str(copy), "blister"),
+    }
+    assert report.outcome("cross_split_leakage").success  # same split: a conflict, not a leak
+    assert not report.passed
+
+
+def test_corrupt_files_fail_integrity(clean, policy, tmp_path):
+    good = _first(clean, "ulcer").read_bytes()
+    files = {"truncated.jpg": good[: len(good) // 2], "empty.jpg": b"", "text.jpg": b"not an image at all"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    extra = _extra([(tmp_path / n, "ulcer", "train") for n in files])
+    report = validate_features(pd.concat([clean, extra], ignore_index=True), policy, CLASSES, None)
+    decodes = report.outcome("decodes")
+    assert not decodes.success and decodes.observed == 3
+    assert sorted(decodes.details["unexpected"]) == sorted(str(tmp_path / n) for n in files)
+    assert report.outcome("bytes_positive").observed == 1
+    assert report.outcome("bytes_positive").details["unexpected"] == [str(tmp_path / "empty.jpg")]
+    assert all(report.outcome(c).success for c in ("mode_allowed", "min_side", "format_allowed"))
+    assert not report.passed
+
+
+def test_small_foreign_format_and_unknown_label_fail_integrity(clean, policy, tmp_path):
+    Image.new("RGB", (32, 48), (200, 150, 120)).save(tmp_path / "small.png")
+    Image.new("RGB", (80, 80), (200, 150, 120)).save(tmp_path / "odd.bmp")
+    Image.new("F", (80, 80), 0.5).save(tmp_path / "float.tif")
+    extra = _extra(
+        [(tmp_path / "small.png", "acne", "train"), (tmp_path / "odd.bmp", "mystery", "train"),
+         (tmp_path / "float.tif", "acne", "train")]
+    )  # fmt: skip
+    report = validate_features(pd.concat([clean, extra], ignore_index=True), policy, CLASSES, None)
+    expected = {
+        "min_side": [str(tmp_path / "small.png")],
+        "format_allowed": sorted([str(tmp_path / "odd.bmp"), str(tmp_path / "float.tif")]),
+        "labels_known": [str(tmp_path / "odd.bmp")],
+        "mode_allowed": [str(tmp_path / "float.tif")],
+    }
+    for check, paths in expected.items():
+        outcome = report.outcome(check)
+        assert not outcome.success and outcome.observed == len(paths), check
+        assert sorted(outcome.details["unexpected"]) == paths, check
+    assert report.outcome("decodes").success
+
+
+def test_cramers_v_values():
+    a = pd.Series(["x"] * 30 + ["y"] * 30)
+    assert cramers_v(a, a, bias_correction=False) == pytest.approx(1.0)
+    assert cramers_v(a, pd.Series(["p", "q"] * 30), bias_correction=False) == pytest.approx(0.0)
+    assert cramers_v(a, pd.Series(["only"] * 60)) == 0.0
+    labels = pd.Series(np.repeat(CLASSES, 6))
+    one_flag = pd.Series([True] + [False] * 59)
+    assert cramers_v(one_flag, labels, bias_correction=False) == pytest.approx(np.sqrt(54 / (6 * 59)))
+    assert cramers_v(one_flag, labels) < 0.05
+
+
+def test_report_serialises_and_policy_is_commented(clean, policy):
+    report = validate_features(clean, policy, CLASSES, None)
+    frame = report.to_frame()
+    assert list(frame.columns[:3]) == ["suite", "check", "expectation"] and len(frame) == len(report.results)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["passed"] is True and len(data["results"]) == len(report.results)
+    text = Path(__file__).resolve().parents[2].joinpath("policies", "validation.yaml").read_text()
+    leaves = [ln for ln in text.splitlines() if ":" in ln.split("#")[0] and ln.split("#")[0].split(":", 1)[1].strip()]
+    assert leaves and all("#" in ln for ln in leaves)
+    assert policy["duplicates_leakage"]["phash_max_distance"] == 4
