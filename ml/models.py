@@ -1,0 +1,214 @@
+"""Torchvision architectures, layer groups for discriminative LRs, and weight loading.
+
+Weights are never downloaded: ImageNet checkpoints must already sit in torch's hub cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torchvision
+from torch import nn
+
+if TYPE_CHECKING:
+    from ml.storage import Storage
+
+ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+)
+MLFLOW_WEIGHTS_FILE = "state_dict.pt"
+_MLFLOW_SCHEMES = ("models:/", "runs:/")
+_REMOTE_SCHEMES = ("s3://", "file://")
+# Old DenseNet checkpoints name layers 'norm.1' where torchvision now has 'norm1'.
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Requested weights are not available locally (nothing is ever downloaded)."""
+
+
+class WeightsMismatchError(ValueError):
+    """A backbone tensor of the source weights does not fit the model."""
+
+
+@dataclass
+class WeightsReport:
+    """What `load_weights` did: keys loaded, head keys skipped (shape mismatch) and missing."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "loaded": len(self.loaded), "skipped": self.skipped, "missing": self.missing}
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+
+
+def head_name(arch: str) -> str:
+    """Attribute name of the classification head of `arch`."""
+    _check_arch(arch)
+    return "classifier" if arch.startswith("densenet") else "fc"
+
+
+def build_model(arch: str, num_classes: int, weights: str = "none", storage: Storage | None = None) -> nn.Module:
+    """Build `arch` with a fresh `num_classes` head, then load `weights` (see `load_weights`)."""
+    _check_arch(arch)
+    model = getattr(torchvision.models, arch)(weights=None)
+    head = head_name(arch)
+    setattr(model, head, nn.Linear(getattr(model, head).in_features, num_classes))
+    load_weights(model, weights, arch, storage=storage)
+    return model
+
+
+def layer_groups(model: nn.Module, arch: str) -> list[list[nn.Parameter]]:
+    """Parameters split stem -> stages -> head; every parameter lands in exactly one group."""
+    _check_arch(arch)
+    if arch.startswith("densenet"):
+        f = model.features
+        modules = [
+            [f.conv0, f.norm0],
+            [f.denseblock1, f.transition1],
+            [f.denseblock2, f.transition2],
+            [f.denseblock3, f.transition3],
+            [f.denseblock4, f.norm5],
+            [model.classifier],
+        ]
+    else:
+        modules = [
+            [model.conv1, model.bn1],
+            [model.layer1],
+            [model.layer2],
+            [model.layer3],
+            [model.layer4],
+            [model.fc],
+        ]
+    return [[p for m in group for p in m.parameters()] for group in modules]
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    """Where torch's hub cache keeps the ImageNet checkpoint of `arch` (torchvision's default)."""
+    _check_arch(arch)
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: Storage | None = None) -> WeightsReport:
+    """Load weights named by `spec` into `model` in place.
+
+    `spec`: ``none``; ``imagenet`` (from torch's hub cache); a local path; an ``s3://``/``file://``
+    URI (fetched through `storage`); ``models:/name@alias`` or ``runs:/id/path`` (MLflow artifact
+    ``state_dict.pt``). Head tensors whose shapes differ (another class count) are skipped.
+    """
+    spec = str(spec)
+    if spec == "none":
+        return WeightsReport(source="none")
+    if spec == "imagenet":
+        path = imagenet_weights_path(arch)
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"ImageNet weights for {arch} not found: put {path.name} in {path.parent} "
+                f"(torch hub cache; set TORCH_HOME to move it). Nothing is downloaded."
+            )
+        return _load_state(model, _read_state_dict(path), arch, spec)
+    with tempfile.TemporaryDirectory(prefix="skinflow-weights-") as tmp:
+        return _load_state(model, _read_state_dict(_fetch(spec, Path(tmp), storage)), arch, spec)
+
+
+def _fetch(spec: str, tmp: Path, storage: Storage | None) -> Path:
+    """Local path of the weights file named by `spec`, downloading remote ones into `tmp`."""
+    if spec.startswith(_MLFLOW_SCHEMES):
+        return _fetch_mlflow(spec, tmp)
+    if spec.startswith(_REMOTE_SCHEMES):
+        if storage is None:
+            from ml.storage import Storage
+
+            storage = Storage()
+        return storage.get_file(spec, tmp / "weights.pt")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {path}")
+    return path
+
+
+def _fetch_mlflow(uri: str, tmp: Path) -> Path:
+    """Download an MLflow model/run path and return its `state_dict.pt`."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+    if local.is_file():
+        return local
+    found = sorted(local.rglob(MLFLOW_WEIGHTS_FILE))
+    if not found:
+        raise WeightsNotFoundError(f"no {MLFLOW_WEIGHTS_FILE} artifact under {uri}")
+    return found[0]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a raw state dict or a `save_checkpoint_file` checkpoint (weights_only)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(f"{path} holds no state dict")
+    return {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str) -> WeightsReport:
+    """Copy matching tensors; skip head tensors with other shapes; fail on backbone mismatch."""
+    own = model.state_dict()
+    head = head_name(arch) + "."
+    report = WeightsReport(source=source)
+    usable: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        fits = key in own and own[key].shape == value.shape
+        if fits:
+            usable[key] = value
+        elif key.startswith(head):
+            report.skipped.append(key)
+        else:
+            raise WeightsMismatchError(f"{source}: tensor {key!r} does not fit {arch}")
+    report.missing = sorted(k for k in own if k not in usable)
+    backbone_missing = [k for k in report.missing if not k.startswith(head)]
+    if backbone_missing:
+        raise WeightsMismatchError(f"{source}: {len(backbone_missing)} backbone tensors missing, e.g. {backbone_missing[0]!r}")
+    model.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    return report
+
+
+def save_checkpoint_file(model: nn.Module, arch: str, classes: list[str], path: str | os.PathLike) -> Path:
+    """Write ``{"arch", "classes", "state_dict"}`` (CPU tensors) so that `load_weights` and
+    `load_model_file` can read it back."""
+    _check_arch(arch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"arch": arch, "classes": list(classes), "state_dict": state}, path)
+    return path
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
+    """Rebuild the model saved by `save_checkpoint_file`; returns ``(model, classes)``."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = build_model(ckpt["arch"], len(ckpt["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model, list(ckpt["classes"])

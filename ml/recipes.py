@@ -1,0 +1,91 @@
+"""Recipes that compose the library's pieces into the thesis's procedure steps.
+
+Pure ML (no Prefect, no MLflow): tasks call these and log what they return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ml.lr_finder import LRFinderResult, lr_range_test
+from ml.metrics import classification_metrics
+from ml.models import build_model, layer_groups, load_weights
+from ml.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
+from ml.schedules import group_lrs
+from ml.train import TrainBatches, TrainConfig, TrainResult, amp_dtype_for, normalisation_for, resolve_device
+
+Arrays = tuple[np.ndarray, np.ndarray]
+DLR_VARIANTS = ("sgdr_dlr", "sgdr_dlr_clm")
+
+
+def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: int = 100,
+            start_lr: float = 1e-7, end_lr: float = 10.0, mode: str = "exp") -> LRFinderResult:
+    """LR range test on the configured model; DLR variants ramp the groups keeping their ratios."""
+    if len(train[1]) == 0:
+        raise ValueError("LR range test needs a non-empty training split")
+    torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg.arch, len(classes))
+    if cfg.weights != "none":
+        load_weights(model, cfg.weights, cfg.arch)
+    model.to(device)
+    groups = layer_groups(model, cfg.arch)
+    rates = group_lrs(1.0, len(groups)) if cfg.schedule in DLR_VARIANTS else [1.0] * len(groups)
+    opt = torch.optim.SGD([{"params": g, "lr": r} for g, r in zip(groups, rates)], lr=1.0, momentum=0.9,
+                          weight_decay=cfg.weight_decay)
+    loader = TrainBatches(train, len(classes), cfg, normalisation_for(cfg, train[0]), device)
+    return lr_range_test(model, loader, F.cross_entropy, opt, start_lr=start_lr, end_lr=end_lr,
+                         num_iter=num_iter, mode=mode, device=device,
+                         amp_dtype=amp_dtype_for(device, cfg.amp))
+
+
+def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict[str, Any]:
+    """Metrics of a trained result (snapshot ensemble when it has snapshots) on ``data``."""
+    images, labels = data
+    probs = result.predict_proba(images, tta=tta)
+    metrics = classification_metrics(labels, probs, result.classes)
+    eps = 1e-12
+    metrics["loss"] = float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + eps)))
+    return {"metrics": metrics, "probs": probs, "pred": probs.argmax(1)}
+
+
+def training_plots(result: TrainResult, out_dir: str | Path, eval_data: Arrays | None = None,
+                   eval_probs: np.ndarray | None = None) -> dict[str, Path]:
+    """The PNGs people look at: schedule applied, curves, confusion matrix and ROC."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "lr_schedule": plot_schedule(result.lr_trace, out / "lr_schedule.png",
+                                     cycle_end_iters=result.snapshot_iterations or None),
+        "curves": plot_curves(result.history, out / "curves.png"),
+    }
+    if eval_data is not None and eval_probs is not None:
+        cm = classification_metrics(eval_data[1], eval_probs, result.classes)["confusion_matrix"]
+        plots["confusion_matrix"] = plot_confusion(cm, result.classes, out / "confusion_matrix.png")
+        plots["roc"] = plot_roc(eval_data[1], eval_probs, result.classes, out / "roc.png")
+    return plots
+
+
+def lr_finder_plot(res: LRFinderResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_lr_finder(res, out / "lr_finder.png")
+
+
+def predict_logged(arch: str, classes: list[str], states: list[dict], norm, images: np.ndarray,
+                   tta: bool = False) -> np.ndarray:
+    """Probabilities of a stored model: the mean softmax over its snapshot state dicts
+    (one state = a single model), exactly as :meth:`TrainResult.predict_proba` computes them."""
+    from ml.train import ensemble_proba
+
+    model = build_model(arch, len(classes))
+    device = resolve_device("auto")
+    model.to(device)
+    stats = (tuple(norm[0]), tuple(norm[1]))
+    return ensemble_proba(model, states, images, stats, device, tta=tta)

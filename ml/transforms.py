@@ -1,0 +1,88 @@
+"""Batch-level augmentation and normalisation on tensors (no per-image PIL work).
+
+The thesis's augmentation: random zoom up to 1.1x and horizontal/vertical flips, no colour
+jitter. Zoom and flips are one affine resampling per batch (`grid_sample`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TTA_VIEWS = ("identity", "hflip", "vflip", "zoom")
+MAX_ZOOM = 1.1
+
+
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> Stats:
+    """Per-channel mean and std in [0, 1] of uint8 NHWC images (chunked, memmap friendly)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"expected non-empty (N,H,W,3) images, got {images.shape}")
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start : start + chunk], dtype=np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        total_sq += np.square(block).sum(axis=(0, 1, 2))
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)) + 1e-6
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)  # type: ignore[return-value]
+
+
+def to_float_batch(
+    batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False
+) -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW (optionally in channels_last memory format)."""
+    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    x = (x - m) / s
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample NCHW `x` with per-image 2x3 affine `theta` (normalised coordinates)."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    max_zoom: float = MAX_ZOOM,
+    hflip: bool = True,
+    vflip: bool = True,
+) -> torch.Tensor:
+    """Random zoom (crop of area 1/max_zoom^2..1, same aspect, random offset) and random flips.
+
+    Random draws come from `generator` (CPU) so that runs are reproducible and resumable.
+    """
+    n = x.shape[0]
+    scale = 1.0 - torch.rand(n, generator=generator) * (1.0 - 1.0 / max_zoom)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - scale).unsqueeze(1)
+    flips = torch.rand(n, 2, generator=generator) < 0.5
+    sx = torch.where(flips[:, 0] & hflip, -1.0, 1.0)
+    sy = torch.where(flips[:, 1] & vflip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale * sx
+    theta[:, 1, 1] = scale * sy
+    theta[:, :, 2] = shift
+    return _affine(x, theta)
+
+
+def tta_view(x: torch.Tensor, view: str, max_zoom: float = MAX_ZOOM) -> torch.Tensor:
+    """One deterministic test-time view of NCHW `x`: identity, hflip, vflip or centre zoom."""
+    if view == "identity":
+        return x
+    if view == "hflip":
+        return x.flip(-1)
+    if view == "vflip":
+        return x.flip(-2)
+    if view == "zoom":
+        theta = torch.tensor([[1.0 / max_zoom, 0.0, 0.0], [0.0, 1.0 / max_zoom, 0.0]]).expand(x.shape[0], 2, 3)
+        return _affine(x, theta)
+    raise ValueError(f"unknown TTA view {view!r}; expected one of {TTA_VIEWS}")
