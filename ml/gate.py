@@ -1,0 +1,275 @@
+"""Promotion-gate statistics: is a challenger model good enough to replace the champion?
+
+All functions are pure numpy/scipy and work on integer class predictions (or class
+probabilities, which are reduced to the arg-max) over one shared evaluation set.
+
+Decision rule of :func:`decide` (thresholds come from ``policies/promotion.yaml``):
+
+1. **Recall floor.** Every class with support in ``y_true`` must have a challenger recall
+   ``>= recall_floor``. A collapsed minority class blocks promotion even when macro-F1
+   improves. Classes without support cannot be judged and are reported, not checked.
+2. **No champion** (first version): promote iff the recall floor holds.
+3. **With a champion**, all of the following must hold:
+
+   a. *Non-inferiority on macro-F1*: the lower bound of the paired-bootstrap CI of
+      ``macro_f1(challenger) - macro_f1(champion)`` is ``> -margin``;
+   b. *Not significantly worse on top-1*: McNemar's test does not find the challenger
+      making more errors than the champion at level ``alpha``;
+   c. *Strictly better*: the point delta of macro-F1 is ``> 0``. A non-inferior challenger
+      that is not better is a tie within the margin, and ties keep the champion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy import stats
+
+_EXACT_MCNEMAR_BELOW = 25
+_BOOT_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Point estimate and percentile CI of ``metric(challenger) - metric(champion)``."""
+
+    delta: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar test; ``b``: only ``pred_a`` right, ``c``: only ``pred_b`` right."""
+
+    b: int
+    c: int
+    statistic: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """Thresholds of the promotion gate (see ``policies/promotion.yaml``)."""
+
+    margin: float = 0.03
+    recall_floor: float = 0.30
+    alpha: float = 0.05
+    n_boot: int = 2000
+    ci: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PromotionPolicy:
+        """Build a policy from a mapping; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown promotion policy keys: {sorted(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PromotionPolicy:
+        """Read a policy YAML file such as ``policies/promotion.yaml``."""
+        return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Outcome of :func:`decide` with the numbers behind it."""
+
+    promote: bool
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_labels(values: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Integer class labels from labels (1-D) or class probabilities (2-D, arg-max)."""
+    arr = np.asarray(values)
+    if arr.ndim == 2:
+        return arr.argmax(axis=1)
+    if arr.ndim != 1:
+        raise ValueError(f"expected labels (1-D) or probabilities (2-D), got shape {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def _check_same_length(*arrays: np.ndarray) -> None:
+    lengths = {len(a) for a in arrays}
+    if len(lengths) != 1:
+        raise ValueError(f"arrays differ in length: {sorted(lengths)}")
+
+
+def _macro_f1_rows(y: np.ndarray, p: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of (rows, n) label matrices, averaged over the classes
+    present in that row's truth or predictions (as ``sklearn``'s ``average="macro"``)."""
+    rows = y.shape[0]
+    offset = (np.arange(rows) * n_classes)[:, None]
+    size = rows * n_classes
+    true_n = np.bincount((y + offset).ravel(), minlength=size).reshape(rows, n_classes)
+    pred_n = np.bincount((p + offset).ravel(), minlength=size).reshape(rows, n_classes)
+    hit = y == p
+    tp = np.bincount((y + offset)[hit], minlength=size).reshape(rows, n_classes)
+    denom = true_n + pred_n
+    present = denom > 0
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros(denom.shape), where=present)
+    return f1.sum(axis=1) / present.sum(axis=1)
+
+
+def _accuracy_rows(y: np.ndarray, p: np.ndarray, n_classes: int) -> np.ndarray:
+    """Top-1 accuracy of each row of (rows, n) label matrices."""
+    return (y == p).mean(axis=1)
+
+
+_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "macro_f1": _macro_f1_rows,
+    "accuracy": _accuracy_rows,
+}
+
+
+def paired_bootstrap_delta(
+    y_true: np.ndarray | Sequence[int],
+    pred_champion: np.ndarray | Sequence[int],
+    pred_challenger: np.ndarray | Sequence[int],
+    metric: str = "macro_f1",
+    n_boot: int = 2000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> BootstrapResult:
+    """Paired bootstrap CI of ``metric(challenger) - metric(champion)``.
+
+    Both models are scored on the same resampled indices, so the CI reflects the
+    difference between them rather than the noise of the evaluation set.
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {sorted(_METRICS)}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must lie in (0, 1), got {ci}")
+    y, a, b = (_as_labels(v) for v in (y_true, pred_champion, pred_challenger))
+    _check_same_length(y, a, b)
+    score = _METRICS[metric]
+    n_classes = int(max(y.max(), a.max(), b.max())) + 1
+    delta = float(score(y[None], b[None], n_classes)[0] - score(y[None], a[None], n_classes)[0])
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(n_boot)
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        idx = rng.integers(0, len(y), size=(min(_BOOT_CHUNK, n_boot - start), len(y)))
+        yi = y[idx]
+        deltas[start : start + len(idx)] = score(yi, b[idx], n_classes) - score(yi, a[idx], n_classes)
+    tail = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(deltas, [tail, 1.0 - tail])
+    return BootstrapResult(delta=delta, lo=float(lo), hi=float(hi))
+
+
+def mcnemar(
+    y_true: np.ndarray | Sequence[int],
+    pred_a: np.ndarray | Sequence[int],
+    pred_b: np.ndarray | Sequence[int],
+) -> McNemarResult:
+    """McNemar's test on top-1 correctness of two models on the same items.
+
+    Exact two-sided binomial test when ``b + c < 25`` (statistic ``min(b, c)``),
+    otherwise chi-square with continuity correction, ``(|b - c| - 1)^2 / (b + c)``.
+    """
+    y, a, b_pred = (_as_labels(v) for v in (y_true, pred_a, pred_b))
+    _check_same_length(y, a, b_pred)
+    right_a, right_b = a == y, b_pred == y
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    n = b + c
+    if n == 0:
+        return McNemarResult(b=0, c=0, statistic=0.0, p_value=1.0)
+    if n < _EXACT_MCNEMAR_BELOW:
+        p_value = float(stats.binomtest(min(b, c), n, 0.5).pvalue)
+        return McNemarResult(b=b, c=c, statistic=float(min(b, c)), p_value=p_value)
+    statistic = (abs(b - c) - 1.0) ** 2 / n
+    return McNemarResult(b=b, c=c, statistic=statistic, p_value=float(stats.chi2.sf(statistic, 1)))
+
+
+def per_class_recall(
+    y_true: np.ndarray | Sequence[int], pred: np.ndarray | Sequence[int], n_classes: int
+) -> np.ndarray:
+    """Recall of each class ``0..n_classes-1``; NaN for classes absent from ``y_true``."""
+    y, p = _as_labels(y_true), _as_labels(pred)
+    _check_same_length(y, p)
+    support = np.bincount(y, minlength=n_classes).astype(float)
+    hits = np.bincount(y[y == p], minlength=n_classes).astype(float)
+    return np.divide(hits, support, out=np.full(n_classes, np.nan), where=support > 0)
+
+
+def _recall_failures(recalls: np.ndarray, classes: Sequence[str], floor: float) -> list[str]:
+    """Names of classes with support whose recall is below the floor."""
+    return [name for name, r in zip(classes, recalls, strict=True) if not np.isnan(r) and r < floor]
+
+
+def decide(
+    y_true: np.ndarray | Sequence[int],
+    challenger: np.ndarray | Sequence[int],
+    champion: np.ndarray | Sequence[int] | None,
+    classes: Sequence[str],
+    policy: PromotionPolicy | Mapping[str, Any],
+) -> GateDecision:
+    """Apply the promotion rule of this module's docstring.
+
+    ``challenger`` and ``champion`` are labels or class probabilities on ``y_true``'s
+    items; ``champion=None`` means there is no champion yet.
+    """
+    pol = policy if isinstance(policy, PromotionPolicy) else PromotionPolicy.from_mapping(policy)
+    y, new = _as_labels(y_true), _as_labels(challenger)
+    recalls = per_class_recall(y, new, len(classes))
+    low = _recall_failures(recalls, classes, pol.recall_floor)
+    numbers: dict[str, Any] = {
+        "recall_floor": pol.recall_floor,
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recalls, strict=True)},
+        "classes_below_floor": low,
+    }
+    if champion is None:
+        if low:
+            return GateDecision(False, f"first version: recall below floor for {low}", numbers)
+        return GateDecision(True, "first version: every class recall clears the floor", numbers)
+    old = _as_labels(champion)
+    boot = paired_bootstrap_delta(y, old, new, "macro_f1", pol.n_boot, pol.seed, pol.ci)
+    test = mcnemar(y, old, new)
+    worse_top1 = test.p_value < pol.alpha and test.b > test.c
+    numbers.update(
+        margin=pol.margin,
+        macro_f1_delta=boot.delta,
+        macro_f1_delta_lo=boot.lo,
+        macro_f1_delta_hi=boot.hi,
+        mcnemar_b=test.b,
+        mcnemar_c=test.c,
+        mcnemar_p=test.p_value,
+    )
+    return GateDecision(*_compare(boot, test, worse_top1, low, pol), numbers)
+
+
+def _compare(
+    boot: BootstrapResult,
+    test: McNemarResult,
+    worse_top1: bool,
+    low: list[str],
+    pol: PromotionPolicy,
+) -> tuple[bool, str]:
+    """Promotion verdict against a champion: the first failing condition, else promote."""
+    if low:
+        return False, f"recall below floor {pol.recall_floor} for {low}: champion kept"
+    if boot.lo <= -pol.margin:
+        return False, (
+            f"not non-inferior: macro-F1 delta CI lower bound {boot.lo:.4f} <= -{pol.margin}: "
+            "champion kept"
+        )
+    if worse_top1:
+        return False, (
+            f"significantly worse on top-1 (McNemar b={test.b}, c={test.c}, p={test.p_value:.4g}): "
+            "champion kept"
+        )
+    if boot.delta <= 0.0:
+        return False, f"tie within margin (macro-F1 delta {boot.delta:+.4f}): champion kept"
+    return True, (
+        f"better: macro-F1 delta {boot.delta:+.4f} "
+        f"(CI [{boot.lo:+.4f}, {boot.hi:+.4f}]), non-inferior and recall floor met"
+    )

@@ -1,0 +1,195 @@
+"""MLflow helpers against a real tracking store (sqlite + local artifacts in tmp_path)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from tasks import tracking
+from tasks.tracking import ServiceUnavailableError
+from tests.conftest import free_port
+
+CLASSES = ["acne", "eczema", "nevus"]
+HISTORY = [
+    {"epoch": 0, "train_loss": 1.1, "val_loss": 1.0, "val_macro_f1": 0.30, "lr_group_0": 1e-3, "epoch_seconds": 2.0},
+    {"epoch": 1, "train_loss": 0.8, "val_loss": 0.9, "val_macro_f1": 0.45, "lr_group_0": 5e-4, "epoch_seconds": 1.5},
+]
+CONFIG = {
+    "schedule": "sgdr_dlr",
+    "optim": {"lr": 0.01, "momentum": 0.9},
+    "storage": {"endpoint": "http://user:hunter2@127.0.0.1:9000", "aws_secret_access_key": "hunter2"},
+    "api_token": "hunter2",
+}
+
+
+def _tiny_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, len(CLASSES))
+    )
+
+
+def _assert_same_weights(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh sqlite tracking store with artifacts under tmp; the previous URI is restored."""
+    root = tmp_path_factory.mktemp("mlflow")
+    previous = mlflow.get_tracking_uri()
+    uri = tracking.configure_mlflow(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("skinflow-train", artifact_location=str(root / "artifacts"))
+    )
+    yield uri, root
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def logged(store, tmp_path_factory):
+    """One training run logged with every helper: ``(run_id, model, plot, model_info)``."""
+    files = tmp_path_factory.mktemp("files")
+    plot = files / "curves.png"
+    plot.write_bytes(b"\x89PNG\r\n\x1a\nnot-really")
+    manifest = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label": ["acne", "nevus"], "split": ["train", "val"]})
+    model = _tiny_model(0)
+    with mlflow.start_run() as run:
+        tracking.log_params(CONFIG)
+        tracking.log_history(HISTORY)
+        tracking.log_plots([plot])
+        tracking.log_report_json("metrics", {"val_macro_f1": 0.45, "classes": CLASSES})
+        tracking.log_dataset_input("f" * 64, "synth10", "s3://skinflow/datasets/synth10", manifest)
+        tracking.set_standard_tags("f" * 64, tracking.git_commit(), "sgdr_dlr", True, "cpu")
+        example = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+        info = tracking.log_torch_model(model, "tiny", CLASSES, example)
+    return run.info.run_id, model, plot, info
+
+
+def test_configure_defaults_to_the_settings_uri(store, monkeypatch) -> None:
+    from ml.settings import get_settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
+    get_settings.cache_clear()
+    try:
+        assert tracking.configure_mlflow(None) == store[0]
+        assert mlflow.get_registry_uri() == store[0]
+    finally:
+        get_settings.cache_clear()
+
+
+def test_metrics_are_logged_per_epoch_under_conventional_names(logged) -> None:
+    client = MlflowClient()
+    for name in ("train_loss", "val_loss", "val_macro_f1", "lr_group_0", "epoch_seconds"):
+        points = sorted((m.step, m.value) for m in client.get_metric_history(logged[0], name))
+        assert points == [(e["epoch"], pytest.approx(e[name])) for e in HISTORY]
+
+
+def test_history_with_unconventional_names_is_rejected(store) -> None:
+    with mlflow.start_run(), pytest.raises(ValueError, match="valLoss"):
+        tracking.log_history([{"valLoss": 0.3}])
+
+
+def test_params_hold_the_flat_config_without_secrets(logged) -> None:
+    params = MlflowClient().get_run(logged[0]).data.params
+    assert params["optim.lr"] == "0.01" and params["schedule"] == "sgdr_dlr"
+    assert params["storage.endpoint"] == "http://***@127.0.0.1:9000"
+    assert "storage.aws_secret_access_key" not in params and "api_token" not in params
+    assert not any("hunter2" in v for v in params.values())
+
+
+def test_redact_recognises_secret_like_keys() -> None:
+    kept = tracking.redact({"apiKey": 1, "db_password": 2, "Credentials": {"x": 1}, "keep_best": 3, "lr": 4})
+    assert kept == {"keep_best": 3, "lr": 4}
+    assert tracking.flatten_config({"a": {"b": {"c": 1}}, "d": [1, 2]}) == {"a.b.c": "1", "d": "[1, 2]"}
+
+
+def test_tags_dataset_input_and_artifacts(logged) -> None:
+    client = MlflowClient()
+    run = client.get_run(logged[0])
+    tags = run.data.tags
+    assert tags["dataset_version"] == "f" * 64
+    assert (tags["schedule"], tags["amp"], tags["device"]) == ("sgdr_dlr", "True", "cpu")
+    assert tags["git_commit"]
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "synth10"
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    top = {a.path for a in client.list_artifacts(logged[0])}
+    assert {"plots", "reports", "model"} <= top
+    assert [a.path for a in client.list_artifacts(logged[0], "plots")] == ["plots/curves.png"]
+    model_files = {a.path for a in client.list_artifacts(logged[0], "model")}
+    assert {"model/state_dict.pt", "model/model_meta.json", "model/MLmodel"} <= model_files
+    report = mlflow.artifacts.load_dict(f"runs:/{logged[0]}/reports/metrics.json")
+    assert report == {"val_macro_f1": 0.45, "classes": CLASSES}
+
+
+def test_git_commit_outside_a_repository_is_none(tmp_path: Path) -> None:
+    assert tracking.git_commit(tmp_path) is None
+
+
+def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
+    run_id, model, _, info = logged
+    name = "skin-lesion-classifier"
+    assert tracking.get_alias_version(name, "champion") is None
+    first = tracking.register_version(run_id, name, tags={"gate": "first"})
+    other, snapshots = _tiny_model(1), [_tiny_model(2).state_dict(), _tiny_model(3).state_dict()]
+    with mlflow.start_run() as second_run:
+        tracking.log_torch_model(other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
+                                 serialization_format="pickle", extra_meta={"norm": [[0.5] * 3, [0.2] * 3]},
+                                 snapshots=snapshots)
+    second = tracking.register_version(second_run.info.run_id, name)
+    assert (first, second) == ("1", "2")
+    tracking.set_alias(name, "champion", first)
+    tracking.set_alias(name, "challenger", second)
+    assert tracking.get_alias_version(name, "champion") == "1"
+    assert tracking.get_alias_version(name, "challenger") == "2"
+    assert MlflowClient().get_model_version(name, first).tags == {"gate": "first"}
+
+    for uri, expected in ((f"models:/{name}@champion", model), (f"models:/{name}/2", other),
+                          (f"runs:/{run_id}/model", model)):
+        state, meta = tracking.load_state_dict_model(uri)
+        assert (meta["arch"], meta["classes"], meta["num_classes"]) == ("tiny", CLASSES, 3)
+        _assert_same_weights(state, expected.state_dict())
+
+    states, meta = tracking.load_model_states(f"models:/{name}@champion")
+    assert meta["snapshots"] == 0 and len(states) == 1
+    _assert_same_weights(states[0], model.state_dict())
+    states, meta = tracking.load_model_states(f"models:/{name}@challenger")
+    assert meta["snapshots"] == 2 and meta["norm"] == [[0.5] * 3, [0.2] * 3]
+    for got, expected in zip(states, snapshots, strict=True):
+        _assert_same_weights(got, expected)
+
+    flavour = mlflow.pytorch.load_model(f"models:/{name}@challenger")
+    x = torch.rand(5, 3, 16, 16)
+    assert torch.allclose(flavour(x), other(x))
+    assert info.model_uri.startswith("models:/")
+
+    tracking.delete_version(name, second)
+    assert tracking.get_alias_version(name, "challenger") is None
+    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_unreachable_tracking_server_raises_after_retries() -> None:
+    port = free_port()
+    with socket.socket() as probe:  # nothing listens on the port
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    url = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match=rf"MLflow tracking server at {url} is unreachable.*3 attempts"):
+        tracking.check_mlflow_available(url, retries=3, backoff=0.2)
+    assert time.monotonic() - start >= 0.2 + 0.4
+
+
+def test_local_store_needs_no_server(store) -> None:
+    tracking.check_mlflow_available(store[0], retries=1, backoff=0.0)

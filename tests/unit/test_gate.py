@@ -1,0 +1,196 @@
+"""Promotion-gate statistics: McNemar, paired bootstrap, recall floor and the decision rule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import f1_score
+
+from ml.gate import (
+    PromotionPolicy,
+    decide,
+    mcnemar,
+    paired_bootstrap_delta,
+    per_class_recall,
+)
+
+POLICY_FILE = Path(__file__).resolve().parents[2] / "policies" / "promotion.yaml"
+CLASSES = ["acne", "eczema", "psoriasis", "nevus"]
+POLICY = PromotionPolicy(margin=0.03, recall_floor=0.3, alpha=0.05, n_boot=1000, ci=0.95, seed=0)
+
+
+def _corrupt(y: np.ndarray, wrong: np.ndarray, n_classes: int) -> np.ndarray:
+    """Copy of ``y`` with the items in ``wrong`` moved to the next class."""
+    pred = y.copy()
+    pred[wrong] = (y[wrong] + 1) % n_classes
+    return pred
+
+
+@pytest.fixture()
+def y() -> np.ndarray:
+    return np.repeat(np.arange(len(CLASSES)), 100)
+
+
+@pytest.fixture()
+def champion(y: np.ndarray) -> np.ndarray:
+    """Wrong on every 4th item: 75% accuracy, every class recall 0.75."""
+    return _corrupt(y, np.arange(0, len(y), 4), len(CLASSES))
+
+
+@pytest.fixture()
+def better(y: np.ndarray) -> np.ndarray:
+    """Wrong on every 12th item only (a subset of the champion's errors)."""
+    return _corrupt(y, np.arange(0, len(y), 12), len(CLASSES))
+
+
+def test_mcnemar_exact_matches_hand_computation_and_binomtest() -> None:
+    y = np.zeros(20, dtype=int)
+    a = np.array([0] * 3 + [1] * 10 + [0] * 7)  # a alone right on 0..2 (b=3)
+    b = np.array([1] * 3 + [0] * 10 + [0] * 7)  # b alone right on 3..12 (c=10)
+    res = mcnemar(y, a, b)
+    hand = 2 * sum(math.comb(13, k) for k in range(4)) / 2**13  # two-sided P(X <= 3 | 13, 1/2)
+    assert (res.b, res.c) == (3, 10)
+    assert res.p_value == pytest.approx(hand, rel=1e-12)
+    assert res.p_value == pytest.approx(stats.binomtest(3, 13, 0.5).pvalue, rel=1e-12)
+
+
+def test_mcnemar_chi_square_with_continuity_correction_for_many_discordant() -> None:
+    y = np.zeros(50, dtype=int)
+    a = np.array([0] * 10 + [1] * 30 + [0] * 10)
+    b = np.array([1] * 10 + [0] * 30 + [0] * 10)
+    res = mcnemar(y, a, b)
+    statistic = (abs(10 - 30) - 1) ** 2 / 40
+    assert (res.b, res.c) == (10, 30)
+    assert res.statistic == pytest.approx(statistic)
+    assert res.p_value == pytest.approx(math.erfc(math.sqrt(statistic / 2)), rel=1e-9)
+
+
+def test_mcnemar_without_discordant_pairs_is_not_significant(y: np.ndarray) -> None:
+    assert mcnemar(y, y, y).p_value == 1.0
+
+
+def test_per_class_recall_counts_hits_per_true_class() -> None:
+    rec = per_class_recall([0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0], n_classes=3)
+    assert rec[:2] == pytest.approx([0.5, 0.5])
+    assert np.isnan(rec[2])
+
+
+def test_bootstrap_point_delta_matches_sklearn_macro_f1() -> None:
+    rng = np.random.default_rng(1)
+    y, a, b = (rng.integers(0, 5, 200) for _ in range(3))
+    res = paired_bootstrap_delta(y, a, b, n_boot=200)
+    expected = f1_score(y, b, average="macro") - f1_score(y, a, average="macro")
+    assert res.delta == pytest.approx(expected, abs=1e-12)
+    assert res.lo <= res.delta <= res.hi
+
+
+def test_bootstrap_ci_covers_the_population_delta() -> None:
+    """Samples from a population with a known delta: the 90% CI covers it most of the time."""
+    rng = np.random.default_rng(7)
+    pop_y = rng.integers(0, 4, 20_000)
+    pop_a = np.where(rng.random(pop_y.size) < 0.70, pop_y, rng.integers(0, 4, pop_y.size))
+    pop_b = np.where(rng.random(pop_y.size) < 0.80, pop_y, rng.integers(0, 4, pop_y.size))
+    true_delta = f1_score(pop_y, pop_b, average="macro") - f1_score(pop_y, pop_a, average="macro")
+    covered = []
+    for seed in range(30):
+        idx = rng.choice(pop_y.size, 300, replace=False)
+        res = paired_bootstrap_delta(pop_y[idx], pop_a[idx], pop_b[idx], n_boot=400, seed=seed, ci=0.9)
+        covered.append(res.lo <= true_delta <= res.hi)
+        assert res.hi - res.lo < 0.2
+    assert np.mean(covered) >= 0.8
+
+
+def test_bootstrap_is_reproducible_with_a_seed(y: np.ndarray, champion: np.ndarray, better: np.ndarray) -> None:
+    first = paired_bootstrap_delta(y, champion, better, n_boot=300, seed=3)
+    assert paired_bootstrap_delta(y, champion, better, n_boot=300, seed=3) == first
+
+
+def test_better_challenger_is_promoted(y: np.ndarray, champion: np.ndarray, better: np.ndarray) -> None:
+    decision = decide(y, better, champion, CLASSES, POLICY)
+    assert decision.promote, decision.reason
+    assert decision.numbers["macro_f1_delta"] > 0.1
+    assert decision.numbers["macro_f1_delta_lo"] > 0
+
+
+def test_challenger_given_as_probabilities_is_reduced_to_argmax(
+    y: np.ndarray, champion: np.ndarray, better: np.ndarray
+) -> None:
+    probs = np.full((len(y), len(CLASSES)), 0.1)
+    probs[np.arange(len(y)), better] = 0.7
+    assert decide(y, probs, champion, CLASSES, POLICY) == decide(y, better, champion, CLASSES, POLICY)
+
+
+def test_worse_challenger_stays_challenger(y: np.ndarray, champion: np.ndarray, better: np.ndarray) -> None:
+    decision = decide(y, champion, better, CLASSES, POLICY)
+    assert not decision.promote
+    assert "not non-inferior" in decision.reason
+    assert decision.numbers["macro_f1_delta"] < 0
+
+
+def test_identical_challenger_is_a_tie_and_keeps_champion(y: np.ndarray, champion: np.ndarray) -> None:
+    decision = decide(y, champion.copy(), champion, CLASSES, POLICY)
+    assert not decision.promote
+    assert decision.reason.startswith("tie within margin")
+
+
+def test_different_but_not_better_challenger_is_a_tie(y: np.ndarray, champion: np.ndarray) -> None:
+    """Two errors fixed and two new ones in the same class: non-inferior, not better."""
+    challenger = champion.copy()
+    challenger[[0, 4]] = y[[0, 4]]
+    challenger[[1, 5]] = (y[[1, 5]] + 1) % len(CLASSES)
+    decision = decide(y, challenger, champion, CLASSES, POLICY)
+    assert decision.numbers["macro_f1_delta"] <= 0
+    assert decision.numbers["macro_f1_delta_lo"] > -POLICY.margin
+    assert not decision.promote
+    assert decision.reason.startswith("tie within margin")
+
+
+def test_class_recall_collapse_blocks_promotion_despite_better_macro_f1(
+    y: np.ndarray, champion: np.ndarray
+) -> None:
+    challenger = y.copy()
+    nevus = np.flatnonzero(y == 3)
+    challenger[nevus[:80]] = 0  # nevus recall 0.2, every other class perfect
+    decision = decide(y, challenger, champion, CLASSES, POLICY)
+    assert decision.numbers["macro_f1_delta"] > 0
+    assert decision.numbers["per_class_recall"]["nevus"] == pytest.approx(0.2)
+    assert not decision.promote
+    assert "nevus" in decision.reason
+
+
+def test_significantly_more_top1_errors_blocks_promotion_even_if_macro_f1_rises() -> None:
+    """Challenger trades many majority-class hits for minority-class recall."""
+    y = np.array([0] * 900 + [1] * 50 + [2] * 50)
+    champion = y.copy()
+    champion[900:950:2] = 0  # class 1 recall 0.5
+    champion[950:1000:2] = 0  # class 2 recall 0.5
+    challenger = y.copy()
+    challenger[:100] = 1  # 100 class-0 errors, minority classes now perfect
+    policy = PromotionPolicy(margin=0.5, recall_floor=0.3, n_boot=300)
+    decision = decide(y, challenger, champion, ["a", "b", "c"], policy)
+    assert decision.numbers["macro_f1_delta"] > 0
+    assert decision.numbers["mcnemar_b"] > decision.numbers["mcnemar_c"]
+    assert decision.numbers["mcnemar_p"] < policy.alpha
+    assert not decision.promote
+    assert "McNemar" in decision.reason
+
+
+def test_first_version_promoted_iff_every_class_clears_the_floor(y: np.ndarray, champion: np.ndarray) -> None:
+    assert decide(y, champion, None, CLASSES, POLICY).promote
+    collapsed = y.copy()
+    collapsed[y == 2] = 1
+    decision = decide(y, collapsed, None, CLASSES, POLICY)
+    assert not decision.promote
+    assert decision.numbers["classes_below_floor"] == ["psoriasis"]
+
+
+def test_shipped_policy_file_loads_and_rejects_unknown_keys() -> None:
+    policy = PromotionPolicy.load(POLICY_FILE)
+    assert 0 < policy.margin < 0.2 and 0 < policy.recall_floor < 1 and policy.n_boot >= 1000
+    with pytest.raises(ValueError, match="unknown"):
+        PromotionPolicy.from_mapping({"margn": 0.1})
+    assert decide([0, 1], [0, 1], None, ["a", "b"], {"recall_floor": 0.5}).promote
