@@ -1,0 +1,132 @@
+"""Helpers shared by the benchmarks: machine description, timing, small formatting utilities.
+
+Pure standard library + torch; nothing here changes global state except `configure_torch`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def git_commit(repo: Path = REPO) -> str:
+    """HEAD's commit (read-only `git rev-parse`), or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def configure_torch(threads: int | None) -> dict[str, Any]:
+    """Set torch's intra-op threads (default: all usable cores) and flush-denormal; report both."""
+    import torch
+
+    flush = torch.set_flush_denormal(True)  # before any thread pool starts: workers inherit the FP mode
+    torch.set_num_threads(threads or usable_cores())
+    return {"threads": torch.get_num_threads(), "flush_denormal": bool(flush)}
+
+
+def machine_description(torch_settings: dict[str, Any]) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "load_average_at_start": load_average(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "torch_threads": torch_settings.get("threads"),
+        "flush_denormal": torch_settings.get("flush_denormal"),
+        "cuda": torch.cuda.is_available(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as it was run, relative to the repository root where possible."""
+    argv = sys.argv if argv is None else argv
+    script = argv[0]
+    try:
+        script = str(Path(script).resolve().relative_to(REPO))
+    except ValueError:
+        pass
+    return " ".join(shlex.quote(a) for a in ["python", script, *argv[1:]])
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def fmt(value: float | None, spec: str = ".3f", missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

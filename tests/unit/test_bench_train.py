@@ -1,0 +1,107 @@
+"""bench/bench_train.py: the speedup arithmetic (pure) and the --quick profile end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.bench_train import (  # noqa: E402
+    PRECISIONS,
+    VARIANTS,
+    adam_lr,
+    eta,
+    speedups,
+    time_to_target,
+    variant_lr,
+)
+
+
+def _hist(accs: list[float], secs: list[float]) -> list[dict[str, float]]:
+    return [{"epoch": i + 1, "val_balanced_accuracy": a, "epoch_seconds": s}
+            for i, (a, s) in enumerate(zip(accs, secs, strict=True))]
+
+
+def test_time_to_target_first_epoch_at_or_above_with_cumulative_seconds() -> None:
+    h = _hist([0.2, 0.5, 0.4, 0.7], [10.0, 12.0, 11.0, 9.0])
+    assert time_to_target(h, 0.5) == {"epoch": 2, "seconds": 22.0}
+    assert time_to_target(h, 0.45) == {"epoch": 2, "seconds": 22.0}
+    assert time_to_target(h, 0.7) == {"epoch": 4, "seconds": 42.0}
+    assert time_to_target(h, 0.1) == {"epoch": 1, "seconds": 10.0}
+
+
+def test_time_to_target_never_reached_and_nan_epochs() -> None:
+    assert time_to_target(_hist([0.2, 0.3], [5.0, 5.0]), 0.31) is None
+    assert time_to_target(_hist([math.nan, 0.4], [5.0, 6.0]), 0.3) == {"epoch": 2, "seconds": 11.0}
+    assert time_to_target([], 0.1) is None
+
+
+def test_eta_ratio_and_missing() -> None:
+    assert eta(30.0, 10.0) == pytest.approx(3.0)
+    assert eta(30.0, None) is None
+    assert eta(None, 10.0) is None
+
+
+def test_speedups_target_is_baseline_best_and_eta_per_run() -> None:
+    histories = {
+        ("sgd", "fp32"): _hist([0.3, 0.5, 0.6], [10.0, 10.0, 10.0]),  # best 0.6 at 30 s
+        ("sgdr_dlr_clm", "fp32"): _hist([0.6, 0.7, 0.8], [12.0, 12.0, 12.0]),  # 0.6 at 12 s
+        ("sgdr_dlr_clm", "amp"): _hist([0.4, 0.65, 0.7], [5.0, 5.0, 5.0]),  # 0.65 at 10 s
+        ("adam", "fp32"): _hist([0.2, 0.3, 0.59], [8.0, 8.0, 8.0]),  # never
+    }
+    s = speedups(histories)
+    assert s["target"] == pytest.approx(0.6)
+    assert s["baseline_seconds"] == pytest.approx(30.0)
+    runs = s["runs"]
+    assert runs[("sgd", "fp32")]["eta"] == pytest.approx(1.0)
+    assert runs[("sgdr_dlr_clm", "fp32")]["time_to_target"] == {"epoch": 1, "seconds": 12.0}
+    assert runs[("sgdr_dlr_clm", "fp32")]["eta"] == pytest.approx(2.5)
+    assert runs[("sgdr_dlr_clm", "amp")]["eta"] == pytest.approx(3.0)
+    assert runs[("adam", "fp32")]["time_to_target"] is None
+    assert runs[("adam", "fp32")]["eta"] is None
+
+
+def test_learning_rates_per_variant() -> None:
+    assert variant_lr("sgd", 0.3) == 0.01
+    assert variant_lr("sgdr_dlr_clm", 0.3) == 0.3
+    assert adam_lr(0.05) == pytest.approx(0.005)  # SGD-scale -> /10
+    assert adam_lr(5e-4) == pytest.approx(5e-4)
+
+
+@pytest.mark.timeout(300)
+def test_quick_profile_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train.py"), "--quick", "--out", str(out),
+                           "--threads", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Machine", "## synth", "## Throughput", "## What this means", "flush denormal",
+                    "git commit", "--quick"):
+        assert heading in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for variant in VARIANTS:
+        for precision in PRECISIONS:
+            # one row in the results table, one in the per-epoch curves table
+            assert sum(line.startswith(f"| {variant} | {precision}") for line in rows) == 2, \
+                f"missing row {variant}/{precision}"
+    data = json.loads((tmp_path / "out" / "bench_train.json").read_text())
+    (ds,) = data["datasets"]
+    assert ds["dataset"] == "synth"
+    assert len(ds["runs"]) == len(VARIANTS) * len(PRECISIONS)
+    assert all("error" not in r for r in ds["runs"])
+    assert data["machine"]["torch_threads"] == 2
+    assert data["machine"]["flush_denormal"] is True
+    base = next(r for r in ds["runs"] if (r["variant"], r["precision"]) == ("sgd", "fp32"))
+    assert base["eta"] == pytest.approx(1.0)
+    for p in PRECISIONS:
+        assert data["throughput"]["step"][p]["ratio"] > 0
+        assert data["throughput"]["loader"][p]["ratio"] > 0
