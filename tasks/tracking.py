@@ -300,6 +300,7 @@ def load_model_states(model_uri: str) -> tuple[list[dict[str, torch.Tensor]], di
 def _logged_model_id(run_id: str) -> str:
     """Id of the latest logged model named ``model`` in the run."""
     models = mlflow.search_logged_models(
+        experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_DIR}'",
         order_by=[{"field_name": "creation_time", "ascending": False}],
         output_format="list",

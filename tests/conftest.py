@@ -117,3 +117,30 @@ def synth_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "ds"
     generate(out, SynthConfig(per_class=8, size=32, seed=0), progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real (temporary, sqlite-backed) Prefect API server for the session's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray (2 CPUs), started once and shut down at the end of the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()

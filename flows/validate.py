@@ -1,0 +1,42 @@
+"""validate: manifest -> features -> Great Expectations suites -> Data Docs (+ MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from tasks.data import build_manifest
+from tasks.mlflow_tasks import log_validation
+from tasks.validation import compute_features, run_expectations
+
+
+class ValidationFailed(RuntimeError):
+    """Critical expectations failed; the message names them."""
+
+
+@flow(name="validate")
+def validate_flow(source: str = "data/demo/synth", class_map: str | None = None, policy: str | None = None,
+                  out_dir: str = "outputs/validate", fail_on_critical: bool = True, manifest=None) -> dict:
+    """Validate one dataset version. Returns the report as a dict; raises on critical failures
+    when ``fail_on_critical`` (the CLI prints the table and sets the exit code instead)."""
+    logger = get_run_logger()
+    manifest = manifest if manifest is not None else build_manifest(source, class_map)
+    features = compute_features(manifest)
+    docs_dir = Path(out_dir) / manifest.version / "data_docs"
+    report = run_expectations(features, manifest.classes, policy, str(docs_dir))
+    out = {
+        "dataset_version": manifest.version,
+        "passed": report.passed,
+        "critical_failures": [f"{r.suite}:{r.expectation}" for r in report.critical_failures],
+        "warnings": [f"{r.suite}:{r.expectation}" for r in report.warnings],
+        "results": report.to_dict()["results"],
+        "data_docs": str(report.data_docs_index) if report.data_docs_index else None,
+    }
+    log_validation(out, docs_dir, source)
+    for w in out["warnings"]:
+        logger.warning("validation warning: %s", w)
+    if not report.passed and fail_on_critical:
+        raise ValidationFailed(f"dataset {manifest.version} failed critical expectations: "
+                               + ", ".join(out["critical_failures"]))
+    return out

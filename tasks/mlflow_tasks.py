@@ -1,0 +1,135 @@
+"""Prefect tasks around MLflow runs and the model registry (with retries on I/O)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ml import recipes
+from ml.gate import GateDecision, PromotionPolicy, decide
+from ml.settings import get_settings
+from tasks import tracking
+from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, markdown_table, publish_markdown
+
+
+@task(name="open-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
+             tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id).
+    Fails with a message naming the tracking server when it is unreachable."""
+    uri = tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+    if uri.startswith("http"):
+        tracking.check_mlflow_available(uri)
+    exp = _experiment(experiment, uri)
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = MlflowClient().create_run(exp.experiment_id, tags=all_tags, run_name=run_name)
+    return run.info.run_id, exp.experiment_id
+
+
+def _experiment(name: str, uri: str):
+    """Get or create the experiment; with a local store its artifacts go under the data root
+    (a server chooses its own artifact destination)."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if not uri.startswith("http"):
+            location = (get_settings().data_root / "mlartifacts").resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created concurrently
+            pass
+        exp = mlflow.get_experiment_by_name(name)
+    return exp
+
+
+@task(name="close-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def close_run(run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient().set_terminated(run_id, status)
+
+
+@task(name="log-validation", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def log_validation(report: dict, docs_dir: Path, source: str) -> str:
+    """A skinflow-validate run with the results JSON and the GX Data Docs site."""
+    run_id, _ = open_run.fn("skinflow-validate", f"validate-{report['dataset_version']}",
+                            tags={"dataset_version": report["dataset_version"]})
+    client = MlflowClient()
+    client.log_param(run_id, "source", source)
+    client.log_metric(run_id, "critical_failures", len(report["critical_failures"]))
+    client.log_metric(run_id, "warnings", len(report["warnings"]))
+    client.set_tag(run_id, "validation_passed", str(report["passed"]))
+    client.log_dict(run_id, report, "reports/validation.json")
+    if Path(docs_dir).is_dir():
+        client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@task(name="register-model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def register_model(run_id: str, tags: dict[str, Any]) -> str:
+    """Register the run's model as a new version and make it ``challenger``. If aliasing
+    fails, the half-made version is deleted so that no partial version stays registered."""
+    name = get_settings().registered_model
+    version = tracking.register_version(run_id, name, tags={k: str(v) for k, v in tags.items()})
+    try:
+        tracking.set_alias(name, "challenger", version)
+    except Exception:
+        tracking.delete_version(name, version)
+        raise
+    return version
+
+
+def _predictions(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+    states, meta = tracking.load_model_states(model_uri)
+    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
+    return probs.argmax(1), meta
+
+
+@task(name="promotion-gate", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                   policy_path: str | None = None) -> dict[str, Any]:
+    """Compare challenger ``version`` with the current champion on the same held-out data;
+    move ``champion`` only when :func:`ml.gate.decide` says so. Logged and shown as an artifact."""
+    logger = get_run_logger()
+    settings = get_settings()
+    name = settings.registered_model
+    policy = PromotionPolicy.load(policy_path or settings.policies_dir / "promotion.yaml")
+    challenger_pred, meta = _predictions(f"models:/{name}/{version}", images)
+    champion = tracking.get_alias_version(name, "champion")
+    champion_pred = None
+    if champion is not None:
+        champion_pred, champ_meta = _predictions(f"models:/{name}/{champion}", images)
+        if champ_meta["classes"] != meta["classes"]:
+            raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
+    decision: GateDecision = decide(labels, challenger_pred, champion_pred, classes, policy)
+    if decision.promote:
+        tracking.set_alias(name, "champion", version)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "gate_decision", "promoted" if decision.promote else "kept")
+    client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])
+    out = {"version": version, "champion_before": champion, "promoted": decision.promote,
+           "reason": decision.reason, "numbers": decision.numbers}
+    logger.info("promotion gate: v%s %s (%s)", version, "PROMOTED" if decision.promote else "kept as challenger",
+                decision.reason)
+    rows = [{"quantity": k, "value": v} for k, v in _flat(decision.numbers).items()]
+    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
+                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
+                     + markdown_table(rows))
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

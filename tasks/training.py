@@ -1,0 +1,141 @@
+"""Prefect tasks over the training engine: LR range test, fit, evaluation. Logging to MLflow
+goes through tasks.tracking; the ML lives in ml/."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ml import recipes
+from ml.train import Callback, TrainConfig, TrainResult, fit
+from tasks import tracking
+from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
+
+
+class MlflowEpochLogger(Callback):
+    """Logs each epoch's row to an MLflow run (client API: safe from any thread)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
+        for k, v in metrics.items():
+            if k != "epoch" and v is not None and math.isfinite(float(v)):
+                self.client.log_metric(self.run_id, k, float(v), step=epoch)
+
+
+@task(name="lr-range-test", cache_policy=NO_CACHE)
+def lr_range_test(cache, cfg: TrainConfig, out_dir: str, num_iter: int = 100, start_lr: float = 1e-7,
+                  end_lr: float = 10.0, run_id: str | None = None) -> dict[str, Any]:
+    """Smith's range test on the training split; returns suggestions and the log-scale bracket."""
+    res = recipes.find_lr(cache.subset("train"), cache.classes, cfg, num_iter=num_iter, start_lr=start_lr,
+                          end_lr=end_lr)
+    plot = recipes.lr_finder_plot(res, out_dir)
+    out = {"chosen": res.chosen, "bracket": list(res.bracket), "suggestions": res.suggestions,
+           "stopped_early": res.stopped_early, "iterations": len(res.lrs), "plot": str(plot)}
+    if run_id:
+        client = MlflowClient()
+        for i, (lr, loss) in enumerate(zip(res.lrs, res.losses)):
+            client.log_metric(run_id, "lr_finder_loss", float(loss), step=i)
+            client.log_metric(run_id, "lr_finder_lr", float(lr), step=i)
+        client.log_artifact(run_id, str(plot), artifact_path="plots")
+        client.log_dict(run_id, out, "reports/lr_finder.json")
+    publish_table("lr-find-summary", {"chosen": res.chosen, "bracket_lo": res.bracket[0],
+                                      "bracket_hi": res.bracket[1], **res.suggestions})
+    return out
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_model(cache, cfg: TrainConfig, run_id: str) -> TrainResult:
+    """Fit one configuration on train/val, logging every epoch to the MLflow run."""
+    logger = get_run_logger()
+    result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg,
+                 callbacks=[MlflowEpochLogger(run_id)])
+    logger.info("trained %s/%s in %.1fs: val balanced acc %.3f", cfg.arch, cfg.schedule, result.wall_seconds,
+                result.val_metrics["balanced_accuracy"])
+    return result
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_model(result: TrainResult, cache, split: str) -> dict[str, Any]:
+    """Metrics of the (snapshot-ensembled) model on ``split``; probabilities kept for the gate."""
+    return recipes.evaluate(result, cache.subset(split), tta=result.config.get("tta"))
+
+
+@task(name="log-training-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_split: str, cache, manifest,
+                     out_dir: str, extra: dict | None = None) -> dict[str, Any]:
+    """Params, tags, dataset input, plots, classification report and the model of one run."""
+    out = Path(out_dir)
+    images, labels = cache.subset(eval_split)
+    plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
+    metrics = evaluation["metrics"]
+    report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
+              "epochs_run": result.epochs_run, "wall_seconds": result.wall_seconds,
+              "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **(extra or {})}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_params({**result.config, "dataset_version": cache.version})
+        tracking.set_standard_tags(cache.version, tracking.git_commit(), result.config["schedule"],
+                                   result.config["amp"], result.device)
+        tracking.log_dataset_input(cache.version, "dataset", manifest.source, manifest.records[["path", "label", "split"]])
+        tracking.log_plots(plots.values())
+        tracking.log_report_json("classification_report", report)
+        # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
+        prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
+        mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in
+                            ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
+                            if metrics.get(k) is not None})
+        mlflow.log_metric("wall_seconds", result.wall_seconds)
+        example = images[:2]
+        tracking.log_torch_model(_for_export(result), result.config["arch"], result.classes,
+                                 _example_input(result, example),
+                                 extra_meta={"norm": [list(result.norm[0]), list(result.norm[1])],
+                                             "size": int(images.shape[1]), "dataset_version": cache.version},
+                                 snapshots=result.snapshots)
+    return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json")}
+
+
+def _for_export(result: TrainResult):
+    """The single model of the run (the snapshot ensemble is stored beside it and is what
+    ``load_model_states`` returns for prediction)."""
+    return result.model.cpu().eval()
+
+
+def _example_input(result: TrainResult, images: np.ndarray) -> np.ndarray:
+    from ml.transforms import to_float_batch
+    import torch
+
+    return to_float_batch(torch.from_numpy(np.ascontiguousarray(images)), *result.norm).numpy()
+
+
+def config_from(base: dict | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a partial dict (flow parameters) plus overrides."""
+    return replace(TrainConfig(**(base or {})), **{k: v for k, v in overrides.items() if v is not None})
+
+
+@task(name="pretrain-backbone", retries=0, cache_policy=NO_CACHE)
+def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
+    """Fit on the source set and store ``{"arch","classes","state_dict"}`` at ``out`` (path or
+    s3://), loadable later as ``weights=out`` (weights_only=True; the head is skipped on transfer)."""
+    import tempfile
+
+    from ml.models import save_checkpoint_file
+    from ml.storage import Storage
+
+    result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = save_checkpoint_file(result.model, cfg.arch, cache.classes, Path(tmp) / "backbone.pt")
+        Storage().put_file(local, out)
+    return {"weights": out, "arch": cfg.arch, "val_balanced_accuracy": result.val_metrics["balanced_accuracy"],
+            "epochs": result.epochs_run, "source_dataset_version": cache.version}

@@ -1,0 +1,191 @@
+"""Ray Tune over the LR bracket x schedule variants x AMP (x architecture), with ASHA.
+
+Each trial is a function trainable that runs :func:`ml.train.fit` with two callbacks: one
+reports every epoch to Tune (``ray.tune.report`` with the epoch checkpoint, so an
+interrupted tune resumes with ``Tuner.restore``), one logs the epoch to an MLflow child
+run under the tune's parent run. Ray starts locally unless ``RAY_ADDRESS`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ml.settings import Settings, get_settings
+from ml.storage import is_s3, split_s3
+
+METRIC = "val_balanced_accuracy"
+
+
+def resources_per_trial(cpus: int = 1, gpus: float | None = None) -> dict[str, float]:
+    """``{"cpu": c, "gpu": g}``: g = 1 (or the given fraction) with CUDA, else 0."""
+    import torch
+
+    if gpus is None:
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    if gpus and not torch.cuda.is_available():
+        raise ValueError(f"gpus_per_trial={gpus} requested but CUDA is not available")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def search_space(bracket: tuple[float, float], schedules: list[str], amp: list[bool],
+                 archs: list[str]) -> dict[str, Any]:
+    """Log-uniform LR inside the bracket; grid over schedules, AMP and architectures."""
+    from ray import tune
+
+    from ml.schedules import VARIANTS
+
+    unknown = sorted(set(schedules) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown schedule(s) {unknown}; choose from {list(VARIANTS)}")
+    lo, hi = bracket
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"invalid LR bracket {bracket}")
+    return {
+        "lr": tune.loguniform(lo, hi),
+        "schedule": tune.grid_search(list(schedules)),
+        "amp": tune.grid_search(list(amp)),
+        "arch": tune.grid_search(list(archs)),
+    }
+
+
+def storage_for(settings: Settings, experiment: str) -> tuple[str, Any]:
+    """Tune's storage path (+ pyarrow filesystem for S3 with a custom endpoint)."""
+    uri = settings.uri("tune", experiment)
+    if not is_s3(uri):
+        return str(Path(uri).resolve().parent), None
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=settings.s3_endpoint_url, region=settings.s3_region,
+                           scheme="http" if (settings.s3_endpoint_url or "").startswith("http:") else "https")
+    bucket, key = split_s3(uri)
+    return f"{bucket}/{key.rsplit('/', 1)[0]}", fs
+
+
+def _trainable(config: dict) -> None:
+    """One trial: fit with Tune reporting and an MLflow child run."""
+    import mlflow
+    import torch
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    from ml.cache import ImageCache
+    from ml.train import Callback, TrainConfig, fit
+    from tasks.tracking import flatten_config
+
+    torch.set_num_threads(max(1, int(config["_cpus"])))
+    cache = ImageCache.open(config["_cache_dir"])
+    cfg = TrainConfig(**{**config["_base"], "lr": config["lr"], "schedule": config["schedule"],
+                         "amp": config["amp"], "arch": config["arch"], "progress": False})
+    ckpt_dir = Path(tempfile.mkdtemp(prefix="trial-ckpt-"))
+    cfg.checkpoint_dir = str(ckpt_dir)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+
+    mlflow.set_tracking_uri(config["_tracking_uri"])
+    trial = tune.get_context().get_trial_name()
+
+    class Report(Callback):
+        def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            with tempfile.TemporaryDirectory() as d:
+                shutil.copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
+                tune.report({**metrics, "mlflow_run_id": run.info.run_id}, checkpoint=Checkpoint.from_directory(d))
+
+    with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
+                          run_name=trial, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
+                                                "dataset_version": cache.version}) as run:
+        mlflow.log_params(flatten_config(cfg.to_dict()))
+        train, val = cache.subset("train"), cache.subset("val")
+        try:
+            fit(train, val, cache.classes, cfg, callbacks=[Report()])
+        finally:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _ray_init(settings: Settings, cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, ignore_reinit_error=True)
+    else:
+        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+                 log_to_driver=False)
+
+
+@task(name="ray-tune", cache_policy=NO_CACHE)
+def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, schedules: list[str],
+             amp: list[bool], archs: list[str], num_samples: int, epochs: int, parent_run_id: str,
+             experiment_id: str, tracking_uri: str, cpus_per_trial: int = 1, gpus_per_trial: float | None = None,
+             name: str = "tune", max_failures: int = 0, resume: bool = True, seed: int = 0) -> dict:
+    """Run (or resume) the sweep; returns the best trial's config/metrics and every trial's outcome."""
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune.schedulers import ASHAScheduler
+
+    settings = get_settings()
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    _ray_init(settings)
+    resources = resources_per_trial(cpus_per_trial, gpus_per_trial)
+    trainable = tune.with_resources(_trainable, resources)
+    space = {
+        **search_space(bracket, schedules, amp, archs),
+        "_base": {**base_config, "epochs": epochs, "seed": seed},
+        "_cache_dir": cache_dir, "_cpus": cpus_per_trial, "_tracking_uri": tracking_uri,
+        "_parent_run_id": parent_run_id, "_experiment_id": experiment_id,
+    }
+    storage_path, fs = storage_for(settings, name)
+    exp_path = f"{storage_path}/{name}" if fs is None else f"{storage_path}/{name}"
+    if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs,
+                                   param_space=space)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=TuneConfig(
+                metric=METRIC, mode="max", num_samples=num_samples,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1,
+                                        reduction_factor=2),
+            ),
+            run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=0),
+        )
+    grid = tuner.fit()
+    return summarize_grid(grid)
+
+
+def summarize_grid(grid) -> dict:
+    """Best trial + one row per trial (errored trials are listed, not hidden)."""
+    trials = []
+    for r in grid:
+        cfg = {k: v for k, v in (r.config or {}).items() if not k.startswith("_")}
+        m = r.metrics or {}
+        trials.append({
+            "trial": r.path.rsplit("/", 1)[-1] if r.path else None,
+            **cfg,
+            METRIC: m.get(METRIC),
+            "val_macro_f1": m.get("val_macro_f1"),
+            "epochs": m.get("training_iteration"),
+            "mlflow_run_id": m.get("mlflow_run_id"),
+            "error": None if r.error is None else f"{type(r.error).__name__}: {str(r.error)[:300]}",
+        })
+    ok = [t for t in trials if t["error"] is None and t[METRIC] is not None]
+    if not ok:
+        raise RuntimeError("every Ray Tune trial failed: " + "; ".join(str(t["error"]) for t in trials))
+    best = max(ok, key=lambda t: t[METRIC])
+    return {"best": best, "trials": trials, "failed": [t for t in trials if t["error"]]}
