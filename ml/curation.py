@@ -6,9 +6,12 @@ source files are never modified.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +257,140 @@ def _curate_one(
         shutil.copyfile(source, target)
     status = "curated" if changed else "copied"
     return row | {"out_path": str(target), "status": status, "steps": ";".join(done), "details": json.dumps(done)}
+
+
+# --------------------------------------------------------------------------- curated versions (A/B)
+AB_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+"""The headline metrics an A/B comparison of curated vs original data reports (with deltas)."""
+CURATED_MANIFEST = "manifest.csv"
+"""Name of the CSV manifest (``path,label,split,source_path``) inside a curated version's folder."""
+
+
+def curation_key(records: pd.DataFrame, steps: list[str], policy: dict[str, Any]) -> str:
+    """16 hex chars identifying a curated version: the source files (path, sha256, label, split), the
+    steps in order and the curation settings and threshold that shape the output."""
+    cfg = _DEFAULTS | (policy.get("curation") or {})
+    threshold = (policy.get("confounders") or {}).get("score_threshold", DEFAULT_CONFOUNDER_THRESHOLD)
+    cols = [c for c in ("path", "sha256", "label", "split") if c in records]
+    rows = sorted(map(list, records[cols].astype(str).itertuples(index=False, name=None)))
+    payload = {"rows": rows, "steps": list(steps), "curation": cfg, "threshold": threshold}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def curated_manifest(log: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """The CSV manifest of a curated copy from :func:`curate_dataset`'s ``log``.
+
+    One row per written file (``unreadable`` rows have none and are left out) with ``path`` relative
+    to ``root`` (the folder the CSV goes into), the label, the **split of its original** and
+    ``source_path`` (the original's path), sorted by path. Raises ValueError when a written file has
+    no split (split the manifest first), lies outside ``root``, or two rows share an output path.
+    """
+    root = Path(root).resolve()
+    written = log[log["status"].isin(["curated", "copied"])]
+    split = written["split"].fillna("").astype(str).str.strip()
+    if (split == "").any():
+        missing = written.loc[split == "", "path"].head(3).tolist()
+        raise ValueError(f"curated rows without a split (e.g. {missing}): split the manifest before curating")
+    rel = []
+    for out_path in written["out_path"]:
+        try:
+            rel.append(Path(out_path).resolve().relative_to(root).as_posix())
+        except ValueError:
+            raise ValueError(f"curated file {out_path} is outside the version folder {root}") from None
+    table = pd.DataFrame({"path": rel, "label": written["label"].astype(str).to_numpy(),
+                          "split": split.to_numpy(), "source_path": written["path"].astype(str).to_numpy()})
+    dupes = table["path"][table["path"].duplicated()].tolist()
+    if dupes:
+        raise ValueError(f"curated output paths listed twice: {dupes[:3]}")
+    return table.sort_values("path", ignore_index=True)
+
+
+def split_mismatches(original: pd.DataFrame, curated: pd.DataFrame) -> pd.DataFrame:
+    """Rows where a curated record's split or label differs from its original's, or an original
+    (with a split) has no curated record. ``curated`` needs ``source_path`` (as in the curated CSV
+    manifest) or is matched by ``path``. Columns: path, label, split, curated_label, curated_split,
+    problem (``split_changed``, ``label_changed``, ``missing``, ``unknown_source``)."""
+    key = "source_path" if "source_path" in curated else "path"
+    cur = curated[[key, "label", "split"]].rename(columns={key: "path", "label": "curated_label",
+                                                            "split": "curated_split"})
+    merged = original[["path", "label", "split"]].merge(cur, on="path", how="outer", indicator=True)
+    problem = np.select(
+        [merged["_merge"] == "left_only", merged["_merge"] == "right_only",
+         merged["split"] != merged["curated_split"], merged["label"] != merged["curated_label"]],
+        ["missing", "unknown_source", "split_changed", "label_changed"], default="")
+    return merged.assign(problem=problem)[problem != ""].drop(columns="_merge").reset_index(drop=True)
+
+
+def with_sources(curated_records: pd.DataFrame, manifest_csv: str | Path) -> pd.DataFrame:
+    """``curated_records`` (e.g. a :class:`~ml.manifest.Manifest`'s records built from ``manifest_csv``)
+    with the ``source_path`` column of the curated CSV manifest, matched by absolute path (NaN when a
+    record is not in the CSV)."""
+    csv = Path(manifest_csv).resolve()
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    absolute = [str((csv.parent / p).resolve()) for p in table["path"]]
+    sources = dict(zip(absolute, table["source_path"], strict=True))
+    out = curated_records.copy()
+    out["source_path"] = [sources.get(str(Path(p).resolve())) for p in out["path"]]
+    return out
+
+
+def ab_comparison(baseline: dict[str, Any], curated: dict[str, Any],
+                  metrics: tuple[str, ...] = AB_METRICS) -> list[dict[str, Any]]:
+    """Rows ``{metric, baseline, curated, delta}`` with ``delta = curated - baseline`` (None where a
+    metric is missing on either side)."""
+    rows = []
+    for name in metrics:
+        a, b = baseline.get(name), curated.get(name)
+        delta = None if a is None or b is None else float(b) - float(a)
+        rows.append({"metric": name, "baseline": None if a is None else float(a),
+                     "curated": None if b is None else float(b), "delta": delta})
+    return rows
+
+
+@dataclass
+class CuratedVersion:
+    """A curated copy on disk: its folder, CSV manifest, curation log and whether it was reused."""
+
+    root: Path
+    manifest_csv: Path
+    log: pd.DataFrame
+    reused: bool
+
+    def counts(self) -> dict[str, int]:
+        """Files per curation status (curated, copied, unreadable)."""
+        return {str(k): int(v) for k, v in self.log["status"].value_counts().sort_index().items()}
+
+
+def write_curated_version(records: pd.DataFrame, dest: str | Path, steps: list[str],
+                          policy: dict[str, Any]) -> CuratedVersion:
+    """Curate split ``records`` into the new folder ``dest`` with :func:`curate_dataset` and write its
+    CSV manifest (:data:`CURATED_MANIFEST`, from :func:`curated_manifest`, splits preserved).
+
+    The copy is built in a hidden sibling folder and renamed into place, so a ``dest`` holding the
+    manifest is complete; it is then reused as it is (name ``dest`` after :func:`curation_key` so that
+    a folder only ever holds one request's output). Sources are only read.
+    """
+    dest = Path(dest).resolve()
+    if (dest / CURATED_MANIFEST).is_file():
+        return CuratedVersion(dest, dest / CURATED_MANIFEST, pd.read_csv(dest / "curation_log.csv"), True)
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists without {CURATED_MANIFEST}: not a curated version, remove it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        log = curate_dataset(records, tmp, steps, policy)
+        log["out_path"] = [None if p is None or pd.isna(p) else str(dest / Path(p).relative_to(tmp))
+                           for p in log["out_path"]]
+        log.to_csv(tmp / "curation_log.csv", index=False)
+        curated_manifest(log, dest).to_csv(tmp / CURATED_MANIFEST, index=False)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another run finished the same version first
+            if not (dest / CURATED_MANIFEST).is_file():
+                raise
+            shutil.rmtree(tmp)
+            return CuratedVersion(dest, dest / CURATED_MANIFEST, pd.read_csv(dest / "curation_log.csv"), True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CuratedVersion(dest, dest / CURATED_MANIFEST, log, False)

@@ -483,25 +483,102 @@ def _lesion(rng: np.random.Generator, label: str, size: int, share: float, skin:
 # ----------------------------------------------------------------------------- artefacts
 
 
+_ANGLES = 72  # candidate directions (5 degree steps) when placing a pen stroke
+
+
+def _ring_points(cx: float, cy: float, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate directions (radians) and the points at distance ``r`` from (cx, cy) along them."""
+    theta = np.arange(_ANGLES) * (2 * np.pi / _ANGLES)
+    return theta, cx + r * np.cos(theta), cy + r * np.sin(theta)
+
+
+def _inside(x: np.ndarray, y: np.ndarray, size: int, pad: float) -> np.ndarray:
+    return (x >= pad) & (x <= size - 1 - pad) & (y >= pad) & (y <= size - 1 - pad)
+
+
+def _longest_run(ok: np.ndarray) -> tuple[int, int]:
+    """(start, length) of the longest circular run of True in ``ok`` (length 0 when none)."""
+    n = len(ok)
+    if ok.all():
+        return 0, n
+    best, start, run = (0, 0), 0, 0
+    for k in range(2 * n):  # twice round the circle catches runs that wrap
+        if ok[k % n]:
+            if run == 0:
+                start = k
+            run += 1
+            if run > best[1]:
+                best = (start % n, min(run, n))
+        else:
+            run = 0
+    return best
+
+
+def _pen_radius(les: _Lesion, size: int, pad: float, factor: float, min_r: float) -> tuple[float, int, int]:
+    """A ring radius around the lesion and the (start, length) of its longest in-frame run.
+
+    Starts at ``factor`` x the lesion radius (at least ``min_r`` px, so that a tiny lesion still gets
+    a visible ring) and, while less than a quarter of the ring lies inside the frame, tries radii
+    alternately smaller (down to 0.7 x the lesion radius) and larger (up to 1.8 x); without such a
+    radius it takes the one with the longest in-frame run.
+    """
+    cx, cy = les.centre
+    r0 = max(les.radius * factor, min_r)
+    tries = [r0]
+    for k in range(1, 12):
+        tries += [r0 * 0.92**k, r0 * 1.08**k]
+    lo, hi = max(min(0.7 * les.radius, r0), min_r), max(1.8 * les.radius, r0)
+    best = (r0, 0, 0)
+    for r in tries:
+        if not lo <= r <= hi:
+            continue
+        _, x, y = _ring_points(cx, cy, r)
+        start, length = _longest_run(_inside(x, y, size, pad))
+        if length >= _ANGLES // 4:
+            return r, start, length
+        if length > best[2]:
+            best = (r, start, length)
+    return best
+
+
 def _draw_pen(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
-    """Marker-ink circles, strokes or arrows a few px wide near the lesion (in place)."""
+    """Marker-ink circles, strokes or arrows a few px wide near the lesion (in place).
+
+    Every stroke is placed inside the frame: an arc runs along the in-frame part of a ring around
+    the lesion, a stroke or arrow points at the lesion from an in-frame direction and is cut at the
+    frame, so ``pen_mark=1`` always means visible ink (lesions touching the border included).
+    """
     size = img.shape[0]
     ink = _INKS[rng.choice(len(_INKS), p=_INK_WEIGHTS)] + rng.normal(0, 6, 3)
-    width = max(2, round(size * rng.uniform(0.015, 0.03)))
+    width = max(2, round(size * rng.uniform(0.02, 0.035)))
+    pad = width / 2 + 1
     layer = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(layer)
     cx, cy = les.centre
     for _ in range(int(rng.integers(1, 4))):
-        r = les.radius * rng.uniform(1.05, 1.45)
+        r, run_start, run = _pen_radius(les, size, pad, rng.uniform(1.05, 1.45), 1.5 * width + 1)
         kind = rng.integers(3)
+        step = 360.0 / _ANGLES
         if kind == 0:
-            start = rng.uniform(0, 360)
-            end = start + rng.uniform(200, 360)
-            draw.arc((cx - r, cy - r, cx + r, cy + r), start, end, fill=255, width=width)
+            span = min(rng.uniform(200, 360), max(run - 1, 1) * step)
+            room = max(run - 1, 1) * step - span
+            start = run_start * step + rng.uniform(0, room)
+            draw.arc((cx - r, cy - r, cx + r, cy + r), start, start + span, fill=255, width=width)
         else:
-            a = rng.uniform(0, 2 * np.pi)
+            theta, x, y = _ring_points(cx, cy, r)
+            ok = _inside(x, y, size, pad)
+            if not ok.any():  # a ring hugging a lesion that fills the frame: point from its run
+                ok[run_start % _ANGLES] = True
+            reach = np.where(ok, _reach(x, y, theta, size, pad), -np.inf)
+            length = 0.3 * size
+            roomy = reach >= 0.8 * length
+            pick = int(rng.choice(np.flatnonzero(roomy))) if roomy.any() else int(reach.argmax())
+            a = theta[pick] + rng.uniform(-0.5, 0.5) * np.deg2rad(step)
             tip = (cx + r * np.cos(a), cy + r * np.sin(a))
-            tail = (tip[0] + 0.3 * size * np.cos(a), tip[1] + 0.3 * size * np.sin(a))
+            # Outwards from the lesion where there is room, else inwards across its border.
+            out = 1.0 if reach[pick] >= 0.5 * length else -1.0
+            length = min(length, reach[pick]) if out > 0 else min(length, r)
+            tail = (tip[0] + out * length * np.cos(a), tip[1] + out * length * np.sin(a))
             draw.line([tail, tip], fill=255, width=width)
             if kind == 2:  # arrow head
                 for turn in (-0.5, 0.5):
@@ -510,6 +587,16 @@ def _draw_pen(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
                     draw.line([tip, head], fill=255, width=width)
     alpha = np.asarray(layer, np.float32) / 255 * rng.uniform(0.85, 1.0)
     _paint(img, alpha, np.clip(ink, 0, 255))
+
+
+def _reach(x: np.ndarray, y: np.ndarray, theta: np.ndarray, size: int, pad: float) -> np.ndarray:
+    """How far one can go from each (x, y) outwards along ``theta`` before leaving the padded frame."""
+    lo, hi = pad, size - 1 - pad
+    dx, dy = np.cos(theta), np.sin(theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tx = np.where(dx > 1e-9, (hi - x) / dx, np.where(dx < -1e-9, (lo - x) / dx, np.inf))
+        ty = np.where(dy > 1e-9, (hi - y) / dy, np.where(dy < -1e-9, (lo - y) / dy, np.inf))
+    return np.minimum(tx, ty)
 
 
 def _draw_ruler(img: np.ndarray, rng: np.random.Generator) -> None:

@@ -262,3 +262,35 @@ def test_all_written_images_are_rgb_of_the_requested_size(tmp_path: Path) -> Non
     for r in rows:
         with Image.open(out / r["path"]) as im:
             assert (im.mode, im.size, im.format) == ("RGB", (48, 48), "JPEG")
+
+
+@pytest.mark.parametrize(("size", "per_class"), [(32, 12), (64, 12), (128, 4)])
+def test_every_pen_mark_leaves_visible_ink_in_the_frame(tmp_path: Path, size: int, per_class: int) -> None:
+    # Regression: the pen used to be drawn off-frame for lesions near the border, so images with
+    # pen_mark=1 were byte-identical to the unmarked render. Every marked image of every label must
+    # now differ from it by ink: >= 0.3 % of the pixels changed AND ink-coloured or dark.
+    kw = dict(per_class=per_class, size=size, seed=0)
+    marked = _gen(tmp_path, "pen", pen_rate=1.0, **kw)
+    clean = _gen(tmp_path, "clean", **kw)
+    rows = _images(_meta(marked))
+    assert len(rows) == 10 * per_class and {r["pen_mark"] for r in _meta(marked)} == {"1"}
+    shares = {}
+    for p in rows:
+        img = _pixels(marked, p)
+        changed = np.abs(img - _pixels(clean, p)).max(axis=2) > 40
+        inky = _ink(img) | (img.max(axis=2) < 70)
+        shares[p] = float((changed & inky).mean())
+    invisible = {p: s for p, s in shares.items() if s < 0.003}
+    assert not invisible, f"pen_mark=1 without visible ink: {invisible}"
+
+
+def test_reported_off_frame_pen_marks_are_now_drawn(tmp_path: Path) -> None:
+    # The exact setting (JPEG, 64 px, seed 0): acne_0002/0006/0008/0009 were unchanged.
+    kw = dict(per_class=12, size=64, seed=0, fmt="jpg")
+    marked = _gen(tmp_path, "pen", pen_rate={"acne": 1.0}, **kw)
+    clean = _gen(tmp_path, "clean", **kw)
+    acne = _images(_meta(marked), label="acne")
+    assert len(acne) == 12
+    for p in acne:
+        assert (marked / p).read_bytes() != (clean / p).read_bytes(), p
+        assert (np.abs(_pixels(marked, p) - _pixels(clean, p)).max(axis=2) > 40).mean() >= 0.003, p
