@@ -129,8 +129,11 @@ up() {
     --artifacts-destination "s3://$BUCKET/mlartifacts" --host "$HOST" --port "$MLFLOW_PORT" --workers 1
   wait_until prefect http_ok "$PREFECT_API/health"
   "$VENV/bin/prefect" work-pool create "$POOL" --type process --overwrite >>"$RUN/logs/prefect.log" 2>&1
-  (cd "$REPO" && start worker "$VENV/bin/prefect" worker start --pool "$POOL")
   wait_until mlflow http_ok "$MLFLOW_URL/health"
+  # Flow runs inherit the worker's environment: point them at this stack's MLflow and S3.
+  (cd "$REPO" && MLFLOW_TRACKING_URI="$MLFLOW_URL" SKINFLOW_S3_ENDPOINT_URL="$S3_URL" \
+    SKINFLOW_S3_BUCKET="$BUCKET" SKINFLOW_DATA_ROOT="${SKINFLOW_DATA_ROOT:-$REPO/data}" \
+    start worker "$VENV/bin/prefect" worker start --pool "$POOL")
   wait_until worker worker_online
 
   trap - EXIT

@@ -144,3 +144,46 @@ def ray_local():
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def read_stack_env(path: Path) -> dict[str, str]:
+    """The exports of ``.stack/env`` as a dict."""
+    lines = [ln.removeprefix("export ") for ln in path.read_text().splitlines() if ln.startswith("export ")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The real local stack (infra/stack.sh) on free ports: ``(run_dir, ports, sh, up)``.
+
+    Started once per session (~30 s) and always brought down, checking that nothing is left
+    listening and no pid/env file remains. Flow runs of its worker keep their data under
+    ``run_dir/data``."""
+    run_dir = tmp_path_factory.mktemp("stack")
+    ports = {"S3": free_port(), "MLFLOW": free_port(), "PREFECT": free_port()}
+    env = {
+        **os.environ,
+        "VENV": str(Path(sys.executable).parent.parent),
+        "SKINFLOW_STACK_DIR": str(run_dir),
+        "SKINFLOW_DATA_ROOT": str(run_dir / "data"),
+        **{f"SKINFLOW_{k}_PORT": str(v) for k, v in ports.items()},
+    }
+
+    def sh(cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(REPO / "infra" / "stack.sh"), cmd], env=env, capture_output=True,
+                              text=True, timeout=400)
+
+    up = sh("up")
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield run_dir, ports, sh, up
+    finally:
+        down = sh("down")
+        assert down.returncode == 0, down.stderr
+        assert not any(listening(p) for p in ports.values())
+        assert not list((run_dir / "pids").glob("*.pid")) and not (run_dir / "env").exists()
