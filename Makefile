@@ -33,10 +33,10 @@ bench-train: install
 	$(PY) bench/bench_train.py $(BENCH_ARGS)
 
 bench-overhead: install
-	$(PY) bench/bench_overhead.py $(BENCH_ARGS)
+	$(PY) bench/bench_overhead.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 bench-features: install
-	$(PY) bench/bench_features.py $(BENCH_ARGS)
+	$(PY) bench/bench_features.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 stack-up: install
 	bash infra/stack.sh up

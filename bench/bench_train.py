@@ -719,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["load_average_at_end"] = load_average()
     write_json(_jsonable(result), json_path)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(render_markdown(result))
+    out_md.write_text(keep_other_sections(out_md, render_markdown(result)))
     _log(f"wrote {out_md} and {json_path} ({result['wall_seconds']:.0f}s)")
     return result
 
@@ -732,6 +732,16 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
+
+
+def keep_other_sections(path: Path, text: str) -> str:
+    """Carry over the sections other benchmarks keep in the same file between
+    ``<!-- name:start -->`` / ``<!-- name:end -->`` markers."""
+    import re
+
+    old = path.read_text() if path.exists() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", old, flags=re.S)]
+    return text.rstrip() + ("\n\n" + "\n\n".join(kept) + "\n" if kept else "\n")
 
 
 if __name__ == "__main__":

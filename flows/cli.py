@@ -259,6 +259,27 @@ def _print_validation(report: dict) -> None:
     typer.echo(f"dataset version {report.get('dataset_version')}; data docs: {report.get('data_docs')}")
 
 
+@app.command("curation-ab")
+def curation_ab(
+    data: str = typer.Option(..., help="Dataset (ImageFolder, CSV or s3://)."),
+    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps (see ml.curation.STEPS)."),
+    model: str = typer.Option("resnet18"),
+    schedule: str = typer.Option("sgdr_dlr_clm"),
+    lr: float = typer.Option(1e-2),
+    epochs: int = typer.Option(5),
+    size: int = typer.Option(64),
+    test_frac: float = typer.Option(0.2, help="Held-out share both models are compared on."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("outputs/curation_ab")),
+):
+    """Train the same model with and without a curation step on the same split; report the difference."""
+    from flows.curation_ab import curation_ab_flow
+
+    res = curation_ab_flow(data=data, steps=steps.split(","), arch=model, schedule=schedule, lr=lr, epochs=epochs,
+                           size=size, test_frac=test_frac, seed=seed, out_dir=str(out))
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("data/demo"), help="Where the synthetic set and reports go."),

@@ -122,3 +122,17 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     assert worse["promoted"] is False
     assert tracking.get_alias_version(name, "challenger") == worse["model_version"]
     assert tracking.get_alias_version(name, "champion") == champion
+
+
+def test_retrain_stops_on_critical_validation_failures(flows_env):
+    """The flows_env images are 40 px, below the policy's minimum side: a critical integrity
+    failure that must stop the loop before any training or registration."""
+    from flows.retrain import retrain_flow
+    from flows.validate import ValidationFailed
+
+    name = get_settings().registered_model
+    before = len(MlflowClient().search_model_versions(f"name='{name}'"))
+    with pytest.raises(ValidationFailed, match="integrity"):
+        retrain_flow(data=flows_env["data"], tune=False, lr=0.01, epochs=1, size=32, batch_size=16,
+                     validate=True, out_dir=str(flows_env["root"] / "r3"))
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == before
