@@ -252,10 +252,12 @@ def validate(
 
 def _print_validation(report: dict) -> None:
     rows = report["results"]
-    w = max((len(r["expectation"]) for r in rows), default=10)
+    w = max((len(r.get("check") or r["expectation"]) for r in rows), default=10)
     for r in rows:
         mark = "PASS" if r["success"] else ("FAIL" if r["severity"] == "critical" else "WARN")
-        typer.echo(f"{mark:4}  {r['suite']:<18} {r['expectation']:<{w}}  observed={r['observed']}")
+        observed = f"{r['observed']:.4g}" if isinstance(r["observed"], float) else r["observed"]
+        typer.echo(f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
+                   f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})")
     typer.echo(f"dataset version {report.get('dataset_version')}; data docs: {report.get('data_docs')}")
 
 

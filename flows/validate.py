@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
-from tasks.validation import compute_features, run_expectations
+from tasks.validation import compute_features, run_expectations, store_data_docs
 
 
 class ValidationFailed(RuntimeError):
@@ -28,11 +28,14 @@ def validate_flow(source: str = "data/demo/synth", class_map: str | None = None,
     out = {
         "dataset_version": manifest.version,
         "passed": report.passed,
-        "critical_failures": [f"{r.suite}:{r.expectation}" for r in report.critical_failures],
-        "warnings": [f"{r.suite}:{r.expectation}" for r in report.warnings],
+        "critical_failures": [f"{r.suite}:{r.check}" for r in report.critical_failures],
+        "warnings": [f"{r.suite}:{r.check}" for r in report.warnings],
         "results": report.to_dict()["results"],
         "data_docs": str(report.data_docs_index) if report.data_docs_index else None,
     }
+    from prefect.runtime import flow_run
+
+    out["data_docs_uri"] = store_data_docs(str(docs_dir), manifest.version, flow_run.get_id() or "local")
     log_validation(out, docs_dir, source)
     for w in out["warnings"]:
         logger.warning("validation warning: %s", w)

@@ -220,6 +220,8 @@ def log_torch_model(
             signature=infer_signature(input_example, output),
             registered_model_name=registered_model_name,
             serialization_format=serialization_format,
+            # declared, not inferred: inference re-imports the model in a subprocess (seconds per run)
+            pip_requirements=_model_requirements(),
         )
     finally:
         model.train(was_training)
@@ -232,6 +234,13 @@ def log_torch_model(
     }
     _log_weights(model.state_dict(), snapshots, meta)
     return info
+
+
+def _model_requirements() -> list[str]:
+    """Pinned runtime requirements of a logged model (this environment's versions)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "numpy", "mlflow")]
 
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -45,3 +45,18 @@ def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: st
     ]
     publish_table("validate-summary", rows, "Great Expectations results (critical failures stop the flow)")
     return report
+
+
+@task(name="store-data-docs", retries=3, retry_delay_seconds=[2, 5, 10], cache_policy=NO_CACHE)
+def store_data_docs(docs_dir: str, dataset_version: str, flow_run_id: str) -> str | None:
+    """Copy the Data Docs site to ``reports/validate/<version>/<flow-run>/`` on the configured
+    storage (S3 when set). Returns the URI, or None when the storage root is the local disk
+    the docs were written to already."""
+    from ml.storage import Storage, is_s3
+
+    settings = get_settings()
+    if not is_s3(settings.root_uri) or not Path(docs_dir).is_dir():
+        return None
+    uri = settings.uri("reports", "validate", dataset_version, flow_run_id)
+    Storage(settings).sync_dir_up(docs_dir, uri)
+    return uri

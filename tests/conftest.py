@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
+_REGISTRY_AT_START = os.environ.get("MLFLOW_REGISTRY_URI")
 
 
 def free_port() -> int:
@@ -187,3 +188,25 @@ def local_stack(tmp_path_factory):
         assert down.returncode == 0, down.stderr
         assert not any(listening(p) for p in ports.values())
         assert not list((run_dir / "pids").glob("*.pid")) and not (run_dir / "env").exists()
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_globals_follow_the_environment():
+    """Code under test calls mlflow.set_tracking_uri/set_experiment (process globals); after each
+    test MLflow goes back to reading MLFLOW_TRACKING_URI, so stores never leak between tests."""
+    # tests and fixtures choose the tracking store through MLFLOW_TRACKING_URI; none chooses a
+    # separate registry, so MLFLOW_REGISTRY_URI always returns to its value at session start
+    saved = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_REGISTRY_URI": _REGISTRY_AT_START}
+    yield
+    for k, v in saved.items():  # set_tracking_uri/set_registry_uri also export these
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    import mlflow.tracking._model_registry.utils as registry
+    import mlflow.tracking._tracking_service.utils as tracking_service
+    import mlflow.tracking.fluent as fluent
+
+    tracking_service._tracking_uri = None
+    registry._registry_uri = None
+    fluent._active_experiment_id = None

@@ -75,3 +75,30 @@ def test_validate_exits_nonzero_on_critical_failures(prefect_harness, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAIL" not in out.stdout and "data docs" in out.stdout
     assert (tmp_path / "val2").rglob("index.html")
+
+
+def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
+    """`skinflow train ... --amp` trains, evaluates and writes plots and metrics;
+    `skinflow lr-find` prints the suggestion and the bracket."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    ds = tmp_path / "ds"
+    assert runner.invoke(app, ["data", "synth", "--out", str(ds), "--per-class", "8", "--size", "32"]).exit_code == 0
+    out = _skinflow(["lr-find", "--data", str(ds), "--size", "32", "--batch-size", "16", "--num-iter", "15",
+                     "--out", str(tmp_path / "lr")], env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout[out.stdout.index("{"):])
+    lo, hi = res["bracket"]
+    assert lo <= res["chosen"] <= hi and set(res["suggestions"]) == {"valley", "steepest", "min_div10"}
+    assert (tmp_path / "lr" / "lr_finder.png").stat().st_size > 0
+    out = _skinflow(["train", "--data", str(ds), "--model", "resnet18", "--schedule", "sgdr_dlr_clm", "--amp",
+                     "--epochs", "3", "--size", "32", "--batch-size", "16", "--out", str(tmp_path / "train")], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary["amp_dtype"] == "bfloat16" and summary["epochs_run"] == 3
+    written = {p.name for p in (tmp_path / "train").rglob("*.png")}
+    assert {"lr_finder.png", "lr_schedule.png", "curves.png", "confusion_matrix.png", "roc.png"} <= written
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["config"]["schedule"] == "sgdr_dlr_clm" and metrics["config"]["amp"] is True

@@ -1,0 +1,68 @@
+"""The one settings object: embedded defaults, env vars, YAML file, precedence, no secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml.settings import Settings
+
+
+def test_defaults_need_no_service(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS", "SKINFLOW_CONFIG", "SKINFLOW_S3_BUCKET",
+                "SKINFLOW_DATA_ROOT", "SKINFLOW_STORAGE_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings()
+    assert s.data_root == Path("data")
+    assert s.mlflow_tracking_uri == "sqlite:///mlflow.db"
+    assert s.prefect_api_url is None and s.ray_address is None
+    assert s.root_uri == "data"
+    assert s.uri("datasets", "synth", "abc") == "data/datasets/synth/abc"
+
+
+def test_tool_variables_and_prefixed_ones_switch_to_servers(monkeypatch):
+    monkeypatch.delenv("SKINFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5050")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setenv("SKINFLOW_S3_BUCKET", "team-bucket")
+    monkeypatch.setenv("SKINFLOW_S3_PREFIX", "/skin/")
+    monkeypatch.setenv("SKINFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    s = Settings()
+    assert s.mlflow_tracking_uri == "http://127.0.0.1:5050"
+    assert s.prefect_api_url.endswith("/api") and s.ray_address == "ray://head:10001"
+    assert s.root_uri == "s3://team-bucket/skin"
+    assert s.uri("reports", "validate") == "s3://team-bucket/skin/reports/validate"
+
+
+def test_yaml_file_is_read_and_env_wins(monkeypatch, tmp_path):
+    cfg = tmp_path / "skinflow.yaml"
+    cfg.write_text("data_root: /srv/skin\nregistered_model: derm-10\ns3_max_attempts: 7\n")
+    monkeypatch.setenv("SKINFLOW_CONFIG", str(cfg))
+    monkeypatch.setenv("SKINFLOW_REGISTERED_MODEL", "from-env")
+    monkeypatch.delenv("SKINFLOW_DATA_ROOT", raising=False)
+    s = Settings()
+    assert s.data_root == Path("/srv/skin") and s.s3_max_attempts == 7
+    assert s.registered_model == "from-env"
+
+
+def test_missing_or_malformed_yaml_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SKINFLOW_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Settings()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- list\n")
+    monkeypatch.setenv("SKINFLOW_CONFIG", str(bad))
+    with pytest.raises(ValueError, match="mapping"):
+        Settings()
+
+
+def test_public_dict_masks_credentials_in_uris(monkeypatch):
+    monkeypatch.delenv("SKINFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cr3t@db:5432/mlflow")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "topsecret")
+    public = Settings().public_dict()
+    text = repr(public)
+    assert "s3cr3t" not in text and "topsecret" not in text
+    assert public["mlflow_tracking_uri"] == "postgresql://***@db:5432/mlflow"
