@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 PROFILES = {
-    # 2-core CPU: finishes in a few minutes.
-    "cpu": dict(synth=dict(per_class=40, size=64), size=48, epochs=3, tune_epochs=2, num_samples=1,
+    # 2-core CPU: a few minutes. 15 epochs = 1+2+4+8: sgdr_dlr_clm completes four cycles.
+    "cpu": dict(synth=dict(per_class=60, size=64), size=48, epochs=15, tune_epochs=3, num_samples=1,
                 schedules=["sgd", "sgdr", "sgdr_dlr_clm"], tune_amp=[True], batch_size=32),
     # a GPU machine: larger images, every variant, AMP on and off.
-    "full": dict(synth=dict(long_tail=True, size=160), size=128, epochs=7, tune_epochs=7, num_samples=2,
+    "full": dict(synth=dict(long_tail=True, size=160), size=128, epochs=15, tune_epochs=7, num_samples=2,
                  schedules=["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"], tune_amp=[False, True],
                  batch_size=64),
 }

@@ -11,6 +11,7 @@ from ml.schedules import VARIANTS
 from ml.settings import get_settings
 from ml.train import TrainConfig
 from tasks.common import publish_table
+from tasks.tracking import absolute_tracking_uri
 from tasks.mlflow_tasks import close_run, open_run
 from tasks.training import lr_range_test
 from tasks.tuning import METRIC, run_tune
@@ -26,7 +27,9 @@ def tune_flow(data: str = "data/demo/synth", archs: list[str] = ("resnet18",),
               parent_run_id: str | None = None) -> dict:
     """Returns ``{"best": {...}, "trials": [...], "failed": [...], "lr_find": {...}, "run_id": ...}``.
     ``lr_bracket`` skips the range test; ``prepared=(manifest, cache)`` reuses the caller's
-    data (the retrain flow)."""
+    data (the retrain flow). Each run gets its own Tune experiment; pass the ``name`` of an
+    interrupted one to resume it (``Tuner.restore``: finished trials are kept, unfinished and
+    errored ones continue from their last checkpoint)."""
     from flows.train import check_request, prepare_data
 
     check_request(list(schedules), epochs)
@@ -43,8 +46,8 @@ def tune_flow(data: str = "data/demo/synth", archs: list[str] = ("resnet18",),
             logger.info("LR bracket %.3g..%.3g (chosen %.3g)", *lr_bracket, finder["chosen"])
         res = run_tune(str(cache.path), tuple(lr_bracket), {"batch_size": batch_size, "snapshots": 0},
                        list(schedules), list(amp), list(archs), num_samples, epochs, run_id, experiment_id,
-                       get_settings().mlflow_tracking_uri, cpus_per_trial, gpus_per_trial,
-                       name=name or f"tune-{cache.version}", max_failures=max_failures)
+                       absolute_tracking_uri(get_settings().mlflow_tracking_uri), cpus_per_trial, gpus_per_trial,
+                       name=name or f"tune-{cache.version}-{run_id[:8]}", max_failures=max_failures)
     except BaseException:
         close_run(run_id, "FAILED")
         raise

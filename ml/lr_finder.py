@@ -1,8 +1,9 @@
 """LR range test (Smith): ramp the LR over mini-batches, watch the smoothed loss, bracket the choice.
 
-The thesis stresses a *bracket* on the log scale rather than a point: :func:`bracket_around`
-returns ``chosen / 10**(w/2) .. chosen * 10**(w/2)`` (``w = width_decades``, one decade by default,
-i.e. ``chosen / sqrt(10) .. chosen * sqrt(10)``), clipped to the range of LRs actually tested.
+The thesis stresses a *bracket* on the log scale rather than a point: :func:`bracket_to_minimum`
+spans from the valley (or the minimum-loss LR / 10, whichever is lower) up to the minimum-loss
+LR; the single ``chosen`` rate is the minimum-loss LR / 10 (Smith; fastai's ``lr_min``) clipped
+into it. :func:`bracket_around` gives a symmetric bracket around any rate.
 """
 
 from __future__ import annotations
@@ -145,14 +146,14 @@ def lr_range_test(
             "lower start_lr or end_lr so that the range test records at least 2 points"
         )
     suggestions = suggest(lrs, losses)
-    chosen = suggestions["valley"]
+    bracket = bracket_to_minimum(suggestions, lrs)
     return LRFinderResult(
         lrs=lrs,
         losses=losses,
         raw_losses=raw_losses,
         suggestions=suggestions,
-        chosen=chosen,
-        bracket=bracket_around(chosen, lrs),
+        chosen=min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
+        bracket=bracket,
         stopped_early=stopped_early,
     )
 
@@ -175,6 +176,21 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
         "steepest": float(x[steepest]),
         "min_div10": float(x[int(np.argmin(y))] / 10.0),
     }
+
+
+def bracket_to_minimum(suggestions: dict[str, float], lrs: Sequence[float],
+                       min_width_decades: float = 0.5) -> tuple[float, float]:
+    """The thesis's bracket: the neighbourhood *below* the minimum-loss point on the log scale,
+    from the lower of ``valley`` and ``min_div10`` up to the LR of the minimum smoothed loss
+    (``10 * min_div10``), at least ``min_width_decades`` wide, clipped to the tested range.
+
+    On short, noisy curves (small data) the valley alone lands an order of magnitude or more
+    below workable rates; the minimum-loss point bounds the bracket from above instead."""
+    lo_tested, hi_tested = float(min(lrs)), float(max(lrs))
+    hi = min(10.0 * suggestions["min_div10"], hi_tested)
+    lo = min(suggestions["valley"], suggestions["min_div10"])
+    lo = min(lo, hi / 10.0**min_width_decades)
+    return max(lo, lo_tested), hi
 
 
 def bracket_around(lr: float, lrs: Sequence[float], width_decades: float = 1.0) -> tuple[float, float]:

@@ -463,5 +463,5 @@ def validate_features(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     gx_results = _run_suites(context, checks, tables)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
-    docs = _build_docs(context, Path(data_docs_dir)) if data_docs_dir is not None else None
+    docs = _build_docs(context, Path(data_docs_dir).resolve()) if data_docs_dir is not None else None
     return ValidationReport(outcomes, label_conflicts_table(features, groups), leaking, docs)

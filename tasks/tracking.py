@@ -62,6 +62,14 @@ def configure_mlflow(tracking_uri: str | None = None) -> str:
     return tracking_uri
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (Ray trials and workers run elsewhere)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> None:
     """Raise :class:`ServiceUnavailableError` unless an http(s) tracking server answers
     ``GET /health`` within ``retries`` attempts (waits ``backoff * 2**i`` between them).

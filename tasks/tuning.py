@@ -169,6 +169,12 @@ def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, sc
     return summarize_grid(grid)
 
 
+def _error_line(error: BaseException) -> str:
+    """The root cause of a trial's error in one line (Ray wraps it in a long traceback)."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"[:400]
+
+
 def summarize_grid(grid) -> dict:
     """Best trial + one row per trial (errored trials are listed, not hidden)."""
     trials = []
@@ -182,7 +188,7 @@ def summarize_grid(grid) -> dict:
             "val_macro_f1": m.get("val_macro_f1"),
             "epochs": m.get("training_iteration"),
             "mlflow_run_id": m.get("mlflow_run_id"),
-            "error": None if r.error is None else f"{type(r.error).__name__}: {str(r.error)[:300]}",
+            "error": None if r.error is None else _error_line(r.error),
         })
     ok = [t for t in trials if t["error"] is None and t[METRIC] is not None]
     if not ok:

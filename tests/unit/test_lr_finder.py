@@ -44,9 +44,9 @@ def test_exp_ramp_history_and_debiased_smoothing():
     assert res.losses == pytest.approx(smoothed, rel=1e-12)
     assert res.losses[0] == pytest.approx(res.raw_losses[0], rel=1e-12)
     assert set(res.suggestions) == {"valley", "steepest", "min_div10"}
-    assert res.chosen == res.suggestions["valley"]
     lo, hi = res.bracket
     assert lo <= res.chosen <= hi and 1e-5 <= lo and hi <= 1e-2
+    assert hi == pytest.approx(min(10 * res.suggestions["min_div10"], 1e-2))
 
 
 def test_linear_ramp_cycles_a_short_loader():
@@ -192,3 +192,15 @@ def test_bf16_autocast_runs_and_restores():
     assert len(res.lrs) == 6 and all(math.isfinite(v) for v in res.raw_losses)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert opt.state_dict()["state"] == {}
+
+
+def test_bracket_runs_from_the_valley_to_the_minimum_loss_point():
+    from ml.lr_finder import bracket_to_minimum
+
+    lrs = [1e-6, 1e-1]
+    assert bracket_to_minimum({"valley": 6e-4, "min_div10": 5e-3, "steepest": 1.0}, lrs) == pytest.approx((6e-4, 5e-2))
+    # min_div10 below the valley: the bracket starts there
+    assert bracket_to_minimum({"valley": 3e-3, "min_div10": 1e-3, "steepest": 1.0}, lrs) == pytest.approx((1e-3, 1e-2))
+    # at least half a decade wide, and clipped to the tested range
+    lo, hi = bracket_to_minimum({"valley": 0.09, "min_div10": 0.05, "steepest": 1.0}, lrs)
+    assert hi == pytest.approx(1e-1) and lo == pytest.approx(1e-1 / 10**0.5)
