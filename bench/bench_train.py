@@ -33,7 +33,6 @@ if str(REPO) not in sys.path:
 from bench.common import (  # noqa: E402
     command_line,
     configure_torch,
-    fmt,
     load_average,
     machine_description,
     md_table,
@@ -67,9 +66,9 @@ class Profile:
     epochs: int = 7
     datasets: tuple[str, ...] = ("isic9", "synth")
     seed: int = 0
-    source_per_class: int = 60
-    pretrain_epochs: int = 4
-    pretrain_lr: float = 0.05
+    source_per_class: int = 100
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 0.02
     synth_long_tail: bool = True
     synth_per_class: int = 20
     synth_test_frac: float = 0.2

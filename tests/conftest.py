@@ -120,6 +120,17 @@ def synth_small(tmp_path_factory) -> Path:
     return out
 
 
+def use_local_stores(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Point the data root and the MLflow store (sqlite) at ``root`` for a test module."""
+    from ml.settings import get_settings
+    from tasks import tracking
+
+    mp.setenv("SKINFLOW_DATA_ROOT", str(root / "data"))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    get_settings.cache_clear()
+    tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+
+
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     mp = pytest.MonkeyPatch()

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from ml.features import image_features
 from ml.settings import get_settings
-from tasks import tracking
+from tests.conftest import use_local_stores
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,7 @@ def ab_env(prefect_harness, tmp_path_factory, monkeypatch_module):
     from ml.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("curation_ab")
-    monkeypatch_module.setenv("SKINFLOW_DATA_ROOT", str(root / "data"))
-    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    get_settings.cache_clear()
-    tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+    use_local_stores(monkeypatch_module, root)
     data = root / "synth"
     generate(data, SynthConfig(per_class=10, size=32, seed=3, pen_rate={"leukoderma": 1.0}), progress=False)
     yield {"root": root, "data": data}

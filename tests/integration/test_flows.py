@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from ml.settings import get_settings
 from tasks import tracking
+from tests.conftest import use_local_stores
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +20,7 @@ def flows_env(prefect_harness, tmp_path_factory, monkeypatch_module):
     from ml.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("flows")
-    monkeypatch_module.setenv("SKINFLOW_DATA_ROOT", str(root / "data"))
-    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    get_settings.cache_clear()
-    tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+    use_local_stores(monkeypatch_module, root)
     data = root / "synth"
     generate(data, SynthConfig(per_class=14, size=40, seed=1), progress=False)
     yield {"root": root, "data": str(data)}
