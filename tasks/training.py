@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -29,9 +31,10 @@ class MlflowEpochLogger(Callback):
         self.client = MlflowClient()
 
     def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
-        for k, v in metrics.items():
-            if k != "epoch" and v is not None and math.isfinite(float(v)):
-                self.client.log_metric(self.run_id, k, float(v), step=epoch)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
+                 if k != "epoch" and v is not None and math.isfinite(float(v))]
+        self.client.log_batch(self.run_id, metrics=batch)  # one call per epoch, not one per metric
 
 
 @task(name="lr-range-test", cache_policy=NO_CACHE)
@@ -45,9 +48,11 @@ def lr_range_test(cache, cfg: TrainConfig, out_dir: str, num_iter: int = 100, st
            "stopped_early": res.stopped_early, "iterations": len(res.lrs), "plot": str(plot)}
     if run_id:
         client = MlflowClient()
-        for i, (lr, loss) in enumerate(zip(res.lrs, res.losses)):
-            client.log_metric(run_id, "lr_finder_loss", float(loss), step=i)
-            client.log_metric(run_id, "lr_finder_lr", float(lr), step=i)
+        now = int(time.time() * 1000)
+        curve = [Metric(name, float(v), now, i) for i, (lr, loss) in enumerate(zip(res.lrs, res.losses))
+                 for name, v in (("lr_finder_loss", loss), ("lr_finder_lr", lr)) if math.isfinite(float(v))]
+        for start in range(0, len(curve), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=curve[start:start + 1000])
         client.log_artifact(run_id, str(plot), artifact_path="plots")
         client.log_dict(run_id, out, "reports/lr_finder.json")
     publish_table("lr-find-summary", {"chosen": res.chosen, "bracket_lo": res.bracket[0],
