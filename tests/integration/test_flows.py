@@ -134,3 +134,59 @@ def test_retrain_stops_on_critical_validation_failures(flows_env):
         retrain_flow(data=flows_env["data"], tune=False, lr=0.01, epochs=1, size=32, batch_size=16,
                      validate=True, out_dir=str(flows_env["root"] / "r3"))
     assert len(MlflowClient().search_model_versions(f"name='{name}'")) == before
+
+
+def test_pretrain_then_fine_tune_from_the_stored_backbone(flows_env):
+    """`pretrain` stores a backbone that `train --weights <path>` loads (head re-initialised)."""
+    from flows.train import pretrain_flow, train_flow
+
+    weights = flows_env["root"] / "backbone.pt"
+    info = pretrain_flow(data=flows_env["data"], out=str(weights), epochs=1, size=32, amp=False)
+    assert weights.is_file() and info["weights"] == str(weights)
+    summary = train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16, weights=str(weights),
+                         out_dir=str(flows_env["root"] / "ft"))
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.params["weights"] == str(weights)
+
+
+def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatch):
+    """After its retries the flow fails naming the tracking service and its URL."""
+    from flows.train import train_flow
+    from tasks.tracking import ServiceUnavailableError
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ServiceUnavailableError, match=f"MLflow.*{url}"):
+            train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16,
+                       out_dir=str(flows_env["root"] / "down"))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+
+
+def test_tune_storage_on_s3_and_restore_by_name(flows_env, ray_local, s3, monkeypatch):
+    """With a bucket configured, Tune's experiment lives on S3 (the real local endpoint); running
+    the same tune name again restores it (Tuner.restore) instead of training anew."""
+    from flows.tune import tune_flow
+
+    storage, bucket = s3
+    monkeypatch.setenv("SKINFLOW_S3_BUCKET", bucket[5:])
+    monkeypatch.setenv("SKINFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
+    get_settings.cache_clear()
+    try:
+        kwargs = dict(data=flows_env["data"], schedules=["sgdr"], amp=[False], epochs=1, size=32, batch_size=16,
+                      lr_bracket=[0.005, 0.01], out_dir=str(flows_env["root"] / "tune-s3"), name="t-s3")
+        first = tune_flow(**kwargs)
+        keys = storage.list(f"{bucket}/skinflow/tune/t-s3/")
+        assert any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys), keys[:10]
+        assert any("checkpoint_" in k for k in keys), "trial checkpoints are stored on S3"
+        second = tune_flow(**kwargs)
+        assert second["best"]["lr"] == first["best"]["lr"]
+        assert second["best"]["mlflow_run_id"] == first["best"]["mlflow_run_id"], "restored, not re-run"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
