@@ -118,18 +118,9 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
            "reason": decision.reason, "numbers": decision.numbers}
     logger.info("promotion gate: v%s %s (%s)", version, "PROMOTED" if decision.promote else "kept as challenger",
                 decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in _flat(decision.numbers).items()]
+    rows = [{"quantity": k, "value": v} for k, v in tracking.flatten_config(decision.numbers).items()]
     publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
                      f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
                      + markdown_table(rows))
     return out
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
