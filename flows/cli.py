@@ -163,6 +163,7 @@ def train(
     val_frac: float = typer.Option(1 / 6),
     test_frac: float = typer.Option(0.0),
     seed: int = typer.Option(0),
+    repeats: int = typer.Option(1, help="Fits with seeds seed..seed+n-1: mean +/- std and confused pairs."),
     out: Path = typer.Option(Path("outputs/train"), help="Plots, metrics JSON, model file."),
 ):
     """Train one configuration, evaluate it, log it to MLflow (experiment skinflow-train)."""
@@ -171,7 +172,7 @@ def train(
     summary = train_flow(data=data, arch=model, schedule=schedule, lr=lr, epochs=epochs, size=size,
                          batch_size=batch_size, amp=amp, weights=weights, snapshots=snapshots,
                          weighted_sampler=weighted_sampler, tta=tta, val_frac=val_frac, test_frac=test_frac,
-                         seed=seed, out_dir=str(out))
+                         seed=seed, out_dir=str(out), repeats=repeats)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -11,7 +11,7 @@ from ml.train import TrainConfig
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import close_run, open_run
-from tasks.training import evaluate_model, log_training_run, lr_range_test, train_model
+from tasks.training import evaluate_model, log_training_run, lr_range_test, repeated_fits, train_model
 
 
 def check_request(schedule: str | list[str], epochs: int) -> None:
@@ -38,9 +38,12 @@ def train_flow(data: str = "data/demo/synth", arch: str = "resnet18", schedule: 
                lr: float | None = None, epochs: int = 7, size: int = 64, batch_size: int = 64, amp: bool = False,
                weights: str = "none", snapshots: int = 3, weighted_sampler: bool = False, tta: bool = False,
                val_frac: float = 1 / 6, test_frac: float = 0.0, seed: int = 0,
-               out_dir: str = "outputs/train", lr_find_iters: int = 100) -> dict:
-    """LR range test (unless ``lr`` is given) -> fit -> evaluate -> log plots, metrics and model."""
+               out_dir: str = "outputs/train", lr_find_iters: int = 100, repeats: int = 1) -> dict:
+    """LR range test (unless ``lr`` is given) -> fit -> evaluate -> log plots, metrics and model;
+    with ``repeats > 1`` also refit with further seeds and report mean +/- std (Table 4.2 form)."""
     check_request(schedule, epochs)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     logger = get_run_logger()
     manifest, cache = prepare_data(data, val_frac, test_frac, seed, size)
     cfg = TrainConfig(arch=arch, weights=weights, schedule=schedule, lr=lr or 1e-2, epochs=epochs,
@@ -57,6 +60,8 @@ def train_flow(data: str = "data/demo/synth", arch: str = "resnet18", schedule: 
         eval_split = "test" if test_frac > 0 else "val"
         evaluation = evaluate_model(result, cache, eval_split)
         logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)
+        repeated = (repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id)
+                    if repeats > 1 else None)
     except BaseException:
         close_run(run_id, "FAILED")
         raise
@@ -67,7 +72,10 @@ def train_flow(data: str = "data/demo/synth", arch: str = "resnet18", schedule: 
                "auroc_macro": m.get("auroc_macro"), "epochs_run": result.epochs_run,
                "wall_seconds": round(result.wall_seconds, 2), "amp_dtype": result.amp_dtype,
                "top_confused_pairs": m["confused_pairs"][:4], **logged,
-               **({"lr_bracket": finder["bracket"]} if finder else {})}
+               **({"lr_bracket": finder["bracket"]} if finder else {}),
+               **({"repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
+                   "confused_pairs_mean_std": [p["text"] for p in repeated["confused_pairs"][:4]]}
+                  if repeated else {})}
     publish_table("train-summary", summary, "skinflow train")
     return summary
 

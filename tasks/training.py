@@ -144,3 +144,27 @@ def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
         Storage().put_file(local, out)
     return {"weights": out, "arch": cfg.arch, "val_balanced_accuracy": result.val_metrics["balanced_accuracy"],
             "epochs": result.epochs_run, "source_dataset_version": cache.version}
+
+
+@task(name="repeated-fits", cache_policy=NO_CACHE)
+def repeated_fits(cache, cfg: TrainConfig, first_metrics: dict, repeats: int, eval_split: str,
+                  run_id: str) -> dict[str, Any]:
+    """Refit with seeds ``cfg.seed + 1 ..`` and aggregate with the first fit: mean +/- std of
+    each metric and of each confused pair's error count (the thesis's Table 4.2 form)."""
+    from ml.metrics import aggregate_runs
+
+    runs = [first_metrics]
+    for k in range(1, repeats):
+        result = fit(cache.subset("train"), cache.subset("val"), cache.classes,
+                     replace(cfg, seed=cfg.seed + k, progress=False))
+        runs.append(recipes.evaluate(result, cache.subset(eval_split), tta=cfg.tta)["metrics"])
+    agg = aggregate_runs(runs)
+    client = MlflowClient()
+    for name, stats in agg["metrics"].items():
+        if stats["mean"] is not None:
+            client.log_metric(run_id, f"{eval_split}_{name}_mean", float(stats["mean"]))
+            client.log_metric(run_id, f"{eval_split}_{name}_std", float(stats["std"] or 0.0))
+    client.log_dict(run_id, agg, "reports/repeated_fits.json")
+    publish_table("train-repeats", [{"confused pair": p["text"]} for p in agg["confused_pairs"][:8]]
+                  or [{"confused pair": "none"}], f"{repeats} fits, errors per run on {eval_split}")
+    return agg

@@ -190,3 +190,17 @@ def test_tune_storage_on_s3_and_restore_by_name(flows_env, ray_local, s3, monkey
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_repeated_fits_report_mean_and_std(flows_env):
+    """repeats=3 refits with seeds 0, 1, 2 and reports mean +/- std over the three evaluations."""
+    from flows.train import train_flow
+
+    summary = train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16, repeats=3,
+                         out_dir=str(flows_env["root"] / "rep"))
+    stats = summary["repeats"]["metrics"]["macro_f1"]
+    assert summary["repeats"]["n_runs"] == 3 and stats["n"] == 3
+    assert stats["std"] >= 0.0 and 0.0 <= stats["mean"] <= 1.0
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.metrics["val_macro_f1_mean"] == pytest.approx(stats["mean"])
+    assert all("±" in text for text in summary["confused_pairs_mean_std"])
