@@ -14,7 +14,9 @@ Exposure (luma ``Y = 0.299 R + 0.587 G + 0.114 B`` in [0, 1]):
 
 Confounder pixels (HSV, hue in degrees, S and V in [0, 1]), see :func:`confounder_mask`:
   * marker ink: ``S >= 0.35`` and ``V >= 0.15`` and hue in [65, 335] (green, cyan, blue, purple;
-    JPEG chroma subsampling pulls thin purple strokes towards 330). Skin, blood, crusts and
+    JPEG chroma subsampling pulls thin purple strokes towards 330; in the magenta arc (300, 335]
+    only stroke-thin structures count, as for dark strokes below, because vascular lesions are
+    red-purple blobs there). Skin, blood, crusts and
     pigmented lesions have hues in (335, 360) U [0, 65) (red to yellow), so a saturated pixel
     outside that arc is almost never tissue; dark blue/purple lesions are the known exception;
   * thin dark strokes against skin (pen lines, ruler ticks): ``V < 0.25`` pixels that vanish under
@@ -55,6 +57,7 @@ DEFAULT_CONFOUNDER_THRESHOLD = 0.002
 INK_MIN_SATURATION = 0.35
 INK_MIN_VALUE = 0.15
 INK_HUE_RANGE = (65.0, 335.0)
+MAGENTA_FROM = 300.0  # above this hue, ink must be stroke-thin (vascular lesions are magenta blobs)
 DARK_STROKE_MAX_VALUE = 0.25
 STROKE_BACKGROUND_MIN_VALUE = 0.45
 
@@ -89,11 +92,31 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / 255.0
 
 
+def _stroke_side(rgb: np.ndarray) -> int:
+    """Side of the square opening that separates strokes from blobs (odd, >= 5 px)."""
+    return max(5, min(rgb.shape[:2]) // 32) | 1
+
+
+def _thin(mask: np.ndarray, side: int) -> np.ndarray:
+    """Pixels of ``mask`` in structures thinner than ``side`` (they vanish under the opening)."""
+    return mask & ~ndimage.binary_opening(mask, structure=np.ones((side, side), dtype=bool))
+
+
 def ink_mask(rgb: np.ndarray) -> np.ndarray:
-    """Pixels that look like saturated green/blue/purple marker ink (see module docstring)."""
+    """Pixels that look like saturated green/blue/purple marker ink (see module docstring).
+
+    Hues in (MAGENTA_FROM, 335] count only in thin strokes: that arc holds purple ink pulled
+    towards red by JPEG chroma subsampling, but also the red-purple of vascular lesions, which
+    are blobs (on isic9 the unrestricted rule flagged 80% of vascular lesions as ink)."""
     h, s, v = hsv(rgb)
     lo, hi = INK_HUE_RANGE
-    return (s >= INK_MIN_SATURATION) & (v >= INK_MIN_VALUE) & (h >= lo) & (h <= hi)
+    saturated = (s >= INK_MIN_SATURATION) & (v >= INK_MIN_VALUE)
+    core = saturated & (h >= lo) & (h <= MAGENTA_FROM)
+    magenta = saturated & (h > MAGENTA_FROM) & (h <= hi)
+    # thinness is judged on the whole saturated red-to-magenta region, so that the magenta rim
+    # of a red lesion (a thin ring in hue, but part of a blob) is not read as a stroke
+    reddish = saturated & ((h > MAGENTA_FROM) | (h < lo))
+    return core | (magenta & _thin(reddish, _stroke_side(rgb)))
 
 
 def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
@@ -101,8 +124,8 @@ def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
     (pen lines, ruler ticks on skin); see the module docstring."""
     value = hsv(rgb)[2]
     dark = value < DARK_STROKE_MAX_VALUE
-    side = max(5, min(rgb.shape[:2]) // 32) | 1
-    thin = dark & ~ndimage.binary_opening(dark, structure=np.ones((side, side), dtype=bool))
+    side = _stroke_side(rgb)
+    thin = _thin(dark, side)
     background = ndimage.grey_closing(value, size=(side + 2, side + 2))
     return thin & (background >= STROKE_BACKGROUND_MIN_VALUE)
 
@@ -245,9 +268,15 @@ def compute_features(
     return out.reset_index(drop=True)
 
 
+FEATURES_REVISION = 3
+"""Bump when a feature's definition changes, so that cached tables are recomputed (3: magenta
+hues count as ink only in thin strokes)."""
+
+
 def features_path(version: str, cache_dir: str | Path) -> Path:
-    """Where the features of dataset ``version`` are cached (Parquet keeps dtypes and missing values)."""
-    return Path(cache_dir) / version / "features.parquet"
+    """Where the features of dataset ``version`` are cached (Parquet keeps dtypes and missing
+    values), keyed by the dataset version and :data:`FEATURES_REVISION`."""
+    return Path(cache_dir) / version / f"features-r{FEATURES_REVISION}.parquet"
 
 
 def compute_features_cached(

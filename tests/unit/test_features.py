@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.features import compute_features, compute_features_cached, features_path, image_features
+from ml.features import FEATURES_REVISION, compute_features, compute_features_cached, features_path, image_features
 
 SKIN = (224, 172, 140)
 
@@ -131,7 +131,7 @@ def test_cache_is_keyed_by_version_and_reused(images, tmp_path):
         shutil.copy(images[name], work / images[name].name)
     records = pd.DataFrame({"path": [str(p) for p in sorted(work.iterdir())], "label": ["b", "c"], "split": "val"})
     first = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
-    assert features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / "features.parquet"
+    assert features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / f"features-r{FEATURES_REVISION}.parquet"
     assert features_path("v1", tmp_path / "cache").is_file()
     shutil.rmtree(work)  # a cache hit must not touch the images
     again = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
@@ -143,3 +143,33 @@ def test_ray_path_matches_local(images):
     records = _records(images)
     ray_feats = compute_features(records, ray_address="local")
     pd.testing.assert_frame_equal(ray_feats, compute_features(records, workers=1))
+
+
+def test_magenta_blobs_are_not_ink_but_magenta_strokes_are():
+    """A red-purple vascular-lesion-like blob (hue ~325) is tissue; a thin stroke of the same
+    colour (purple ink after JPEG chroma smearing) is still ink."""
+    from ml.features import confounder_mask, hsv
+
+    skin = np.full((128, 128, 3), (224, 180, 160), np.uint8)
+    magenta = np.array([170, 40, 110], np.uint8)
+    assert 315 < float(hsv(magenta.reshape(1, 1, 3))[0][0, 0]) < 335
+    blob = skin.copy()
+    yy, xx = np.mgrid[:128, :128]
+    blob[(yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2] = magenta
+    assert confounder_mask(blob).mean() < 0.005
+    stroke = skin.copy()
+    stroke[20:23, 10:118] = magenta
+    assert confounder_mask(stroke)[20:23, 10:118].mean() > 0.9
+
+
+def test_magenta_rim_of_a_red_lesion_is_not_ink():
+    """A red blob whose edge shades into magenta (as vascular lesions do) has no ink pixels."""
+    from ml.features import ink_mask
+
+    skin = np.full((128, 128, 3), (224, 180, 160), np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    r2 = (yy - 64) ** 2 + (xx - 64) ** 2
+    img = skin.copy()
+    img[r2 < 34 ** 2] = (170, 40, 110)  # magenta rim (hue ~325)
+    img[r2 < 30 ** 2] = (190, 40, 50)  # red core (hue ~356)
+    assert ink_mask(img).mean() < 0.002
