@@ -259,7 +259,8 @@ def _print_validation(report: dict) -> None:
         observed = f"{r['observed']:.4g}" if isinstance(r["observed"], float) else r["observed"]
         typer.echo(f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
                    f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})")
-    typer.echo(f"dataset version {report.get('dataset_version')}; data docs: {report.get('data_docs')}")
+    typer.echo(f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
+               f"data docs: {report.get('data_docs')}")
 
 
 @app.command("curation-ab")

@@ -25,8 +25,11 @@ def validate_flow(source: str = "data/demo/synth", class_map: str | None = None,
     features = compute_features(manifest)
     docs_dir = Path(out_dir) / manifest.version / "data_docs"
     report = run_expectations(features, manifest.classes, policy, str(docs_dir))
+    summary_html = docs_dir.parent / "summary.html"
+    summary_html.write_text(report.to_html(f"Validation of {source} (dataset {manifest.version})"))
     out = {
         "dataset_version": manifest.version,
+        "summary_html": str(summary_html),
         "passed": report.passed,
         "critical_failures": [f"{r.suite}:{r.check}" for r in report.critical_failures],
         "warnings": [f"{r.suite}:{r.check}" for r in report.warnings],

@@ -144,6 +144,46 @@ class ValidationReport:
         """True when no critical expectation failed."""
         return not self.critical_failures
 
+    def to_html(self, title: str = "Dataset validation") -> str:
+        """A self-contained HTML summary (no external assets, opens offline): one row per
+        expectation with observed value and threshold, plus the label conflicts and leaking
+        pairs, linking to the GX Data Docs site when it was built."""
+        import html
+
+        def cell(v: Any) -> str:
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            return html.escape(text if len(text) < 300 else text[:300] + "...")
+
+        colour = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e"}
+        rows = []
+        for r in self.results:
+            mark = "PASS" if r.success else ("FAIL" if r.severity == "critical" else "WARN")
+            rows.append(f"<tr><td style='color:{colour[mark]};font-weight:bold'>{mark}</td><td>{cell(r.suite)}</td>"
+                        f"<td>{cell(r.check)}</td><td>{cell(r.observed)}</td><td>{cell(r.threshold)}</td>"
+                        f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td></tr>")
+        verdict = ("passed" if self.passed else
+                   f"{len(self.critical_failures)} critical failure(s)") + f", {len(self.warnings)} warning(s)"
+        docs = (f"<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
+                if self.data_docs_index else "")
+
+        def table(df: pd.DataFrame, name: str) -> str:
+            if df.empty:
+                return f"<h2>{name}</h2><p>none</p>"
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+            body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                           for row in df.head(200).itertuples(index=False))
+            more = f"<p>... {len(df) - 200} more</p>" if len(df) > 200 else ""
+            return f"<h2>{name} ({len(df)})</h2><table><tr>{head}</tr>{body}</table>{more}"
+
+        style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}th{background:#f3f3f3}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p><b>{verdict}</b></p>{docs}"
+                "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
+                f"<th>severity</th><th>GX expectation</th></tr>{''.join(rows)}</table>"
+                f"{table(self.label_conflicts, 'Label conflicts')}{table(self.leaking_pairs, 'Leaking pairs')}"
+                "</body></html>")
+
     def outcome(self, check: str) -> ExpectationOutcome:
         """The outcome of the check named ``check`` (e.g. ``'imbalance_ratio'``)."""
         return next(r for r in self.results if r.check == check)

@@ -68,6 +68,8 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     client.log_dict(run_id, report, "reports/validation.json")
     if Path(docs_dir).is_dir():
         client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
+    if report.get("summary_html"):
+        client.log_artifact(run_id, report["summary_html"], artifact_path="reports")
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

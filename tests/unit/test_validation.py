@@ -196,3 +196,22 @@ def test_report_serialises_and_policy_is_commented(clean, policy):
     leaves = [ln for ln in text.splitlines() if ":" in ln.split("#")[0] and ln.split("#")[0].split(":", 1)[1].strip()]
     assert leaves and all("#" in ln for ln in leaves)
     assert policy["duplicates_leakage"]["phash_max_distance"] == 4
+
+
+def test_html_summary_is_self_contained_and_lists_every_result(tmp_path):
+    """The summary opens offline: no external assets, one row per expectation, failures marked."""
+    import re
+
+    from ml.synth import SynthConfig, generate
+    from ml.features import compute_features
+    from ml.manifest import build_manifest
+    from ml.validation import load_policy, validate_features
+
+    generate(tmp_path / "ds", SynthConfig(per_class=4, size=64, seed=0, corrupt=1), progress=False)
+    m = build_manifest(str(tmp_path / "ds"))
+    records = pd.concat([m.records, m.bad.assign(split="unassigned", local_path=m.bad["path"])], ignore_index=True)
+    report = validate_features(compute_features(records, workers=1), load_policy(), m.classes)
+    page = report.to_html("t")
+    assert not re.search(r"(src|href)=['\"]https?://", page)
+    assert page.count("<tr><td style=") == len(report.results)
+    assert "FAIL" in page and "decodes" in page
