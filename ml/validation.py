@@ -163,7 +163,7 @@ class ValidationReport:
                         f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td></tr>")
         verdict = ("passed" if self.passed else
                    f"{len(self.critical_failures)} critical failure(s)") + f", {len(self.warnings)} warning(s)"
-        docs = (f"<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
+        docs = ("<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
                 if self.data_docs_index else "")
 
         def table(df: pd.DataFrame, name: str) -> str:
