@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from ml.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
 from bench.common import (  # noqa: E402
     command_line,
     configure_torch,
@@ -85,26 +86,6 @@ QUICK = Profile(size=32, epochs=2, datasets=("synth",), source_per_class=12, pre
 
 
 # --- pure functions (unit tested) ------------------------------------------------------------
-
-
-def time_to_target(history: Sequence[dict[str, float]], target: float, metric: str = METRIC,
-                   tol: float = 1e-9) -> dict[str, float] | None:
-    """First epoch whose `metric` >= `target` (within `tol`) and the cumulative `epoch_seconds`
-    up to and including it; None when never reached."""
-    elapsed = 0.0
-    for i, row in enumerate(history, start=1):
-        elapsed += float(row["epoch_seconds"])
-        value = row.get(metric)
-        if value is not None and not math.isnan(value) and value >= target - tol:
-            return {"epoch": int(row.get("epoch", i)), "seconds": elapsed}
-    return None
-
-
-def eta(baseline_seconds: float | None, variant_seconds: float | None) -> float | None:
-    """Speedup baseline time / variant time; None if either never reached the target."""
-    if baseline_seconds is None or variant_seconds is None or variant_seconds <= 0:
-        return None
-    return baseline_seconds / variant_seconds
 
 
 def speedups(histories: dict[tuple[str, str], Sequence[dict[str, float]]],

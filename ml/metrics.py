@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -161,3 +163,24 @@ def _check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> 
     if not np.all(np.isfinite(p)):
         raise ValueError("probs contain non-finite values")
     return y.astype(np.int64), p
+
+
+def time_to_target(history: Sequence[dict[str, float]], target: float, metric: str = "val_balanced_accuracy",
+                   tol: float = 1e-9) -> dict[str, float] | None:
+    """First epoch whose ``metric`` >= ``target`` (within ``tol``) and the cumulative
+    ``epoch_seconds`` up to and including it; None when never reached."""
+    elapsed = 0.0
+    for i, row in enumerate(history, start=1):
+        elapsed += float(row["epoch_seconds"])
+        value = row.get(metric)
+        if value is not None and not math.isnan(value) and value >= target - tol:
+            return {"epoch": int(row.get("epoch", i)), "seconds": elapsed}
+    return None
+
+
+def eta(baseline_seconds: float | None, variant_seconds: float | None) -> float | None:
+    """The thesis's speedup: baseline time / variant time to the same target; None if either
+    never reached it."""
+    if baseline_seconds is None or variant_seconds is None or variant_seconds <= 0:
+        return None
+    return baseline_seconds / variant_seconds

@@ -77,6 +77,8 @@ def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     for t in res["trials"]:
         assert lo <= t["lr"] <= hi, "trial LRs are drawn inside the LR finder's bracket"
     assert {t["schedule"] for t in res["trials"]} == {"sgd", "sgdr_dlr_clm"}
+    for t in res["trials"]:  # per-epoch reports kept for the speedup (eta) over the sgd trial
+        assert 1 <= len(t["history"]) <= 2 and all(h["epoch_seconds"] > 0 for h in t["history"])
     children = [r for r in _runs("skinflow-tune") if r.data.tags.get("mlflow.parentRunId") == res["run_id"]]
     assert len(children) == 2
     for child in children:

@@ -173,3 +173,31 @@ def test_format_mean_std():
 def test_bad_input(y, probs, classes, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(y, probs, classes)
+
+
+def test_time_to_target_and_eta_on_constructed_histories():
+    from ml.metrics import eta, time_to_target
+
+    base = [{"val_balanced_accuracy": a, "epoch_seconds": 10.0} for a in (0.3, 0.5, 0.6)]
+    fast = [{"val_balanced_accuracy": a, "epoch_seconds": 8.0} for a in (0.4, 0.65)]
+    assert time_to_target(base, 0.6) == {"epoch": 3, "seconds": 30.0}
+    assert time_to_target(fast, 0.6) == {"epoch": 2, "seconds": 16.0}
+    assert time_to_target(fast, 0.7) is None
+    assert eta(30.0, 16.0) == pytest.approx(1.875)
+    assert eta(30.0, None) is None and eta(None, 16.0) is None
+
+
+def test_speedup_over_sgd_uses_the_sgd_fp32_trial_as_baseline():
+    from tasks.tuning import speedup_over_sgd
+
+    def h(*accs, s=10.0):
+        return [{"val_balanced_accuracy": a, "epoch_seconds": s} for a in accs]
+
+    trials = [{"schedule": "sgd", "amp": False, "history": h(0.3, 0.5, 0.6)},
+              {"schedule": "sgd", "amp": True, "history": h(0.7, s=1.0)},  # AMP trial is not the baseline
+              {"schedule": "sgdr_dlr_clm", "amp": False, "history": h(0.62, 0.7)}]
+    assert speedup_over_sgd(trials, trials[2]) == pytest.approx(3.0)
+    # without an fp32 sgd trial the sgd trial at the swept precision is the baseline
+    assert speedup_over_sgd(trials[1:], trials[2]) == pytest.approx(1.0 / 20.0)
+    assert speedup_over_sgd(trials[2:], trials[2]) is None
+    assert speedup_over_sgd(trials, {"history": h(0.1, 0.2)}) is None
