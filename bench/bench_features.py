@@ -38,13 +38,14 @@ from bench.common import (  # noqa: E402
     machine_description,
     md_table,
     median,
+    replace_section,
     write_json,
 )
 
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_features.json"
 SECTION_TITLE = "## Manifest features throughput"
-START, END = "<!-- features:start -->", "<!-- features:end -->"
+SECTION = "features"
 COMPARED = ("sha256", "phash", "decode_ok", "width", "height", "brightness", "sharpness", "confounder_score")
 
 
@@ -182,19 +183,6 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return f"{SECTION_TITLE}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def replace_section(text: str, body: str) -> str:
-    """``text`` with the part between the features markers replaced by ``body`` (markers and body
-    appended at the end when absent); everything outside the markers is kept byte for byte."""
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    i, j = text.find(START), text.find(END)
-    if i != -1 and j > i:
-        return text[:i] + block + text[j + len(END):]
-    if i != -1 or j != -1:
-        raise ValueError(f"unbalanced markers: expected {START} ... {END} once, in that order")
-    sep = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
-    return f"{text}{sep}{block}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -214,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.results is not None:
         old = args.results.read_text() if args.results.is_file() else ""
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(replace_section(old, text))
+        args.results.write_text(replace_section(old, SECTION, text))
         print(f"updated the features section of {args.results}")
     return 0 if all(r["identical_features"] for r in rows) else 1
 

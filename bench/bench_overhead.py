@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import configure_torch, machine_description  # noqa: E402
+from bench.common import configure_torch, machine_description, replace_section  # noqa: E402
 
-MARK_START, MARK_END = "<!-- overhead:start -->", "<!-- overhead:end -->"
+SECTION = "overhead"
 def _demo_profile() -> dict:
     """The demo's CPU profile (flows/demo.py), so that the share is measured where it is promised."""
     from flows.demo import PROFILES
@@ -91,16 +91,6 @@ def tune_run(data: str, out: Path, name: str) -> float:
     return time.perf_counter() - t0
 
 
-def write_section(results: Path, text: str) -> None:
-    old = results.read_text() if results.exists() else "# Benchmark results\n"
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in old and MARK_END in old:
-        new = old[: old.index(MARK_START)] + block + old[old.index(MARK_END) + len(MARK_END):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    results.write_text(new)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -154,7 +144,8 @@ def main() -> int:
                        f"{m['date']}, commit {m['git_commit'][:10]}")
     print(text)
     if args.results:
-        write_section(args.results, text)
+        old = args.results.read_text() if args.results.exists() else "# Benchmark results\n"
+        args.results.write_text(replace_section(old, SECTION, text))
     return 0
 
 

@@ -30,16 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ml.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
 from bench.common import (  # noqa: E402
     command_line,
     configure_torch,
     load_average,
     machine_description,
+    marked_sections,
     md_table,
     median,
     write_json,
 )
+from ml.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
 
 ARCH = "resnet18"
 BATCH = 64
@@ -127,10 +128,10 @@ def _log(msg: str) -> None:
 
 def _synth_dir(work: Path, name: str, cfg: Any) -> Path:
     """Generate once per config (deterministic); reuse a complete folder."""
-    from ml.synth import generate
-
     import hashlib
     import json
+
+    from ml.synth import generate
 
     tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
     folder = work / "synth" / f"{name}-{tag}-seed{cfg.seed}-{cfg.size}px"
@@ -715,12 +716,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def keep_other_sections(path: Path, text: str) -> str:
-    """Carry over the sections other benchmarks keep in the same file between
-    ``<!-- name:start -->`` / ``<!-- name:end -->`` markers."""
-    import re
-
-    old = path.read_text() if path.exists() else ""
-    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", old, flags=re.S)]
+    """``text`` followed by the sections other benchmarks keep in the same file."""
+    kept = marked_sections(path.read_text()) if path.exists() else []
     return text.rstrip() + ("\n\n" + "\n\n".join(kept) + "\n" if kept else "\n")
 
 

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -130,3 +131,27 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the part between the ``name`` markers replaced by ``body`` (markers and body
+    appended at the end when absent); everything outside the markers is kept byte for byte.
+    Each benchmark owns one such section of ``bench/RESULTS.md``."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    i, j = text.find(start), text.find(end)
+    if i != -1 and j > i:
+        return text[:i] + block + text[j + len(end):]
+    if i != -1 or j != -1:
+        raise ValueError(f"unbalanced markers: expected {start} ... {end} once, in that order")
+    sep = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
+    return f"{text}{sep}{block}\n"
+
+
+def marked_sections(text: str) -> list[str]:
+    """Every ``<!-- name:start --> ... <!-- name:end -->`` block of ``text``, markers included."""
+    return [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", text, flags=re.S)]

@@ -72,7 +72,7 @@ def retrain_flow(data: str = "data/demo/synth", tune: bool = True, arch: str = "
 
 def _eta_tag(tuned: dict | None) -> str:
     """Speedup of the chosen configuration over the sweep's SGD trial (thesis eta)."""
-    from tasks.tuning import speedup_over_sgd
+    from ml.metrics import speedup_over_sgd
 
     if tuned is None:
         return "n/a (no sweep)"

@@ -184,3 +184,18 @@ def eta(baseline_seconds: float | None, variant_seconds: float | None) -> float 
     if baseline_seconds is None or variant_seconds is None or variant_seconds <= 0:
         return None
     return baseline_seconds / variant_seconds
+
+
+def speedup_over_sgd(trials: list[dict], best: dict, metric: str = "val_balanced_accuracy") -> float | None:
+    """The thesis's eta of the best trial: time for the SGD baseline trial (fp32 when the sweep
+    has one, else SGD at the swept precision) to reach its own best ``metric`` / time for
+    ``best`` to reach it (trials carry per-epoch ``history`` rows with ``epoch_seconds``). None without an SGD trial, or when ``best`` never reaches
+    the target."""
+    sgd = [t for t in trials if t.get("schedule") == "sgd" and t.get("history")]
+    baselines = [t for t in sgd if not t.get("amp")] or sgd
+    if not baselines or not best.get("history"):
+        return None
+    base = max(baselines, key=lambda t: max(h[metric] for h in t["history"]))
+    target = max(h[metric] for h in base["history"])
+    base_t, best_t = time_to_target(base["history"], target), time_to_target(best["history"], target)
+    return eta(base_t["seconds"] if base_t else None, best_t["seconds"] if best_t else None)

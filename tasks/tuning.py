@@ -177,23 +177,6 @@ def _history(result) -> list[dict[str, float]]:
     return [{METRIC: float(a), "epoch_seconds": float(b)} for a, b in zip(df[METRIC], df["epoch_seconds"])]
 
 
-def speedup_over_sgd(trials: list[dict], best: dict) -> float | None:
-    """The thesis's eta of the best trial: time for the SGD baseline trial (fp32 when the sweep
-    has one, else SGD at the swept precision) to reach its own best validation balanced accuracy
-    / time for ``best`` to reach it. None without an SGD trial, or when ``best`` never reaches
-    the target."""
-    from ml.metrics import eta, time_to_target
-
-    sgd = [t for t in trials if t.get("schedule") == "sgd" and t.get("history")]
-    baselines = [t for t in sgd if not t.get("amp")] or sgd
-    if not baselines or not best.get("history"):
-        return None
-    base = max(baselines, key=lambda t: max(h[METRIC] for h in t["history"]))
-    target = max(h[METRIC] for h in base["history"])
-    base_t, best_t = time_to_target(base["history"], target), time_to_target(best["history"], target)
-    return eta(base_t["seconds"] if base_t else None, best_t["seconds"] if best_t else None)
-
-
 def _error_line(error: BaseException) -> str:
     """The root cause of a trial's error in one line (Ray wraps it in a long traceback)."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]

@@ -188,7 +188,7 @@ def test_time_to_target_and_eta_on_constructed_histories():
 
 
 def test_speedup_over_sgd_uses_the_sgd_fp32_trial_as_baseline():
-    from tasks.tuning import speedup_over_sgd
+    from ml.metrics import speedup_over_sgd
 
     def h(*accs, s=10.0):
         return [{"val_balanced_accuracy": a, "epoch_seconds": s} for a in accs]
