@@ -35,7 +35,7 @@ CHECKPOINT_FILE = "last.pt"
 EPOCH_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 MONITORS = ("train_loss", "val_loss") + tuple(f"val_{m}" for m in EPOCH_METRICS)
 # Config fields that may differ between an interrupted run and its resumption.
-_RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "progress")
+_RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "checkpoint_interval_s", "progress")
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     checkpoint_dir: str | None = None
+    # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
+    # since the last one (and always after the final epoch), like Lightning's train_time_interval
+    checkpoint_interval_s: float = 0.0
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ class TrainState:
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     stop_requested: bool = False
+    checkpoint_epoch: int = 0  # epoch of the last checkpoint written to `cfg.checkpoint_dir`
 
 
 class Callback:
@@ -276,7 +280,10 @@ class TrainBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pin = self.device.type == "cuda"  # page-locked, so the copy below is truly asynchronous
         for images, labels in self.loader:
+            if pin:
+                images, labels = images.pin_memory(), labels.pin_memory()
             x = to_float_batch(images.to(self.device, non_blocking=True), *self.norm)
             x = augment_batch(x, self.generators["augment"])
             if self.channels_last:
@@ -407,12 +414,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _train_step(run: _Run, x: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> float:
+# On CUDA, reading the loss back makes the host wait for the device every step, so the next
+# batch cannot be queued while the GPU works: the loss is summed on the device and read (and
+# checked for divergence) only every _CUDA_SYNC_EVERY steps and at the end of the epoch.
+_CUDA_SYNC_EVERY = 16
+
+
+def _non_finite(iteration: int, exact: bool) -> FloatingPointError:
+    where = f"at iteration {iteration}" if exact else f"by iteration {iteration}"
+    return FloatingPointError(f"non-finite training loss {where} (lr too high?)")
+
+
+def _train_step(run: _Run, x: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (on the device, not read back)."""
     s = run.state
     with _autocast(s.device, amp_dtype):
         loss = F.cross_entropy(s.model(x), labels)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss at iteration {s.iteration + 1} (lr too high?)")
+    if s.device.type != "cuda" and not torch.isfinite(loss):  # free on CPU: stop before the update
+        raise _non_finite(s.iteration + 1, exact=True)
     optimizer = s.schedule.optimizer
     optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -421,7 +440,7 @@ def _train_step(run: _Run, x: torch.Tensor, labels: torch.Tensor, amp_dtype: tor
     run.lr_trace.append(s.schedule.lrs())
     s.schedule.scheduler.step()
     s.iteration += 1
-    return float(loss.detach())
+    return loss.detach()
 
 
 def _maybe_snapshot(run: _Run, callbacks: Sequence[Callback]) -> None:
@@ -437,15 +456,25 @@ def _maybe_snapshot(run: _Run, callbacks: Sequence[Callback]) -> None:
 
 def _train_epoch(run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None,
                  callbacks: Sequence[Callback], bar: tqdm) -> float:
-    run.state.model.train()
-    total, count = 0.0, 0
+    s = run.state
+    s.model.train()
+    sync_every = _CUDA_SYNC_EVERY if s.device.type == "cuda" else 1
+    total = torch.zeros((), dtype=torch.float64, device=s.device)
+    count, steps = 0, 0
     for x, labels in batches:
-        total += _train_step(run, x, labels, amp_dtype) * len(labels)
-        count += len(labels)
+        total += _train_step(run, x, labels, amp_dtype).double() * len(labels)
+        count, steps = count + len(labels), steps + 1
         _maybe_snapshot(run, callbacks)
         bar.update()
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / count
+        if steps % sync_every == 0 or steps == len(batches):
+            mean = float(total) / count
+            if not math.isfinite(mean):
+                raise _non_finite(s.iteration, exact=sync_every == 1)
+            bar.set_postfix(loss=f"{mean:.4f}")
+    mean = float(total) / max(count, 1)
+    if not math.isfinite(mean):
+        raise _non_finite(s.iteration, exact=sync_every == 1)
+    return mean
 
 
 def _validate(run: _Run, val: Arrays, classes: list[str], norm: Stats, amp_dtype: torch.dtype | None) -> dict[str, float]:
@@ -541,6 +570,7 @@ def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     for cb in callbacks:
         cb.on_train_begin(s)
+    last_checkpoint = time.perf_counter()
     while s.epoch < s.cfg.epochs and not (run.stopped_early or s.stop_requested):
         started = time.perf_counter()
         bar = _epoch_bar(run, len(batches))
@@ -554,8 +584,10 @@ def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_
         eta = run.elapsed / s.epoch * (s.cfg.epochs - s.epoch)
         bar.set_postfix(loss=f"{train_loss:.4f}", **{s.cfg.monitor: f"{row[s.cfg.monitor]:.4f}"}, eta_run=f"{eta:.0f}s")
         bar.close()
-        if ckpt_path is not None:
+        final = s.epoch >= s.cfg.epochs or run.stopped_early
+        if ckpt_path is not None and (final or time.perf_counter() - last_checkpoint >= s.cfg.checkpoint_interval_s):
             _save_atomic(run.checkpoint(), ckpt_path)
+            s.checkpoint_epoch, last_checkpoint = s.epoch, time.perf_counter()
         for cb in callbacks:
             cb.on_epoch_end(s.epoch, row, s)
 

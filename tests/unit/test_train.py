@@ -167,6 +167,38 @@ def test_resume_after_interrupt_is_bit_identical(data, tmp_path) -> None:
     assert full.lr_trace == resumed.lr_trace
 
 
+class CheckpointEpochs(Callback):
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, epoch: int, metrics: dict, state: TrainState) -> None:
+        self.seen.append(state.checkpoint_epoch)
+
+
+def test_checkpoint_interval_skips_epochs_but_always_writes_the_last(data, tmp_path) -> None:
+    every, sparse = CheckpointEpochs(), CheckpointEpochs()
+    fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path / "a")), callbacks=[every])
+    assert every.seen == [1, 2, 3]
+    cfg = tiny(epochs=3, checkpoint_dir=str(tmp_path / "b"), checkpoint_interval_s=3600)
+    with pytest.raises(KeyboardInterrupt):  # interrupted before any interval elapsed: nothing to resume
+        fit(data["train"], data["val"], CLASSES, cfg, callbacks=[InterruptAfter(2)])
+    assert not (tmp_path / "b" / "last.pt").exists()
+    rec = Recorder()
+    fit(data["train"], data["val"], CLASSES, cfg, callbacks=[sparse, rec])
+    assert sparse.seen == [0, 0, 3] and [r["epoch"] for r in rec.rows] == [1, 2, 3]
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_checkpoint_interval_may_change_on_resume(data, tmp_path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path)),
+            callbacks=[InterruptAfter(1)])
+    rec = Recorder()
+    fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path), checkpoint_interval_s=60),
+        callbacks=[rec])
+    assert [r["epoch"] for r in rec.rows] == [2, 3]
+
+
 def test_resume_refuses_another_config(data, tmp_path) -> None:
     with pytest.raises(KeyboardInterrupt):
         fit(data["train"], data["val"], CLASSES, tiny(epochs=2, checkpoint_dir=str(tmp_path)),
@@ -266,3 +298,17 @@ def test_fit_on_cuda_with_amp(data) -> None:
     assert result.device.startswith("cuda")
     assert result.amp_dtype in ("bfloat16", "float16")
     assert result.val_metrics["accuracy"] >= 0.75
+
+
+def test_divergence_stops_fit_with_the_iteration(data) -> None:
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at iteration \d+"):
+        fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", lr=1e8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_divergence_on_cuda_is_caught_without_a_sync_per_step(data) -> None:
+    """On CUDA the loss is read back every few steps, not every step; divergence still stops fit."""
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss (by|at) iteration \d+"):
+        fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", lr=1e8, device="cuda"))
+
