@@ -205,13 +205,17 @@ def tune(
     gpus_per_trial: Optional[float] = typer.Option(None, help="Default: 1 when CUDA is present, else 0."),
     cpus_per_trial: int = typer.Option(1),
     seed: int = typer.Option(0),
+    checkpoint_interval: float = typer.Option(
+        30.0, help="Seconds between a trial's checkpoints (one is always kept after its last epoch); 0 = every epoch."),
+    name: Optional[str] = typer.Option(None, help="Tune experiment name: pass an interrupted one's to resume it."),
 ):
     """LR range test, then Ray Tune trials (ASHA) over the bracket x schedules x AMP."""
     from flows.tune import tune_flow
 
     res = tune_flow(data=data, archs=model.split(","), schedules=schedules.split(","),
                     amp=[a.strip() == "on" for a in amp.split(",")], num_samples=num_samples, epochs=epochs,
-                    size=size, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, seed=seed)
+                    size=size, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, seed=seed,
+                    checkpoint_interval_s=checkpoint_interval, name=name)
     typer.echo(json.dumps(res, indent=2, default=str))
 
 

@@ -60,7 +60,8 @@ def retrain_flow(data: str = "data/demo/synth", tune: bool = True, arch: str = "
     close_run(run_id)
     m = evaluation["metrics"]
     summary = {"run_id": run_id, "dataset_version": cache.version, "model_version": version,
-               "promoted": gate["promoted"], "gate_reason": gate["reason"], "schedule": cfg.schedule,
+               "promoted": gate["promoted"], "gate_reason": gate["reason"], "gate_predictions": gate["predictions"],
+               "schedule": cfg.schedule,
                "lr": cfg.lr, "amp": cfg.amp, "test_accuracy": m["accuracy"],
                "test_balanced_accuracy": m["balanced_accuracy"], "test_macro_f1": m["macro_f1"],
                "eta_over_sgd": _eta_tag(tuned), "trials": len(tuned["trials"]) if tuned else 0, "failed_trials": len(tuned["failed"]) if tuned else 0,

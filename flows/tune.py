@@ -23,13 +23,15 @@ def tune_flow(data: str = "data/demo/synth", archs: list[str] = ("resnet18",),
               epochs: int = 3, size: int = 64, batch_size: int = 32, gpus_per_trial: float | None = None,
               cpus_per_trial: int = 1, seed: int = 0, lr_find_iters: int = 60, max_failures: int = 0,
               out_dir: str = "outputs/tune", name: str | None = None, lr_bracket: list[float] | None = None,
-              prepared=None,
+              checkpoint_interval_s: float = 30.0, prepared=None,
               parent_run_id: str | None = None) -> dict:
     """Returns ``{"best": {...}, "trials": [...], "failed": [...], "lr_find": {...}, "run_id": ...}``.
     ``lr_bracket`` skips the range test; ``prepared=(manifest, cache)`` reuses the caller's
     data (the retrain flow). Each run gets its own Tune experiment; pass the ``name`` of an
     interrupted one to resume it (``Tuner.restore``: finished trials are kept, unfinished and
-    errored ones continue from their last checkpoint)."""
+    errored ones continue from their last checkpoint). Trials checkpoint once
+    ``checkpoint_interval_s`` has passed since their last checkpoint and after their final
+    epoch (0: every epoch; a checkpoint of resnet18 with its optimizer state is ~100 MB)."""
     from flows.train import check_request, prepare_data
 
     check_request(list(schedules), epochs)
@@ -47,7 +49,8 @@ def tune_flow(data: str = "data/demo/synth", archs: list[str] = ("resnet18",),
         res = run_tune(str(cache.path), tuple(lr_bracket), {"batch_size": batch_size, "snapshots": 0},
                        list(schedules), list(amp), list(archs), num_samples, epochs, run_id, experiment_id,
                        absolute_tracking_uri(get_settings().mlflow_tracking_uri), cpus_per_trial, gpus_per_trial,
-                       name=name or f"tune-{cache.version}-{run_id[:8]}", max_failures=max_failures)
+                       name=name or f"tune-{cache.version}-{run_id[:8]}", max_failures=max_failures,
+                       checkpoint_interval_s=checkpoint_interval_s)
     except BaseException:
         close_run(run_id, "FAILED")
         raise

@@ -21,6 +21,8 @@ Decision rule of :func:`decide` (thresholds come from ``policies/promotion.yaml`
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,6 +88,18 @@ class GateDecision:
     promote: bool
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def heldout_digest(images: np.ndarray, labels: np.ndarray | Sequence[int], classes: Sequence[str]) -> str:
+    """Identity of an evaluation set: SHA-256 over the pixels (with their shape and dtype), the
+    labels and the class list. Predictions stored under one digest are valid for exactly the
+    same images, in the same order, with the same labels and classes."""
+    x = np.ascontiguousarray(images)
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(x.shape), "dtype": str(x.dtype), "classes": list(classes)}).encode())
+    h.update(memoryview(x).cast("B"))
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _as_labels(values: np.ndarray | Sequence[int]) -> np.ndarray:

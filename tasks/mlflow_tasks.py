@@ -88,26 +88,42 @@ def register_model(run_id: str, tags: dict[str, Any]) -> str:
     return version
 
 
-def _predictions(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                 recompute: bool = False) -> tuple[np.ndarray, dict, str]:
+    """Top-1 predictions of a stored model on the held-out set: the probabilities its run
+    stored for exactly this set (same digest) when there are any, else predicted again from
+    its stored weights. Returns ``(pred, meta, "stored" | "recomputed")``."""
+    from ml.gate import heldout_digest
+
+    if not recompute:
+        probs = tracking.load_predictions(model_uri, heldout_digest(images, labels, classes))
+        if probs is not None:
+            return probs.argmax(1), tracking.load_model_meta(model_uri), "stored"
     states, meta = tracking.load_model_states(model_uri)
     probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
-    return probs.argmax(1), meta
+    return probs.argmax(1), meta, "recomputed"
 
 
 @task(name="promotion-gate", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                   policy_path: str | None = None) -> dict[str, Any]:
+                   policy_path: str | None = None, recompute: bool = False) -> dict[str, Any]:
     """Compare challenger ``version`` with the current champion on the same held-out data;
-    move ``champion`` only when :func:`ml.gate.decide` says so. Logged and shown as an artifact."""
+    move ``champion`` only when :func:`ml.gate.decide` says so. Logged and shown as an artifact.
+
+    Each model's predictions are the ones its run stored for this exact held-out set (matched
+    by digest), else they are predicted again from its stored weights (``recompute=True``
+    always does that)."""
     logger = get_run_logger()
     settings = get_settings()
     name = settings.registered_model
     policy = PromotionPolicy.load(policy_path or settings.policies_dir / "promotion.yaml")
-    challenger_pred, meta = _predictions(f"models:/{name}/{version}", images)
+    challenger_pred, meta, challenger_source = _predictions(f"models:/{name}/{version}", images, labels, classes,
+                                                            recompute)
     champion = tracking.get_alias_version(name, "champion")
-    champion_pred = None
+    champion_pred, champion_source = None, None
     if champion is not None:
-        champion_pred, champ_meta = _predictions(f"models:/{name}/{champion}", images)
+        champion_pred, champ_meta, champion_source = _predictions(f"models:/{name}/{champion}", images, labels,
+                                                                  classes, recompute)
         if champ_meta["classes"] != meta["classes"]:
             raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
     decision: GateDecision = decide(labels, challenger_pred, champion_pred, classes, policy)
@@ -117,10 +133,12 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
     client.set_model_version_tag(name, version, "gate_decision", "promoted" if decision.promote else "kept")
     client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])
     out = {"version": version, "champion_before": champion, "promoted": decision.promote,
-           "reason": decision.reason, "numbers": decision.numbers}
+           "reason": decision.reason, "numbers": decision.numbers,
+           "predictions": {"challenger": challenger_source, "champion": champion_source}}
     logger.info("promotion gate: v%s %s (%s)", version, "PROMOTED" if decision.promote else "kept as challenger",
                 decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in tracking.flatten_config(decision.numbers).items()]
+    rows = [{"quantity": k, "value": v} for k, v in tracking.flatten_config(
+        {**decision.numbers, "predictions": out["predictions"]}).items()]
     publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
                      f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
                      + markdown_table(rows))

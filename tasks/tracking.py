@@ -40,6 +40,7 @@ MODEL_DIR = "model"
 STATE_DICT_FILE = "state_dict.pt"
 SNAPSHOTS_FILE = "snapshots.pt"
 META_FILE = "model_meta.json"
+PREDICTIONS_DIR = "predictions"
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "credentials")
 _METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -230,6 +231,10 @@ def log_torch_model(
             serialization_format=serialization_format,
             # declared, not inferred: inference re-imports the model in a subprocess (seconds per run)
             pip_requirements=_model_requirements(),
+            # MLflow would reload the pt2 file and predict the example in-process (~0.25 s a run)
+            # only to log a warning on failure; the round trip is covered by our tests instead.
+            # (The pickle format hands extra keywords to torch.save, so only pt2 gets it.)
+            **({"validate_serving_input": False} if serialization_format == "pt2" else {}),
         )
     finally:
         model.train(was_training)
@@ -269,6 +274,33 @@ def _log_weights(
         mlflow.log_artifacts(tmp, artifact_path=MODEL_DIR)
 
 
+def log_predictions(split: str, probs: np.ndarray, digest: str) -> str:
+    """Store a run's class probabilities on an evaluation set as ``predictions/<split>.npz``,
+    keyed by the set's :func:`ml.gate.heldout_digest`, so that a later promotion gate on the
+    same held-out data reuses them instead of re-predicting with the stored weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{split}.npz"
+        np.savez(path, probs=np.asarray(probs, dtype=np.float32), digest=np.array(digest))
+        mlflow.log_artifact(str(path), artifact_path=PREDICTIONS_DIR)
+    return f"{PREDICTIONS_DIR}/{split}.npz"
+
+
+def load_predictions(model_uri: str, digest: str) -> np.ndarray | None:
+    """Probabilities that the run behind ``model_uri`` stored for the evaluation set with
+    ``digest``, or None when it stored none for that set (another split, other data)."""
+    run_id = _run_id_of(model_uri)
+    client = MlflowClient()
+    for item in client.list_artifacts(run_id, PREDICTIONS_DIR):
+        if not item.path.endswith(".npz"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=item.path, dst_path=tmp)
+            with np.load(local, allow_pickle=False) as stored:
+                if str(stored["digest"]) == digest:
+                    return stored["probs"].astype(np.float64)
+    return None
+
+
 def _run_id_of(model_uri: str) -> str:
     """Run id behind ``runs:/<id>/...``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
     if model_uri.startswith("runs:/"):
@@ -303,6 +335,11 @@ def load_state_dict_model(model_uri: str) -> tuple[dict[str, torch.Tensor], dict
     """``(state_dict, meta)`` logged by :func:`log_torch_model` for a runs:/ or models:/ URI."""
     run_id = _run_id_of(model_uri)
     return _load_model_file(run_id, STATE_DICT_FILE), _load_model_file(run_id, META_FILE)
+
+
+def load_model_meta(model_uri: str) -> dict[str, Any]:
+    """``model_meta.json`` of a runs:/ or models:/ URI (arch, classes, norm, snapshots, ...)."""
+    return _load_model_file(_run_id_of(model_uri), META_FILE)
 
 
 def load_model_states(model_uri: str) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:

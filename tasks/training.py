@@ -18,23 +18,42 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ml import recipes
+from ml.gate import heldout_digest
 from ml.train import Callback, TrainConfig, TrainResult, fit
 from tasks import tracking
 from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
 
 
 class MlflowEpochLogger(Callback):
-    """Logs each epoch's row to an MLflow run (client API: safe from any thread)."""
+    """Logs each epoch's row to an MLflow run (client API: safe from any thread).
 
-    def __init__(self, run_id: str):
+    Rows go through MLflow's asynchronous queue so that training does not wait on the store
+    (which may be a remote server); :meth:`on_train_end` waits until every row is written and
+    raises if one failed. ``synchronous=True`` writes each row before the next epoch starts."""
+
+    def __init__(self, run_id: str, synchronous: bool = False):
         self.run_id = run_id
         self.client = MlflowClient()
+        self.synchronous = synchronous
+        self._pending: list = []
 
     def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
                  if k != "epoch" and v is not None and math.isfinite(float(v))]
-        self.client.log_batch(self.run_id, metrics=batch)  # one call per epoch, not one per metric
+        # one call per epoch, not one per metric
+        operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=self.synchronous)
+        if operation is not None:
+            self._pending.append(operation)
+
+    def on_train_end(self, result) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Block until the queued rows are in the store (re-raises a failed write)."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()
 
 
 @task(name="lr-range-test", cache_policy=NO_CACHE)
@@ -64,8 +83,15 @@ def lr_range_test(cache, cfg: TrainConfig, out_dir: str, num_iter: int = 100, st
 def train_model(cache, cfg: TrainConfig, run_id: str) -> TrainResult:
     """Fit one configuration on train/val, logging every epoch to the MLflow run."""
     logger = get_run_logger()
-    result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg,
-                 callbacks=[MlflowEpochLogger(run_id)])
+    epoch_logger = MlflowEpochLogger(run_id)  # flushes its queue in on_train_end
+    try:
+        result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg, callbacks=[epoch_logger])
+    except BaseException:
+        try:  # keep the rows of the epochs that did run, but report the training error
+            epoch_logger.flush()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("could not write the last epoch metrics to MLflow: %s", exc)
+        raise
     logger.info("trained %s/%s in %.1fs: val balanced acc %.3f", cfg.arch, cfg.schedule, result.wall_seconds,
                 result.val_metrics["balanced_accuracy"])
     return result
@@ -96,6 +122,7 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
         tracking.log_dataset_input(cache.version, "dataset", manifest.source, manifest.records[["path", "label", "split"]])
         tracking.log_plots(plots.values())
         tracking.log_report_json("classification_report", report)
+        tracking.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
         # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
         prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
         mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in

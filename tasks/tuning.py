@@ -1,8 +1,9 @@
 """Ray Tune over the LR bracket x schedule variants x AMP (x architecture), with ASHA.
 
 Each trial is a function trainable that runs :func:`ml.train.fit` with two callbacks: one
-reports every epoch to Tune (``ray.tune.report`` with the epoch checkpoint, so an
-interrupted tune resumes with ``Tuner.restore``), one logs the epoch to an MLflow child
+reports every epoch to Tune (``ray.tune.report``, with a checkpoint when one was written:
+every ``checkpoint_interval_s`` and after the last epoch, so an interrupted tune resumes with
+``Tuner.restore``), one logs the epoch to an MLflow child
 run under the tune's parent run. Ray starts locally unless ``RAY_ADDRESS`` is set.
 """
 
@@ -97,9 +98,13 @@ def _trainable(config: dict) -> None:
     class Report(Callback):
         def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            report = {**metrics, "mlflow_run_id": run.info.run_id}
+            if state.checkpoint_epoch != epoch:  # fit wrote no checkpoint this epoch (interval)
+                tune.report(report)
+                return
             with tempfile.TemporaryDirectory() as d:
-                shutil.copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
-                tune.report({**metrics, "mlflow_run_id": run.info.run_id}, checkpoint=Checkpoint.from_directory(d))
+                _link_or_copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
+                tune.report(report, checkpoint=Checkpoint.from_directory(d))
 
     with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
                           run_name=trial, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
@@ -110,6 +115,15 @@ def _trainable(config: dict) -> None:
             fit(train, val, cache.classes, cfg, callbacks=[Report()])
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (free, same filesystem) or copy; fit replaces ``src`` atomically, so a link
+    keeps the reported version intact."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
 
 
 def _ray_init(settings: Settings, cpus: int | None = None) -> None:
@@ -129,8 +143,11 @@ def _ray_init(settings: Settings, cpus: int | None = None) -> None:
 def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, schedules: list[str],
              amp: list[bool], archs: list[str], num_samples: int, epochs: int, parent_run_id: str,
              experiment_id: str, tracking_uri: str, cpus_per_trial: int = 1, gpus_per_trial: float | None = None,
-             name: str = "tune", max_failures: int = 0, resume: bool = True, seed: int = 0) -> dict:
-    """Run (or resume) the sweep; returns the best trial's config/metrics and every trial's outcome."""
+             name: str = "tune", max_failures: int = 0, resume: bool = True, seed: int = 0,
+             checkpoint_interval_s: float = 30.0) -> dict:
+    """Run (or resume) the sweep; returns the best trial's config/metrics and every trial's outcome.
+    Trials report every epoch but checkpoint only once ``checkpoint_interval_s`` has passed
+    since their last checkpoint, and after their final epoch (0: every epoch)."""
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
     from ray.tune.schedulers import ASHAScheduler
@@ -143,7 +160,7 @@ def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, sc
     trainable = tune.with_resources(_trainable, resources)
     space = {
         **search_space(bracket, schedules, amp, archs),
-        "_base": {**base_config, "epochs": epochs, "seed": seed},
+        "_base": {**base_config, "epochs": epochs, "seed": seed, "checkpoint_interval_s": checkpoint_interval_s},
         "_cache_dir": cache_dir, "_cpus": cpus_per_trial, "_tracking_uri": tracking_uri,
         "_parent_run_id": parent_run_id, "_experiment_id": experiment_id,
     }

@@ -122,6 +122,32 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     assert worse["promoted"] is False
     assert tracking.get_alias_version(name, "challenger") == worse["model_version"]
     assert tracking.get_alias_version(name, "champion") == champion
+    assert worse["gate_predictions"] == {"challenger": "stored", "champion": "stored"}
+
+    # the stored held-out predictions the gate used are what the stored weights predict
+    import numpy as np
+
+    from flows.train import prepare_data
+    from ml import recipes
+    from ml.gate import heldout_digest
+    from tasks.mlflow_tasks import promotion_gate
+
+    _, cache = prepare_data(flows_env["data"], 0.15, 0.2, 0, 32)
+    images, labels = cache.subset("test")
+    for version in ("1", worse["model_version"]):
+        uri = f"models:/{name}/{version}"
+        stored = tracking.load_predictions(uri, heldout_digest(images, labels, cache.classes))
+        states, meta = tracking.load_model_states(uri)
+        again = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
+        np.testing.assert_allclose(stored, again, atol=1e-5)
+        # another held-out set (one label changed) has no stored predictions
+        other = labels.copy()
+        other[0] = (other[0] + 1) % len(cache.classes)
+        assert tracking.load_predictions(uri, heldout_digest(images, other, cache.classes)) is None
+    # recomputing from the weights reaches the same decision as the stored predictions did
+    recomputed = promotion_gate(worse["model_version"], images, labels, cache.classes, str(policy), recompute=True)
+    assert recomputed["predictions"] == {"challenger": "recomputed", "champion": "recomputed"}
+    assert recomputed["promoted"] is False and recomputed["reason"] == worse["gate_reason"]
 
 
 def test_retrain_stops_on_critical_validation_failures(flows_env):

@@ -193,3 +193,50 @@ def test_unreachable_tracking_server_raises_after_retries() -> None:
 
 def test_local_store_needs_no_server(store) -> None:
     tracking.check_mlflow_available(store[0], retries=1, backoff=0.0)
+
+
+def test_logged_flavour_serves_the_input_example_like_the_module(logged) -> None:
+    """MLflow's own serving-input check is switched off when logging (it costs a reload per
+    run), so the round trip it would do is asserted here: the pyfunc built from the pt2 file
+    accepts the logged serving example and predicts what the module predicts."""
+    import json
+
+    from mlflow.models import Model
+
+    run_id, model, _, info = logged
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    mlmodel = Model.load(local / "MLmodel")
+    assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
+    serving = json.loads((local / "serving_input_example.json").read_text())
+    example = np.asarray(serving["inputs"], dtype=np.float32)
+    predicted = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(example)).numpy()
+    np.testing.assert_allclose(np.asarray(predicted), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_logger_writes_every_row_before_fit_returns(store) -> None:
+    """Rows are queued asynchronously but are all in the store once ``fit`` returns."""
+    from ml.train import TrainConfig, fit
+    from tasks.training import MlflowEpochLogger
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), 8)
+    images = (rng.random((len(labels), 16, 16, 3)) * 60 + labels[:, None, None, None] * 80).astype(np.uint8)
+    with mlflow.start_run() as run:
+        pass
+    cfg = TrainConfig(arch="resnet18", schedule="sgd", lr=0.01, epochs=3, batch_size=8, progress=False, snapshots=0)
+    result = fit((images, labels), (images, labels), CLASSES, cfg, callbacks=[MlflowEpochLogger(run.info.run_id)])
+    history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+        [row["val_loss"] for row in result.history])
+
+
+def test_epoch_logger_reports_a_failed_write(store) -> None:
+    from tasks.training import MlflowEpochLogger
+
+    epoch_logger = MlflowEpochLogger("0" * 32)  # no such run
+    epoch_logger.on_epoch_end(1, {"epoch": 1, "val_loss": 0.5}, None)
+    with pytest.raises(Exception, match="0" * 32):
+        epoch_logger.flush()

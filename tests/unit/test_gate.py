@@ -194,3 +194,22 @@ def test_shipped_policy_file_loads_and_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown"):
         PromotionPolicy.from_mapping({"margn": 0.1})
     assert decide([0, 1], [0, 1], None, ["a", "b"], {"recall_floor": 0.5}).promote
+
+
+def test_heldout_digest_identifies_pixels_labels_order_and_classes() -> None:
+    from ml.gate import heldout_digest
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    classes = ["a", "b", "c"]
+    base = heldout_digest(images, labels, classes)
+    assert heldout_digest(images.copy(), list(labels), list(classes)) == base
+    pixel = images.copy()
+    pixel[3, 4, 4, 1] ^= 1
+    changed = [heldout_digest(pixel, labels, classes),
+               heldout_digest(images, np.array([0, 1, 2, 0, 2, 2]), classes),
+               heldout_digest(images[::-1], labels[::-1], classes),
+               heldout_digest(images, labels, ["a", "c", "b"]),
+               heldout_digest(images.reshape(6, 8, 24, 1), labels, classes)]
+    assert len({base, *changed}) == 6
