@@ -6,6 +6,8 @@ jitter. Zoom and flips are one affine resampling per batch (`grid_sample`).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,15 +49,28 @@ def to_float_batch(
 ) -> torch.Tensor:
     """uint8 NHWC -> normalised float32 NCHW (optionally in channels_last memory format)."""
     x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    m, s = _stats_on(x.device, tuple(mean), tuple(std))
     x = (x - m) / s
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@functools.lru_cache(maxsize=32)
+def _stats_on(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1,3,1,1) mean and std tensors on `device`, made once: building them per batch from Python
+    floats is a blocking host-to-device copy that stalls the CUDA queue every step."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Small host tensor to `device` without a blocking copy (pinned + asynchronous on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample NCHW `x` with per-image 2x3 affine `theta` (normalised coordinates)."""
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(_to_device(theta.to(x.dtype), x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
