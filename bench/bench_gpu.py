@@ -97,6 +97,18 @@ def synthetic_images(n: int, size: int, num_classes: int, seed: int) -> tuple[np
 # --- timing ----------------------------------------------------------------------------------
 
 
+def source_digest() -> str:
+    """SHA-256 (12 hex) over ml/*.py and bench/*.py, in name order: identifies the code that ran
+    when the tree was copied without its current git metadata."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted([*REPO.glob("ml/*.py"), *REPO.glob("bench/*.py")]):
+        h.update(path.relative_to(REPO).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -410,6 +422,7 @@ def render_markdown(result: dict[str, Any]) -> str:
          f"{d['cudnn_benchmark']} / {d['cudnn_allow_tf32']}, {d['matmul_allow_tf32']}"],
         ["AMP dtype", d["amp_dtype"]],
         ["date (UTC) / git commit", f"{m['date']} / {m['git_commit']}"],
+        ["source digest (ml/*.py, bench/*.py)", result.get("source_digest", "—")],
         ["bench wall time", f"{result.get('wall_seconds', 0):.0f} s"],
     ]
     parts = [
@@ -506,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "command": command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_description(torch_settings),
+        # the device's copy of the tree may carry an older .git: this names the code that ran
+        "source_digest": source_digest(),
         "device": device_description(device),
         "settings": {"arch": args.arch, "num_classes": args.num_classes, "sizes": args.sizes,
                      "batches": args.batches, "precisions": args.precisions, "steps": args.steps,

@@ -17,6 +17,19 @@ stack_app = typer.Typer(help="Start/stop the local service stack (S3, MLflow, Pr
 app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
+_FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo"}
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    """Flows run in this process: Prefect heartbeats only when a Prefect API is configured
+    (see flows/runtime.py)."""
+    if ctx.invoked_subcommand in _FLOW_VERBS:
+        from flows.runtime import local_flow_settings
+
+        ctx.with_resource(local_flow_settings())
+
+
 def _parse_rates(value: Optional[str]) -> float | dict[str, float]:
     """``0.2`` or ``acne=0.8,ulcer=0.1`` -> float or per-class dict."""
     if not value:

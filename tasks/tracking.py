@@ -216,13 +216,41 @@ def log_torch_model(
     """Log ``model`` as the MLflow pytorch flavour (name ``model``, signature from
     ``input_example``) plus plain artifacts under ``model/``: its weights, the snapshot-ensemble
     weights if any, and ``model_meta.json`` (``arch``, ``classes``, ``num_classes``,
-    ``snapshots`` and ``extra_meta`` such as normalisation stats)."""
+    ``snapshots`` and ``extra_meta`` such as normalisation stats).
+
+    The weights are written by a background thread while the flavour is exported (disk I/O
+    beside Python-bound tracing); both are done when this returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run_id = mlflow.active_run().info.run_id
+    meta = model_meta(arch, classes, len(snapshots), extra_meta)
+    with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
+        weights = pool.submit(log_model_weights, run_id, model.state_dict(), snapshots, meta)
+        info = log_model_flavour(model, input_example, registered_model_name, serialization_format)
+        weights.result()
+    return info
+
+
+def model_meta(arch: str, classes: Sequence[str], snapshots: int,
+               extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Contents of ``model/model_meta.json``: what rebuilding the real module needs."""
+    return {**(extra_meta or {}), "arch": arch, "classes": list(classes), "num_classes": len(classes),
+            "snapshots": snapshots}
+
+
+def log_model_flavour(
+    model: torch.nn.Module,
+    input_example: np.ndarray,
+    registered_model_name: str | None = None,
+    serialization_format: Literal["pt2", "pickle"] = "pt2",
+) -> ModelInfo:
+    """The MLflow pytorch flavour of ``model`` in the active run (signature from the example)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).float().numpy()
-        info = mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             model,
             name=MODEL_DIR,
             input_example=input_example,
@@ -238,15 +266,6 @@ def log_torch_model(
         )
     finally:
         model.train(was_training)
-    meta = {
-        **(extra_meta or {}),
-        "arch": arch,
-        "classes": list(classes),
-        "num_classes": len(classes),
-        "snapshots": len(snapshots),
-    }
-    _log_weights(model.state_dict(), snapshots, meta)
-    return info
 
 
 def _model_requirements() -> list[str]:
@@ -260,18 +279,20 @@ def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def _log_weights(
+def log_model_weights(
+    run_id: str,
     state: Mapping[str, torch.Tensor],
     snapshots: Sequence[Mapping[str, torch.Tensor]],
     meta: Mapping[str, Any],
 ) -> None:
-    """Log CPU weights and rebuild metadata as plain artifacts under ``model/``."""
+    """Log CPU weights (``state_dict.pt``, ``snapshots.pt``) and ``model_meta.json`` under the
+    run's ``model/`` (client API with an explicit run id: safe from any thread)."""
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(_cpu(state), Path(tmp) / STATE_DICT_FILE)
         if snapshots:
             torch.save([_cpu(s) for s in snapshots], Path(tmp) / SNAPSHOTS_FILE)
-        (Path(tmp) / META_FILE).write_text(json.dumps(meta, indent=2))
-        mlflow.log_artifacts(tmp, artifact_path=MODEL_DIR)
+        (Path(tmp) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
+        MlflowClient().log_artifacts(run_id, tmp, artifact_path=MODEL_DIR)
 
 
 def log_predictions(split: str, probs: np.ndarray, digest: str) -> str:

@@ -106,35 +106,41 @@ def evaluate_model(result: TrainResult, cache, split: str) -> dict[str, Any]:
 @task(name="log-training-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_split: str, cache, manifest,
                      out_dir: str, extra: dict | None = None) -> dict[str, Any]:
-    """Params, tags, dataset input, plots, classification report and the model of one run."""
+    """Params, tags, dataset input, plots, classification report, held-out predictions and the
+    model of one run. The weights go to the store on a background thread while the plots are
+    drawn and the pt2 flavour is exported (disk I/O beside Python-bound work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     out = Path(out_dir)
     images, labels = cache.subset(eval_split)
-    plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
-    metrics = evaluation["metrics"]
-    report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
-              "epochs_run": result.epochs_run, "wall_seconds": result.wall_seconds,
-              "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **(extra or {})}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
-    with mlflow.start_run(run_id=run_id):
-        tracking.log_params({**result.config, "dataset_version": cache.version})
-        tracking.set_standard_tags(cache.version, tracking.git_commit(), result.config["schedule"],
-                                   result.config["amp"], result.device)
-        tracking.log_dataset_input(cache.version, "dataset", manifest.source, manifest.records[["path", "label", "split"]])
-        tracking.log_plots(plots.values())
-        tracking.log_report_json("classification_report", report)
-        tracking.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
-        # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
-        prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
-        mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in
-                            ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
-                            if metrics.get(k) is not None})
-        mlflow.log_metric("wall_seconds", result.wall_seconds)
-        example = images[:2]
-        tracking.log_torch_model(_for_export(result), result.config["arch"], result.classes,
-                                 _example_input(result, example),
-                                 extra_meta={"norm": [list(result.norm[0]), list(result.norm[1])],
-                                             "size": int(images.shape[1]), "dataset_version": cache.version},
-                                 snapshots=result.snapshots)
+    meta = tracking.model_meta(result.config["arch"], result.classes, len(result.snapshots),
+                               {"norm": [list(result.norm[0]), list(result.norm[1])], "size": int(images.shape[1]),
+                                "dataset_version": cache.version})
+    with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
+        weights = pool.submit(tracking.log_model_weights, run_id, result.model.state_dict(), result.snapshots, meta)
+        plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
+        metrics = evaluation["metrics"]
+        report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
+                  "epochs_run": result.epochs_run, "wall_seconds": result.wall_seconds,
+                  "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **(extra or {})}
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+        with mlflow.start_run(run_id=run_id):
+            tracking.log_params({**result.config, "dataset_version": cache.version})
+            tracking.set_standard_tags(cache.version, tracking.git_commit(), result.config["schedule"],
+                                       result.config["amp"], result.device)
+            tracking.log_dataset_input(cache.version, "dataset", manifest.source,
+                                       manifest.records[["path", "label", "split"]])
+            tracking.log_plots(plots.values())
+            tracking.log_report_json("classification_report", report)
+            tracking.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
+            # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
+            prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
+            mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in
+                                ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
+                                if metrics.get(k) is not None})
+            mlflow.log_metric("wall_seconds", result.wall_seconds)
+            tracking.log_model_flavour(_for_export(result), _example_input(result, images[:2]))
+        weights.result()  # re-raises a failed upload (the task then retries)
     return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json")}
 
 
