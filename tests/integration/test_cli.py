@@ -102,3 +102,59 @@ def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
     assert {"lr_finder.png", "lr_schedule.png", "curves.png", "confusion_matrix.png", "roc.png"} <= written
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert metrics["config"]["schedule"] == "sgdr_dlr_clm" and metrics["config"]["amp"] is True
+
+
+@pytest.mark.slow
+def test_interrupted_tune_resumes_from_its_checkpoints(prefect_harness, tmp_path):
+    """Ctrl+C (SIGINT) in the middle of a trial, then the same `skinflow tune --name`: Tune restores
+    the experiment and the trial continues from its last checkpoint instead of starting over."""
+    import glob
+    import signal
+    import time
+
+    import mlflow
+    from mlflow import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    ds = tmp_path / "ds"
+    assert runner.invoke(app, ["data", "synth", "--out", str(ds), "--per-class", "8", "--size", "32"]).exit_code == 0
+    epochs = 40
+    args = ["tune", "--data", str(ds), "--schedules", "sgdr", "--amp", "off", "--epochs", str(epochs), "--size", "32",
+            "--checkpoint-interval", "0", "--name", "t-int"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([str(VENV_BIN / "skinflow"), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            pattern = str(tmp_path / "data" / "tune" / "t-int" / "*" / "checkpoint_*")
+            deadline = time.monotonic() + 240
+            # a second checkpoint on storage: the first is then recorded in the experiment state
+            while not any(int(p.rsplit("_", 1)[1]) >= 1 for p in glob.glob(pattern)):
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no trial checkpoint within 240 s"
+                time.sleep(0.2)
+            first.send_signal(signal.SIGINT)
+            first.wait(timeout=180)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    out = _skinflow(args, env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    res = json.loads(out.stdout[out.stdout.index("{"):])
+    assert res["best"]["epochs"] == epochs and not res["failed"]
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        client = MlflowClient()
+        exp = client.get_experiment_by_name("skinflow-tune")
+        trial_runs = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
+        steps = [sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_balanced_accuracy"))
+                 for r in trial_runs]
+    finally:
+        mlflow.set_tracking_uri(previous)
+    interrupted = [s for s in steps if s and s[0] == 1]
+    resumed = [s for s in steps if s and s[0] > 1]
+    assert interrupted and max(interrupted[0]) < epochs, f"the first run was not interrupted mid-trial: {steps}"
+    assert resumed and resumed[0][-1] == epochs, f"no trial resumed from a checkpoint: {steps}"
+    assert resumed[0][0] <= max(interrupted[0]) + 1, "resumed after the last checkpointed epoch, not from it"
