@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import math
 import os
+import queue
 import random
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,20 +277,79 @@ class TrainBatches:
         self.norm = norm
         self.device = device
         self.channels_last = cfg.channels_last
+        # On CUDA the uint8 gather and the pinned copy of the next batches run on a thread while the
+        # GPU works (both release the GIL); on the CPU the cores are busy with the step itself.
+        self.prefetch = _PREFETCH_DEPTH if device.type == "cuda" and cfg.num_workers == 0 else 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _host_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        if self.device.type == "cuda":  # page-locked, so the copy to the device is truly asynchronous
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        pin = self.device.type == "cuda"  # page-locked, so the copy below is truly asynchronous
-        for images, labels in self.loader:
-            if pin:
-                images, labels = images.pin_memory(), labels.pin_memory()
+        host = (prefetched(self.loader, self.prefetch, self._host_batch) if self.prefetch
+                else map(self._host_batch, self.loader))
+        for images, labels in host:
             x = to_float_batch(images.to(self.device, non_blocking=True), *self.norm)
             x = augment_batch(x, self.generators["augment"])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels.to(self.device, non_blocking=True)
+
+
+_PREFETCH_DEPTH = 2
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def prefetched(items: Iterable, depth: int, prepare: Callable[[Any], Any] = lambda item: item) -> Iterator:
+    """``prepare(item)`` for each of ``items`` in order, computed up to ``depth`` items ahead on a
+    background thread. Errors re-raise in the consumer; closing the generator early (``break``,
+    an exception in the consumer) stops and joins the thread."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(prepare(item)):
+                    return
+            put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(_Failed(exc))
+
+    worker = threading.Thread(target=produce, name="skinflow-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is end:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _check_inputs(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig) -> None:

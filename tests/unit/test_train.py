@@ -312,3 +312,55 @@ def test_divergence_on_cuda_is_caught_without_a_sync_per_step(data) -> None:
     with pytest.raises(FloatingPointError, match=r"non-finite training loss (by|at) iteration \d+"):
         fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", lr=1e8, device="cuda"))
 
+
+
+def test_prefetched_keeps_order_and_reraises_errors() -> None:
+    import threading
+
+    from ml.train import prefetched
+
+    assert list(prefetched(range(50), 2, lambda i: i * i)) == [i * i for i in range(50)]
+
+    def broken():
+        yield 1
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(prefetched(broken(), 3))
+    with pytest.raises(ZeroDivisionError):
+        list(prefetched([1, 0], 1, lambda i: 1 / i))
+    stream = prefetched(range(10_000), 2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early (a break, an ASHA stop): the thread ends too
+    assert not [t for t in threading.enumerate() if t.name == "skinflow-prefetch"]
+
+
+def test_prefetching_pipeline_yields_the_same_batches_and_generator_states(data) -> None:
+    from ml.train import TrainBatches, normalisation_for
+
+    cfg = tiny(batch_size=4)
+    norm = normalisation_for(cfg, data["train"][0])
+    plain = TrainBatches(data["train"], len(CLASSES), cfg, norm, torch.device("cpu"))
+    ahead = TrainBatches(data["train"], len(CLASSES), cfg, norm, torch.device("cpu"))
+    assert plain.prefetch == 0  # CPU default
+    ahead.prefetch = 2
+    for _ in range(2):  # two epochs: the sampler state carries over
+        for (xa, ya), (xb, yb) in zip(plain, ahead, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for name in plain.generators:
+        assert torch.equal(plain.generators[name].get_state(), ahead.generators[name].get_state())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pipeline_prefetches_pinned_batches_in_the_same_order(data) -> None:
+    from ml.train import TrainBatches, normalisation_for
+
+    cfg = tiny(batch_size=4, device="cuda")
+    norm = normalisation_for(cfg, data["train"][0])
+    ahead = TrainBatches(data["train"], len(CLASSES), cfg, norm, torch.device("cuda"))
+    plain = TrainBatches(data["train"], len(CLASSES), cfg, norm, torch.device("cuda"))
+    assert ahead.prefetch == 2
+    plain.prefetch = 0
+    for (xa, ya), (xb, yb) in zip(plain, ahead, strict=True):
+        assert xa.is_cuda and torch.equal(xa, xb) and torch.equal(ya, yb)
