@@ -651,6 +651,9 @@ def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_
             s.checkpoint_epoch, last_checkpoint = s.epoch, time.perf_counter()
         for cb in callbacks:
             cb.on_epoch_end(s.epoch, row, s)
+    if ckpt_path is not None and s.stop_requested and s.checkpoint_epoch != s.epoch:
+        _save_atomic(run.checkpoint(), ckpt_path)  # a callback stopped the run: keep where it stopped
+        s.checkpoint_epoch = s.epoch
 
 
 def _finish(run: _Run, val: Arrays, norm: Stats, amp_dtype: torch.dtype | None,

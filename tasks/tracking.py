@@ -222,7 +222,10 @@ def log_torch_model(
     beside Python-bound tracing); both are done when this returns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    run_id = mlflow.active_run().info.run_id
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_torch_model logs into the active MLflow run: call it inside mlflow.start_run()")
+    run_id = active.info.run_id
     meta = model_meta(arch, classes, len(snapshots), extra_meta)
     with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
         weights = pool.submit(log_model_weights, run_id, model.state_dict(), snapshots, meta)

@@ -240,3 +240,9 @@ def test_epoch_logger_reports_a_failed_write(store) -> None:
     epoch_logger.on_epoch_end(1, {"epoch": 1, "val_loss": 0.5}, None)
     with pytest.raises(Exception, match="0" * 32):
         epoch_logger.flush()
+
+
+def test_log_torch_model_needs_an_active_run(store) -> None:
+    assert mlflow.active_run() is None
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        tracking.log_torch_model(_tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32))

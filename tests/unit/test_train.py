@@ -189,6 +189,17 @@ def test_checkpoint_interval_skips_epochs_but_always_writes_the_last(data, tmp_p
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 3
 
 
+def test_a_callback_stop_is_checkpointed_despite_the_interval(data, tmp_path) -> None:
+    class StopAfterFirst(Callback):
+        def on_epoch_end(self, epoch: int, metrics: dict, state: TrainState) -> None:
+            state.stop_requested = True
+
+    cfg = tiny(epochs=3, checkpoint_dir=str(tmp_path), checkpoint_interval_s=3600)
+    result = fit(data["train"], data["val"], CLASSES, cfg, callbacks=[StopAfterFirst()])
+    assert result.epochs_run == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+
+
 def test_checkpoint_interval_may_change_on_resume(data, tmp_path) -> None:
     with pytest.raises(KeyboardInterrupt):
         fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path)),
