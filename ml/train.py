@@ -521,20 +521,17 @@ def _train_epoch(run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None
     s.model.train()
     sync_every = _CUDA_SYNC_EVERY if s.device.type == "cuda" else 1
     total = torch.zeros((), dtype=torch.float64, device=s.device)
-    count, steps = 0, 0
+    count, steps, mean = 0, 0, 0.0
     for x, labels in batches:
         total += _train_step(run, x, labels, amp_dtype).double() * len(labels)
         count, steps = count + len(labels), steps + 1
         _maybe_snapshot(run, callbacks)
         bar.update()
-        if steps % sync_every == 0 or steps == len(batches):
+        if steps % sync_every == 0 or steps == len(batches):  # the last step is always read back
             mean = float(total) / count
             if not math.isfinite(mean):
                 raise _non_finite(s.iteration, exact=sync_every == 1)
             bar.set_postfix(loss=f"{mean:.4f}")
-    mean = float(total) / max(count, 1)
-    if not math.isfinite(mean):
-        raise _non_finite(s.iteration, exact=sync_every == 1)
     return mean
 
 

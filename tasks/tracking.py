@@ -21,7 +21,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,18 +221,29 @@ def log_torch_model(
 
     The weights are written by a background thread while the flavour is exported (disk I/O
     beside Python-bound tracing); both are done when this returns."""
-    from concurrent.futures import ThreadPoolExecutor
-
     active = mlflow.active_run()
     if active is None:
         raise RuntimeError("log_torch_model logs into the active MLflow run: call it inside mlflow.start_run()")
-    run_id = active.info.run_id
     meta = model_meta(arch, classes, len(snapshots), extra_meta)
+    with model_weights_in_background(active.info.run_id, model.state_dict(), snapshots, meta):
+        return log_model_flavour(model, input_example, registered_model_name, serialization_format)
+
+
+@contextmanager
+def model_weights_in_background(
+    run_id: str,
+    state: Mapping[str, torch.Tensor],
+    snapshots: Sequence[Mapping[str, torch.Tensor]],
+    meta: Mapping[str, Any],
+) -> Iterator[None]:
+    """:func:`log_model_weights` on a background thread while the body runs (disk I/O beside the
+    caller's Python-bound work); on leaving, waits for it and re-raises a failed upload."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
-        weights = pool.submit(log_model_weights, run_id, model.state_dict(), snapshots, meta)
-        info = log_model_flavour(model, input_example, registered_model_name, serialization_format)
-        weights.result()
-    return info
+        written = pool.submit(log_model_weights, run_id, state, snapshots, meta)
+        yield
+        written.result()
 
 
 def model_meta(arch: str, classes: Sequence[str], snapshots: int,

@@ -29,12 +29,11 @@ class MlflowEpochLogger(Callback):
 
     Rows go through MLflow's asynchronous queue so that training does not wait on the store
     (which may be a remote server); :meth:`on_train_end` waits until every row is written and
-    raises if one failed. ``synchronous=True`` writes each row before the next epoch starts."""
+    raises if one failed."""
 
-    def __init__(self, run_id: str, synchronous: bool = False):
+    def __init__(self, run_id: str):
         self.run_id = run_id
         self.client = MlflowClient()
-        self.synchronous = synchronous
         self._pending: list = []
 
     def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
@@ -42,9 +41,7 @@ class MlflowEpochLogger(Callback):
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
                  if k != "epoch" and v is not None and math.isfinite(float(v))]
         # one call per epoch, not one per metric
-        operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=self.synchronous)
-        if operation is not None:
-            self._pending.append(operation)
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
     def on_train_end(self, result) -> None:
         self.flush()
@@ -109,15 +106,12 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
     """Params, tags, dataset input, plots, classification report, held-out predictions and the
     model of one run. The weights go to the store on a background thread while the plots are
     drawn and the pt2 flavour is exported (disk I/O beside Python-bound work)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     out = Path(out_dir)
     images, labels = cache.subset(eval_split)
     meta = tracking.model_meta(result.config["arch"], result.classes, len(result.snapshots),
                                {"norm": [list(result.norm[0]), list(result.norm[1])], "size": int(images.shape[1]),
                                 "dataset_version": cache.version})
-    with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
-        weights = pool.submit(tracking.log_model_weights, run_id, result.model.state_dict(), result.snapshots, meta)
+    with tracking.model_weights_in_background(run_id, result.model.state_dict(), result.snapshots, meta):
         plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
         metrics = evaluation["metrics"]
         report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
@@ -140,7 +134,6 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
                                 if metrics.get(k) is not None})
             mlflow.log_metric("wall_seconds", result.wall_seconds)
             tracking.log_model_flavour(_for_export(result), _example_input(result, images[:2]))
-        weights.result()  # re-raises a failed upload (the task then retries)
     return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json")}
 
 
