@@ -1,4 +1,4 @@
-"""Manifest-features throughput: ``ml.features.compute_features`` in images/s, side by side.
+"""Manifest-features throughput: ``ml.quality.features.compute_features`` in images/s, side by side.
 
 Modes, all on the same records in one run:
 
@@ -71,10 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- data
 def load_records(args: argparse.Namespace, tmp: Path) -> tuple[Any, str]:
     """Records (path, label, ...) to compute features on, and a description of where they came from."""
-    from ml.manifest import build_manifest
+    from ml.data.manifest import build_manifest
 
     if args.synthetic or not args.data.is_dir():
-        from ml.synth import SynthConfig, generate
+        from ml.data.synth import SynthConfig, generate
 
         n = args.limit or 200
         per_class = max(1, -(-n // 10))
@@ -102,7 +102,7 @@ def warm_page_cache(records) -> int:
 
 # --------------------------------------------------------------------------- modes
 def _run(records, mode: dict[str, Any]):
-    from ml.features import compute_features
+    from ml.quality.features import compute_features
 
     if mode["kind"] == "ray":
         return compute_features(records, ray_address="auto")  # Ray is initialised already: reused
@@ -129,7 +129,7 @@ def run_modes(records, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
         ray_info = {"init_seconds": round(time.perf_counter() - start, 3), "num_cpus": args.ray_cpus,
                     "ray_version": ray.__version__}
         modes.append({"name": f"ray-{args.ray_cpus}", "kind": "ray", "workers": args.ray_cpus, "passes": []})
-    import ml.features  # noqa: F401  (imported before timing: the serial pass should not pay for it)
+    import ml.quality.features  # noqa: F401  (imported before timing: the serial pass should not pay for it)
 
     reference = None
     try:

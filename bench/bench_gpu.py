@@ -1,4 +1,4 @@
-"""GPU training throughput: ``ml.train.fit`` vs a bare PyTorch loop, per image size and precision.
+"""GPU training throughput: ``ml.train.loop.fit`` vs a bare PyTorch loop, per image size and precision.
 
 Meant to run once on a rented CUDA machine through ``bench/gpu_check.sh`` (which also runs the
 gpu-marked tests); ``--quick --device cpu`` is a format check that runs in about a minute on 2 cores.
@@ -7,16 +7,16 @@ For every (size, batch) x {fp32, AMP}, after one warm-up of each, ``--repeats`` 
 
 - **bare**: ``zero_grad; cross_entropy(model(x), y); backward; step`` (SGD momentum, one parameter
   group) over normalised float batches already resident on the device: the compute ceiling;
-- **bare+pipeline**: the same bare loop fed by ``ml.train.TrainBatches`` (the input pipeline of
+- **bare+pipeline**: the same bare loop fed by ``ml.train.loop.TrainBatches`` (the input pipeline of
   ``fit``: sampler, uint8 gather on the CPU, copy to the device, normalise and augment there);
-- **fit**: ``ml.train.fit``, 1 epoch of ``sgdr_dlr_clm`` over the same images, timed by a callback
+- **fit**: ``ml.train.loop.fit``, 1 epoch of ``sgdr_dlr_clm`` over the same images, timed by a callback
   from ``on_train_begin`` to the last step's ``on_snapshot`` (training phase only: no model
   construction, no ``channel_stats``, no validation).
 
 Every clock stop is preceded by ``torch.cuda.synchronize()`` on CUDA. Medians are reported, with
 min-max. Then a loader-only line per size (``TrainBatches`` with no model) vs what ``fit`` consumes.
 
-Imports only torch/torchvision/numpy/scikit-learn/tqdm (through ``ml.train``) and the standard
+Imports only torch/torchvision/numpy/scikit-learn/tqdm (through ``ml.train.loop``) and the standard
 library: no pydantic, mlflow, prefect, ...
 
 Run: ``python3 bench/bench_gpu.py --json OUT.json --markdown OUT.md`` (defaults under bench/out/gpu/),
@@ -51,16 +51,12 @@ from bench.common import (  # noqa: E402
     median,
     write_json,
 )
-from ml.models import build_model  # noqa: E402
-from ml.train import (  # noqa: E402
-    Callback,
-    TrainBatches,
-    TrainConfig,
-    amp_dtype_for,
-    fit,
-    resolve_device,
-)
-from ml.transforms import channel_stats, to_float_batch  # noqa: E402
+from ml.train.models import build_model  # noqa: E402
+from ml.train.batches import TrainBatches
+from ml.train.config import TrainConfig
+from ml.train.loop import Callback, fit
+from ml.train.precision import amp_dtype_for, resolve_device
+from ml.train.transforms import channel_stats, to_float_batch  # noqa: E402
 
 TITLE = "## GPU throughput (`bench/gpu_check.sh`)"
 SCHEDULE = "sgdr_dlr_clm"
@@ -431,8 +427,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         md_table(["item", "value"], rows), "",
         (f"Model {s['arch']}, {s['num_classes']} classes, synthetic uint8 images ({BASE_IMAGES} distinct per "
         f"size, tiled to steps x batch). **bare**: zero_grad / forward / cross-entropy / backward / SGD step over "
-        "normalised batches already on the device. **bare+pipeline**: the same loop fed by `ml.train.TrainBatches`. "
-        f"**fit**: `ml.train.fit`, 1 epoch of {SCHEDULE} (lr {LR}), timed from `on_train_begin` to the last "
+        "normalised batches already on the device. **bare+pipeline**: the same loop fed by `ml.train.loop.TrainBatches`. "
+        f"**fit**: `ml.train.loop.fit`, 1 epoch of {SCHEDULE} (lr {LR}), timed from `on_train_begin` to the last "
         "step's `on_snapshot` (model build, `channel_stats` and validation excluded; \"incl. val\" uses fit's "
         "`epoch_seconds`). Clock stops after `torch.cuda.synchronize()`. img/s = median (min–max)."), "",
         results_table(result["configs"]), "",
@@ -466,7 +462,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precisions", default="fp32,amp", help="comma list (default fp32,amp)")
     ap.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {FULL['steps']})")
     ap.add_argument("--repeats", type=int, default=None, help=f"interleaved repeats (default {FULL['repeats']})")
-    ap.add_argument("--arch", default="resnet18", help="torchvision arch known to ml.models (default resnet18)")
+    ap.add_argument("--arch", default="resnet18", help="torchvision arch known to ml.train.models (default resnet18)")
     ap.add_argument("--num-classes", type=int, default=10, help="default 10")
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (bare and fit)")
     ap.add_argument("--cudnn-benchmark", action="store_true",

@@ -47,10 +47,11 @@ PROFILE = _demo_profile()
 
 def bare_run(manifest, cache_root: Path, epochs: int | None = None) -> float:
     """What the retrain flow computes, with no orchestration or tracking."""
-    from ml import recipes
-    from ml.cache import build_cache
-    from ml.split import split_manifest
-    from ml.train import TrainConfig, fit
+    from ml.train import recipes
+    from ml.data.cache import build_cache
+    from ml.data.split import split_manifest
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
 
     t0 = time.perf_counter()
     m = split_manifest(manifest, val_frac=0.15, test_frac=0.2, seed=0)
@@ -93,10 +94,11 @@ def flow_run(data: str, out: Path, epochs: int | None = None) -> float:
 
 
 def bare_trial(data: str, cache_root: Path) -> float:
-    from ml.cache import build_cache
-    from ml.manifest import build_manifest
-    from ml.split import split_manifest
-    from ml.train import TrainConfig, fit
+    from ml.data.cache import build_cache
+    from ml.data.manifest import build_manifest
+    from ml.data.split import split_manifest
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
 
     m = split_manifest(build_manifest(data), val_frac=1 / 6, test_frac=0.0, seed=0)
     cache = build_cache(m, PROFILE["size"], cache_root)
@@ -167,9 +169,9 @@ def _main() -> int:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
     torch_settings = configure_torch(None)
     from ml.settings import get_settings
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
-    from ml.manifest import build_manifest
+    from ml.data.manifest import build_manifest
 
     get_settings.cache_clear()
     data = str(work / "synth")

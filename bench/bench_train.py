@@ -2,13 +2,13 @@
 
 One process, one machine, one model (resnet18), one resolution, one epoch budget, one seed:
 
-1. pretrain a resnet18 backbone on a synthetic source set (``ml.train.pretrain``, SGDR, AMP) and
+1. pretrain a resnet18 backbone on a synthetic source set (``ml.train.loop.pretrain``, SGDR, AMP) and
    save it; every variant fine-tunes from it (the head is re-initialised);
 2. datasets: isic9 (its train/test folders, val carved out of train) and a long-tail synthetic set;
-3. one LR range test per dataset (``ml.recipes.find_lr``) gives alpha_opt;
+3. one LR range test per dataset (``ml.train.recipes.find_lr``) gives alpha_opt;
 4. every variant x {fp32, AMP}: per-epoch validation metrics and wall time, test macro-F1;
 5. eta = time-to-target of the SGD fp32 baseline / time-to-target of the variant;
-6. training-step throughput of ``ml.train.fit`` vs a bare PyTorch loop (interleaved, median);
+6. training-step throughput of ``ml.train.loop.fit`` vs a bare PyTorch loop (interleaved, median);
 7. training-loader throughput vs what a training step consumes;
 8. ``RESULTS.md`` + raw JSON.
 
@@ -40,7 +40,7 @@ from bench.common import (  # noqa: E402
     median,
     write_json,
 )
-from ml.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
+from ml.eval.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
 
 ARCH = "resnet18"
 BATCH = 64
@@ -131,7 +131,7 @@ def _synth_dir(work: Path, name: str, cfg: Any) -> Path:
     import hashlib
     import json
 
-    from ml.synth import generate
+    from ml.data.synth import generate
 
     tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
     folder = work / "synth" / f"{name}-{tag}-seed{cfg.seed}-{cfg.size}px"
@@ -146,9 +146,9 @@ def _synth_dir(work: Path, name: str, cfg: Any) -> Path:
 def prepare_source(profile: Profile, work: Path) -> tuple[Any, Any, list[str]]:
     """The synthetic source set for pretraining: 10 classes x source_per_class at bench size.
     It differs from the synthetic target in seed and lesion field of view (smaller lesions)."""
-    from ml.cache import build_cache
-    from ml.manifest import build_manifest
-    from ml.synth import SynthConfig
+    from ml.data.cache import build_cache
+    from ml.data.manifest import build_manifest
+    from ml.data.synth import SynthConfig
 
     cfg = SynthConfig(per_class=profile.source_per_class, size=profile.size, seed=profile.seed + 1000,
                       fov=(0.2, 0.4))
@@ -159,10 +159,10 @@ def prepare_source(profile: Profile, work: Path) -> tuple[Any, Any, list[str]]:
 
 def prepare_dataset(name: str, profile: Profile, work: Path) -> dict[str, Any] | None:
     """{'train','val','test': (uint8 images, labels), 'classes', 'info'} or None (isic9 absent)."""
-    from ml.cache import build_cache
-    from ml.manifest import build_manifest
-    from ml.split import split_manifest
-    from ml.synth import SynthConfig
+    from ml.data.cache import build_cache
+    from ml.data.manifest import build_manifest
+    from ml.data.split import split_manifest
+    from ml.data.synth import SynthConfig
 
     if name == "isic9":
         if not ISIC9.is_dir():
@@ -177,7 +177,7 @@ def prepare_dataset(name: str, profile: Profile, work: Path) -> dict[str, Any] |
         folder = _synth_dir(work, "target", cfg)
         manifest = split_manifest(build_manifest(folder), val_frac=1 / 6, test_frac=profile.synth_test_frac,
                                   seed=profile.seed)
-        source = f"ml.synth.generate({cfg})"
+        source = f"ml.data.synth.generate({cfg})"
     else:
         raise ValueError(f"unknown dataset {name!r} (known: isic9, synth)")
     cache = build_cache(manifest, profile.size, work / "cache")
@@ -197,7 +197,8 @@ def prepare_dataset(name: str, profile: Profile, work: Path) -> dict[str, Any] |
 
 
 def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
-    from ml.train import TrainConfig, pretrain
+    from ml.train.config import TrainConfig
+    from ml.train.pretrain import pretrain
 
     images, labels, classes = prepare_source(profile, work)
     path = work / f"pretrained_{ARCH}_{profile.size}px_seed{profile.seed}.pt"
@@ -219,8 +220,8 @@ def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
 
 
 def run_lr_finder(data: dict[str, Any], weights: str, profile: Profile) -> dict[str, Any]:
-    from ml.recipes import find_lr
-    from ml.train import TrainConfig
+    from ml.train.recipes import find_lr
+    from ml.train.config import TrainConfig
 
     cfg = TrainConfig(arch=ARCH, weights=weights, schedule="sgdr", batch_size=BATCH, seed=profile.seed,
                       progress=False)
@@ -237,8 +238,9 @@ _HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_balanced_accuracy", "va
 
 def run_variant(data: dict[str, Any], weights: str, variant: str, precision: str, lr: float,
                 profile: Profile) -> dict[str, Any]:
-    from ml.metrics import classification_metrics
-    from ml.train import TrainConfig, fit
+    from ml.eval.metrics import classification_metrics
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
 
     cfg = TrainConfig(arch=ARCH, weights=weights, schedule=variant, lr=lr, epochs=profile.epochs,
                       batch_size=BATCH, amp=precision == "amp", snapshots=3, seed=profile.seed, progress=False)
@@ -343,9 +345,11 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
     import torch
     import torch.nn.functional as F
 
-    from ml.models import build_model
-    from ml.train import TrainConfig, amp_dtype_for, fit
-    from ml.transforms import channel_stats, to_float_batch
+    from ml.train.models import build_model
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
+    from ml.train.precision import amp_dtype_for
+    from ml.train.transforms import channel_stats, to_float_batch
 
     n = profile.throughput_batches * BATCH
     images, labels = _tile(data, n)
@@ -405,8 +409,9 @@ def measure_loader_throughput(data: tuple[Any, Any], num_classes: int, profile: 
     with no model, vs images/s a training step of fit consumes."""
     import torch
 
-    from ml.train import TrainBatches, TrainConfig
-    from ml.transforms import channel_stats
+    from ml.train.batches import TrainBatches
+    from ml.train.config import TrainConfig
+    from ml.train.transforms import channel_stats
 
     n = profile.throughput_batches * BATCH
     images, labels = _tile(data, n)
@@ -605,7 +610,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"({st['batches_per_run']} batches of {BATCH}, {st['size']} px); {st['repeats']} interleaved repeats "
             "(bare, fit, bare, fit, ...) after one warm-up each; medians. Bare loop: `zero_grad; "
             "cross_entropy(model(x), y); backward; step` (SGD momentum) over pre-made normalised float tensors. "
-            "fit: `ml.train.fit`, 1 epoch of `sgdr_dlr_clm`, timed by a callback from `on_train_begin` to the "
+            "fit: `ml.train.loop.fit`, 1 epoch of `sgdr_dlr_clm`, timed by a callback from `on_train_begin` to the "
             "last step's `on_snapshot`, so it includes batch gather from uint8, normalisation, augmentation, the "
             "per-iteration scheduler and LR trace, and the cycle-end snapshot copy, but not model construction "
             "or validation; the `incl. val` column is `epoch_seconds` (adds validation of 8 images).",
@@ -618,7 +623,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                  f"{min(st[pr]['fit_train_seconds']):.3f}–{max(st[pr]['fit_train_seconds']):.3f}"]
                 for pr in PRECISIONS]),
             "",
-            f"Training loader (`ml.train.TrainBatches`: sampler + uint8 batch gather + normalise + augment, "
+            f"Training loader (`ml.train.loop.TrainBatches`: sampler + uint8 batch gather + normalise + augment, "
             f"num_workers={ld['num_workers']}, no model): {ld['loader_images_per_s']:.0f} img/s.",
             "",
             md_table(["precision", "step consumes img/s", "loader / step", "loader share of step time"], [

@@ -78,7 +78,7 @@ def data_synth(
 ):
     """Write an SD-198-style synthetic ImageFolder (acne, alopecia, blister, crust, erythema, leukoderma,
     macula, tumor, ulcer, wheal) with seeded knobs for confounders, illumination, noise and shift."""
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
         per_class=per_class, long_tail=long_tail, class_priors=_parse_rates(priors) if priors else None,
@@ -98,7 +98,7 @@ def data_manifest(
     class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name (sd198_to_10)."),
 ):
     """Build the manifest of a dataset: file digests, labels, bad files with reasons, version."""
-    from ml.manifest import build_manifest, load_class_map
+    from ml.data.manifest import build_manifest, load_class_map
 
     m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
     if out:
@@ -116,8 +116,8 @@ def data_split(
     class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name."),
 ):
     """Stratified, duplicate-aware train/val(/test) split (duplicates never straddle splits)."""
-    from ml.manifest import build_manifest, load_class_map
-    from ml.split import split_manifest
+    from ml.data.manifest import build_manifest, load_class_map
+    from ml.data.split import split_manifest
 
     m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
     try:
@@ -283,7 +283,7 @@ def _print_validation(report: dict) -> None:
 @app.command("curation-ab")
 def curation_ab(
     data: str = typer.Option(..., help="Dataset (ImageFolder, CSV or s3://)."),
-    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps (see ml.curation.STEPS)."),
+    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps (see ml.quality.curation.STEPS)."),
     model: str = typer.Option("resnet18"),
     schedule: str = typer.Option("sgdr_dlr_clm"),
     lr: float = typer.Option(1e-2),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from ml.curation import STEPS, ab_comparison
-from ml.train import TrainConfig
+from ml.quality.curation import STEPS, ab_comparison
+from ml.train.config import TrainConfig
 from tasks.curation import check_curated_splits, curate_copy, log_curation_ab
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import close_run, open_run

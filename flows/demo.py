@@ -19,7 +19,7 @@ PROFILES = {
 
 def run_demo(out: Path, full: bool = False) -> int:
     from ml.settings import get_settings
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     profile = PROFILES["full" if full else "cpu"]
     data = Path(out) / "synth"
@@ -30,7 +30,7 @@ def run_demo(out: Path, full: bool = False) -> int:
         print(f"      {summary['total']} images, {len(summary['counts'])} labels")
     else:
         print(f"[1/2] reusing the synthetic set in {data}")
-    from ml.manifest import build_manifest
+    from ml.data.manifest import build_manifest
 
     print(json.dumps(build_manifest(str(data)).summary(), indent=2, default=str))
     print("[2/2] retrain: validate -> LR range test -> Ray Tune sweep -> train -> register -> gate")

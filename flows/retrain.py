@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from ml.train import TrainConfig
+from ml.train.config import TrainConfig
 from tasks.common import markdown_table, publish_markdown
 from tasks.mlflow_tasks import close_run, open_run, promotion_gate, register_model
 from tasks.training import evaluate_model, log_training_run, lr_range_test, train_model
@@ -73,7 +73,7 @@ def retrain_flow(data: str = "data/demo/synth", tune: bool = True, arch: str = "
 
 def _eta_tag(tuned: dict | None) -> str:
     """Speedup of the chosen configuration over the sweep's SGD trial (thesis eta)."""
-    from ml.metrics import speedup_over_sgd
+    from ml.eval.metrics import speedup_over_sgd
 
     if tuned is None:
         return "n/a (no sweep)"

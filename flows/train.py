@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from ml.schedules import VARIANTS
-from ml.train import TrainConfig
+from ml.train.schedules import VARIANTS
+from ml.train.config import TrainConfig
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import close_run, open_run

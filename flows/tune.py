@@ -7,11 +7,11 @@ from pathlib import Path
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
-from ml.schedules import VARIANTS
+from ml.train.schedules import VARIANTS
 from ml.settings import get_settings
-from ml.train import TrainConfig
+from ml.train.config import TrainConfig
 from tasks.common import publish_table
-from tasks.tracking import absolute_tracking_uri
+from ml.tracking.runs import absolute_tracking_uri
 from tasks.mlflow_tasks import close_run, open_run
 from tasks.training import lr_range_test
 from tasks.tuning import METRIC, run_tune

@@ -1,4 +1,4 @@
-"""Prefect tasks over ml.curation: a curated copy of a split dataset (new version, splits kept) and
+"""Prefect tasks over ml.quality.curation: a curated copy of a split dataset (new version, splits kept) and
 the MLflow/Prefect reporting of a curated-vs-original A/B comparison. No ML logic here."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def _dataset_name(source: str) -> str:
 def curate_copy(manifest, steps: list[str], policy_path: str | None = None):
     """Write the curated copy of a split ``manifest`` as a new dataset version under
     ``<data_root>/datasets/<name>-curated/<curation key>/`` (reused when already complete) with a CSV
-    manifest that keeps every image's split. Returns :class:`ml.curation.CuratedVersion`."""
-    from ml.curation import curation_key, write_curated_version
-    from ml.validation import load_policy
+    manifest that keeps every image's split. Returns :class:`ml.quality.curation.CuratedVersion`."""
+    from ml.quality.curation import curation_key, write_curated_version
+    from ml.quality.validation import load_policy
 
     policy = load_policy(policy_path)
     key = curation_key(manifest.records, steps, policy)
@@ -41,7 +41,7 @@ def curate_copy(manifest, steps: list[str], policy_path: str | None = None):
 def check_curated_splits(manifest, curated_manifest, version) -> None:
     """Fail when any curated record's split or label differs from its original's (or one is missing,
     other than files curation could not read)."""
-    from ml.curation import split_mismatches, with_sources
+    from ml.quality.curation import split_mismatches, with_sources
 
     bad = split_mismatches(manifest.records, with_sources(curated_manifest.records, version.manifest_csv))
     unreadable = set(version.log.loc[version.log["status"] == "unreadable", "path"])

@@ -1,4 +1,4 @@
-"""Prefect tasks over the data layer (ml.manifest, ml.split, ml.cache). No ML logic here."""
+"""Prefect tasks over the data layer (ml.data.manifest, ml.data.split, ml.data.cache). No ML logic here."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def _source_fingerprint(ctx, params: dict) -> str | None:
       cache_key_fn=_source_fingerprint, persist_result=True)
 def build_manifest(source: str, class_map: str | None = None, check: bool = True):
     """Manifest with file digests, labels, bad files (with reasons) and the dataset version."""
-    from ml.manifest import build_manifest as _build
-    from ml.manifest import load_class_map
+    from ml.data.manifest import build_manifest as _build
+    from ml.data.manifest import load_class_map
 
     m = _build(source, class_map=load_class_map(class_map) if class_map else None, check=check,
                progress=True)
@@ -46,7 +46,7 @@ def build_manifest(source: str, class_map: str | None = None, check: bool = True
 @task(name="split-dataset", cache_policy=NO_CACHE)
 def split_dataset(manifest, val_frac: float = 1 / 6, test_frac: float = 0.0, seed: int = 0):
     """Stratified, duplicate-aware split (raises before any training when a class is too small)."""
-    from ml.split import split_manifest
+    from ml.data.split import split_manifest
 
     return split_manifest(manifest, val_frac=val_frac, test_frac=test_frac, seed=seed)
 
@@ -54,6 +54,6 @@ def split_dataset(manifest, val_frac: float = 1 / 6, test_frac: float = 0.0, see
 @task(name="build-image-cache", cache_policy=NO_CACHE)
 def build_image_cache(manifest, size: int):
     """Decoded uint8 images at training size; reused on disk when version and size match."""
-    from ml.cache import build_cache
+    from ml.data.cache import build_cache
 
     return build_cache(manifest, size, get_settings().data_root / "cache", progress=True)

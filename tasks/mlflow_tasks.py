@@ -11,10 +11,10 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ml import recipes
-from ml.gate import GateDecision, PromotionPolicy, decide
+from ml.train import recipes
+from ml.eval.gate import GateDecision, PromotionPolicy, decide
 from ml.settings import get_settings
-from tasks import tracking
+from ml.tracking import models as tracked_models, registry, runs as tracking_runs
 from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, markdown_table, publish_markdown
 
 
@@ -23,9 +23,9 @@ def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
              tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id).
     Fails with a message naming the tracking server when it is unreachable."""
-    uri = tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+    uri = tracking_runs.configure_mlflow(get_settings().mlflow_tracking_uri)
     if uri.startswith("http"):
-        tracking.check_mlflow_available(uri)
+        tracking_runs.check_mlflow_available(uri)
     exp = _experiment(experiment, uri)
     all_tags = {"mlflow.runName": run_name, **(tags or {})}
     if parent_run_id:
@@ -79,11 +79,11 @@ def register_model(run_id: str, tags: dict[str, Any]) -> str:
     """Register the run's model as a new version and make it ``challenger``. If aliasing
     fails, the half-made version is deleted so that no partial version stays registered."""
     name = get_settings().registered_model
-    version = tracking.register_version(run_id, name, tags={k: str(v) for k, v in tags.items()})
+    version = registry.register_version(run_id, name, tags={k: str(v) for k, v in tags.items()})
     try:
-        tracking.set_alias(name, "challenger", version)
+        registry.set_alias(name, "challenger", version)
     except Exception:
-        tracking.delete_version(name, version)
+        registry.delete_version(name, version)
         raise
     return version
 
@@ -93,13 +93,13 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
     """Top-1 predictions of a stored model on the held-out set: the probabilities its run
     stored for exactly this set (same digest) when there are any, else predicted again from
     its stored weights. Returns ``(pred, meta, "stored" | "recomputed")``."""
-    from ml.gate import heldout_digest
+    from ml.eval.gate import heldout_digest
 
     if not recompute:
-        probs = tracking.load_predictions(model_uri, heldout_digest(images, labels, classes))
+        probs = tracked_models.load_predictions(model_uri, heldout_digest(images, labels, classes))
         if probs is not None:
-            return probs.argmax(1), tracking.load_model_meta(model_uri), "stored"
-    states, meta = tracking.load_model_states(model_uri)
+            return probs.argmax(1), tracked_models.load_model_meta(model_uri), "stored"
+    states, meta = tracked_models.load_model_states(model_uri)
     probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
     return probs.argmax(1), meta, "recomputed"
 
@@ -108,7 +108,7 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
 def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
                    policy_path: str | None = None, recompute: bool = False) -> dict[str, Any]:
     """Compare challenger ``version`` with the current champion on the same held-out data;
-    move ``champion`` only when :func:`ml.gate.decide` says so. Logged and shown as an artifact.
+    move ``champion`` only when :func:`ml.eval.gate.decide` says so. Logged and shown as an artifact.
 
     Each model's predictions are the ones its run stored for this exact held-out set (matched
     by digest), else they are predicted again from its stored weights (``recompute=True``
@@ -119,7 +119,7 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
     policy = PromotionPolicy.load(policy_path or settings.policies_dir / "promotion.yaml")
     challenger_pred, meta, challenger_source = _predictions(f"models:/{name}/{version}", images, labels, classes,
                                                             recompute)
-    champion = tracking.get_alias_version(name, "champion")
+    champion = registry.get_alias_version(name, "champion")
     champion_pred, champion_source = None, None
     if champion is not None:
         champion_pred, champ_meta, champion_source = _predictions(f"models:/{name}/{champion}", images, labels,
@@ -128,7 +128,7 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
             raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
     decision: GateDecision = decide(labels, challenger_pred, champion_pred, classes, policy)
     if decision.promote:
-        tracking.set_alias(name, "champion", version)
+        registry.set_alias(name, "champion", version)
     client = MlflowClient()
     client.set_model_version_tag(name, version, "gate_decision", "promoted" if decision.promote else "kept")
     client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])
@@ -137,7 +137,7 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
            "predictions": {"challenger": challenger_source, "champion": champion_source}}
     logger.info("promotion gate: v%s %s (%s)", version, "PROMOTED" if decision.promote else "kept as challenger",
                 decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in tracking.flatten_config(
+    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
         {**decision.numbers, "predictions": out["predictions"]}).items()]
     publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
                      f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"

@@ -1,12 +1,11 @@
 """Prefect tasks over the training engine: LR range test, fit, evaluation. Logging to MLflow
-goes through tasks.tracking; the ML lives in ml/."""
+goes through ml.tracking; the ML lives in ml/."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ from mlflow.entities import Metric
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ml import recipes
-from ml.gate import heldout_digest
-from ml.train import Callback, TrainConfig, TrainResult, fit
-from tasks import tracking
+from ml.train import recipes
+from ml.eval.gate import heldout_digest
+from ml.train.config import TrainConfig
+from ml.train.loop import Callback, TrainResult, fit
+from ml.tracking import models as tracked_models, runs as tracking_runs
 from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
 
 
@@ -58,7 +58,7 @@ def lr_range_test(cache, cfg: TrainConfig, out_dir: str, num_iter: int = 100, st
                   end_lr: float = 10.0, run_id: str | None = None) -> dict[str, Any]:
     """Smith's range test on the training split; returns suggestions and the log-scale bracket."""
     res = recipes.find_lr(cache.subset("train"), cache.classes, cfg, num_iter=num_iter, start_lr=start_lr,
-                          end_lr=end_lr)
+                          end_lr=end_lr, fetch_weights=tracked_models.fetch_weights)
     plot = recipes.lr_finder_plot(res, out_dir)
     out = {"chosen": res.chosen, "bracket": list(res.bracket), "suggestions": res.suggestions,
            "stopped_early": res.stopped_early, "iterations": len(res.lrs), "plot": str(plot)}
@@ -82,7 +82,8 @@ def train_model(cache, cfg: TrainConfig, run_id: str) -> TrainResult:
     logger = get_run_logger()
     epoch_logger = MlflowEpochLogger(run_id)  # flushes its queue in on_train_end
     try:
-        result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg, callbacks=[epoch_logger])
+        result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg, callbacks=[epoch_logger],
+                     fetch_weights=tracked_models.fetch_weights)
     except BaseException:
         try:  # keep the rows of the epochs that did run, but report the training error
             epoch_logger.flush()
@@ -108,10 +109,10 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
     drawn and the pt2 flavour is exported (disk I/O beside Python-bound work)."""
     out = Path(out_dir)
     images, labels = cache.subset(eval_split)
-    meta = tracking.model_meta(result.config["arch"], result.classes, len(result.snapshots),
+    meta = tracked_models.model_meta(result.config["arch"], result.classes, len(result.snapshots),
                                {"norm": [list(result.norm[0]), list(result.norm[1])], "size": int(images.shape[1]),
                                 "dataset_version": cache.version})
-    with tracking.model_weights_in_background(run_id, result.model.state_dict(), result.snapshots, meta):
+    with tracked_models.model_weights_in_background(run_id, result.model.state_dict(), result.snapshots, meta):
         plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
         metrics = evaluation["metrics"]
         report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
@@ -119,21 +120,21 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
                   "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **(extra or {})}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
         with mlflow.start_run(run_id=run_id):
-            tracking.log_params({**result.config, "dataset_version": cache.version})
-            tracking.set_standard_tags(cache.version, tracking.git_commit(), result.config["schedule"],
+            tracking_runs.log_params({**result.config, "dataset_version": cache.version})
+            tracking_runs.set_standard_tags(cache.version, tracking_runs.git_commit(), result.config["schedule"],
                                        result.config["amp"], result.device)
-            tracking.log_dataset_input(cache.version, "dataset", manifest.source,
+            tracking_runs.log_dataset_input(cache.version, "dataset", manifest.source,
                                        manifest.records[["path", "label", "split"]])
-            tracking.log_plots(plots.values())
-            tracking.log_report_json("classification_report", report)
-            tracking.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
+            tracking_runs.log_plots(plots.values())
+            tracking_runs.log_report_json("classification_report", report)
+            tracked_models.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
             # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
             prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
             mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in
                                 ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
                                 if metrics.get(k) is not None})
             mlflow.log_metric("wall_seconds", result.wall_seconds)
-            tracking.log_model_flavour(_for_export(result), _example_input(result, images[:2]))
+            tracked_models.log_model_flavour(_for_export(result), _example_input(result, images[:2]))
     return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json")}
 
 
@@ -144,30 +145,18 @@ def _for_export(result: TrainResult):
 
 
 def _example_input(result: TrainResult, images: np.ndarray) -> np.ndarray:
-    from ml.transforms import to_float_batch
+    from ml.train.transforms import to_float_batch
     import torch
 
     return to_float_batch(torch.from_numpy(np.ascontiguousarray(images)), *result.norm).numpy()
 
 
-def config_from(base: dict | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig from a partial dict (flow parameters) plus overrides."""
-    return replace(TrainConfig(**(base or {})), **{k: v for k, v in overrides.items() if v is not None})
-
-
 @task(name="pretrain-backbone", retries=0, cache_policy=NO_CACHE)
 def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
-    """Fit on the source set and store ``{"arch","classes","state_dict"}`` at ``out`` (path or
-    s3://), loadable later as ``weights=out`` (weights_only=True; the head is skipped on transfer)."""
-    import tempfile
+    """:func:`ml.train.pretrain.pretrain_backbone` on the cache's train/val splits."""
+    from ml.train.pretrain import pretrain_backbone as pretrain
 
-    from ml.models import save_checkpoint_file
-    from ml.storage import Storage
-
-    result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = save_checkpoint_file(result.model, cfg.arch, cache.classes, Path(tmp) / "backbone.pt")
-        Storage().put_file(local, out)
+    result = pretrain(cache.subset("train"), cache.subset("val"), cache.classes, cfg, out)
     return {"weights": out, "arch": cfg.arch, "val_balanced_accuracy": result.val_metrics["balanced_accuracy"],
             "epochs": result.epochs_run, "source_dataset_version": cache.version}
 
@@ -175,16 +164,11 @@ def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
 @task(name="repeated-fits", cache_policy=NO_CACHE)
 def repeated_fits(cache, cfg: TrainConfig, first_metrics: dict, repeats: int, eval_split: str,
                   run_id: str) -> dict[str, Any]:
-    """Refit with seeds ``cfg.seed + 1 ..`` and aggregate with the first fit: mean +/- std of
-    each metric and of each confused pair's error count (the thesis's Table 4.2 form)."""
-    from ml.metrics import aggregate_runs
+    """:func:`ml.train.repeats.repeated_fits` on the cache, logged to the run and published."""
+    from ml.train.repeats import repeated_fits as refit
 
-    runs = [first_metrics]
-    for k in range(1, repeats):
-        result = fit(cache.subset("train"), cache.subset("val"), cache.classes,
-                     replace(cfg, seed=cfg.seed + k, progress=False))
-        runs.append(recipes.evaluate(result, cache.subset(eval_split), tta=cfg.tta)["metrics"])
-    agg = aggregate_runs(runs)
+    agg = refit(cache.subset("train"), cache.subset("val"), cache.subset(eval_split), cache.classes, cfg,
+                first_metrics, repeats)
     client = MlflowClient()
     for name, stats in agg["metrics"].items():
         if stats["mean"] is not None:

@@ -1,6 +1,6 @@
 """Ray Tune over the LR bracket x schedule variants x AMP (x architecture), with ASHA.
 
-Each trial is a function trainable that runs :func:`ml.train.fit` with two callbacks: one
+Each trial is a function trainable that runs :func:`ml.train.loop.fit` with two callbacks: one
 reports every epoch to Tune (``ray.tune.report``, with a checkpoint when one was written:
 every ``checkpoint_interval_s`` and after the last epoch, so an interrupted tune resumes with
 ``Tuner.restore``), one logs the epoch to an MLflow child
@@ -41,7 +41,7 @@ def search_space(bracket: tuple[float, float], schedules: list[str], amp: list[b
     """Log-uniform LR inside the bracket; grid over schedules, AMP and architectures."""
     from ray import tune
 
-    from ml.schedules import VARIANTS
+    from ml.train.schedules import VARIANTS
 
     unknown = sorted(set(schedules) - set(VARIANTS))
     if unknown:
@@ -77,9 +77,11 @@ def _trainable(config: dict) -> None:
     from ray import tune
     from ray.tune import Checkpoint
 
-    from ml.cache import ImageCache
-    from ml.train import Callback, TrainConfig, fit
-    from tasks.tracking import flatten_config
+    from ml.data.cache import ImageCache
+    from ml.train.config import TrainConfig
+    from ml.train.loop import Callback, fit
+    from ml.tracking.models import fetch_weights
+    from ml.tracking.runs import flatten_config
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
     cache = ImageCache.open(config["_cache_dir"])
@@ -112,7 +114,7 @@ def _trainable(config: dict) -> None:
         mlflow.log_params(flatten_config(cfg.to_dict()))
         train, val = cache.subset("train"), cache.subset("val")
         try:
-            fit(train, val, cache.classes, cfg, callbacks=[Report()])
+            fit(train, val, cache.classes, cfg, callbacks=[Report()], fetch_weights=fetch_weights)
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Prefect tasks over ml.features / ml.validation (Great Expectations)."""
+"""Prefect tasks over ml.quality.features / ml.quality.validation (Great Expectations)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tasks.common import publish_table
 @task(name="compute-features", cache_policy=NO_CACHE)
 def compute_features(manifest) -> pd.DataFrame:
     """Per-image features, cached on disk by dataset version; Ray when RAY_ADDRESS is set."""
-    from ml.features import compute_features_cached
+    from ml.quality.features import compute_features_cached
 
     settings = get_settings()
     records = _with_bad(manifest)
@@ -35,7 +35,7 @@ def _with_bad(manifest) -> pd.DataFrame:
 @task(name="run-expectations", cache_policy=NO_CACHE)
 def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: str | None, docs_dir: str):
     """GX suites (integrity, class balance, confounders, duplicates/leakage) + Data Docs."""
-    from ml.validation import load_policy, validate_features
+    from ml.quality.validation import load_policy, validate_features
 
     report = validate_features(features, load_policy(policy_path), classes, Path(docs_dir))
     rows = [

@@ -113,7 +113,7 @@ def isic9() -> Path:
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> Path:
     """A tiny synthetic SD-198-style ImageFolder (10 classes x 8 images, 32 px)."""
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth") / "ds"
     generate(out, SynthConfig(per_class=8, size=32, seed=0), progress=False)
@@ -123,12 +123,12 @@ def synth_small(tmp_path_factory) -> Path:
 def use_local_stores(mp: pytest.MonkeyPatch, root: Path) -> None:
     """Point the data root and the MLflow store (sqlite) at ``root`` for a test module."""
     from ml.settings import get_settings
-    from tasks import tracking
+    from ml.tracking import runs as tracking_runs
 
     mp.setenv("SKINFLOW_DATA_ROOT", str(root / "data"))
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     get_settings.cache_clear()
-    tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+    tracking_runs.configure_mlflow(get_settings().mlflow_tracking_uri)
 
 
 @pytest.fixture(scope="module")

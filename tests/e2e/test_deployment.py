@@ -43,7 +43,7 @@ def test_every_deployment_is_registered_and_nightly_is_scheduled(deployed):
 
 
 def test_deployment_run_lands_in_the_mlflow_server(deployed, tmp_path):
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     data = tmp_path / "synth"
     generate(data, SynthConfig(per_class=10, size=40, seed=3), progress=False)

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from ml.features import image_features
+from ml.quality.features import image_features
 from ml.settings import get_settings
 from tests.conftest import use_local_stores
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ab_env(prefect_harness, tmp_path_factory, monkeypatch_module):
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("curation_ab")
     use_local_stores(monkeypatch_module, root)

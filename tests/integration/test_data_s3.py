@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml.manifest import build_manifest
+from ml.data.manifest import build_manifest
 from ml.settings import Settings
 from ml.storage import Storage
 

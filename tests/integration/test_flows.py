@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ml.settings import get_settings
-from tasks import tracking
+from ml.tracking import models as tracked_models, registry, runs as tracking_runs
 from tests.conftest import use_local_stores
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def flows_env(prefect_harness, tmp_path_factory, monkeypatch_module):
     """Data root, MLflow store and a tiny synthetic set, all under a temp folder."""
-    from ml.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("flows")
     use_local_stores(monkeypatch_module, root)
@@ -111,7 +111,7 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     first = retrain_flow(data=flows_env["data"], tune=False, lr=0.01, epochs=3, size=32, batch_size=16,
                          validate=False, policy=str(policy), out_dir=str(flows_env["root"] / "r1"))
     assert first["model_version"] == "1" and first["promoted"] is True
-    champion = tracking.get_alias_version(name, "champion")
+    champion = registry.get_alias_version(name, "champion")
     assert champion == "1"
     v = MlflowClient().get_model_version(name, "1")
     assert v.tags["dataset_version"] == first["dataset_version"] and v.tags["schedule"] == "sgdr_dlr_clm"
@@ -120,30 +120,30 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     worse = retrain_flow(data=flows_env["data"], tune=False, lr=1e-6, epochs=1, size=32, batch_size=16,
                          schedule="sgd", validate=False, policy=str(policy), out_dir=str(flows_env["root"] / "r2"))
     assert worse["promoted"] is False
-    assert tracking.get_alias_version(name, "challenger") == worse["model_version"]
-    assert tracking.get_alias_version(name, "champion") == champion
+    assert registry.get_alias_version(name, "challenger") == worse["model_version"]
+    assert registry.get_alias_version(name, "champion") == champion
     assert worse["gate_predictions"] == {"challenger": "stored", "champion": "stored"}
 
     # the stored held-out predictions the gate used are what the stored weights predict
     import numpy as np
 
     from flows.train import prepare_data
-    from ml import recipes
-    from ml.gate import heldout_digest
+    from ml.train import recipes
+    from ml.eval.gate import heldout_digest
     from tasks.mlflow_tasks import promotion_gate
 
     _, cache = prepare_data(flows_env["data"], 0.15, 0.2, 0, 32)
     images, labels = cache.subset("test")
     for version in ("1", worse["model_version"]):
         uri = f"models:/{name}/{version}"
-        stored = tracking.load_predictions(uri, heldout_digest(images, labels, cache.classes))
-        states, meta = tracking.load_model_states(uri)
+        stored = tracked_models.load_predictions(uri, heldout_digest(images, labels, cache.classes))
+        states, meta = tracked_models.load_model_states(uri)
         again = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
         np.testing.assert_allclose(stored, again, atol=1e-5)
         # another held-out set (one label changed) has no stored predictions
         other = labels.copy()
         other[0] = (other[0] + 1) % len(cache.classes)
-        assert tracking.load_predictions(uri, heldout_digest(images, other, cache.classes)) is None
+        assert tracked_models.load_predictions(uri, heldout_digest(images, other, cache.classes)) is None
     # recomputing from the weights reaches the same decision as the stored predictions did
     recomputed = promotion_gate(worse["model_version"], images, labels, cache.classes, str(policy), recompute=True)
     assert recomputed["predictions"] == {"challenger": "recomputed", "champion": "recomputed"}
@@ -180,7 +180,7 @@ def test_pretrain_then_fine_tune_from_the_stored_backbone(flows_env):
 def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatch):
     """After its retries the flow fails naming the tracking service and its URL."""
     from flows.train import train_flow
-    from tasks.tracking import ServiceUnavailableError
+    from ml.tracking.runs import ServiceUnavailableError
     from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
@@ -193,7 +193,7 @@ def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatc
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
-        tracking.configure_mlflow(get_settings().mlflow_tracking_uri)
+        tracking_runs.configure_mlflow(get_settings().mlflow_tracking_uri)
 
 
 def test_tune_storage_on_s3_and_restore_by_name(flows_env, ray_local, s3, monkeypatch):

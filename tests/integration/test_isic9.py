@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.cache import build_cache
-from ml.manifest import build_manifest
-from ml.split import split_manifest
+from ml.data.cache import build_cache
+from ml.data.manifest import build_manifest
+from ml.data.split import split_manifest
 
 ISIC9 = Path(__file__).parents[2].parent / "shared/data/isic9"
 

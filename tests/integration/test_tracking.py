@@ -14,8 +14,8 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from tasks import tracking
-from tasks.tracking import ServiceUnavailableError
+from ml.tracking import models as tracked_models, registry, runs as tracking_runs
+from ml.tracking.runs import ServiceUnavailableError
 from tests.conftest import free_port
 
 CLASSES = ["acne", "eczema", "nevus"]
@@ -48,7 +48,7 @@ def store(tmp_path_factory):
     """A fresh sqlite tracking store with artifacts under tmp; the previous URI is restored."""
     root = tmp_path_factory.mktemp("mlflow")
     previous = mlflow.get_tracking_uri()
-    uri = tracking.configure_mlflow(f"sqlite:///{root}/mlflow.db")
+    uri = tracking_runs.configure_mlflow(f"sqlite:///{root}/mlflow.db")
     mlflow.set_experiment(
         experiment_id=mlflow.create_experiment("skinflow-train", artifact_location=str(root / "artifacts"))
     )
@@ -66,14 +66,14 @@ def logged(store, tmp_path_factory):
     manifest = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label": ["acne", "nevus"], "split": ["train", "val"]})
     model = _tiny_model(0)
     with mlflow.start_run() as run:
-        tracking.log_params(CONFIG)
-        tracking.log_history(HISTORY)
-        tracking.log_plots([plot])
-        tracking.log_report_json("metrics", {"val_macro_f1": 0.45, "classes": CLASSES})
-        tracking.log_dataset_input("f" * 64, "synth10", "s3://skinflow/datasets/synth10", manifest)
-        tracking.set_standard_tags("f" * 64, tracking.git_commit(), "sgdr_dlr", True, "cpu")
+        tracking_runs.log_params(CONFIG)
+        tracking_runs.log_history(HISTORY)
+        tracking_runs.log_plots([plot])
+        tracking_runs.log_report_json("metrics", {"val_macro_f1": 0.45, "classes": CLASSES})
+        tracking_runs.log_dataset_input("f" * 64, "synth10", "s3://skinflow/datasets/synth10", manifest)
+        tracking_runs.set_standard_tags("f" * 64, tracking_runs.git_commit(), "sgdr_dlr", True, "cpu")
         example = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
-        info = tracking.log_torch_model(model, "tiny", CLASSES, example)
+        info = tracked_models.log_torch_model(model, "tiny", CLASSES, example)
     return run.info.run_id, model, plot, info
 
 
@@ -83,7 +83,7 @@ def test_configure_defaults_to_the_settings_uri(store, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
     get_settings.cache_clear()
     try:
-        assert tracking.configure_mlflow(None) == store[0]
+        assert tracking_runs.configure_mlflow(None) == store[0]
         assert mlflow.get_registry_uri() == store[0]
     finally:
         get_settings.cache_clear()
@@ -98,7 +98,7 @@ def test_metrics_are_logged_per_epoch_under_conventional_names(logged) -> None:
 
 def test_history_with_unconventional_names_is_rejected(store) -> None:
     with mlflow.start_run(), pytest.raises(ValueError, match="valLoss"):
-        tracking.log_history([{"valLoss": 0.3}])
+        tracking_runs.log_history([{"valLoss": 0.3}])
 
 
 def test_params_hold_the_flat_config_without_secrets(logged) -> None:
@@ -110,9 +110,9 @@ def test_params_hold_the_flat_config_without_secrets(logged) -> None:
 
 
 def test_redact_recognises_secret_like_keys() -> None:
-    kept = tracking.redact({"apiKey": 1, "db_password": 2, "Credentials": {"x": 1}, "keep_best": 3, "lr": 4})
+    kept = tracking_runs.redact({"apiKey": 1, "db_password": 2, "Credentials": {"x": 1}, "keep_best": 3, "lr": 4})
     assert kept == {"keep_best": 3, "lr": 4}
-    assert tracking.flatten_config({"a": {"b": {"c": 1}}, "d": [1, 2]}) == {"a.b.c": "1", "d": "[1, 2]"}
+    assert tracking_runs.flatten_config({"a": {"b": {"c": 1}}, "d": [1, 2]}) == {"a.b.c": "1", "d": "[1, 2]"}
 
 
 def test_tags_dataset_input_and_artifacts(logged) -> None:
@@ -135,37 +135,37 @@ def test_tags_dataset_input_and_artifacts(logged) -> None:
 
 
 def test_git_commit_outside_a_repository_is_none(tmp_path: Path) -> None:
-    assert tracking.git_commit(tmp_path) is None
+    assert tracking_runs.git_commit(tmp_path) is None
 
 
 def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
     run_id, model, _, info = logged
     name = "skin-lesion-classifier"
-    assert tracking.get_alias_version(name, "champion") is None
-    first = tracking.register_version(run_id, name, tags={"gate": "first"})
+    assert registry.get_alias_version(name, "champion") is None
+    first = registry.register_version(run_id, name, tags={"gate": "first"})
     other, snapshots = _tiny_model(1), [_tiny_model(2).state_dict(), _tiny_model(3).state_dict()]
     with mlflow.start_run() as second_run:
-        tracking.log_torch_model(other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
+        tracked_models.log_torch_model(other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
                                  serialization_format="pickle", extra_meta={"norm": [[0.5] * 3, [0.2] * 3]},
                                  snapshots=snapshots)
-    second = tracking.register_version(second_run.info.run_id, name)
+    second = registry.register_version(second_run.info.run_id, name)
     assert (first, second) == ("1", "2")
-    tracking.set_alias(name, "champion", first)
-    tracking.set_alias(name, "challenger", second)
-    assert tracking.get_alias_version(name, "champion") == "1"
-    assert tracking.get_alias_version(name, "challenger") == "2"
+    registry.set_alias(name, "champion", first)
+    registry.set_alias(name, "challenger", second)
+    assert registry.get_alias_version(name, "champion") == "1"
+    assert registry.get_alias_version(name, "challenger") == "2"
     assert MlflowClient().get_model_version(name, first).tags == {"gate": "first"}
 
     for uri, expected in ((f"models:/{name}@champion", model), (f"models:/{name}/2", other),
                           (f"runs:/{run_id}/model", model)):
-        state, meta = tracking.load_state_dict_model(uri)
+        state, meta = tracked_models.load_state_dict_model(uri)
         assert (meta["arch"], meta["classes"], meta["num_classes"]) == ("tiny", CLASSES, 3)
         _assert_same_weights(state, expected.state_dict())
 
-    states, meta = tracking.load_model_states(f"models:/{name}@champion")
+    states, meta = tracked_models.load_model_states(f"models:/{name}@champion")
     assert meta["snapshots"] == 0 and len(states) == 1
     _assert_same_weights(states[0], model.state_dict())
-    states, meta = tracking.load_model_states(f"models:/{name}@challenger")
+    states, meta = tracked_models.load_model_states(f"models:/{name}@challenger")
     assert meta["snapshots"] == 2 and meta["norm"] == [[0.5] * 3, [0.2] * 3]
     for got, expected in zip(states, snapshots, strict=True):
         _assert_same_weights(got, expected)
@@ -175,8 +175,8 @@ def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
     assert torch.allclose(flavour(x), other(x))
     assert info.model_uri.startswith("models:/")
 
-    tracking.delete_version(name, second)
-    assert tracking.get_alias_version(name, "challenger") is None
+    registry.delete_version(name, second)
+    assert registry.get_alias_version(name, "challenger") is None
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'")] == ["1"]
 
 
@@ -187,12 +187,12 @@ def test_unreachable_tracking_server_raises_after_retries() -> None:
     url = f"http://127.0.0.1:{port}"
     start = time.monotonic()
     with pytest.raises(ServiceUnavailableError, match=rf"MLflow tracking server at {url} is unreachable.*3 attempts"):
-        tracking.check_mlflow_available(url, retries=3, backoff=0.2)
+        tracking_runs.check_mlflow_available(url, retries=3, backoff=0.2)
     assert time.monotonic() - start >= 0.2 + 0.4
 
 
 def test_local_store_needs_no_server(store) -> None:
-    tracking.check_mlflow_available(store[0], retries=1, backoff=0.0)
+    tracking_runs.check_mlflow_available(store[0], retries=1, backoff=0.0)
 
 
 def test_logged_flavour_serves_the_input_example_like_the_module(logged) -> None:
@@ -217,7 +217,8 @@ def test_logged_flavour_serves_the_input_example_like_the_module(logged) -> None
 
 def test_epoch_logger_writes_every_row_before_fit_returns(store) -> None:
     """Rows are queued asynchronously but are all in the store once ``fit`` returns."""
-    from ml.train import TrainConfig, fit
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
     from tasks.training import MlflowEpochLogger
 
     rng = np.random.default_rng(0)
@@ -245,4 +246,4 @@ def test_epoch_logger_reports_a_failed_write(store) -> None:
 def test_log_torch_model_needs_an_active_run(store) -> None:
     assert mlflow.active_run() is None
     with pytest.raises(RuntimeError, match="active MLflow run"):
-        tracking.log_torch_model(_tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32))
+        tracked_models.log_torch_model(_tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32))

@@ -1,4 +1,4 @@
-"""ml.cache: shapes and dtypes, resize + centre crop, reuse without decoding, keys, decode failures."""
+"""ml.data.cache: shapes and dtypes, resize + centre crop, reuse without decoding, keys, decode failures."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml.cache import ImageCache, build_cache, resize_crop
-from ml.images import BadImageError
-from ml.manifest import Manifest, build_manifest
-from ml.split import split_manifest
+from ml.data.cache import ImageCache, build_cache, resize_crop
+from ml.data.images import BadImageError
+from ml.data.manifest import Manifest, build_manifest
+from ml.data.split import split_manifest
 
 CLASSES = ("acne", "tumor", "wheal")
 

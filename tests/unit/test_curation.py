@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ml.curation import (
+from ml.quality.curation import (
     augment_to_count,
     balance_weights,
     curate_dataset,
@@ -21,8 +21,8 @@ from ml.curation import (
     quarantine,
     remove_confounders,
 )
-from ml.features import confounder_mask, luma
-from ml.validation import load_policy
+from ml.quality.features import confounder_mask, luma
+from ml.quality.validation import load_policy
 
 SKIN = (224, 172, 140)
 LESION = (140, 90, 60)

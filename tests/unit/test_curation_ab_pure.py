@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.curation import (
+from ml.quality.curation import (
     CURATED_MANIFEST,
     ab_comparison,
     curated_manifest,
@@ -19,10 +19,10 @@ from ml.curation import (
     with_sources,
     write_curated_version,
 )
-from ml.features import image_features
-from ml.manifest import build_manifest
-from ml.synth import SynthConfig, generate
-from ml.validation import load_policy
+from ml.quality.features import image_features
+from ml.data.manifest import build_manifest
+from ml.data.synth import SynthConfig, generate
+from ml.quality.validation import load_policy
 
 
 def _log(root: Path) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.features import FEATURES_REVISION, compute_features, compute_features_cached, features_path, image_features
+from ml.quality.features import FEATURES_REVISION, compute_features, compute_features_cached, features_path, image_features
 
 SKIN = (224, 172, 140)
 
@@ -148,7 +148,7 @@ def test_ray_path_matches_local(images):
 def test_magenta_blobs_are_not_ink_but_magenta_strokes_are():
     """A red-purple vascular-lesion-like blob (hue ~325) is tissue; a thin stroke of the same
     colour (purple ink after JPEG chroma smearing) is still ink."""
-    from ml.features import confounder_mask, hsv
+    from ml.quality.features import confounder_mask, hsv
 
     skin = np.full((128, 128, 3), (224, 180, 160), np.uint8)
     magenta = np.array([170, 40, 110], np.uint8)
@@ -164,7 +164,7 @@ def test_magenta_blobs_are_not_ink_but_magenta_strokes_are():
 
 def test_magenta_rim_of_a_red_lesion_is_not_ink():
     """A red blob whose edge shades into magenta (as vascular lesions do) has no ink pixels."""
-    from ml.features import ink_mask
+    from ml.quality.features import ink_mask
 
     skin = np.full((128, 128, 3), (224, 180, 160), np.uint8)
     yy, xx = np.mgrid[:128, :128]

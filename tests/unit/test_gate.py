@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from ml.gate import (
+from ml.eval.gate import (
     PromotionPolicy,
     decide,
     mcnemar,
@@ -197,7 +197,7 @@ def test_shipped_policy_file_loads_and_rejects_unknown_keys() -> None:
 
 
 def test_heldout_digest_identifies_pixels_labels_order_and_classes() -> None:
-    from ml.gate import heldout_digest
+    from ml.eval.gate import heldout_digest
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""ml.images: EXIF orientation, mode conversion to 8-bit RGB, and every bad-file reason."""
+"""ml.data.images: EXIF orientation, mode conversion to 8-bit RGB, and every bad-file reason."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.images import BadImageError, check_image, load_rgb
+from ml.data.images import BadImageError, check_image, load_rgb
 
 
 def _jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
@@ -156,7 +156,7 @@ def test_file_cut_inside_its_header_is_reported_as_truncated(tmp_path):
 
     from PIL import Image
 
-    from ml.images import check_image
+    from ml.data.images import check_image
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 120, 100)).save(buf, "JPEG")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ml.lr_finder import bracket_around, lr_range_test, suggest
+from ml.train.lr_finder import bracket_around, lr_range_test, suggest
 
 torch.set_flush_denormal(True)
 
@@ -195,7 +195,7 @@ def test_bf16_autocast_runs_and_restores():
 
 
 def test_bracket_runs_from_the_valley_to_the_minimum_loss_point():
-    from ml.lr_finder import bracket_to_minimum
+    from ml.train.lr_finder import bracket_to_minimum
 
     lrs = [1e-6, 1e-1]
     assert bracket_to_minimum({"valley": 6e-4, "min_div10": 5e-3, "steepest": 1.0}, lrs) == pytest.approx((6e-4, 5e-2))

@@ -1,4 +1,4 @@
-"""ml.manifest: ImageFolder and CSV sources, versions, class maps, bad inputs, save/load."""
+"""ml.data.manifest: ImageFolder and CSV sources, versions, class maps, bad inputs, save/load."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml.manifest import Manifest, build_manifest, load_class_map
+from ml.data.manifest import Manifest, build_manifest, load_class_map
 
 CLASSES = ("acne", "tumor", "wheal")
 

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from ml.metrics import aggregate_runs, classification_metrics, confused_pairs, format_mean_std
+from ml.eval.metrics import aggregate_runs, classification_metrics, confused_pairs, format_mean_std
 
 Y = np.array([0, 0, 0, 1, 1, 2])
 P = np.array(
@@ -176,7 +176,7 @@ def test_bad_input(y, probs, classes, message):
 
 
 def test_time_to_target_and_eta_on_constructed_histories():
-    from ml.metrics import eta, time_to_target
+    from ml.eval.metrics import eta, time_to_target
 
     base = [{"val_balanced_accuracy": a, "epoch_seconds": 10.0} for a in (0.3, 0.5, 0.6)]
     fast = [{"val_balanced_accuracy": a, "epoch_seconds": 8.0} for a in (0.4, 0.65)]
@@ -188,7 +188,7 @@ def test_time_to_target_and_eta_on_constructed_histories():
 
 
 def test_speedup_over_sgd_uses_the_sgd_fp32_trial_as_baseline():
-    from ml.metrics import speedup_over_sgd
+    from ml.eval.metrics import speedup_over_sgd
 
     def h(*accs, s=10.0):
         return [{"val_balanced_accuracy": a, "epoch_seconds": s} for a in accs]

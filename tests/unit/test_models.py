@@ -1,4 +1,4 @@
-"""ml.models: architectures, layer groups, weight loading; ml.transforms: augmentation and TTA."""
+"""ml.train.models: architectures, layer groups, weight loading; ml.train.transforms: augmentation and TTA."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.models import (
+from ml.train.models import (
     ARCHS,
     WeightsMismatchError,
     WeightsNotFoundError,
@@ -17,7 +17,7 @@ from ml.models import (
     load_weights,
     save_checkpoint_file,
 )
-from ml.transforms import IMAGENET_STATS, augment_batch, channel_stats, to_float_batch, tta_view
+from ml.train.transforms import IMAGENET_STATS, augment_batch, channel_stats, to_float_batch, tta_view
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -167,6 +167,8 @@ def test_tta_views() -> None:
 def test_mlflow_run_and_model_uris_load_the_state_dict_artifact(tmp_path, monkeypatch) -> None:
     import mlflow
 
+    from ml.tracking.models import fetch_weights
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("weights", artifact_location=(tmp_path / "artifacts").as_uri())
     source = build_model("resnet18", num_classes=4)
@@ -176,7 +178,9 @@ def test_mlflow_run_and_model_uris_load_the_state_dict_artifact(tmp_path, monkey
         mlflow.log_artifact(str(weights), artifact_path="model")
     run_uri = f"runs:/{run.info.run_id}/model"
     target = build_model("resnet18", num_classes=2)
-    report = load_weights(target, run_uri, "resnet18")
+    with pytest.raises(WeightsNotFoundError, match="MLflow model URI"):  # ml.train has no MLflow of its own
+        load_weights(target, run_uri, "resnet18")
+    report = load_weights(target, run_uri, "resnet18", fetch=fetch_weights)
     assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
     assert torch.equal(target.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
 
@@ -184,5 +188,6 @@ def test_mlflow_run_and_model_uris_load_the_state_dict_artifact(tmp_path, monkey
     client.create_registered_model("skin-lesion-classifier")
     version = client.create_model_version("skin-lesion-classifier", f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias("skin-lesion-classifier", "champion", version.version)
-    same = build_model("resnet18", num_classes=4, weights="models:/skin-lesion-classifier@champion")
+    same = build_model("resnet18", num_classes=4, weights="models:/skin-lesion-classifier@champion",
+                       fetch=fetch_weights)
     assert torch.equal(same.fc.weight, source.fc.weight)

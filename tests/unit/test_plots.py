@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.lr_finder import LRFinderResult, bracket_around, suggest
-from ml.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule, save_image_grid
-from ml.schedules import make_schedule
+from ml.train.lr_finder import LRFinderResult, bracket_around, suggest
+from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule, save_image_grid
+from ml.train.schedules import make_schedule
 
 CLASSES = ["acne", "ulcer", "tumor"]
 
@@ -35,10 +35,21 @@ def _finder_result(stopped_early: bool) -> LRFinderResult:
     return LRFinderResult(lrs, losses, raw, s, s["valley"], bracket_around(s["valley"], lrs), stopped_early)
 
 
-@pytest.mark.parametrize("stopped_early", [False, True])
-def test_plot_lr_finder(tmp_path, stopped_early):
-    path = tmp_path / "plots" / "lr_finder.png"
-    _assert_png(path, plot_lr_finder(_finder_result(stopped_early), path))
+def test_plot_lr_finder(tmp_path):
+    drawn = {}
+    for stopped_early in (False, True):
+        r = _finder_result(stopped_early)
+        path = tmp_path / "plots" / f"lr_finder_{stopped_early}.png"
+        _assert_png(path, plot_lr_finder(r.lrs, r.losses, path, bracket=r.bracket, chosen=r.chosen,
+                                         raw_losses=r.raw_losses, suggestions=r.suggestions,
+                                         stopped_early=stopped_early))
+        with Image.open(path) as im:
+            drawn[stopped_early] = np.asarray(im.convert("L"), dtype=np.int16)
+    # the title says "(stopped early)": the title band differs between the two
+    diff = np.abs(drawn[True] - drawn[False]) > 0
+    assert diff[: int(drawn[True].shape[0] * 0.12)].any()
+    bare = tmp_path / "bare.png"  # arrays alone, no raw curve or suggestions
+    _assert_png(bare, plot_lr_finder(r.lrs, r.losses, bare, bracket=r.bracket, chosen=r.chosen))
 
 
 def test_plot_schedule_from_a_real_trace(tmp_path):

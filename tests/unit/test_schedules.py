@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.schedules import VARIANTS, WarmRestartCosine, cycle_end_iters, group_lrs, make_schedule
+from ml.train.schedules import VARIANTS, WarmRestartCosine, cycle_end_iters, group_lrs, make_schedule
 
 
 def _groups(n: int) -> list[list[torch.nn.Parameter]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.synth import LABELS, LONG_TAIL_RANGE, SynthConfig, class_counts, generate
+from ml.data.synth import LABELS, LONG_TAIL_RANGE, SynthConfig, class_counts, generate
 
 SMALL = {"per_class": 3, "size": 32, "fmt": "png"}
 

@@ -1,4 +1,4 @@
-"""ml.train: learning, snapshots and their ensemble, resume, AMP, early stopping, determinism."""
+"""ml.train.loop: learning, snapshots and their ensemble, resume, AMP, early stopping, determinism."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ml.models import build_model, load_weights
-from ml.schedules import make_schedule
-from ml.train import (
-    Callback,
-    TrainBatches,
-    TrainConfig,
-    TrainState,
-    amp_dtype_for,
-    fit,
-    normalisation_for,
-    pretrain,
-    resolve_device,
-)
-from ml.transforms import to_float_batch
+from ml.train.models import build_model, load_weights
+from ml.train.schedules import make_schedule
+from ml.train.batches import TrainBatches, normalisation_for
+from ml.train.config import TrainConfig
+from ml.train.loop import Callback, TrainState, fit
+from ml.train.precision import amp_dtype_for, resolve_device
+from ml.train.pretrain import pretrain
+from ml.train.transforms import to_float_batch
 
 CLASSES = ["red", "green", "blue"]
 SIZE = 32
@@ -328,7 +322,7 @@ def test_divergence_on_cuda_is_caught_without_a_sync_per_step(data) -> None:
 def test_prefetched_keeps_order_and_reraises_errors() -> None:
     import threading
 
-    from ml.train import prefetched
+    from ml.train.prefetch import prefetched
 
     assert list(prefetched(range(50), 2, lambda i: i * i)) == [i * i for i in range(50)]
 
@@ -347,7 +341,7 @@ def test_prefetched_keeps_order_and_reraises_errors() -> None:
 
 
 def test_prefetching_pipeline_yields_the_same_batches_and_generator_states(data) -> None:
-    from ml.train import TrainBatches, normalisation_for
+    from ml.train.batches import TrainBatches, normalisation_for
 
     cfg = tiny(batch_size=4)
     norm = normalisation_for(cfg, data["train"][0])
@@ -365,7 +359,7 @@ def test_prefetching_pipeline_yields_the_same_batches_and_generator_states(data)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_pipeline_prefetches_pinned_batches_in_the_same_order(data) -> None:
-    from ml.train import TrainBatches, normalisation_for
+    from ml.train.batches import TrainBatches, normalisation_for
 
     cfg = tiny(batch_size=4, device="cuda")
     norm = normalisation_for(cfg, data["train"][0])

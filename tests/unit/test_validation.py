@@ -13,9 +13,9 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from ml.features import compute_features
-from ml.synth import LABELS, SynthConfig, generate
-from ml.validation import cramers_v, load_policy, validate_features
+from ml.quality.features import compute_features
+from ml.data.synth import LABELS, SynthConfig, generate
+from ml.quality.validation import cramers_v, load_policy, validate_features
 
 CLASSES = list(LABELS)
 PER_CLASS = 12
@@ -202,10 +202,10 @@ def test_html_summary_is_self_contained_and_lists_every_result(tmp_path):
     """The summary opens offline: no external assets, one row per expectation, failures marked."""
     import re
 
-    from ml.synth import SynthConfig, generate
-    from ml.features import compute_features
-    from ml.manifest import build_manifest
-    from ml.validation import load_policy, validate_features
+    from ml.data.synth import SynthConfig, generate
+    from ml.quality.features import compute_features
+    from ml.data.manifest import build_manifest
+    from ml.quality.validation import load_policy, validate_features
 
     generate(tmp_path / "ds", SynthConfig(per_class=4, size=64, seed=0, corrupt=1), progress=False)
     m = build_manifest(str(tmp_path / "ds"))

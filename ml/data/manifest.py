@@ -13,7 +13,7 @@ folder (``<settings.data_root>/s3cache/<sha256[:2]>/<sha256><suffix>``); ``path`
 
 Folder rules: files whose name or folder starts with ``.`` are ignored, as are non-image files above
 the class folders (README, NOTICE, CSV manifests); every other file is either a record or a row of
-``Manifest.bad`` with its reason (image reasons of :mod:`ml.images`, plus ``no_label``,
+``Manifest.bad`` with its reason (image reasons of :mod:`ml.data.images`, plus ``no_label``,
 ``unmapped_label``, ``missing_file`` and ``duplicate_entry``).
 """
 
@@ -35,14 +35,14 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from ml.images import check_image
+from ml.data.images import check_image
 from ml.storage import Storage, is_s3, join, sha256_file
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
 BAD_COLUMNS = ["path", "label", "reason", "message"]
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "class_maps"
 
 
 # --- class maps --------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def build_manifest(
 ) -> Manifest:
     """Build the manifest of an ImageFolder or CSV ``source`` (local or ``s3://``).
 
-    With ``check`` every image is fully decoded (:func:`ml.images.check_image`); files are hashed
+    With ``check`` every image is fully decoded (:func:`ml.data.images.check_image`); files are hashed
     and checked in a thread pool of ``workers``. Problems with single files go to ``Manifest.bad``;
     an unusable source (missing, not a folder or CSV, CSV without ``path``/``label``) raises.
     """

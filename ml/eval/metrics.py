@@ -22,6 +22,12 @@ from sklearn.metrics import roc_auc_score
 SCALAR_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 
 
+def nll(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels (probabilities clipped at 1e-12)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
     """JSON-serialisable metrics of ``probs`` (n, C) against integer labels ``y_true`` (n,)."""
     y, p = _check_inputs(y_true, probs, classes)

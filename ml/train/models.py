@@ -1,6 +1,8 @@
 """Torchvision architectures, layer groups for discriminative LRs, and weight loading.
 
 Weights are never downloaded: ImageNet checkpoints must already sit in torch's hub cache.
+MLflow model URIs (``models:/``, ``runs:/``) are resolved by a ``fetch`` callable the caller
+passes (:func:`ml.tracking.models.fetch_weights`), so this module has no MLflow import.
 """
 
 from __future__ import annotations
@@ -10,27 +12,23 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch import nn
 
+from ml.train.checkpoint import cpu_state
+from ml.train.config import ARCHS
+
 if TYPE_CHECKING:
     from ml.storage import Storage
 
-ARCHS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "densenet121",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-)
-MLFLOW_WEIGHTS_FILE = "state_dict.pt"
-_MLFLOW_SCHEMES = ("models:/", "runs:/")
+# (uri, folder to download into) -> local weights file; resolves MLflow model URIs
+WeightsFetcher = Callable[[str, Path], Path]
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
 _REMOTE_SCHEMES = ("s3://", "file://")
 # Old DenseNet checkpoints name layers 'norm.1' where torchvision now has 'norm1'.
 _DENSENET_OLD_KEY = re.compile(
@@ -70,13 +68,14 @@ def head_name(arch: str) -> str:
     return "classifier" if arch.startswith("densenet") else "fc"
 
 
-def build_model(arch: str, num_classes: int, weights: str = "none", storage: Storage | None = None) -> nn.Module:
+def build_model(arch: str, num_classes: int, weights: str = "none", storage: Storage | None = None,
+                fetch: WeightsFetcher | None = None) -> nn.Module:
     """Build `arch` with a fresh `num_classes` head, then load `weights` (see `load_weights`)."""
     _check_arch(arch)
     model = getattr(torchvision.models, arch)(weights=None)
     head = head_name(arch)
     setattr(model, head, nn.Linear(getattr(model, head).in_features, num_classes))
-    load_weights(model, weights, arch, storage=storage)
+    load_weights(model, weights, arch, storage=storage, fetch=fetch)
     return model
 
 
@@ -112,12 +111,13 @@ def imagenet_weights_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: Storage | None = None) -> WeightsReport:
+def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: Storage | None = None,
+                 fetch: WeightsFetcher | None = None) -> WeightsReport:
     """Load weights named by `spec` into `model` in place.
 
     `spec`: ``none``; ``imagenet`` (from torch's hub cache); a local path; an ``s3://``/``file://``
-    URI (fetched through `storage`); ``models:/name@alias`` or ``runs:/id/path`` (MLflow artifact
-    ``state_dict.pt``). Head tensors whose shapes differ (another class count) are skipped.
+    URI (fetched through `storage`); ``models:/name@alias`` or ``runs:/id/path`` (through `fetch`,
+    e.g. :func:`ml.tracking.models.fetch_weights`). Head tensors whose shapes differ (another class count) are skipped.
     """
     spec = str(spec)
     if spec == "none":
@@ -131,13 +131,15 @@ def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: 
             )
         return _load_state(model, _read_state_dict(path), arch, spec)
     with tempfile.TemporaryDirectory(prefix="skinflow-weights-") as tmp:
-        return _load_state(model, _read_state_dict(_fetch(spec, Path(tmp), storage)), arch, spec)
+        return _load_state(model, _read_state_dict(_fetch(spec, Path(tmp), storage, fetch)), arch, spec)
 
 
-def _fetch(spec: str, tmp: Path, storage: Storage | None) -> Path:
+def _fetch(spec: str, tmp: Path, storage: Storage | None, fetch: WeightsFetcher | None) -> Path:
     """Local path of the weights file named by `spec`, downloading remote ones into `tmp`."""
-    if spec.startswith(_MLFLOW_SCHEMES):
-        return _fetch_mlflow(spec, tmp)
+    if spec.startswith(MLFLOW_SCHEMES):
+        if fetch is None:
+            raise WeightsNotFoundError(f"{spec} is an MLflow model URI: pass fetch=ml.tracking.models.fetch_weights")
+        return fetch(spec, tmp)
     if spec.startswith(_REMOTE_SCHEMES):
         if storage is None:
             from ml.storage import Storage
@@ -148,19 +150,6 @@ def _fetch(spec: str, tmp: Path, storage: Storage | None) -> Path:
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file not found: {path}")
     return path
-
-
-def _fetch_mlflow(uri: str, tmp: Path) -> Path:
-    """Download an MLflow model/run path and return its `state_dict.pt`."""
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-    if local.is_file():
-        return local
-    found = sorted(local.rglob(MLFLOW_WEIGHTS_FILE))
-    if not found:
-        raise WeightsNotFoundError(f"no {MLFLOW_WEIGHTS_FILE} artifact under {uri}")
-    return found[0]
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -201,8 +190,7 @@ def save_checkpoint_file(model: nn.Module, arch: str, classes: list[str], path: 
     _check_arch(arch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"arch": arch, "classes": list(classes), "state_dict": state}, path)
+    torch.save({"arch": arch, "classes": list(classes), "state_dict": cpu_state(model)}, path)
     return path
 
 

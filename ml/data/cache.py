@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ml.images import BadImageError, load_rgb
-from ml.manifest import Manifest
+from ml.data.images import BadImageError, load_rgb
+from ml.data.manifest import Manifest
 
 
 @dataclass

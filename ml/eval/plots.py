@@ -7,32 +7,41 @@ nothing touches global state and plotting from worker threads is safe.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from ml.lr_finder import LRFinderResult
-
 CURVE_KEYS = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")
 
 
-def plot_lr_finder(result: LRFinderResult, path: str | Path) -> Path:
+def plot_lr_finder(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    path: str | Path,
+    *,
+    bracket: tuple[float, float],
+    chosen: float,
+    raw_losses: Sequence[float] | None = None,
+    suggestions: Mapping[str, float] | None = None,
+    stopped_early: bool = False,
+) -> Path:
     """Smoothed (and raw) loss against LR on a log axis, with suggestions and the bracket."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    ax.plot(result.lrs, result.raw_losses, color="0.75", lw=1, label="raw loss")
-    ax.plot(result.lrs, result.losses, color="C0", lw=2, label="smoothed loss")
+    if raw_losses is not None:
+        ax.plot(lrs, raw_losses, color="0.75", lw=1, label="raw loss")
+    ax.plot(lrs, losses, color="C0", lw=2, label="smoothed loss")
     ax.set_xscale("log")
-    lo, hi = result.bracket
+    lo, hi = bracket
     ax.axvspan(lo, hi, color="C2", alpha=0.15, label=f"bracket {lo:.2e} .. {hi:.2e}")
-    for i, (name, lr) in enumerate(sorted(result.suggestions.items())):
+    for i, (name, lr) in enumerate(sorted((suggestions or {}).items())):
         ax.axvline(lr, color=f"C{2 * i + 1}", ls="--", lw=1, label=f"{name} {lr:.2e}")
-    ax.axvline(result.chosen, color="k", lw=1.5, label=f"chosen {result.chosen:.2e}")
-    _clip_ylim(ax, result.losses)
-    title = "LR range test" + (" (stopped early)" if result.stopped_early else "")
+    ax.axvline(chosen, color="k", lw=1.5, label=f"chosen {chosen:.2e}")
+    _clip_ylim(ax, losses)
+    title = "LR range test" + (" (stopped early)" if stopped_early else "")
     ax.set(xlabel="learning rate", ylabel="loss", title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)

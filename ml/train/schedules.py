@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, LRScheduler, StepLR
 
-VARIANTS = ("sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm")
+from ml.train.config import VARIANTS  # the one list of variant names
+
 
 
 @dataclass

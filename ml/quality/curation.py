@@ -21,8 +21,8 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.cluster import KMeans
 
-from ml.features import DEFAULT_CONFOUNDER_THRESHOLD, confounder_mask, exposure_class
-from ml.images import BadImageError, load_rgb
+from ml.quality.features import DEFAULT_CONFOUNDER_THRESHOLD, confounder_mask, exposure_class
+from ml.data.images import BadImageError, load_rgb
 
 STEPS = ("remove_confounders", "gamma", "fov_crop")
 QUANT_STEP = 16
@@ -322,7 +322,7 @@ def split_mismatches(original: pd.DataFrame, curated: pd.DataFrame) -> pd.DataFr
 
 
 def with_sources(curated_records: pd.DataFrame, manifest_csv: str | Path) -> pd.DataFrame:
-    """``curated_records`` (e.g. a :class:`~ml.manifest.Manifest`'s records built from ``manifest_csv``)
+    """``curated_records`` (e.g. a :class:`~ml.data.manifest.Manifest`'s records built from ``manifest_csv``)
     with the ``source_path`` column of the curated CSV manifest, matched by absolute path (NaN when a
     record is not in the CSV)."""
     csv = Path(manifest_csv).resolve()

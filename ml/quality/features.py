@@ -1,6 +1,6 @@
 """Per-image features of a manifest: decode status, hashes, colour/exposure statistics, confounder score.
 
-The table feeds the Great Expectations suites (:mod:`ml.validation`), curation (:mod:`ml.curation`)
+The table feeds the Great Expectations suites (:mod:`ml.quality.validation`), curation (:mod:`ml.quality.curation`)
 and drift monitoring. Pixel statistics are computed on a copy downscaled to at most
 :data:`ANALYSIS_MAX_SIDE` pixels so that they are comparable across resolutions and cheap.
 
@@ -40,13 +40,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from ml.images import BadImageError, check_image, load_rgb
+from ml.data.duplicates import phash
+from ml.data.images import BadImageError, check_image, load_rgb
 
 ANALYSIS_MAX_SIDE = 512
 UNDER_EXPOSED_BRIGHTNESS = 0.30
@@ -192,7 +192,7 @@ def image_features(path: str | Path) -> dict[str, Any]:
     except BadImageError as exc:
         return row | {"reason": exc.reason}
     row.update(width=check.width, height=check.height, mode=check.mode, format=check.format)
-    row.update(decode_ok=True, reason="", phash=str(imagehash.phash(img)))
+    row.update(decode_ok=True, reason="", phash=phash(img))
     row.update(pixel_features(analysis_array(img)))
     return row
 

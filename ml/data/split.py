@@ -7,67 +7,30 @@ straddles the splits this module assigns.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
-import imagehash
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from ml.images import load_rgb
-from ml.manifest import BAD_COLUMNS, Manifest
+from ml.data.duplicates import exact_pairs, groups_from_pairs, hash_array, near_pairs, phash_files, policy_max_distance
+from ml.data.manifest import BAD_COLUMNS, Manifest
 from ml.storage import sha256_file
 
 HELD_OUT = ("test", "val")
-_CHUNK = 2048
-
-
-def _phash_bits(path: str, hash_size: int) -> np.ndarray:
-    return imagehash.phash(load_rgb(path), hash_size=hash_size).hash.ravel()
-
-
-def _phash_matrix(paths: Sequence[str], phash_bits: int, workers: int) -> np.ndarray:
-    """(N, phash_bits) matrix of +-1 floats, one perceptual hash per row."""
-    hash_size = math.isqrt(phash_bits)
-    if hash_size < 2 or hash_size * hash_size != phash_bits:
-        raise ValueError(f"phash_bits must be a square number >= 4 (e.g. 64 or 256), got {phash_bits}")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        bits = list(pool.map(lambda p: _phash_bits(p, hash_size), paths))
-    return np.where(np.asarray(bits, dtype=bool).reshape(len(paths), phash_bits), 1.0, -1.0).astype(np.float32)
-
-
-def _near_pairs(signs: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) whose Hamming distance is at most ``max_distance`` (chunked to bound memory)."""
-    n, bits = signs.shape
-    rows, cols = [], []
-    for start in range(0, n, _CHUNK):
-        hamming = (bits - signs[start:start + _CHUNK] @ signs.T) / 2.0
-        i, j = np.nonzero(hamming <= max_distance + 0.5)
-        keep = i + start < j
-        rows.append(i[keep] + start)
-        cols.append(j[keep])
-    return np.concatenate(rows or [np.empty(0, int)]), np.concatenate(cols or [np.empty(0, int)])
-
-
-def _same_digest_pairs(digests: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs linking every file to the first file with the same SHA-256."""
-    _, first, inverse = np.unique(np.asarray(digests, dtype=str), return_index=True, return_inverse=True)
-    return first[inverse], np.arange(len(digests))
+POLICY = "policy"  # max_distance: the validation policy's near-duplicate threshold
 
 
 def duplicate_groups(
     records: pd.DataFrame | Sequence[str | Path],
-    phash_bits: int = 64,
-    max_distance: int | None = 4,
+    max_distance: int | None | Literal["policy"] = POLICY,
     workers: int = 4,
 ) -> np.ndarray:
-    """Group id per record: same SHA-256, or perceptual hashes at most ``max_distance`` bits apart.
+    """Group id per record: same SHA-256, or perceptual hashes at most ``max_distance`` bits apart
+    (:mod:`ml.data.duplicates`; ``"policy"``: the threshold of ``policies/validation.yaml``).
 
     ``records`` is a manifest's records (``local_path`` and ``sha256`` are used) or a list of paths.
     ``max_distance=None`` groups exact duplicates only (no decoding). Ids are 0..G-1 in order of
@@ -78,14 +41,13 @@ def duplicate_groups(
     else:
         paths = [str(p) for p in records]
         digests = [sha256_file(p) for p in paths]
-    rows, cols = _same_digest_pairs(digests)
+    rows, cols = exact_pairs(digests)
+    if max_distance == POLICY:
+        max_distance = policy_max_distance()
     if max_distance is not None and paths:
-        near_rows, near_cols = _near_pairs(_phash_matrix(paths, phash_bits, workers), max_distance)
+        near_rows, near_cols, _ = near_pairs(hash_array(phash_files(paths, workers)), max_distance)
         rows, cols = np.concatenate([rows, near_rows]), np.concatenate([cols, near_cols])
-    n = len(paths)
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)  # numbered in order of first member
-    return labels.astype(np.int64)
+    return groups_from_pairs(len(paths), rows, cols)
 
 
 # --- assigning splits --------------------------------------------------------------------------
@@ -171,7 +133,7 @@ def split_manifest(
     test_frac: float = 0.0,
     seed: int = 0,
     keep_existing: bool = True,
-    max_distance: int | None = 4,
+    max_distance: int | None | Literal["policy"] = POLICY,
 ) -> Manifest:
     """A new manifest whose ``split`` column is filled with train/val/test, stratified by label.
 

@@ -12,19 +12,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.lr_finder import LRFinderResult, lr_range_test
-from ml.metrics import classification_metrics
-from ml.models import build_model, layer_groups, load_weights
-from ml.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
-from ml.schedules import group_lrs
-from ml.train import TrainBatches, TrainConfig, TrainResult, amp_dtype_for, normalisation_for, resolve_device
+from ml.train.lr_finder import LRFinderResult, lr_range_test
+from ml.eval.metrics import classification_metrics, nll
+from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
+from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
+from ml.train.schedules import group_lrs
+from ml.train.batches import TrainBatches, normalisation_for
+from ml.train.config import TrainConfig
+from ml.train.loop import TrainResult
+from ml.train.precision import amp_dtype_for, resolve_device
 
 Arrays = tuple[np.ndarray, np.ndarray]
 DLR_VARIANTS = ("sgdr_dlr", "sgdr_dlr_clm")
 
 
 def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: int = 100,
-            start_lr: float = 1e-7, end_lr: float = 10.0, mode: str = "exp") -> LRFinderResult:
+            start_lr: float = 1e-7, end_lr: float = 10.0, mode: str = "exp",
+            fetch_weights: WeightsFetcher | None = None) -> LRFinderResult:
     """LR range test on the configured model; DLR variants ramp the groups keeping their ratios."""
     if len(train[1]) == 0:
         raise ValueError("LR range test needs a non-empty training split")
@@ -33,7 +37,7 @@ def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: in
     device = resolve_device(cfg.device)
     model = build_model(cfg.arch, len(classes))
     if cfg.weights != "none":
-        load_weights(model, cfg.weights, cfg.arch)
+        load_weights(model, cfg.weights, cfg.arch, fetch=fetch_weights)
     model.to(device)
     groups = layer_groups(model, cfg.arch)
     rates = group_lrs(1.0, len(groups)) if cfg.schedule in DLR_VARIANTS else [1.0] * len(groups)
@@ -50,8 +54,7 @@ def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict
     images, labels = data
     probs = result.predict_proba(images, tta=tta)
     metrics = classification_metrics(labels, probs, result.classes)
-    eps = 1e-12
-    metrics["loss"] = float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + eps)))
+    metrics["loss"] = nll(labels, probs)
     return {"metrics": metrics, "probs": probs, "pred": probs.argmax(1)}
 
 
@@ -75,14 +78,15 @@ def training_plots(result: TrainResult, out_dir: str | Path, eval_data: Arrays |
 def lr_finder_plot(res: LRFinderResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return plot_lr_finder(res, out / "lr_finder.png")
+    return plot_lr_finder(res.lrs, res.losses, out / "lr_finder.png", bracket=res.bracket, chosen=res.chosen,
+                          raw_losses=res.raw_losses, suggestions=res.suggestions, stopped_early=res.stopped_early)
 
 
 def predict_logged(arch: str, classes: list[str], states: list[dict], norm, images: np.ndarray,
                    tta: bool = False) -> np.ndarray:
     """Probabilities of a stored model: the mean softmax over its snapshot state dicts
     (one state = a single model), exactly as :meth:`TrainResult.predict_proba` computes them."""
-    from ml.train import ensemble_proba
+    from ml.train.predict import ensemble_proba
 
     model = build_model(arch, len(classes))
     device = resolve_device("auto")

@@ -1,4 +1,4 @@
-"""Great Expectations suites over the features table (:mod:`ml.features`) and tables derived from it.
+"""Great Expectations suites over the features table (:mod:`ml.quality.features`) and tables derived from it.
 
 One suite per concern, thresholds from ``policies/validation.yaml``:
 
@@ -33,14 +33,12 @@ from great_expectations.execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import BatchExpectation
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.stats.contingency import association
 
-POLICY_PATH = Path(__file__).resolve().parents[1] / "policies" / "validation.yaml"
+from ml.data.duplicates import POLICY_FILE, groups_from_pairs, hash_array, near_pairs
+from ml.settings import get_settings
+
 SEVERITIES = ("critical", "warning")
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-_PAIR_CHUNK = 512
 _MAX_DETAILS = 50
 
 
@@ -220,30 +218,26 @@ def _json_default(obj: Any) -> Any:
 # --------------------------------------------------------------------------- policy
 def load_policy(path: str | Path | None = None) -> dict[str, Any]:
     """Read the validation policy YAML (default: the repository's ``policies/validation.yaml``)."""
-    with open(path or POLICY_PATH, encoding="utf-8") as fh:
+    if path is None:
+        path = get_settings().policies_dir / POLICY_FILE
+    with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
 # --------------------------------------------------------------------------- derived tables
 def duplicate_pairs(features: pd.DataFrame, max_distance: int) -> pd.DataFrame:
-    """Pairs of decoded images whose pHash Hamming distance is <= ``max_distance``.
+    """Pairs of decoded images whose pHash Hamming distance is <= ``max_distance``
+    (:func:`ml.data.duplicates.near_pairs`, the search the split uses too).
 
     Identical bytes decode identically, so exact duplicates are the distance-0 pairs with equal
     sha256. Columns: ``i``, ``j`` (row positions in ``features``, i < j), ``distance``, ``kind``
     ('exact' for identical sha256, else 'near').
     """
     ok = np.flatnonzero(features["decode_ok"].fillna(False).to_numpy(dtype=bool))
-    hashes = np.array([int(h, 16) for h in features["phash"].to_numpy()[ok]], dtype=np.uint64)
+    a, b, dist = near_pairs(hash_array(features["phash"].to_numpy()[ok]), max_distance)
     sha = features["sha256"].to_numpy()[ok]
-    rows: list[tuple[int, int, int, str]] = []
-    for start in range(0, len(ok), _PAIR_CHUNK):
-        block = hashes[start : start + _PAIR_CHUNK]
-        dist = _POPCOUNT[(block[:, None] ^ hashes[None, :]).view(np.uint8)].reshape(len(block), len(hashes), 8).sum(-1)
-        a, b = np.nonzero(dist <= max_distance)
-        a = a + start
-        for x, y in zip(a[a < b], b[a < b], strict=True):
-            rows.append((int(ok[x]), int(ok[y]), int(dist[x - start, y]), "exact" if sha[x] == sha[y] else "near"))
-    return pd.DataFrame(rows, columns=["i", "j", "distance", "kind"])
+    return pd.DataFrame({"i": ok[a].astype(int), "j": ok[b].astype(int), "distance": dist.astype(int),
+                         "kind": np.where(sha[a] == sha[b], "exact", "near")}, columns=["i", "j", "distance", "kind"])
 
 
 def _splits(features: pd.DataFrame) -> pd.Series:
@@ -270,9 +264,7 @@ def within_split_duplicates(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.D
     """Per split: images, redundant copies (images minus duplicate groups) and their share."""
     split = _splits(features)
     same = pairs[split.to_numpy()[pairs["i"]] == split.to_numpy()[pairs["j"]]]
-    n = len(features)
-    graph = coo_matrix((np.ones(len(same)), (same["i"], same["j"])), shape=(n, n))
-    _, group = connected_components(graph, directed=False)
+    group = groups_from_pairs(len(features), same["i"].to_numpy(), same["j"].to_numpy())
     table = pd.DataFrame({"split": split.to_numpy(), "group": group})
     out = table.groupby("split").agg(images=("group", "size"), groups=("group", "nunique")).reset_index()
     out["duplicates"] = out["images"] - out["groups"]
@@ -477,7 +469,7 @@ def validate_features(
     classes: list[str],
     data_docs_dir: Path | None = None,
 ) -> ValidationReport:
-    """Run every suite on ``features`` (from :func:`ml.features.compute_features`) and derived tables."""
+    """Run every suite on ``features`` (from :func:`ml.quality.features.compute_features`) and derived tables."""
     features = features.reset_index(drop=True)
     pairs = duplicate_pairs(features, policy["duplicates_leakage"]["phash_max_distance"])
     groups = sha_groups(features)

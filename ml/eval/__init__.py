@@ -1,0 +1,1 @@
+"""Evaluation on arrays: metrics, the promotion gate's statistics, plots."""

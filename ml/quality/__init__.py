@@ -1,0 +1,1 @@
+"""Data quality: per-image features, Great Expectations validation, curation."""

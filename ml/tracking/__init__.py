@@ -1,0 +1,1 @@
+"""MLflow tracking and registry (no Prefect): runs, params, artifacts, models, aliases."""

@@ -1,0 +1,223 @@
+"""Models in MLflow runs: the pytorch flavour plus the plain artifacts that rebuild the real
+module (``model/state_dict.pt``, ``model/snapshots.pt``, ``model/model_meta.json``), stored
+held-out predictions, and loading them back.
+
+MLflow's default ``pt2`` format loads back as a ``torch.fx`` graph without named submodules
+(Grad-CAM and fine-tuning need the real module), hence the state dicts beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+
+from ml.train.checkpoint import cpu_state
+from ml.train.models import WeightsNotFoundError
+
+MODEL_DIR = "model"
+STATE_DICT_FILE = "state_dict.pt"
+SNAPSHOTS_FILE = "snapshots.pt"
+META_FILE = "model_meta.json"
+PREDICTIONS_DIR = "predictions"
+
+
+def log_torch_model(
+    model: torch.nn.Module,
+    arch: str,
+    classes: Sequence[str],
+    input_example: np.ndarray,
+    registered_model_name: str | None = None,
+    serialization_format: Literal["pt2", "pickle"] = "pt2",
+    extra_meta: Mapping[str, Any] | None = None,
+    snapshots: Sequence[Mapping[str, torch.Tensor]] = (),
+) -> ModelInfo:
+    """Log ``model`` as the MLflow pytorch flavour (name ``model``, signature from
+    ``input_example``) plus plain artifacts under ``model/``: its weights, the snapshot-ensemble
+    weights if any, and ``model_meta.json`` (``arch``, ``classes``, ``num_classes``,
+    ``snapshots`` and ``extra_meta`` such as normalisation stats).
+
+    The weights are written by a background thread while the flavour is exported (disk I/O
+    beside Python-bound tracing); both are done when this returns."""
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_torch_model logs into the active MLflow run: call it inside mlflow.start_run()")
+    meta = model_meta(arch, classes, len(snapshots), extra_meta)
+    with model_weights_in_background(active.info.run_id, model.state_dict(), snapshots, meta):
+        return log_model_flavour(model, input_example, registered_model_name, serialization_format)
+
+
+@contextmanager
+def model_weights_in_background(
+    run_id: str,
+    state: Mapping[str, torch.Tensor],
+    snapshots: Sequence[Mapping[str, torch.Tensor]],
+    meta: Mapping[str, Any],
+) -> Iterator[None]:
+    """:func:`log_model_weights` on a background thread while the body runs (disk I/O beside the
+    caller's Python-bound work); on leaving, waits for it and re-raises a failed upload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
+        written = pool.submit(log_model_weights, run_id, state, snapshots, meta)
+        yield
+        written.result()
+
+
+def model_meta(arch: str, classes: Sequence[str], snapshots: int,
+               extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Contents of ``model/model_meta.json``: what rebuilding the real module needs."""
+    return {**(extra_meta or {}), "arch": arch, "classes": list(classes), "num_classes": len(classes),
+            "snapshots": snapshots}
+
+
+def log_model_flavour(
+    model: torch.nn.Module,
+    input_example: np.ndarray,
+    registered_model_name: str | None = None,
+    serialization_format: Literal["pt2", "pickle"] = "pt2",
+) -> ModelInfo:
+    """The MLflow pytorch flavour of ``model`` in the active run (signature from the example)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).float().numpy()
+        return mlflow.pytorch.log_model(
+            model,
+            name=MODEL_DIR,
+            input_example=input_example,
+            signature=infer_signature(input_example, output),
+            registered_model_name=registered_model_name,
+            serialization_format=serialization_format,
+            # declared, not inferred: inference re-imports the model in a subprocess (seconds per run)
+            pip_requirements=_model_requirements(),
+            # MLflow would reload the pt2 file and predict the example in-process (~0.25 s a run)
+            # only to log a warning on failure; the round trip is covered by our tests instead.
+            # (The pickle format hands extra keywords to torch.save, so only pt2 gets it.)
+            **({"validate_serving_input": False} if serialization_format == "pt2" else {}),
+        )
+    finally:
+        model.train(was_training)
+
+
+def _model_requirements() -> list[str]:
+    """Pinned runtime requirements of a logged model (this environment's versions)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "numpy", "mlflow")]
+
+
+def log_model_weights(
+    run_id: str,
+    state: Mapping[str, torch.Tensor],
+    snapshots: Sequence[Mapping[str, torch.Tensor]],
+    meta: Mapping[str, Any],
+) -> None:
+    """Log CPU weights (``state_dict.pt``, ``snapshots.pt``) and ``model_meta.json`` under the
+    run's ``model/`` (client API with an explicit run id: safe from any thread)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(cpu_state(state), Path(tmp) / STATE_DICT_FILE)
+        if snapshots:
+            torch.save([cpu_state(s) for s in snapshots], Path(tmp) / SNAPSHOTS_FILE)
+        (Path(tmp) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
+        MlflowClient().log_artifacts(run_id, tmp, artifact_path=MODEL_DIR)
+
+
+def log_predictions(split: str, probs: np.ndarray, digest: str) -> str:
+    """Store a run's class probabilities on an evaluation set as ``predictions/<split>.npz``,
+    keyed by the set's :func:`ml.eval.gate.heldout_digest`, so that a later promotion gate on the
+    same held-out data reuses them instead of re-predicting with the stored weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{split}.npz"
+        np.savez(path, probs=np.asarray(probs, dtype=np.float32), digest=np.array(digest))
+        mlflow.log_artifact(str(path), artifact_path=PREDICTIONS_DIR)
+    return f"{PREDICTIONS_DIR}/{split}.npz"
+
+
+def load_predictions(model_uri: str, digest: str) -> np.ndarray | None:
+    """Probabilities that the run behind ``model_uri`` stored for the evaluation set with
+    ``digest``, or None when it stored none for that set (another split, other data)."""
+    run_id = _run_id_of(model_uri)
+    client = MlflowClient()
+    for item in client.list_artifacts(run_id, PREDICTIONS_DIR):
+        if not item.path.endswith(".npz"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=item.path, dst_path=tmp)
+            with np.load(local, allow_pickle=False) as stored:
+                if str(stored["digest"]) == digest:
+                    return stored["probs"].astype(np.float64)
+    return None
+
+
+def _run_id_of(model_uri: str) -> str:
+    """Run id behind ``runs:/<id>/...``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").split("/", 1)[0]
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"expected a runs:/ or models:/ URI, got {model_uri!r}")
+    ref = model_uri.removeprefix("models:/").rstrip("/")
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, number = ref.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    if not version.run_id:
+        raise ValueError(f"{model_uri} has no source run holding {MODEL_DIR}/{STATE_DICT_FILE}")
+    return version.run_id
+
+
+def _load_model_file(run_id: str, name: str) -> Any:
+    """One file under the run's ``model/``: JSON parsed, weights via ``weights_only=True``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{MODEL_DIR}/{name}", dst_path=tmp
+        )
+        if name.endswith(".json"):
+            return json.loads(Path(path).read_text())
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_dict_model(model_uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, meta)`` logged by :func:`log_torch_model` for a runs:/ or models:/ URI."""
+    run_id = _run_id_of(model_uri)
+    return _load_model_file(run_id, STATE_DICT_FILE), _load_model_file(run_id, META_FILE)
+
+
+def load_model_meta(model_uri: str) -> dict[str, Any]:
+    """``model_meta.json`` of a runs:/ or models:/ URI (arch, classes, norm, snapshots, ...)."""
+    return _load_model_file(_run_id_of(model_uri), META_FILE)
+
+
+def load_model_states(model_uri: str) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """``(states, meta)``: the snapshot-ensemble weights, or ``[state_dict]`` without snapshots."""
+    run_id = _run_id_of(model_uri)
+    meta = _load_model_file(run_id, META_FILE)
+    if meta.get("snapshots"):
+        return _load_model_file(run_id, SNAPSHOTS_FILE), meta
+    return [_load_model_file(run_id, STATE_DICT_FILE)], meta
+
+
+def fetch_weights(uri: str, folder: Path) -> Path:
+    """The ``state_dict.pt`` behind an MLflow ``models:/`` or ``runs:/`` URI, downloaded into
+    ``folder`` (the ``fetch`` that :func:`ml.train.models.load_weights` takes)."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    if local.is_file():
+        return local
+    found = sorted(local.rglob(STATE_DICT_FILE))
+    if not found:
+        raise WeightsNotFoundError(f"no {STATE_DICT_FILE} artifact under {uri}")
+    return found[0]

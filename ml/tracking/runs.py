@@ -1,0 +1,173 @@
+"""MLflow runs: where tracking points, whether the server answers, params (redacted), per-epoch
+metrics, plots, reports, dataset inputs and the conventional tags (``shared/docs/conventions.md``).
+Plain functions with no Prefect import: the tasks layer adds retries."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "credentials")
+_METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_DIGEST_LEN = 36  # width of MLflow's dataset digest column
+
+
+class ServiceUnavailableError(RuntimeError):
+    """A service the flow depends on did not answer."""
+
+
+def configure_mlflow(tracking_uri: str | None = None) -> str:
+    """Point MLflow tracking and registry at ``tracking_uri``; default from the settings
+    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). Returns the URI in use."""
+    if tracking_uri is None:
+        from ml.settings import get_settings
+
+        tracking_uri = get_settings().mlflow_tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return tracking_uri
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (Ray trials and workers run elsewhere)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> None:
+    """Raise :class:`ServiceUnavailableError` unless an http(s) tracking server answers
+    ``GET /health`` within ``retries`` attempts (waits ``backoff * 2**i`` between them).
+    Local stores (sqlite, file) need no server and always pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = uri.rstrip("/") + "/health"
+    error: Exception | None = None
+    for attempt in range(retries):
+        try:
+            with urllib.request.urlopen(health, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            error = exc
+        if attempt < retries - 1:
+            time.sleep(backoff * 2**attempt)
+    raise ServiceUnavailableError(
+        f"MLflow tracking server at {uri} is unreachable: {error} (after {retries} attempts)"
+    )
+
+
+def _is_secret(key: str) -> bool:
+    """Whether a config key names a secret (``aws_secret_access_key``, ``apiKey``, ...)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    return any(w.endswith(_SECRET_WORDS) for w in words if w)
+
+
+def redact(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of a (nested) config without secret-like keys; credentials in URLs are masked."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if _is_secret(str(key)):
+            continue
+        if isinstance(value, Mapping):
+            out[key] = redact(value)
+        elif isinstance(value, str):
+            out[key] = _URL_USERINFO.sub(r"\g<scheme>***@", value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> ``{"a.b.c": "value"}`` with string values (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """Log the full flattened config, secrets removed, as params; returns what was logged."""
+    params = flatten_config(redact(config))
+    mlflow.log_params(params)
+    return params
+
+
+def log_history(history: Sequence[Mapping[str, float]]) -> None:
+    """Log per-epoch metrics with ``step=epoch`` (the entry's ``epoch`` key, else its index).
+
+    Names must follow the conventions (``train_loss``, ``val_macro_f1``, ``lr_group_0``,
+    ``epoch_seconds``, ...); non-finite and missing values are skipped.
+    """
+    for index, entry in enumerate(history):
+        step = int(entry.get("epoch", index))
+        metrics = {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None}
+        bad = sorted(k for k in metrics if not _METRIC_NAME.match(k))
+        if bad:
+            raise ValueError(f"metric names break the naming convention: {bad}")
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+
+
+def log_plots(paths: Iterable[str | Path]) -> list[str]:
+    """Log image files under ``plots/``; returns their artifact paths."""
+    logged = []
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+        logged.append(f"plots/{Path(path).name}")
+    return logged
+
+
+def log_report_json(name: str, report: Mapping[str, Any]) -> str:
+    """Log a JSON report as ``reports/<name>.json``; returns its artifact path."""
+    artifact = f"reports/{name}.json"
+    mlflow.log_dict(dict(report), artifact)
+    return artifact
+
+
+def log_dataset_input(version: str, name: str, source: str, df_summary: pd.DataFrame) -> None:
+    """Record the training dataset (a summary frame, e.g. the manifest) as a run input."""
+    dataset = mlflow.data.from_pandas(df_summary, source=source, name=name, digest=version[:_DIGEST_LEN])
+    mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
+
+
+def set_standard_tags(
+    dataset_version: str, git_commit: str | None, schedule: str, amp: bool | str, device: str
+) -> dict[str, str]:
+    """Set the conventional run tags; a missing git commit is tagged ``unknown``."""
+    tags = {
+        "dataset_version": dataset_version,
+        "git_commit": git_commit or "unknown",
+        "schedule": schedule,
+        "amp": str(amp),
+        "device": device,
+    }
+    mlflow.set_tags(tags)
+    return tags
+
+
+def git_commit(repo: str | Path | None = None) -> str | None:
+    """HEAD commit of the checkout holding ``repo`` (default: this package), or None."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

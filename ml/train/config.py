@@ -1,0 +1,98 @@
+"""What defines a training run and a sweep: typed, validated configuration (pydantic).
+
+These models are the flows' parameters (Prefect validates them and shows them as forms), the
+CLI builds them from its options, and ``prefect.yaml`` gives them as nested parameters: each
+default lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ScheduleName = Literal["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"]
+ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
+                   "resnext50_32x4d", "resnext101_32x8d"]
+VARIANTS: tuple[str, ...] = get_args(ScheduleName)
+ARCHS: tuple[str, ...] = get_args(ArchName)
+EPOCH_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
+MONITORS = ("train_loss", "val_loss") + tuple(f"val_{m}" for m in EPOCH_METRICS)
+Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
+                  "val_auroc_macro"]
+assert get_args(Monitor) == MONITORS
+# Config fields that may differ between an interrupted run and its resumption.
+_RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "checkpoint_interval_s", "progress")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class TrainConfig(_Config):
+    """Everything that defines a training run (flattened into MLflow params by the tasks)."""
+
+    arch: ArchName = Field("resnet18", description="Architecture (torchvision).")
+    weights: str = Field("none", description="none | imagenet | a path | s3://... | models:/... | runs:/...")
+    schedule: ScheduleName = Field("sgdr_dlr_clm", description="Optimiser and LR schedule variant.")
+    lr: float | None = Field(None, gt=0, description="Peak (head) LR; None: chosen by an LR range test.")
+    lr_min: float | None = Field(None, ge=0, description="Floor of the cosine schedules (default lr / 100).")
+    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles.")
+    batch_size: int = Field(64, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    amp: bool = Field(False, description="Mixed precision where it helps on this machine.")
+    channels_last: bool = False
+    snapshots: int = Field(3, ge=0, description="Snapshot-ensemble size (cycle ends kept); 0 = off.")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    monitor: Monitor = "val_loss"
+    weighted_sampler: bool = Field(False, description="Inverse class-frequency sampling.")
+    tta: bool = Field(False, description="Test-time augmentation at evaluation.")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    num_workers: int = Field(0, ge=0)
+    checkpoint_dir: str | None = None
+    # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
+    # since the last one (and always after the final epoch), like Lightning's train_time_interval
+    checkpoint_interval_s: float = Field(0.0, ge=0)
+    progress: bool = True
+
+
+class SweepConfig(_Config):
+    """A Ray Tune sweep: the grid of (arch, schedule, AMP) cells, LR samples per cell from the
+    range test's bracket, and each trial's budget and resources."""
+
+    archs: list[ArchName] = Field(default_factory=lambda: ["resnet18"], min_length=1)
+    schedules: list[ScheduleName] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
+    amp: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    num_samples: int = Field(1, gt=0, description="LR samples per cell, log-uniform in the bracket.")
+    epochs: int = Field(3, gt=0, description="Epochs per trial.")
+    gpus_per_trial: float | None = Field(None, ge=0, description="Default: 1 when CUDA is present, else 0.")
+    cpus_per_trial: int = Field(1, gt=0)
+    max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
+    checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
+    name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SweepConfig:
+        for field in ("archs", "schedules", "amp"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field} lists a value twice: {values}")
+        return self
+
+
+class LRFindConfig(_Config):
+    """Smith's LR range test: an exponential ramp from ``start_lr`` to ``end_lr``."""
+
+    num_iter: int = Field(100, gt=1, description="Iterations of the ramp.")
+    start_lr: float = Field(1e-7, gt=0)
+    end_lr: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LRFindConfig:
+        if self.end_lr <= self.start_lr:
+            raise ValueError(f"end_lr ({self.end_lr}) must exceed start_lr ({self.start_lr})")
+        return self
