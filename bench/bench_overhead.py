@@ -86,10 +86,14 @@ def task_breakdown() -> dict:
 
 def flow_run(data: str, out: Path, epochs: int | None = None) -> float:
     from flows.retrain import retrain_flow
+    from ml.data.config import DataConfig
+    from ml.train.config import TrainConfig
 
     t0 = time.perf_counter()
-    retrain_flow(data=data, tune=False, lr=PROFILE["lr"], epochs=epochs or PROFILE["epochs"], size=PROFILE["size"],
-                 batch_size=PROFILE["batch_size"], schedule=PROFILE["schedule"], validate=False, out_dir=str(out))
+    retrain_flow(data=DataConfig(source=data, size=PROFILE["size"]),
+                 training=TrainConfig(lr=PROFILE["lr"], epochs=epochs or PROFILE["epochs"],
+                                      batch_size=PROFILE["batch_size"], schedule=PROFILE["schedule"]),
+                 tune=False, validate_data=False, out_dir=str(out))
     return time.perf_counter() - t0
 
 
@@ -111,11 +115,14 @@ def bare_trial(data: str, cache_root: Path) -> float:
 
 def tune_run(data: str, out: Path, name: str) -> float:
     from flows.tune import tune_flow
+    from ml.data.config import DataConfig
+    from ml.train.config import SweepConfig, TrainConfig
 
     t0 = time.perf_counter()
-    tune_flow(data=data, schedules=["sgdr"], amp=[False], epochs=PROFILE["epochs"], size=PROFILE["size"],
-              batch_size=PROFILE["batch_size"], lr_bracket=[PROFILE["lr"] * 0.999, PROFILE["lr"]],
-              cpus_per_trial=2, out_dir=str(out), name=name)
+    tune_flow(data=DataConfig(source=data, size=PROFILE["size"]),
+              sweep=SweepConfig(schedules=["sgdr"], amp=[False], epochs=PROFILE["epochs"], cpus_per_trial=2, name=name),
+              training=TrainConfig(batch_size=PROFILE["batch_size"]),
+              lr_bracket=[PROFILE["lr"] * 0.999, PROFILE["lr"]], out_dir=str(out))
     return time.perf_counter() - t0
 
 

@@ -10,6 +10,9 @@ from typing import Optional
 
 import typer
 
+from ml.data.config import DataConfig
+from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
+
 app = typer.Typer(help="skinflow: rapid, robust fine-tuning workflows for small long-tailed image sets.",
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Dataset tools: synthetic data, manifests, splits.", no_args_is_help=True)
@@ -136,133 +139,199 @@ def _print_summary(m) -> None:
 
 
 # --------------------------------------------------------------------------- training
+# Options default to None: an option left out takes the config class's default, the one place
+# each default lives (ml/data/config.py, ml/train/config.py); --help shows it from there.
+
+
+def _opt(cls, field: str, *names: str, help: str | None = None, flag: bool = False):
+    """A typer option for ``cls.field`` whose help and shown default come from the class."""
+    info = cls.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    if isinstance(default, list) and default and isinstance(default[0], bool):
+        shown = ",".join("on" if v else "off" for v in default)
+    text = (help or info.description or "") + ("" if default is None else f" (default: {shown})")
+    if flag:
+        names = names or (f"--{field.replace('_', '-')}/--no-{field.replace('_', '-')}",)
+    return typer.Option(None, *names, help=text, show_default=False)
+
+
+def _build(cls, **given):
+    """``cls`` from the options that were given; a bad value is one clear line and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid {cls.__name__}: {problems}")
+
+
+def _csv(value: Optional[str]) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _on_off(value: Optional[str]) -> list[bool] | None:
+    words = _csv(value)
+    if words is None:
+        return None
+    bad = [w for w in words if w not in ("on", "off")]
+    if bad:
+        _fail(f"--amp takes on, off or off,on; got {value!r}")
+    return [w == "on" for w in words]
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
 @app.command("lr-find")
 def lr_find(
-    data: str = typer.Option(..., help="Dataset (ImageFolder, CSV, or s3://)."),
-    model: str = typer.Option("resnet18", help="Architecture."),
-    weights: str = typer.Option("none", help="none | imagenet | path | s3:// | models:/..."),
-    size: int = typer.Option(64, help="Training resolution."),
-    batch_size: int = typer.Option(64),
-    schedule: str = typer.Option("sgdr_dlr_clm", help="Variant: DLR variants ramp groups keeping their ratios."),
-    num_iter: int = typer.Option(100, help="Iterations of the ramp."),
-    start_lr: float = typer.Option(1e-7),
-    end_lr: float = typer.Option(10.0),
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    weights: Optional[str] = _opt(TrainConfig, "weights"),
+    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="Variant: DLR variants ramp groups keeping their ratios."),
+    num_iter: Optional[int] = _opt(LRFindConfig, "num_iter"),
+    start_lr: Optional[float] = _opt(LRFindConfig, "start_lr"),
+    end_lr: Optional[float] = _opt(LRFindConfig, "end_lr"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
     out: Path = typer.Option(Path("outputs/lr_find"), help="Where the plot and JSON go."),
-    seed: int = typer.Option(0),
 ):
     """LR range test: prints the suggestions and the log-scale bracket, saves the plot."""
     from flows.train import lr_find_flow
 
-    res = lr_find_flow(data=data, arch=model, weights=weights, size=size, batch_size=batch_size,
-                       schedule=schedule, num_iter=num_iter, start_lr=start_lr, end_lr=end_lr,
-                       out_dir=str(out), seed=seed)
-    typer.echo(json.dumps(res, indent=2))
+    _echo_json(lr_find_flow(
+        data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
+        training=_build(TrainConfig, arch=model, weights=weights, batch_size=batch_size, schedule=schedule, seed=seed),
+        lr_find=_build(LRFindConfig, num_iter=num_iter, start_lr=start_lr, end_lr=end_lr), out_dir=str(out)))
 
 
 @app.command("train")
 def train(
-    data: str = typer.Option(..., help="Dataset (ImageFolder, CSV, or s3://)."),
-    model: str = typer.Option("resnet18", help="Architecture (resnet18..152, densenet121, resnext50_32x4d, resnext101_32x8d)."),
-    schedule: str = typer.Option("sgdr_dlr_clm", help="sgd | adam | sgdr | sgdr_dlr | sgdr_dlr_clm"),
-    lr: Optional[float] = typer.Option(None, help="Peak LR; default: found by an LR range test."),
-    epochs: int = typer.Option(7, help="Epochs (sgdr_dlr_clm: 1+2+4 = 7 completes three cycles)."),
-    size: int = typer.Option(64, help="Training resolution (px)."),
-    batch_size: int = typer.Option(64),
-    amp: bool = typer.Option(False, help="Mixed precision (bf16 on CPU, fp16/bf16 on CUDA)."),
-    weights: str = typer.Option("none", help="none | imagenet | path | s3:// | models:/..."),
-    snapshots: int = typer.Option(3, help="Snapshot-ensemble size (0 = off)."),
-    weighted_sampler: bool = typer.Option(False, help="Inverse class-frequency sampling."),
-    tta: bool = typer.Option(False, help="Test-time augmentation at evaluation."),
-    val_frac: float = typer.Option(1 / 6),
-    test_frac: float = typer.Option(0.0),
-    seed: int = typer.Option(0),
-    repeats: int = typer.Option(1, help="Fits with seeds seed..seed+n-1: mean +/- std and confused pairs."),
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    val_frac: Optional[float] = _opt(DataConfig, "val_frac"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="sgd | adam | sgdr | sgdr_dlr | sgdr_dlr_clm."),
+    lr: Optional[float] = _opt(TrainConfig, "lr"),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
+    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
+    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    weights: Optional[str] = _opt(TrainConfig, "weights"),
+    snapshots: Optional[int] = _opt(TrainConfig, "snapshots"),
+    weighted_sampler: Optional[bool] = _opt(TrainConfig, "weighted_sampler", flag=True),
+    tta: Optional[bool] = _opt(TrainConfig, "tta", flag=True),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    repeats: int = typer.Option(1, min=1, help="Fits with seeds seed..seed+n-1: mean +/- std and confused pairs."),
     out: Path = typer.Option(Path("outputs/train"), help="Plots, metrics JSON, model file."),
 ):
-    """Train one configuration, evaluate it, log it to MLflow (experiment skinflow-train)."""
+    """Train one configuration, evaluate it (on the test split; val when there is none), log it to
+    MLflow (experiment skinflow-train)."""
     from flows.train import train_flow
 
-    summary = train_flow(data=data, arch=model, schedule=schedule, lr=lr, epochs=epochs, size=size,
-                         batch_size=batch_size, amp=amp, weights=weights, snapshots=snapshots,
-                         weighted_sampler=weighted_sampler, tta=tta, val_frac=val_frac, test_frac=test_frac,
-                         seed=seed, out_dir=str(out), repeats=repeats)
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    _echo_json(train_flow(
+        data=_build(DataConfig, source=data, class_map=class_map, size=size, val_frac=val_frac, test_frac=test_frac,
+                    seed=seed),
+        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, batch_size=batch_size,
+                        amp=amp, weights=weights, snapshots=snapshots, weighted_sampler=weighted_sampler, tta=tta,
+                        seed=seed),
+        repeats=repeats, out_dir=str(out)))
 
 
 @app.command("pretrain")
 def pretrain(
-    data: str = typer.Option(..., help="Source ImageFolder to pretrain a backbone on."),
+    data: Optional[str] = _opt(DataConfig, "source", "--data", help="Source ImageFolder to pretrain a backbone on."),
     out: str = typer.Option(..., help="Where to store the weights (path or s3://); name it later as --weights."),
-    model: str = typer.Option("resnet18"),
-    epochs: int = typer.Option(5),
-    size: int = typer.Option(64),
-    amp: bool = typer.Option(True),
-    seed: int = typer.Option(0),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
+    lr: Optional[float] = _opt(TrainConfig, "lr"),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
+    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """Train a backbone on a source dataset and store it as reusable weights (offline transfer learning)."""
     from flows.train import pretrain_flow
 
-    typer.echo(json.dumps(pretrain_flow(data=data, out=out, arch=model, epochs=epochs, size=size, amp=amp,
-                                        seed=seed), indent=2, default=str))
+    _echo_json(pretrain_flow(
+        out=out, data=_build(DataConfig, source=data, size=size, seed=seed),
+        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed)))
 
 
 @app.command("tune")
 def tune(
-    data: str = typer.Option(..., help="Dataset."),
-    model: str = typer.Option("resnet18", help="Architecture (comma-separated to sweep several)."),
-    schedules: str = typer.Option("sgd,adam,sgdr,sgdr_dlr,sgdr_dlr_clm", help="Variants to try."),
-    amp: str = typer.Option("off,on", help="AMP settings to try: off, on or off,on."),
-    num_samples: int = typer.Option(1, help="LR samples per (schedule, amp) cell, log-uniform in the bracket."),
-    epochs: int = typer.Option(3),
-    size: int = typer.Option(64),
-    gpus_per_trial: Optional[float] = typer.Option(None, help="Default: 1 when CUDA is present, else 0."),
-    cpus_per_trial: int = typer.Option(1),
-    seed: int = typer.Option(0),
-    checkpoint_interval: float = typer.Option(
-        30.0, help="Seconds between a trial's checkpoints (one is always kept after its last epoch); 0 = every epoch."),
-    name: Optional[str] = typer.Option(None, help="Tune experiment name: pass an interrupted one's to resume it."),
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    model: Optional[str] = _opt(SweepConfig, "archs", "--model", help="Architectures to sweep (comma-separated)."),
+    schedules: Optional[str] = _opt(SweepConfig, "schedules", help="Variants to try (comma-separated)."),
+    amp: Optional[str] = _opt(SweepConfig, "amp", help="AMP settings to try: off, on or off,on."),
+    num_samples: Optional[int] = _opt(SweepConfig, "num_samples"),
+    epochs: Optional[int] = _opt(SweepConfig, "epochs"),
+    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
+    gpus_per_trial: Optional[float] = _opt(SweepConfig, "gpus_per_trial"),
+    cpus_per_trial: Optional[int] = _opt(SweepConfig, "cpus_per_trial"),
+    checkpoint_interval: Optional[float] = _opt(SweepConfig, "checkpoint_interval_s", "--checkpoint-interval"),
+    name: Optional[str] = _opt(SweepConfig, "name"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """LR range test, then Ray Tune trials (ASHA) over the bracket x schedules x AMP."""
     from flows.tune import tune_flow
 
-    res = tune_flow(data=data, archs=model.split(","), schedules=schedules.split(","),
-                    amp=[a.strip() == "on" for a in amp.split(",")], num_samples=num_samples, epochs=epochs,
-                    size=size, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, seed=seed,
-                    checkpoint_interval_s=checkpoint_interval, name=name)
-    typer.echo(json.dumps(res, indent=2, default=str))
+    _echo_json(tune_flow(
+        data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
+        sweep=_build(SweepConfig, archs=_csv(model), schedules=_csv(schedules), amp=_on_off(amp),
+                     num_samples=num_samples, epochs=epochs, gpus_per_trial=gpus_per_trial,
+                     cpus_per_trial=cpus_per_trial, checkpoint_interval_s=checkpoint_interval, name=name),
+        training=_build(TrainConfig, batch_size=batch_size, seed=seed)))
 
 
 @app.command("retrain")
 def retrain(
-    data: str = typer.Option("data/demo/synth", help="Dataset (default: the demo's synthetic set)."),
-    tune: bool = typer.Option(True, help="Tune a sweep first (else train the given config)."),
-    schedule: str = typer.Option("sgdr_dlr_clm"),
-    epochs: int = typer.Option(3),
-    size: int = typer.Option(48),
-    num_samples: int = typer.Option(1),
-    schedules: str = typer.Option("sgd,sgdr_dlr_clm"),
-    seed: int = typer.Option(0),
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="Tune a sweep first (else train the given config)."),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="Schedule without --tune."),
+    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR without --tune (else an LR range test)."),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs", help="Epochs of the final model."),
+    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    schedules: Optional[str] = _opt(SweepConfig, "schedules", help="Variants the sweep tries (comma-separated)."),
+    tune_epochs: Optional[int] = _opt(SweepConfig, "epochs", "--tune-epochs"),
+    num_samples: Optional[int] = _opt(SweepConfig, "num_samples"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    validate_data: bool = typer.Option(True, "--validate/--no-validate", help="Validate the data first."),
+    policy: Optional[Path] = typer.Option(None, help="Promotion policy YAML (default policies/promotion.yaml)."),
+    out: Path = typer.Option(Path("outputs/retrain"), help="Plots and reports."),
 ):
     """Validate -> tune/train -> evaluate on held-out -> register -> promotion gate."""
     from flows.retrain import retrain_flow
 
-    res = retrain_flow(data=data, tune=tune, schedule=schedule, epochs=epochs, size=size, num_samples=num_samples,
-                       schedules=schedules.split(","), seed=seed)
-    typer.echo(json.dumps(res, indent=2, default=str))
+    _echo_json(retrain_flow(
+        data=_build(DataConfig, source=data, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
+        training=_build(TrainConfig, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed),
+        sweep=_build(SweepConfig, schedules=_csv(schedules), epochs=tune_epochs, num_samples=num_samples),
+        tune=tune, validate_data=validate_data, policy=str(policy) if policy else None, out_dir=str(out)))
 
 
 @app.command("validate")
 def validate(
     source: str = typer.Argument(..., help="Dataset dir, CSV manifest or s3:// URI."),
-    class_map: Optional[str] = typer.Option(None, help="Class-map YAML or shipped name."),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
     policy: Optional[Path] = typer.Option(None, help="Validation policy YAML (default policies/validation.yaml)."),
     out: Path = typer.Option(Path("outputs/validate"), help="Report folder (GX Data Docs, JSON)."),
 ):
     """Validate a dataset version with Great Expectations; exits 1 on critical failures."""
     from flows.validate import validate_flow
 
-    report = validate_flow(source=source, class_map=class_map, policy=str(policy) if policy else None,
-                           out_dir=str(out), fail_on_critical=False)
+    report = validate_flow(data=_build(DataConfig, source=source, class_map=class_map),
+                           policy=str(policy) if policy else None, out_dir=str(out), fail_on_critical=False)
     _print_validation(report)
     if not report["passed"]:
         raise typer.Exit(1)
@@ -282,23 +351,25 @@ def _print_validation(report: dict) -> None:
 
 @app.command("curation-ab")
 def curation_ab(
-    data: str = typer.Option(..., help="Dataset (ImageFolder, CSV or s3://)."),
-    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps (see ml.quality.curation.STEPS)."),
-    model: str = typer.Option("resnet18"),
-    schedule: str = typer.Option("sgdr_dlr_clm"),
-    lr: float = typer.Option(1e-2),
-    epochs: int = typer.Option(5),
-    size: int = typer.Option(64),
-    test_frac: float = typer.Option(0.2, help="Held-out share both models are compared on."),
-    seed: int = typer.Option(0),
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps: remove_confounders, "
+                              "gamma, fov_crop."),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share both models are compared on."),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
+    lr: Optional[float] = _opt(TrainConfig, "lr"),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
     out: Path = typer.Option(Path("outputs/curation_ab")),
 ):
     """Train the same model with and without a curation step on the same split; report the difference."""
     from flows.curation_ab import curation_ab_flow
 
-    res = curation_ab_flow(data=data, steps=steps.split(","), arch=model, schedule=schedule, lr=lr, epochs=epochs,
-                           size=size, test_frac=test_frac, seed=seed, out_dir=str(out))
-    typer.echo(json.dumps(res, indent=2, default=str))
+    _echo_json(curation_ab_flow(
+        data=_build(DataConfig, source=data, size=size, test_frac=test_frac, seed=seed),
+        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, seed=seed),
+        steps=_csv(steps), out_dir=str(out)))
 
 
 @app.command("demo")

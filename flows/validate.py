@@ -6,6 +6,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from ml.data.config import DataConfig
+
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
 from tasks.validation import compute_features, run_expectations, store_data_docs
@@ -16,12 +18,19 @@ class ValidationFailed(RuntimeError):
 
 
 @flow(name="validate")
-def validate_flow(source: str = "data/demo/synth", class_map: str | None = None, policy: str | None = None,
-                  out_dir: str = "outputs/validate", fail_on_critical: bool = True, manifest=None) -> dict:
-    """Validate one dataset version. Returns the report as a dict; raises on critical failures
-    when ``fail_on_critical`` (the CLI prints the table and sets the exit code instead)."""
+def validate_flow(data: DataConfig = DataConfig(), policy: str | None = None, out_dir: str = "outputs/validate",
+                  fail_on_critical: bool = True) -> dict:
+    """Validate one dataset version (``data.source`` through ``data.class_map``). Returns the
+    report as a dict; raises on critical failures when ``fail_on_critical`` (the CLI prints the
+    table and sets the exit code instead)."""
+    manifest = build_manifest(data.source, data.class_map)
+    return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
+
+
+def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, fail_on_critical: bool) -> dict:
+    """The validation of a built manifest: what ``validate_flow`` runs, and what the retrain
+    flow calls on the manifest it trains on."""
     logger = get_run_logger()
-    manifest = manifest if manifest is not None else build_manifest(source, class_map)
     features = compute_features(manifest)
     docs_dir = Path(out_dir) / manifest.version / "data_docs"
     report = run_expectations(features, manifest.classes, policy, str(docs_dir))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,25 @@ def _experiment(name: str, uri: str):
 @task(name="close-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def close_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status)
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None,
+                tags: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """An MLflow run around a block: yields ``(run_id, experiment_id)``; the run ends FINISHED,
+    FAILED when the block raises, KILLED when it is interrupted (Ctrl-C), and the block's own
+    exception is what propagates (a failure to close the run is only logged then)."""
+    run_id, experiment_id = open_run(experiment, run_name, parent_run_id, tags)
+    try:
+        yield run_id, experiment_id
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        try:
+            close_run(run_id, status)
+        except Exception as close_error:  # noqa: BLE001 - keep the block's exception
+            get_run_logger().warning("could not mark MLflow run %s %s: %s", run_id, status, close_error)
+        raise
+    close_run(run_id)
 
 
 @task(name="log-validation", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)

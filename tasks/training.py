@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ml.train import recipes
 from ml.eval.gate import heldout_digest
-from ml.train.config import TrainConfig
+from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import Callback, TrainResult, fit
 from ml.tracking import models as tracked_models, runs as tracking_runs
 from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
@@ -38,8 +38,7 @@ class MlflowEpochLogger(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
-                 if k != "epoch" and v is not None and math.isfinite(float(v))]
+        batch = [Metric(k, v, now, epoch) for k, v in tracking_runs.epoch_metrics(metrics).items()]
         # one call per epoch, not one per metric
         self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
 
@@ -54,11 +53,11 @@ class MlflowEpochLogger(Callback):
 
 
 @task(name="lr-range-test", cache_policy=NO_CACHE)
-def lr_range_test(cache, cfg: TrainConfig, out_dir: str, num_iter: int = 100, start_lr: float = 1e-7,
-                  end_lr: float = 10.0, run_id: str | None = None) -> dict[str, Any]:
+def lr_range_test(cache, cfg: TrainConfig, out_dir: str, lr_find: LRFindConfig = LRFindConfig(),
+                  run_id: str | None = None) -> dict[str, Any]:
     """Smith's range test on the training split; returns suggestions and the log-scale bracket."""
-    res = recipes.find_lr(cache.subset("train"), cache.classes, cfg, num_iter=num_iter, start_lr=start_lr,
-                          end_lr=end_lr, fetch_weights=tracked_models.fetch_weights)
+    res = recipes.find_lr(cache.subset("train"), cache.classes, cfg, num_iter=lr_find.num_iter,
+                          start_lr=lr_find.start_lr, end_lr=lr_find.end_lr, fetch_weights=tracked_models.fetch_weights)
     plot = recipes.lr_finder_plot(res, out_dir)
     out = {"chosen": res.chosen, "bracket": list(res.bracket), "suggestions": res.suggestions,
            "stopped_early": res.stopped_early, "iterations": len(res.lrs), "plot": str(plot)}

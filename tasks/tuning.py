@@ -81,7 +81,7 @@ def _trainable(config: dict) -> None:
     from ml.train.config import TrainConfig
     from ml.train.loop import Callback, fit
     from ml.tracking.models import fetch_weights
-    from ml.tracking.runs import flatten_config
+    from ml.tracking.runs import epoch_metrics, flatten_config
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
     cache = ImageCache.open(config["_cache_dir"])
@@ -99,7 +99,7 @@ def _trainable(config: dict) -> None:
 
     class Report(Callback):
         def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            mlflow.log_metrics(epoch_metrics(metrics), step=epoch)
             report = {**metrics, "mlflow_run_id": run.info.run_id}
             if state.checkpoint_epoch != epoch:  # fit wrote no checkpoint this epoch (interval)
                 tune.report(report)

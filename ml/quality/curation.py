@@ -52,27 +52,6 @@ def quarantine(features: pd.DataFrame, label_conflicts: pd.DataFrame) -> tuple[p
     return kept, features[held].assign(quarantine_reason=reasons[held]).reset_index(drop=True)
 
 
-def balance_weights(labels: Any) -> np.ndarray:
-    """Per-sample inverse-frequency weights ``N / (K * count(label))``: each class sums to N/K, mean 1."""
-    labels = pd.Series(np.asarray(labels))
-    counts = labels.map(labels.value_counts())
-    return (len(labels) / (labels.nunique() * counts)).to_numpy(dtype=np.float64)
-
-
-def augment_to_count(labels: Any, target: int | None = None) -> pd.DataFrame:
-    """Plan how many augmented copies each class needs to reach ``target`` images (default: the largest class).
-
-    Columns: label, count, target, n_augment, copies_per_image (ceil of n_augment / count).
-    """
-    counts = pd.Series(np.asarray(labels)).value_counts().sort_index()
-    goal = int(counts.max() if target is None else target)
-    plan = counts.rename_axis("label").rename("count").reset_index()
-    plan["target"] = goal
-    plan["n_augment"] = (goal - plan["count"]).clip(lower=0)
-    plan["copies_per_image"] = np.ceil(plan["n_augment"] / plan["count"]).astype(int)
-    return plan
-
-
 # --------------------------------------------------------------------------- image steps
 def _dominant_colour(pixels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Centre of the largest k-means cluster of quantised RGB ``pixels`` (N x 3)."""

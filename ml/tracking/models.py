@@ -191,12 +191,6 @@ def _load_model_file(run_id: str, name: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_state_dict_model(model_uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, meta)`` logged by :func:`log_torch_model` for a runs:/ or models:/ URI."""
-    run_id = _run_id_of(model_uri)
-    return _load_model_file(run_id, STATE_DICT_FILE), _load_model_file(run_id, META_FILE)
-
-
 def load_model_meta(model_uri: str) -> dict[str, Any]:
     """``model_meta.json`` of a runs:/ or models:/ URI (arch, classes, norm, snapshots, ...)."""
     return _load_model_file(_run_id_of(model_uri), META_FILE)

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,19 +109,15 @@ def log_params(config: Mapping[str, Any]) -> dict[str, str]:
     return params
 
 
-def log_history(history: Sequence[Mapping[str, float]]) -> None:
-    """Log per-epoch metrics with ``step=epoch`` (the entry's ``epoch`` key, else its index).
-
-    Names must follow the conventions (``train_loss``, ``val_macro_f1``, ``lr_group_0``,
-    ``epoch_seconds``, ...); non-finite and missing values are skipped.
-    """
-    for index, entry in enumerate(history):
-        step = int(entry.get("epoch", index))
-        metrics = {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None}
-        bad = sorted(k for k in metrics if not _METRIC_NAME.match(k))
-        if bad:
-            raise ValueError(f"metric names break the naming convention: {bad}")
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=step)
+def epoch_metrics(row: Mapping[str, float | None]) -> dict[str, float]:
+    """One epoch's history row as MLflow metrics: the ``epoch`` key and missing or non-finite
+    values left out. Names must follow the conventions (``train_loss``, ``val_macro_f1``,
+    ``lr_group_0``, ``epoch_seconds``, ...): anything else raises before it reaches the store."""
+    metrics = {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}
+    bad = sorted(k for k in metrics if not _METRIC_NAME.match(k))
+    if bad:
+        raise ValueError(f"metric names break the naming convention: {bad}")
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 def log_plots(paths: Iterable[str | Path]) -> list[str]:
@@ -171,3 +167,13 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
+    """A short run name a person can compare at a glance in the MLflow UI: the flow, then the
+    schedule, LR, precision and seed of ``cfg`` (a TrainConfig), then ``parts``."""
+    words = [flow]
+    if cfg is not None:
+        words += [cfg.schedule, f"lr={cfg.lr:.3g}" if cfg.lr else "lr=find", "amp" if cfg.amp else "fp32", f"s{cfg.seed}"]
+    words += [f"{k}={v}" if not isinstance(v, str) else v for k, v in parts.items() if v is not None]
+    return " ".join(words)

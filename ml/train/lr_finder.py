@@ -182,15 +182,18 @@ def bracket_to_minimum(suggestions: dict[str, float], lrs: Sequence[float],
                        min_width_decades: float = 0.5) -> tuple[float, float]:
     """The thesis's bracket: the neighbourhood *below* the minimum-loss point on the log scale,
     from the lower of ``valley`` and ``min_div10`` up to the LR of the minimum smoothed loss
-    (``10 * min_div10``), at least ``min_width_decades`` wide, clipped to the tested range.
+    (``10 * min_div10``), at least ``min_width_decades`` wide, clipped to the tested range
+    (widened upwards when the minimum is at its very bottom, so ``lo < hi`` always holds).
 
     On short, noisy curves (small data) the valley alone lands an order of magnitude or more
     below workable rates; the minimum-loss point bounds the bracket from above instead."""
     lo_tested, hi_tested = float(min(lrs)), float(max(lrs))
+    width = 10.0**min_width_decades
     hi = min(10.0 * suggestions["min_div10"], hi_tested)
-    lo = min(suggestions["valley"], suggestions["min_div10"])
-    lo = min(lo, hi / 10.0**min_width_decades)
-    return max(lo, lo_tested), hi
+    lo = max(min(suggestions["valley"], suggestions["min_div10"], hi / width), lo_tested)
+    if hi < lo * width:  # the minimum sits at the bottom of the tested range: widen upwards
+        hi = min(lo * width, hi_tested)
+    return lo, hi
 
 
 def bracket_around(lr: float, lrs: Sequence[float], width_decades: float = 1.0) -> tuple[float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml.eval.metrics import aggregate_runs
+from ml.eval.metrics import SCALAR_KEYS, aggregate_runs
 from ml.train.batches import Arrays
 from ml.train.config import TrainConfig
 from ml.train.loop import fit
@@ -15,7 +15,8 @@ from ml.train.recipes import evaluate
 def repeated_fits(train: Arrays, val: Arrays, eval_data: Arrays, classes: list[str], cfg: TrainConfig,
                   first_metrics: dict[str, Any], repeats: int) -> dict[str, Any]:
     """Refit with seeds ``cfg.seed + 1 .. cfg.seed + repeats - 1`` and aggregate their metrics on
-    ``eval_data`` with ``first_metrics`` (the fit with ``cfg.seed``). Returns
+    ``eval_data`` with ``first_metrics`` (the fit with ``cfg.seed``; metrics of
+    :func:`ml.train.recipes.evaluate`, so with ``loss``). Returns
     :func:`ml.eval.metrics.aggregate_runs` plus the ``seeds`` used."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -25,4 +26,4 @@ def repeated_fits(train: Arrays, val: Arrays, eval_data: Arrays, classes: list[s
         result = fit(train, val, classes, seed_cfg)
         runs.append(evaluate(result, eval_data, tta=cfg.tta)["metrics"])
         seeds.append(seed_cfg.seed)
-    return {**aggregate_runs(runs), "seeds": seeds}
+    return {**aggregate_runs(runs, keys=(*SCALAR_KEYS, "loss")), "seeds": seeds}

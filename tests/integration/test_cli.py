@@ -74,7 +74,7 @@ def test_validate_exits_nonzero_on_critical_failures(prefect_harness, tmp_path):
     out = _skinflow(["validate", str(clean), "--out", str(tmp_path / "val2")], env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAIL" not in out.stdout and "data docs" in out.stdout
-    assert (tmp_path / "val2").rglob("index.html")
+    assert any((tmp_path / "val2").rglob("index.html")), "the GX Data Docs site was written"
 
 
 def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
@@ -91,7 +91,9 @@ def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout[out.stdout.index("{"):])
     lo, hi = res["bracket"]
-    assert lo <= res["chosen"] <= hi and set(res["suggestions"]) == {"valley", "steepest", "min_div10"}
+    assert lo < hi and set(res["suggestions"]) == {"valley", "steepest", "min_div10"}
+    # the chosen rate is the minimum-loss LR / 10 (min_div10), held to the bracket
+    assert res["chosen"] == pytest.approx(min(max(res["suggestions"]["min_div10"], lo), hi))
     assert (tmp_path / "lr" / "lr_finder.png").stat().st_size > 0
     out = _skinflow(["train", "--data", str(ds), "--model", "resnet18", "--schedule", "sgdr_dlr_clm", "--amp",
                      "--epochs", "3", "--size", "32", "--batch-size", "16", "--out", str(tmp_path / "train")], env)

@@ -17,7 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from ml.quality.features import image_features
+from ml.data.config import DataConfig
 from ml.settings import get_settings
+from ml.train.config import TrainConfig
 from tests.conftest import use_local_stores
 
 pytestmark = pytest.mark.slow
@@ -51,7 +53,8 @@ def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env
     data = ab_env["data"]
     before = _digests(data)
     out = ab_env["root"] / "out"
-    res = curation_ab_flow(data=str(data), epochs=1, size=32, batch_size=16, lr=0.01, seed=0, out_dir=str(out))
+    res = curation_ab_flow(data=DataConfig(source=str(data), size=32),
+                           training=TrainConfig(epochs=1, batch_size=16, lr=0.01), out_dir=str(out))
 
     # originals untouched; the curated copy is a new version under the data root
     assert _digests(data) == before
@@ -116,9 +119,14 @@ def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env
 def test_curation_ab_rejects_bad_requests_before_work(ab_env):
     from flows.curation_ab import curation_ab_flow
 
-    with pytest.raises(ValueError, match="unknown curation steps"):
-        curation_ab_flow(data=str(ab_env["data"]), steps=["erase_everything"], epochs=1)
+    from prefect.exceptions import ParameterTypeError
+
+    data = DataConfig(source=str(ab_env["data"]))
+    with pytest.raises(ParameterTypeError, match="steps.0: Input should be 'remove_confounders'"):
+        curation_ab_flow(data=data, steps=["erase_everything"])
+    with pytest.raises(ParameterTypeError, match="steps"):
+        curation_ab_flow(data=data, steps=[])
     with pytest.raises(ValueError, match="test_frac"):
-        curation_ab_flow(data=str(ab_env["data"]), test_frac=0.0, epochs=1)
-    with pytest.raises(ValueError, match="unknown schedule"):
-        curation_ab_flow(data=str(ab_env["data"]), schedule="cosine", epochs=1)
+        curation_ab_flow(data=data.model_copy(update={"test_frac": 0.0}))
+    with pytest.raises(ParameterTypeError, match="schedule"):
+        curation_ab_flow(data=data, training={"schedule": "cosine"})

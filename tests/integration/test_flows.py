@@ -7,7 +7,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from ml.data.config import DataConfig
 from ml.settings import get_settings
+from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from ml.tracking import models as tracked_models, registry, runs as tracking_runs
 from tests.conftest import use_local_stores
 
@@ -23,8 +25,12 @@ def flows_env(prefect_harness, tmp_path_factory, monkeypatch_module):
     use_local_stores(monkeypatch_module, root)
     data = root / "synth"
     generate(data, SynthConfig(per_class=14, size=40, seed=1), progress=False)
-    yield {"root": root, "data": str(data)}
+    yield {"root": root, "data": str(data), "cfg": DataConfig(source=str(data), size=32)}
     get_settings.cache_clear()
+
+
+def _train(**kw) -> TrainConfig:
+    return TrainConfig(batch_size=16, **kw)
 
 
 def _runs(experiment: str):
@@ -37,12 +43,30 @@ def test_train_flow_logs_a_comparable_run(flows_env):
     from flows.train import train_flow
 
     out = flows_env["root"] / "train"
-    summary = train_flow(data=flows_env["data"], schedule="sgdr_dlr_clm", epochs=3, size=32, batch_size=16,
-                         lr_find_iters=12, snapshots=2, out_dir=str(out))
-    assert 0.0 <= summary["balanced_accuracy"] <= 1.0
-    lo, hi = summary["lr_bracket"]
-    assert lo <= summary["lr"] <= hi, "the LR range test's choice lies inside its bracket"
+    summary = train_flow(data=flows_env["cfg"], training=_train(schedule="sgdr_dlr_clm", epochs=3, snapshots=2),
+                         lr_find=LRFindConfig(num_iter=12), out_dir=str(out))
     run = MlflowClient().get_run(summary["run_id"])
+    # the LR the range test chose is the LR the model trained with, and what its report says
+    assert run.data.params["lr"] == str(summary["lr"])
+    import json
+
+    local = mlflow.artifacts.download_artifacts(run_id=summary["run_id"], artifact_path="reports/lr_finder.json",
+                                                dst_path=str(out / "dl"))
+    assert json.loads(open(local).read())["chosen"] == summary["lr"]
+    # figures come from the held-out test split, and are those of the predictions the run stored
+    assert summary["eval_split"] == "test"
+    from sklearn.metrics import balanced_accuracy_score
+
+    from flows.train import prepare_data
+    from ml.eval.gate import heldout_digest
+
+    _, cache = prepare_data(flows_env["cfg"])
+    images, labels = cache.subset("test")
+    assert summary["eval_images"] == len(labels) > 0
+    probs = tracked_models.load_predictions(f"runs:/{summary['run_id']}/model",
+                                            heldout_digest(images, labels, cache.classes))
+    assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+    assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(summary["balanced_accuracy"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["schedule"] == "sgdr_dlr_clm" and run.data.tags["dataset_version"] == summary["dataset_version"]
     assert run.data.params["schedule"] == "sgdr_dlr_clm" and run.data.params["epochs"] == "3"
@@ -53,25 +77,32 @@ def test_train_flow_logs_a_comparable_run(flows_env):
     assert {"plots/lr_finder.png", "plots/lr_schedule.png", "plots/curves.png", "plots/confusion_matrix.png",
             "plots/roc.png"} <= arts
     assert MlflowClient().list_artifacts(summary["run_id"], "model")
-    final = run.data.metrics
-    assert final["val_final_macro_f1"] == pytest.approx(summary["macro_f1"])
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(summary["macro_f1"])
     assert run.inputs.dataset_inputs, "the dataset version is recorded as an MLflow dataset input"
 
 
 def test_train_flow_rejects_bad_requests_before_work(flows_env):
     from flows.train import train_flow
 
-    with pytest.raises(ValueError, match="unknown schedule"):
-        train_flow(data=flows_env["data"], schedule="cosine", epochs=1)
-    with pytest.raises(ValueError, match="epochs must be positive"):
-        train_flow(data=flows_env["data"], epochs=0)
+    from prefect.exceptions import ParameterTypeError
+
+    before = len(_runs("skinflow-train"))
+    # parameters as a deployment sends them: plain mappings, validated into the config objects
+    with pytest.raises(ParameterTypeError, match="schedule"):
+        train_flow(data={"source": flows_env["data"]}, training={"schedule": "cosine"})
+    with pytest.raises(ParameterTypeError, match="epochs"):
+        train_flow(data={"source": flows_env["data"]}, training={"epochs": 0})
+    with pytest.raises(ParameterTypeError, match="val_frac"):
+        train_flow(data={"source": flows_env["data"], "val_frac": 0.6, "test_frac": 0.5})
+    assert len(_runs("skinflow-train")) == before, "nothing started"
 
 
 def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     from flows.tune import tune_flow
 
-    res = tune_flow(data=flows_env["data"], schedules=["sgd", "sgdr_dlr_clm"], amp=[False], epochs=2, size=32,
-                    batch_size=16, lr_find_iters=12, out_dir=str(flows_env["root"] / "tune"), name="t-child")
+    res = tune_flow(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgd", "sgdr_dlr_clm"], amp=[False], epochs=2,
+                                                            name="t-child"),
+                    training=_train(), lr_find=LRFindConfig(num_iter=12), out_dir=str(flows_env["root"] / "tune"))
     assert len(res["trials"]) == 2 and not res["failed"]
     lo, hi = res["lr_find"]["bracket"]
     for t in res["trials"]:
@@ -90,9 +121,9 @@ def test_tune_flow_reports_a_failing_trial_and_goes_on(flows_env, ray_local):
 
     # A given bracket skips the range test; at LR 1e6 plain SGD diverges (non-finite loss,
     # the trial raises) while Adam's normalised steps keep finite: one fails, the tune goes on.
-    res = tune_flow(data=flows_env["data"], schedules=["sgd", "adam"], amp=[False], epochs=1, size=32,
-                    batch_size=16, out_dir=str(flows_env["root"] / "tune2"), name="t-fail",
-                    lr_bracket=(1e5, 1e6))
+    res = tune_flow(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgd", "adam"], amp=[False], epochs=1,
+                                                            name="t-fail"),
+                    training=_train(), out_dir=str(flows_env["root"] / "tune2"), lr_bracket=[1e5, 1e6])
     assert res["lr_find"] is None
     failed = {t["schedule"] for t in res["failed"]}
     assert "sgd" in failed and all("FloatingPointError" in t["error"] or "non-finite" in t["error"]
@@ -108,8 +139,8 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     # the shipped margin and statistics but lowers the floor so the first version is promoted
     policy = flows_env["root"] / "promotion.yaml"
     policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n")
-    first = retrain_flow(data=flows_env["data"], tune=False, lr=0.01, epochs=3, size=32, batch_size=16,
-                         validate=False, policy=str(policy), out_dir=str(flows_env["root"] / "r1"))
+    first = retrain_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=3), tune=False,
+                         validate_data=False, policy=str(policy), out_dir=str(flows_env["root"] / "r1"))
     assert first["model_version"] == "1" and first["promoted"] is True
     champion = registry.get_alias_version(name, "champion")
     assert champion == "1"
@@ -117,8 +148,8 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     assert v.tags["dataset_version"] == first["dataset_version"] and v.tags["schedule"] == "sgdr_dlr_clm"
     assert v.tags["gate_decision"] in {"promoted", "kept"}
     # a much worse challenger (1 epoch at a tiny LR) never takes the champion alias
-    worse = retrain_flow(data=flows_env["data"], tune=False, lr=1e-6, epochs=1, size=32, batch_size=16,
-                         schedule="sgd", validate=False, policy=str(policy), out_dir=str(flows_env["root"] / "r2"))
+    worse = retrain_flow(data=flows_env["cfg"], training=_train(lr=1e-6, epochs=1, schedule="sgd"), tune=False,
+                         validate_data=False, policy=str(policy), out_dir=str(flows_env["root"] / "r2"))
     assert worse["promoted"] is False
     assert registry.get_alias_version(name, "challenger") == worse["model_version"]
     assert registry.get_alias_version(name, "champion") == champion
@@ -132,7 +163,7 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     from ml.eval.gate import heldout_digest
     from tasks.mlflow_tasks import promotion_gate
 
-    _, cache = prepare_data(flows_env["data"], 0.15, 0.2, 0, 32)
+    _, cache = prepare_data(flows_env["cfg"])
     images, labels = cache.subset("test")
     for version in ("1", worse["model_version"]):
         uri = f"models:/{name}/{version}"
@@ -159,8 +190,8 @@ def test_retrain_stops_on_critical_validation_failures(flows_env):
     name = get_settings().registered_model
     before = len(MlflowClient().search_model_versions(f"name='{name}'"))
     with pytest.raises(ValidationFailed, match="integrity"):
-        retrain_flow(data=flows_env["data"], tune=False, lr=0.01, epochs=1, size=32, batch_size=16,
-                     validate=True, out_dir=str(flows_env["root"] / "r3"))
+        retrain_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), tune=False,
+                     validate_data=True, out_dir=str(flows_env["root"] / "r3"))
     assert len(MlflowClient().search_model_versions(f"name='{name}'")) == before
 
 
@@ -169,9 +200,9 @@ def test_pretrain_then_fine_tune_from_the_stored_backbone(flows_env):
     from flows.train import pretrain_flow, train_flow
 
     weights = flows_env["root"] / "backbone.pt"
-    info = pretrain_flow(data=flows_env["data"], out=str(weights), epochs=1, size=32, amp=False)
+    info = pretrain_flow(out=str(weights), data=flows_env["cfg"], training=_train(lr=0.01, epochs=1))
     assert weights.is_file() and info["weights"] == str(weights)
-    summary = train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16, weights=str(weights),
+    summary = train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1, weights=str(weights)),
                          out_dir=str(flows_env["root"] / "ft"))
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.params["weights"] == str(weights)
@@ -188,7 +219,7 @@ def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatc
     get_settings.cache_clear()
     try:
         with pytest.raises(ServiceUnavailableError, match=f"MLflow.*{url}"):
-            train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16,
+            train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1),
                        out_dir=str(flows_env["root"] / "down"))
     finally:
         monkeypatch.undo()
@@ -206,8 +237,8 @@ def test_tune_storage_on_s3_and_restore_by_name(flows_env, ray_local, s3, monkey
     monkeypatch.setenv("SKINFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
     get_settings.cache_clear()
     try:
-        kwargs = dict(data=flows_env["data"], schedules=["sgdr"], amp=[False], epochs=1, size=32, batch_size=16,
-                      lr_bracket=[0.005, 0.01], out_dir=str(flows_env["root"] / "tune-s3"), name="t-s3")
+        kwargs = dict(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgdr"], amp=[False], epochs=1, name="t-s3"),
+                      training=_train(), lr_bracket=[0.005, 0.01], out_dir=str(flows_env["root"] / "tune-s3"))
         first = tune_flow(**kwargs)
         keys = storage.list(f"{bucket}/skinflow/tune/t-s3/")
         assert any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys), keys[:10]
@@ -224,11 +255,13 @@ def test_repeated_fits_report_mean_and_std(flows_env):
     """repeats=3 refits with seeds 0, 1, 2 and reports mean +/- std over the three evaluations."""
     from flows.train import train_flow
 
-    summary = train_flow(data=flows_env["data"], lr=0.01, epochs=1, size=32, batch_size=16, repeats=3,
+    summary = train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), repeats=3,
                          out_dir=str(flows_env["root"] / "rep"))
     stats = summary["repeats"]["metrics"]["macro_f1"]
     assert summary["repeats"]["n_runs"] == 3 and stats["n"] == 3
-    assert stats["std"] >= 0.0 and 0.0 <= stats["mean"] <= 1.0
+    assert summary["repeats"]["seeds"] == [0, 1, 2], "each refit has its own seed"
+    # three seeds give three different models: their losses cannot all coincide
+    assert summary["repeats"]["metrics"]["loss"]["std"] > 0
     run = MlflowClient().get_run(summary["run_id"])
-    assert run.data.metrics["val_macro_f1_mean"] == pytest.approx(stats["mean"])
+    assert run.data.metrics["test_macro_f1_mean"] == pytest.approx(stats["mean"])
     assert all("±" in text for text in summary["confused_pairs_mean_std"])

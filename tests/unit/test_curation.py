@@ -13,8 +13,6 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ml.quality.curation import (
-    augment_to_count,
-    balance_weights,
     curate_dataset,
     fov_crop,
     gamma_correct,
@@ -99,17 +97,6 @@ def test_fov_crop_frames_the_lesion_at_the_target_share():
     assert np.all(crop == LESION, axis=2).sum() == lesion.sum()  # the whole lesion stays in frame
     big = _skin(size=64, radius=30)
     assert np.array_equal(fov_crop(big), big)
-
-
-def test_balance_weights_and_augmentation_plan():
-    labels = ["a"] * 8 + ["b"] * 2 + ["c"] * 4
-    w = balance_weights(labels)
-    per_class = pd.Series(w).groupby(pd.Series(labels)).sum()
-    assert np.allclose(per_class, len(labels) / 3) and w.mean() == pytest.approx(1.0)
-    plan = augment_to_count(labels).set_index("label")
-    assert plan["n_augment"].to_dict() == {"a": 0, "b": 6, "c": 4}
-    assert plan["copies_per_image"].to_dict() == {"a": 0, "b": 3, "c": 1}
-    assert augment_to_count(labels, target=5).set_index("label")["n_augment"].to_dict() == {"a": 0, "b": 3, "c": 1}
 
 
 def test_quarantine_separates_broken_and_conflicting_files():

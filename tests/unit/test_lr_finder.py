@@ -204,3 +204,17 @@ def test_bracket_runs_from_the_valley_to_the_minimum_loss_point():
     # at least half a decade wide, and clipped to the tested range
     lo, hi = bracket_to_minimum({"valley": 0.09, "min_div10": 0.05, "steepest": 1.0}, lrs)
     assert hi == pytest.approx(1e-1) and lo == pytest.approx(1e-1 / 10**0.5)
+
+
+def test_bracket_keeps_its_width_when_the_minimum_is_the_first_tested_rate():
+    """A curve whose smoothed minimum is its first point (the loss never fell: too few
+    iterations, noisy small data) gives min_div10 below the tested range; the bracket still
+    spans half a decade upwards from the bottom instead of collapsing to one point."""
+    from ml.train.lr_finder import bracket_to_minimum
+
+    lrs = list(np.geomspace(1e-7, 10.0, 12))
+    lo, hi = bracket_to_minimum({"valley": 1e-7, "min_div10": 1e-8, "steepest": 1e-7}, lrs)
+    assert lo == pytest.approx(1e-7) and hi == pytest.approx(1e-7 * 10**0.5)
+    # and never beyond what was tested
+    lo, hi = bracket_to_minimum({"valley": 1e-7, "min_div10": 1e-8, "steepest": 1e-7}, [1e-7, 2e-7])
+    assert (lo, hi) == pytest.approx((1e-7, 2e-7))
