@@ -207,7 +207,12 @@ def load_model_states(model_uri: str) -> tuple[list[dict[str, torch.Tensor]], di
 
 def fetch_weights(uri: str, folder: Path) -> Path:
     """The ``state_dict.pt`` behind an MLflow ``models:/`` or ``runs:/`` URI, downloaded into
-    ``folder`` (the ``fetch`` that :func:`ml.train.models.load_weights` takes)."""
+    ``folder`` (the ``fetch`` that :func:`ml.train.models.load_weights` takes). A registered
+    version's own artifacts are the MLflow flavour only: its weights are read from the source
+    run's ``model/`` folder."""
+    if uri.startswith("models:/"):
+        return Path(mlflow.artifacts.download_artifacts(run_id=_run_id_of(uri), dst_path=str(folder),
+                                                        artifact_path=f"{MODEL_DIR}/{STATE_DICT_FILE}"))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     if local.is_file():
         return local
