@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
@@ -35,19 +34,13 @@ def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
 
 
 def _experiment(name: str, uri: str):
-    """Get or create the experiment; with a local store its artifacts go under the data root
-    (a server chooses its own artifact destination)."""
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        location = None
-        if not uri.startswith("http"):
-            location = (get_settings().data_root / "mlartifacts").resolve().as_uri()
-        try:
-            mlflow.create_experiment(name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created concurrently
-            pass
-        exp = mlflow.get_experiment_by_name(name)
-    return exp
+    """Get or create the experiment, tagged as model development so that the MLflow UI opens it
+    on its runs (an existing untagged one gets the tag); with a local store its artifacts go
+    under the data root (a server chooses its own artifact destination)."""
+    location = None
+    if not uri.startswith("http"):
+        location = (get_settings().data_root / "mlartifacts").resolve().as_uri()
+    return tracking_runs.ensure_experiment(name, artifact_location=location)
 
 
 @task(name="close-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)

@@ -21,6 +21,10 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "
 _METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 _DIGEST_LEN = 36  # width of MLflow's dataset digest column
+# The MLflow 3 UI opens an experiment on its runs (not the GenAI overview) when this tag says so
+# (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -67,6 +71,25 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
     raise ServiceUnavailableError(
         f"MLflow tracking server at {uri} is unreachable: {error} (after {retries} attempts)"
     )
+
+
+def ensure_experiment(name: str, artifact_location: str | None = None):
+    """Get or create the experiment ``name``, tagged as model development
+    (:data:`EXPERIMENT_KIND_TAG`): a new one is created with the tag, an existing one without
+    it gets it (a kind someone set by hand is left alone). Returns the experiment."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location,
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created concurrently
+            pass
+        exp = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        exp = client.get_experiment(exp.experiment_id)
+    return exp
 
 
 def _is_secret(key: str) -> bool:
