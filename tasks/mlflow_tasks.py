@@ -51,7 +51,7 @@ def close_run(run_id: str, status: str = "FINISHED") -> None:
 @task(name="log-validation", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""
-    run_id, _ = open_run.fn("skinflow-validate", f"validate-{report['dataset_version']}",
+    run_id, _ = open_run.fn("skinflow-validate", tracking_runs.run_name("validate", data=report["dataset_version"]),
                             tags={"dataset_version": report["dataset_version"]})
     client = MlflowClient()
     client.log_param(run_id, "source", source)

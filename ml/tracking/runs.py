@@ -25,6 +25,8 @@ _DIGEST_LEN = 36  # width of MLflow's dataset digest column
 # (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+_DEFAULT_ARCH = "resnet18"
+_HEX = re.compile(r"^[0-9a-f]{12,}$")
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -90,6 +92,40 @@ def ensure_experiment(name: str, artifact_location: str | None = None):
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         exp = client.get_experiment(exp.experiment_id)
     return exp
+
+
+def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
+    """A short run name a person compares at a glance in the MLflow runs table, e.g.
+    ``train sgdr_dlr_clm lr=0.0123 fp32 s0`` or ``trial sgdr lr=0.00456 bf16 s0 #3``.
+
+    Order: flow, architecture (only when not resnet18), schedule, ``lr=`` (3 significant
+    digits; ``lr=auto`` when the LR range test chooses it), precision, ``s<seed>``, then the
+    remaining ``parts`` as ``key=value`` in the order given (``trial`` as ``#<value>``; a hex
+    digest such as a dataset version cut to 8 characters). ``cfg`` is a
+    :class:`ml.train.config.TrainConfig` (or a mapping of its fields); ``parts`` override its
+    fields and add others. Precision is ``precision=`` if given (``fp32``/``bf16``/``fp16``),
+    else ``fp32`` without AMP and ``amp`` with it. Parts that are None are left out."""
+    fields = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
+    given = {k: v for k, v in parts.items() if v is not None}
+    known = {k: given.pop(k, fields.get(k)) for k in ("arch", "schedule", "lr", "amp", "precision", "seed")}
+    words = [flow]
+    if known["arch"] and (known["arch"] != _DEFAULT_ARCH or "arch" in parts):
+        words.append(str(known["arch"]))
+    if known["schedule"]:
+        words.append(str(known["schedule"]))
+    if "lr" in fields or "lr" in parts:
+        words.append(f"lr={known['lr']:.3g}" if known["lr"] is not None else "lr=auto")
+    if known["precision"]:
+        words.append(str(known["precision"]))
+    elif known["amp"] is not None:
+        words.append("amp" if known["amp"] else "fp32")
+    if known["seed"] is not None:
+        words.append(f"s{known['seed']}")
+    for key, value in given.items():
+        text = str(value)
+        text = text[:8] if _HEX.match(text) else text
+        words.append(f"#{text}" if key == "trial" else f"{key}={text}")
+    return " ".join(words)
 
 
 def _is_secret(key: str) -> bool:
