@@ -82,7 +82,7 @@ def _trainable(config: dict) -> None:
     from ml.train.loop import Callback, fit
     from ml.train.precision import precision_name
     from ml.tracking.models import fetch_weights
-    from ml.tracking.runs import flatten_config, run_name
+    from ml.tracking.runs import flatten_config, log_dataset_input, run_name
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
     cache = ImageCache.open(config["_cache_dir"])
@@ -114,6 +114,7 @@ def _trainable(config: dict) -> None:
                           run_name=name, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
                                                "dataset_version": cache.version}) as run:
         mlflow.log_params(flatten_config(cfg.to_dict()))
+        log_dataset_input(cache.version, "dataset", str(cache.path), cache.summary())
         train, val = cache.subset("train"), cache.subset("val")
         try:
             fit(train, val, cache.classes, cfg, callbacks=[Report()], fetch_weights=fetch_weights)
