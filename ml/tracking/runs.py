@@ -96,19 +96,22 @@ def ensure_experiment(name: str, artifact_location: str | None = None):
 
 def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
     """A short run name a person compares at a glance in the MLflow runs table, e.g.
-    ``train sgdr_dlr_clm lr=0.0123 fp32 s0`` or ``trial sgdr lr=0.00456 bf16 s0 #3``.
+    ``sgdr_dlr_clm lr=0.0123 fp32 s0 [train]`` or ``sgdr lr=0.00456 bf16 s0 #3 [trial]``.
 
-    Order: flow, architecture (only when not resnet18), schedule, ``lr=`` (3 significant
-    digits; ``lr=auto`` when the LR range test chooses it), precision, ``s<seed>``, then the
-    remaining ``parts`` as ``key=value`` in the order given (``trial`` as ``#<value>``; a hex
-    digest such as a dataset version cut to 8 characters). ``cfg`` is a
+    What differs between runs comes first, because the runs table cuts names after about 22
+    characters; the flow, the same for every run of an experiment, comes last in brackets.
+    Order: architecture (only when not resnet18, or given), schedule, ``lr=`` (3 significant
+    digits; ``lr=auto`` when the LR range test chooses it), precision, ``s<seed>``, the other
+    ``parts`` as ``key=value`` in the order given (a hex digest such as a dataset version cut
+    to 8 characters), ``#<trial>``, ``[flow]``. ``cfg`` is a
     :class:`ml.train.config.TrainConfig` (or a mapping of its fields); ``parts`` override its
     fields and add others. Precision is ``precision=`` if given (``fp32``/``bf16``/``fp16``),
     else ``fp32`` without AMP and ``amp`` with it. Parts that are None are left out."""
     fields = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
     given = {k: v for k, v in parts.items() if v is not None}
     known = {k: given.pop(k, fields.get(k)) for k in ("arch", "schedule", "lr", "amp", "precision", "seed")}
-    words = [flow]
+    trial = given.pop("trial", None)
+    words = []
     if known["arch"] and (known["arch"] != _DEFAULT_ARCH or "arch" in parts):
         words.append(str(known["arch"]))
     if known["schedule"]:
@@ -123,8 +126,10 @@ def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
         words.append(f"s{known['seed']}")
     for key, value in given.items():
         text = str(value)
-        text = text[:8] if _HEX.match(text) else text
-        words.append(f"#{text}" if key == "trial" else f"{key}={text}")
+        words.append(f"{key}={text[:8] if _HEX.match(text) else text}")
+    if trial is not None:
+        words.append(f"#{trial}")
+    words.append(f"[{flow}]")
     return " ".join(words)
 
 

@@ -31,11 +31,11 @@ def test_the_ui_reads_this_tag_and_value() -> None:
 def test_open_run_creates_tagged_experiments(store) -> None:
     from tasks.mlflow_tasks import open_run
 
-    run_id, experiment_id = open_run.fn("skinflow-train", "train sgd lr=0.01 fp32 s0")
+    run_id, experiment_id = open_run.fn("skinflow-train", "sgd lr=0.01 fp32 s0 [train]")
     exp = MlflowClient().get_experiment(experiment_id)
     assert exp.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     assert exp.artifact_location.startswith((store / "data").as_uri())
-    assert MlflowClient().get_run(run_id).info.run_name == "train sgd lr=0.01 fp32 s0"
+    assert MlflowClient().get_run(run_id).info.run_name == "sgd lr=0.01 fp32 s0 [train]"
 
 
 def test_an_existing_untagged_experiment_gets_the_tag(store) -> None:
@@ -43,7 +43,7 @@ def test_an_existing_untagged_experiment_gets_the_tag(store) -> None:
 
     old = mlflow.create_experiment("skinflow-tune")  # as made before skinflow tagged experiments
     assert EXPERIMENT_KIND_TAG not in MlflowClient().get_experiment(old).tags
-    _, experiment_id = open_run.fn("skinflow-tune", "tune sgd s0")
+    _, experiment_id = open_run.fn("skinflow-tune", "sgd s0 [tune]")
     assert experiment_id == old
     assert MlflowClient().get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 

@@ -37,8 +37,9 @@ def test_trials_are_named_and_log_their_dataset(synth_small, ray_local, tmp_path
     assert len(names) == 2 and len(set(names)) == 2, names
     for run in children:
         name, tags = run.info.run_name, run.data.tags
-        assert name.startswith(f"trial {tags['schedule']} lr=") and " fp32 s0 #" in name and len(name) < 60
-        assert tags["trial"].endswith("_" + name.rsplit("#", 1)[1].zfill(5)), "the Ray trial id stays a tag"
+        assert name.startswith(f"{tags['schedule']} lr=") and name.endswith(" [trial]") and len(name) < 60
+        index = name.split(" fp32 s0 #", 1)[1].split()[0]
+        assert tags["trial"].endswith("_" + index.zfill(5)), "the Ray trial id stays a tag"
         (inp,) = run.inputs.dataset_inputs
         assert inp.dataset.name == "dataset" and inp.dataset.digest == cache.version
         assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"

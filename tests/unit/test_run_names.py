@@ -12,7 +12,7 @@ from ml.train.config import TrainConfig
 
 def test_fields_in_order() -> None:
     cfg = TrainConfig(schedule="sgdr_dlr_clm", lr=0.012345, amp=False, seed=0)
-    assert run_name("train", cfg) == "train sgdr_dlr_clm lr=0.0123 fp32 s0"
+    assert run_name("train", cfg) == "sgdr_dlr_clm lr=0.0123 fp32 s0 [train]"
 
 
 def test_lr_to_three_significant_digits_and_none_as_auto() -> None:
@@ -22,7 +22,7 @@ def test_lr_to_three_significant_digits_and_none_as_auto() -> None:
 
 
 def test_precision() -> None:
-    assert run_name("train", TrainConfig(amp=True)).split()[3] == "amp"
+    assert run_name("train", TrainConfig(amp=True)).split()[2] == "amp"
     assert "bf16" in run_name("train", TrainConfig(amp=True), precision="bf16").split()
     assert "fp32" in run_name("train", TrainConfig(amp=False)).split()
 
@@ -30,14 +30,21 @@ def test_precision() -> None:
 def test_parts_override_the_config_and_extras_follow() -> None:
     cfg = TrainConfig(schedule="sgd", lr=0.1, seed=3)
     name = run_name("tune", cfg, schedule="adam", lr=None, data="0123456789abcdef", trial=7)
-    assert name == "tune adam lr=0.1 fp32 s3 data=01234567 #7", "None parts are left out, digests cut"
-    assert run_name("validate", data="0123456789abcdef") == "validate data=01234567"
+    assert name == "adam lr=0.1 fp32 s3 data=01234567 #7 [tune]", "None parts are left out, digests cut"
+    assert run_name("validate", data="0123456789abcdef") == "data=01234567 [validate]"
 
 
 def test_arch_only_when_not_the_default() -> None:
     assert "resnet18" not in run_name("train", TrainConfig())
-    assert run_name("train", TrainConfig(arch="densenet121")).split()[1] == "densenet121"
-    assert run_name("train", arch="resnet18").split()[1] == "resnet18", "asked for explicitly"
+    assert run_name("train", TrainConfig(arch="densenet121")).split()[0] == "densenet121"
+    assert run_name("train", arch="resnet18") == "resnet18 [train]", "asked for explicitly"
+
+
+def test_what_differs_comes_first() -> None:
+    """The runs table shows about the first 22 characters of a name."""
+    a = run_name("train", TrainConfig(schedule="sgdr_dlr_clm", lr=0.0123))
+    b = run_name("train", TrainConfig(schedule="sgdr_dlr_clm", lr=0.0345))
+    assert a[:22] != b[:22]
 
 
 def test_distinct_configs_give_distinct_short_names() -> None:
