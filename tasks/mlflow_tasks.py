@@ -9,6 +9,7 @@ import numpy as np
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from ml.train import recipes
 from ml.eval.gate import GateDecision, PromotionPolicy, decide
@@ -20,8 +21,9 @@ from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, markdown_table, publish_ma
 @task(name="open-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
              tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id).
-    Fails with a message naming the tracking server when it is unreachable."""
+    """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id)
+    and logs the link to the experiment's runs in the MLflow UI. Fails with a message naming
+    the tracking server when it is unreachable."""
     uri = tracking_runs.configure_mlflow(get_settings().mlflow_tracking_uri)
     if uri.startswith("http"):
         tracking_runs.check_mlflow_available(uri)
@@ -30,6 +32,11 @@ def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = MlflowClient().create_run(exp.experiment_id, tags=all_tags, run_name=run_name)
+    try:
+        get_run_logger().info("MLflow run %r: %s", run_name, tracking_runs.runs_page_url(
+            exp.experiment_id, uri if uri.startswith("http") else tracking_runs.MLFLOW_UI))
+    except MissingContextError:  # called outside a flow (open_run.fn)
+        pass
     return run.info.run_id, exp.experiment_id
 
 

@@ -4,6 +4,7 @@ Plain functions with no Prefect import: the tasks layer adds retries."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -25,6 +26,15 @@ _DIGEST_LEN = 36  # width of MLflow's dataset digest column
 # (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# The 3.17 UI itself takes the kind from its GenAI / Model training toggle (the URL's
+# ``workflowType``, else the browser's last choice, else GenAI), so links to skinflow's runs
+# carry ``workflowType=machine_learning`` and a shared view (an experiment tag) that shows the
+# dataset and the validation metrics beside the run names.
+RUNS_VIEW_KEY = "skinflow"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_COLUMNS = ("attributes.`Dataset`", "metrics.`val_balanced_accuracy`", "metrics.`val_macro_f1`",
+                     "metrics.`val_loss`")
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 _DEFAULT_ARCH = "resnet18"
 _HEX = re.compile(r"^[0-9a-f]{12,}$")
 
@@ -77,21 +87,35 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
 
 def ensure_experiment(name: str, artifact_location: str | None = None):
     """Get or create the experiment ``name``, tagged as model development
-    (:data:`EXPERIMENT_KIND_TAG`): a new one is created with the tag, an existing one without
-    it gets it (a kind someone set by hand is left alone). Returns the experiment."""
+    (:data:`EXPERIMENT_KIND_TAG`; a kind someone set by hand is left alone) and with skinflow's
+    runs view (:data:`RUNS_VIEW_TAG`, opened by :func:`runs_page_url`). A new one is created
+    with both tags, an existing one gets what it lacks. Returns the experiment."""
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            client.create_experiment(name, artifact_location=artifact_location,
-                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            client.create_experiment(name, artifact_location=artifact_location, tags=_experiment_tags())
         except mlflow.exceptions.MlflowException:  # created concurrently
             pass
         exp = client.get_experiment_by_name(name)
-    if EXPERIMENT_KIND_TAG not in exp.tags:
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        exp = client.get_experiment(exp.experiment_id)
-    return exp
+    missing = {k: v for k, v in _experiment_tags().items()
+               if exp.tags.get(k) != v and not (k == EXPERIMENT_KIND_TAG and k in exp.tags)}
+    for key, value in missing.items():
+        client.set_experiment_tag(exp.experiment_id, key, value)
+    return client.get_experiment(exp.experiment_id) if missing else exp
+
+
+def _experiment_tags() -> dict[str, str]:
+    view = {"selectedColumns": list(RUNS_VIEW_COLUMNS)}
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: json.dumps(view, separators=(",", ":"))}
+
+
+def runs_page_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
+    """The page of an experiment's runs in the MLflow UI at ``ui`` (a tracking server, or
+    ``mlflow ui`` on a local store): the runs table, not the GenAI overview, with skinflow's
+    columns (:func:`ensure_experiment` stores them on the experiment)."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}")
 
 
 def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
