@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from ml.train import recipes
 from ml.eval.gate import GateDecision, PromotionPolicy, decide
@@ -23,8 +23,9 @@ from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, markdown_table, publish_ma
 @task(name="open-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
              tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id).
-    Fails with a message naming the tracking server when it is unreachable."""
+    """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id)
+    and logs the link to the experiment's runs in the MLflow UI. Fails with a message naming
+    the tracking server when it is unreachable."""
     uri = tracking_runs.configure_mlflow(get_settings().mlflow_tracking_uri)
     if uri.startswith("http"):
         tracking_runs.check_mlflow_available(uri)
@@ -33,23 +34,22 @@ def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = MlflowClient().create_run(exp.experiment_id, tags=all_tags, run_name=run_name)
+    try:
+        get_run_logger().info("MLflow run %r: %s", run_name, tracking_runs.runs_page_url(
+            exp.experiment_id, uri if uri.startswith("http") else tracking_runs.MLFLOW_UI))
+    except MissingContextError:  # called outside a flow (open_run.fn)
+        pass
     return run.info.run_id, exp.experiment_id
 
 
 def _experiment(name: str, uri: str):
-    """Get or create the experiment; with a local store its artifacts go under the data root
-    (a server chooses its own artifact destination)."""
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        location = None
-        if not uri.startswith("http"):
-            location = (get_settings().data_root / "mlartifacts").resolve().as_uri()
-        try:
-            mlflow.create_experiment(name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created concurrently
-            pass
-        exp = mlflow.get_experiment_by_name(name)
-    return exp
+    """Get or create the experiment, tagged as model development so that the MLflow UI opens it
+    on its runs (an existing untagged one gets the tag); with a local store its artifacts go
+    under the data root (a server chooses its own artifact destination)."""
+    location = None
+    if not uri.startswith("http"):
+        location = (get_settings().data_root / "mlartifacts").resolve().as_uri()
+    return tracking_runs.ensure_experiment(name, artifact_location=location)
 
 
 @task(name="close-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
@@ -79,7 +79,7 @@ def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None
 @task(name="log-validation", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
 def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""
-    run_id, _ = open_run.fn("skinflow-validate", f"validate-{report['dataset_version']}",
+    run_id, _ = open_run.fn("skinflow-validate", tracking_runs.run_name("validate", data=report["dataset_version"]),
                             tags={"dataset_version": report["dataset_version"]})
     client = MlflowClient()
     client.log_param(run_id, "source", source)

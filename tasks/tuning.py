@@ -80,8 +80,9 @@ def _trainable(config: dict) -> None:
     from ml.data.cache import ImageCache
     from ml.train.config import TrainConfig
     from ml.train.loop import Callback, fit
+    from ml.train.precision import precision_name
     from ml.tracking.models import fetch_weights
-    from ml.tracking.runs import epoch_metrics, flatten_config
+    from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
     cache = ImageCache.open(config["_cache_dir"])
@@ -108,15 +109,24 @@ def _trainable(config: dict) -> None:
                 _link_or_copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
                 tune.report(report, checkpoint=Checkpoint.from_directory(d))
 
+    name = run_name("trial", cfg, precision=precision_name(cfg.device, cfg.amp), trial=_trial_index(trial))
     with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
-                          run_name=trial, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
-                                                "dataset_version": cache.version}) as run:
+                          run_name=name, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
+                                               "dataset_version": cache.version}) as run:
         mlflow.log_params(flatten_config(cfg.to_dict()))
+        log_dataset_input(cache.version, "dataset", str(cache.path), cache.summary())
         train, val = cache.subset("train"), cache.subset("val")
         try:
             fit(train, val, cache.classes, cfg, callbacks=[Report()], fetch_weights=fetch_weights)
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _trial_index(trial: str) -> str:
+    """``_trainable_ccd60_00003`` -> ``3`` (Tune's trial names end in the trial's index); a name
+    without one is kept whole."""
+    tail = trial.rsplit("_", 1)[-1]
+    return str(int(tail)) if tail.isdigit() else trial
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

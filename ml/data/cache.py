@@ -54,6 +54,12 @@ class ImageCache:
                              f"(splits: {sorted(set(self.splits.tolist()))})")
         return np.asarray(self.images[mask]), self.labels[mask]
 
+    def summary(self) -> pd.DataFrame:
+        """Image counts per (split, label): a compact description of the cached dataset (what a
+        run that only has the cache logs as its dataset input)."""
+        records = pd.DataFrame({"split": self.splits, "label": np.asarray(self.classes)[self.labels]})
+        return records.value_counts(["split", "label"], sort=False).rename("n").reset_index()
+
 
 def resize_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the short side to ``size`` and centre-crop to ``size`` x ``size``."""

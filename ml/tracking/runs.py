@@ -4,6 +4,7 @@ Plain functions with no Prefect import: the tasks layer adds retries."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -21,6 +22,21 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "
 _METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 _DIGEST_LEN = 36  # width of MLflow's dataset digest column
+# The MLflow 3 UI opens an experiment on its runs (not the GenAI overview) when this tag says so
+# (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The 3.17 UI itself takes the kind from its GenAI / Model training toggle (the URL's
+# ``workflowType``, else the browser's last choice, else GenAI), so links to skinflow's runs
+# carry ``workflowType=machine_learning`` and a shared view (an experiment tag) that shows the
+# dataset and the validation metrics beside the run names.
+RUNS_VIEW_KEY = "skinflow"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_COLUMNS = ("attributes.`Dataset`", "metrics.`val_balanced_accuracy`", "metrics.`val_macro_f1`",
+                     "metrics.`val_loss`")
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+_DEFAULT_ARCH = "resnet18"
+_HEX = re.compile(r"^[0-9a-f]{12,}$")
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -67,6 +83,78 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
     raise ServiceUnavailableError(
         f"MLflow tracking server at {uri} is unreachable: {error} (after {retries} attempts)"
     )
+
+
+def ensure_experiment(name: str, artifact_location: str | None = None):
+    """Get or create the experiment ``name``, tagged as model development
+    (:data:`EXPERIMENT_KIND_TAG`; a kind someone set by hand is left alone) and with skinflow's
+    runs view (:data:`RUNS_VIEW_TAG`, opened by :func:`runs_page_url`). A new one is created
+    with both tags, an existing one gets what it lacks. Returns the experiment."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location, tags=_experiment_tags())
+        except mlflow.exceptions.MlflowException:  # created concurrently
+            pass
+        exp = client.get_experiment_by_name(name)
+    missing = {k: v for k, v in _experiment_tags().items()
+               if exp.tags.get(k) != v and not (k == EXPERIMENT_KIND_TAG and k in exp.tags)}
+    for key, value in missing.items():
+        client.set_experiment_tag(exp.experiment_id, key, value)
+    return client.get_experiment(exp.experiment_id) if missing else exp
+
+
+def _experiment_tags() -> dict[str, str]:
+    view = {"selectedColumns": list(RUNS_VIEW_COLUMNS)}
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, RUNS_VIEW_TAG: json.dumps(view, separators=(",", ":"))}
+
+
+def runs_page_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
+    """The page of an experiment's runs in the MLflow UI at ``ui`` (a tracking server, or
+    ``mlflow ui`` on a local store): the runs table, not the GenAI overview, with skinflow's
+    columns (:func:`ensure_experiment` stores them on the experiment)."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}")
+
+
+def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
+    """A short run name a person compares at a glance in the MLflow runs table, e.g.
+    ``sgdr_dlr_clm lr=0.0123 fp32 s0 [train]`` or ``sgdr lr=0.00456 bf16 s0 #3 [trial]``.
+
+    What differs between runs comes first, because the runs table cuts names after about 22
+    characters; the flow, the same for every run of an experiment, comes last in brackets.
+    Order: architecture (only when not resnet18, or given), schedule, ``lr=`` (3 significant
+    digits; ``lr=auto`` when the LR range test chooses it), precision, ``s<seed>``, the other
+    ``parts`` as ``key=value`` in the order given (a hex digest such as a dataset version cut
+    to 8 characters), ``#<trial>``, ``[flow]``. ``cfg`` is a
+    :class:`ml.train.config.TrainConfig` (or a mapping of its fields); ``parts`` override its
+    fields and add others. Precision is ``precision=`` if given (``fp32``/``bf16``/``fp16``),
+    else ``fp32`` without AMP and ``amp`` with it. Parts that are None are left out."""
+    fields = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
+    given = {k: v for k, v in parts.items() if v is not None}
+    known = {k: given.pop(k, fields.get(k)) for k in ("arch", "schedule", "lr", "amp", "precision", "seed")}
+    trial = given.pop("trial", None)
+    words = []
+    if known["arch"] and (known["arch"] != _DEFAULT_ARCH or "arch" in parts):
+        words.append(str(known["arch"]))
+    if known["schedule"]:
+        words.append(str(known["schedule"]))
+    if "lr" in fields or "lr" in parts:
+        words.append(f"lr={known['lr']:.3g}" if known["lr"] is not None else "lr=auto")
+    if known["precision"]:
+        words.append(str(known["precision"]))
+    elif known["amp"] is not None:
+        words.append("amp" if known["amp"] else "fp32")
+    if known["seed"] is not None:
+        words.append(f"s{known['seed']}")
+    for key, value in given.items():
+        text = str(value)
+        words.append(f"{key}={text[:8] if _HEX.match(text) else text}")
+    if trial is not None:
+        words.append(f"#{trial}")
+    words.append(f"[{flow}]")
+    return " ".join(words)
 
 
 def _is_secret(key: str) -> bool:
@@ -168,12 +256,3 @@ def git_commit(repo: str | Path | None = None) -> str | None:
         return None
     return out.stdout.strip() or None
 
-
-def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
-    """A short run name a person can compare at a glance in the MLflow UI: the flow, then the
-    schedule, LR, precision and seed of ``cfg`` (a TrainConfig), then ``parts``."""
-    words = [flow]
-    if cfg is not None:
-        words += [cfg.schedule, f"lr={cfg.lr:.3g}" if cfg.lr else "lr=find", "amp" if cfg.amp else "fp32", f"s{cfg.seed}"]
-    words += [f"{k}={v}" if not isinstance(v, str) else v for k, v in parts.items() if v is not None]
-    return " ".join(words)

@@ -26,3 +26,10 @@ def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
+
+
+def precision_name(device: str | torch.device, amp: bool) -> str:
+    """What a run computes in, for its name: ``fp32``, or the AMP dtype on ``device``
+    (``bf16``/``fp16``)."""
+    dtype = amp_dtype_for(resolve_device(device), amp)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

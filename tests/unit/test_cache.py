@@ -116,3 +116,11 @@ def test_decode_failure_names_the_file(tmp_path: Path) -> None:
         build_cache(unchecked, 8, tmp_path / "cache")
     assert err.value.reason in {"not_an_image", "truncated", "unreadable"}
     assert not any((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_summary_counts_images_per_split_and_label(manifest: Manifest, tmp_path: Path) -> None:
+    cache = build_cache(split_manifest(manifest, val_frac=1 / 3, seed=0, max_distance=None), 8, tmp_path)
+    summary = cache.summary()
+    assert list(summary.columns) == ["split", "label", "n"] and summary["n"].sum() == 18
+    counts = {(s, lab): n for s, lab, n in summary.itertuples(index=False)}
+    assert counts == {(s, lab): 4 if s == "train" else 2 for s in ("train", "val") for lab in CLASSES}

@@ -1,0 +1,46 @@
+"""Ray Tune trial child runs as the MLflow UI lists them: a name per trial that tells them apart
+and the dataset they trained on (real local Ray, sqlite store, tiny synthetic set)."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from ml.settings import get_settings
+from tests.conftest import use_local_stores
+
+pytestmark = pytest.mark.slow
+
+
+def test_trials_are_named_and_log_their_dataset(synth_small, ray_local, tmp_path, monkeypatch):
+    from ml.data.cache import build_cache
+    from ml.data.manifest import build_manifest
+    from ml.data.split import split_manifest
+    from ml.tracking.runs import absolute_tracking_uri
+    from tasks.mlflow_tasks import open_run
+    from tasks.tuning import run_tune
+
+    use_local_stores(monkeypatch, tmp_path)
+    try:
+        cache = build_cache(split_manifest(build_manifest(synth_small), val_frac=0.25, seed=0, max_distance=None),
+                            32, tmp_path / "cache")
+        parent, experiment_id = open_run.fn("skinflow-tune", "tune test")
+        res = run_tune.fn(str(cache.path), (1e-3, 1e-2), {"batch_size": 16, "snapshots": 0}, ["sgd", "sgdr"],
+                          [False], ["resnet18"], 1, 1, parent, experiment_id,
+                          absolute_tracking_uri(get_settings().mlflow_tracking_uri), name="t-names")
+    finally:
+        get_settings.cache_clear()
+    assert not res["failed"]
+    client = MlflowClient()
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    names = sorted(r.info.run_name for r in children)
+    assert len(names) == 2 and len(set(names)) == 2, names
+    for run in children:
+        name, tags = run.info.run_name, run.data.tags
+        assert name.startswith(f"{tags['schedule']} lr=") and name.endswith(" [trial]") and len(name) < 60
+        index = name.split(" fp32 s0 #", 1)[1].split()[0]
+        assert tags["trial"].endswith("_" + index.zfill(5)), "the Ray trial id stays a tag"
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.name == "dataset" and inp.dataset.digest == cache.version
+        assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+        assert '"n"' in inp.dataset.schema and '"split"' in inp.dataset.schema

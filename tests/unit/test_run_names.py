@@ -1,0 +1,76 @@
+"""Run names a person compares at a glance in the MLflow runs table."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ml.tracking.runs import run_name
+from ml.train.config import TrainConfig
+
+
+def test_fields_in_order() -> None:
+    cfg = TrainConfig(schedule="sgdr_dlr_clm", lr=0.012345, amp=False, seed=0)
+    assert run_name("train", cfg) == "sgdr_dlr_clm lr=0.0123 fp32 s0 [train]"
+
+
+def test_lr_to_three_significant_digits_and_none_as_auto() -> None:
+    assert "lr=0.000457" in run_name("train", TrainConfig(lr=0.00045678))
+    assert "lr=1.5" in run_name("train", TrainConfig(lr=1.5))
+    assert "lr=auto" in run_name("train", TrainConfig(lr=None)).split()
+
+
+def test_precision() -> None:
+    assert run_name("train", TrainConfig(amp=True)).split()[2] == "amp"
+    assert "bf16" in run_name("train", TrainConfig(amp=True), precision="bf16").split()
+    assert "fp32" in run_name("train", TrainConfig(amp=False)).split()
+
+
+def test_parts_override_the_config_and_extras_follow() -> None:
+    cfg = TrainConfig(schedule="sgd", lr=0.1, seed=3)
+    name = run_name("tune", cfg, schedule="adam", lr=None, data="0123456789abcdef", trial=7)
+    assert name == "adam lr=0.1 fp32 s3 data=01234567 #7 [tune]", "None parts are left out, digests cut"
+    assert run_name("validate", data="0123456789abcdef") == "data=01234567 [validate]"
+
+
+def test_arch_only_when_not_the_default() -> None:
+    assert "resnet18" not in run_name("train", TrainConfig())
+    assert run_name("train", TrainConfig(arch="densenet121")).split()[0] == "densenet121"
+    assert run_name("train", arch="resnet18") == "resnet18 [train]", "asked for explicitly"
+
+
+def test_what_differs_comes_first() -> None:
+    """The runs table shows about the first 22 characters of a name."""
+    a = run_name("train", TrainConfig(schedule="sgdr_dlr_clm", lr=0.0123))
+    b = run_name("train", TrainConfig(schedule="sgdr_dlr_clm", lr=0.0345))
+    assert a[:22] != b[:22]
+
+
+def test_distinct_configs_give_distinct_short_names() -> None:
+    grid = itertools.product(["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"], [None, 1e-3, 1.23e-3, 0.05],
+                             [False, True], [0, 1], ["resnet18", "resnext101_32x8d"])
+    names = [run_name("trial", TrainConfig(schedule=s, lr=lr, amp=a, seed=seed, arch=arch), trial=12)
+             for s, lr, a, seed, arch in grid]
+    assert len(set(names)) == len(names)
+    assert max(map(len, names)) <= 60, max(names, key=len)
+
+
+def test_a_mapping_works_like_a_config() -> None:
+    cfg = TrainConfig(schedule="sgdr", lr=0.02, amp=True, seed=1)
+    assert run_name("trial", cfg.to_dict()) == run_name("trial", cfg)
+
+
+@pytest.mark.parametrize("trial,index", [("_trainable_ccd60_00003", "3"), ("_trainable_ab12c_00000", "0"),
+                                         ("custom", "custom")])
+def test_trial_index(trial: str, index: str) -> None:
+    from tasks.tuning import _trial_index
+
+    assert _trial_index(trial) == index
+
+
+def test_precision_name_on_cpu() -> None:
+    from ml.train.precision import precision_name
+
+    assert precision_name("cpu", False) == "fp32"
+    assert precision_name("cpu", True) == "bf16"
