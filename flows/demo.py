@@ -47,5 +47,13 @@ def run_demo(out: Path, full: bool = False) -> int:
     uri = get_settings().mlflow_tracking_uri
     print(f"\nfinished in {time.perf_counter() - started:.0f}s")
     print(f"Plots and reports: {Path(out) / 'retrain'}")
-    print(f"Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    print(f"Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}")
+    import mlflow
+
+    from ml.tracking.runs import runs_page_url
+
+    for name in ("skinflow-retrain", "skinflow-tune"):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            print(f"  {name}: {runs_page_url(exp.experiment_id)}")
     return 0
