@@ -13,8 +13,26 @@ import typer
 from ml.data.config import DataConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
-app = typer.Typer(help="skinflow: rapid, robust fine-tuning workflows for small long-tailed image sets.",
-                  no_args_is_help=True, add_completion=False)
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+_HELP = """skinflow: rapid, robust fine-tuning workflows for small long-tailed image sets.
+
+Exit codes: 0 ok; 1 critical findings (validation failures); 2 usage or input errors (one line,
+no traceback); 3 a service (MLflow, S3, Prefect, Ray) did not answer after its retries; 4 an
+unexpected error. --debug (anywhere on the line, or SKINFLOW_DEBUG=1) shows tracebacks."""
+
+
+
+class _App(typer.Typer):
+    """The console script calls ``app()``: that runs :func:`main` (one-line errors, exit codes,
+    redaction); tests and other callers with arguments get typer's behaviour."""
+
+    def __call__(self, *args, **kwargs):
+        if args or kwargs:
+            return super().__call__(*args, **kwargs)
+        return main()
+
+
+app = _App(help=_HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Dataset tools: synthetic data, manifests, splits.", no_args_is_help=True)
 stack_app = typer.Typer(help="Start/stop the local service stack (S3, MLflow, Prefect, worker).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -161,10 +179,13 @@ def _build(cls, **given):
     from pydantic import ValidationError
 
     try:
-        return cls(**{k: v for k, v in given.items() if v is not None})
+        cfg = cls(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in exc.errors())
         _fail(f"invalid {cls.__name__}: {problems}")
+    if cls is DataConfig and "://" not in cfg.source and not Path(cfg.source).exists():
+        _fail(f"dataset source {cfg.source} does not exist (give an ImageFolder dir, a CSV manifest or s3://...)")
+    return cfg
 
 
 def _csv(value: Optional[str]) -> list[str] | None:
@@ -409,5 +430,88 @@ def _stack(verb: str) -> None:
     raise typer.Exit(subprocess.call(["bash", str(script), verb]))
 
 
+# --------------------------------------------------------------------------- entry point
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """Exit code and the one line a user sees for an exception a verb raised."""
+    from pydantic import ValidationError
+
+    from ml.storage import StorageError
+    from ml.tracking.runs import ServiceUnavailableError
+
+    try:
+        from prefect.exceptions import ParameterTypeError
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        ParameterTypeError = ValidationError  # noqa: N806
+    from flows.validate import ValidationFailed
+
+    if isinstance(exc, ValidationFailed):
+        return EXIT_FINDINGS, str(exc)
+    if isinstance(exc, (ServiceUnavailableError, ConnectionError, TimeoutError)) or (
+            isinstance(exc, StorageError) and not isinstance(exc, FileNotFoundError)):
+        return EXIT_SERVICE, str(exc)
+    if isinstance(exc, (ValidationError, ParameterTypeError)):
+        return EXIT_USAGE, " ".join(str(exc).split())
+    if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return EXIT_USAGE, str(exc)
+    return EXIT_INTERNAL, f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+
+
+def _prefect_logs_without_tracebacks() -> None:
+    """Prefect's engines log a failed task or flow run with its traceback; a user error then
+    filled the screen with several. Outside --debug, records of Prefect's loggers keep their
+    one-line message (the exception's repr) and drop the traceback; skinflow prints the error
+    itself as one line. Applied through the log record factory, as Prefect attaches its
+    handlers only when the first flow run starts."""
+    import logging
+
+    base = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = base(*args, **kwargs)
+        if record.exc_info and record.name.startswith("prefect"):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``skinflow`` console script: the typer app, with user errors as one line and an exit
+    code scripts can rely on (see ``skinflow --help``), secrets redacted from every log record."""
+    import os
+    import traceback
+
+    from ml.settings import install_log_redaction, redact_text
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("SKINFLOW_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    install_log_redaction()
+    if not debug and any(a in _FLOW_VERBS for a in args[:1]):
+        _prefect_logs_without_tracebacks()
+    try:
+        code = typer.Typer.__call__(app, args=args, prog_name="skinflow", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        typer.secho("aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            code = exc.exit_code
+        else:
+            code, line = _classify(exc)
+            if debug:
+                traceback.print_exception(exc)
+            typer.secho(f"error: {redact_text(line)}", fg=typer.colors.RED, err=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -12,7 +12,11 @@ here, so they cannot leak into logs or MLflow params through ``Settings.public_d
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import traceback
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -95,17 +99,82 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, str]:
         """Settings safe to log (no secrets are fields; URIs with credentials are masked)."""
-        out = {}
-        for k, v in self.model_dump().items():
-            s = "" if v is None else str(v)
-            if "@" in s and "://" in s:  # user:password@host
-                scheme, rest = s.split("://", 1)
-                s = f"{scheme}://***@{rest.split('@', 1)[1]}"
-            out[k] = s
-        return out
+        return {k: redact_text("" if v is None else str(v)) for k, v in self.model_dump().items()}
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings (call ``get_settings.cache_clear()`` after changing the environment)."""
     return Settings()
+
+
+# --- the one redaction ----------------------------------------------------------------------
+# Every message, log line, MLflow param, artifact and Prefect parameter that could carry a
+# secret goes through these: credentials in URLs (``scheme://user:pw@host``) and the values
+# of secret-named environment variables (``AWS_SECRET_ACCESS_KEY``, ``MLFLOW_TRACKING_PASSWORD``,
+# ``*_TOKEN``, ...) are replaced by ``***``.
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "credentials")
+_SECRET_SHORT = ("pw",)  # whole words only ("PWD" is the working directory)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_MIN_SECRET_LEN = 5  # shorter values ("1", "on") would mask ordinary text
+
+
+def is_secret_name(key: str) -> bool:
+    """Whether a config key or variable names a secret (``aws_secret_access_key``, ``apiKey``)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    return any(w.endswith(_SECRET_WORDS) or w in _SECRET_SHORT for w in words if w)
+
+
+def _secret_values() -> list[str]:
+    values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL credentials masked and secret environment values replaced by ``***``."""
+    out = _URL_USERINFO.sub(r"\g<scheme>***@", text)
+    for value in _secret_values():
+        out = out.replace(value, "***")
+    return out
+
+
+def redact(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of a (nested) mapping without secret-named keys; strings through :func:`redact_text`."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if is_secret_name(str(key)):
+            continue
+        if isinstance(value, Mapping):
+            out[key] = redact(value)
+        elif isinstance(value, str):
+            out[key] = redact_text(value)
+        else:
+            out[key] = value
+    return out
+
+
+class _RedactingRecordFactory:
+    def __init__(self, base: Callable[..., logging.LogRecord]) -> None:
+        self.base = base
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's business
+            return record
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return record
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process creates (console, files, Prefect's API handler
+    that stores logs in its database): idempotent."""
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingRecordFactory):
+        logging.setLogRecordFactory(_RedactingRecordFactory(factory))

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "credentials")
+from ml.settings import redact, redact_text
+
 _METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 _DIGEST_LEN = 36  # width of MLflow's dataset digest column
 # The MLflow 3 UI opens an experiment on its runs (not the GenAI overview) when this tag says so
 # (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
@@ -66,23 +65,35 @@ def absolute_tracking_uri(uri: str) -> str:
 def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> None:
     """Raise :class:`ServiceUnavailableError` unless an http(s) tracking server answers
     ``GET /health`` within ``retries`` attempts (waits ``backoff * 2**i`` between them).
-    Local stores (sqlite, file) need no server and always pass."""
+    Credentials come from the URI (``http://user:pw@host``) or from
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, as for MLflow's own client; a server
+    that refuses them fails at once (no retry can fix that). Messages never show the
+    credentials. Local stores (sqlite, file) need no server and always pass."""
+    import requests
+
     if not uri.startswith(("http://", "https://")):
         return
     health = uri.rstrip("/") + "/health"
-    error: Exception | None = None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    auth = (user, password or "") if user else None  # else requests takes them from the URL
+    shown = redact_text(uri)
+    error: Exception | str | None = None
     for attempt in range(retries):
         try:
-            with urllib.request.urlopen(health, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            error = exc
+            response = requests.get(health, timeout=5, auth=auth)
+            if response.status_code in (401, 403):
+                raise ServiceUnavailableError(
+                    f"MLflow tracking server at {shown} refused the credentials (HTTP {response.status_code}): "
+                    "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or the user:password in the URI")
+            if response.status_code == 200:
+                return
+            error = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
         if attempt < retries - 1:
             time.sleep(backoff * 2**attempt)
     raise ServiceUnavailableError(
-        f"MLflow tracking server at {uri} is unreachable: {error} (after {retries} attempts)"
-    )
+        f"MLflow tracking server at {shown} is unreachable: {redact_text(str(error))} (after {retries} attempts)")
 
 
 def ensure_experiment(name: str, artifact_location: str | None = None):
@@ -155,27 +166,6 @@ def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
         words.append(f"#{trial}")
     words.append(f"[{flow}]")
     return " ".join(words)
-
-
-def _is_secret(key: str) -> bool:
-    """Whether a config key names a secret (``aws_secret_access_key``, ``apiKey``, ...)."""
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
-    return any(w.endswith(_SECRET_WORDS) for w in words if w)
-
-
-def redact(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy of a (nested) config without secret-like keys; credentials in URLs are masked."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if _is_secret(str(key)):
-            continue
-        if isinstance(value, Mapping):
-            out[key] = redact(value)
-        elif isinstance(value, str):
-            out[key] = _URL_USERINFO.sub(r"\g<scheme>***@", value)
-        else:
-            out[key] = value
-    return out
 
 
 def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
