@@ -121,6 +121,7 @@ def data_manifest(
     """Build the manifest of a dataset: file digests, labels, bad files with reasons, version."""
     from ml.data.manifest import build_manifest, load_class_map
 
+    _check_out_file(out)
     m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
     if out:
         m.save(out)
@@ -140,6 +141,7 @@ def data_split(
     from ml.data.manifest import build_manifest, load_class_map
     from ml.data.split import split_manifest
 
+    _check_out_file(out)
     m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
     try:
         m = split_manifest(m, val_frac=val_frac, test_frac=test_frac, seed=seed)
@@ -147,6 +149,12 @@ def data_split(
         _fail(str(exc))
     m.save(out)
     _print_summary(m)
+
+
+def _check_out_file(out: Optional[Path]) -> None:
+    """``--out`` names a file to write (with a ``.json`` beside it), never a folder."""
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a directory: give a file path such as {out / 'manifest.csv'}")
 
 
 def _print_summary(m) -> None:
