@@ -356,14 +356,19 @@ def validate(
     policy: Optional[Path] = typer.Option(None, help="Validation policy YAML (default policies/validation.yaml)."),
     out: Path = typer.Option(Path("outputs/validate"), help="Report folder (GX Data Docs, JSON)."),
 ):
-    """Validate a dataset version with Great Expectations; exits 1 on critical failures."""
+    """Validate a dataset version with Great Expectations; exits 1 on critical failures, 3 when the
+    results (printed either way) could not be recorded in MLflow or the store."""
     from flows.validate import validate_flow
 
     report = validate_flow(data=_build(DataConfig, source=source, class_map=class_map),
                            policy=str(policy) if policy else None, out_dir=str(out), fail_on_critical=False)
     _print_validation(report)
+    for line in report["not_recorded"]:
+        typer.secho(f"error: {line}; the reports above are on disk", fg=typer.colors.RED, err=True)
     if not report["passed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FINDINGS)
+    if report["not_recorded"]:
+        raise typer.Exit(EXIT_SERVICE)
 
 
 def _print_validation(report: dict) -> None:

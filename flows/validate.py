@@ -7,6 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from ml.data.config import DataConfig
+from ml.storage import StorageError
+from ml.tracking.runs import ServiceUnavailableError
 
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
@@ -47,8 +49,19 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     }
     from prefect.runtime import flow_run
 
-    out["data_docs_uri"] = store_data_docs(str(docs_dir), manifest.version, flow_run.get_id() or "local")
-    log_validation(out, docs_dir, source)
+    # the findings stand whether or not they can be recorded: a store or tracking server that
+    # is down (after the tasks' retries) is reported beside them, not instead of them
+    out["not_recorded"] = []
+    try:
+        out["data_docs_uri"] = store_data_docs(str(docs_dir), manifest.version, flow_run.get_id() or "local")
+    except StorageError as exc:
+        out["data_docs_uri"], out["not_recorded"] = None, [f"Data Docs not stored: {exc}"]
+    try:
+        log_validation(out, docs_dir, source)
+    except ServiceUnavailableError as exc:
+        out["not_recorded"].append(f"no skinflow-validate run in MLflow: {exc}")
+    for line in out["not_recorded"]:
+        logger.warning("%s (reports stay in %s)", line, docs_dir.parent)
     for w in out["warnings"]:
         logger.warning("validation warning: %s", w)
     if not report.passed and fail_on_critical:

@@ -63,8 +63,8 @@ def absolute_tracking_uri(uri: str) -> str:
 
 
 def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> None:
-    """Raise :class:`ServiceUnavailableError` unless an http(s) tracking server answers
-    ``GET /health`` within ``retries`` attempts (waits ``backoff * 2**i`` between them).
+    """Raise :class:`ServiceUnavailableError` unless an http(s) tracking server answers an API
+    request (a one-experiment search) within ``retries`` attempts (waits ``backoff * 2**i`` between them).
     Credentials come from the URI (``http://user:pw@host``) or from
     ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, as for MLflow's own client; a server
     that refuses them fails at once (no retry can fix that). Messages never show the
@@ -73,7 +73,8 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
 
     if not uri.startswith(("http://", "https://")):
         return
-    health = uri.rstrip("/") + "/health"
+    # an API call, not /health: a server with authentication answers /health to anyone
+    health = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     auth = (user, password or "") if user else None  # else requests takes them from the URL
     shown = redact_text(uri)
@@ -88,6 +89,10 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
             if response.status_code == 200:
                 return
             error = f"HTTP {response.status_code}"
+        except requests.Timeout:
+            error = "no answer within 5 s"
+        except requests.ConnectionError:
+            error = "connection refused or host unreachable"
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         if attempt < retries - 1:
