@@ -348,7 +348,7 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
     from ml.train.models import build_model
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
-    from ml.train.precision import amp_dtype_for
+    from ml.train.precision import choose_precision
     from ml.train.transforms import channel_stats, to_float_batch
 
     n = profile.throughput_batches * BATCH
@@ -363,7 +363,7 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
                            "size": profile.size, "repeats": profile.throughput_repeats}
 
     for precision in PRECISIONS:
-        dtype = amp_dtype_for(device, precision == "amp")
+        dtype = choose_precision(device, precision == "amp").dtype
 
         def bare() -> float:
             torch.manual_seed(profile.seed)
