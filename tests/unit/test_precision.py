@@ -113,7 +113,7 @@ def test_machine_flags_come_from_proc_cpuinfo_or_torch(monkeypatch) -> None:
         prec.machine_cpu_flags.cache_clear()
 
 
-# --- fit and the LR range test use the decision ----------------------------------
+# --- fit, the LR range test and the tune grid use the decision ----------------------------------
 
 
 def _tiny_data(n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -169,3 +169,18 @@ def test_lr_range_test_uses_the_same_decision(monkeypatch, flags, capability, ex
     recipes.find_lr(_tiny_data(6), ["a", "b", "c"], _tiny_cfg(), num_iter=2)
     assert seen["amp_dtype"] is expected
 
+
+def test_tune_grid_drops_the_amp_cell_that_would_train_fp32() -> None:
+    from tasks.tuning import amp_grid, search_space
+
+    space, note = search_space((1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu",
+                               cpu_flags=AVX2_FLAGS, capability="AVX2")
+    assert space["amp"] == {"grid_search": [False]}
+    assert note == f"amp [False, True] is one configuration on this machine ({NO_BF16}): one cell, amp=False"
+    space, note = search_space((1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu",
+                               cpu_flags=XEON_FLAGS, capability="AVX512")
+    assert space["amp"] == {"grid_search": [False, True]} and note is None
+    # forced AMP is a different configuration again; a single value is left as asked
+    assert amp_grid([False, True], "cpu", force=True, cpu_flags=AVX2_FLAGS, capability="AVX2") == ([False, True], None)
+    assert amp_grid([True], "cpu", cpu_flags=AVX2_FLAGS, capability="AVX2") == ([True], None)
+    assert amp_grid([True, False], "cpu", cpu_flags=AVX2_FLAGS, capability="AVX2")[0] == [False]
