@@ -55,7 +55,7 @@ from ml.train.models import build_model  # noqa: E402
 from ml.train.batches import TrainBatches
 from ml.train.config import TrainConfig
 from ml.train.loop import Callback, fit
-from ml.train.precision import amp_dtype_for, resolve_device
+from ml.train.precision import choose_precision, resolve_device
 from ml.train.transforms import channel_stats, to_float_batch  # noqa: E402
 
 TITLE = "## GPU throughput (`bench/gpu_check.sh`)"
@@ -161,7 +161,8 @@ def measure_config(images: np.ndarray, labels: np.ndarray, norm: Any, num_classe
                    precision: str, args: argparse.Namespace, device: torch.device,
                    deadline: float) -> dict[str, Any]:
     """bare / bare+pipeline / fit for one (size, batch, precision): warm-up, then interleaved repeats."""
-    dtype = amp_dtype_for(device, precision == "amp")
+    chosen = choose_precision(device, precision == "amp")
+    dtype = chosen.dtype
     n = len(labels)
     steps = n // batch
     val = (images[:32], labels[:32])
@@ -225,7 +226,7 @@ def measure_config(images: np.ndarray, labels: np.ndarray, norm: Any, num_classe
             runs[name].append(fn())
     images_per_run = steps * batch
     out: dict[str, Any] = {"size": size, "batch": batch, "precision": precision,
-                           "amp_dtype": str(dtype).removeprefix("torch.") if dtype else None,
+                           "amp_dtype": chosen.dtype_name,
                            "steps": steps, "images_per_run": images_per_run, "repeats": len(runs["fit"]),
                            "staged_batches_gib": staged}
     for name, rs in runs.items():
@@ -296,7 +297,7 @@ def device_description(device: torch.device) -> dict[str, Any]:
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "amp_dtype": str(amp_dtype_for(device, True)).removeprefix("torch."),
+        "amp_dtype": choose_precision(device, True).dtype_name,
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ class Profile:
     throughput_repeats: int = 5
     loader_repeats: int = 5
     quick: bool = False
+    force_amp: bool = False  # bf16 autocast in the AMP rows even on a CPU without native bf16
 
 
 QUICK = Profile(size=32, epochs=2, datasets=("synth",), source_per_class=12, pretrain_epochs=1,
@@ -117,6 +119,18 @@ def variant_lr(variant: str, chosen: float) -> float:
     if variant == "adam":
         return adam_lr(chosen)
     return chosen
+
+
+def cpu_precision(force_amp: bool = False) -> dict[str, Any]:
+    """What AMP means on this CPU: torch's capability string, the native bf16 flags, the decision."""
+    import torch
+
+    from ml.train.precision import NATIVE_BF16_FLAGS, choose_precision, machine_cpu_capability, machine_cpu_flags
+
+    return {"cpu_capability": machine_cpu_capability(),
+            "cpu_native_bf16": sorted(NATIVE_BF16_FLAGS & machine_cpu_flags()),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+            "amp_precision": choose_precision(torch.device("cpu"), True, force_amp).reason}
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -203,7 +217,7 @@ def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
     images, labels, classes = prepare_source(profile, work)
     path = work / f"pretrained_{ARCH}_{profile.size}px_seed{profile.seed}.pt"
     cfg = TrainConfig(arch=ARCH, schedule="sgdr", lr=profile.pretrain_lr, epochs=profile.pretrain_epochs,
-                      batch_size=BATCH, amp=True, seed=profile.seed, progress=False)
+                      batch_size=BATCH, amp=True, force_amp=profile.force_amp, seed=profile.seed, progress=False)
     start = time.perf_counter()
     result = pretrain(images, labels, classes, cfg, path)
     info = {
@@ -243,7 +257,8 @@ def run_variant(data: dict[str, Any], weights: str, variant: str, precision: str
     from ml.train.loop import fit
 
     cfg = TrainConfig(arch=ARCH, weights=weights, schedule=variant, lr=lr, epochs=profile.epochs,
-                      batch_size=BATCH, amp=precision == "amp", snapshots=3, seed=profile.seed, progress=False)
+                      batch_size=BATCH, amp=precision == "amp", force_amp=profile.force_amp, snapshots=3,
+                      seed=profile.seed, progress=False)
     try:
         result = fit(data["train"], data["val"], data["classes"], cfg)
     except (FloatingPointError, RuntimeError, ValueError) as exc:
@@ -348,7 +363,7 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
     from ml.train.models import build_model
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
-    from ml.train.precision import amp_dtype_for
+    from ml.train.precision import choose_precision
     from ml.train.transforms import channel_stats, to_float_batch
 
     n = profile.throughput_batches * BATCH
@@ -363,7 +378,7 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
                            "size": profile.size, "repeats": profile.throughput_repeats}
 
     for precision in PRECISIONS:
-        dtype = amp_dtype_for(device, precision == "amp")
+        dtype = choose_precision(device, precision == "amp", profile.force_amp).dtype
 
         def bare() -> float:
             torch.manual_seed(profile.seed)
@@ -381,7 +396,8 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
         def ours() -> tuple[float, float]:
             timer = _TrainPhaseTimer()
             cfg = TrainConfig(arch=ARCH, schedule="sgdr_dlr_clm", lr=0.01, epochs=1, batch_size=BATCH,
-                              amp=precision == "amp", snapshots=3, seed=profile.seed, progress=False)
+                              amp=precision == "amp", force_amp=profile.force_amp, snapshots=3, seed=profile.seed,
+                              progress=False)
             result = fit((images, labels), val, classes, cfg, callbacks=[timer])
             return timer.end - timer.begin, result.history[0]["epoch_seconds"]
 
@@ -453,7 +469,8 @@ def dataset_table(ds: dict[str, Any]) -> str:
             continue
         ttt = r.get("time_to_target")
         rows.append([
-            r["variant"], r["precision"] + (f" ({r['amp_dtype']})" if r.get("amp_dtype") else ""), f"{r['lr']:.3g}",
+            r["variant"], r["precision"] + (f" ({r.get('amp_dtype') or 'fp32'})" if r["precision"] == "amp" else ""),
+            f"{r['lr']:.3g}",
             f"{r['best_val_balanced_accuracy']:.3f}", f"{r['test_macro_f1']:.3f}" + (
                 f" (ens. {r['test_models']})" if r["test_models"] > 1 else ""),
             str(ttt["epoch"]) if ttt else "never", f"{ttt['seconds']:.1f}" if ttt else "—",
@@ -506,8 +523,14 @@ def interpretation(result: dict[str, Any]) -> list[str]:
         pairs = [(r, next((a for a in ok if a["variant"] == r["variant"] and a["precision"] == "amp"), None))
                  for r in ok if r["precision"] == "fp32"]
         factors = [f["wall_seconds"] / a["wall_seconds"] for f, a in pairs if a is not None and a["wall_seconds"] > 0]
-        if factors:
-            text += f" AMP (bf16) made the whole {ds['info']['counts']['train']}-image fits {median(factors):.2f}x faster (median over variants)."
+        dtypes = {a["amp_dtype"] for _, a in pairs if a is not None}
+        if factors and dtypes == {None}:
+            text += (f" The AMP rows trained in fp32 ({result['machine']['amp_precision']}): their times repeat "
+                     "fp32's, not an AMP speed-up.")
+        elif factors:
+            text += (f" AMP ({', '.join(sorted(d for d in dtypes if d))}) made the whole "
+                     f"{ds['info']['counts']['train']}-image fits {median(factors):.2f}x faster (median over variants) "
+                     f"on this CPU ({result['machine']['cpu_capability']}); the factor is machine-dependent.")
         if failed:
             text += f" Failed: {', '.join(failed)}."
         lines.append(text)
@@ -554,7 +577,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         "## Machine",
         "",
         md_table(["item", "value"], [
-            ["CPU", m["cpu_model"]], ["cores (usable / logical)", f"{m['usable_cores']} / {m['logical_cpus']}"],
+            ["CPU", m["cpu_model"]],
+            ["CPU capability (torch) / native bf16 flags",
+             f"{m['cpu_capability']} / {', '.join(m['cpu_native_bf16']) or 'none'}"],
+            ["AMP on this CPU", m["amp_precision"]],
+            ["cores (usable / logical)", f"{m['usable_cores']} / {m['logical_cpus']}"],
             ["load average at start / end", f"{m['load_average_at_start']} / {result.get('load_average_at_end')}"],
             ["torch", m["torch"]], ["torch threads", str(m["torch_threads"])],
             ["flush denormal", "on" if m["flush_denormal"] else "off (unsupported)"],
@@ -649,6 +676,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="RESULTS.md path; JSON goes to <dir>/out/")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all usable cores)")
+    ap.add_argument("--force-amp", action="store_true",
+                    help="bf16 autocast in the AMP rows even where the CPU has no native bf16 (default: fp32 there)")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="synthetic images, caches, pretrained weights (default <out dir>/out/work)")
     return ap.parse_args(argv)
@@ -656,7 +685,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_profile(args: argparse.Namespace) -> Profile:
     profile = QUICK if args.quick else Profile()
-    changes: dict[str, Any] = {"seed": args.seed}
+    changes: dict[str, Any] = {"seed": args.seed, "force_amp": args.force_amp}
     if args.size is not None:
         changes["size"] = args.size
     if args.epochs is not None:
@@ -677,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "command": command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "machine": machine_description(torch_settings),
+        "machine": {**machine_description(torch_settings), **cpu_precision(profile.force_amp)},
         "profile": asdict(profile),
         "json_path": str(json_path),
         "datasets": [],

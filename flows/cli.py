@@ -251,6 +251,7 @@ def train(
     epochs: Optional[int] = _opt(TrainConfig, "epochs"),
     batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
     amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    force_amp: Optional[bool] = _opt(TrainConfig, "force_amp", flag=True),
     weights: Optional[str] = _opt(TrainConfig, "weights"),
     snapshots: Optional[int] = _opt(TrainConfig, "snapshots"),
     weighted_sampler: Optional[bool] = _opt(TrainConfig, "weighted_sampler", flag=True),
@@ -267,8 +268,8 @@ def train(
         data=_build(DataConfig, source=data, class_map=class_map, size=size, val_frac=val_frac, test_frac=test_frac,
                     seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, batch_size=batch_size,
-                        amp=amp, weights=weights, snapshots=snapshots, weighted_sampler=weighted_sampler, tta=tta,
-                        seed=seed),
+                        amp=amp, force_amp=force_amp, weights=weights, snapshots=snapshots,
+                        weighted_sampler=weighted_sampler, tta=tta, seed=seed),
         repeats=repeats, out_dir=str(out)))
 
 

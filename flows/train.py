@@ -31,6 +31,13 @@ def prepare_data(data: DataConfig):
     return manifest, build_image_cache(manifest, data.size)
 
 
+def precision_of(training: TrainConfig):
+    """The precision ``training`` runs in on this machine (what ``fit`` will choose)."""
+    from ml.train.precision import choose_precision, resolve_device
+
+    return choose_precision(resolve_device(training.device), training.amp, training.force_amp)
+
+
 def eval_split_of(cache) -> str:
     """The split final figures come from: the held-out test split when there is one, else val."""
     return "test" if len(cache.subset("test")[1]) else "val"
@@ -54,7 +61,8 @@ def train_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainCon
     when the data have none) -> log plots, metrics and model; with ``repeats > 1`` also refit with
     further seeds and report mean +/- std (Table 4.2 form)."""
     manifest, cache = prepare_data(data)
-    with tracked_run("skinflow-train", run_name("train", training, arch=training.arch)) as (run_id, _):
+    with tracked_run("skinflow-train", run_name("train", training, arch=training.arch,
+                                                precision=precision_of(training).name)) as (run_id, _):
         cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
         result = train_model(cache, cfg, run_id)
         eval_split = eval_split_of(cache)

@@ -89,8 +89,8 @@ def train_model(cache, cfg: TrainConfig, run_id: str) -> TrainResult:
         except Exception as exc:  # noqa: BLE001
             logger.warning("could not write the last epoch metrics to MLflow: %s", exc)
         raise
-    logger.info("trained %s/%s in %.1fs: val balanced acc %.3f", cfg.arch, cfg.schedule, result.wall_seconds,
-                result.val_metrics["balanced_accuracy"])
+    logger.info("trained %s/%s (%s) in %.1fs: val balanced acc %.3f", cfg.arch, cfg.schedule,
+                result.precision.name, result.wall_seconds, result.val_metrics["balanced_accuracy"])
     return result
 
 
@@ -116,12 +116,14 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
         metrics = evaluation["metrics"]
         report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
                   "epochs_run": result.epochs_run, "wall_seconds": result.wall_seconds,
-                  "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **(extra or {})}
+                  "best_epoch": result.best_epoch, "snapshots": len(result.snapshots), **result.precision.tags(),
+                  **(extra or {})}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
         with mlflow.start_run(run_id=run_id):
             tracking_runs.log_params({**result.config, "dataset_version": cache.version})
             tracking_runs.set_standard_tags(cache.version, tracking_runs.git_commit(), result.config["schedule"],
                                        result.config["amp"], result.device)
+            mlflow.set_tags(result.precision.tags())  # what AMP became on this machine, and why
             tracking_runs.log_dataset_input(cache.version, "dataset", manifest.source,
                                        manifest.records[["path", "label", "split"]])
             tracking_runs.log_plots(plots.values())

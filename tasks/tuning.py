@@ -36,9 +36,29 @@ def resources_per_trial(cpus: int = 1, gpus: float | None = None) -> dict[str, f
     return {"cpu": cpus, "gpu": gpus}
 
 
-def search_space(bracket: tuple[float, float], schedules: list[str], amp: list[bool],
-                 archs: list[str]) -> dict[str, Any]:
-    """Log-uniform LR inside the bracket; grid over schedules, AMP and architectures."""
+def amp_grid(amp: list[bool], device: Any = "auto", force: bool = False, cpu_flags: Any = None,
+             capability: str | None = None) -> tuple[list[bool], str | None]:
+    """The AMP values worth a grid cell each on ``device``: where AMP would train in fp32 anyway
+    (a CPU without native bf16, see :func:`ml.train.precision.choose_precision`), AMP off and on
+    are one configuration and collapse to ``[False]``. Returns the values and a note saying why
+    they collapsed (None when they did not)."""
+    from ml.train.precision import choose_precision, resolve_device
+
+    values = list(amp)
+    if set(values) != {False, True}:
+        return values, None
+    precision = choose_precision(resolve_device(device), True, force, cpu_flags, capability)
+    if precision.dtype is not None:
+        return values, None
+    return [False], f"amp [False, True] is one configuration on this machine ({precision.reason}): one cell, amp=False"
+
+
+def search_space(bracket: tuple[float, float], schedules: list[str], amp: list[bool], archs: list[str],
+                 device: Any = "auto", force: bool = False, cpu_flags: Any = None,
+                 capability: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """Log-uniform LR inside the bracket; grid over schedules, AMP (see :func:`amp_grid`: no
+    trials for an AMP cell that would train in fp32 anyway) and architectures. Returns the space
+    and :func:`amp_grid`'s note."""
     from ray import tune
 
     from ml.train.schedules import VARIANTS
@@ -49,12 +69,13 @@ def search_space(bracket: tuple[float, float], schedules: list[str], amp: list[b
     lo, hi = bracket
     if not (0 < lo < hi and math.isfinite(hi)):
         raise ValueError(f"invalid LR bracket {bracket}")
+    amp, note = amp_grid(amp, device, force, cpu_flags, capability)
     return {
         "lr": tune.loguniform(lo, hi),
         "schedule": tune.grid_search(list(schedules)),
-        "amp": tune.grid_search(list(amp)),
+        "amp": tune.grid_search(amp),
         "arch": tune.grid_search(list(archs)),
-    }
+    }, note
 
 
 def storage_for(settings: Settings, experiment: str) -> tuple[str, Any]:
@@ -80,9 +101,9 @@ def _trainable(config: dict) -> None:
     from ml.data.cache import ImageCache
     from ml.train.config import TrainConfig
     from ml.train.loop import Callback, fit
-    from ml.train.precision import precision_name
     from ml.tracking.models import fetch_weights
     from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
+    from ml.train.precision import choose_precision, resolve_device
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
     cache = ImageCache.open(config["_cache_dir"])
@@ -97,6 +118,7 @@ def _trainable(config: dict) -> None:
 
     mlflow.set_tracking_uri(config["_tracking_uri"])
     trial = tune.get_context().get_trial_name()
+    precision = choose_precision(resolve_device(cfg.device), cfg.amp, cfg.force_amp)  # as fit chooses it
 
     class Report(Callback):
         def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
@@ -109,10 +131,10 @@ def _trainable(config: dict) -> None:
                 _link_or_copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
                 tune.report(report, checkpoint=Checkpoint.from_directory(d))
 
-    name = run_name("trial", cfg, precision=precision_name(cfg.device, cfg.amp), trial=_trial_index(trial))
+    name = run_name("trial", cfg, precision=precision.name, trial=_trial_index(trial))
     with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
                           run_name=name, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
-                                               "dataset_version": cache.version}) as run:
+                                               **precision.tags(), "dataset_version": cache.version}) as run:
         mlflow.log_params(flatten_config(cfg.to_dict()))
         log_dataset_input(cache.version, "dataset", str(cache.path), cache.summary())
         train, val = cache.subset("train"), cache.subset("val")
@@ -160,6 +182,7 @@ def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, sc
     """Run (or resume) the sweep; returns the best trial's config/metrics and every trial's outcome.
     Trials report every epoch but checkpoint only once ``checkpoint_interval_s`` has passed
     since their last checkpoint, and after their final epoch (0: every epoch)."""
+    from prefect import get_run_logger
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
     from ray.tune.schedulers import ASHAScheduler
@@ -167,11 +190,16 @@ def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, sc
     settings = get_settings()
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
-    _ray_init(settings)
     resources = resources_per_trial(cpus_per_trial, gpus_per_trial)
+    # the trials' device as fit resolves it (a remote Ray cluster's CPUs may differ from this one's)
+    grid, amp_note = search_space(bracket, schedules, amp, archs, device=base_config.get("device", "auto"),
+                                  force=bool(base_config.get("force_amp", False)))
+    if amp_note:
+        get_run_logger().warning(amp_note)
+    _ray_init(settings)
     trainable = tune.with_resources(_trainable, resources)
     space = {
-        **search_space(bracket, schedules, amp, archs),
+        **grid,
         "_base": {**base_config, "epochs": epochs, "seed": seed, "checkpoint_interval_s": checkpoint_interval_s},
         "_cache_dir": cache_dir, "_cpus": cpus_per_trial, "_tracking_uri": tracking_uri,
         "_parent_run_id": parent_run_id, "_experiment_id": experiment_id,
@@ -194,8 +222,7 @@ def run_tune(cache_dir: str, bracket: tuple[float, float], base_config: dict, sc
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=0),
         )
-    grid = tuner.fit()
-    return summarize_grid(grid)
+    return {**summarize_grid(tuner.fit()), "amp_note": amp_note}
 
 
 def _history(result) -> list[dict[str, float]]:

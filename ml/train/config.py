@@ -43,7 +43,10 @@ class TrainConfig(_Config):
     epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles.")
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    amp: bool = Field(False, description="Mixed precision where it helps on this machine.")
+    amp: bool = Field(False, description="Mixed precision where it helps on this machine: CUDA, or a CPU with "
+                                         "native bf16 (avx512_bf16/amx_bf16); elsewhere fp32.")
+    force_amp: bool = Field(False, description="With amp: bf16 autocast even on a CPU without native bf16 "
+                                               "(can be many times slower than fp32).")
     channels_last: bool = False
     snapshots: int = Field(3, ge=0, description="Snapshot-ensemble size (cycle ends kept); 0 = off.")
     early_stopping_patience: int | None = Field(None, gt=0)

@@ -25,7 +25,7 @@ from ml.train.batches import Arrays, TrainBatches, normalisation_for
 from ml.train.checkpoint import StateDict, cpu_state, rng_state, save_atomic, set_rng_state
 from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
-from ml.train.precision import amp_dtype_for, autocast, resolve_device
+from ml.train.precision import Precision, autocast, choose_precision, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
 from ml.train.schedules import Schedule, make_schedule
 from ml.train.transforms import Stats
@@ -85,6 +85,12 @@ class TrainResult:
     norm: Stats
     stopped_early: bool
     weights_report: dict[str, Any] | None = None
+    precision_reason: str = ""  # why the run trained at `amp_dtype` (see `choose_precision`)
+
+    @property
+    def precision(self) -> Precision:
+        """The precision the run trained (and predicts) in, and why."""
+        return Precision(getattr(torch, self.amp_dtype) if self.amp_dtype else None, self.precision_reason)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 128, tta: bool | None = None) -> np.ndarray:
         """Class probabilities; the mean softmax over snapshots when there are any."""
@@ -92,7 +98,7 @@ class TrainResult:
             norm=self.norm,
             device=torch.device(self.device),
             batch_size=batch_size,
-            amp_dtype=getattr(torch, self.amp_dtype) if self.amp_dtype else None,
+            amp_dtype=self.precision.dtype,
             tta=self.config["tta"] if tta is None else tta,
         )
         if self.snapshots:
@@ -297,7 +303,8 @@ def fit(
     _check_inputs(train, val, classes, cfg)
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
-    amp_dtype = amp_dtype_for(device, cfg.amp)
+    precision = choose_precision(device, cfg.amp, cfg.force_amp)
+    amp_dtype = precision.dtype
     _seed_everything(cfg.seed)
     weights_report = None
     if model is None:
@@ -320,7 +327,7 @@ def fit(
     if ckpt_path is not None and ckpt_path.is_file():
         run.restore(torch.load(ckpt_path, map_location="cpu", weights_only=True))
     _run_epochs(run, batches, val, norm, amp_dtype, callbacks, ckpt_path)
-    result = _finish(run, val, norm, amp_dtype, weights_report)
+    result = _finish(run, val, norm, precision, weights_report)
     for cb in callbacks:
         cb.on_train_end(result)
     return result
@@ -358,7 +365,7 @@ def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_
         s.checkpoint_epoch = s.epoch
 
 
-def _finish(run: _Run, val: Arrays, norm: Stats, amp_dtype: torch.dtype | None,
+def _finish(run: _Run, val: Arrays, norm: Stats, precision: Precision,
             weights_report: dict[str, Any] | None) -> TrainResult:
     s = run.state
     if run.best_state is not None:
@@ -377,10 +384,11 @@ def _finish(run: _Run, val: Arrays, norm: Stats, amp_dtype: torch.dtype | None,
         wall_seconds=run.elapsed,
         config=s.cfg.to_dict(),
         device=str(s.device),
-        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        amp_dtype=precision.dtype_name,
         norm=norm,
         stopped_early=run.stopped_early,
         weights_report=weights_report,
+        precision_reason=precision.reason,
     )
     probs = result.predict_proba(val[0], batch_size=max(128, s.cfg.batch_size))
     result.val_metrics = {"loss": nll(val[1], probs), **classification_metrics(val[1], probs, s.classes)}

@@ -99,11 +99,22 @@ def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
                      "--epochs", "3", "--size", "32", "--batch-size", "16", "--out", str(tmp_path / "train")], env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout[out.stdout.index("{"):])
-    assert summary["amp_dtype"] == "bfloat16" and summary["epochs_run"] == 3
+    # --amp is bf16 where this CPU has native bf16, fp32 (with one warning saying why) where not
+    import torch
+    from mlflow import MlflowClient
+
+    from ml.train.precision import choose_precision
+
+    chosen = choose_precision(torch.device("cpu"), True)
+    assert summary["amp_dtype"] == chosen.dtype_name and summary["epochs_run"] == 3
+    assert (chosen.reason in out.stderr) == (chosen.dtype is None), out.stderr[-2000:]
+    tags = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(summary["run_id"]).data.tags
+    assert (tags["amp"], tags["precision"], tags["precision_reason"]) == ("True", chosen.name, chosen.reason)
     written = {p.name for p in (tmp_path / "train").rglob("*.png")}
     assert {"lr_finder.png", "lr_schedule.png", "curves.png", "confusion_matrix.png", "roc.png"} <= written
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert metrics["config"]["schedule"] == "sgdr_dlr_clm" and metrics["config"]["amp"] is True
+    assert metrics["precision"] == chosen.name
 
 
 @pytest.mark.slow

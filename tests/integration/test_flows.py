@@ -114,6 +114,8 @@ def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     assert len(children) == 2
     for child in children:
         assert len(MlflowClient().get_metric_history(child.info.run_id, "val_balanced_accuracy")) >= 1
+        assert (child.data.tags["precision"], child.data.tags["precision_reason"]) == ("fp32", "amp off")
+    assert res["amp_note"] is None  # nothing collapsed: AMP was not asked for
 
 
 def test_tune_flow_reports_a_failing_trial_and_goes_on(flows_env, ray_local):

@@ -49,7 +49,7 @@ def populated(tmp_path_factory, monkeypatch_module):
     from ml.settings import get_settings
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
-    from ml.train.precision import precision_name
+    from ml.train.precision import choose_precision, resolve_device
     from ml.tracking.runs import run_name
     from tasks.mlflow_tasks import close_run, open_run
     from tasks.training import MlflowEpochLogger, evaluate_model, log_training_run
@@ -62,7 +62,7 @@ def populated(tmp_path_factory, monkeypatch_module):
     names = []
     for schedule, lr in (("sgd", 0.01), ("sgdr_dlr_clm", 0.00345)):
         cfg = TrainConfig(schedule=schedule, lr=lr, epochs=1, batch_size=16, snapshots=0, progress=False)
-        names.append(run_name("train", cfg, precision=precision_name(cfg.device, cfg.amp)))
+        names.append(run_name("train", cfg, precision=choose_precision(resolve_device(cfg.device), cfg.amp).name))
         run_id, experiment_id = open_run.fn("skinflow-train", names[-1])
         result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg,
                      callbacks=[MlflowEpochLogger(run_id)])

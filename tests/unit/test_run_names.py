@@ -69,8 +69,14 @@ def test_trial_index(trial: str, index: str) -> None:
     assert _trial_index(trial) == index
 
 
-def test_precision_name_on_cpu() -> None:
-    from ml.train.precision import precision_name
+def test_names_carry_the_precision_actually_used() -> None:
+    import torch
 
-    assert precision_name("cpu", False) == "fp32"
-    assert precision_name("cpu", True) == "bf16"
+    from ml.train.precision import choose_precision
+
+    cpu = torch.device("cpu")
+    native = choose_precision(cpu, True, cpu_flags={"avx512_bf16"}, capability="AVX512")
+    avx2 = choose_precision(cpu, True, cpu_flags={"avx2"}, capability="AVX2")
+    cfg = TrainConfig(schedule="sgdr", lr=0.01, amp=True)
+    assert "bf16" in run_name("train", cfg, precision=native.name)
+    assert "fp32" in run_name("train", cfg, precision=avx2.name), "amp asked, fp32 used: the name says fp32"
