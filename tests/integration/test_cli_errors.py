@@ -1,0 +1,85 @@
+"""A user's mistake is one clear line and exit code 2, within seconds: no traceback, no retries.
+Run as a user runs it: the installed `skinflow` in a subprocess, with an empty HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VENV_BIN
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SKINFLOW_"))}
+    (tmp / "home").mkdir(exist_ok=True)
+    return {**keep, "HOME": str(tmp / "home"), "PREFECT_HOME": str(tmp / "prefect"),
+            "SKINFLOW_DATA_ROOT": str(tmp / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("user-errors")
+    (root / "empty").mkdir()
+    (root / "nolabel.csv").write_text("path,lbl\na.jpg,acne\n")
+    (root / "quote.csv").write_text('path,label\n"a.jpg,acne\n')
+    (root / "blank.csv").write_text("")
+    (root / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    (root / "notes.txt").write_text("not a dataset\n")
+    (root / "ds" / "acne").mkdir(parents=True)
+    return root
+
+
+CASES = {
+    "validate a missing path": (["validate", "{root}/missing"], "does not exist"),
+    "validate an empty folder": (["validate", "{root}/empty"], "no files found"),
+    "validate a text file": (["validate", "{root}/notes.txt"], "neither an ImageFolder"),
+    "manifest: CSV without label": (["data", "manifest", "{root}/nolabel.csv"], "missing column(s) ['label']"),
+    "manifest: unterminated quote": (["data", "manifest", "{root}/quote.csv"], "cannot parse CSV"),
+    "manifest: empty CSV": (["data", "manifest", "{root}/blank.csv"], "cannot parse CSV"),
+    "manifest: binary CSV": (["data", "manifest", "{root}/binary.csv"], "cannot parse CSV"),
+    "manifest: --out is a folder": (["data", "manifest", "{root}/nolabel.csv", "--out", "{root}/empty"],
+                                    "is a directory"),
+    "split: fractions over 1": (["data", "split", "{root}/ds", "--out", "{root}/s.csv", "--val-frac", "0.6",
+                                 "--test-frac", "0.5"], "sum below 1"),
+    "train: unknown schedule": (["train", "--data", "{root}/ds", "--schedule", "cosine"], "schedule"),
+    "train: zero epochs": (["train", "--data", "{root}/ds", "--epochs", "0"], "epochs"),
+    "tune: bad --amp": (["tune", "--data", "{root}/ds", "--amp", "maybe"], "--amp takes on, off"),
+    "retrain: missing data": (["retrain", "--data", "{root}/missing"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_user_errors_are_one_line_and_exit_2(case, inputs, tmp_path):
+    args, expected = CASES[case]
+    args = [a.format(root=inputs) for a in args]
+    started = time.monotonic()
+    out = subprocess.run([str(VENV_BIN / "skinflow"), *args], env=_env(tmp_path), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 2, out.stdout[-1500:] + out.stderr[-1500:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr[-1500:]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "Retry" not in out.stderr + out.stdout, "a user error is not retried"
+    # within seconds: far from the 17 s of three retries (2+5+10), whatever Prefect's start costs
+    assert took < 45, f"{case} took {took:.0f}s"
+    assert not list(inputs.glob(".*.*")), "no temporary file is left behind"
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path):
+    out = subprocess.run([str(VENV_BIN / "skinflow"), "--debug", "data", "manifest", str(inputs / "nolabel.csv")],
+                         env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" in out.stderr and "missing column(s)" in out.stderr
+
+
+def test_help_documents_the_exit_codes():
+    out = subprocess.run([str(VENV_BIN / "skinflow"), "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "160"})
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for code in ("0 ok", "1 critical findings", "2 usage or input errors", "3 a service"):
+        assert code in text
