@@ -7,7 +7,8 @@ Sources
 * a CSV file with columns ``path,label[,split]``; relative paths are resolved against the CSV's folder,
   absolute paths and ``s3://`` URIs are used as they are.
 
-The dataset root is the folder (or S3 prefix) of an ImageFolder, or the CSV's folder. Files outside it
+The dataset root is the folder (or S3 prefix) of an ImageFolder, or the CSV's folder (for a manifest
+saved by :meth:`Manifest.save`, the root of the source its sidecar names). Files outside it
 (a CSV row ``/etc/passwd`` or ``../x.jpg``, a symbolic link leading out of the folder, an S3 key outside
 the prefix) are refused with reason ``outside_root`` and never opened, unless
 ``build_manifest(..., allow_outside_root=True)``.
@@ -499,6 +500,20 @@ def _inspect_all(labelled: list[tuple[_Entry, str]], fetch: _Fetcher, check: boo
         return list(tqdm(jobs, total=len(labelled), desc="manifest", disable=not progress))
 
 
+def _root_of(src: str, storage: Storage) -> str:
+    """The dataset root of ``src``: its folder (the CSV's folder), or for a manifest saved by
+    :meth:`Manifest.save` (a CSV with a JSON sidecar naming its source) the root of that source."""
+    sidecar = src[:-4] + ".json"
+    if not src.lower().endswith(".csv") or not storage.exists(sidecar):
+        return _base_of(src)
+    try:
+        meta = json.loads(storage.get_bytes(sidecar))
+    except (ValueError, OSError):
+        return _base_of(src)
+    saved = isinstance(meta, dict) and isinstance(meta.get("source"), str) and "version" in meta
+    return _base_of(meta["source"]) if saved else _base_of(src)
+
+
 def _empty_classes(seen: set[str], records: pd.DataFrame, class_map: ClassMap | None) -> list[str]:
     """Source labels seen (those the class map covers, or all) that no record came from."""
     covered = {label for label in seen if class_map is None or class_map.lookup(label) is not None}
@@ -527,7 +542,7 @@ def build_manifest(
     cmap = None if class_map is None else load_class_map(class_map)
     entries, listing_bad, seen = _list_source(src, storage, allow_outside_root)
     labelled, unmapped = _label_entries(entries, cmap)
-    fetch = _Fetcher(storage, Path(storage.settings.data_root) / "s3cache", _base_of(src), allow_outside_root)
+    fetch = _Fetcher(storage, Path(storage.settings.data_root) / "s3cache", _root_of(src, storage), allow_outside_root)
     results = _inspect_all(labelled, fetch, check, workers, progress)
     records = pd.DataFrame([r for kind, r in results if kind == "record"], columns=RECORD_COLUMNS)
     records = records.astype({"bytes": "int64"}).sort_values("path", ignore_index=True)

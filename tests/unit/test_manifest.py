@@ -314,3 +314,11 @@ def test_classes_the_class_map_promises_but_lacks_are_missing(tmp_path: Path, ca
         m.empty_classes, promised, m.missing_classes)
     plain = build_manifest(root)
     assert plain.class_map_labels is None and plain.expected_classes == plain.classes and plain.missing_classes == []
+
+
+def test_a_saved_manifest_is_read_within_the_root_of_its_source(folder: Path, tmp_path: Path) -> None:
+    saved = build_manifest(folder).save(tmp_path / "out" / "manifest.csv")
+    again = build_manifest(saved)
+    assert again.bad.empty and sorted(again.records["path"]) == sorted(build_manifest(folder).records["path"])
+    (tmp_path / "out" / "other.csv").write_text(saved.read_text())  # no sidecar: the CSV's own folder is the root
+    assert set(build_manifest(tmp_path / "out" / "other.csv").bad["reason"]) == {"outside_root"}
