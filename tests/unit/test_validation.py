@@ -231,7 +231,8 @@ def test_min_per_class_counts_usable_images_only(clean, policy, tmp_path):
     assert not outcome.success and outcome.observed == 3 and outcome.details["values"]["acne"] == 3
     assert report.outcome("cross_split_leakage").success  # left-out copies are not leakage either
     assert set(report.bad_files["path"]) == {str(p) for p, _, _ in broken} | {str(_first(clean, "acne", "val"))}
-    assert dict(zip(report.bad_files["path"], report.bad_files["reason"]))[str(tmp_path / "broken_1.jpg")] == "zero_bytes"
+    reasons = dict(zip(report.bad_files["path"], report.bad_files["reason"], strict=True))
+    assert reasons[str(tmp_path / "broken_1.jpg")] == "zero_bytes"
 
 
 def test_classes_promised_but_absent_and_one_class_sets_fail(clean, policy):
