@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +19,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG")
 
 ImageSource = str | Path | bytes
 
-REASONS = ("zero_bytes", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "unreadable")
+REASONS = (
+    "zero_bytes", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "unreadable",
+    "missing_file", "broken_symlink", "not_a_file",
+)  # fmt: skip
 
 
 class BadImageError(ValueError):
@@ -43,11 +48,38 @@ class ImageCheck:
     message: str = ""
 
 
+def path_problem(path: str | Path) -> tuple[str, str] | None:
+    """``(reason, message)`` when ``path`` cannot be read as one image file, found without reading it:
+    ``missing_file``, ``broken_symlink`` (a link whose target is gone) or ``not_a_file`` (a folder, or a
+    FIFO, socket or device, which could block or never end); None for a regular file (or a link to one)."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return None
+        if path.is_symlink() and not path.exists():
+            return "broken_symlink", f"{path}: symbolic link to {os.readlink(path)}, which does not exist"
+        if not path.exists():
+            return "missing_file", f"no such file: {path}"
+        return "not_a_file", f"{path}: not a regular file ({_file_kind(path)})"
+    except OSError as exc:
+        return "unreadable", f"{path}: cannot inspect the file ({exc})"
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def _open_bytes(src: ImageSource) -> tuple[bytes, str]:
-    """Read the raw bytes of ``src`` and a name for messages."""
+    """Read the raw bytes of ``src`` and a name for messages (only regular files are read)."""
     if isinstance(src, bytes):
         return src, "<bytes>"
     path = Path(src)
+    problem = path_problem(path)
+    if problem is not None:
+        raise BadImageError(*problem)
     try:
         return path.read_bytes(), str(path)
     except OSError as exc:
@@ -134,6 +166,19 @@ def load_rgb(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     return _to_rgb(img)
 
 
+EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of ``img`` as shown, i.e. after its EXIF orientation (what :func:`load_rgb` returns)."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the image as stored
+        orientation = None
+    return (img.height, img.width) if orientation in _QUARTER_TURNS else (img.width, img.height)
+
+
 def _failed(reason: str, message: str, size: int = 0) -> ImageCheck:
     return ImageCheck(False, reason, 0, 0, "", "", size, message)
 
@@ -141,7 +186,9 @@ def _failed(reason: str, message: str, size: int = 0) -> ImageCheck:
 def check_image(
     path: ImageSource, max_pixels: int | None = None, allowed_formats: tuple[str, ...] = ALLOWED_FORMATS
 ) -> ImageCheck:
-    """Check that ``path`` is a fully decodable JPEG/PNG within the pixel limit. Never raises."""
+    """Check that ``path`` is a fully decodable JPEG/PNG within the pixel limit. Never raises.
+
+    ``width``/``height`` are the displayed size (after the EXIF orientation), as :func:`load_rgb` decodes it."""
     try:
         data, name = _open_bytes(path)
     except BadImageError as exc:
@@ -153,7 +200,7 @@ def check_image(
     except Exception as exc:  # noqa: BLE001 - a decoder bug must be reported, not raised
         return _failed("unreadable", f"{name}: {type(exc).__name__}: {exc}", len(data))
     fmt = img.format or ""
-    found = ImageCheck(True, "", img.width, img.height, img.mode, fmt, len(data))
+    found = ImageCheck(True, "", *displayed_size(img), img.mode, fmt, len(data))
     if fmt not in allowed_formats:
         message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
         return replace(found, ok=False, reason="unsupported_format", message=message)

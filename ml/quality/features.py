@@ -46,7 +46,8 @@ from PIL import Image
 from scipy import ndimage
 
 from ml.data.duplicates import phash
-from ml.data.images import BadImageError, check_image, load_rgb
+from ml.data.images import BadImageError, check_image, load_rgb, path_problem
+from ml.data.manifest import UNREAD_REASONS
 
 ANALYSIS_MAX_SIDE = 512
 UNDER_EXPOSED_BRIGHTNESS = 0.30
@@ -170,28 +171,34 @@ def analysis_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def image_features(path: str | Path) -> dict[str, Any]:
-    """All features of one image file; all but ``bytes``, ``sha256`` and ``reason`` are NaN/None
-    when it does not decode (those too when the file is missing).
-
-    ``decode_ok`` is true when the file decodes, even in a format outside the allowed set (the
-    integrity suite checks ``format`` separately); ``mode`` is the original mode before RGB conversion.
-    """
-    data = Path(path).read_bytes() if Path(path).is_file() else None
-    check = check_image(path if data is None else data)
+def _empty_row(reason: str, data: bytes | None = None) -> dict[str, Any]:
+    """The feature row of a file that gives no image: only ``bytes`` and ``sha256`` (when read) and ``reason``."""
     row: dict[str, Any] = {
         "width": np.nan, "height": np.nan, "mode": None, "format": None,
-        "bytes": np.nan if data is None else len(data), "decode_ok": False, "reason": check.reason,
+        "bytes": np.nan if data is None else len(data), "decode_ok": False, "reason": reason,
         "sha256": None if data is None else hashlib.sha256(data).hexdigest(), "phash": None,
     }  # fmt: skip
-    row.update(dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None})
+    return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None}
+
+
+def image_features(path: str | Path) -> dict[str, Any]:
+    """All features of one image file; all but ``bytes``, ``sha256`` and ``reason`` are NaN/None
+    when it does not decode (those too when it is not a readable regular file, which is never opened).
+
+    ``decode_ok`` is true when the file decodes, even in a format outside the allowed set (the
+    integrity suite checks ``format`` separately); ``mode`` is the original mode before RGB conversion;
+    ``width``/``height`` are the displayed size (after the EXIF orientation).
+    """
+    data = Path(path).read_bytes() if path_problem(path) is None else None
+    check = check_image(path if data is None else data)
+    row = _empty_row(check.reason, data)
     if not (check.ok or check.reason == "unsupported_format"):
         return row
     try:
         img = load_rgb(data)
     except BadImageError as exc:
         return row | {"reason": exc.reason}
-    row.update(width=check.width, height=check.height, mode=check.mode, format=check.format)
+    row.update(width=img.width, height=img.height, mode=check.mode, format=check.format)
     row.update(decode_ok=True, reason="", phash=phash(img))
     row.update(pixel_features(analysis_array(img)))
     return row
@@ -254,23 +261,39 @@ def compute_features(
 
     Images are read from ``local_path`` when present, else ``path``. Feature columns replace
     same-named record columns (e.g. ``bytes``, ``sha256``). ``confounder_flag`` is
-    ``confounder_score > confounder_threshold``.
+    ``confounder_score > confounder_threshold``. Rows of a manifest's ``bad`` table (e.g.
+    :meth:`ml.data.manifest.Manifest.all_files`) keep their ``reason`` in ``left_out`` ('' for
+    records): validation counts them as not usable; those with a reason in
+    :data:`ml.data.manifest.UNREAD_REASONS` (outside the root, broken links...) are not opened.
     """
     src = records["local_path"] if "local_path" in records else records["path"]
-    paths = [str(p) for p in src]
+    left_out = records["reason"].fillna("").astype(str) if "reason" in records else pd.Series("", index=records.index)
+    unread = left_out.isin(UNREAD_REASONS).to_numpy()
+    paths = [str(p) for p in src[~unread]]
     if ray_address is not None:
         rows = _run_ray(paths, ray_address, progress)
     else:
         rows = _run_local(paths, workers, progress)
+    read = iter(rows)
+    rows = [_empty_row(reason) if skip else next(read) for skip, reason in zip(unread, left_out, strict=True)]
     feats = pd.DataFrame(rows, index=records.index, columns=list(FEATURE_COLUMNS))
     out = pd.concat([records.drop(columns=[c for c in FEATURE_COLUMNS if c in records]), feats], axis=1)
+    out["left_out"] = left_out
     out["confounder_flag"] = out["confounder_score"].fillna(0.0) > confounder_threshold
     return out.reset_index(drop=True)
 
 
-FEATURES_REVISION = 3
+def usable_mask(features: pd.DataFrame) -> pd.Series:
+    """Rows that will be used: decoded and not left out by the manifest (``left_out`` empty or absent)."""
+    ok = features["decode_ok"].fillna(False).astype(bool)
+    if "left_out" not in features:
+        return ok
+    return ok & (features["left_out"].fillna("").astype(str) == "")
+
+
+FEATURES_REVISION = 4
 """Bump when a feature's definition changes, so that cached tables are recomputed (3: magenta
-hues count as ink only in thin strokes)."""
+hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``)."""
 
 
 def features_path(version: str, cache_dir: str | Path) -> Path:

@@ -3,7 +3,9 @@
 One suite per concern, thresholds from ``policies/validation.yaml``:
 
 * ``integrity``: files decode, original mode allowed, min side, format, bytes > 0, labels known;
-* ``class_balance``: min images per class, max/min ratio, KL divergence from the expected priors;
+* ``class_balance`` (usable images only: decoded and not left out by the manifest): every class of
+  ``classes`` present, at least ``min_classes`` classes, min images per class, max/min ratio, KL
+  divergence from the expected priors;
 * ``confounders``: share of confounder-flagged images per class, and Cramér's V between the label
   and every metadata column present (a custom GX expectation, :class:`ExpectColumnPairCramersVToBeLessThan`);
 * ``duplicates_leakage``: no identical bytes under two labels, no exact or near duplicate across
@@ -12,7 +14,10 @@ One suite per concern, thresholds from ``policies/validation.yaml``:
 GX binds one suite to one table, so a concern that reads two tables runs as two GX suites named
 ``<concern>.<table>``; outcomes carry the concern. ``observed`` is GX's ``observed_value`` or, for
 row-wise expectations (which have none), the number of unexpected rows; ``details`` lists the
-offending ids (row-wise) or the derived table's values (aggregates).
+offending ids (row-wise: ``unexpected``, and ``examples``, the first :data:`MAX_EXAMPLES` as
+``{id, value, reason}`` with ``n_more`` the rest) or the derived table's values (aggregates).
+The report also names every file not used (``bad_files``) and every duplicate group with its
+paths (``duplicate_groups``). Duplicate, leakage and balance tables are computed on usable rows.
 """
 
 from __future__ import annotations
@@ -36,10 +41,16 @@ from great_expectations.expectations.metrics.table_metric_provider import TableM
 from scipy.stats.contingency import association
 
 from ml.data.duplicates import POLICY_FILE, groups_from_pairs, hash_array, near_pairs
+from ml.quality.features import usable_mask
 from ml.settings import get_settings
 
 SEVERITIES = ("critical", "warning")
 _MAX_DETAILS = 50
+MAX_EXAMPLES = 20
+"""How many offending rows an outcome names with their value and reason (``details['examples']``)."""
+BAD_FILE_COLUMNS = ["path", "label", "reason"]
+DUPLICATE_GROUP_COLUMNS = ["group", "kind", "n", "paths", "labels", "splits"]
+DEFAULT_MIN_CLASSES = 2
 
 
 # --------------------------------------------------------------------------- custom expectation
@@ -127,6 +138,8 @@ class ValidationReport:
     label_conflicts: pd.DataFrame
     leaking_pairs: pd.DataFrame
     data_docs_index: Path | None = None
+    bad_files: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BAD_FILE_COLUMNS))
+    duplicate_groups: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_GROUP_COLUMNS))
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -144,12 +157,13 @@ class ValidationReport:
 
     def to_html(self, title: str = "Dataset validation") -> str:
         """A self-contained HTML summary (no external assets, opens offline): one row per
-        expectation with observed value and threshold, plus the label conflicts and leaking
-        pairs, linking to the GX Data Docs site when it was built."""
+        expectation with observed value, threshold and what it found (the first offending files
+        with their reasons), then the files not used, the duplicate groups with their paths, the
+        label conflicts and the leaking pairs, linking to the GX Data Docs site when it was built."""
         import html
 
         def cell(v: Any) -> str:
-            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            text = f"{v:.4g}" if isinstance(v, float) else ", ".join(map(str, v)) if isinstance(v, list) else str(v)
             return html.escape(text if len(text) < 300 else text[:300] + "...")
 
         colour = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e"}
@@ -158,7 +172,8 @@ class ValidationReport:
             mark = "PASS" if r.success else ("FAIL" if r.severity == "critical" else "WARN")
             rows.append(f"<tr><td style='color:{colour[mark]};font-weight:bold'>{mark}</td><td>{cell(r.suite)}</td>"
                         f"<td>{cell(r.check)}</td><td>{cell(r.observed)}</td><td>{cell(r.threshold)}</td>"
-                        f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td></tr>")
+                        f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td>"
+                        f"<td>{'<br>'.join(map(html.escape, details_lines(r.details)))}</td></tr>")
         verdict = ("passed" if self.passed else
                    f"{len(self.critical_failures)} critical failure(s)") + f", {len(self.warnings)} warning(s)"
         docs = ("<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
@@ -178,7 +193,8 @@ class ValidationReport:
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p><b>{verdict}</b></p>{docs}"
                 "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
-                f"<th>severity</th><th>GX expectation</th></tr>{''.join(rows)}</table>"
+                f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
+                f"{table(self.bad_files, 'Files not used')}{table(self.duplicate_groups, 'Duplicate groups')}"
                 f"{table(self.label_conflicts, 'Label conflicts')}{table(self.leaking_pairs, 'Leaking pairs')}"
                 "</body></html>")
 
@@ -200,11 +216,32 @@ class ValidationReport:
                     "results": [asdict(r) for r in self.results],
                     "label_conflicts": self.label_conflicts.to_dict(orient="records"),
                     "leaking_pairs": self.leaking_pairs.to_dict(orient="records"),
+                    "bad_files": self.bad_files.to_dict(orient="records"),
+                    "duplicate_groups": self.duplicate_groups.to_dict(orient="records"),
                     "data_docs_index": str(self.data_docs_index) if self.data_docs_index else None,
                 },
                 default=_json_default,
             )
         )
+
+
+def details_lines(details: dict[str, Any]) -> list[str]:
+    """What an outcome found, as lines for printing: ``id: reason`` (or the value) per example and how
+    many more, else the values per group or the rows of a summary table."""
+    if details.get("examples"):
+        lines = [f"{e['id']}: {e['reason'] or e['value']}" for e in details["examples"]]
+        return lines + ([f"... and {details['n_more']} more"] if details.get("n_more") else [])
+    if details.get("values"):
+        return [", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["values"].items())]
+    if details.get("rows"):
+        return [", ".join(map(str, details["rows"]))]
+    return [f"exception: {details['exception']}"] if details.get("exception") else []
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar: numpy scalars as Python ones, NaN as None."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def _json_default(obj: Any) -> Any:
@@ -225,6 +262,21 @@ def load_policy(path: str | Path | None = None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- derived tables
+def file_problems(features: pd.DataFrame) -> pd.Series:
+    """Why each row is not used: the manifest's ``left_out`` reason, else the decode ``reason`` ('' when used)."""
+    reason = features["reason"].fillna("").astype(str)
+    if "left_out" not in features:
+        return reason
+    left_out = features["left_out"].fillna("").astype(str)
+    return left_out.where(left_out != "", reason)
+
+
+def bad_files_table(features: pd.DataFrame) -> pd.DataFrame:
+    """The rows that will not be used (:func:`ml.quality.features.usable_mask`), with their reasons."""
+    unused = ~usable_mask(features)
+    return features.loc[unused, ["path", "label"]].assign(reason=file_problems(features)[unused]).reset_index(drop=True)
+
+
 def duplicate_pairs(features: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     """Pairs of decoded images whose pHash Hamming distance is <= ``max_distance``
     (:func:`ml.data.duplicates.near_pairs`, the search the split uses too).
@@ -260,6 +312,19 @@ def leaking_pairs_table(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataF
     return out
 
 
+def duplicate_groups_table(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every group of exact or near duplicates (connected through ``pairs``) with its paths, labels and splits;
+    ``kind`` is 'exact' when all members have the same bytes."""
+    group = groups_from_pairs(len(features), pairs["i"].to_numpy(), pairs["j"].to_numpy())
+    split, rows = _splits(features), []
+    for g in np.flatnonzero(np.bincount(group, minlength=1) > 1):
+        members = features[group == g]
+        rows.append({"group": len(rows), "kind": "exact" if members["sha256"].nunique() == 1 else "near",
+                     "n": len(members), "paths": members["path"].astype(str).tolist(),
+                     "labels": sorted(set(members["label"].astype(str))), "splits": sorted(set(split[group == g]))})
+    return pd.DataFrame(rows, columns=DUPLICATE_GROUP_COLUMNS)
+
+
 def within_split_duplicates(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Per split: images, redundant copies (images minus duplicate groups) and their share."""
     split = _splits(features)
@@ -273,10 +338,12 @@ def within_split_duplicates(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.D
 
 
 def sha_groups(features: pd.DataFrame) -> pd.DataFrame:
-    """Identical-bytes groups of decoded images with at least two members: size, labels, splits."""
+    """Identical-bytes groups of decoded images with at least two members: size, labels, splits and
+    ``members`` ('path [label]; ...')."""
     ok = features[features["decode_ok"].fillna(False).astype(bool)]
-    groups = ok.assign(split=_splits(ok)).groupby("sha256").agg(
-        n=("path", "size"), n_labels=("label", "nunique"), n_splits=("split", "nunique")
+    named = ok.assign(split=_splits(ok), member=ok["path"].astype(str) + " [" + ok["label"].astype(str) + "]")
+    groups = named.groupby("sha256").agg(
+        n=("path", "size"), n_labels=("label", "nunique"), n_splits=("split", "nunique"), members=("member", "; ".join)
     )
     return groups[groups["n"] > 1].reset_index()
 
@@ -290,8 +357,10 @@ def label_conflicts_table(features: pd.DataFrame, groups: pd.DataFrame) -> pd.Da
 
 
 def class_counts(features: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Images per label over the class map plus any unknown label; ratio of each count to the smallest."""
-    counts = features["label"].value_counts().reindex(list(dict.fromkeys([*classes, *features["label"]])), fill_value=0)
+    """Usable images (:func:`ml.quality.features.usable_mask`) per label over the class map plus any unknown
+    label; ratio of each count to the smallest."""
+    used = features.loc[usable_mask(features), "label"]
+    counts = used.value_counts().reindex(list(dict.fromkeys([*classes, *used])), fill_value=0)
     out = counts.rename_axis("label").rename("count").reset_index()
     smallest = out["count"].min()
     out["ratio_to_min"] = out["count"] / smallest if smallest > 0 else np.inf
@@ -328,11 +397,13 @@ class _Check:
 @dataclass(frozen=True)
 class _Table:
     """A table to validate; ``id_column`` names its rows in details; ``summary`` marks small
-    per-group tables whose values are copied into the details of aggregate expectations."""
+    per-group tables whose values are copied into the details of aggregate expectations;
+    ``note_column`` holds the reason shown with each offending row."""
 
     frame: pd.DataFrame
     id_column: str
     summary: bool = False
+    note_column: str | None = None
 
 
 def _integrity_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check]:
@@ -357,14 +428,19 @@ def _balance_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check]:
     kl = gxe.ExpectColumnKLDivergenceToBeLessThan(
         column="label", partition_object=partition, threshold=p["max_kl_divergence"]
     )
+    min_classes = p.get("min_classes", DEFAULT_MIN_CLASSES)
     return [
+        _Check("class_balance", "class_counts", "classes_present",
+               gxe.ExpectColumnValuesToBeBetween(column="count", min_value=1), "count", 1, sev),
+        _Check("class_balance", "present_classes", "min_classes", gxe.ExpectTableRowCountToBeBetween(
+            min_value=min_classes), None, min_classes, sev),
         _Check("class_balance", "class_counts", "min_per_class",
                gxe.ExpectColumnMinToBeBetween(column="count", min_value=p["min_per_class"]), "count",
                p["min_per_class"], sev),
         _Check("class_balance", "class_counts", "imbalance_ratio",
                gxe.ExpectColumnMaxToBeBetween(column="ratio_to_min", max_value=p["max_imbalance_ratio"]),
                "ratio_to_min", p["max_imbalance_ratio"], sev),
-        _Check("class_balance", "features", "kl_divergence", kl, "label", p["max_kl_divergence"], sev),
+        _Check("class_balance", "usable", "kl_divergence", kl, "label", p["max_kl_divergence"], sev),
     ]  # fmt: skip
 
 
@@ -426,8 +502,10 @@ def _outcome(check: _Check, result: Any, table: _Table) -> ExpectationOutcome:
     res = result.result or {}
     observed = res.get("observed_value")
     if "unexpected_count" in res:
-        ids = [row[table.id_column] for row in res.get("unexpected_index_list") or []]
-        observed, details = res["unexpected_count"], {"unexpected": ids[:_MAX_DETAILS]}
+        found = res.get("unexpected_index_list") or []
+        ids = [row[table.id_column] for row in found]
+        observed = res["unexpected_count"]
+        details = {"unexpected": ids[:_MAX_DETAILS], **_examples(found, observed, check.column, table)}
     elif table.summary and check.column:
         details = {"values": dict(zip(table.frame[table.id_column], table.frame[check.column], strict=True))}
     elif table.summary:
@@ -447,6 +525,15 @@ def _outcome(check: _Check, result: Any, table: _Table) -> ExpectationOutcome:
         severity=check.severity,
         details=details,
     )
+
+
+def _examples(found: list[dict], count: int, column: str | None, table: _Table) -> dict[str, Any]:
+    """The first :data:`MAX_EXAMPLES` offending rows as ``{id, value, reason}`` and how many more."""
+    notes = dict(zip(table.frame[table.id_column], table.frame[table.note_column], strict=True)) \
+        if table.note_column else {}
+    examples = [{"id": _plain(row[table.id_column]), "value": _plain(row.get(column)),
+                 "reason": str(notes.get(row[table.id_column], ""))} for row in found[:MAX_EXAMPLES]]
+    return {"examples": examples, "n_more": max(0, int(count) - len(examples))}
 
 
 def _build_docs(context: Any, data_docs_dir: Path) -> Path:
@@ -471,16 +558,21 @@ def validate_features(
 ) -> ValidationReport:
     """Run every suite on ``features`` (from :func:`ml.quality.features.compute_features`) and derived tables."""
     features = features.reset_index(drop=True)
-    pairs = duplicate_pairs(features, policy["duplicates_leakage"]["phash_max_distance"])
-    groups = sha_groups(features)
-    leaking = leaking_pairs_table(features, pairs)
+    used = features[usable_mask(features)].reset_index(drop=True)
+    pairs = duplicate_pairs(used, policy["duplicates_leakage"]["phash_max_distance"])
+    groups = sha_groups(used)
+    leaking = leaking_pairs_table(used, pairs)
+    counts = class_counts(features, classes)
     tables = {
-        "features": _Table(features.assign(min_side=features[["width", "height"]].min(axis=1)), "path"),
-        "class_counts": _Table(class_counts(features, classes), "label", summary=True),
-        "flagged_by_class": _Table(flagged_by_class(features), "label", summary=True),
-        "sha_groups": _Table(groups, "sha256"),
+        "features": _Table(features.assign(min_side=features[["width", "height"]].min(axis=1),
+                                           why=file_problems(features)), "path", note_column="why"),
+        "usable": _Table(used, "path"),
+        "class_counts": _Table(counts, "label", summary=True),
+        "present_classes": _Table(counts[counts["count"] > 0].reset_index(drop=True), "label", summary=True),
+        "flagged_by_class": _Table(flagged_by_class(used), "label", summary=True),
+        "sha_groups": _Table(groups, "sha256", note_column="members"),
         "leaking_pairs": _Table(leaking.assign(pair=leaking["path_a"] + " | " + leaking["path_b"]), "pair", True),
-        "split_duplicates": _Table(within_split_duplicates(features, pairs), "split", summary=True),
+        "split_duplicates": _Table(within_split_duplicates(used, pairs), "split", summary=True),
     }
     checks = [
         *_integrity_checks(policy, classes),
@@ -496,4 +588,5 @@ def validate_features(
     gx_results = _run_suites(context, checks, tables)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
     docs = _build_docs(context, Path(data_docs_dir).resolve()) if data_docs_dir is not None else None
-    return ValidationReport(outcomes, label_conflicts_table(features, groups), leaking, docs)
+    return ValidationReport(outcomes, label_conflicts_table(used, groups), leaking, docs, bad_files_table(features),
+                            duplicate_groups_table(used, pairs))

@@ -86,3 +86,23 @@ def test_missing_s3_object_in_csv_is_reported(storage, dataset: Path) -> None:
     m = build_manifest(f"{uri}/partial.csv", storage=store)
     assert m.records["path"].tolist() == [f"{uri}/acne/0.jpg"]
     assert m.bad[["path", "reason"]].values.tolist() == [[f"{uri}/acne/gone.jpg", "missing_file"]]
+
+
+def test_s3_keys_outside_the_prefix_are_refused_and_empty_folders_reported(storage, dataset: Path) -> None:
+    store, bucket = storage
+    uri = f"{bucket}/ds"
+    store.sync_dir_up(dataset, uri)
+    for name in ("x", "y"):
+        store.put_bytes((dataset / "acne" / "0.jpg").read_bytes(), f"{bucket}/private/{name}.jpg")
+    store.put_bytes(b"", f"{uri}/ulcer/")  # the folder marker a console leaves for an empty folder
+    store.put_bytes(f"path,label\nacne/0.jpg,acne\n../private/x.jpg,acne\n{bucket}/private/y.jpg,tumor\n".encode(),
+                    f"{uri}/escape.csv")
+    m = build_manifest(f"{uri}/escape.csv", storage=store)
+    assert m.records["path"].tolist() == [f"{uri}/acne/0.jpg"]
+    assert m.bad[["path", "reason"]].values.tolist() == [[f"{bucket}/private/x.jpg", "outside_root"],
+                                                         [f"{bucket}/private/y.jpg", "outside_root"]]
+    allowed = build_manifest(f"{uri}/escape.csv", storage=store, allow_outside_root=True)
+    assert len(allowed.records) == 3 and allowed.bad.empty
+    folder = build_manifest(uri, storage=store)
+    assert folder.empty_classes == ["ulcer"] and "ulcer" not in folder.classes
+    assert folder.bad["reason"].tolist() == ["zero_bytes"]

@@ -173,3 +173,36 @@ def test_magenta_rim_of_a_red_lesion_is_not_ink():
     img[r2 < 34 ** 2] = (170, 40, 110)  # magenta rim (hue ~325)
     img[r2 < 30 ** 2] = (190, 40, 50)  # red core (hue ~356)
     assert ink_mask(img).mean() < 0.002
+
+
+def test_exif_rotated_image_records_its_displayed_size(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    path = tmp_path / "rot.jpg"
+    _skin(size=64).crop((0, 0, 64, 40)).save(path, quality=92, exif=exif.tobytes())
+    assert Image.open(path).size == (64, 40)
+    f = image_features(path)
+    assert f["decode_ok"] and (f["width"], f["height"]) == (40, 64)
+
+
+def test_left_out_rows_keep_their_reason_and_refused_files_are_never_opened(images, tmp_path, monkeypatch):
+    import ml.quality.features as features_module
+    from ml.quality.features import usable_mask
+
+    opened: list[str] = []
+    real = features_module.image_features
+    monkeypatch.setattr(features_module, "image_features", lambda p: opened.append(str(p)) or real(p))
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(images["clean"], outside)
+    records = pd.DataFrame({
+        "path": [str(images["clean"]), str(images["bmp"]), str(outside), str(tmp_path / "gone.jpg")],
+        "label": ["a", "a", "a", "a"],
+        "reason": ["", "unsupported_format", "outside_root", "broken_symlink"],
+    })
+    feats = compute_features(records, workers=1)
+    assert opened == [str(images["clean"]), str(images["bmp"])]
+    assert feats["left_out"].tolist() == ["", "unsupported_format", "outside_root", "broken_symlink"]
+    assert feats["reason"].tolist() == ["", "", "outside_root", "broken_symlink"]
+    assert feats["decode_ok"].tolist() == [True, True, False, False] and feats["sha256"].iloc[2] is None
+    assert usable_mask(feats).tolist() == [True, False, False, False]
+    assert usable_mask(feats.drop(columns="left_out")).tolist() == [True, True, False, False]

@@ -144,9 +144,9 @@ def test_load_rgb_raises_bad_image_error_naming_the_file(tmp_path: Path, reason:
     assert str(path) in str(err.value)
 
 
-def test_missing_file_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+def test_missing_file_is_reported_not_a_crash(tmp_path: Path) -> None:
     result = check_image(tmp_path / "nope.jpg")
-    assert (result.ok, result.reason) == (False, "unreadable")
+    assert (result.ok, result.reason) == (False, "missing_file")
     assert "nope.jpg" in result.message
 
 
@@ -165,3 +165,27 @@ def test_file_cut_inside_its_header_is_reported_as_truncated(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     check = check_image(path)
     assert not check.ok and check.reason == "truncated", check
+
+
+def test_check_reports_the_displayed_size_of_an_exif_rotated_image(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display: the stored 40x20 shows as 20x40
+    path = tmp_path / "rot.jpg"
+    path.write_bytes(_jpeg_bytes(_marked(40, 20), exif=exif.tobytes()))
+    result = check_image(path)
+    assert result.ok and (result.width, result.height) == (20, 40) == load_rgb(path).size
+
+
+def test_links_folders_and_fifos_are_reported_without_reading_them(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would block for ever
+    reasons = {name: check_image(tmp_path / name) for name in ("gone.jpg", "folder.jpg", "pipe.jpg")}
+    assert {n: r.reason for n, r in reasons.items()} == {
+        "gone.jpg": "broken_symlink", "folder.jpg": "not_a_file", "pipe.jpg": "not_a_file"}
+    assert "nowhere.jpg" in reasons["gone.jpg"].message and "FIFO" in reasons["pipe.jpg"].message
+    with pytest.raises(BadImageError) as err:
+        load_rgb(tmp_path / "pipe.jpg")
+    assert err.value.reason == "not_a_file"

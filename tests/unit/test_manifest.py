@@ -193,3 +193,132 @@ def test_save_and_load_round_trip(folder: Path, tmp_path: Path) -> None:
 def test_moved_dataset_keeps_its_version(folder: Path, tmp_path: Path) -> None:
     moved = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
     assert build_manifest(moved).version == build_manifest(folder).version
+
+
+def _reasons(m: Manifest) -> dict[str, str]:
+    return dict(zip(m.bad["path"].map(lambda p: Path(p).name), m.bad["reason"], strict=True))
+
+
+def test_broken_symlink_and_empty_class_folder_are_reported(folder: Path, caplog) -> None:
+    (folder / "acne" / "gone.jpg").symlink_to(folder / "acne" / "deleted.jpg")
+    (folder / "ulcer").mkdir()
+    (folder / "blister").mkdir()
+    (folder / "blister" / "empty.jpg").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="ml.data.manifest"):
+        m = build_manifest(folder)
+    assert _reasons(m) == {"gone.jpg": "broken_symlink", "empty.jpg": "zero_bytes"}
+    assert "deleted.jpg" in m.bad.set_index("reason").loc["broken_symlink", "message"]
+    assert m.classes == list(CLASSES)
+    assert m.empty_classes == ["blister", "ulcer"] == m.summary()["empty_classes"]
+    assert m.warnings() == ["class 'blister' has no usable image (1 file(s) left out)",
+                            "class 'ulcer' has no usable image (no file)"]
+    assert "class 'ulcer' has no usable image" in caplog.text and "gone.jpg: broken_symlink" in caplog.text
+
+
+def test_links_inside_the_root_are_followed_and_loops_reported(folder: Path) -> None:
+    (folder / "acne" / "alias.jpg").symlink_to(folder / "tumor" / "tumor_0.jpg")
+    (folder / "wheal" / "more").symlink_to(folder / "tumor")
+    (folder / "tumor" / "loop").symlink_to(folder)
+    m = build_manifest(folder)
+    rel = {Path(p).relative_to(folder).as_posix(): lab for p, lab in zip(m.records["path"], m.records["label"],
+                                                                        strict=True)}
+    assert rel["acne/alias.jpg"] == "acne" and rel["wheal/more/tumor_2.jpg"] == "wheal"
+    assert len(m.records) == 9 + 1 + 3
+    assert m.bad[["path", "label", "reason"]].values.tolist() == [  # the loop is met twice: once through wheal/more
+        [str(folder / "tumor" / "loop"), "tumor", "symlink_loop"],
+        [str(folder / "wheal" / "more" / "loop"), "wheal", "symlink_loop"]]
+
+
+def test_links_outside_the_root_are_refused_unless_allowed(folder: Path, tmp_path: Path) -> None:
+    elsewhere = make_folder(tmp_path / "elsewhere", classes=("ulcer",), per_class=2)
+    (folder / "acne" / "out.jpg").symlink_to(elsewhere / "ulcer" / "ulcer_0.jpg")
+    (folder / "ulcer").symlink_to(elsewhere / "ulcer")
+    m = build_manifest(folder)
+    assert _reasons(m) == {"out.jpg": "outside_root", "ulcer": "outside_root"}
+    assert m.bad.set_index("reason")["label"].tolist() == ["acne", "ulcer"]
+    assert "allow_outside_root=True" in m.bad["message"].iloc[0]
+    assert len(m.records) == 9 and m.empty_classes == ["ulcer"]
+
+    allowed = build_manifest(folder, allow_outside_root=True)
+    assert allowed.bad.empty and allowed.classes == sorted([*CLASSES, "ulcer"])
+    assert len(allowed.records) == 9 + 1 + 2
+
+
+def test_csv_paths_outside_the_root_are_refused_and_never_opened(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import ml.data.manifest as manifest_module
+
+    a, b = write_image(tmp_path / "outside" / "a.jpg", seed=5), write_image(tmp_path / "outside" / "b.jpg", seed=6)
+    opened: list[str] = []
+    real_check = manifest_module.check_image
+    monkeypatch.setattr(manifest_module, "check_image", lambda p: opened.append(str(p)) or real_check(p))
+    csv = write_csv(folder, path=["acne/acne_0.jpg", str(a), "../outside/b.jpg", "/etc/passwd"], label=["acne"] * 4)
+    m = build_manifest(csv)
+    assert m.records["path"].tolist() == [str(folder / "acne" / "acne_0.jpg")]
+    assert m.bad[["path", "reason"]].values.tolist() == [
+        ["/etc/passwd", "outside_root"], [str(a), "outside_root"], [str(b), "outside_root"]]
+    assert opened == [str(folder / "acne" / "acne_0.jpg")]
+    assert str(folder) in m.bad["message"].iloc[0]
+
+    allowed = build_manifest(write_csv(folder, "ok.csv", path=[str(a), "../outside/b.jpg"], label=["acne", "acne"]),
+                             allow_outside_root=True)
+    assert allowed.records["path"].tolist() == [str(a), str(b)] and allowed.bad.empty
+
+
+def test_outside_root_for_s3_keys() -> None:
+    from ml.data.manifest import _outside_root
+
+    root = "s3://bucket/ds"
+    assert not _outside_root("s3://bucket/ds/acne/1.jpg", root)
+    for path in ("s3://bucket/ds/../secret.jpg", "s3://bucket/dsx/1.jpg", "s3://other/ds/1.jpg", "/etc/passwd"):
+        assert _outside_root(path, root), path
+    assert _outside_root("s3://bucket/ds/1.jpg", "/data/ds")
+
+
+def test_bad_report_names_the_first_files_and_counts_the_rest(folder: Path) -> None:
+    for i in range(5):
+        (folder / "acne" / f"empty_{i}.jpg").write_bytes(b"")
+    (folder / "tumor" / "notes.jpg").write_text("not an image")
+    m = build_manifest(folder)
+    report = m.bad_report(limit=3)
+    assert report.splitlines() == ["6 file(s) left out:", "  acne/empty_0.jpg: zero_bytes",
+                                   "  acne/empty_1.jpg: zero_bytes", "  acne/empty_2.jpg: zero_bytes",
+                                   "  ... and 3 more", "  by reason: zero_bytes 5, not_an_image 1"]
+    assert "tumor/notes.jpg: not_an_image" in m.bad_report()
+    assert build_manifest(make_folder(folder.parent / "clean")).bad_report() == "no file left out"
+
+
+def test_all_files_holds_records_and_bad_rows(folder: Path) -> None:
+    (folder / "acne" / "empty.jpg").write_bytes(b"")
+    m = build_manifest(folder)
+    every = m.all_files()
+    assert len(every) == 10 and set(every["path"]) == {*m.records["path"], *m.bad["path"]}
+    assert every.set_index("path").loc[str(folder / "acne" / "empty.jpg"), "reason"] == "zero_bytes"
+    assert (every.set_index("path").loc[list(m.records["path"]), "reason"] == "").all()
+
+
+def test_classes_the_class_map_promises_but_lacks_are_missing(tmp_path: Path, caplog) -> None:
+    root = tmp_path / "sd"
+    for i in range(3):
+        write_image(root / "Acne_Vulgaris" / f"{i}.jpg", seed=i)
+    (root / "Urticaria").mkdir()
+    with caplog.at_level("WARNING", logger="ml.data.manifest"):
+        m = build_manifest(root, class_map="sd198_to_10")
+    promised = load_class_map("sd198_to_10").labels
+    assert m.classes == ["acne"] and m.expected_classes == promised
+    assert m.missing_classes == [c for c in promised if c != "acne"] == m.summary()["missing_classes"]
+    assert m.empty_classes == ["Urticaria"]
+    assert "9 class(es) of the class map have no usable image: alopecia" in caplog.text
+    path = m.save(tmp_path / "m.csv")
+    loaded = Manifest.load(path)
+    assert (loaded.empty_classes, loaded.class_map_labels, loaded.missing_classes) == (
+        m.empty_classes, promised, m.missing_classes)
+    plain = build_manifest(root)
+    assert plain.class_map_labels is None and plain.expected_classes == plain.classes and plain.missing_classes == []
+
+
+def test_a_saved_manifest_is_read_within_the_root_of_its_source(folder: Path, tmp_path: Path) -> None:
+    saved = build_manifest(folder).save(tmp_path / "out" / "manifest.csv")
+    again = build_manifest(saved)
+    assert again.bad.empty and sorted(again.records["path"]) == sorted(build_manifest(folder).records["path"])
+    (tmp_path / "out" / "other.csv").write_text(saved.read_text())  # no sidecar: the CSV's own folder is the root
+    assert set(build_manifest(tmp_path / "out" / "other.csv").bad["reason"]) == {"outside_root"}

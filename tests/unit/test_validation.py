@@ -215,3 +215,70 @@ def test_html_summary_is_self_contained_and_lists_every_result(tmp_path):
     assert not re.search(r"(src|href)=['\"]https?://", page)
     assert page.count("<tr><td style=") == len(report.results)
     assert "FAIL" in page and "decodes" in page
+
+
+def test_min_per_class_counts_usable_images_only(clean, policy, tmp_path):
+    """3 usable acne images plus 8 broken and 2 left-out ones: the class has 3 images, not 13."""
+    keep = (clean["label"] != "acne") | (clean.groupby("label").cumcount() < 3)
+    broken = []
+    for i in range(8):
+        (tmp_path / f"broken_{i}.jpg").write_bytes(b"" if i % 2 else b"not an image")
+        broken.append((tmp_path / f"broken_{i}.jpg", "acne", "train"))
+    left_out = _extra([(_first(clean, "acne", "val"), "acne", "train")] * 2).assign(left_out="duplicate_entry")
+    feats = pd.concat([clean[keep], _extra(broken), left_out], ignore_index=True)
+    report = validate_features(feats, policy, CLASSES, None)
+    outcome = report.outcome("min_per_class")
+    assert not outcome.success and outcome.observed == 3 and outcome.details["values"]["acne"] == 3
+    assert report.outcome("cross_split_leakage").success  # left-out copies are not leakage either
+    assert set(report.bad_files["path"]) == {str(p) for p, _, _ in broken} | {str(_first(clean, "acne", "val"))}
+    reasons = dict(zip(report.bad_files["path"], report.bad_files["reason"], strict=True))
+    assert reasons[str(tmp_path / "broken_1.jpg")] == "zero_bytes"
+
+
+def test_classes_promised_but_absent_and_one_class_sets_fail(clean, policy):
+    acne_only = clean[clean["label"] == "acne"]
+    report = validate_features(acne_only, policy, CLASSES, None)
+    present = report.outcome("classes_present")
+    assert not present.success and present.severity == "critical" and present.observed == len(CLASSES) - 1
+    assert sorted(e["id"] for e in present.details["examples"]) == sorted(c for c in CLASSES if c != "acne")
+    assert {r.check for r in report.critical_failures} >= {"classes_present", "min_classes"}
+
+    one_class = validate_features(acne_only, policy, ["acne"], None)
+    assert one_class.outcome("classes_present").success
+    minimum = one_class.outcome("min_classes")
+    assert (minimum.success, minimum.observed, minimum.threshold, minimum.severity) == (False, 1, 2, "critical")
+    assert minimum.details["rows"] == ["acne"]
+    assert not one_class.passed
+    assert validate_features(clean, policy, CLASSES, None).outcome("min_classes").observed == len(CLASSES)
+
+
+def test_outcomes_and_html_name_the_bad_files_and_duplicate_groups(clean, policy, tmp_path):
+    from ml.quality.validation import MAX_EXAMPLES, details_lines
+
+    names = [f"empty_{i:02d}.jpg" for i in range(MAX_EXAMPLES + 5)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("no image")
+    copy = tmp_path / "copy.jpg"
+    shutil.copyfile(_first(clean, "ulcer"), copy)
+    extra = _extra([(tmp_path / n, "ulcer", "train") for n in ["text.jpg", *names]] + [(copy, "ulcer", "train")])
+    report = validate_features(pd.concat([clean, extra], ignore_index=True), policy, CLASSES, None)
+    decodes = report.outcome("decodes")
+    assert decodes.observed == len(names) + 1
+    examples = decodes.details["examples"]
+    assert len(examples) == MAX_EXAMPLES and decodes.details["n_more"] == len(names) + 1 - MAX_EXAMPLES
+    reasons = {Path(e["id"]).name: e["reason"] for e in examples}
+    assert reasons["text.jpg"] == "not_an_image" and reasons["empty_00.jpg"] == "zero_bytes"
+    json.dumps(decodes.details)  # printable as it is
+    lines = details_lines(decodes.details)
+    assert f"{tmp_path / 'text.jpg'}: not_an_image" in lines and lines[-1] == "... and 6 more"
+
+    groups = report.duplicate_groups
+    assert groups[["kind", "n"]].values.tolist() == [["exact", 2]]
+    assert groups["paths"].iloc[0] == [str(_first(clean, "ulcer")), str(copy)]
+    assert len(report.bad_files) == len(names) + 1
+    page = report.to_html()
+    assert "text.jpg: not_an_image" in page and "... and 6 more" in page
+    assert "Files not used (26)" in page and "Duplicate groups (1)" in page and str(copy) in page
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["duplicate_groups"][0]["paths"][1] == str(copy) and len(data["bad_files"]) == 26
