@@ -74,97 +74,6 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-# --------------------------------------------------------------------------- data
-@data_app.command("synth")
-def data_synth(
-    out: Path = typer.Option(..., "--out", help="Output ImageFolder directory."),
-    per_class: int = typer.Option(20, help="Images per class (ignored with --long-tail or --priors)."),
-    long_tail: bool = typer.Option(False, help="SD-198-like long tail: 10-60 images per class."),
-    priors: Optional[str] = typer.Option(None, help="Class priors for label shift, e.g. 'acne=0.5,ulcer=0.1,...'."),
-    total: Optional[int] = typer.Option(None, help="Total images when --priors is given."),
-    size: int = typer.Option(128, help="Image side in px."),
-    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
-    pen_rate: Optional[str] = typer.Option(None, help="Pen-mark rate: '0.1' or per class 'acne=0.9,tumor=0.1'."),
-    ruler_rate: Optional[str] = typer.Option(None, help="Ruler rate: '0.1' or per class."),
-    gamma: str = typer.Option("1.0,1.0", help="Illumination gamma range 'lo,hi' (>1 darkens)."),
-    flash_rate: float = typer.Option(0.0, help="Share of flash wash-out images."),
-    fov: str = typer.Option("0.35,0.6", help="Lesion share of the frame 'lo,hi'."),
-    noise: float = typer.Option(0.0, help="Impulse (salt-and-pepper) noise fraction."),
-    blur: float = typer.Option(0.0, help="Gaussian blur sigma (px)."),
-    skin_tones: Optional[str] = typer.Option(None, help="Weights over 6 tone bins light..dark, e.g. '1,1,1,0,0,0'."),
-    duplicate_rate: float = typer.Option(0.0, help="Share of extra exact duplicates."),
-    near_duplicate_rate: float = typer.Option(0.0, help="Share of extra near duplicates."),
-    corrupt: int = typer.Option(0, help="Number of extra corrupt files."),
-    fmt: str = typer.Option("jpg", help="jpg or png."),
-):
-    """Write an SD-198-style synthetic ImageFolder (acne, alopecia, blister, crust, erythema, leukoderma,
-    macula, tumor, ulcer, wheal) with seeded knobs for confounders, illumination, noise and shift."""
-    from ml.data.synth import SynthConfig, generate
-
-    cfg = SynthConfig(
-        per_class=per_class, long_tail=long_tail, class_priors=_parse_rates(priors) if priors else None,
-        total=total, size=size, seed=seed, pen_rate=_parse_rates(pen_rate), ruler_rate=_parse_rates(ruler_rate),
-        gamma=_range(gamma), flash_rate=flash_rate, fov=_range(fov), noise=noise, blur=blur,
-        skin_tones=[float(x) for x in skin_tones.split(",")] if skin_tones else None,
-        duplicate_rate=duplicate_rate, near_duplicate_rate=near_duplicate_rate, corrupt=corrupt, fmt=fmt,
-    )
-    summary = generate(out, cfg)
-    typer.echo(json.dumps(summary, indent=2, default=str))
-
-
-@data_app.command("manifest")
-def data_manifest(
-    source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest (path,label[,split]), local or s3://."),
-    out: Optional[Path] = typer.Option(None, help="Write the manifest CSV (+ .json summary) here."),
-    class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name (sd198_to_10)."),
-):
-    """Build the manifest of a dataset: file digests, labels, bad files with reasons, version."""
-    from ml.data.manifest import build_manifest, load_class_map
-
-    _check_out_file(out)
-    m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
-    if out:
-        m.save(out)
-    _print_summary(m)
-
-
-@data_app.command("split")
-def data_split(
-    source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest, or a saved manifest CSV."),
-    out: Path = typer.Option(..., help="Write the split manifest CSV here."),
-    val_frac: float = typer.Option(1 / 6, help="Validation share (thesis: 5:1 train/validation)."),
-    test_frac: float = typer.Option(0.0, help="Held-out test share."),
-    seed: int = typer.Option(0, help="Split seed."),
-    class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name."),
-):
-    """Stratified, duplicate-aware train/val(/test) split (duplicates never straddle splits)."""
-    from ml.data.manifest import build_manifest, load_class_map
-    from ml.data.split import split_manifest
-
-    _check_out_file(out)
-    m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True)
-    try:
-        m = split_manifest(m, val_frac=val_frac, test_frac=test_frac, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
-    m.save(out)
-    _print_summary(m)
-
-
-def _check_out_file(out: Optional[Path]) -> None:
-    """``--out`` names a file to write (with a ``.json`` beside it), never a folder."""
-    if out is not None and out.is_dir():
-        _fail(f"--out {out} is a directory: give a file path such as {out / 'manifest.csv'}")
-
-
-def _print_summary(m) -> None:
-    s = m.summary()
-    typer.echo(json.dumps(s, indent=2, default=str))
-    if len(m.bad):
-        typer.secho(f"{len(m.bad)} file(s) left out (see 'bad' above with reasons)", fg=typer.colors.YELLOW, err=True)
-
-
-# --------------------------------------------------------------------------- training
 # Options default to None: an option left out takes the config class's default, the one place
 # each default lives (ml/data/config.py, ml/train/config.py); --help shows it from there.
 
@@ -214,6 +123,99 @@ def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+# --------------------------------------------------------------------------- data
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Output ImageFolder directory."),
+    per_class: int = typer.Option(20, help="Images per class (ignored with --long-tail or --priors)."),
+    long_tail: bool = typer.Option(False, help="SD-198-like long tail: 10-60 images per class."),
+    priors: Optional[str] = typer.Option(None, help="Class priors for label shift, e.g. 'acne=0.5,ulcer=0.1,...'."),
+    total: Optional[int] = typer.Option(None, help="Total images when --priors is given."),
+    size: int = typer.Option(128, help="Image side in px."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    pen_rate: Optional[str] = typer.Option(None, help="Pen-mark rate: '0.1' or per class 'acne=0.9,tumor=0.1'."),
+    ruler_rate: Optional[str] = typer.Option(None, help="Ruler rate: '0.1' or per class."),
+    gamma: str = typer.Option("1.0,1.0", help="Illumination gamma range 'lo,hi' (>1 darkens)."),
+    flash_rate: float = typer.Option(0.0, help="Share of flash wash-out images."),
+    fov: str = typer.Option("0.35,0.6", help="Lesion share of the frame 'lo,hi'."),
+    noise: float = typer.Option(0.0, help="Impulse (salt-and-pepper) noise fraction."),
+    blur: float = typer.Option(0.0, help="Gaussian blur sigma (px)."),
+    skin_tones: Optional[str] = typer.Option(None, help="Weights over 6 tone bins light..dark, e.g. '1,1,1,0,0,0'."),
+    duplicate_rate: float = typer.Option(0.0, help="Share of extra exact duplicates."),
+    near_duplicate_rate: float = typer.Option(0.0, help="Share of extra near duplicates."),
+    corrupt: int = typer.Option(0, help="Number of extra corrupt files."),
+    fmt: str = typer.Option("jpg", help="jpg or png."),
+):
+    """Write an SD-198-style synthetic ImageFolder (acne, alopecia, blister, crust, erythema, leukoderma,
+    macula, tumor, ulcer, wheal) with seeded knobs for confounders, illumination, noise and shift."""
+    from ml.data.synth import SynthConfig, generate
+
+    cfg = SynthConfig(
+        per_class=per_class, long_tail=long_tail, class_priors=_parse_rates(priors) if priors else None,
+        total=total, size=size, seed=seed, pen_rate=_parse_rates(pen_rate), ruler_rate=_parse_rates(ruler_rate),
+        gamma=_range(gamma), flash_rate=flash_rate, fov=_range(fov), noise=noise, blur=blur,
+        skin_tones=[float(x) for x in skin_tones.split(",")] if skin_tones else None,
+        duplicate_rate=duplicate_rate, near_duplicate_rate=near_duplicate_rate, corrupt=corrupt, fmt=fmt,
+    )
+    summary = generate(out, cfg)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@data_app.command("manifest")
+def data_manifest(
+    source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest (path,label[,split]), local or s3://."),
+    out: Optional[Path] = typer.Option(None, help="Write the manifest CSV (+ .json summary) here."),
+    class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name (sd198_to_10)."),
+    allow_outside_root: bool = typer.Option(False, help="Read CSV paths and symlinks outside the dataset's folder."),
+):
+    """Build the manifest of a dataset: file digests, labels, bad files with reasons, version."""
+    from ml.data.manifest import build_manifest, load_class_map
+
+    _check_out_file(out)
+    m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True,
+                       allow_outside_root=allow_outside_root)
+    if out:
+        m.save(out)
+    _print_summary(m)
+
+
+@data_app.command("split")
+def data_split(
+    source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest, or a saved manifest CSV."),
+    out: Path = typer.Option(..., help="Write the split manifest CSV here."),
+    val_frac: Optional[float] = _opt(DataConfig, "val_frac"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
+    seed: Optional[int] = _opt(DataConfig, "seed"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    allow_outside_root: Optional[bool] = _opt(DataConfig, "allow_outside_root", flag=True),
+):
+    """Stratified, duplicate-aware train/val(/test) split (duplicates never straddle splits)."""
+    from ml.data.manifest import build_manifest, load_class_map
+    from ml.data.split import split_manifest
+
+    _check_out_file(out)
+    data = _build(DataConfig, source=source, val_frac=val_frac, test_frac=test_frac, seed=seed, class_map=class_map,
+                  allow_outside_root=allow_outside_root)
+    m = build_manifest(data.source, class_map=load_class_map(data.class_map) if data.class_map else None,
+                       progress=True, allow_outside_root=data.allow_outside_root)
+    m = split_manifest(m, val_frac=data.val_frac, test_frac=data.test_frac, seed=data.seed)
+    m.save(out)
+    _print_summary(m)
+
+
+def _check_out_file(out: Optional[Path]) -> None:
+    """``--out`` names a file to write (with a ``.json`` beside it), never a folder."""
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a directory: give a file path such as {out / 'manifest.csv'}")
+
+
+def _print_summary(m) -> None:
+    """The summary as JSON on stdout; the library's warnings (empty or missing classes, the files
+    left out with their reasons) reach stderr through the ``ml`` logger (see :func:`main`)."""
+    typer.echo(json.dumps(m.summary(), indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- training
 @app.command("lr-find")
 def lr_find(
     data: Optional[str] = _opt(DataConfig, "source", "--data"),
@@ -354,6 +356,7 @@ def retrain(
 def validate(
     source: str = typer.Argument(..., help="Dataset dir, CSV manifest or s3:// URI."),
     class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    allow_outside_root: Optional[bool] = _opt(DataConfig, "allow_outside_root", flag=True),
     policy: Optional[Path] = typer.Option(None, help="Validation policy YAML (default policies/validation.yaml)."),
     out: Path = typer.Option(Path("outputs/validate"), help="Report folder (GX Data Docs, JSON)."),
 ):
@@ -361,7 +364,8 @@ def validate(
     results (printed either way) could not be recorded in MLflow or the store."""
     from flows.validate import validate_flow
 
-    report = validate_flow(data=_build(DataConfig, source=source, class_map=class_map),
+    report = validate_flow(data=_build(DataConfig, source=source, class_map=class_map,
+                                       allow_outside_root=allow_outside_root),
                            policy=str(policy) if policy else None, out_dir=str(out), fail_on_critical=False)
     _print_validation(report)
     for line in report["not_recorded"]:
@@ -375,11 +379,16 @@ def validate(
 def _print_validation(report: dict) -> None:
     rows = report["results"]
     w = max((len(r.get("check") or r["expectation"]) for r in rows), default=10)
+    from ml.quality.validation import details_lines
+
     for r in rows:
         mark = "PASS" if r["success"] else ("FAIL" if r["severity"] == "critical" else "WARN")
         observed = f"{r['observed']:.4g}" if isinstance(r["observed"], float) else r["observed"]
         typer.echo(f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
                    f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})")
+        if not r["success"]:  # what the check found, by name
+            for line in details_lines(r.get("details") or {}):
+                typer.echo(f"      {line}")
     typer.echo(f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
                f"data docs: {report.get('data_docs')}")
 
@@ -489,6 +498,20 @@ def _prefect_logs_without_tracebacks() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def _library_warnings_to_stderr() -> None:
+    """skinflow's library (logger ``ml``) reports what it left out and why as warnings: shown on
+    stderr as ``warning: ...`` lines."""
+    import logging
+
+    lib = logging.getLogger("ml")
+    if not any(getattr(h, "_skinflow", False) for h in lib.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler._skinflow = True
+        lib.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``skinflow`` console script: the typer app, with user errors as one line and an exit
     code scripts can rely on (see ``skinflow --help``), secrets redacted from every log record."""
@@ -501,6 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("SKINFLOW_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     install_log_redaction()
+    _library_warnings_to_stderr()
     if not debug and any(a in _FLOW_VERBS for a in args[:1]):
         _prefect_logs_without_tracebacks()
     try:

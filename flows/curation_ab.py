@@ -47,7 +47,7 @@ def curation_ab_flow(data: DataConfig = DataConfig(),
                          "split that model selection (best epoch on val) never saw")
     logger = get_run_logger()
 
-    manifest = build_manifest(data.source, data.class_map)
+    manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
     if manifest.records.empty:
         raise ValueError(f"dataset {data.source} has no usable images ({len(manifest.bad)} bad files)")
     manifest = split_dataset(manifest, data.val_frac, data.test_frac, data.seed)

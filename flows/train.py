@@ -24,7 +24,7 @@ from tasks.training import evaluate_model, log_training_run, lr_range_test, repe
 
 def prepare_data(data: DataConfig):
     """Manifest -> duplicate-aware split -> decoded image cache. Returns (manifest, cache)."""
-    manifest = build_manifest(data.source, data.class_map)
+    manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
     if manifest.records.empty:
         raise ValueError(f"dataset {data.source} has no usable images ({len(manifest.bad)} bad files)")
     manifest = split_dataset(manifest, data.val_frac, data.test_frac, data.seed)

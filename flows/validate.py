@@ -25,7 +25,7 @@ def validate_flow(data: DataConfig = DataConfig(), policy: str | None = None, ou
     """Validate one dataset version (``data.source`` through ``data.class_map``). Returns the
     report as a dict; raises on critical failures when ``fail_on_critical`` (the CLI prints the
     table and sets the exit code instead)."""
-    manifest = build_manifest(data.source, data.class_map)
+    manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
     return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
 
 
@@ -35,7 +35,8 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     logger = get_run_logger()
     features = compute_features(manifest)
     docs_dir = Path(out_dir) / manifest.version / "data_docs"
-    report = run_expectations(features, manifest.classes, policy, str(docs_dir))
+    # the classes the data should have: the class map's promise, not only the folders found
+    report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
     summary_html = docs_dir.parent / "summary.html"
     summary_html.write_text(report.to_html(f"Validation of {source} (dataset {manifest.version})"))
     out = {
