@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from infra.ui_screenshot import RUN_LINKS, headless_chrome, install_chromium
 from tests.conftest import REPO, VENV_BIN, Service, free_port, use_local_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 METRIC = "val_balanced_accuracy"
 SCREENSHOT = REPO / "docs" / "img" / "mlflow-runs.png"
 WAIT_S = 30
 
 
 def ensure_chromium() -> None:
-    """Install Debian's chromium + chromium-driver unless both are there (idempotent); skip the
-    test where that is impossible (not root, no apt)."""
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    """Debian's chromium + chromium-driver, installed when missing; skip where impossible."""
+    if not install_chromium():
         pytest.skip("chromium/chromedriver missing and apt-get is not usable here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +80,9 @@ def mlflow_ui(populated):
 def browser(tmp_path_factory):
     """Headless Chromium through ChromeDriver, with a fresh profile (no remembered UI choices)."""
     ensure_chromium()
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--disable-extensions", "--disable-background-networking", "--window-size=1440,680",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
-    try:
+    pytest.importorskip("selenium.webdriver")
+    with headless_chrome(tmp_path_factory.mktemp("chromium")) as driver:  # quits chromedriver and browser
         yield driver
-    finally:
-        driver.quit()  # stops chromedriver and the browser it started
 
 
 def test_runs_table_with_distinct_names_and_a_metric_column(populated, mlflow_ui, browser, tmp_path):
@@ -119,7 +99,7 @@ def test_runs_table_with_distinct_names_and_a_metric_column(populated, mlflow_ui
     browser.get(runs_page_url(experiment_id, mlflow_ui))
     wait = WebDriverWait(browser, WAIT_S)
     # the link to each run in the Run Name column (the cell also holds the run's colour swatch)
-    name_links = (By.CSS_SELECTOR, ".ag-row [col-id='attributes.`Run Name`'] a[href*='/runs/']")
+    name_links = (By.CSS_SELECTOR, RUN_LINKS)
     metric_header = (By.CSS_SELECTOR, f".ag-header-cell[col-id='metrics.`{METRIC}`']")
     try:
         wait.until(lambda d: len([a for a in d.find_elements(*name_links) if a.text.strip()]) == len(names))

@@ -1,0 +1,1 @@
+"""Services started for real: the local stack script, team configs, and UI screenshot helpers."""
