@@ -100,8 +100,13 @@ def _build(cls, **given):
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in exc.errors())
         _fail(f"invalid {cls.__name__}: {problems}")
-    if cls is DataConfig and "://" not in cfg.source and not Path(cfg.source).exists():
-        _fail(f"dataset source {cfg.source} does not exist (give an ImageFolder dir, a CSV manifest or s3://...)")
+    if cls is DataConfig and "://" not in cfg.source:  # a local source is listed before any flow starts
+        from ml.data.manifest import check_source
+
+        try:
+            check_source(cfg.source, allow_outside_root=cfg.allow_outside_root)
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
     return cfg
 
 
@@ -117,6 +122,14 @@ def _on_off(value: Optional[str]) -> list[bool] | None:
     if bad:
         _fail(f"--amp takes on, off or off,on; got {value!r}")
     return [w == "on" for w in words]
+
+
+def _run(module: str, flow: str, **parameters):
+    """Import ``module`` and run its ``flow``: the options became config objects (and a bad one
+    was refused) before the heavy imports start."""
+    import importlib
+
+    return getattr(importlib.import_module(module), flow)(**parameters)
 
 
 def _echo_json(obj) -> None:
@@ -232,9 +245,7 @@ def lr_find(
     out: Path = typer.Option(Path("outputs/lr_find"), help="Where the plot and JSON go."),
 ):
     """LR range test: prints the suggestions and the log-scale bracket, saves the plot."""
-    from flows.train import lr_find_flow
-
-    _echo_json(lr_find_flow(
+    _echo_json(_run("flows.train", "lr_find_flow",
         data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
         training=_build(TrainConfig, arch=model, weights=weights, batch_size=batch_size, schedule=schedule, seed=seed),
         lr_find=_build(LRFindConfig, num_iter=num_iter, start_lr=start_lr, end_lr=end_lr), out_dir=str(out)))
@@ -264,9 +275,7 @@ def train(
 ):
     """Train one configuration, evaluate it (on the test split; val when there is none), log it to
     MLflow (experiment skinflow-train)."""
-    from flows.train import train_flow
-
-    _echo_json(train_flow(
+    _echo_json(_run("flows.train", "train_flow",
         data=_build(DataConfig, source=data, class_map=class_map, size=size, val_frac=val_frac, test_frac=test_frac,
                     seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, batch_size=batch_size,
@@ -288,9 +297,7 @@ def pretrain(
     seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """Train a backbone on a source dataset and store it as reusable weights (offline transfer learning)."""
-    from flows.train import pretrain_flow
-
-    _echo_json(pretrain_flow(
+    _echo_json(_run("flows.train", "pretrain_flow",
         out=out, data=_build(DataConfig, source=data, size=size, seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed)))
 
@@ -313,9 +320,7 @@ def tune(
     seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """LR range test, then Ray Tune trials (ASHA) over the bracket x schedules x AMP."""
-    from flows.tune import tune_flow
-
-    _echo_json(tune_flow(
+    _echo_json(_run("flows.tune", "tune_flow",
         data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
         sweep=_build(SweepConfig, archs=_csv(model), schedules=_csv(schedules), amp=_on_off(amp),
                      num_samples=num_samples, epochs=epochs, gpus_per_trial=gpus_per_trial,
@@ -343,9 +348,7 @@ def retrain(
     out: Path = typer.Option(Path("outputs/retrain"), help="Plots and reports."),
 ):
     """Validate -> tune/train -> evaluate on held-out -> register -> promotion gate."""
-    from flows.retrain import retrain_flow
-
-    _echo_json(retrain_flow(
+    _echo_json(_run("flows.retrain", "retrain_flow",
         data=_build(DataConfig, source=data, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
         training=_build(TrainConfig, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed),
         sweep=_build(SweepConfig, schedules=_csv(schedules), epochs=tune_epochs, num_samples=num_samples),
@@ -362,11 +365,9 @@ def validate(
 ):
     """Validate a dataset version with Great Expectations; exits 1 on critical failures, 3 when the
     results (printed either way) could not be recorded in MLflow or the store."""
-    from flows.validate import validate_flow
-
-    report = validate_flow(data=_build(DataConfig, source=source, class_map=class_map,
-                                       allow_outside_root=allow_outside_root),
-                           policy=str(policy) if policy else None, out_dir=str(out), fail_on_critical=False)
+    data = _build(DataConfig, source=source, class_map=class_map, allow_outside_root=allow_outside_root)
+    report = _run("flows.validate", "validate_flow", data=data, policy=str(policy) if policy else None,
+                  out_dir=str(out), fail_on_critical=False)
     _print_validation(report)
     for line in report["not_recorded"]:
         typer.secho(f"error: {line}; the reports above are on disk", fg=typer.colors.RED, err=True)
@@ -408,9 +409,7 @@ def curation_ab(
     out: Path = typer.Option(Path("outputs/curation_ab")),
 ):
     """Train the same model with and without a curation step on the same split; report the difference."""
-    from flows.curation_ab import curation_ab_flow
-
-    _echo_json(curation_ab_flow(
+    _echo_json(_run("flows.curation_ab", "curation_ab_flow",
         data=_build(DataConfig, source=data, size=size, test_frac=test_frac, seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, seed=seed),
         steps=_csv(steps), out_dir=str(out)))

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
-from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
+from tasks.common import IO_RETRY, publish_table
 
 
 def _dataset_name(source: str) -> str:
@@ -51,7 +51,7 @@ def check_curated_splits(manifest, curated_manifest, version) -> None:
                          f"{bad.head(5).to_dict('records')} ({len(bad)} rows)")
 
 
-@task(name="log-curation-ab", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="log-curation-ab", **IO_RETRY, cache_policy=NO_CACHE)
 def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) -> str:
     """The A/B report: JSON file, parent-run params/metrics/artifact and the ``curation-ab-summary`` table."""
     out = Path(out_dir)

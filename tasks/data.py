@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
 from ml.storage import is_s3
-from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
+from tasks.common import IO_RETRY, publish_table
 
 
 def _source_fingerprint(ctx, params: dict) -> str | None:
@@ -31,7 +31,7 @@ def _source_fingerprint(ctx, params: dict) -> str | None:
     return "manifest-" + h.hexdigest()[:32]
 
 
-@task(name="build-manifest", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+@task(name="build-manifest", **IO_RETRY,
       cache_key_fn=_source_fingerprint, persist_result=True)
 def build_manifest(source: str, class_map: str | None = None, check: bool = True, allow_outside_root: bool = False):
     """Manifest with file digests, labels, bad files (with reasons) and the dataset version."""

@@ -17,10 +17,10 @@ from ml.train import recipes
 from ml.eval.gate import GateDecision, PromotionPolicy, decide
 from ml.settings import get_settings
 from ml.tracking import models as tracked_models, registry, runs as tracking_runs
-from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, markdown_table, publish_markdown
+from tasks.common import IO_RETRIES, IO_RETRY, IO_RETRY_DELAYS, markdown_table, publish_markdown
 
 
-@task(name="open-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="open-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
 def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
              tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id)
@@ -52,7 +52,7 @@ def _experiment(name: str, uri: str):
     return tracking_runs.ensure_experiment(name, artifact_location=location)
 
 
-@task(name="close-mlflow-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="close-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
 def close_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status)
 
@@ -76,7 +76,7 @@ def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None
     close_run(run_id)
 
 
-@task(name="log-validation", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="log-validation", **IO_RETRY, cache_policy=NO_CACHE)
 def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""
     run_id, _ = open_run.fn("skinflow-validate", tracking_runs.run_name("validate", data=report["dataset_version"]),

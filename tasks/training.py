@@ -21,7 +21,7 @@ from ml.eval.gate import heldout_digest
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import Callback, TrainResult, fit
 from ml.tracking import models as tracked_models, runs as tracking_runs
-from tasks.common import IO_RETRIES, IO_RETRY_DELAYS, publish_table
+from tasks.common import IO_RETRY, publish_table
 
 
 class MlflowEpochLogger(Callback):
@@ -100,7 +100,7 @@ def evaluate_model(result: TrainResult, cache, split: str) -> dict[str, Any]:
     return recipes.evaluate(result, cache.subset(split), tta=result.config.get("tta"))
 
 
-@task(name="log-training-run", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="log-training-run", **IO_RETRY, cache_policy=NO_CACHE)
 def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_split: str, cache, manifest,
                      out_dir: str, extra: dict | None = None) -> dict[str, Any]:
     """Params, tags, dataset input, plots, classification report, held-out predictions and the

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
-from tasks.common import publish_table
+from tasks.common import IO_RETRY, publish_table
 
 
 @task(name="compute-features", cache_policy=NO_CACHE)
@@ -47,7 +47,7 @@ def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: st
     return report
 
 
-@task(name="store-data-docs", retries=3, retry_delay_seconds=[2, 5, 10], cache_policy=NO_CACHE)
+@task(name="store-data-docs", **IO_RETRY, cache_policy=NO_CACHE)
 def store_data_docs(docs_dir: str, dataset_version: str, flow_run_id: str) -> str | None:
     """Copy the Data Docs site to ``reports/validate/<version>/<flow-run>/`` on the configured
     storage (S3 when set). Returns the URI, or None when the storage root is the local disk

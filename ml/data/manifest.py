@@ -478,6 +478,14 @@ def _label_entries(entries: list[_Entry], class_map: ClassMap | None) -> tuple[l
     return labelled, bad
 
 
+def check_source(source: str | os.PathLike, storage: Storage | None = None, allow_outside_root: bool = False) -> None:
+    """Raise the error :func:`build_manifest` would raise for an unusable source (missing, neither
+    a folder nor a CSV, no files, an unreadable CSV) after listing it only: no file is hashed or
+    decoded, so a caller can refuse a bad source in a moment."""
+    src = str(source) if is_s3(source) else os.path.abspath(source)
+    _list_source(src, storage or Storage(), allow_outside_root)
+
+
 def _list_source(src: str, storage: Storage, allow_outside_root: bool = False
                  ) -> tuple[list[_Entry], list[dict], set[str]]:
     """Entries, early bad rows and the source labels seen (class folders, CSV labels) of a local or S3
