@@ -30,6 +30,7 @@ def inputs(tmp_path_factory) -> Path:
     (root / "binary.csv").write_bytes(bytes(range(256)) * 4)
     (root / "notes.txt").write_text("not a dataset\n")
     (root / "ds" / "acne").mkdir(parents=True)
+    (root / "ds" / "acne" / "a.jpg").write_bytes(b"\xff\xd8 not decoded by the option checks")
     return root
 
 
@@ -44,7 +45,7 @@ CASES = {
     "manifest: --out is a folder": (["data", "manifest", "{root}/nolabel.csv", "--out", "{root}/empty"],
                                     "is a directory"),
     "split: fractions over 1": (["data", "split", "{root}/ds", "--out", "{root}/s.csv", "--val-frac", "0.6",
-                                 "--test-frac", "0.5"], "sum below 1"),
+                                 "--test-frac", "0.5"], "must stay below 1"),
     "train: unknown schedule": (["train", "--data", "{root}/ds", "--schedule", "cosine"], "schedule"),
     "train: zero epochs": (["train", "--data", "{root}/ds", "--epochs", "0"], "epochs"),
     "tune: bad --amp": (["tune", "--data", "{root}/ds", "--amp", "maybe"], "--amp takes on, off"),

@@ -89,6 +89,8 @@ def test_cli_shows_the_class_defaults_and_refuses_bad_values_in_one_line(tmp_pat
     out = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert out.exit_code == 0
     assert f"(default: {DataConfig().size})" in out.output and f"(default: {TrainConfig().epochs})" in out.output
+    (tmp_path / "acne").mkdir()
+    (tmp_path / "acne" / "a.jpg").write_bytes(b"listed, never decoded")
     bad = runner.invoke(app, ["train", "--data", str(tmp_path), "--schedule", "cosine"])
     assert bad.exit_code == 2
     assert "schedule" in bad.output and "Traceback" not in bad.output
