@@ -3,12 +3,80 @@
 from __future__ import annotations
 
 import json
+import socket
+import urllib.error
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 IO_RETRIES = 3
 IO_RETRY_DELAYS = [2, 5, 10]  # seconds; backoff for S3 and MLflow calls
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the network or a service did not answer" (the libraries that
+    raise them are imported only to name their types)."""
+    import botocore.exceptions as botocore_errors
+    import requests.exceptions as requests_errors
+    import urllib3.exceptions as urllib3_errors
+
+    from ml.storage import EndpointUnreachableError
+    from ml.tracking.runs import ServiceUnavailableError
+
+    return (
+        ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError,  # OSError family
+        requests_errors.ConnectionError, requests_errors.Timeout,
+        urllib3_errors.MaxRetryError, urllib3_errors.TimeoutError, urllib3_errors.ProtocolError,
+        botocore_errors.ConnectionError, botocore_errors.ReadTimeoutError,  # EndpointConnectionError, ...
+        ServiceUnavailableError, EndpointUnreachableError,
+    )
+
+
+def _transient_mlflow(exc: BaseException) -> bool:
+    """An MLflow error with a 5xx or 429 status (what a server that is down, overloaded or
+    restarting answers), or one that says it is temporarily unavailable."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    return exc.get_http_status_code() >= 500 or exc.get_http_status_code() == 429 or \
+        "temporarily unavailable" in str(exc).lower()
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a network or service error that
+    a retry can get past. A ValueError, a missing file, a bad configuration are not."""
+    network = _network_errors()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, network) or _transient_mlflow(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _exception_of(state: Any) -> BaseException | None:
+    """The exception behind a Failed Prefect state (None when there is none)."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable result is not a reason to retry
+        return None
+    return result if isinstance(result, BaseException) else None
+
+
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn`` (``(task, task_run, state) -> bool``, Prefect 3): retry only
+    when the failure is transient (:func:`is_transient`); anything else fails on its first attempt."""
+    return is_transient(_exception_of(state))
+
+
+# the retry policy of a task that talks to S3 or MLflow: ``@task(..., **IO_RETRY)``
+IO_RETRY: dict[str, Any] = dict(retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+                                retry_condition_fn=transient_only)
 
 
 def _artifact_key(name: str) -> str:
