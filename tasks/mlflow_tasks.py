@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from ml.train import recipes
-from ml.eval.gate import GateDecision, PromotionPolicy, decide
+from ml.eval.gate import GateDecision, HeldoutOverlap, PromotionPolicy, decide, disjoint_heldout
 from ml.settings import get_settings
 from ml.tracking import models as tracked_models, registry, runs as tracking_runs
 from tasks.common import IO_RETRIES, IO_RETRY, IO_RETRY_DELAYS, markdown_table, publish_markdown
@@ -95,7 +95,7 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     return run_id
 
 
-@task(name="register-model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="register-model", **IO_RETRY, cache_policy=NO_CACHE)
 def register_model(run_id: str, tags: dict[str, Any]) -> str:
     """Register the run's model as a new version and make it ``challenger``. If aliasing
     fails, the half-made version is deleted so that no partial version stays registered."""
@@ -125,43 +125,110 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
     return probs.argmax(1), meta, "recomputed"
 
 
-@task(name="promotion-gate", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(name="promotion-gate", **IO_RETRY, cache_policy=NO_CACHE)
 def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                   policy_path: str | None = None, recompute: bool = False) -> dict[str, Any]:
+                   policy_path: str | None = None, recompute: bool = False, *,
+                   digests: Sequence[str]) -> dict[str, Any]:
     """Compare challenger ``version`` with the current champion on the same held-out data;
     move ``champion`` only when :func:`ml.eval.gate.decide` says so. Logged and shown as an artifact.
 
+    ``digests``: the SHA-256 of each held-out image (``ml.data.split.split_digests(manifest,
+    "test")``). Images either model trained on (its run's ``reports/train_digests.json``) are left
+    out; the result says how many (``heldout_overlap``, per model) and on how many images the
+    models were compared (``evaluated_on``). With fewer than the policy's ``min_disjoint_heldout``
+    the gate refuses: no alias moves, ``gate_decision`` is "refused".
+
     Each model's predictions are the ones its run stored for this exact held-out set (matched
     by digest), else they are predicted again from its stored weights (``recompute=True``
-    always does that)."""
+    always does that).
+
+    Idempotent under retries: moving the alias and tagging the version are one step that a retry
+    repeats whole. A retry that finds ``version`` already champion (an earlier attempt moved the
+    alias, then failed) compares it again with the champion it replaced (tag
+    ``gate_champion_before``, written before the alias moves) and reports it promoted."""
     logger = get_run_logger()
     settings = get_settings()
     name = settings.registered_model
     policy = PromotionPolicy.load(policy_path or settings.policies_dir / "promotion.yaml")
-    challenger_pred, meta, challenger_source = _predictions(f"models:/{name}/{version}", images, labels, classes,
-                                                            recompute)
-    champion = registry.get_alias_version(name, "champion")
-    champion_pred, champion_source = None, None
+    if len(digests) != len(labels):
+        raise ValueError(f"{len(digests)} held-out digests for {len(labels)} held-out images")
+    challenger_uri = f"models:/{name}/{version}"
+    challenger_pred, meta, challenger_source = _predictions(challenger_uri, images, labels, classes, recompute)
+    current = registry.get_alias_version(name, "champion")
+    already = current == str(version)
+    champion = _champion_before(name, version) if already else current
+    champion_pred, champion_source, trained = None, None, {"challenger": _trained(challenger_uri)}
     if champion is not None:
-        champion_pred, champ_meta, champion_source = _predictions(f"models:/{name}/{champion}", images, labels,
-                                                                  classes, recompute)
+        champion_uri = f"models:/{name}/{champion}"
+        champion_pred, champ_meta, champion_source = _predictions(champion_uri, images, labels, classes, recompute)
         if champ_meta["classes"] != meta["classes"]:
             raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
-    decision: GateDecision = decide(labels, challenger_pred, champion_pred, classes, policy)
-    if decision.promote:
-        registry.set_alias(name, "champion", version)
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, "gate_decision", "promoted" if decision.promote else "kept")
-    client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])
-    out = {"version": version, "champion_before": champion, "promoted": decision.promote,
-           "reason": decision.reason, "numbers": decision.numbers,
+        trained["champion"] = _trained(champion_uri)
+    heldout = disjoint_heldout(digests, trained)
+    decision = _decide(labels, challenger_pred, champion_pred, classes, policy, heldout)
+    if already and not decision.promote:  # the alias moved in an earlier attempt: it stays
+        decision = GateDecision(True, f"already champion (alias moved by an earlier attempt); re-evaluation: "
+                                f"{decision.reason}", decision.numbers)
+    _apply(name, version, decision, champion)
+    verdict = _verdict(decision)
+    out = {"version": version, "champion_before": champion, "promoted": decision.promote, "decision": verdict,
+           "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
+           "evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
            "predictions": {"challenger": challenger_source, "champion": champion_source}}
-    logger.info("promotion gate: v%s %s (%s)", version, "PROMOTED" if decision.promote else "kept as challenger",
-                decision.reason)
+    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
+                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
+                len(labels), decision.reason)
     rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
-        {**decision.numbers, "predictions": out["predictions"]}).items()]
+        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
+         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
+         **decision.numbers, "predictions": out["predictions"]}).items()]
     publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
                      f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
-                     + markdown_table(rows))
+                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
+                     f"model trained on).\n\n" + markdown_table(rows))
     return out
 
+
+def _trained(model_uri: str) -> set[str] | None:
+    """The model's training images (train + val digests); None (and a warning) when unrecorded."""
+    seen = tracked_models.load_training_digests(model_uri)
+    if seen is None:
+        get_run_logger().warning("%s recorded no training images: the held-out set cannot be checked "
+                                 "against them", model_uri)
+    return seen
+
+
+def _champion_before(name: str, version: str) -> str | None:
+    """The champion that ``version`` replaced, as the gate recorded it before moving the alias
+    (None: there was none, or the alias was set by hand)."""
+    before = MlflowClient().get_model_version(name, version).tags.get("gate_champion_before")
+    return None if before in (None, "none") else before
+
+
+def _decide(labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, classes: list[str],
+            policy: PromotionPolicy, heldout: HeldoutOverlap) -> GateDecision:
+    """:func:`decide` on the held-out images neither model trained on; a refusal when too few remain."""
+    if heldout.evaluated_on < policy.min_disjoint_heldout:
+        return GateDecision(False, (
+            f"refused: only {heldout.evaluated_on} of {len(labels)} held-out images are disjoint from the models' "
+            f"training images (overlap per model: {heldout.overlap}); the policy needs min_disjoint_heldout="
+            f"{policy.min_disjoint_heldout}: champion kept"), {"min_disjoint_heldout": policy.min_disjoint_heldout})
+    keep = heldout.keep
+    return decide(labels[keep], challenger[keep], None if champion is None else champion[keep], classes, policy)
+
+
+def _verdict(decision: GateDecision) -> str:
+    if decision.promote:
+        return "promoted"
+    return "refused" if decision.reason.startswith("refused") else "kept"
+
+
+def _apply(name: str, version: str, decision: GateDecision, champion_before: str | None) -> None:
+    """The gate's one write step, safe to repeat: record the champion being replaced, move the
+    alias, then tag the decision (a retry after any of these writes redoes them all)."""
+    client = MlflowClient()
+    if decision.promote:
+        client.set_model_version_tag(name, version, "gate_champion_before", champion_before or "none")
+        registry.set_alias(name, "champion", version)
+    client.set_model_version_tag(name, version, "gate_decision", _verdict(decision))
+    client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])

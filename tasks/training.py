@@ -129,6 +129,7 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
             tracking_runs.log_plots(plots.values())
             tracking_runs.log_report_json("classification_report", report)
             tracked_models.log_predictions(eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes))
+            tracked_models.log_training_digests(run_id, manifest.records, cache.version)
             # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
             prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
             mlflow.log_metrics({f"{prefix}{k}": float(metrics[k]) for k in

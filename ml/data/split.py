@@ -1,12 +1,16 @@
-"""Duplicate-aware, stratified, seeded train/val/test splits of a manifest.
+"""Duplicate-aware, stratified, seeded train/val/test splits of a manifest, stable across
+dataset versions.
 
 Exact duplicates (same SHA-256) and near duplicates (perceptual hashes within ``max_distance`` bits)
 form groups (connected components, i.e. union-find over the duplicate pairs); a group never
-straddles the splits this module assigns.
+straddles the splits this module assigns. A group's split depends on its content and the seed
+only (see "assigning splits" below), so an image keeps its split in every later version of the
+dataset: the held-out set stays held out while images are added and removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -51,10 +55,53 @@ def duplicate_groups(
 
 
 # --- assigning splits --------------------------------------------------------------------------
+#
+# A group's split is a function of the group alone: its content key (the smallest SHA-256 of its
+# members) and the seed hash to a number u in [0, 1), and fixed intervals of [0, 1) taken from the
+# fractions (test first, then val, the rest train) decide. A group that is in a later dataset
+# version with the same members lands in the same split whatever was added or removed around it;
+# new images never move old ones. Every class gets each split's fraction of its groups in
+# expectation (u is uniform and independent of the label): the per-class quantile rule is "the
+# groups of a class whose u falls below the test quantile f_test are test, between f_test and
+# f_test + f_val val", the same absolute quantiles for every class and every version (quantiles of
+# the class's own ranks would move images whenever the class grows).
+#
+# The exceptions, both rare: a group that gains or loses a member may change its key (it moves
+# when the new smallest digest hashes into another interval); and a class whose groups leave a split
+# empty by the intervals gets one group moved there (the nearest by u, taken from train when it
+# can be), which can move back once the class has a group of its own in that split. The promotion
+# gate checks its held-out images against the models' training images for these cases.
+
+_U_SCALE = float(2**64)
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    """``key`` and ``seed`` hashed to [0, 1) (the first 8 bytes of a SHA-256)."""
+    digest = hashlib.sha256(f"skinflow-split:{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _U_SCALE
+
+
+def _intervals(fracs: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """``[lo, hi)`` of each split on [0, 1): test first (so that changing val_frac never moves test
+    images), then val, then train."""
+    out, lo = {}, 0.0
+    for split in sorted(fracs, key=lambda s: (s != "test", s)):
+        out[split] = (lo, lo + fracs[split])
+        lo += fracs[split]
+    out["train"] = (lo, 1.0)
+    return out
+
+
+def group_units(digests: Sequence[str], groups: np.ndarray, seed: int) -> np.ndarray:
+    """u in [0, 1) per record: the hash of its group's smallest SHA-256 with the seed."""
+    frame = pd.DataFrame({"group": groups, "sha256": list(digests)})
+    keys = frame.groupby("group")["sha256"].transform("min")
+    cache = {k: _unit_hash(k, seed) for k in keys.unique()}
+    return keys.map(cache).to_numpy(dtype=float)
 
 
 def _targets(labels: np.ndarray, fracs: dict[str, float]) -> dict[str, dict[str, int]]:
-    """Images wanted per class and held-out split (at least one each)."""
+    """Images expected per class and held-out split (at least one each): what sizes the check."""
     counts = Counter(labels.tolist())
     return {c: {s: max(1, round(n * f)) for s, f in fracs.items()} for c, n in counts.items()}
 
@@ -72,36 +119,43 @@ def _check_enough(labels: np.ndarray, groups: np.ndarray, targets: dict[str, dic
             )
 
 
-def _gain(group_counts: Counter, current: dict[str, dict[str, int]], targets: dict[str, dict[str, int]],
-          split: str) -> int:
-    """How much closer to its targets ``split`` gets by taking the group (negative: further)."""
-    return sum(
-        abs(targets[c][split] - current[c][split]) - abs(targets[c][split] - current[c][split] - k)
-        for c, k in group_counts.items()
-    )
+def _distance(u: float, interval: tuple[float, float]) -> float:
+    lo, hi = interval
+    return max(lo - u, 0.0, u - hi)
 
 
-def _assign(labels: np.ndarray, groups: np.ndarray, fracs: dict[str, float], seed: int) -> np.ndarray:
-    """Split per record: whole groups, larger groups first then in seeded random order, greedily
-    to the held-out split whose per-class targets they approach most, else to train."""
+def _fill_empty(out: np.ndarray, labels: np.ndarray, groups: np.ndarray, units: np.ndarray,
+                intervals: dict[str, tuple[float, float]]) -> None:
+    """Give every class at least one group in each split: a class left without one gets the
+    group nearest to that split's interval by u, from train when it can, from a split where the
+    class keeps another group otherwise (in place)."""
+    for label in sorted(set(labels.tolist())):
+        for split in intervals:  # held-out splits first, train last
+            mask = labels == label
+            if (out[mask] == split).any():
+                continue
+            candidates = []
+            for g in np.unique(groups[mask]):
+                source = out[groups == g][0]
+                if (out[mask & (groups != g)] == source).any():
+                    u = units[groups == g][0]
+                    candidates.append((source != "train", _distance(u, intervals[split]), u, g))
+            if candidates:
+                out[groups == min(candidates)[3]] = split
+
+
+def _assign(labels: np.ndarray, groups: np.ndarray, digests: Sequence[str], fracs: dict[str, float],
+            seed: int) -> np.ndarray:
+    """Split per record from its group's u (see above): whole groups, stable across versions."""
     out = np.full(len(labels), "train", dtype=object)
     if not fracs or not len(labels):
         return out
-    targets = _targets(labels, fracs)
-    _check_enough(labels, groups, targets)
-    uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    shuffled = np.random.default_rng(seed).permutation(len(uniq))
-    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
-    current = {c: dict.fromkeys(fracs, 0) for c in targets}
-    for g in order:
-        counts = Counter(labels[members[g]].tolist())
-        gains = {s: _gain(counts, current, targets, s) for s in sorted(fracs)}
-        best = max(gains, key=lambda s: (gains[s], s))
-        if gains[best] > 0:
-            out[members[g]] = best
-            for c, k in counts.items():
-                current[c][best] += k
+    _check_enough(labels, groups, _targets(labels, fracs))
+    units = group_units(digests, groups, seed)
+    intervals = _intervals(fracs)
+    for split, (lo, hi) in intervals.items():
+        out[(units >= lo) & (units < hi)] = split
+    _fill_empty(out, labels, groups, units, intervals)
     _check_result(labels, out, fracs)
     return out
 
@@ -135,7 +189,9 @@ def split_manifest(
     keep_existing: bool = True,
     max_distance: int | None | Literal["policy"] = POLICY,
 ) -> Manifest:
-    """A new manifest whose ``split`` column is filled with train/val/test, stratified by label.
+    """A new manifest whose ``split`` column is filled with train/val/test, stratified by label
+    and stable across versions: a record's split is a function of its duplicate group's contents
+    and ``seed`` (the rule above ``_assign``), not of the other records.
 
     With ``keep_existing`` the source's val/test records stay where they are, the fractions apply
     to the remaining (train or unassigned) records, and only splits the source lacks are carved
@@ -153,7 +209,17 @@ def split_manifest(
     given = set(records["split"][kept])
     fracs = {s: f for s, f in (("val", val_frac), ("test", test_frac)) if f > 0 and s not in given}
     new = records.copy()
-    new.loc[pool, "split"] = _assign(records["label"].to_numpy()[pool], groups[pool], fracs, seed)
+    new.loc[pool, "split"] = _assign(records["label"].to_numpy()[pool], groups[pool],
+                                       records["sha256"].to_numpy()[pool], fracs, seed)
     bad = pd.concat([manifest.bad, _leak_rows(records, leaked, kept, groups)], ignore_index=True) if leaked.any() \
         else manifest.bad
     return replace(manifest, records=new[~leaked].reset_index(drop=True), bad=bad)
+
+
+def split_digests(manifest: Manifest, splits: str | Sequence[str]) -> list[str]:
+    """SHA-256 of the records in ``splits`` (one name or several), in record order: the order of
+    :meth:`ml.data.cache.ImageCache.subset`, so ``split_digests(manifest, "test")`` names the images
+    of ``cache.subset("test")`` one by one."""
+    wanted = [splits] if isinstance(splits, str) else list(splits)
+    records = manifest.records
+    return records.loc[records["split"].isin(wanted), "sha256"].astype(str).tolist()

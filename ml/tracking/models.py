@@ -30,6 +30,8 @@ STATE_DICT_FILE = "state_dict.pt"
 SNAPSHOTS_FILE = "snapshots.pt"
 META_FILE = "model_meta.json"
 PREDICTIONS_DIR = "predictions"
+TRAIN_DIGESTS_FILE = "reports/train_digests.json"
+TRAINED_SPLITS = ("train", "val")  # both seen while training (val: early stopping, selection)
 
 
 def log_torch_model(
@@ -159,6 +161,31 @@ def load_predictions(model_uri: str, digest: str) -> np.ndarray | None:
                 if str(stored["digest"]) == digest:
                     return stored["probs"].astype(np.float64)
     return None
+
+
+def log_training_digests(run_id: str, records: Any, dataset_version: str | None = None) -> str:
+    """Record which images the run's model was trained on: the SHA-256 digests of the manifest
+    records (``split``, ``sha256`` columns) of the train and val splits, per split, as
+    ``reports/train_digests.json``. The promotion gate keeps its held-out set disjoint from them."""
+    seen = records[records["split"].isin(TRAINED_SPLITS)]
+    payload = {"dataset_version": dataset_version, "splits": list(TRAINED_SPLITS),
+               "sha256": {split: sorted(set(seen.loc[seen["split"] == split, "sha256"].astype(str)))
+                          for split in TRAINED_SPLITS}}
+    MlflowClient().log_dict(run_id, payload, TRAIN_DIGESTS_FILE)
+    return TRAIN_DIGESTS_FILE
+
+
+def load_training_digests(model_uri: str) -> set[str] | None:
+    """The SHA-256 digests of the images the model behind ``model_uri`` was trained on (train and
+    val), or None when its run recorded none (a model logged before they were recorded)."""
+    run_id = _run_id_of(model_uri)
+    folder = TRAIN_DIGESTS_FILE.rsplit("/", 1)[0]
+    if TRAIN_DIGESTS_FILE not in {item.path for item in MlflowClient().list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAIN_DIGESTS_FILE, dst_path=tmp)
+        payload = json.loads(Path(local).read_text())
+    return {d for digests in payload["sha256"].values() for d in digests}
 
 
 def _run_id_of(model_uri: str) -> str:

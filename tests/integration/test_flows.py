@@ -140,7 +140,8 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     # tiny data cannot clear the shipped 0.30 recall floor on 10 classes: the test policy keeps
     # the shipped margin and statistics but lowers the floor so the first version is promoted
     policy = flows_env["root"] / "promotion.yaml"
-    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n")
+    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
+                      "min_disjoint_heldout: 10\n")  # the tiny test split has ~28 images
     first = retrain_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=3), tune=False,
                          validate_data=False, policy=str(policy), out_dir=str(flows_env["root"] / "r1"))
     assert first["model_version"] == "1" and first["promoted"] is True
@@ -161,12 +162,14 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     import numpy as np
 
     from flows.train import prepare_data
+    from ml.data.split import split_digests
     from ml.train import recipes
     from ml.eval.gate import heldout_digest
     from tasks.mlflow_tasks import promotion_gate
 
-    _, cache = prepare_data(flows_env["cfg"])
+    manifest, cache = prepare_data(flows_env["cfg"])
     images, labels = cache.subset("test")
+    digests = split_digests(manifest, "test")
     for version in ("1", worse["model_version"]):
         uri = f"models:/{name}/{version}"
         stored = tracked_models.load_predictions(uri, heldout_digest(images, labels, cache.classes))
@@ -177,9 +180,14 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
         other = labels.copy()
         other[0] = (other[0] + 1) % len(cache.classes)
         assert tracked_models.load_predictions(uri, heldout_digest(images, other, cache.classes)) is None
+        # each registered model records the images it trained on: train and val, never test
+        assert tracked_models.load_training_digests(uri) == set(split_digests(manifest, ["train", "val"]))
     # recomputing from the weights reaches the same decision as the stored predictions did
-    recomputed = promotion_gate(worse["model_version"], images, labels, cache.classes, str(policy), recompute=True)
+    recomputed = promotion_gate(worse["model_version"], images, labels, cache.classes, str(policy), recompute=True,
+                                digests=digests)
     assert recomputed["predictions"] == {"challenger": "recomputed", "champion": "recomputed"}
+    assert recomputed["heldout_overlap"] == {"challenger": 0, "champion": 0}
+    assert recomputed["evaluated_on"] == len(labels)
     assert recomputed["promoted"] is False and recomputed["reason"] == worse["gate_reason"]
 
 
