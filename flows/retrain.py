@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from ml.data.config import DataConfig
+from ml.data.split import split_digests
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from tasks.common import markdown_table, publish_markdown
@@ -57,7 +58,8 @@ def retrain_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainC
             "validation": "passed" if validation and validation["passed"] else ("skipped" if not validation else "warnings"),
             "config_hash": config_hash(cfg), "eta": _eta_tag(tuned)})
         images, labels = cache.subset("test")
-        gate = promotion_gate(version, images, labels, cache.classes, policy)
+        gate = promotion_gate(version, images, labels, cache.classes, policy,
+                              digests=split_digests(manifest, "test"))
     m = evaluation["metrics"]
     summary = {"run_id": run_id, "dataset_version": cache.version, "model_version": version,
                "promoted": gate["promoted"], "gate_reason": gate["reason"], "gate_predictions": gate["predictions"],
@@ -66,6 +68,7 @@ def retrain_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainC
                "test_balanced_accuracy": m["balanced_accuracy"], "test_macro_f1": m["macro_f1"],
                "eta_over_sgd": _eta_tag(tuned), "trials": len(tuned["trials"]) if tuned else 0,
                "failed_trials": len(tuned["failed"]) if tuned else 0,
+               "gate_evaluated_on": gate.get("evaluated_on"), "gate_heldout_overlap": gate.get("heldout_overlap"),
                "validation_passed": validation["passed"] if validation else None}
     publish_markdown("retrain-summary", "## Retrain summary\n\n" + markdown_table([summary]))
     logger.info("retrain done: v%s %s", version, "promoted to champion" if gate["promoted"] else "kept as challenger")

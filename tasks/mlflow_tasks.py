@@ -17,7 +17,7 @@ from ml.train import recipes
 from ml.eval.gate import GateDecision, HeldoutOverlap, PromotionPolicy, decide, disjoint_heldout
 from ml.settings import get_settings
 from ml.tracking import models as tracked_models, registry, runs as tracking_runs
-from tasks.common import IO_RETRIES, IO_RETRY, IO_RETRY_DELAYS, markdown_table, publish_markdown
+from tasks.common import IO_RETRY, markdown_table, publish_markdown
 
 
 @task(name="open-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)

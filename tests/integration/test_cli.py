@@ -69,6 +69,13 @@ def test_validate_exits_nonzero_on_critical_failures(prefect_harness, tmp_path):
     out = _skinflow(["validate", str(ds), "--out", str(tmp_path / "val")], env)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAIL" in out.stdout and "integrity" in out.stdout
+    # the failing check names the files it counted, with their reasons
+    meta = pd.read_csv(ds / "synth_meta.csv")
+    broken = meta[meta["kind"].str.startswith("corrupt")]["path"].tolist()
+    assert len(broken) == 2
+    for rel in broken:
+        named = [line for line in out.stdout.splitlines() if rel in line]
+        assert named and any(r in named[0] for r in ("zero_bytes", "truncated")), (rel, out.stdout[-1500:])
     clean = tmp_path / "clean"
     assert runner.invoke(app, ["data", "synth", "--out", str(clean), "--per-class", "10", "--size", "64"]).exit_code == 0
     out = _skinflow(["validate", str(clean), "--out", str(tmp_path / "val2")], env)
