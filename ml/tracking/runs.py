@@ -44,11 +44,16 @@ class ServiceUnavailableError(RuntimeError):
 
 def configure_mlflow(tracking_uri: str | None = None) -> str:
     """Point MLflow tracking and registry at ``tracking_uri``; default from the settings
-    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). Returns the URI in use."""
+    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). Returns the URI in use.
+
+    MLflow's client prints "View run ... at: <tracking URI>" on stdout when a run on a server
+    ends, credentials of the URI included (a print, out of reach of log redaction): that print
+    is switched off, and skinflow logs its own redacted runs-page link instead."""
     if tracking_uri is None:
         from ml.settings import get_settings
 
         tracking_uri = get_settings().mlflow_tracking_uri
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return tracking_uri
