@@ -122,7 +122,8 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
         if probs is not None:
             return probs.argmax(1), tracked_models.load_model_meta(model_uri), "stored"
     states, meta = tracked_models.load_model_states(model_uri)
-    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
+    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images,
+                                   tta=meta.get("tta", False))  # as the run evaluated (and serves) it
     return probs.argmax(1), meta, "recomputed"
 
 

@@ -26,7 +26,7 @@ FILE_SIZE, CACHE_SIZE = 48, 32
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, monkeypatch_module):
-    """A 3-epoch sgdr_dlr_clm run (two snapshots) logged by ``log_training_run`` and registered
+    """A 3-epoch sgdr_dlr_clm run (two snapshots, TTA) logged by ``log_training_run`` and registered
     by ``register_model`` (the tasks' functions): ``(run_id, result, cache, manifest, logged, version)``."""
     from ml.data.cache import build_cache
     from ml.data.manifest import build_manifest
@@ -43,7 +43,8 @@ def registered(tmp_path_factory, monkeypatch_module):
     generate(root / "ds", SynthConfig(per_class=6, size=FILE_SIZE, seed=0), progress=False)
     manifest = split_manifest(build_manifest(root / "ds"), val_frac=0.2, test_frac=0.2, seed=0)
     cache = build_cache(manifest, CACHE_SIZE, root / "cache")
-    cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, device="cpu", progress=False)
+    cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, tta=True, device="cpu",
+                      progress=False)
     result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
     evaluation = evaluate_model.fn(result, cache, "test")
     run_id, _ = open_run.fn("skinflow-retrain", "serving")
@@ -68,13 +69,29 @@ def test_registered_pyfunc_reproduces_the_gated_probabilities(registered) -> Non
         probs = served.predict(given)
         assert isinstance(probs, pd.DataFrame) and list(probs.columns) == cache.classes
         np.testing.assert_allclose(probs.to_numpy(), stored, rtol=0, atol=1e-5)
-    # the single final model alone predicts something else: what is served is the ensemble
-    single = result.model.eval()
-    with torch.no_grad():
-        from ml.train.predict import predict_proba
+    # the final model alone, or the ensemble without TTA, predicts something else
+    from ml.train.predict import ensemble_proba, predict_proba
 
-        alone = predict_proba(single, images, result.norm, torch.device("cpu"))
-    assert np.abs(alone - stored).max() > 1e-3
+    alone = predict_proba(result.model, images, result.norm, torch.device("cpu"), tta=True)
+    no_tta = ensemble_proba(result.model, result.snapshots, images, result.norm, torch.device("cpu"))
+    assert np.abs(alone - stored).max() > 1e-3 and np.abs(no_tta - stored).max() > 1e-3
+
+
+def test_gate_recomputes_what_the_run_evaluated(registered) -> None:
+    """Predicted again from the stored weights (``recompute=True``), with the run's TTA."""
+    from ml.train import recipes
+    from tasks.mlflow_tasks import _predictions
+
+    _, _, cache, _, _, version = registered
+    images, labels = cache.subset("test")
+    uri = f"models:/{NAME}/{version}"
+    stored = tracked_models.load_predictions(uri, heldout_digest(images, labels, cache.classes))
+    pred, meta, source = _predictions(uri, images, labels, cache.classes, recompute=True)
+    assert source == "recomputed" and meta["tta"] is True
+    np.testing.assert_array_equal(pred, stored.argmax(1))
+    states, _ = tracked_models.load_model_states(uri)
+    again = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta["tta"])
+    np.testing.assert_allclose(again, stored, rtol=0, atol=1e-5)
 
 
 def test_version_keeps_its_run_and_the_real_module_weights(registered) -> None:
@@ -90,7 +107,7 @@ def test_version_keeps_its_run_and_the_real_module_weights(registered) -> None:
         state = torch.load(tracked_models.fetch_weights(uri, Path(tmp)), map_location="cpu", weights_only=True)
     assert all(torch.equal(state[k], v.cpu()) for k, v in result.model.state_dict().items())
     states, meta = tracked_models.load_model_states(uri)
-    assert meta["snapshots"] == len(states) == len(result.snapshots) and meta["tta"] is False
+    assert meta["snapshots"] == len(states) == len(result.snapshots) and meta["tta"] is True
     assert all(torch.equal(a[k], b[k]) for a, b in zip(states, result.snapshots, strict=True) for k in a)
     info = mlflow.models.get_model_info(uri)
     assert "python_function" in info.flavors and "pytorch" not in info.flavors
