@@ -51,9 +51,9 @@ def retrain_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainC
             cfg, _ = with_lr(cache, training, lr_find, out_dir, run_id)
         result = train_model(cache, cfg, run_id)
         evaluation = evaluate_model(result, cache, "test")
-        log_training_run(run_id, result, evaluation, "test", cache, manifest, out_dir,
-                         extra={"validation_passed": validation["passed"] if validation else None})
-        version = register_model(run_id, {
+        logged = log_training_run(run_id, result, evaluation, "test", cache, manifest, out_dir,
+                                  extra={"validation_passed": validation["passed"] if validation else None})
+        version = register_model(logged["model_uri"], {
             "dataset_version": cache.version, "schedule": cfg.schedule, "lr": f"{cfg.lr:.4g}", "amp": cfg.amp,
             "validation": "passed" if validation and validation["passed"] else ("skipped" if not validation else "warnings"),
             "config_hash": config_hash(cfg), "eta": _eta_tag(tuned)})

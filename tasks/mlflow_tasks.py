@@ -96,11 +96,12 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
 
 
 @task(name="register-model", **IO_RETRY, cache_policy=NO_CACHE)
-def register_model(run_id: str, tags: dict[str, Any]) -> str:
-    """Register the run's model as a new version and make it ``challenger``. If aliasing
-    fails, the half-made version is deleted so that no partial version stays registered."""
+def register_model(model_uri: str, tags: dict[str, Any]) -> str:
+    """Register the logged model ``model_uri`` (``log_training_run(...)["model_uri"]``) as a new
+    version and make it ``challenger``. If aliasing fails, the half-made version is deleted so
+    that no partial version stays registered."""
     name = get_settings().registered_model
-    version = registry.register_version(run_id, name, tags={k: str(v) for k, v in tags.items()})
+    version = registry.register_version(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     try:
         registry.set_alias(name, "challenger", version)
     except Exception:
@@ -121,7 +122,8 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
         if probs is not None:
             return probs.argmax(1), tracked_models.load_model_meta(model_uri), "stored"
     states, meta = tracked_models.load_model_states(model_uri)
-    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images)
+    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images,
+                                   tta=meta.get("tta", False))  # as the run evaluated (and serves) it
     return probs.argmax(1), meta, "recomputed"
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from prefect import get_run_logger, task
@@ -20,7 +19,7 @@ from ml.train import recipes
 from ml.eval.gate import heldout_digest
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import Callback, TrainResult, fit
-from ml.tracking import models as tracked_models, runs as tracking_runs
+from ml.tracking import models as tracked_models, runs as tracking_runs, serving
 from tasks.common import IO_RETRY, publish_table
 
 
@@ -104,14 +103,17 @@ def evaluate_model(result: TrainResult, cache, split: str) -> dict[str, Any]:
 def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_split: str, cache, manifest,
                      out_dir: str, extra: dict | None = None) -> dict[str, Any]:
     """Params, tags, dataset input, plots, classification report, held-out predictions and the
-    model of one run. The weights go to the store on a background thread while the plots are
-    drawn and the pt2 flavour is exported (disk I/O beside Python-bound work)."""
+    model of one run: the served pyfunc (the evaluated snapshot ensemble with its preprocessing,
+    :mod:`ml.tracking.serving`) beside the state dicts under ``model/``. The weights go to the
+    store on a background thread while the plots are drawn (disk I/O beside Python-bound work).
+    Returns the plots, the report and ``model_uri``, the URI :func:`register_model` takes."""
     out = Path(out_dir)
     images, labels = cache.subset(eval_split)
     meta = tracked_models.model_meta(result.config["arch"], result.classes, len(result.snapshots),
                                {"norm": [list(result.norm[0]), list(result.norm[1])], "size": int(images.shape[1]),
-                                "dataset_version": cache.version})
-    with tracked_models.model_weights_in_background(run_id, result.model.state_dict(), result.snapshots, meta):
+                                "dataset_version": cache.version, "tta": bool(result.config.get("tta"))})
+    with tracked_models.model_weights_in_background(run_id, result.model.state_dict(), result.snapshots,
+                                                    meta) as written:
         plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
         metrics = evaluation["metrics"]
         report = {"split": eval_split, **{k: v for k, v in metrics.items()}, "config": result.config,
@@ -136,21 +138,9 @@ def log_training_run(run_id: str, result: TrainResult, evaluation: dict, eval_sp
                                 ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
                                 if metrics.get(k) is not None})
             mlflow.log_metric("wall_seconds", result.wall_seconds)
-            tracked_models.log_model_flavour(_for_export(result), _example_input(result, images[:2]))
-    return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json")}
-
-
-def _for_export(result: TrainResult):
-    """The single model of the run (the snapshot ensemble is stored beside it and is what
-    ``load_model_states`` returns for prediction)."""
-    return result.model.cpu().eval()
-
-
-def _example_input(result: TrainResult, images: np.ndarray) -> np.ndarray:
-    from ml.train.transforms import to_float_batch
-    import torch
-
-    return to_float_batch(torch.from_numpy(np.ascontiguousarray(images)), *result.norm).numpy()
+            served = serving.log_serving_model(written(), meta)
+    return {"plots": {k: str(v) for k, v in plots.items()}, "report": str(out / "metrics.json"),
+            "model_uri": served.model_uri}
 
 
 @task(name="pretrain-backbone", retries=0, cache_policy=NO_CACHE)

@@ -1,16 +1,19 @@
-"""Models in MLflow runs: the pytorch flavour plus the plain artifacts that rebuild the real
-module (``model/state_dict.pt``, ``model/snapshots.pt``, ``model/model_meta.json``), stored
-held-out predictions, and loading them back.
+"""Models in MLflow runs: the plain artifacts that rebuild the real module
+(``model/state_dict.pt``, ``model/snapshots.pt``, ``model/model_meta.json``), stored held-out
+predictions, and loading them back; the pytorch flavour of a single module.
 
-MLflow's default ``pt2`` format loads back as a ``torch.fx`` graph without named submodules
-(Grad-CAM and fine-tuning need the real module), hence the state dicts beside it.
+The model a training run logs and registers is the served pyfunc of :mod:`ml.tracking.serving`
+(the snapshot ensemble with its preprocessing). Grad-CAM, embeddings and fine-tuning need the
+real module: they rebuild it from the run's state dicts (MLflow's default ``pt2`` format loads
+back as a ``torch.fx`` graph without named submodules).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +35,7 @@ META_FILE = "model_meta.json"
 PREDICTIONS_DIR = "predictions"
 TRAIN_DIGESTS_FILE = "reports/train_digests.json"
 TRAINED_SPLITS = ("train", "val")  # both seen while training (val: early stopping, selection)
+WEIGHTS, META = "weights", "meta"  # keys of write_model_files' result: the served model's artifacts
 
 
 def log_torch_model(
@@ -65,15 +69,23 @@ def model_weights_in_background(
     state: Mapping[str, torch.Tensor],
     snapshots: Sequence[Mapping[str, torch.Tensor]],
     meta: Mapping[str, Any],
-) -> Iterator[None]:
+) -> Iterator[Callable[[], dict[str, str]]]:
     """:func:`log_model_weights` on a background thread while the body runs (disk I/O beside the
-    caller's Python-bound work); on leaving, waits for it and re-raises a failed upload."""
-    from concurrent.futures import ThreadPoolExecutor
+    caller's Python-bound work); on leaving, waits for it and re-raises a failed upload.
 
-    with ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
-        written = pool.submit(log_model_weights, run_id, state, snapshots, meta)
-        yield
-        written.result()
+    Yields ``written()``: waits until the files are written locally and returns what
+    :func:`write_model_files` returns (paths valid inside the block, e.g. the served model's
+    artifacts)."""
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1, thread_name_prefix="log-weights") as pool:
+        written = pool.submit(write_model_files, Path(tmp), state, snapshots, meta)
+        uploaded = pool.submit(_upload_when_written, written, run_id, tmp)
+        yield written.result
+        uploaded.result()
+
+
+def _upload_when_written(written: Future, run_id: str, folder: str) -> None:
+    written.result()  # a failed write fails the upload too
+    MlflowClient().log_artifacts(run_id, folder, artifact_path=MODEL_DIR)
 
 
 def model_meta(arch: str, classes: Sequence[str], snapshots: int,
@@ -113,11 +125,11 @@ def log_model_flavour(
         model.train(was_training)
 
 
-def _model_requirements() -> list[str]:
+def _model_requirements(extra: Sequence[str] = ()) -> list[str]:
     """Pinned runtime requirements of a logged model (this environment's versions)."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "numpy", "mlflow")]
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "numpy", "mlflow", *extra)]
 
 
 def log_model_weights(
@@ -129,11 +141,23 @@ def log_model_weights(
     """Log CPU weights (``state_dict.pt``, ``snapshots.pt``) and ``model_meta.json`` under the
     run's ``model/`` (client API with an explicit run id: safe from any thread)."""
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(cpu_state(state), Path(tmp) / STATE_DICT_FILE)
-        if snapshots:
-            torch.save([cpu_state(s) for s in snapshots], Path(tmp) / SNAPSHOTS_FILE)
-        (Path(tmp) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
+        write_model_files(Path(tmp), state, snapshots, meta)
         MlflowClient().log_artifacts(run_id, tmp, artifact_path=MODEL_DIR)
+
+
+def write_model_files(
+    folder: Path,
+    state: Mapping[str, torch.Tensor],
+    snapshots: Sequence[Mapping[str, torch.Tensor]],
+    meta: Mapping[str, Any],
+) -> dict[str, str]:
+    """Write ``state_dict.pt``, ``snapshots.pt`` (if any) and ``model_meta.json`` into ``folder``;
+    returns the served model's files: ``weights`` (the snapshots, else the state dict) and ``meta``."""
+    torch.save(cpu_state(state), folder / STATE_DICT_FILE)
+    if snapshots:
+        torch.save([cpu_state(s) for s in snapshots], folder / SNAPSHOTS_FILE)
+    (folder / META_FILE).write_text(json.dumps(dict(meta), indent=2))
+    return {WEIGHTS: str(folder / (SNAPSHOTS_FILE if snapshots else STATE_DICT_FILE)), META: str(folder / META_FILE)}
 
 
 def log_predictions(split: str, probs: np.ndarray, digest: str) -> str:

@@ -8,44 +8,20 @@ from collections.abc import Mapping
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-from ml.tracking.models import MODEL_DIR
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 REGISTERED_MODEL = "skin-lesion-classifier"
 
 
-def _logged_model_id(run_id: str) -> str:
-    """Id of the latest logged model named ``model`` in the run."""
-    models = mlflow.search_logged_models(
-        experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_DIR}'",
-        order_by=[{"field_name": "creation_time", "ascending": False}],
-        output_format="list",
-    )
-    if not models:
-        raise ValueError(f"run {run_id} has no logged model named {MODEL_DIR!r}")
-    return models[0].model_id
-
-
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-
-
 def register_version(
-    run_id: str, name: str = REGISTERED_MODEL, tags: Mapping[str, str] | None = None
+    model_uri: str, name: str = REGISTERED_MODEL, tags: Mapping[str, str] | None = None
 ) -> str:
-    """Register the run's logged ``model`` as a new version of ``name``; returns the version."""
-    client = MlflowClient()
-    _ensure_registered_model(client, name)
-    model_id = _logged_model_id(run_id)
-    version = client.create_model_version(
-        name, source=f"models:/{model_id}", run_id=run_id, tags=dict(tags or {}), model_id=model_id
-    )
+    """Register the logged model at ``model_uri`` (``ModelInfo.model_uri`` as ``log_model``
+    returns it: ``models:/<model_id>``) as a new version of ``name`` (created if needed); the
+    version records the model's source run. Returns the version."""
+    if not model_uri.startswith(("models:/", "runs:/")):
+        raise ValueError(f"expected a logged model's URI (models:/<model_id>), got {model_uri!r}")
+    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
     return str(version.version)
 
 

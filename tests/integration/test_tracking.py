@@ -151,13 +151,14 @@ def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
     run_id, model, _, info = logged
     name = "skin-lesion-classifier"
     assert registry.get_alias_version(name, "champion") is None
-    first = registry.register_version(run_id, name, tags={"gate": "first"})
+    first = registry.register_version(info.model_uri, name, tags={"gate": "first"})
     other, snapshots = _tiny_model(1), [_tiny_model(2).state_dict(), _tiny_model(3).state_dict()]
     with mlflow.start_run() as second_run:
-        tracked_models.log_torch_model(other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
-                                 serialization_format="pickle", extra_meta={"norm": [[0.5] * 3, [0.2] * 3]},
-                                 snapshots=snapshots)
-    second = registry.register_version(second_run.info.run_id, name)
+        second_info = tracked_models.log_torch_model(
+            other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32), serialization_format="pickle",
+            extra_meta={"norm": [[0.5] * 3, [0.2] * 3]}, snapshots=snapshots)
+    second = registry.register_version(second_info.model_uri, name)
+    assert MlflowClient().get_model_version(name, second).run_id == second_run.info.run_id
     assert (first, second) == ("1", "2")
     registry.set_alias(name, "champion", first)
     registry.set_alias(name, "challenger", second)

@@ -1,0 +1,119 @@
+"""The registered model is the judged model: a run trained with snapshots, logged and
+registered through the tasks against a real sqlite store, loads back from the registry as a
+pyfunc that reproduces the held-out probabilities the promotion gate reads, from raw images at
+their file size and from the image files."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from ml.data.images import load_rgb
+from ml.eval.gate import heldout_digest
+from ml.tracking import models as tracked_models, registry
+from tests.conftest import use_local_stores
+
+NAME = "skin-lesion-classifier"
+FILE_SIZE, CACHE_SIZE = 48, 32
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, monkeypatch_module):
+    """A 3-epoch sgdr_dlr_clm run (two snapshots, TTA) logged by ``log_training_run`` and registered
+    by ``register_model`` (the tasks' functions): ``(run_id, result, cache, manifest, logged, version)``."""
+    from ml.data.cache import build_cache
+    from ml.data.manifest import build_manifest
+    from ml.data.split import split_manifest
+    from ml.data.synth import SynthConfig, generate
+    from ml.settings import get_settings
+    from ml.train.config import TrainConfig
+    from ml.train.loop import fit
+    from tasks.mlflow_tasks import open_run, register_model
+    from tasks.training import evaluate_model, log_training_run
+
+    root = tmp_path_factory.mktemp("serving")
+    use_local_stores(monkeypatch_module, root)
+    generate(root / "ds", SynthConfig(per_class=6, size=FILE_SIZE, seed=0), progress=False)
+    manifest = split_manifest(build_manifest(root / "ds"), val_frac=0.2, test_frac=0.2, seed=0)
+    cache = build_cache(manifest, CACHE_SIZE, root / "cache")
+    cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, tta=True, device="cpu",
+                      progress=False)
+    result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
+    evaluation = evaluate_model.fn(result, cache, "test")
+    run_id, _ = open_run.fn("skinflow-retrain", "serving")
+    logged = log_training_run.fn(run_id, result, evaluation, "test", cache, manifest, str(root / "out"))
+    version = register_model.fn(logged["model_uri"], {"dataset_version": cache.version})
+    yield run_id, result, cache, manifest, logged, version
+    get_settings.cache_clear()
+
+
+def test_registered_pyfunc_reproduces_the_gated_probabilities(registered) -> None:
+    run_id, result, cache, manifest, _, version = registered
+    assert len(result.snapshots) >= 2  # an ensemble, not the final model alone
+    images, labels = cache.subset("test")
+    stored = tracked_models.load_predictions(f"models:/{NAME}/{version}", heldout_digest(images, labels, cache.classes))
+    assert stored is not None
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+
+    paths = manifest.records.loc[manifest.records["split"] == "test", "local_path"].tolist()
+    originals = np.stack([np.asarray(load_rgb(p)) for p in paths])
+    assert originals.shape[1:] == (FILE_SIZE, FILE_SIZE, 3) and originals.dtype == np.uint8
+    for given in (originals, pd.DataFrame({"path": paths}), paths):
+        probs = served.predict(given)
+        assert isinstance(probs, pd.DataFrame) and list(probs.columns) == cache.classes
+        np.testing.assert_allclose(probs.to_numpy(), stored, rtol=0, atol=1e-5)
+    # the final model alone, or the ensemble without TTA, predicts something else
+    from ml.train.predict import ensemble_proba, predict_proba
+
+    alone = predict_proba(result.model, images, result.norm, torch.device("cpu"), tta=True)
+    no_tta = ensemble_proba(result.model, result.snapshots, images, result.norm, torch.device("cpu"))
+    assert np.abs(alone - stored).max() > 1e-3 and np.abs(no_tta - stored).max() > 1e-3
+
+
+def test_gate_recomputes_what_the_run_evaluated(registered) -> None:
+    """Predicted again from the stored weights (``recompute=True``), with the run's TTA."""
+    from ml.train import recipes
+    from tasks.mlflow_tasks import _predictions
+
+    _, _, cache, _, _, version = registered
+    images, labels = cache.subset("test")
+    uri = f"models:/{NAME}/{version}"
+    stored = tracked_models.load_predictions(uri, heldout_digest(images, labels, cache.classes))
+    pred, meta, source = _predictions(uri, images, labels, cache.classes, recompute=True)
+    assert source == "recomputed" and meta["tta"] is True
+    np.testing.assert_array_equal(pred, stored.argmax(1))
+    states, _ = tracked_models.load_model_states(uri)
+    again = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta["tta"])
+    np.testing.assert_allclose(again, stored, rtol=0, atol=1e-5)
+
+
+def test_version_keeps_its_run_and_the_real_module_weights(registered) -> None:
+    run_id, result, _, _, logged, version = registered
+    assert logged["model_uri"].startswith("models:/m-")
+    assert registry.get_alias_version(NAME, "challenger") == version
+    mv = MlflowClient().get_model_version(NAME, version)
+    assert mv.run_id == run_id and mv.tags["dataset_version"]
+    registry.set_alias(NAME, "champion", version)
+    uri = f"models:/{NAME}@champion"
+    # fine-tuning, Grad-CAM and embeddings rebuild the real module from the run's state dicts
+    with tempfile.TemporaryDirectory() as tmp:
+        state = torch.load(tracked_models.fetch_weights(uri, Path(tmp)), map_location="cpu", weights_only=True)
+    assert all(torch.equal(state[k], v.cpu()) for k, v in result.model.state_dict().items())
+    states, meta = tracked_models.load_model_states(uri)
+    assert meta["snapshots"] == len(states) == len(result.snapshots) and meta["tta"] is True
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(states, result.snapshots, strict=True) for k in a)
+    info = mlflow.models.get_model_info(uri)
+    assert "python_function" in info.flavors and "pytorch" not in info.flavors
+    assert [c.name for c in info.signature.outputs.inputs] == meta["classes"]
+
+
+def test_a_run_id_is_not_a_model_uri(registered) -> None:
+    with pytest.raises(ValueError, match="models:/<model_id>"):
+        registry.register_version(registered[0], NAME)

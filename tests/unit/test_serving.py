@@ -1,0 +1,117 @@
+"""The served pyfunc (ml.tracking.serving) saved to and loaded from a local folder: its
+preprocessing, its snapshot-and-TTA averaging and its input checks (no tracking store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ml.data.cache import resize_crop
+from ml.tracking import models as tracked_models, serving
+from ml.train.models import build_model
+from ml.train.transforms import TTA_VIEWS, to_float_batch, tta_view
+
+# saved without an input example on purpose (see serving._without_notices_that_do_not_apply)
+pytestmark = pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning")
+CLASSES = ["acne", "eczema", "nevus"]
+NORM = [[0.5, 0.45, 0.4], [0.25, 0.2, 0.22]]
+SIZE = 32
+
+
+def _states(n: int) -> list[dict]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(build_model("resnet18", len(CLASSES)).state_dict())
+    return out
+
+
+def _images(seed: int = 0) -> list[np.ndarray]:
+    """Uint8 RGB images of other sizes than the training size, one of them not square."""
+    rng = np.random.default_rng(seed)
+    return [(rng.random(shape) * 255).astype(np.uint8) for shape in ((40, 36, 3), (48, 48, 3), (33, 50, 3))]
+
+
+def _served(tmp_path: Path, states: list[dict], tta: bool, name: str = "m"):
+    snapshots = states if len(states) > 1 else []
+    meta = tracked_models.model_meta("resnet18", CLASSES, len(snapshots), {"norm": NORM, "size": SIZE, "tta": tta})
+    folder = tmp_path / f"{name}-files"
+    folder.mkdir()
+    files = tracked_models.write_model_files(folder, states[-1], snapshots, meta)
+    mlflow.pyfunc.save_model(str(tmp_path / name), **serving.serving_model_spec(files, meta))
+    return mlflow.pyfunc.load_model(str(tmp_path / name))
+
+
+@torch.no_grad()
+def _expected(states: list[dict], images: list[np.ndarray], views: tuple[str, ...]) -> np.ndarray:
+    """Mean softmax over snapshots and views, computed here from the pieces."""
+    batch = np.stack([np.asarray(resize_crop(Image.fromarray(img), SIZE)) for img in images])
+    x = to_float_batch(torch.from_numpy(batch), *NORM)
+    model = build_model("resnet18", len(CLASSES)).eval()
+    total = torch.zeros(len(images), len(CLASSES), dtype=torch.float64)
+    for state in states:
+        model.load_state_dict(state)
+        for view in views:
+            total += torch.softmax(model(tta_view(x, view)), dim=1).double()
+    return (total / (len(states) * len(views))).numpy()
+
+
+def test_tta_averages_the_views_of_every_snapshot(tmp_path: Path) -> None:
+    states, images = _states(2), _images()
+    with_tta = _served(tmp_path, states, tta=True).predict(images)
+    assert isinstance(with_tta, pd.DataFrame) and list(with_tta.columns) == CLASSES
+    np.testing.assert_allclose(with_tta.to_numpy(), _expected(states, images, TTA_VIEWS), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(with_tta.sum(axis=1), 1.0, atol=1e-6)
+    # the views matter: without TTA the same snapshots predict the identity view only
+    plain = _served(tmp_path, states, tta=False, name="plain").predict(images).to_numpy()
+    np.testing.assert_allclose(plain, _expected(states, images, ("identity",)), rtol=0, atol=1e-6)
+    assert np.abs(plain - with_tta.to_numpy()).max() > 1e-4
+
+
+def test_single_model_and_input_forms(tmp_path: Path) -> None:
+    """Without snapshots the state dict is the model; arrays, paths and bytes are one input."""
+    states = _states(1)
+    model = _served(tmp_path, states, tta=False)
+    images = [img for img in _images(1) if img.shape[0] == img.shape[1]] * 2  # (N, H, W, 3) needs one size
+    expected = _expected(states, images, ("identity",))
+    as_array = model.predict(np.stack(images)).to_numpy()
+    np.testing.assert_allclose(as_array, expected, rtol=0, atol=1e-6)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(img).save(paths[-1])  # lossless: decodes to the same pixels
+    for given in ([str(p) for p in paths], paths, pd.Series([str(p) for p in paths]),
+                  pd.DataFrame({"path": [str(p) for p in paths], "note": "x"}), pd.DataFrame({"file": paths}),
+                  [p.read_bytes() for p in paths], np.stack(images).astype(np.int64)):
+        np.testing.assert_allclose(model.predict(given).to_numpy(), expected, rtol=0, atol=1e-6)
+    empty = model.predict([])
+    assert empty.shape == (0, len(CLASSES)) and list(empty.columns) == CLASSES
+
+
+@pytest.mark.parametrize("bad, error", [
+    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+    (np.full((1, 8, 8, 3), 300, np.int64), "uint8"),
+    (np.zeros((8, 8, 3), np.uint8), r"\(N, H, W, 3\)"),
+    ([np.zeros((8, 8), np.uint8)], r"\(H, W, 3\)"),
+    (pd.DataFrame({"a": ["x.png"], "b": ["y.png"]}), "'path' column"),
+    ({"path": "x.png"}, "got dict"),
+])
+def test_unusable_inputs_are_refused_with_a_reason(tmp_path: Path, bad, error) -> None:
+    with pytest.raises((ValueError, TypeError), match=error):
+        serving.model_images(bad, SIZE)
+
+
+def test_signature_names_the_classes_and_the_model_carries_its_code(tmp_path: Path) -> None:
+    _served(tmp_path, _states(1), tta=False)
+    mlmodel = mlflow.models.Model.load(str(tmp_path / "m" / "MLmodel"))
+    assert mlmodel.signature.inputs is None
+    assert [c.name for c in mlmodel.signature.outputs.inputs] == CLASSES
+    assert (tmp_path / "m" / "code" / "ml" / "tracking" / "serving.py").is_file()
+    requirements = (tmp_path / "m" / "requirements.txt").read_text()
+    assert all(f"{pkg}==" in requirements for pkg in ("torch", "pillow", "pandas", "mlflow"))
