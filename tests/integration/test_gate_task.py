@@ -101,8 +101,8 @@ def register(name: str, heldout: dict, pred: np.ndarray, trained_on: list[str] |
             records = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(len(digests))], "sha256": digests,
                                     "split": ["train", "val"] * (len(digests) // 2) + ["train"] * (len(digests) % 2)})
             tracked_models.log_training_digests(run_id, records, "hand-made")
-        mlflow.initialize_logged_model(name="model", source_run_id=run_id)
-    return registry.register_version(run_id, name)
+        logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id)
+    return registry.register_version(f"models:/{logged.model_id}", name)
 
 
 def gate(version: str, heldout: dict, policy: str) -> dict:
