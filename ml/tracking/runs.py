@@ -225,9 +225,22 @@ def log_report_json(name: str, report: Mapping[str, Any]) -> str:
 
 
 def log_dataset_input(version: str, name: str, source: str, df_summary: pd.DataFrame) -> None:
-    """Record the training dataset (a summary frame, e.g. the manifest) as a run input."""
+    """Record the training dataset (a summary frame, e.g. the manifest) as a run input.
+
+    Runs that start together (Tune trials) may all create the experiment's dataset entry at
+    once; on a SQL store the losers hit its unique constraint. The entry then exists, and the
+    second attempt links to it."""
+    from mlflow.exceptions import MlflowException
+
     dataset = mlflow.data.from_pandas(df_summary, source=source, name=name, digest=version[:_DIGEST_LEN])
-    mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def set_standard_tags(

@@ -48,7 +48,8 @@ def test_deployment_run_lands_in_the_mlflow_server(deployed, tmp_path):
     data = tmp_path / "synth"
     generate(data, SynthConfig(per_class=10, size=40, seed=3), progress=False)
     policy = tmp_path / "promotion.yaml"  # tiny data: no recall floor, so the first version is promoted
-    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n")
+    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
+                      "min_disjoint_heldout: 5\n")  # the tiny test split has ~20 images
     params = {"data": {"source": str(data), "size": 32}, "training": {"epochs": 1, "batch_size": 16},
               "validate_data": False, "policy": str(policy), "out_dir": str(tmp_path / "out")}
     cmd = [PREFECT, "deployment", "run", "retrain/on-demand", "--params", json.dumps(params),

@@ -118,9 +118,13 @@ def gate(version: str, heldout: dict, policy: str) -> dict:
 
 
 async def _artifact(key: str):
+    """The newest artifact with ``key`` (other tests of the session publish the same key)."""
+    from prefect.client.schemas.sorting import ArtifactSort
+
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found[-1] if found else None
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                            sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0] if found else None
 
 
 def test_the_gate_leaves_out_held_out_images_a_model_trained_on(model_name, heldout, store) -> None:
