@@ -40,7 +40,8 @@ class TrainConfig(_Config):
     schedule: ScheduleName = Field("sgdr_dlr_clm", description="Optimiser and LR schedule variant.")
     lr: float | None = Field(None, gt=0, description="Peak (head) LR; None: chosen by an LR range test.")
     lr_min: float | None = Field(None, ge=0, description="Floor of the cosine schedules (default lr / 100).")
-    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles.")
+    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles. A budget "
+                                             "that ends inside a cycle trains to the last whole one (fit warns).")
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     amp: bool = Field(False, description="Mixed precision where it helps on this machine: CUDA, or a CPU with "

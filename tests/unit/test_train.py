@@ -374,3 +374,16 @@ def test_cuda_pipeline_prefetches_pinned_batches_in_the_same_order(data) -> None
     plain.prefetch = 0
     for (xa, ya), (xb, yb) in zip(plain, ahead, strict=True):
         assert xa.is_cuda and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_budget_inside_a_clm_cycle_trains_the_last_whole_cycle(data, caplog) -> None:
+    """2 epochs of sgdr_dlr_clm would stop 1 epoch into the 2-epoch cycle (mid-cosine, no
+    snapshot): fit trains 1 epoch, says so once, and the result shows the budget it trained."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ml.train")
+    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgdr_dlr_clm", snapshots=2))
+    notes = [r.getMessage() for r in caplog.records if r.name == "ml.train" and "inside a cycle" in r.getMessage()]
+    assert len(notes) == 1 and "training 1 epoch," in notes[0], notes
+    assert result.epochs_run == 1 and len(result.history) == 1 and result.config["epochs"] == 1
+    assert len(result.snapshots) == 1, "the one cycle it completed is a snapshot"
