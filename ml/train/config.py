@@ -78,6 +78,9 @@ class SweepConfig(_Config):
     max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
     checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
     name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
+    trial_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each trial asks for besides CPUs and GPUs, e.g. "
+                                          "{'worker_node': 1} to place trials on nodes started with that resource.")
 
     @model_validator(mode="after")
     def _distinct(self) -> SweepConfig:
@@ -85,6 +88,10 @@ class SweepConfig(_Config):
             values = getattr(self, field)
             if len(set(values)) != len(values):
                 raise ValueError(f"{field} lists a value twice: {values}")
+        reserved = sorted({"cpu", "gpu", "CPU", "GPU"} & set(self.trial_resources))
+        if reserved or any(v <= 0 for v in self.trial_resources.values()):
+            raise ValueError(f"trial_resources are positive amounts of custom resources (CPUs and GPUs: "
+                             f"cpus_per_trial, gpus_per_trial), got {self.trial_resources}")
         return self
 
 

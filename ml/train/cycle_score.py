@@ -62,7 +62,8 @@ class CycleEndScore(Callback):
         if not self.at_cycle_end:
             return
         self.probs = (self.probs + [state.val_probs])[-self._window:]
-        self.value = float(classification_metrics(self.labels, self.ensemble_probs(), state.classes)["balanced_accuracy"])
+        metrics = classification_metrics(self.labels, self.ensemble_probs(), state.classes)
+        self.value = float(metrics["balanced_accuracy"])
         self.cycle_epoch = epoch
 
     def save(self, path: str | Path) -> None:

@@ -143,8 +143,9 @@ def whole_cycle_epochs(variant: str, epochs: int) -> tuple[int, str | None]:
     if ends[-1] == epochs:
         return epochs, None
     upcoming = cycle_end_epochs(variant, 2 * epochs + 1)[len(ends)]
+    trained = f"{ends[-1]} epoch{'s' if ends[-1] > 1 else ''}"
     return ends[-1], (f"{variant}: {epochs} epochs end inside a cycle (its cycles end at epochs "
-                      f"{', '.join(map(str, ends + [upcoming]))}, ...): training {ends[-1]} epoch{'s' if ends[-1] > 1 else ''}, "
+                      f"{', '.join(map(str, ends + [upcoming]))}, ...): training {trained}, "
                       f"the last whole cycle; {upcoming} would complete the next")
 
 

@@ -1,0 +1,88 @@
+"""The sweep's pure parts: per-family LR brackets in the search space, ASHA judging only at cycle
+ends, whole-cycle budgets, and what an interrupted tune says (no Ray cluster started)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ml.train.schedules import cycle_end_epochs
+from tasks.tuning import (
+    CLOCK,
+    SCORE,
+    TuneInterrupted,
+    _raise_if_interrupted,
+    asha_scheduler,
+    schedule_brackets,
+    search_space,
+    sweep_epochs,
+)
+
+FAMILY_BRACKETS = {"sgd": (1e-3, 1e-2), "sgd_dlr": (1e-2, 1e-1), "adam": (1e-5, 1e-4)}
+
+
+def test_each_schedule_draws_its_lr_from_its_familys_bracket():
+    from ray.tune.search.variant_generator import generate_variants
+
+    schedules = ["sgd", "sgdr", "sgdr_dlr", "sgdr_dlr_clm", "adam"]
+    space, _ = search_space(FAMILY_BRACKETS, schedules, [False], ["resnet18"])
+    family = {"sgd": "sgd", "sgdr": "sgd", "sgdr_dlr": "sgd_dlr", "sgdr_dlr_clm": "sgd_dlr", "adam": "adam"}
+    seen = set()
+    for _ in range(5):
+        for _, cfg in generate_variants(space):
+            lo, hi = FAMILY_BRACKETS[family[cfg["schedule"]]]
+            assert cfg["lr_bracket"] == [lo, hi] and lo <= cfg["lr"] <= hi, cfg
+            seen.add(cfg["schedule"])
+    assert seen == set(schedules)
+
+
+def test_schedule_brackets_one_for_all_by_family_or_by_schedule():
+    assert schedule_brackets([1e-3, 1e-2], ["sgd", "adam"]) == {"sgd": (1e-3, 1e-2), "adam": (1e-3, 1e-2)}
+    assert schedule_brackets({"sgd": (1, 2), "sgdr": (3, 4)}, ["sgd", "sgdr"]) == {"sgd": (1, 2), "sgdr": (3, 4)}
+    with pytest.raises(ValueError, match=r"no LR bracket for schedule\(s\) \['adam'\]"):
+        schedule_brackets({"sgd": (1e-3, 1e-2)}, ["sgd", "adam"])
+    with pytest.raises(ValueError, match="invalid LR bracket"):
+        schedule_brackets((1e-2, 1e-3), ["sgd"])
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule_brackets((1e-3, 1e-2), ["cosine"])
+
+
+def _judged_epochs(variant: str, epochs: int) -> list[int]:
+    """Epochs at which ASHA records a result of a trial of ``variant`` at one of its rungs,
+    the trial reporting CLOCK as CycleEndScore computes it."""
+    scheduler = asha_scheduler(epochs)
+    scheduler.set_search_properties(SCORE, "max")
+    trial = SimpleNamespace(trial_id=variant)
+    scheduler.on_trial_add(None, trial)
+    bracket = scheduler._trial_info[trial.trial_id]
+    ends, judged = cycle_end_epochs(variant, epochs), []
+    for epoch in range(1, epochs + 1):
+        before = sum(len(recorded) for _, recorded in bracket._rungs)
+        clock = max(e for e in ends if e <= epoch) + 1
+        scheduler.on_trial_result(None, trial, {CLOCK: clock, SCORE: 0.5})
+        if sum(len(recorded) for _, recorded in bracket._rungs) > before:
+            judged.append(epoch)
+    return judged
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"])
+def test_asha_judges_every_variant_at_the_same_cycle_ends(variant):
+    # rungs at clock 2, 4, 8 = epochs 1, 3, 7 (the last epoch ends the trial, max_t)
+    assert _judged_epochs(variant, 15) == [1, 3, 7]
+    assert _judged_epochs(variant, 7) == [1, 3]
+
+
+def test_the_sweep_budget_is_whole_cycles_of_every_schedule():
+    assert sweep_epochs(["sgd", "sgdr"], 5) == (5, None)
+    epochs, note = sweep_epochs(["sgd", "sgdr_dlr_clm"], 5)
+    assert epochs == 3 and note.startswith("sweep of 5 epochs: every trial trains 3 (sgdr_dlr_clm:")
+
+
+def test_an_interrupted_tune_says_so_and_how_to_resume_it():
+    finished = type("Grid", (), {"num_terminated": 3, "num_errors": 1, "__len__": lambda self: 4})()
+    _raise_if_interrupted(finished, "t-x")  # every trial finished or failed: nothing to say
+    grid = type("Grid", (), {"num_terminated": 1, "num_errors": 0, "__len__": lambda self: 3})()
+    with pytest.raises(TuneInterrupted, match=r"1 of 3 trials finished .*resume it with `skinflow tune --name t-x`"):
+        _raise_if_interrupted(grid, "t-x")
+    assert issubclass(TuneInterrupted, KeyboardInterrupt), "the CLI and MLflow runs treat it as Ctrl-C"
