@@ -17,7 +17,7 @@ to Tune (``ray.tune.report``, with a checkpoint when one was written: every
   (:func:`sweep_epochs`), so all trials train the same epochs.
 - Data: trials get the arrays through Ray's object store (:class:`TrialData`, with
   ``tune.with_parameters``), never a path on the driver's disk: they run on any node.
-- Ray starts locally unless ``RAY_ADDRESS`` is set.
+- Ray starts locally bound to 127.0.0.1 (:func:`start_local_ray`) unless ``RAY_ADDRESS`` is set.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,41 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy(src, dst)
 
 
+_CLUSTERS_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Ray's single-machine mode while a local Ray starts. On Linux Ray turns a node address of
+    127.0.0.1 into the machine's network address (clusters being enabled) and its servers then
+    listen on every interface; with multi-node support off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+    read by ``ray._private.ray_constants`` at import and by the processes the node starts) the
+    node keeps 127.0.0.1 and every server binds it."""
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(_CLUSTERS_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_SWITCH], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_CLUSTERS_SWITCH, None)
+        else:
+            os.environ[_CLUSTERS_SWITCH] = old_env
+
+
+def start_local_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None) -> None:
+    """A local one-node Ray for this process, reachable on 127.0.0.1 only (see
+    :func:`_loopback_only`); its workers import this checkout (``PYTHONPATH``)."""
+    import ray
+
+    with _loopback_only():
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
+                 _node_ip_address="127.0.0.1", log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **(env_vars or {})}})
+
+
 def _ray_init(settings: Settings, cpus: int | None = None) -> None:
     import ray
 
@@ -267,8 +303,7 @@ def _ray_init(settings: Settings, cpus: int | None = None) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, ignore_reinit_error=True)
     else:
-        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=False)
+        start_local_ray(cpus)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
