@@ -240,6 +240,10 @@ def _trainable(config: dict, data: TrialData) -> None:
         log_dataset_input(data.version, "dataset", data.source, data.summary)
         try:
             fit(data.train, data.val, data.classes, cfg, callbacks=[score, Report()], fetch_weights=fetch_weights)
+        except SystemExit:  # tune.report's way to end a trial the scheduler stopped (ASHA pruned it)
+            mlflow.set_tag("stopped_by", "scheduler")
+            mlflow.end_run("KILLED")
+            raise
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
@@ -377,10 +381,14 @@ def asha_scheduler(epochs: int):
     """ASHA on :data:`CLOCK` (epochs at the trial's last cycle end + 1, moving only at cycle
     ends): grace period 2 and reduction factor 2 put its rungs at clock 2, 4, 8, ..., i.e. epochs
     1, 3, 7, ..., a cycle end of every variant; a result between cycle ends repeats a clock
-    already judged and is not judged again. ``max_t`` is the last epoch's clock."""
+    already judged and is not judged again. Rungs lie before the last epoch (``max_t=epochs``,
+    ``stop_last_trials=False``): a trial that reaches its budget ends by itself, so its MLflow
+    run ends FINISHED. None (no pruning) for a one-epoch sweep."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr=CLOCK, max_t=epochs + 1, grace_period=2, reduction_factor=2)
+    if epochs < 2:
+        return None
+    return ASHAScheduler(time_attr=CLOCK, max_t=epochs, grace_period=2, reduction_factor=2, stop_last_trials=False)
 
 
 def _raise_if_interrupted(grid, name: str) -> None:

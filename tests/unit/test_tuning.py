@@ -48,29 +48,31 @@ def test_schedule_brackets_one_for_all_by_family_or_by_schedule():
         schedule_brackets((1e-3, 1e-2), ["cosine"])
 
 
-def _judged_epochs(variant: str, epochs: int) -> list[int]:
-    """Epochs at which ASHA records a result of a trial of ``variant`` at one of its rungs,
-    the trial reporting CLOCK as CycleEndScore computes it."""
+def _judged_epochs(variant: str, epochs: int) -> tuple[list[int], list[str]]:
+    """Epochs at which ASHA records a result of a trial of ``variant`` at one of its rungs (the
+    trial reporting CLOCK as CycleEndScore computes it), and ASHA's decision on each epoch."""
     scheduler = asha_scheduler(epochs)
     scheduler.set_search_properties(SCORE, "max")
     trial = SimpleNamespace(trial_id=variant)
     scheduler.on_trial_add(None, trial)
     bracket = scheduler._trial_info[trial.trial_id]
-    ends, judged = cycle_end_epochs(variant, epochs), []
+    ends, judged, actions = cycle_end_epochs(variant, epochs), [], []
     for epoch in range(1, epochs + 1):
         before = sum(len(recorded) for _, recorded in bracket._rungs)
         clock = max(e for e in ends if e <= epoch) + 1
-        scheduler.on_trial_result(None, trial, {CLOCK: clock, SCORE: 0.5})
+        actions.append(scheduler.on_trial_result(None, trial, {CLOCK: clock, SCORE: 0.5}))
         if sum(len(recorded) for _, recorded in bracket._rungs) > before:
             judged.append(epoch)
-    return judged
+    return judged, actions
 
 
 @pytest.mark.parametrize("variant", ["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"])
-def test_asha_judges_every_variant_at_the_same_cycle_ends(variant):
-    # rungs at clock 2, 4, 8 = epochs 1, 3, 7 (the last epoch ends the trial, max_t)
-    assert _judged_epochs(variant, 15) == [1, 3, 7]
-    assert _judged_epochs(variant, 7) == [1, 3]
+def test_asha_judges_every_variant_at_the_same_cycle_ends_before_its_last_epoch(variant):
+    # rungs at clock 2, 4, 8 = epochs 1, 3, 7; the last epoch is never a rung: the trial ends itself
+    for epochs, expected in ((15, [1, 3, 7]), (7, [1, 3]), (3, [1]), (2, [1])):
+        judged, actions = _judged_epochs(variant, epochs)
+        assert judged == expected and set(actions) == {"CONTINUE"}, (epochs, judged, actions)
+    assert asha_scheduler(1) is None, "nothing to prune in a one-epoch sweep"
 
 
 def test_the_sweep_budget_is_whole_cycles_of_every_schedule():
