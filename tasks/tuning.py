@@ -122,35 +122,27 @@ def schedule_brackets(bracket: Sequence[float] | Mapping[str, Sequence[float]],
     return {s: (float(lo), float(hi)) for s, (lo, hi) in out.items()}
 
 
-class _InBracket:
-    """``tune.sample_from``: a trial's LR, log-uniform in its schedule's bracket, or with
-    ``bounds`` the bracket itself (a callable object: Tune pickles the search space)."""
-
-    def __init__(self, brackets: dict[str, tuple[float, float]], bounds: bool = False) -> None:
-        self.brackets, self.bounds = brackets, bounds
-
-    def __call__(self, config: dict) -> float | list[float]:
-        lo, hi = self.brackets[config["schedule"]]
-        return [lo, hi] if self.bounds else float(math.exp(random.uniform(math.log(lo), math.log(hi))))
-
-
 def search_space(bracket: Sequence[float] | Mapping[str, Sequence[float]], schedules: list[str], amp: list[bool],
                  archs: list[str], device: Any = "auto", force: bool = False, cpu_flags: Any = None,
-                 capability: str | None = None) -> tuple[dict[str, Any], str | None]:
-    """Grid over schedules, AMP (see :func:`amp_grid`: no trials for an AMP cell that would train
-    in fp32 anyway) and architectures; each trial's LR log-uniform inside its schedule's bracket
-    (:func:`schedule_brackets`), recorded as ``lr_bracket``. Returns the space and
+                 capability: str | None = None, num_samples: int = 1, seed: int = 0) -> tuple[dict[str, Any], str | None]:
+    """Grid over cells x AMP (see :func:`amp_grid`: no trials for an AMP cell that would train in
+    fp32 anyway) x architectures. A cell is ``{"schedule", "lr", "lr_bracket"}``: ``num_samples``
+    LRs per schedule, log-uniform inside its bracket (:func:`schedule_brackets`), drawn here
+    with ``seed`` (the same sweep draws the same LRs; each LR is tried at every AMP setting and
+    architecture). Drawn here rather than by ``tune.sample_from``, whose values Tune draws anew
+    when it restores an experiment, so that a resumed trial keeps its LR. Returns the space and
     :func:`amp_grid`'s note."""
     from ray import tune
 
     brackets = schedule_brackets(bracket, schedules)
+    rng = np.random.default_rng(seed)
+    cells = [{"schedule": s, "lr": float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), "lr_bracket": [lo, hi]}
+             for s, (lo, hi) in brackets.items() for _ in range(num_samples)]
     amp, note = amp_grid(amp, device, force, cpu_flags, capability)
     return {
-        "schedule": tune.grid_search(list(schedules)),
+        "cell": tune.grid_search(cells),
         "amp": tune.grid_search(amp),
         "arch": tune.grid_search(list(archs)),
-        "lr": tune.sample_from(_InBracket(brackets)),
-        "lr_bracket": tune.sample_from(_InBracket(brackets, bounds=True)),
     }, note
 
 
@@ -197,7 +189,8 @@ def _trainable(config: dict, data: TrialData) -> None:
     # the ensemble is scored from each cycle end's validation probabilities: no snapshot weights
     # are kept in the trial (nor in its checkpoints)
     ensemble = int(config["_base"].get("snapshots", 0))
-    cfg = TrainConfig(**{**config["_base"], "snapshots": 0, "lr": config["lr"], "schedule": config["schedule"],
+    cell = config["cell"]
+    cfg = TrainConfig(**{**config["_base"], "snapshots": 0, "lr": cell["lr"], "schedule": cell["schedule"],
                          "amp": config["amp"], "arch": config["arch"], "progress": False})
     score = CycleEndScore(data.val[1], ensemble)
     ckpt_dir = Path(tempfile.mkdtemp(prefix="trial-ckpt-"))
@@ -230,7 +223,7 @@ def _trainable(config: dict, data: TrialData) -> None:
                 tune.report(report, checkpoint=Checkpoint.from_directory(d))
 
     name = run_name("trial", cfg, precision=precision.name, trial=_trial_index(trial))
-    lo, hi = config["lr_bracket"]
+    lo, hi = cell["lr_bracket"]
     with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
                           run_name=name, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
                                                **precision.tags(), "dataset_version": data.version,
@@ -345,7 +338,7 @@ def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[f
     resources = {**(trial_resources or {}), **resources_per_trial(cpus_per_trial, gpus_per_trial)}
     # the trials' device as fit resolves it (a remote Ray cluster's CPUs may differ from this one's)
     grid, amp_note = search_space(bracket, schedules, amp, archs, device=base_config.get("device", "auto"),
-                                  force=bool(base_config.get("force_amp", False)))
+                                  force=bool(base_config.get("force_amp", False)), num_samples=num_samples, seed=seed)
     for note in (epochs_note, amp_note):
         if note:
             _logger().warning(note)
@@ -367,7 +360,7 @@ def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[f
             trainable,
             param_space=space,
             tune_config=TuneConfig(
-                metric=SCORE, mode="max", num_samples=num_samples, scheduler=asha_scheduler(epochs)),
+                metric=SCORE, mode="max", scheduler=asha_scheduler(epochs)),  # samples: cells
             run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=0),
@@ -392,12 +385,21 @@ def asha_scheduler(epochs: int):
 
 
 def _raise_if_interrupted(grid, name: str) -> None:
-    """Tune returns normally from a Ctrl-C, with trials neither finished nor failed."""
-    if grid.num_terminated + grid.num_errors >= len(grid):
+    """Tune returns normally from a Ctrl-C, and marks every trial TERMINATED as it stops them. A
+    trial that finished in this run, or that the scheduler stopped, has ``done`` in its last
+    result; for any other (interrupted, or restored already finished) the experiment state Tune
+    saved before stopping tells."""
+    maybe = [r for r in grid if r.error is None and not (r.metrics or {}).get("done")]
+    if not maybe:
         return
-    message = (f"tune {name!r} was interrupted with {grid.num_terminated} of {len(grid)} trials finished "
-               f"({grid.num_errors} failed); its state is saved: resume it with `skinflow tune --name {name}` "
-               "and the same options")
+    from ray.tune import ExperimentAnalysis
+
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    unfinished = [t for t in saved if t.status not in ("TERMINATED", "ERROR")]
+    if not unfinished:
+        return
+    message = (f"tune {name!r} was interrupted with {len(unfinished)} of {len(saved)} trials unfinished; its "
+               f"state is saved: resume it with `skinflow tune --name {name}` and the same options")
     _logger().warning(message)
     raise TuneInterrupted(message)
 
@@ -422,7 +424,8 @@ def summarize_grid(grid) -> dict:
     """Best trial (by :data:`SCORE`) + one row per trial (errored trials are listed, not hidden)."""
     trials = []
     for r in grid:
-        cfg = {k: v for k, v in (r.config or {}).items() if not k.startswith("_")}
+        config = dict(r.config or {})
+        cfg = {**config.pop("cell", {}), **{k: v for k, v in config.items() if not k.startswith("_")}}
         m = r.metrics or {}
         trials.append({
             "trial": r.path.rsplit("/", 1)[-1] if r.path else None,

@@ -108,7 +108,7 @@ def ray_two_nodes():
         yield {"address": f"127.0.0.1:{port}", "env": {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
                "pgids": pgids}
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pgid in pgids:
                 try:
                     os.killpg(pgid, sig)

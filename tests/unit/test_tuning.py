@@ -22,19 +22,24 @@ from tasks.tuning import (
 FAMILY_BRACKETS = {"sgd": (1e-3, 1e-2), "sgd_dlr": (1e-2, 1e-1), "adam": (1e-5, 1e-4)}
 
 
-def test_each_schedule_draws_its_lr_from_its_familys_bracket():
+def test_each_schedule_draws_its_lrs_from_its_familys_bracket_once_per_sweep():
     from ray.tune.search.variant_generator import generate_variants
 
     schedules = ["sgd", "sgdr", "sgdr_dlr", "sgdr_dlr_clm", "adam"]
-    space, _ = search_space(FAMILY_BRACKETS, schedules, [False], ["resnet18"])
+    space, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3,
+                            seed=4)
     family = {"sgd": "sgd", "sgdr": "sgd", "sgdr_dlr": "sgd_dlr", "sgdr_dlr_clm": "sgd_dlr", "adam": "adam"}
-    seen = set()
-    for _ in range(5):
-        for _, cfg in generate_variants(space):
-            lo, hi = FAMILY_BRACKETS[family[cfg["schedule"]]]
-            assert cfg["lr_bracket"] == [lo, hi] and lo <= cfg["lr"] <= hi, cfg
-            seen.add(cfg["schedule"])
-    assert seen == set(schedules)
+    trials = [cfg for _, cfg in generate_variants(space)]
+    assert len(trials) == 5 * 3 * 2
+    for cfg in trials:
+        cell = cfg["cell"]
+        lo, hi = FAMILY_BRACKETS[family[cell["schedule"]]]
+        assert cell["lr_bracket"] == [lo, hi] and lo <= cell["lr"] <= hi, cfg
+    lrs = {s: sorted({t["cell"]["lr"] for t in trials if t["cell"]["schedule"] == s}) for s in schedules}
+    assert all(len(v) == 3 for v in lrs.values()), "3 LRs per schedule, each tried with AMP off and on"
+    again, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3,
+                            seed=4)
+    assert again["cell"] == space["cell"], "the same sweep draws the same LRs (a restored tune keeps them)"
 
 
 def test_schedule_brackets_one_for_all_by_family_or_by_schedule():
@@ -81,10 +86,25 @@ def test_the_sweep_budget_is_whole_cycles_of_every_schedule():
     assert epochs == 3 and note.startswith("sweep of 5 epochs: every trial trains 3 (sgdr_dlr_clm:")
 
 
-def test_an_interrupted_tune_says_so_and_how_to_resume_it():
-    finished = type("Grid", (), {"num_terminated": 3, "num_errors": 1, "__len__": lambda self: 4})()
-    _raise_if_interrupted(finished, "t-x")  # every trial finished or failed: nothing to say
-    grid = type("Grid", (), {"num_terminated": 1, "num_errors": 0, "__len__": lambda self: 3})()
-    with pytest.raises(TuneInterrupted, match=r"1 of 3 trials finished .*resume it with `skinflow tune --name t-x`"):
-        _raise_if_interrupted(grid, "t-x")
+def test_an_interrupted_tune_says_so_and_how_to_resume_it(monkeypatch):
+    import ray.tune
+
+    saved_statuses = []  # as the experiment state on storage records them
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path, storage_filesystem=None: SimpleNamespace(
+        trials=[SimpleNamespace(status=s) for s in saved_statuses]))
+
+    def grid(*results):
+        return type("Grid", (list,), {"experiment_path": "/x/t-x", "filesystem": None})(results)
+
+    def result(done=None, error=None):
+        return SimpleNamespace(error=error, metrics={"training_iteration": 2} | ({} if done is None else {"done": done}))
+
+    # finished or stopped by ASHA in this run (done) or failed: nothing to say, nothing read
+    _raise_if_interrupted(grid(result(done=True), result(error=RuntimeError("x"))), "t-x")
+    # without `done` (restored, or interrupted): the saved state tells
+    saved_statuses[:] = ["TERMINATED", "TERMINATED"]
+    _raise_if_interrupted(grid(result(done=True), result()), "t-x")
+    saved_statuses[:] = ["TERMINATED", "RUNNING"]
+    with pytest.raises(TuneInterrupted, match=r"1 of 2 trials unfinished; .*resume it with `skinflow tune --name t-x`"):
+        _raise_if_interrupted(grid(result(done=True), result(done=False)), "t-x")
     assert issubclass(TuneInterrupted, KeyboardInterrupt), "the CLI and MLflow runs treat it as Ctrl-C"
