@@ -7,12 +7,14 @@ to Tune (``ray.tune.report``, with a checkpoint when one was written: every
 ``checkpoint_interval_s`` and after the last epoch, so an interrupted tune resumes with
 ``Tuner.restore``), and one that logs the epoch to an MLflow child run under the tune's run.
 
-- LR: each schedule draws its LR log-uniformly from its own bracket (one per optimiser family,
-  :data:`ml.train.schedules.LR_FAMILIES`), recorded as the trial's ``lr_bracket``.
+- LR: each schedule's LRs are drawn log-uniformly from its own bracket (one per optimiser
+  family, :data:`ml.train.schedules.LR_FAMILIES`), seeded, once per sweep
+  (:func:`search_space`); each trial records its ``lr_bracket``.
 - Pruning: trials are ranked by :data:`SCORE` and ASHA judges them on :data:`CLOCK`, which moves
   only at a cycle end (epochs at the last cycle end + 1): with grace period 2 and reduction
-  factor 2 its rungs 2, 4, 8, 16 fall at epochs 1, 3, 7, 15, a cycle end of every variant, so
-  no trial is judged mid-cycle or just after a warm restart, and all at the same epochs.
+  factor 2 its rungs 2, 4, 8, ... fall at epochs 1, 3, 7, ..., a cycle end of every variant, so
+  no trial is judged mid-cycle or just after a warm restart, and all at the same epochs
+  (:func:`asha_scheduler`).
 - Budget: the sweep's epochs are rounded down to whole cycles of every schedule in it
   (:func:`sweep_epochs`), so all trials train the same epochs.
 - Data: trials get the arrays through Ray's object store (:class:`TrialData`, with
@@ -25,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
