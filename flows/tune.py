@@ -1,4 +1,5 @@
-"""tune: LR range test first, then Ray Tune trials over the bracket x schedules x AMP (x arch)."""
+"""tune: an LR range test per optimiser family first, then Ray Tune trials over each family's
+bracket x schedules x AMP (x arch)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ from ml.data.config import DataConfig
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri, run_name
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
+from ml.train.schedules import lr_family
 from tasks.common import publish_table
 from tasks.mlflow_tasks import tracked_run
 from tasks.training import lr_range_test
-from tasks.tuning import METRIC, run_tune
+from tasks.tuning import METRIC, SCORE, TrialData, run_tune, schedule_brackets
 
-# what every trial takes from the training config (the sweep sets lr, schedule, amp, arch, epochs)
+# what every trial takes from the training config (the sweep sets lr, schedule, amp, arch,
+# epochs); `snapshots` is the size of the ensemble a trial is scored as (see CycleEndScore)
 _TRIAL_BASE = ("weights", "batch_size", "weight_decay", "lr_min", "weighted_sampler", "channels_last", "device",
-               "num_workers")
+               "num_workers", "snapshots")
 
 
 @flow(name="tune")
 def tune_flow(data: DataConfig = DataConfig(), sweep: SweepConfig = SweepConfig(),
               training: TrainConfig = TrainConfig(), lr_find: LRFindConfig = LRFindConfig(),
               lr_bracket: list[float] | None = None, out_dir: str = "outputs/tune") -> dict:
-    """Returns ``{"best": {...}, "trials": [...], "failed": [...], "lr_find": {...}, "run_id": ...}``.
-    ``lr_bracket`` skips the range test. Each run gets its own Tune experiment; pass the
+    """Returns ``{"best": {...}, "trials": [...], "failed": [...], "lr_find": {family: {...}},
+    "lr_brackets": {schedule: [lo, hi]}, "epochs": ..., "run_id": ...}``: one LR range test per
+    optimiser family the sweep's schedules use (:data:`ml.train.schedules.LR_FAMILIES`: SGD with
+    one LR for all groups for sgd and sgdr, SGD with discriminative LRs for the sgdr_dlr
+    variants, Adam for adam), each schedule's trials drawing their LR from their family's
+    bracket. A given ``lr_bracket=[lo, hi]`` skips the range tests and is every schedule's
+    bracket as given (``lr_find`` is then None). Each run gets its own Tune experiment; pass the
     ``sweep.name`` of an interrupted one to resume it (``Tuner.restore``: finished trials are
     kept, unfinished and errored ones continue from their last checkpoint). Trials checkpoint
     once ``sweep.checkpoint_interval_s`` has passed since their last checkpoint and after their
@@ -45,29 +53,51 @@ def run_sweep(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindC
     with tracked_run("skinflow-tune", run_name("tune", schedules=len(sweep.schedules), epochs=sweep.epochs,
                                                data=cache.version[:8]),
                      parent_run_id, tags={"dataset_version": cache.version}) as (run_id, experiment_id):
-        finder = None
+        finders = None
         if lr_bracket is None:
-            base = training.model_copy(update={"arch": sweep.archs[0], "schedule": "sgdr_dlr_clm"})
-            finder = lr_range_test(cache, base, str(Path(out_dir) / "plots"), lr_find, run_id=run_id)
-            lr_bracket = finder["bracket"]
-            logger.info("LR bracket %.3g..%.3g (chosen %.3g)", *lr_bracket, finder["chosen"])
-        base_config = {k: v for k, v in training.to_dict().items() if k in _TRIAL_BASE} | {"snapshots": 0}
-        res = run_tune(str(cache.path), tuple(lr_bracket), base_config, list(sweep.schedules), list(sweep.amp),
+            finders = _range_tests(cache, sweep, training, lr_find, out_dir, run_id)
+        brackets = schedule_brackets({f: r["bracket"] for f, r in finders.items()} if finders else lr_bracket,
+                                     sweep.schedules)
+        client = MlflowClient()
+        for schedule, (lo, hi) in brackets.items():
+            client.log_param(run_id, f"lr_bracket_{schedule}", f"{lo:.4g}..{hi:.4g}")
+        base_config = {k: v for k, v in training.to_dict().items() if k in _TRIAL_BASE}
+        res = run_tune(TrialData.from_cache(cache), brackets, base_config, list(sweep.schedules), list(sweep.amp),
                        list(sweep.archs), sweep.num_samples, sweep.epochs, run_id, experiment_id,
                        absolute_tracking_uri(get_settings().mlflow_tracking_uri), sweep.cpus_per_trial,
                        sweep.gpus_per_trial, name=sweep.name or f"tune-{cache.version}-{run_id[:8]}",
                        max_failures=sweep.max_failures, seed=training.seed,
-                       checkpoint_interval_s=sweep.checkpoint_interval_s)
-        client = MlflowClient()
+                       checkpoint_interval_s=sweep.checkpoint_interval_s, trial_resources=sweep.trial_resources)
         best = res["best"]
         for k in ("schedule", "amp", "arch", "lr"):
             client.set_tag(run_id, f"best_{k}", str(best[k]))
-        client.log_metric(run_id, f"best_{METRIC}", float(best[METRIC]))
+        for metric in (SCORE, METRIC):
+            client.log_metric(run_id, f"best_{metric}", float(best[metric]))
         client.log_metric(run_id, "failed_trials", len(res["failed"]))
         client.log_dict(run_id, res, "reports/tune_trials.json")
-    publish_table("tune-summary", [{k: t.get(k) for k in ("trial", "arch", "schedule", "amp", "lr", METRIC,
-                                                          "val_macro_f1", "epochs", "error")}
+    publish_table("tune-summary", [{k: t.get(k) for k in ("trial", "arch", "schedule", "amp", "lr", "lr_bracket",
+                                                          SCORE, METRIC, "val_macro_f1", "epochs", "error")}
                                    for t in res["trials"]], "Ray Tune trials (ASHA)")
     if res["failed"]:
         logger.warning("%d trial(s) failed: %s", len(res["failed"]), [t["error"] for t in res["failed"]])
-    return {**res, "lr_find": finder, "run_id": run_id}
+    return {**res, "lr_find": finders, "lr_brackets": {s: list(b) for s, b in brackets.items()}, "run_id": run_id}
+
+
+def _range_tests(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindConfig, out_dir: str,
+                 run_id: str) -> dict[str, dict]:
+    """One LR range test per optimiser family of the sweep's schedules, on the sweep's first
+    architecture with the family's own optimiser, each in a child run of the tune's run (curve,
+    plot and report as a train run's range test logs them). ``{family: {..., "bracket",
+    "schedules", "run_id"}}``."""
+    logger = get_run_logger()
+    finders = {}
+    for family in dict.fromkeys(lr_family(s) for s in sweep.schedules):
+        schedules = [s for s in sweep.schedules if lr_family(s) == family]
+        cfg = training.model_copy(update={"arch": sweep.archs[0], "schedule": schedules[0]})
+        with tracked_run("skinflow-tune", run_name("lr-find", family=family, data=cache.version[:8]), run_id,
+                         tags={"dataset_version": cache.version, "lr_family": family}) as (child, _):
+            finder = lr_range_test(cache, cfg, str(Path(out_dir) / "plots" / family), lr_find, run_id=child)
+        finders[family] = {**finder, "schedules": schedules, "run_id": child}
+        logger.info("LR bracket of %s (%s): %.3g..%.3g (chosen %.3g)", family, ", ".join(schedules),
+                    *finder["bracket"], finder["chosen"])
+    return finders

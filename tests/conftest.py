@@ -149,11 +149,12 @@ def prefect_harness():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray (2 CPUs), started once and shut down at the end of the session."""
+    """A real local Ray (2 CPUs) on 127.0.0.1, started once and shut down at the end of the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    from tasks.tuning import start_local_ray
+
+    start_local_ray(num_cpus=2, env_vars={"OMP_NUM_THREADS": "1"})
     yield
     ray.shutdown()
 

@@ -40,7 +40,8 @@ class TrainConfig(_Config):
     schedule: ScheduleName = Field("sgdr_dlr_clm", description="Optimiser and LR schedule variant.")
     lr: float | None = Field(None, gt=0, description="Peak (head) LR; None: chosen by an LR range test.")
     lr_min: float | None = Field(None, ge=0, description="Floor of the cosine schedules (default lr / 100).")
-    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles.")
+    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles. A budget "
+                                             "that ends inside a cycle trains to the last whole one (fit warns).")
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     amp: bool = Field(False, description="Mixed precision where it helps on this machine: CUDA, or a CPU with "
@@ -77,6 +78,9 @@ class SweepConfig(_Config):
     max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
     checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
     name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
+    trial_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each trial asks for besides CPUs and GPUs, e.g. "
+                                          "{'worker_node': 1} to place trials on nodes started with that resource.")
 
     @model_validator(mode="after")
     def _distinct(self) -> SweepConfig:
@@ -84,6 +88,10 @@ class SweepConfig(_Config):
             values = getattr(self, field)
             if len(set(values)) != len(values):
                 raise ValueError(f"{field} lists a value twice: {values}")
+        reserved = sorted({"cpu", "gpu", "CPU", "GPU"} & set(self.trial_resources))
+        if reserved or any(v <= 0 for v in self.trial_resources.values()):
+            raise ValueError(f"trial_resources are positive amounts of custom resources (CPUs and GPUs: "
+                             f"cpus_per_trial, gpus_per_trial), got {self.trial_resources}")
         return self
 
 

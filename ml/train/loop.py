@@ -6,6 +6,7 @@ per batch on the training device. Side effects only through `Callback`s and `che
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -27,10 +28,11 @@ from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import Precision, autocast, choose_precision, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
-from ml.train.schedules import Schedule, make_schedule
+from ml.train.schedules import Schedule, make_schedule, whole_cycle_epochs
 from ml.train.transforms import Stats
 
 CHECKPOINT_FILE = "last.pt"
+log = logging.getLogger("ml.train")
 
 @dataclass
 class TrainState:
@@ -46,6 +48,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     stop_requested: bool = False
     checkpoint_epoch: int = 0  # epoch of the last checkpoint written to `cfg.checkpoint_dir`
+    val_probs: np.ndarray | None = None  # the last epoch's validation probabilities (no TTA)
 
 
 class Callback:
@@ -250,7 +253,7 @@ def _train_epoch(run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None
 
 def _validate(run: _Run, val: Arrays, classes: list[str], norm: Stats, amp_dtype: torch.dtype | None) -> dict[str, float]:
     s = run.state
-    probs = predict_proba(s.model, val[0], norm, s.device, max(128, s.cfg.batch_size), amp_dtype)
+    probs = s.val_probs = predict_proba(s.model, val[0], norm, s.device, max(128, s.cfg.batch_size), amp_dtype)
     metrics = classification_metrics(val[1], probs, classes)
     row = {"val_loss": nll(val[1], probs)}
     row.update({f"val_{m}": math.nan if metrics[m] is None else float(metrics[m]) for m in EPOCH_METRICS})
@@ -299,8 +302,16 @@ def fit(
 
     Resumes from `cfg.checkpoint_dir/last.pt` when present; on CPU a resumed run is
     bit-identical to an uninterrupted one.
+
+    An epoch budget that ends inside a cycle of the schedule is rounded down to the last whole
+    cycle (`whole_cycle_epochs`, one warning on logger ``ml.train``): the result's config and
+    history show the epochs trained.
     """
     _check_inputs(train, val, classes, cfg)
+    epochs, note = whole_cycle_epochs(cfg.schedule, cfg.epochs)
+    if note:
+        log.warning(note)
+        cfg = cfg.model_copy(update={"epochs": epochs})
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     precision = choose_precision(device, cfg.amp, cfg.force_amp)

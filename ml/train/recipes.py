@@ -16,20 +16,21 @@ from ml.train.lr_finder import LRFinderResult, lr_range_test
 from ml.eval.metrics import classification_metrics, nll
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
-from ml.train.schedules import group_lrs
+from ml.train.schedules import make_optimizer
 from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult
 from ml.train.precision import choose_precision, resolve_device
 
 Arrays = tuple[np.ndarray, np.ndarray]
-DLR_VARIANTS = ("sgdr_dlr", "sgdr_dlr_clm")
 
 
 def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: int = 100,
             start_lr: float = 1e-7, end_lr: float = 10.0, mode: str = "exp",
             fetch_weights: WeightsFetcher | None = None) -> LRFinderResult:
-    """LR range test on the configured model; DLR variants ramp the groups keeping their ratios."""
+    """LR range test on the configured model with the optimiser of ``cfg.schedule``'s family
+    (:func:`ml.train.schedules.make_optimizer`: Adam for ``adam``, else SGD with momentum); DLR
+    variants ramp the groups keeping their ratios, so the bracket is the head's LR."""
     if len(train[1]) == 0:
         raise ValueError("LR range test needs a non-empty training split")
     torch.set_flush_denormal(True)
@@ -40,9 +41,7 @@ def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: in
         load_weights(model, cfg.weights, cfg.arch, fetch=fetch_weights)
     model.to(device)
     groups = layer_groups(model, cfg.arch)
-    rates = group_lrs(1.0, len(groups)) if cfg.schedule in DLR_VARIANTS else [1.0] * len(groups)
-    opt = torch.optim.SGD([{"params": g, "lr": r} for g, r in zip(groups, rates)], lr=1.0, momentum=0.9,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg.schedule, groups, 1.0, weight_decay=cfg.weight_decay)
     loader = TrainBatches(train, len(classes), cfg, normalisation_for(cfg, train[0]), device)
     return lr_range_test(model, loader, F.cross_entropy, opt, start_lr=start_lr, end_lr=end_lr,
                          num_iter=num_iter, mode=mode, device=device,

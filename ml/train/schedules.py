@@ -14,6 +14,14 @@ Variants (thesis ch. 3):
 - ``sgdr_dlr_clm``: as ``sgdr_dlr`` with cycle length multiplication (cycles of 1, 2, 4, ... epochs).
 
 Every scheduler is stepped once per training iteration.
+
+Cycles in epochs (:func:`cycle_end_epochs`): where a run of a variant may end whole. The step
+decay of ``sgd``/``adam`` has no restarts, so each of its epochs counts as one; ``sgdr`` and
+``sgdr_dlr`` restart every epoch; ``sgdr_dlr_clm``'s cycles end at epochs 1, 3, 7, 15, ... A
+budget in between (:func:`whole_cycle_epochs`) would train a cycle it never finishes.
+
+LR families (:data:`LR_FAMILIES`): variants that build the same optimiser over the same
+relative group LRs share one LR range test, and so one LR bracket.
 """
 
 from __future__ import annotations
@@ -27,6 +35,21 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, LRSc
 
 from ml.train.config import VARIANTS  # the one list of variant names
 
+DLR_VARIANTS = ("sgdr_dlr", "sgdr_dlr_clm")
+STEP_DECAY_VARIANTS = ("sgd", "adam")
+CLM_CYCLE_MULT = 2
+# optimiser family -> the variants it trains: SGD with one LR for every group, SGD with
+# discriminative LRs, Adam; a family's LR range test gives its variants' (head) LR bracket
+LR_FAMILIES: dict[str, tuple[str, ...]] = {"sgd": ("sgd", "sgdr"), "sgd_dlr": DLR_VARIANTS, "adam": ("adam",)}
+assert sorted(v for vs in LR_FAMILIES.values() for v in vs) == sorted(VARIANTS)
+
+
+def lr_family(variant: str) -> str:
+    """The :data:`LR_FAMILIES` key of ``variant``."""
+    for family, variants in LR_FAMILIES.items():
+        if variant in variants:
+            return family
+    raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(VARIANTS)}")
 
 
 @dataclass
@@ -103,6 +126,41 @@ def cycle_end_iters(steps_per_epoch: int, epochs: int, t0_epochs: int = 1, t_mul
     return ends
 
 
+def cycle_end_epochs(variant: str, epochs: int) -> list[int]:
+    """The epochs (1-based, up to ``epochs``) at which a cycle of ``variant`` ends: every epoch for
+    ``sgd``/``adam`` (step decay has no restarts) and ``sgdr``/``sgdr_dlr``; 1, 3, 7, 15, ...
+    for ``sgdr_dlr_clm``."""
+    lr_family(variant)  # a known variant
+    return cycle_end_iters(1, epochs, 1, CLM_CYCLE_MULT if variant == "sgdr_dlr_clm" else 1)
+
+
+def whole_cycle_epochs(variant: str, epochs: int) -> tuple[int, str | None]:
+    """``(epochs_used, note)``: ``epochs`` rounded down to the last cycle of ``variant`` it
+    completes (at least the first), and a note saying so when that differs from ``epochs``
+    (None otherwise). E.g. ``sgdr_dlr_clm`` with 5 epochs trains 3: the cycle of epochs 4-7
+    would stop at epoch 5 mid-cosine, neither a cycle's end nor a snapshot."""
+    ends = cycle_end_epochs(variant, epochs)
+    if ends[-1] == epochs:
+        return epochs, None
+    upcoming = cycle_end_epochs(variant, 2 * epochs + 1)[len(ends)]
+    trained = f"{ends[-1]} epoch{'s' if ends[-1] > 1 else ''}"
+    return ends[-1], (f"{variant}: {epochs} epochs end inside a cycle (its cycles end at epochs "
+                      f"{', '.join(map(str, ends + [upcoming]))}, ...): training {trained}, "
+                      f"the last whole cycle; {upcoming} would complete the next")
+
+
+def make_optimizer(variant: str, param_groups: list[list[torch.nn.Parameter]], lr: float, *,
+                   momentum: float = 0.9, weight_decay: float = 1e-4, dlr_ratio: float = 0.01) -> torch.optim.Optimizer:
+    """The optimiser of ``variant`` over the layer groups (first to head): Adam for ``adam``,
+    else SGD with momentum; group LRs log-spaced from ``dlr_ratio * lr`` to ``lr`` for the DLR
+    variants, else ``lr`` for every group. ``momentum`` is ignored by Adam."""
+    lrs = group_lrs(lr, len(param_groups), dlr_ratio) if variant in DLR_VARIANTS else [lr] * len(param_groups)
+    groups = [{"params": list(p), "lr": g_lr} for p, g_lr in zip(param_groups, lrs)]
+    if variant == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 def make_schedule(
     variant: str,
     param_groups: list[list[torch.nn.Parameter]],
@@ -116,7 +174,7 @@ def make_schedule(
     step_epochs: int | None = None,
     gamma: float = 0.1,
     dlr_ratio: float = 0.01,
-    cycle_mult: int = 2,
+    cycle_mult: int = CLM_CYCLE_MULT,
 ) -> Schedule:
     """Build the optimiser and per-iteration scheduler of ``variant`` (one of :data:`VARIANTS`).
 
@@ -140,16 +198,11 @@ def make_schedule(
         raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min}")
 
     total = steps_per_epoch * epochs
-    dlr = variant in ("sgdr_dlr", "sgdr_dlr_clm")
-    lrs = group_lrs(lr, len(param_groups), dlr_ratio) if dlr else [lr] * len(param_groups)
-    groups = [{"params": list(p), "lr": g_lr} for p, g_lr in zip(param_groups, lrs)]
-    if variant == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = make_optimizer(variant, param_groups, lr, momentum=momentum, weight_decay=weight_decay,
+                               dlr_ratio=dlr_ratio)
 
     scheduler: LRScheduler
-    if variant in ("sgd", "adam"):
+    if variant in STEP_DECAY_VARIANTS:
         step_epochs = max(1, epochs // 3) if step_epochs is None else step_epochs
         _check_positive(step_epochs=step_epochs)
         scheduler = StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)

@@ -163,6 +163,9 @@ def test_interrupted_tune_resumes_from_its_checkpoints(prefect_harness, tmp_path
         finally:
             if first.poll() is None:
                 first.kill()
+    said = (tmp_path / "first.log").read_text()
+    assert first.returncode == 130 and "was interrupted" in said and "`skinflow tune --name t-int`" in said, said[-3000:]
+    assert "every Ray Tune trial failed" not in said
     out = _skinflow(args, env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     res = json.loads(out.stdout[out.stdout.index("{"):])

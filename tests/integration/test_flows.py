@@ -99,22 +99,40 @@ def test_train_flow_rejects_bad_requests_before_work(flows_env):
 
 def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     from flows.tune import tune_flow
+    from tasks.tuning import SCORE
 
     res = tune_flow(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgd", "sgdr_dlr_clm"], amp=[False], epochs=2,
                                                             name="t-child"),
                     training=_train(), lr_find=LRFindConfig(num_iter=12), out_dir=str(flows_env["root"] / "tune"))
     assert len(res["trials"]) == 2 and not res["failed"]
-    lo, hi = res["lr_find"]["bracket"]
+    # one range test per optimiser family; each trial's LR is drawn inside its own family's bracket
+    assert {f: r["schedules"] for f, r in res["lr_find"].items()} == {"sgd": ["sgd"], "sgd_dlr": ["sgdr_dlr_clm"]}
+    family = {"sgd": "sgd", "sgdr_dlr_clm": "sgd_dlr"}
     for t in res["trials"]:
-        assert lo <= t["lr"] <= hi, "trial LRs are drawn inside the LR finder's bracket"
+        lo, hi = res["lr_find"][family[t["schedule"]]]["bracket"]
+        assert t["lr_bracket"] == [lo, hi] == res["lr_brackets"][t["schedule"]] and lo <= t["lr"] <= hi
+    # 2 epochs end inside sgdr_dlr_clm's second cycle: every trial trains its first, whole
+    assert res["epochs"] == 1 and "inside a cycle" in res["epochs_note"]
     assert {t["schedule"] for t in res["trials"]} == {"sgd", "sgdr_dlr_clm"}
     for t in res["trials"]:  # per-epoch reports kept for the speedup (eta) over the sgd trial
-        assert 1 <= len(t["history"]) <= 2 and all(h["epoch_seconds"] > 0 for h in t["history"])
-    children = [r for r in _runs("skinflow-tune") if r.data.tags.get("mlflow.parentRunId") == res["run_id"]]
+        assert len(t["history"]) == 1 and all(h["epoch_seconds"] > 0 for h in t["history"])
+        assert t[SCORE] is not None and t["node_id"]
+    runs = [r for r in _runs("skinflow-tune") if r.data.tags.get("mlflow.parentRunId") == res["run_id"]]
+    children = [r for r in runs if "trial" in r.data.tags]
     assert len(children) == 2
     for child in children:
         assert len(MlflowClient().get_metric_history(child.info.run_id, "val_balanced_accuracy")) >= 1
+        assert [m.step for m in MlflowClient().get_metric_history(child.info.run_id, SCORE)] == [1]
         assert (child.data.tags["precision"], child.data.tags["precision_reason"]) == ("fp32", "amp off")
+        params = child.data.params
+        lo, hi = res["lr_brackets"][params["schedule"]]
+        assert (float(params["lr_bracket_lo"]), float(params["lr_bracket_hi"])) == pytest.approx((lo, hi))
+        assert params["ensemble_snapshots"] == "3" and params["lr_family"] == family[params["schedule"]]
+    range_tests = {r.data.tags["lr_family"]: r for r in runs if "lr_family" in r.data.tags}
+    assert set(range_tests) == {"sgd", "sgd_dlr"}
+    for fam, run in range_tests.items():
+        assert run.info.run_id == res["lr_find"][fam]["run_id"]
+        assert "plots/lr_finder.png" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert res["amp_note"] is None  # nothing collapsed: AMP was not asked for
 
 

@@ -218,3 +218,23 @@ def test_bracket_keeps_its_width_when_the_minimum_is_the_first_tested_rate():
     # and never beyond what was tested
     lo, hi = bracket_to_minimum({"valley": 1e-7, "min_div10": 1e-8, "steepest": 1e-7}, [1e-7, 2e-7])
     assert (lo, hi) == pytest.approx((1e-7, 2e-7))
+
+
+@pytest.mark.parametrize(("schedule", "optimizer", "uniform"), [
+    ("sgd", torch.optim.SGD, True), ("sgdr", torch.optim.SGD, True), ("sgdr_dlr", torch.optim.SGD, False),
+    ("sgdr_dlr_clm", torch.optim.SGD, False), ("adam", torch.optim.Adam, True)])
+def test_find_lr_ramps_the_optimiser_of_the_schedule_family(monkeypatch, schedule, optimizer, uniform):
+    from ml.train import recipes
+    from ml.train.config import TrainConfig
+
+    seen = {}
+    monkeypatch.setattr(recipes, "lr_range_test", lambda model, loader, loss, opt, **k: seen.update(opt=opt))
+    images = np.random.default_rng(0).integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
+    cfg = TrainConfig(arch="resnet18", schedule=schedule, batch_size=6, device="cpu", progress=False)
+    recipes.find_lr((images, np.arange(6) % 3), ["a", "b", "c"], cfg, num_iter=2)
+    opt = seen["opt"]
+    assert type(opt) is optimizer
+    rates = [g["lr"] for g in opt.param_groups]
+    assert rates[-1] == 1.0 and (set(rates) == {1.0}) is uniform, rates
+    if not uniform:  # DLR: the stem ramps at 1/100 of the head
+        assert rates[0] == pytest.approx(0.01)

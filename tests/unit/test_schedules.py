@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from ml.train.schedules import VARIANTS, WarmRestartCosine, cycle_end_iters, group_lrs, make_schedule
+from ml.train.schedules import (
+    LR_FAMILIES,
+    VARIANTS,
+    WarmRestartCosine,
+    cycle_end_epochs,
+    cycle_end_iters,
+    group_lrs,
+    lr_family,
+    make_schedule,
+    whole_cycle_epochs,
+)
 
 
 def _groups(n: int) -> list[list[torch.nn.Parameter]]:
@@ -179,3 +189,33 @@ def test_group_lrs_errors():
         group_lrs(0.1, 0)
     with pytest.raises(ValueError, match="ratio"):
         group_lrs(0.1, 3, ratio=0.0)
+
+
+def test_lr_families_group_the_variants_by_optimiser_and_group_lrs():
+    assert {v: lr_family(v) for v in VARIANTS} == {"sgd": "sgd", "sgdr": "sgd", "sgdr_dlr": "sgd_dlr",
+                                                    "sgdr_dlr_clm": "sgd_dlr", "adam": "adam"}
+    for family, variants in LR_FAMILIES.items():  # one optimiser and one set of LR ratios per family
+        built = [make_schedule(v, _groups(3), lr=0.1, steps_per_epoch=2, epochs=1).optimizer for v in variants]
+        assert len({type(o) for o in built}) == 1, family
+        assert len({tuple(g["lr"] for g in o.param_groups) for o in built}) == 1, family
+    with pytest.raises(ValueError, match="allowed"):
+        lr_family("cosine")
+
+
+def test_cycle_end_epochs_per_variant():
+    for v in ("sgd", "adam", "sgdr", "sgdr_dlr"):
+        assert cycle_end_epochs(v, 5) == [1, 2, 3, 4, 5]
+    assert cycle_end_epochs("sgdr_dlr_clm", 16) == [1, 3, 7, 15]
+    # the same ends as the schedule's own snapshot points, in epochs
+    s = make_schedule("sgdr_dlr_clm", _groups(2), lr=0.1, steps_per_epoch=4, epochs=15)
+    assert [i // 4 for i in s.cycle_end_iters] == cycle_end_epochs("sgdr_dlr_clm", 15)
+
+
+def test_whole_cycle_epochs_rounds_down_to_the_last_complete_cycle():
+    assert whole_cycle_epochs("sgdr_dlr_clm", 7) == (7, None)
+    assert whole_cycle_epochs("sgdr_dlr_clm", 1) == (1, None)
+    used, note = whole_cycle_epochs("sgdr_dlr_clm", 5)
+    assert used == 3 and note.startswith("sgdr_dlr_clm: 5 epochs end inside a cycle") and "7 would" in note
+    assert whole_cycle_epochs("sgdr_dlr_clm", 2)[0] == 1 and whole_cycle_epochs("sgdr_dlr_clm", 14)[0] == 7
+    for v in ("sgd", "adam", "sgdr", "sgdr_dlr"):
+        assert whole_cycle_epochs(v, 5) == (5, None)

@@ -374,3 +374,53 @@ def test_cuda_pipeline_prefetches_pinned_batches_in_the_same_order(data) -> None
     plain.prefetch = 0
     for (xa, ya), (xb, yb) in zip(plain, ahead, strict=True):
         assert xa.is_cuda and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_budget_inside_a_clm_cycle_trains_the_last_whole_cycle(data, caplog) -> None:
+    """2 epochs of sgdr_dlr_clm would stop 1 epoch into the 2-epoch cycle (mid-cosine, no
+    snapshot): fit trains 1 epoch, says so once, and the result shows the budget it trained."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ml.train")
+    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgdr_dlr_clm", snapshots=2))
+    notes = [r.getMessage() for r in caplog.records if r.name == "ml.train" and "inside a cycle" in r.getMessage()]
+    assert len(notes) == 1 and "training 1 epoch," in notes[0], notes
+    assert result.epochs_run == 1 and len(result.history) == 1 and result.config["epochs"] == 1
+    assert len(result.snapshots) == 1, "the one cycle it completed is a snapshot"
+
+
+class Clocks(Callback):
+    def __init__(self, score) -> None:
+        self.score, self.seen = score, []
+
+    def on_epoch_end(self, epoch: int, metrics: dict, state: TrainState) -> None:
+        self.seen.append((epoch, self.score.at_cycle_end, self.score.clock, self.score.value))
+
+
+def test_cycle_end_score_is_the_final_models_ensemble_and_moves_only_at_cycle_ends(data, tmp_path) -> None:
+    from ml.eval.metrics import classification_metrics
+    from ml.train.cycle_score import CycleEndScore
+
+    # clm, 3 epochs: cycles end at epochs 1 and 3; the run hands over the ensemble of both
+    score = CycleEndScore(data["val"][1], snapshots=3)
+    clocks = Clocks(score)
+    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=3, schedule="sgdr_dlr_clm", snapshots=3),
+                 callbacks=[score, clocks])
+    assert [(e, end, clock) for e, end, clock, _ in clocks.seen] == [(1, True, 2), (2, False, 2), (3, True, 4)]
+    assert clocks.seen[1][3] == clocks.seen[0][3], "held between cycle ends"
+    final = result.predict_proba(data["val"][0])
+    np.testing.assert_allclose(score.ensemble_probs(), final, atol=1e-6)
+    assert score.value == pytest.approx(classification_metrics(data["val"][1], final, CLASSES)["balanced_accuracy"])
+    saved = CycleEndScore(data["val"][1], snapshots=3)
+    score.save(tmp_path / "score.npz")
+    saved.load(tmp_path / "score.npz")
+    assert (saved.value, saved.cycle_epoch, len(saved.probs)) == (score.value, 3, 2)
+
+    # step decay: every epoch is a rung, and the model it would hand over is itself
+    score = CycleEndScore(data["val"][1], snapshots=3)
+    clocks = Clocks(score)
+    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", snapshots=3),
+                 callbacks=[score, clocks])
+    assert [clock for _, _, clock, _ in clocks.seen] == [2, 3]
+    np.testing.assert_allclose(score.ensemble_probs(), result.predict_proba(data["val"][0]), atol=1e-6)
+    assert score.value == pytest.approx(result.history[-1]["val_balanced_accuracy"])
