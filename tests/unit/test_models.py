@@ -22,6 +22,8 @@ from ml.train.models import (
 )
 from ml.train.transforms import (
     IMAGENET_STATS,
+    PRETRAINED_STATS,
+    TF_LITE_STATS,
     augment_batch,
     channel_stats,
     to_float_batch,
@@ -284,3 +286,18 @@ def test_grad_cam_runs_on_efficientnet_lite() -> None:
         maps = cam(input_tensor=torch.randn(2, 3, 64, 64), targets=None)
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.max() > 0
 
+
+def test_input_normalisation_follows_the_pretrained_weights() -> None:
+    from ml.train.batches import normalisation_for
+    from ml.train.config import ARCH_FAMILIES, TrainConfig, arch_family
+
+    assert set(PRETRAINED_STATS) == set(ARCH_FAMILIES) == {arch_family(a) for a in ARCHS}
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    for arch, stats in [("resnet18", IMAGENET_STATS), ("resnext50_32x4d", IMAGENET_STATS),
+                        ("densenet121", IMAGENET_STATS), ("efficientnet_lite2", TF_LITE_STATS)]:
+        assert normalisation_for(TrainConfig(arch=arch, weights="imagenet"), images) == stats
+        assert normalisation_for(TrainConfig(arch=arch), images) == channel_stats(images)
+    # TensorFlow's EfficientNet-Lite preprocessing: (pixel - 127) / 128
+    pixels = torch.tensor([0, 127, 255], dtype=torch.uint8).view(1, 1, 3, 1).expand(1, 1, 3, 3).contiguous()
+    x = to_float_batch(pixels, *TF_LITE_STATS)
+    torch.testing.assert_close(x[0, :, 0, :], torch.tensor([-127 / 128, 0.0, 1.0]).expand(3, 3))
