@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-from ml.train.config import TrainConfig
+from ml.train.config import TrainConfig, arch_family
 from ml.train.prefetch import prefetched
-from ml.train.transforms import IMAGENET_STATS, Stats, augment_batch, channel_stats, to_float_batch
+from ml.train.transforms import PRETRAINED_STATS, Stats, augment_batch, channel_stats, to_float_batch
 
 Arrays = tuple[np.ndarray, np.ndarray]
 _PREFETCH_DEPTH = 2
@@ -53,8 +53,11 @@ def _train_loader(train: Arrays, num_classes: int, cfg: TrainConfig, generator: 
 
 
 def normalisation_for(cfg: TrainConfig, train_images: np.ndarray) -> Stats:
-    """ImageNet statistics for ImageNet weights, else those of the training split."""
-    return IMAGENET_STATS if cfg.weights == "imagenet" else channel_stats(train_images)
+    """With ImageNet weights, the normalisation those weights were trained with (it depends on the
+    arch: `PRETRAINED_STATS`); else the statistics of the training split."""
+    if cfg.weights == "imagenet":
+        return PRETRAINED_STATS[arch_family(cfg.arch)]
+    return channel_stats(train_images)
 
 
 class TrainBatches:

