@@ -43,7 +43,7 @@ def install_chromium() -> bool:
 
 
 @contextlib.contextmanager
-def headless_chrome(profile_dir: str | Path, width: int = 1440, height: int = 680) -> Iterator:
+def headless_chrome(profile_dir: str | Path, width: int = 1440, height: int = 760) -> Iterator:
     """A Selenium Chrome driver on headless Chromium with a fresh profile; quits on exit."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
@@ -105,7 +105,13 @@ def screenshot_runs(driver, ui: str, experiment_id: str, out: str | Path, wait_s
     for close in driver.find_elements(By.CSS_SELECTOR,
                                       "button[data-component-id='mlflow.assistant.chat_panel.close']"):
         close.click()  # the assistant panel takes a third of the width
-    time.sleep(1)
+    # expand parent runs (a tune's trials are its child runs, folded under it by default)
+    for toggle in driver.find_elements(By.CSS_SELECTOR, ".ag-row [col-id='attributes.`Run Name`'] button"):
+        try:
+            toggle.click()
+        except Exception:  # noqa: BLE001 - a toggle that cannot be clicked stays folded
+            pass
+    time.sleep(2)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(out))
