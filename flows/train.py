@@ -16,6 +16,7 @@ from pydantic import Field
 from ml.data.config import DataConfig
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, TrainConfig
+from ml.train.precision import precision_for
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import tracked_run
@@ -29,13 +30,6 @@ def prepare_data(data: DataConfig):
         raise ValueError(f"dataset {data.source} has no usable images ({len(manifest.bad)} bad files)")
     manifest = split_dataset(manifest, data.val_frac, data.test_frac, data.seed)
     return manifest, build_image_cache(manifest, data.size)
-
-
-def precision_of(training: TrainConfig):
-    """The precision ``training`` runs in on this machine (what ``fit`` will choose)."""
-    from ml.train.precision import choose_precision, resolve_device
-
-    return choose_precision(resolve_device(training.device), training.amp, training.force_amp)
 
 
 def eval_split_of(cache) -> str:
@@ -62,7 +56,7 @@ def train_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainCon
     further seeds and report mean +/- std (Table 4.2 form)."""
     manifest, cache = prepare_data(data)
     with tracked_run("skinflow-train", run_name("train", training, arch=training.arch,
-                                                precision=precision_of(training).name)) as (run_id, _):
+                                                precision=precision_for(training).name)) as (run_id, _):
         cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
         result = train_model(cache, cfg, run_id)
         eval_split = eval_split_of(cache)

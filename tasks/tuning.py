@@ -183,7 +183,7 @@ def _trainable(config: dict, data: TrialData) -> None:
     from ml.train.loop import Callback, fit
     from ml.tracking.models import fetch_weights
     from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
-    from ml.train.precision import choose_precision, resolve_device
+    from ml.train.precision import precision_for
     from ml.train.schedules import lr_family
 
     torch.set_num_threads(max(1, int(config["_cpus"])))
@@ -206,7 +206,7 @@ def _trainable(config: dict, data: TrialData) -> None:
     mlflow.set_tracking_uri(config["_tracking_uri"])
     trial = tune.get_context().get_trial_name()
     node_id = ray.get_runtime_context().get_node_id()
-    precision = choose_precision(resolve_device(cfg.device), cfg.amp, cfg.force_amp)  # as fit chooses it
+    precision = precision_for(cfg)  # as fit chooses it
 
     class Report(Callback):
         def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:

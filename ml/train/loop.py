@@ -26,7 +26,7 @@ from ml.train.batches import Arrays, TrainBatches, normalisation_for
 from ml.train.checkpoint import StateDict, cpu_state, rng_state, save_atomic, set_rng_state
 from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
-from ml.train.precision import Precision, autocast, choose_precision, resolve_device
+from ml.train.precision import Precision, autocast, precision_for, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
 from ml.train.schedules import Schedule, make_schedule, whole_cycle_epochs
 from ml.train.transforms import Stats
@@ -314,7 +314,7 @@ def fit(
         cfg = cfg.model_copy(update={"epochs": epochs})
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
-    precision = choose_precision(device, cfg.amp, cfg.force_amp)
+    precision = precision_for(cfg)
     amp_dtype = precision.dtype
     _seed_everything(cfg.seed)
     weights_report = None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from typing import Any
+
 import torch
 
 log = logging.getLogger("ml.train")
@@ -119,6 +121,13 @@ def choose_precision(device: torch.device, amp: bool, force: bool = False,
         return _logged_once(Precision(torch.bfloat16, f"amp forced (force_amp) although {why}: "
                                                       "bf16 autocast may be much slower than fp32"))
     return _logged_once(Precision(None, f"amp requested but {why}: training in fp32; force with force_amp"))
+
+
+def precision_for(cfg: Any) -> Precision:
+    """The precision a run of ``cfg`` (a :class:`~ml.train.config.TrainConfig`) trains in on this
+    machine: what ``fit`` chooses, for everything that must agree with it (the LR range test,
+    Tune trials' tags, run names)."""
+    return choose_precision(resolve_device(cfg.device), cfg.amp, cfg.force_amp)
 
 
 def _logged_once(precision: Precision) -> Precision:

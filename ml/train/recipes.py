@@ -20,7 +20,7 @@ from ml.train.schedules import make_optimizer
 from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult
-from ml.train.precision import choose_precision, resolve_device
+from ml.train.precision import precision_for, resolve_device
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -45,7 +45,7 @@ def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: in
     loader = TrainBatches(train, len(classes), cfg, normalisation_for(cfg, train[0]), device)
     return lr_range_test(model, loader, F.cross_entropy, opt, start_lr=start_lr, end_lr=end_lr,
                          num_iter=num_iter, mode=mode, device=device,
-                         amp_dtype=choose_precision(device, cfg.amp, cfg.force_amp).dtype)
+                         amp_dtype=precision_for(cfg).dtype)
 
 
 def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict[str, Any]:
