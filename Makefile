@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-gpu stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,12 @@ stack-status:
 
 clean:
 	rm -rf data/demo mlruns mlartifacts .pytest_cache
+
+# bench/bench_pretrained.py: ImageNet EfficientNet-Lite on isic9, 5 variants x {fp32, AMP} x 3 seeds + lite2
+bench-pretrained: install
+	$(PY) bench/bench_pretrained.py --out bench/RESULTS.md $(BENCH_ARGS)
+
+# bench/bench_fastai.py: skinflow vs fastai on the same data and weights (installs the bench-only extra)
+bench-fastai: install
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
+	$(PY) bench/bench_fastai.py --out bench/RESULTS.md $(BENCH_ARGS)

@@ -38,8 +38,9 @@ def _demo_profile() -> dict:
     from flows.demo import PROFILES
 
     cpu = PROFILES["cpu"]
-    return dict(per_class=cpu["synth"]["per_class"], synth_size=cpu["synth"]["size"], size=cpu["size"],
-                epochs=cpu["epochs"], batch_size=cpu["batch_size"], lr=0.01, schedule="sgdr_dlr_clm")
+    return dict(per_class=cpu["synth"]["per_class"], synth_size=cpu["synth"]["size"], size=cpu["data"]["size"],
+                epochs=cpu["training"]["epochs"], batch_size=cpu["training"]["batch_size"], lr=0.01,
+                schedule="sgdr_dlr_clm")
 
 
 PROFILE = _demo_profile()

@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.preprocessing import StandardScaler
 
 from ml.data.cache import resize_crop
 from ml.data.images import load_rgb
+from ml.train.probe import linear_probe, pooled_features
 from ml.train.models import build_model
-from ml.train.transforms import PRETRAINED_STATS, to_float_batch
+from ml.train.transforms import PRETRAINED_STATS
 
 ISIC9 = Path(__file__).parents[2].parent / "shared/data/isic9"
 SIZE = 64
@@ -37,26 +35,14 @@ def _images(split: str, per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels)
 
 
-def _pooled(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model.features(to_float_batch(torch.from_numpy(images[i : i + 64]),
-                                                        *PRETRAINED_STATS["efficientnet_lite"]))
-                          for i in range(0, len(images), 64)]).numpy()
-
-
-def _probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
-    scaler = StandardScaler().fit(train[0])
-    clf = LogisticRegression(C=0.01, max_iter=2000, class_weight="balanced").fit(scaler.transform(train[0]), train[1])
-    return balanced_accuracy_score(test[1], clf.predict(scaler.transform(test[0])))
-
-
 def test_imagenet_efficientnet_lite0_features_beat_random_init_in_a_linear_probe() -> None:
     (x_train, y_train), (x_test, y_test) = _images("train", TRAIN_PER_CLASS), _images("test", None)
     assert len(np.unique(y_train)) == len(np.unique(y_test)) == 9
 
     def score(model: torch.nn.Module) -> float:
-        return _probe((_pooled(model, x_train), y_train), (_pooled(model, x_test), y_test))
+        stats = PRETRAINED_STATS["efficientnet_lite"]
+        return linear_probe((pooled_features(model, x_train, stats), y_train),
+                            (pooled_features(model, x_test, stats), y_test))
 
     pretrained = score(build_model("efficientnet_lite0", 9, weights="imagenet"))
     random_init = []
