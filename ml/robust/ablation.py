@@ -88,8 +88,9 @@ def score_rows(predict: Callable[[np.ndarray], np.ndarray], test: Arrays, classe
     return rows
 
 
-def metric_key(row: dict[str, Any], metric: str) -> str:
-    """MLflow metric name of a row's figure, e.g. ``test_top1_noise_5`` or ``test_macro_f1_clean``."""
+def metric_key(row: dict[str, Any], metric: str, split: str = "test") -> str:
+    """MLflow metric name of a row's figure on ``split``, e.g. ``test_top1_noise_5`` or
+    ``test_macro_f1_clean``."""
     status = row["test_status"]
     if row["setting"] == SETTINGS[3]:
         tag = "matched"
@@ -99,7 +100,7 @@ def metric_key(row: dict[str, Any], metric: str) -> str:
         tag = f"noise_{row['noise_level'] * 100:g}".replace(".", "p")
     else:
         tag = "blur_isotropic" if row["corruption"] == "gaussian_blur" else "blur_anisotropic"
-    return f"test_{metric}_{tag}"
+    return f"{split}_{metric}_{tag}"
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
