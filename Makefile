@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-robustness bench-gpu stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-gpu stack-up stack-down stack-status clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,7 @@ bench-features: install
 	$(PY) bench/bench_features.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 # Table 5.8 on the synthetic default and isic9 (efficientnet_lite0, 128 px, bounded budget) + interpret on isic9.
+.PHONY: bench-robustness
 bench-robustness: install
 	nice -n 10 $(PY) bench/bench_robustness.py $(BENCH_ARGS)
 
