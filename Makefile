@@ -38,6 +38,11 @@ bench-overhead: install
 bench-features: install
 	$(PY) bench/bench_features.py --results bench/RESULTS.md $(BENCH_ARGS)
 
+# Table 5.8 on the synthetic default and isic9 (efficientnet_lite0, 128 px, bounded budget) + interpret on isic9.
+.PHONY: bench-robustness
+bench-robustness: install
+	nice -n 10 $(PY) bench/bench_robustness.py $(BENCH_ARGS)
+
 # On a CUDA machine, no install step (no network there): gpu-marked tests + bench/bench_gpu.py -> $(OUT) or bench/out/gpu.
 bench-gpu:
 	bash bench/gpu_check.sh

@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 
 from ml.data.config import DataConfig
+from ml.interpret.config import InterpretConfig
+from ml.robust.config import RobustnessConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -38,7 +40,8 @@ stack_app = typer.Typer(help="Start/stop the local service stack (S3, MLflow, Pr
 app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
-_FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo"}
+_FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo", "robustness",
+               "interpret"}
 
 
 @app.callback()
@@ -413,6 +416,82 @@ def curation_ab(
         data=_build(DataConfig, source=data, size=size, test_frac=test_frac, seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, seed=seed),
         steps=_csv(steps), out_dir=str(out)))
+
+
+def _floats(value: Optional[str]) -> list[float] | None:
+    words = _csv(value)
+    try:
+        return None if words is None else [float(w) for w in words]
+    except ValueError:
+        _fail(f"expected comma-separated numbers, got {value!r}")
+
+
+def _data_and_training(source, class_map, size, test_frac, seed, **training) -> dict:
+    """The ``data`` and ``training`` parameters of the analysis verbs (robustness, interpret)."""
+    return {"data": _build(DataConfig, source=source, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
+            "training": _build(TrainConfig, seed=seed, **training)}
+
+
+@app.command("robustness")
+def robustness(
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share the rows are scored on."),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    weights: Optional[str] = _opt(TrainConfig, "weights"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
+    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR of every model (else one range test on clean images)."),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
+    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
+    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    noise_levels: Optional[str] = _opt(RobustnessConfig, "noise_levels", help="Impulse-noise shares, comma-separated."),
+    blur_kernel: Optional[int] = _opt(RobustnessConfig, "blur_kernel"),
+    blur: Optional[bool] = _opt(RobustnessConfig, "blur", flag=True),
+    train_per_class: Optional[int] = _opt(RobustnessConfig, "train_per_class"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split, training and corruption seed."),
+    out: Path = typer.Option(Path("outputs/robustness"), help="Plots and reports."),
+):
+    """The Table 5.8 ablation: train clean/test noisy, train noisy/test clean, matched noise, train
+    clean/test blurred (MLflow experiment skinflow-robustness, a child run per model)."""
+    _echo_json(_run("flows.robustness", "robustness_flow",
+        **_data_and_training(data, class_map, size, test_frac, seed, arch=model, weights=weights, schedule=schedule,
+                             lr=lr, epochs=epochs, batch_size=batch_size, amp=amp),
+        robustness=_build(RobustnessConfig, noise_levels=_floats(noise_levels), blur_kernel=blur_kernel, blur=blur,
+                          train_per_class=train_per_class, seed=seed),
+        out_dir=str(out)))
+
+
+@app.command("interpret")
+def interpret(
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    size: Optional[int] = _opt(DataConfig, "size"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share the errors are counted on."),
+    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
+    weights: Optional[str] = _opt(TrainConfig, "weights"),
+    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
+    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR of every fit (else one range test)."),
+    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
+    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
+    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
+    seeds: Optional[int] = _opt(InterpretConfig, "seeds"),
+    top_pairs: Optional[int] = _opt(InterpretConfig, "top_pairs"),
+    per_pair: Optional[int] = _opt(InterpretConfig, "per_pair"),
+    guided_backprop: Optional[bool] = _opt(InterpretConfig, "guided_backprop", flag=True),
+    confidence: Optional[float] = _opt(InterpretConfig, "confidence"),
+    train_per_class: Optional[int] = _opt(InterpretConfig, "train_per_class"),
+    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split seed and the first fit's seed."),
+    out: Path = typer.Option(Path("outputs/interpret"), help="Plots and reports."),
+):
+    """Confused pairs over K seeded fits (mean +/- std), class distributions, Grad-CAM and guided
+    backprop galleries, background test (MLflow experiment skinflow-interpret)."""
+    _echo_json(_run("flows.interpret", "interpret_flow",
+        **_data_and_training(data, class_map, size, test_frac, seed, arch=model, weights=weights, schedule=schedule,
+                             lr=lr, epochs=epochs, batch_size=batch_size, amp=amp),
+        interpret=_build(InterpretConfig, seeds=seeds, top_pairs=top_pairs, per_pair=per_pair,
+                         guided_backprop=guided_backprop, confidence=confidence, train_per_class=train_per_class),
+        out_dir=str(out)))
 
 
 @app.command("demo")

@@ -9,6 +9,7 @@ passes (:func:`ml.tracking.models.fetch_weights`), so this module has no MLflow 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from importlib import metadata
@@ -135,16 +136,33 @@ def _efficientnet_groups(model: nn.Module) -> list[list[nn.Module]]:
     ]
 
 
-def cam_target_layer(model: nn.Module, arch: str) -> nn.Module:
+def cam_target_layer(model: nn.Module, arch: str, input_size: int | None = None, min_side: int = 4) -> nn.Module:
     """The layer whose activations Grad-CAM weighs: the last feature map before global pooling
     (ResNet/ResNeXt: the last block of layer4; DenseNet: norm5; EfficientNet-Lite: the head
-    convolution's activation)."""
+    convolution's activation).
+
+    With ``input_size``, the deepest of the family's candidate layers (strides 32, 16, 8, ...)
+    whose map is at least ``min_side`` px on a side at that input (the shallowest when none is):
+    ResNet's layer4 is 2x2 at 64 px, so there it gives layer3 (4x4)."""
+    candidates = cam_candidate_layers(model, arch)
+    if input_size is None:
+        return candidates[0][1]
+    for stride, layer in candidates:
+        if math.ceil(input_size / stride) >= min_side:
+            return layer
+    return candidates[-1][1]
+
+
+def cam_candidate_layers(model: nn.Module, arch: str) -> list[tuple[int, nn.Module]]:
+    """``(stride, layer)`` Grad-CAM candidates of an architecture, deepest (coarsest) first."""
     family = arch_family(arch)
     if family == "efficientnet_lite":
-        return model.head_act
+        ends = [end for _, end in model.stages]  # stride 16 after stage 4, 8 after stage 2
+        return [(32, model.head_act), (16, model._blocks[ends[4] - 1]), (8, model._blocks[ends[2] - 1])]
     if family == "densenet":
-        return model.features.norm5
-    return model.layer4[-1]
+        f = model.features
+        return [(32, f.norm5), (16, f.denseblock3), (8, f.denseblock2)]
+    return [(32, model.layer4[-1]), (16, model.layer3[-1]), (8, model.layer2[-1]), (4, model.layer1[-1])]
 
 
 def imagenet_weights_path(arch: str) -> Path:

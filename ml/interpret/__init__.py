@@ -1,0 +1,1 @@
+"""Error interpretation: confused pairs, Grad-CAM, guided backpropagation, background occlusion."""

@@ -1,0 +1,1 @@
+"""Robustness: image corruptions (impulse noise, blur) and the train/test corruption ablation."""
