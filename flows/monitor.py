@@ -45,7 +45,8 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
     report_dir = str(Path(monitor.out_dir) / key)
     with tracked_run("skinflow-monitor", run_name("monitor", verdict=summary["verdict"], batch=Path(batch.source).name),
                      tags={"drift_verdict": summary["verdict"]}) as (run_id, experiment_id):
-        summary.update(mlflow_run_id=run_id, mlflow_experiment_id=experiment_id)
+        summary.update(mlflow_run_id=run_id, mlflow_experiment_id=experiment_id,
+                       mlflow_run_url=_run_url(experiment_id, run_id))
         files = write_reports(snapshot, summary, report_dir)
         log_monitor_run(run_id, summary, files, monitor.model_dump())
     summary["report_html"], summary["report_json"] = files["html"], files["json"]
@@ -53,7 +54,7 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
     summary["prefect_api"] = "server" if prefect_server_configured() else "ephemeral"
     summary["event"] = summary["notification"] = "not sent: no drift"
     if summary["verdict"] == "drift":
-        links = {"report": summary["report_uri"] or files["html"], "mlflow_run": f"runs:/{run_id}"}
+        links = {"report": summary["report_uri"] or files["html"], "mlflow_run": summary["mlflow_run_url"]}
         payload = alert_payload(summary, links)
         summary["alert_json"] = str(write_alert(payload, report_dir))
         summary["event"] = emit_drift_event(payload, batch_resource_id(batch.source), run_id)
@@ -75,6 +76,16 @@ def summary_markdown(summary: dict) -> str:
              "", *[f"- {r}" for r in summary["reasons"] or ["no rule fired"]], "",
              "### Top drifted features", markdown_table(rows), "",
              "### Class priors (BBSE)", markdown_table(priors) if priors else "_(no validation images: skipped)_", "",
-             f"Report: `{summary.get('report_uri') or summary.get('report_html')}`; MLflow run "
-             f"`{summary.get('mlflow_run_id')}` (experiment skinflow-monitor)."]
+             f"Report: `{summary.get('report_uri') or summary.get('report_html')}`; "
+             f"[MLflow run {summary.get('mlflow_run_id')}]({summary.get('mlflow_run_url')}) (skinflow-monitor)."]
     return "\n".join(lines)
+
+
+def _run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (the tracking server, else where `mlflow ui` serves a local store)."""
+    from ml.settings import get_settings, redact_text
+    from ml.tracking.runs import MLFLOW_UI
+
+    uri = get_settings().mlflow_tracking_uri
+    ui = uri.rstrip("/") if uri.startswith("http") else MLFLOW_UI
+    return redact_text(f"{ui}/#/experiments/{experiment_id}/runs/{run_id}")

@@ -15,7 +15,7 @@ from tests.conftest import VENV_BIN
 
 runner = CliRunner()
 VERBS = [["data", "synth"], ["data", "manifest"], ["data", "split"], ["validate"], ["lr-find"], ["train"],
-         ["pretrain"], ["tune"], ["retrain"], ["curation-ab"], ["demo"], ["stack", "up"], ["stack", "down"],
+         ["pretrain"], ["tune"], ["retrain"], ["curation-ab"], ["demo"], ["drift"], ["stack", "up"], ["stack", "down"],
          ["stack", "status"]]
 
 
