@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                              "validation": summary["reference"]["validation_images"], "seconds": seconds,
                              "verdict": summary["verdict"], "load_average": load})
                 print(f"batch {summary['n_batch']}: {seconds:.1f} s ({summary['verdict']})", flush=True)
+                write_json({"rows": rows, "partial": True}, args.json)  # what is measured survives an interrupt
     meta = {"size": args.size, "machine": machine_description({}), "command": command_line(
         [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])}
     text = markdown(rows, meta)

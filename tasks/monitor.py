@@ -31,6 +31,8 @@ def load_batch(source: str, class_map: str | None, classes: list[str], allow_out
     from ml.monitor.batch import load_batch as load
 
     batch = load(source, class_map, classes, allow_outside_root=allow_outside_root)
+    if batch.records.empty:
+        raise ValueError(f"batch {batch.source} has no usable image: " + "; ".join(batch.report_lines()[1:]))
     logger = get_run_logger()
     for line in batch.report_lines():
         logger.info("%s", line)

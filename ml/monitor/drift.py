@@ -238,7 +238,7 @@ def decide(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, per_column: l
     predicted["drifted"] = predicted["p_value"] < policy.label_alpha
     labels = None
     if columns.labels:
-        labels = _chi2(ref["label"], cur["label"])
+        labels = _chi2(ref.loc[ref["label"] != "", "label"], cur["label"])  # labelled reference rows only
         labels["drifted"] = labels["p_value"] < policy.label_alpha
     bbse = None
     if label_estimate is not None:

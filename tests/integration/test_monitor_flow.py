@@ -214,3 +214,18 @@ def test_real_isic9_batches_against_the_synthetic_champion(champion, isic9, tmp_
                                          max_reference=150, out_dir=str(tmp_path / "rev")))
     assert reverse["verdict"] == "drift" and reverse["reference"]["kind"] == "dataset"
     assert reverse["n_reference"] == 150
+
+
+def test_apprise_url_from_a_prefect_secret_block(prefect_harness, receiver):
+    """The URL may live in a Secret block instead of the environment; it reaches the receiver."""
+    from prefect.blocks.system import Secret
+
+    from ml.monitor.alerts import notify
+    from tasks.monitor import apprise_url
+
+    Secret(value=receiver[0].replace("/skinflow-alerts", "/from-secret")).save("drift-apprise", overwrite=True)
+    url = apprise_url("drift-apprise")
+    payload = {"verdict": "drift", "batch": "b", "reasons": ["covariate: test"], "top_drifted": [], "links": {}}
+    assert notify(url, payload)
+    assert any(r["path"] == "/from-secret" and "drift" in r["body"]["title"] for r in receiver[1])
+

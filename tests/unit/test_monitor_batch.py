@@ -86,3 +86,13 @@ def test_unlabelled_folder_and_csv(tmp_path):
 def test_missing_batch_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_batch(tmp_path / "nope")
+
+
+def test_a_batch_without_usable_images_stops_the_flow_with_the_files_named(tmp_path):
+    from tasks.monitor import load_batch as load_batch_task
+
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 20)
+    with pytest.raises(ValueError, match="has no usable image.*Thumbs.db: not_an_image"):
+        load_batch_task.fn(str(folder), None, list(LABELS))
