@@ -61,7 +61,10 @@ def _model_run(root: Path, source: Path, n_train: int, size: int) -> str:
 
     manifest = build_manifest(source)
     records = manifest.records.copy()
-    records["split"] = ["train" if i < n_train else "val" for i in range(len(records))]
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(len(records))  # every class in both splits
+    records["split"] = np.where(np.isin(np.arange(len(records)), order[:n_train]), "train", "val")
     torch.manual_seed(0)
     with mlflow.start_run() as run:
         meta = model_meta("resnet18", list(LABELS), 0, {"norm": [[0.5] * 3, [0.25] * 3], "size": size})
