@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-monitor bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-features: install
 .PHONY: bench-robustness
 bench-robustness: install
 	nice -n 10 $(PY) bench/bench_robustness.py $(BENCH_ARGS)
+# monitor-flow seconds, 500 reference vs 100..1000 batch images at 64 px (single-threaded BLAS/OpenMP)
+bench-monitor: install
+	OMP_NUM_THREADS=1 $(PY) bench/bench_monitor.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 # On a CUDA machine, no install step (no network there): gpu-marked tests + bench/bench_gpu.py -> $(OUT) or bench/out/gpu.
 bench-gpu:

@@ -13,6 +13,7 @@ import typer
 from ml.data.config import DataConfig
 from ml.interpret.config import InterpretConfig
 from ml.robust.config import RobustnessConfig
+from ml.monitor.config import MonitorConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -41,7 +42,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
 _FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo", "robustness",
-               "interpret"}
+               "interpret", "drift"}
 
 
 @app.callback()
@@ -503,6 +504,76 @@ def demo(
     from flows.demo import run_demo
 
     sys.exit(run_demo(out, full=full))
+
+
+@app.command("drift")
+def drift(
+    batch: str = typer.Argument(..., help="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix."),
+    class_map: Optional[str] = _opt(MonitorConfig, "class_map"),
+    model: Optional[str] = _opt(MonitorConfig, "model_uri", "--model"),
+    reference: Optional[str] = _opt(MonitorConfig, "reference"),
+    reference_version: Optional[str] = _opt(MonitorConfig, "reference_version"),
+    reference_class_map: Optional[str] = _opt(MonitorConfig, "reference_class_map"),
+    max_reference: Optional[int] = _opt(MonitorConfig, "max_reference"),
+    policy: Optional[Path] = typer.Option(None, help="Drift policy YAML (default policies/drift.yaml)."),
+    apprise_secret: Optional[str] = _opt(MonitorConfig, "apprise_secret"),
+    out: Optional[str] = _opt(MonitorConfig, "out_dir", "--out"),
+    fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit 1 when the batch drifted (CI use)."),
+):
+    """Compare a batch with the monitored model's reference (Evidently report, BBSE priors); on
+    drift write the alert, emit skinflow.drift.detected and notify. Exit 1 on drift with
+    --fail-on-drift."""
+    cfg = _build(MonitorConfig, batch=batch, class_map=class_map, model_uri=model, reference=reference,
+                 reference_version=reference_version, reference_class_map=reference_class_map,
+                 max_reference=max_reference, policy=str(policy) if policy else None, apprise_secret=apprise_secret,
+                 out_dir=out)
+    if "://" not in batch and not Path(batch).exists():
+        _fail(f"batch {batch} does not exist")
+    summary = _run("flows.monitor", "monitor_flow", monitor=cfg)
+    _print_drift(summary)
+    if fail_on_drift and summary["verdict"] == "drift":
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _print_drift(summary: dict) -> None:
+    cov, emb, lab = summary["covariate"], summary["embedding"], summary["label_shift"]
+    bbse = lab.get("bbse") or {}
+    rows = [
+        ("covariate", cov["drifted"], f"drifted share {cov['drifted_share']:.2f} of {cov['n_tested']} columns "
+                                      f"(threshold {cov['share_threshold']}); Holm-significant: "
+                                      f"{', '.join(cov['holm_significant']) or 'none'}"),
+        ("embeddings", emb["drifted"], f"model AUC {emb['model_auc']:.3f} (threshold {emb['model_auc_threshold']:.3f}), "
+                                       f"MMD {emb['mmd']:.4f} (threshold {emb['mmd_threshold']})"),
+        ("predicted classes", lab["predicted"]["drifted"], f"chi-square p={lab['predicted']['p_value']:.3g}"),
+    ]
+    if lab.get("true_labels"):
+        rows.append(("true labels", lab["true_labels"]["drifted"], f"chi-square p={lab['true_labels']['p_value']:.3g}"))
+    if bbse:
+        rows.append(("BBSE priors", bbse["drifted"], f"max change {bbse['max_prior_change']:.3f}; expected accuracy "
+                                                     f"{bbse['expected_accuracy']:.3f} (reference "
+                                                     f"{bbse['reference_accuracy']:.3f})"))
+    typer.echo(f"DRIFT VERDICT: {summary['verdict'].upper()}  ({summary['n_batch']} batch vs "
+               f"{summary['n_reference']} reference images)")
+    for name, drifted, text in rows:
+        typer.echo(f"{'DRIFT' if drifted else 'ok':5}  {name:<17} {text}")
+    if summary["top_drifted"]:
+        typer.echo("top drifted features: " + ", ".join(summary["top_drifted"]))
+    if bbse:
+        typer.echo("BBSE priors: " + ", ".join(f"{c} {p:.2f} [{bbse['interval_low'][c]:.2f}, "
+                                               f"{bbse['interval_high'][c]:.2f}]" for c, p in bbse["priors"].items()))
+    inputs = summary.get("inputs", {})
+    for k, n in sorted((inputs.get("out_of_map") or {}).items()):
+        typer.echo(f"out of map (kept as unlabelled): {k}: {n} image(s)")
+    for bad in inputs.get("bad_files", []):
+        typer.echo(f"skipped: {bad['path']}: {bad['reason']}")
+    for group in inputs.get("duplicate_groups", []):
+        typer.echo("duplicates: " + ", ".join(group))
+    typer.echo(f"report: {summary['report_html']}; MLflow run {summary['mlflow_run_id']} (skinflow-monitor)")
+    typer.echo(f"event: {summary['event']}")
+    if summary.get("prefect_api") == "ephemeral":
+        typer.echo("note: no PREFECT_API_URL: flows ran on the in-process ephemeral Prefect API, where events do "
+                   "nothing (no automation starts a retrain); point PREFECT_API_URL at a Prefect server for that")
+    typer.echo(f"notification: {summary['notification']}")
 
 
 # --------------------------------------------------------------------------- stack

@@ -202,14 +202,8 @@ def log_training_digests(run_id: str, records: Any, dataset_version: str | None 
 def load_training_digests(model_uri: str) -> set[str] | None:
     """The SHA-256 digests of the images the model behind ``model_uri`` was trained on (train and
     val), or None when its run recorded none (a model logged before they were recorded)."""
-    run_id = _run_id_of(model_uri)
-    folder = TRAIN_DIGESTS_FILE.rsplit("/", 1)[0]
-    if TRAIN_DIGESTS_FILE not in {item.path for item in MlflowClient().list_artifacts(run_id, folder)}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAIN_DIGESTS_FILE, dst_path=tmp)
-        payload = json.loads(Path(local).read_text())
-    return {d for digests in payload["sha256"].values() for d in digests}
+    by_split = load_training_digests_by_split(model_uri)
+    return None if by_split is None else {d for digests in by_split.values() for d in digests}
 
 
 def _run_id_of(model_uri: str) -> str:
@@ -271,3 +265,21 @@ def fetch_weights(uri: str, folder: Path) -> Path:
     if not found:
         raise WeightsNotFoundError(f"no {STATE_DICT_FILE} artifact under {uri}")
     return found[0]
+
+
+def load_training_digests_by_split(model_uri: str) -> dict[str, set[str]] | None:
+    """:func:`load_training_digests` per split (``{"train": {...}, "val": {...}}``), or None when
+    the model's run recorded none (the monitor needs the val split apart: its confusion matrix)."""
+    run_id = _run_id_of(model_uri)
+    folder = TRAIN_DIGESTS_FILE.rsplit("/", 1)[0]
+    if TRAIN_DIGESTS_FILE not in {item.path for item in MlflowClient().list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TRAIN_DIGESTS_FILE, dst_path=tmp)
+        payload = json.loads(Path(local).read_text())
+    return {split: set(digests) for split, digests in payload["sha256"].items()}
+
+
+def source_run_id(model_uri: str) -> str:
+    """The run behind a ``runs:/`` or ``models:/`` URI (a registered version's source run)."""
+    return _run_id_of(model_uri)

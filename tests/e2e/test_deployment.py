@@ -36,7 +36,7 @@ def test_every_deployment_is_registered_and_nightly_is_scheduled(deployed):
     assert out.returncode == 0, out.stderr
     listing = out.stdout.replace("\n", " ")
     for name in ("retrain/nightly", "retrain/on-demand", "validate/on-demand", "train/on-demand", "tune/on-demand",
-                 "robustness/on-demand", "interpret/on-demand"):
+                 "robustness/on-demand", "interpret/on-demand", "monitor/daily", "monitor/on-demand"):
         assert name in listing, f"{name} missing from: {out.stdout}"
     inspect = subprocess.run([PREFECT, "deployment", "inspect", "retrain/nightly"], env=deployed,
                              capture_output=True, text=True, timeout=120)

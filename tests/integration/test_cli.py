@@ -15,7 +15,8 @@ from tests.conftest import VENV_BIN
 
 runner = CliRunner()
 VERBS = [["data", "synth"], ["data", "manifest"], ["data", "split"], ["validate"], ["lr-find"], ["train"],
-         ["pretrain"], ["tune"], ["retrain"], ["curation-ab"], ["robustness"], ["interpret"], ["demo"], ["stack", "up"], ["stack", "down"],
+         ["pretrain"], ["tune"], ["retrain"], ["curation-ab"], ["robustness"], ["interpret"], ["demo"], ["drift"],
+         ["stack", "up"], ["stack", "down"],
          ["stack", "status"]]
 
 

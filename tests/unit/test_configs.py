@@ -44,6 +44,7 @@ def test_assignment_is_validated_too():
 def _flows():
     from flows.curation_ab import curation_ab_flow
     from flows.interpret import interpret_flow
+    from flows.monitor import monitor_flow
     from flows.robustness import robustness_flow
     from flows.retrain import retrain_flow
     from flows.train import lr_find_flow, pretrain_flow, train_flow
@@ -51,7 +52,7 @@ def _flows():
     from flows.validate import validate_flow
 
     return {f.name: f for f in (train_flow, lr_find_flow, pretrain_flow, tune_flow, retrain_flow, validate_flow,
-                                curation_ab_flow, robustness_flow, interpret_flow)}
+                                curation_ab_flow, robustness_flow, interpret_flow, monitor_flow)}
 
 
 def test_flows_take_config_objects_whose_defaults_are_the_classes():
