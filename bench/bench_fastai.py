@@ -97,7 +97,7 @@ def _fastai_loaders(data: dict[str, Any], batch: int, seed: int):
     return DataLoaders(train, valid, device=torch.device("cpu")), test
 
 
-def run_fastai(data: dict[str, Any], epochs: int, batch: int, seed: int) -> dict[str, Any]:
+def run_fastai(data: dict[str, Any], epochs: int, batch: int, seed: int, work: Path) -> dict[str, Any]:
     import torch
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
@@ -110,7 +110,8 @@ def run_fastai(data: dict[str, Any], epochs: int, batch: int, seed: int) -> dict
     set_seed(seed, reproducible=True)
     dls, test_dl = _fastai_loaders(data, batch, seed)
     model = build_model(ARCH, len(data["classes"]), weights="imagenet")
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[BalancedAccuracy()])
+    # lr_find saves and restores the model through <path>/models/_tmp.pth: keep that in the work dir
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[BalancedAccuracy()], path=work / "fastai")
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         sugg = learn.lr_find(show_plot=False)
@@ -258,12 +259,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     variant = args.variant or default_variant()
     machine = machine_description(configure_torch(args.threads))
     start = time.perf_counter()
-    data = isic9_data(args.size, args.per_class, args.val_per_class, args.work_dir or args.out.parent / "out" / "work")
+    work = args.work_dir or args.out.parent / "out" / "work"
+    data = isic9_data(args.size, args.per_class, args.val_per_class, work)
     sides = [("fastai", None), ("skinflow", True)] + ([] if args.no_fp32 else [("skinflow", False)])
     runs = []
     for i, seed in enumerate(profile["seeds"]):
         for side, amp in sides[i % len(sides):] + sides[:i % len(sides)]:
-            run = (run_fastai(data, args.epochs, args.batch, seed) if side == "fastai"
+            run = (run_fastai(data, args.epochs, args.batch, seed, work) if side == "fastai"
                    else run_skinflow(data, variant, bool(amp), args.epochs, args.batch, seed))
             runs.append(run)
             _log(f"seed {seed} {side_key(run):40s} lr {run['lr']:.3g} wall {run['wall_seconds']:.0f}s "
