@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-gpu stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-gpu stack-up stack-down stack-status clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-overhead: install
 
 bench-features: install
 	$(PY) bench/bench_features.py --results bench/RESULTS.md $(BENCH_ARGS)
+
+# Features on large JPEGs (1600x1100, made at bench time): full vs reduced (DCT-scaled) decode.
+bench-large-jpeg: install
+	$(PY) bench/bench_large_jpeg.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 # On a CUDA machine, no install step (no network there): gpu-marked tests + bench/bench_gpu.py -> $(OUT) or bench/out/gpu.
 bench-gpu:

@@ -109,7 +109,11 @@ FEATURE_COLUMNS = (
 _MAX_CHUNK = 32
 
 
-def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+HSV = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Hue, saturation, value of an image (:func:`hsv`): the mask functions take it precomputed to decode colour once."""
+
+
+def hsv(rgb: np.ndarray) -> HSV:
     """Hue in degrees [0, 360), saturation and value in [0, 1] of a uint8 HxWx3 image."""
     x = rgb.astype(np.float32) / 255.0
     v = x.max(axis=2)
@@ -137,16 +141,20 @@ def _stroke_side(rgb: np.ndarray) -> int:
 
 def _thin(mask: np.ndarray, side: int) -> np.ndarray:
     """Pixels of ``mask`` in structures thinner than ``side`` (they vanish under the opening)."""
-    return mask & ~ndimage.binary_opening(mask, structure=np.ones((side, side), dtype=bool))
+    # a binary opening with a side x side square, as separable min/max filters (outside the frame is 0)
+    u8 = mask.astype(np.uint8)
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(u8, size=side, mode="constant", cval=0),
+                                    size=side, mode="constant", cval=0)
+    return mask & ~opened.astype(bool)
 
 
-def ink_mask(rgb: np.ndarray) -> np.ndarray:
+def ink_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Pixels that look like saturated green/blue/purple marker ink (see module docstring).
 
     Hues in (MAGENTA_FROM, 335] count only in thin strokes: that arc holds purple ink pulled
     towards red by JPEG chroma subsampling, but also the red-purple of vascular lesions, which
     are blobs (on isic9 the unrestricted rule flagged 80% of vascular lesions as ink)."""
-    h, s, v = hsv(rgb)
+    h, s, v = hsv(rgb) if hsv_ is None else hsv_
     lo, hi = INK_HUE_RANGE
     saturated = (s >= INK_MIN_SATURATION) & (v >= INK_MIN_VALUE)
     core = saturated & (h >= lo) & (h <= MAGENTA_FROM)
@@ -157,10 +165,10 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
     return core | (magenta & _thin(reddish, _stroke_side(rgb)))
 
 
-def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
+def thin_dark_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Near-black pixels of structures thinner than the opening lying on a bright background
     (pen lines, ruler ticks on skin); see the module docstring."""
-    value = hsv(rgb)[2]
+    value = (hsv(rgb) if hsv_ is None else hsv_)[2]
     dark = value < DARK_STROKE_MAX_VALUE
     side = _stroke_side(rgb)
     thin = _thin(dark, side)
@@ -168,16 +176,19 @@ def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
     return thin & (background >= STROKE_BACKGROUND_MIN_VALUE)
 
 
-def stroke_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean HxW mask of every marker-ink and thin dark stroke pixel (acquisition artefacts included)."""
-    return ink_mask(rgb) | thin_dark_mask(rgb)
+def stroke_mask(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None) -> np.ndarray:
+    """Boolean HxW mask of every marker-ink and thin dark stroke pixel (acquisition artefacts included);
+    ``hsv_`` and ``dark`` (:func:`thin_dark_mask`) are computed when not given."""
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    return ink_mask(rgb, hsv_) | (thin_dark_mask(rgb, hsv_) if dark is None else dark)
 
 
-def confounder_mask(rgb: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def confounder_mask(rgb: np.ndarray, masks: dict[str, np.ndarray] | None = None, hsv_: HSV | None = None,
+                    dark: np.ndarray | None = None) -> np.ndarray:
     """Boolean HxW mask of pen-mark pixels: :func:`stroke_mask` outside the acquisition artefacts
     (``masks``, from :func:`acquisition_masks` when not given) grown by one stroke side."""
     masks = acquisition_masks(rgb) if masks is None else masks
-    return stroke_mask(rgb) & ~_grow(np.logical_or.reduce(list(masks.values())), _stroke_side(rgb))
+    return stroke_mask(rgb, hsv_, dark) & ~_grow(np.logical_or.reduce(list(masks.values())), _stroke_side(rgb))
 
 
 def _grow(mask: np.ndarray, side: int) -> np.ndarray:
@@ -227,17 +238,17 @@ def _frame_regions(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     return _wide_border_regions(mask, _wide_side(rgb), 2 * _stroke_side(rgb))
 
 
-def drape_mask(rgb: np.ndarray) -> np.ndarray:
+def drape_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Wide cool-hued regions touching the frame (surgical drapes, cloth backgrounds)."""
-    h, s, v = hsv(rgb)
+    h, s, v = hsv(rgb) if hsv_ is None else hsv_
     lo, hi = DRAPE_HUE_RANGE
     cool = (s >= DRAPE_MIN_SATURATION) & (v >= INK_MIN_VALUE) & (h >= lo) & (h <= hi)
     return _frame_regions(cool, rgb)
 
 
-def dark_background_mask(rgb: np.ndarray) -> np.ndarray:
+def dark_background_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Wide near-black regions touching the frame (black backgrounds, dermatoscope vignettes)."""
-    v = hsv(rgb)[2]
+    v = (hsv(rgb) if hsv_ is None else hsv_)[2]
     regions = _frame_regions(v < BACKGROUND_MAX_VALUE, rgb)
     if not regions.any():
         return regions
@@ -285,9 +296,9 @@ def band_masks(rgb: np.ndarray, ruler: np.ndarray | None = None) -> tuple[np.nda
     return strip, text
 
 
-def ruler_mask(rgb: np.ndarray) -> np.ndarray:
+def ruler_mask(rgb: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray:
     """Edge strips holding regularly spaced thin dark tick marks (see the module docstring)."""
-    marks = thin_dark_mask(rgb)
+    marks = thin_dark_mask(rgb) if dark is None else dark
     out = np.zeros(marks.shape, bool)
     side = _stroke_side(rgb)
     for k in range(4):  # rotate each edge to the top
@@ -307,13 +318,15 @@ def ruler_mask(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def acquisition_masks(rgb: np.ndarray) -> dict[str, np.ndarray]:
+def acquisition_masks(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
     """Boolean HxW region of each kind of :data:`ACQUISITION_KINDS`, plus ``plain_band`` (uniform strips
     without text: not a kind of its own, but not pen marks either)."""
-    ruler = ruler_mask(rgb)
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    ruler = ruler_mask(rgb, thin_dark_mask(rgb, hsv_) if dark is None else dark)
     strip, text = band_masks(rgb, ruler)
-    background = dark_background_mask(rgb) & ~strip  # a dark band is a band, whatever it carries
-    return {"ruler": ruler, "text_band": text, "drape": drape_mask(rgb),
+    background = dark_background_mask(rgb, hsv_) & ~strip  # a dark band is a band, whatever it carries
+    return {"ruler": ruler, "text_band": text, "drape": drape_mask(rgb, hsv_),
             "dark_background": background, "plain_band": strip & ~text}
 
 
@@ -332,22 +345,25 @@ def pixel_features(rgb: np.ndarray) -> dict[str, Any]:
     x = rgb.reshape(-1, 3).astype(np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0)
     y = luma(rgb)
+    hsv_ = hsv(rgb)
     return {
         "mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2],
         "std_r": std[0], "std_g": std[1], "std_b": std[2],
         "brightness": float(y.mean()),
         "contrast": float(y.std()),
-        "saturation": float(hsv(rgb)[1].mean()),
+        "saturation": float(hsv_[1].mean()),
         "sharpness": float(ndimage.laplace(y.astype(np.float64) * 255.0).var()),
         "exposure": exposure_class(rgb),
-        **confounder_features(rgb),
+        **confounder_features(rgb, hsv_),
     }  # fmt: skip
 
 
-def confounder_features(rgb: np.ndarray) -> dict[str, float]:
+def confounder_features(rgb: np.ndarray, hsv_: HSV | None = None) -> dict[str, float]:
     """``confounder_score`` (pen-mark pixel share) and ``<kind>_share`` of each acquisition kind."""
-    masks = acquisition_masks(rgb)
-    out = {"confounder_score": float(confounder_mask(rgb, masks).mean())}
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    dark = thin_dark_mask(rgb, hsv_)
+    masks = acquisition_masks(rgb, hsv_, dark)
+    out = {"confounder_score": float(confounder_mask(rgb, masks, hsv_, dark).mean())}
     return out | {f"{kind}_share": float(masks[kind].mean()) for kind in ACQUISITION_KINDS}
 
 
