@@ -408,7 +408,7 @@ def _print_findings(report: dict) -> None:
     groups = report.get("duplicate_groups") or []
     if groups:
         typer.echo(f"duplicate groups ({len(groups)}):")
-        lines = [f"group {g['group']} ({g['kind']}, {g['n']} images, splits {', '.join(g['splits'])}): "
+        lines = [f"group {g['group']} ({g['kind']}, {g['n']} images, split {', '.join(x or 'none' for x in g['splits'])}): "
                  + "; ".join(bounded(g["paths"], MAX_PATHS)) for g in groups]
         for line in bounded(lines, MAX_EXAMPLES):
             typer.echo(f"      {line}")
