@@ -394,8 +394,33 @@ def _print_validation(report: dict) -> None:
         if not r["success"]:  # what the check found, by name
             for line in details_lines(r.get("details") or {}):
                 typer.echo(f"      {line}")
+    _print_findings(report)
     typer.echo(f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
                f"data docs: {report.get('data_docs')}")
+
+
+def _print_findings(report: dict) -> None:
+    """What the counts above are made of: the files not used with their reasons, the duplicate groups
+    with their paths (bounded, "and N more") and the confounder kinds flagged per kind."""
+    from ml.quality.validation import MAX_EXAMPLES, MAX_PATHS, bounded
+
+    bad = report.get("bad_files") or []
+    if bad:
+        typer.echo(f"files not used ({len(bad)}):")
+        for line in bounded([f"{b['path']}: {b['reason']}" for b in bad], MAX_EXAMPLES):
+            typer.echo(f"      {line}")
+    groups = report.get("duplicate_groups") or []
+    if groups:
+        typer.echo(f"duplicate groups ({len(groups)}):")
+        lines = [f"group {g['group']} ({g['kind']}, {g['n']} images, split {', '.join(x or 'none' for x in g['splits'])}): "
+                 + "; ".join(bounded(g["paths"], MAX_PATHS)) for g in groups]
+        for line in bounded(lines, MAX_EXAMPLES):
+            typer.echo(f"      {line}")
+    by_class = report.get("confounders_by_class") or []
+    if by_class:
+        kinds = [k for k in by_class[0] if k not in ("label", "images")]
+        totals = {k: sum(int(row[k]) for row in by_class) for k in kinds}
+        typer.echo("confounder kinds (images flagged): " + ", ".join(f"{k}={n}" for k, n in totals.items()))
 
 
 @app.command("curation-ab")

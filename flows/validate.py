@@ -39,13 +39,17 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
     summary_html = docs_dir.parent / "summary.html"
     summary_html.write_text(report.to_html(f"Validation of {source} (dataset {manifest.version})"))
+    full = report.to_dict()
     out = {
         "dataset_version": manifest.version,
         "summary_html": str(summary_html),
         "passed": report.passed,
         "critical_failures": [f"{r.suite}:{r.check}" for r in report.critical_failures],
         "warnings": [f"{r.suite}:{r.check}" for r in report.warnings],
-        "results": report.to_dict()["results"],
+        "results": full["results"],
+        "bad_files": full["bad_files"],
+        "duplicate_groups": full["duplicate_groups"],
+        "confounders_by_class": full["confounders_by_class"],
         "data_docs": str(report.data_docs_index) if report.data_docs_index else None,
     }
     from prefect.runtime import flow_run

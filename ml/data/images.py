@@ -86,11 +86,16 @@ def _open_bytes(src: ImageSource) -> tuple[bytes, str]:
         raise BadImageError("unreadable", f"{path}: cannot read file ({exc})") from exc
 
 
-def _decode(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
+def _decode(data: bytes, name: str, max_pixels: int | None,
+            draft: tuple[int, int] | None = None) -> Image.Image:
     """Open and fully decode ``data``, mapping every failure to a :class:`BadImageError`.
 
     The pixel limit is checked from the header, before decoding. (No ``warnings`` filter is used for
     Pillow's own DecompressionBombWarning: filters are process-wide and this runs in threads.)
+    With ``draft`` (w, h), a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at
+    least that large (:meth:`PIL.Image.Image.draft`): every coefficient is still read, so truncated files
+    fail as in a full decode, but the inverse DCT and colour conversion run on fewer pixels. The mode,
+    the header size and the EXIF orientation are those of the stored image.
     """
     if not data:
         raise BadImageError("zero_bytes", f"{name}: file is empty")
@@ -104,6 +109,8 @@ def _decode(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
         reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
         raise BadImageError(reason, f"{name}: cannot parse the header ({exc})") from exc
     _check_pixels(img, name, max_pixels)
+    if draft is not None and img.format == "JPEG":
+        img.draft(None, draft)
     try:
         img.load()
     except OSError as exc:
@@ -172,11 +179,16 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width an
 
 def displayed_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) of ``img`` as shown, i.e. after its EXIF orientation (what :func:`load_rgb` returns)."""
+    return (img.height, img.width) if _quarter_turned(img) else (img.width, img.height)
+
+
+def _quarter_turned(img: Image.Image) -> bool:
+    """Whether the EXIF orientation of ``img`` swaps its width and height."""
     try:
         orientation = img.getexif().get(EXIF_ORIENTATION)
     except Exception:  # noqa: BLE001 - a broken EXIF block leaves the image as stored
         orientation = None
-    return (img.height, img.width) if orientation in _QUARTER_TURNS else (img.width, img.height)
+    return orientation in _QUARTER_TURNS
 
 
 def _failed(reason: str, message: str, size: int = 0) -> ImageCheck:
@@ -189,19 +201,60 @@ def check_image(
     """Check that ``path`` is a fully decodable JPEG/PNG within the pixel limit. Never raises.
 
     ``width``/``height`` are the displayed size (after the EXIF orientation), as :func:`load_rgb` decodes it."""
+    return inspect_image(path, max_pixels, allowed_formats, convert=False)[0]
+
+
+def draft_size(width: int, height: int, max_side: int) -> tuple[int, int] | None:
+    """The (w, h) to ask :meth:`PIL.Image.Image.draft` for so that a ``width`` x ``height`` image still has a
+    long side of at least ``max_side`` after DCT scaling (None when it is not larger than that)."""
+    long = max(width, height)
+    if long <= max_side:
+        return None
+    return max(1, width * max_side // long), max(1, height * max_side // long)
+
+
+def inspect_image(
+    path: ImageSource, max_pixels: int | None = None, allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
+    max_side: int | None = None, convert: bool = True,
+) -> tuple[ImageCheck, Image.Image | None]:
+    """:func:`check_image` and the decoded 8-bit RGB image (EXIF-rotated, as :func:`load_rgb`) from ONE decode;
+    the image is None when the check fails (an ``unsupported_format`` image is still returned).
+
+    With ``max_side``, a JPEG larger than that is decoded at reduced size by DCT scaling (see :func:`_decode`;
+    its long side stays >= ``max_side``): for descriptors computed on a downscaled copy anyway. The check's
+    ``width``/``height``/``mode`` are always those of the stored image. ``convert=False`` skips the
+    orientation and RGB conversion (the image is then None: only the check is wanted)."""
     try:
         data, name = _open_bytes(path)
     except BadImageError as exc:
-        return _failed(exc.reason, exc.message)
+        return _failed(exc.reason, exc.message), None
     try:
-        img = _decode(data, name, max_pixels)
+        header = _header_size(data)
+        draft = None if max_side is None or header is None else draft_size(*header, max_side)
+        img = _decode(data, name, max_pixels, draft)
+        fmt, mode = img.format or "", img.mode
+        found = ImageCheck(True, "", *_shown(header, img), mode, fmt, len(data))
+        rgb = _to_rgb(ImageOps.exif_transpose(img)) if convert else None
     except BadImageError as exc:
-        return _failed(exc.reason, exc.message, len(data))
+        return _failed(exc.reason, exc.message, len(data)), None
     except Exception as exc:  # noqa: BLE001 - a decoder bug must be reported, not raised
-        return _failed("unreadable", f"{name}: {type(exc).__name__}: {exc}", len(data))
-    fmt = img.format or ""
-    found = ImageCheck(True, "", *displayed_size(img), img.mode, fmt, len(data))
+        return _failed("unreadable", f"{name}: {type(exc).__name__}: {exc}", len(data)), None
     if fmt not in allowed_formats:
         message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
-        return replace(found, ok=False, reason="unsupported_format", message=message)
-    return found
+        return replace(found, ok=False, reason="unsupported_format", message=message), rgb
+    return found, rgb
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) stored in the header (None when it does not parse: :func:`_decode` says why)."""
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _shown(header: tuple[int, int] | None, img: Image.Image) -> tuple[int, int]:
+    """The displayed size of the stored image: its header size (``img``'s own when there is none; a draft
+    decode is smaller), swapped when the EXIF orientation turns it a quarter."""
+    w, h = header or img.size
+    return (h, w) if _quarter_turned(img) else (w, h)

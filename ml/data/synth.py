@@ -5,8 +5,15 @@
 `[seed, stream, label_index, image_index, part]`, so one knob (pen marks, noise, ...) changes
 only its own pixels and adding a class never reshuffles the others.
 
-Rendering order: skin albedo -> lesion -> pen marks / ruler -> illumination shading -> gamma ->
-flash -> blur -> impulse noise.
+Rendering order: skin albedo -> lesion -> drape / dark background -> pen marks / ruler ->
+illumination shading -> gamma -> flash -> blur -> impulse noise -> watermark band.
+
+Acquisition looks of clinical photographs (DermQuest-style), all off by default so that existing
+datasets keep their bytes: ``drape_rate`` (a blue, cyan or green surgical drape entering from one
+edge, covering ``drape_share`` of the frame), ``dark_background_rate`` (black background around
+the body part, from one edge or two opposite ones, ``background_share`` of the frame) and
+``watermark_rate`` (a dark or white strip along the bottom with publisher text). None of them
+covers the lesion; each draws from its own random stream.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ META_COLUMNS: tuple[str, ...] = (
     "gamma",
     "flash",
     "lesion_share",
+    "drape",
+    "dark_background",
+    "watermark",
 )
 CORRUPT_KINDS: tuple[str, ...] = ("zero_bytes", "truncated", "not_an_image")
 N_SKIN_TONES = 6
@@ -55,6 +65,7 @@ JPEG_QUALITY = 92
 # Random stream tags: [seed, stream, label_index, index, part].
 _S_IMAGE, _S_DUPLICATE, _S_NEAR, _S_COUNTS = 0, 1, 2, 3
 _P_CONTENT, _P_PEN, _P_RULER, _P_PHOTO, _P_NOISE = 0, 1, 2, 3, 4
+_P_DRAPE, _P_BACKGROUND, _P_WATERMARK = 5, 6, 7
 
 # Skin albedo per tone bin, light (0) to dark (5), roughly Fitzpatrick I-VI.
 _SKIN = np.array(
@@ -95,6 +106,12 @@ _PARTNERS: dict[str, tuple[str, ...]] = {
 _BORROW = 0.25
 _INKS = np.array([[35, 55, 190], [105, 40, 150], [25, 130, 70], [25, 25, 30]], np.float32)
 _INK_WEIGHTS = np.array([0.4, 0.3, 0.15, 0.15])
+DRAPE_COLOURS: dict[str, tuple[float, float, float]] = {
+    "blue": (46, 92, 168),
+    "cyan": (40, 158, 178),
+    "green": (58, 136, 108),
+}
+_WATERMARK_TEXTS = ("(c) DermAtlas.net", "www.dermimages.org", "Clinical Atlas", "DermQuest-like 2011")
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,12 @@ class SynthConfig:
     near_duplicate_rate: float = 0.0
     corrupt: int = 0
     fmt: str = "jpg"
+    drape_rate: float = 0.0
+    drape_colour: str = "mixed"
+    drape_share: tuple[float, float] = (0.15, 0.4)
+    dark_background_rate: float = 0.0
+    background_share: tuple[float, float] = (0.15, 0.4)
+    watermark_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -127,10 +150,15 @@ class SynthConfig:
         for name in ("pen_rate", "ruler_rate"):
             for rate in _rate_table(getattr(self, name), name).values():
                 _check_unit(name, rate)
-        for name in ("flash_rate", "noise", "duplicate_rate", "near_duplicate_rate"):
+        for name in ("flash_rate", "noise", "duplicate_rate", "near_duplicate_rate", "drape_rate",
+                     "dark_background_rate", "watermark_rate"):
             _check_unit(name, getattr(self, name))
         _check_range("gamma", self.gamma, 0.0, float("inf"))
         _check_range("fov", self.fov, 0.0, 0.9)
+        _check_range("drape_share", self.drape_share, 0.0, 0.6)
+        _check_range("background_share", self.background_share, 0.0, 0.6)
+        if self.drape_colour not in (*DRAPE_COLOURS, "mixed"):
+            raise ValueError(f"drape_colour must be one of {[*DRAPE_COLOURS, 'mixed']}, got {self.drape_colour!r}")
         if self.blur < 0:
             raise ValueError(f"blur must be >= 0, got {self.blur}")
         if self.corrupt < 0:
@@ -622,6 +650,71 @@ def _draw_ruler(img: np.ndarray, rng: np.random.Generator) -> None:
         img[:, -depth:] = strip_arr[:, ::-1]
 
 
+def _edge_region(rng: np.random.Generator, size: int, share: float, edges: Sequence[int]) -> np.ndarray:
+    """Soft mask (H,W in [0, 1]) of the frame within ``share`` of its side from each of ``edges``
+    (0 top, 1 bottom, 2 left, 3 right), split evenly, with a wavy border (a fold, a limb's outline)."""
+    yy, xx = _grid(size)
+    dist = {0: yy, 1: size - 1 - yy, 2: xx, 3: size - 1 - xx}
+    along = {0: xx, 1: xx, 2: yy, 3: yy}
+    mask = np.zeros((size, size), np.float32)
+    for edge in edges:
+        depth = share / len(edges) * size
+        phase, freq = rng.uniform(0, 2 * np.pi, 2), rng.uniform(1.0, 2.5, 2)
+        wave = (np.sin(2 * np.pi * freq[0] * along[edge] / size + phase[0]) * 0.12
+                + np.sin(2 * np.pi * freq[1] * along[edge] / size + phase[1]) * 0.06)
+        border = depth * (1 + wave)
+        mask = np.maximum(mask, np.clip(border - dist[edge] + 0.5, 0.0, 1.0))
+    return mask
+
+
+def _off_lesion(mask: np.ndarray, les: _Lesion) -> np.ndarray:
+    """``mask`` kept off the lesion and a margin around it (drapes and backgrounds frame the lesion)."""
+    return mask * np.clip((les.d - 1.25) / 0.1, 0.0, 1.0)
+
+
+def _draw_drape(img: np.ndarray, rng: np.random.Generator, les: _Lesion, cfg: SynthConfig) -> None:
+    """A blue, cyan or green cloth with soft folds entering from one edge (in place)."""
+    size = img.shape[0]
+    names = list(DRAPE_COLOURS)
+    name = names[rng.integers(len(names))] if cfg.drape_colour == "mixed" else cfg.drape_colour
+    colour = np.array(DRAPE_COLOURS[name], np.float32) * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    mask = _off_lesion(_edge_region(rng, size, rng.uniform(*cfg.drape_share), [int(rng.integers(4))]), les)
+    folds = 1 + 0.12 * _smooth_noise(rng, size, 5) + 0.02 * rng.standard_normal((size, size)).astype(np.float32)
+    _paint(img, mask, colour * folds[..., None])
+
+
+def _draw_background(img: np.ndarray, rng: np.random.Generator, les: _Lesion, cfg: SynthConfig) -> None:
+    """Near-black background from one edge or two opposite ones (a limb photographed on black)."""
+    size = img.shape[0]
+    first = int(rng.integers(4))
+    edges = [first, first ^ 1] if rng.random() < 0.5 else [first]
+    mask = _off_lesion(_edge_region(rng, size, rng.uniform(*cfg.background_share), edges), les)
+    black = rng.uniform(4, 22) + rng.normal(0, 2.0, (size, size, 1)).astype(np.float32)
+    _paint(img, mask, np.repeat(black, 3, axis=2))
+
+
+def _draw_watermark(out: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A full-width strip along the bottom, dark with light text or white with dark text (the
+    publisher's band of atlas photographs), drawn crisp on the finished photograph."""
+    from PIL import ImageFont
+
+    size = out.width
+    depth = max(4, round(size * rng.uniform(0.05, 0.08)))
+    dark = rng.random() < 0.5
+    grey = rng.uniform(8, 30) if dark else rng.uniform(232, 250)
+    band = tuple(int(np.clip(grey + t, 0, 255)) for t in rng.uniform(-3, 3, 3))
+    ink = tuple(int(v) for v in np.full(3, rng.uniform(200, 240) if dark else rng.uniform(40, 90)))
+    out = out.copy()
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, size - depth, size - 1, size - 1], fill=band)
+    text = _WATERMARK_TEXTS[rng.integers(len(_WATERMARK_TEXTS))]
+    font = ImageFont.load_default(size=max(3, round(depth * 0.75)))
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    x = rng.uniform(0.02, max(0.03, 0.98 - (right - left) / size)) * size
+    draw.text((x, size - depth / 2), text, fill=ink, font=font, anchor="lm")
+    return out
+
+
 def _illumination(rng: np.random.Generator, size: int) -> np.ndarray:
     """Low-frequency lighting: a tilted gradient, a vignette and soft unevenness."""
     yy, xx = _grid(size)
@@ -669,6 +762,15 @@ def _render(
     share = content.uniform(*cfg.fov)
     les = _lesion(content, label, size, share, img.mean(axis=(0, 1)))
     shading = _RENDERERS[label](img, les, content) * _illumination(content, size)
+    # the acquisition looks draw from their own streams only when asked for (default datasets keep their bytes)
+    drape = _rng(cfg.seed, _S_IMAGE, label_idx, i, _P_DRAPE)
+    has_drape = cfg.drape_rate > 0 and drape.random() < cfg.drape_rate
+    if has_drape:
+        _draw_drape(img, drape, les, cfg)
+    background = _rng(cfg.seed, _S_IMAGE, label_idx, i, _P_BACKGROUND)
+    has_background = cfg.dark_background_rate > 0 and background.random() < cfg.dark_background_rate
+    if has_background:
+        _draw_background(img, background, les, cfg)
     has_pen = pen.random() < rates["pen"][label]
     if has_pen:
         _draw_pen(img, pen, les)
@@ -688,6 +790,10 @@ def _render(
         arr = np.array(out)
         _impulse_noise(arr, noise, cfg.noise)
         out = Image.fromarray(arr, "RGB")
+    watermark = _rng(cfg.seed, _S_IMAGE, label_idx, i, _P_WATERMARK)
+    has_watermark = cfg.watermark_rate > 0 and watermark.random() < cfg.watermark_rate
+    if has_watermark:
+        out = _draw_watermark(out, watermark)
     meta = {
         "pen_mark": int(has_pen),
         "ruler": int(has_ruler),
@@ -695,6 +801,9 @@ def _render(
         "gamma": round(gamma, 4),
         "flash": int(has_flash),
         "lesion_share": round(float((les.env > 0.5).mean()), 4),
+        "drape": int(has_drape),
+        "dark_background": int(has_background),
+        "watermark": int(has_watermark),
     }
     return out, meta
 

@@ -25,9 +25,31 @@ Confounder pixels (HSV, hue in degrees, S and V in [0, 1]), see :func:`confounde
     (grey closing of V over ``s + 2`` px, which erases the stroke) has ``V >= 0.45``: skin or a
     ruler strip, not the dark texture inside a crust or naevus. Known limitation: dark hair on
     light skin is a thin dark stroke too and is counted.
-The confounder score is the share of such pixels; an image is flagged when it exceeds the policy
+The confounder score is the share of such pixels outside the acquisition artefacts below; an
+image is flagged (``confounder_flag``, the thesis's pen-mark confounder) when it exceeds the policy
 threshold (``confounders.score_threshold`` in ``policies/validation.yaml``, default
 :data:`DEFAULT_CONFOUNDER_THRESHOLD`).
+
+Acquisition artefacts (clinical photographs: drapes, black backgrounds, publisher bands; rulers),
+see :func:`acquisition_masks`. Each is a region of the frame, reported as its share of the image
+(``*_share``) and flagged when it covers at least :data:`ARTEFACT_MIN_SHARE`; their pixels (and a
+margin of one stroke side) do not count towards the pen-mark score, so blue drapes are not ink and
+the fringe of a black background is not a dark stroke:
+  * ``drape``: cool-hued pixels (hue in [65, 300], ``S >= 0.2``, ``V >= 0.15``) in connected regions
+    that touch the frame and either hold a wide core (they survive an opening with a square of side
+    ``max(7, min(H, W) // 10)``, about three times the widest pen stroke) or run along the frame for
+    two stroke sides or more (a sliver of cloth; a pen line crossing the frame touches it over its width);
+  * ``dark_background``: ``V < 0.2`` regions that touch the frame as drapes do and have a
+    median ``V < 0.12`` (black cloth, the dermatoscope's vignette; dark lesions are rarely that black);
+  * ``text_band``: a full-width strip at the top or bottom (2-20 % of the height) of rows whose pixels
+    mostly (>= 50 %) of the strip's colour: within 0.1 luma of the edge rows' median and grey (chroma
+    ``max - min`` of RGB < 0.12; HSV saturation means nothing on near-black), ending along a straight
+    line (< 20 % of the strip's colour in the three rows after the next) and carrying text (0.2-45 % of its pixels are thin marks
+    departing from its luma by > 0.25). A strip without text is excluded from the pen-mark score too
+    but not flagged; an edge holding a ruler has no band;
+  * ``ruler``: along an edge, within 15 % of the side, thin dark marks in at least 6 separate runs
+    spaced regularly (coefficient of variation of the spacing < 0.35) over at least half the edge:
+    tick marks. The region runs from the edge to the deepest tick plus a stroke side.
 """
 
 from __future__ import annotations
@@ -46,7 +68,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ml.data.duplicates import phash
-from ml.data.images import BadImageError, check_image, load_rgb, path_problem
+from ml.data.images import inspect_image, path_problem
 from ml.data.manifest import UNREAD_REASONS
 
 ANALYSIS_MAX_SIDE = 512
@@ -62,17 +84,36 @@ MAGENTA_FROM = 300.0  # above this hue, ink must be stroke-thin (vascular lesion
 DARK_STROKE_MAX_VALUE = 0.25
 STROKE_BACKGROUND_MIN_VALUE = 0.45
 
+ACQUISITION_KINDS = ("ruler", "text_band", "drape", "dark_background")
+"""Confounder kinds other than pen marks, reported separately (see the module docstring)."""
+ARTEFACT_MIN_SHARE = 0.02
+DRAPE_HUE_RANGE = (65.0, 300.0)
+DRAPE_MIN_SATURATION = 0.2
+BACKGROUND_MAX_VALUE = 0.2
+BACKGROUND_MAX_MEDIAN_VALUE = 0.12
+BAND_MAX_SHARE = 0.2
+BAND_MAX_CHROMA = 0.12
+RULER_MIN_TICKS = 6
+
 PIXEL_COLUMNS = (
     "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
     "brightness", "contrast", "saturation", "sharpness", "exposure", "confounder_score",
+    *(f"{kind}_share" for kind in ACQUISITION_KINDS),
 )  # fmt: skip
+FLAG_COLUMNS = ("confounder_flag", *(f"{kind}_flag" for kind in ACQUISITION_KINDS))
+"""Per-image flags of :func:`compute_features`: the pen-mark flag (``confounder_flag``) and one per
+acquisition kind, each tested separately by validation."""
 FEATURE_COLUMNS = (
     "width", "height", "mode", "format", "bytes", "decode_ok", "reason", "sha256", "phash", *PIXEL_COLUMNS,
 )  # fmt: skip
 _MAX_CHUNK = 32
 
 
-def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+HSV = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Hue, saturation, value of an image (:func:`hsv`): the mask functions take it precomputed to decode colour once."""
+
+
+def hsv(rgb: np.ndarray) -> HSV:
     """Hue in degrees [0, 360), saturation and value in [0, 1] of a uint8 HxWx3 image."""
     x = rgb.astype(np.float32) / 255.0
     v = x.max(axis=2)
@@ -100,16 +141,20 @@ def _stroke_side(rgb: np.ndarray) -> int:
 
 def _thin(mask: np.ndarray, side: int) -> np.ndarray:
     """Pixels of ``mask`` in structures thinner than ``side`` (they vanish under the opening)."""
-    return mask & ~ndimage.binary_opening(mask, structure=np.ones((side, side), dtype=bool))
+    # a binary opening with a side x side square, as separable min/max filters (outside the frame is 0)
+    u8 = mask.astype(np.uint8)
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(u8, size=side, mode="constant", cval=0),
+                                    size=side, mode="constant", cval=0)
+    return mask & ~opened.astype(bool)
 
 
-def ink_mask(rgb: np.ndarray) -> np.ndarray:
+def ink_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Pixels that look like saturated green/blue/purple marker ink (see module docstring).
 
     Hues in (MAGENTA_FROM, 335] count only in thin strokes: that arc holds purple ink pulled
     towards red by JPEG chroma subsampling, but also the red-purple of vascular lesions, which
     are blobs (on isic9 the unrestricted rule flagged 80% of vascular lesions as ink)."""
-    h, s, v = hsv(rgb)
+    h, s, v = hsv(rgb) if hsv_ is None else hsv_
     lo, hi = INK_HUE_RANGE
     saturated = (s >= INK_MIN_SATURATION) & (v >= INK_MIN_VALUE)
     core = saturated & (h >= lo) & (h <= MAGENTA_FROM)
@@ -120,10 +165,10 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
     return core | (magenta & _thin(reddish, _stroke_side(rgb)))
 
 
-def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
+def thin_dark_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
     """Near-black pixels of structures thinner than the opening lying on a bright background
     (pen lines, ruler ticks on skin); see the module docstring."""
-    value = hsv(rgb)[2]
+    value = (hsv(rgb) if hsv_ is None else hsv_)[2]
     dark = value < DARK_STROKE_MAX_VALUE
     side = _stroke_side(rgb)
     thin = _thin(dark, side)
@@ -131,9 +176,158 @@ def thin_dark_mask(rgb: np.ndarray) -> np.ndarray:
     return thin & (background >= STROKE_BACKGROUND_MIN_VALUE)
 
 
-def confounder_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean HxW mask of marker-ink and thin dark stroke pixels."""
-    return ink_mask(rgb) | thin_dark_mask(rgb)
+def stroke_mask(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None) -> np.ndarray:
+    """Boolean HxW mask of every marker-ink and thin dark stroke pixel (acquisition artefacts included);
+    ``hsv_`` and ``dark`` (:func:`thin_dark_mask`) are computed when not given."""
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    return ink_mask(rgb, hsv_) | (thin_dark_mask(rgb, hsv_) if dark is None else dark)
+
+
+def confounder_mask(rgb: np.ndarray, masks: dict[str, np.ndarray] | None = None, hsv_: HSV | None = None,
+                    dark: np.ndarray | None = None) -> np.ndarray:
+    """Boolean HxW mask of pen-mark pixels: :func:`stroke_mask` outside the acquisition artefacts
+    (``masks``, from :func:`acquisition_masks` when not given) grown by one stroke side."""
+    masks = acquisition_masks(rgb) if masks is None else masks
+    return stroke_mask(rgb, hsv_, dark) & ~_grow(np.logical_or.reduce(list(masks.values())), _stroke_side(rgb))
+
+
+def _grow(mask: np.ndarray, side: int) -> np.ndarray:
+    """``mask`` dilated by a square of ``side`` (separable max filter)."""
+    return ndimage.maximum_filter(mask.astype(np.uint8), size=side).astype(bool) if mask.any() else mask
+
+
+def _frame_contact(lab: np.ndarray) -> np.ndarray:
+    """Per label of ``lab``, how many frame pixels it holds (0 for the background label 0)."""
+    edge = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    touching = np.bincount(edge, minlength=lab.max() + 1)
+    touching[0] = 0
+    return touching
+
+
+def _wide_border_regions(mask: np.ndarray, side: int, contact: int) -> np.ndarray:
+    """The parts of ``mask`` that touch the frame and are wide (they survive an opening with a ``side``
+    square: separable min/max filters; taken with the pixels of ``mask`` within ``side // 2`` of them, its
+    fringe), plus the thin parts that reach the frame: those of such a wide region, and thin regions of their
+    own that run along the frame for ``contact`` pixels or more (a sliver of cloth; a stroke crossing the
+    frame touches it over its width only). A thin stroke that touches a wide region inside the frame stays
+    out (but for the fringe): a pen mark drawn over a drape is still a pen mark."""
+    if not mask.any():
+        return mask
+    lab, _ = ndimage.label(mask)
+    core = ndimage.maximum_filter(ndimage.minimum_filter(mask.astype(np.uint8), size=side), size=side) > 0
+    wide = np.zeros(lab.max() + 1, dtype=bool)
+    wide[np.unique(lab[core])] = True
+    wide[0] = False
+    framed = np.isin(lab, np.flatnonzero((_frame_contact(lab) > 0) & wide))
+    grown = _grow(core & framed, side // 2 | 1) & mask
+    rest, _ = ndimage.label(mask & ~grown)
+    touching = _frame_contact(rest)
+    of_framed = np.zeros(rest.max() + 1, dtype=bool)
+    of_framed[np.unique(rest[framed & (rest > 0)])] = True
+    reach = (touching >= contact) | ((touching > 0) & of_framed)
+    return grown | np.isin(rest, np.flatnonzero(reach))
+
+
+def _wide_side(rgb: np.ndarray) -> int:
+    return max(7, min(rgb.shape[:2]) // 10) | 1
+
+
+def _frame_regions(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """:func:`_wide_border_regions` with the documented sides: a wide core of :func:`_wide_side`, or a
+    contact with the frame of two stroke sides."""
+    return _wide_border_regions(mask, _wide_side(rgb), 2 * _stroke_side(rgb))
+
+
+def drape_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
+    """Wide cool-hued regions touching the frame (surgical drapes, cloth backgrounds)."""
+    h, s, v = hsv(rgb) if hsv_ is None else hsv_
+    lo, hi = DRAPE_HUE_RANGE
+    cool = (s >= DRAPE_MIN_SATURATION) & (v >= INK_MIN_VALUE) & (h >= lo) & (h <= hi)
+    return _frame_regions(cool, rgb)
+
+
+def dark_background_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
+    """Wide near-black regions touching the frame (black backgrounds, dermatoscope vignettes)."""
+    v = (hsv(rgb) if hsv_ is None else hsv_)[2]
+    regions = _frame_regions(v < BACKGROUND_MAX_VALUE, rgb)
+    if not regions.any():
+        return regions
+    lab, _ = ndimage.label(regions)
+    ids = np.arange(1, lab.max() + 1)
+    medians = np.array(ndimage.median(v, lab, ids)) if len(ids) else np.array([])
+    return np.isin(lab, ids[medians < BACKGROUND_MAX_MEDIAN_VALUE])
+
+
+def _band_rows(y: np.ndarray, c: np.ndarray, side: int) -> tuple[int, bool]:
+    """Depth (rows) of the uniform strip at the top of ``y``/``c`` (luma, chroma) and whether it carries
+    text (thin marks of another luma); depth 0 when there is none (see the module docstring)."""
+    n = y.shape[0]
+    ref = float(np.median(y[:2]))
+    # the strip's colour, fixed by the edge rows (so that text rows stay strip rows): grey, near that luma
+    near = (np.abs(y - ref) <= 0.1) & (c < BAND_MAX_CHROMA)
+    uniform = near.mean(axis=1) >= 0.5
+    depth = int(np.argmin(uniform)) if not uniform.all() else n
+    if depth < max(3, round(0.02 * n)) or depth > BAND_MAX_SHARE * n:
+        return 0, False
+    # a strip ends along a straight line: its colour is (nearly) gone two rows further in, whereas a
+    # background's wavy border, or a gradual change of light, leaves it in the next rows
+    if float(near[depth + 1 : depth + 4].mean()) >= 0.2:
+        return 0, False
+    band_y = np.median(y[:depth])
+    text = float(_thin(np.abs(y[:depth] - band_y) > 0.25, side).mean())
+    return depth, 0.002 <= text <= 0.45
+
+
+def band_masks(rgb: np.ndarray, ruler: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(any uniform strip at the top or bottom, the strips among them that carry text); an edge
+    holding a ruler (``ruler``, from :func:`ruler_mask`) has no band."""
+    y, c = luma(rgb), np.ptp(rgb, axis=2).astype(np.float32) / 255.0
+    strip, text = np.zeros(y.shape, bool), np.zeros(y.shape, bool)
+    side = _stroke_side(rgb)
+    for flip in (False, True):
+        edge = -1 if flip else 0
+        if ruler is not None and ruler[edge].all():
+            continue
+        depth, has_text = _band_rows(y[::-1] if flip else y, c[::-1] if flip else c, side)
+        rows = slice(y.shape[0] - depth, None) if flip else slice(0, depth)
+        if depth:
+            strip[rows] = True
+            text[rows] = has_text
+    return strip, text
+
+
+def ruler_mask(rgb: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray:
+    """Edge strips holding regularly spaced thin dark tick marks (see the module docstring)."""
+    marks = thin_dark_mask(rgb) if dark is None else dark
+    out = np.zeros(marks.shape, bool)
+    side = _stroke_side(rgb)
+    for k in range(4):  # rotate each edge to the top
+        m = np.rot90(marks, k)
+        depth = max(4, round(0.15 * m.shape[0]))
+        strip = m[:depth]
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], strip.any(axis=0).astype(np.int8)])) == 1)
+        if len(runs) < RULER_MIN_TICKS or runs[-1] - runs[0] < 0.5 * m.shape[1]:
+            continue
+        gaps = np.diff(runs)
+        if gaps.std() / gaps.mean() >= 0.35:
+            continue
+        deepest = int(np.flatnonzero(strip.any(axis=1)).max())
+        region = np.zeros(m.shape, bool)
+        region[: min(m.shape[0], deepest + 1 + side)] = True
+        out |= np.rot90(region, -k)
+    return out
+
+
+def acquisition_masks(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Boolean HxW region of each kind of :data:`ACQUISITION_KINDS`, plus ``plain_band`` (uniform strips
+    without text: not a kind of its own, but not pen marks either)."""
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    ruler = ruler_mask(rgb, thin_dark_mask(rgb, hsv_) if dark is None else dark)
+    strip, text = band_masks(rgb, ruler)
+    background = dark_background_mask(rgb, hsv_) & ~strip  # a dark band is a band, whatever it carries
+    return {"ruler": ruler, "text_band": text, "drape": drape_mask(rgb, hsv_),
+            "dark_background": background, "plain_band": strip & ~text}
 
 
 def exposure_class(rgb: np.ndarray) -> str:
@@ -151,16 +345,26 @@ def pixel_features(rgb: np.ndarray) -> dict[str, Any]:
     x = rgb.reshape(-1, 3).astype(np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0)
     y = luma(rgb)
+    hsv_ = hsv(rgb)
     return {
         "mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2],
         "std_r": std[0], "std_g": std[1], "std_b": std[2],
         "brightness": float(y.mean()),
         "contrast": float(y.std()),
-        "saturation": float(hsv(rgb)[1].mean()),
+        "saturation": float(hsv_[1].mean()),
         "sharpness": float(ndimage.laplace(y.astype(np.float64) * 255.0).var()),
         "exposure": exposure_class(rgb),
-        "confounder_score": float(confounder_mask(rgb).mean()),
+        **confounder_features(rgb, hsv_),
     }  # fmt: skip
+
+
+def confounder_features(rgb: np.ndarray, hsv_: HSV | None = None) -> dict[str, float]:
+    """``confounder_score`` (pen-mark pixel share) and ``<kind>_share`` of each acquisition kind."""
+    hsv_ = hsv(rgb) if hsv_ is None else hsv_
+    dark = thin_dark_mask(rgb, hsv_)
+    masks = acquisition_masks(rgb, hsv_, dark)
+    out = {"confounder_score": float(confounder_mask(rgb, masks, hsv_, dark).mean())}
+    return out | {f"{kind}_share": float(masks[kind].mean()) for kind in ACQUISITION_KINDS}
 
 
 def analysis_array(img: Image.Image) -> np.ndarray:
@@ -181,24 +385,25 @@ def _empty_row(reason: str, data: bytes | None = None) -> dict[str, Any]:
     return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None}
 
 
-def image_features(path: str | Path) -> dict[str, Any]:
+def image_features(path: str | Path, reduced: bool = True) -> dict[str, Any]:
     """All features of one image file; all but ``bytes``, ``sha256`` and ``reason`` are NaN/None
     when it does not decode (those too when it is not a readable regular file, which is never opened).
 
     ``decode_ok`` is true when the file decodes, even in a format outside the allowed set (the
     integrity suite checks ``format`` separately); ``mode`` is the original mode before RGB conversion;
-    ``width``/``height`` are the displayed size (after the EXIF orientation).
+    ``width``/``height`` are the displayed size (after the EXIF orientation) of the stored image.
+
+    The file is decoded once. With ``reduced`` (the default) a JPEG larger than :data:`ANALYSIS_MAX_SIDE`
+    is decoded at reduced size by DCT scaling (:func:`ml.data.images.inspect_image`): the pixel statistics
+    are computed on a copy at most ANALYSIS_MAX_SIDE px anyway, and the pHash on 32x32 px; ``sha256`` is
+    of the bytes, and the decode still reads every coefficient (truncation is found as before).
     """
     data = Path(path).read_bytes() if path_problem(path) is None else None
-    check = check_image(path if data is None else data)
+    check, img = inspect_image(path if data is None else data, max_side=ANALYSIS_MAX_SIDE if reduced else None)
     row = _empty_row(check.reason, data)
-    if not (check.ok or check.reason == "unsupported_format"):
+    if img is None:
         return row
-    try:
-        img = load_rgb(data)
-    except BadImageError as exc:
-        return row | {"reason": exc.reason}
-    row.update(width=img.width, height=img.height, mode=check.mode, format=check.format)
+    row.update(width=check.width, height=check.height, mode=check.mode, format=check.format)
     row.update(decode_ok=True, reason="", phash=phash(img))
     row.update(pixel_features(analysis_array(img)))
     return row
@@ -265,6 +470,8 @@ def compute_features(
     :meth:`ml.data.manifest.Manifest.all_files`) keep their ``reason`` in ``left_out`` ('' for
     records): validation counts them as not usable; those with a reason in
     :data:`ml.data.manifest.UNREAD_REASONS` (outside the root, broken links...) are not opened.
+    Each acquisition kind has its flag ``<kind>_flag`` (``<kind>_share >=`` :data:`ARTEFACT_MIN_SHARE`),
+    and ``confounder_kinds`` names the kinds flagged in each row ('pen_mark' for ``confounder_flag``).
     """
     src = records["local_path"] if "local_path" in records else records["path"]
     left_out = records["reason"].fillna("").astype(str) if "reason" in records else pd.Series("", index=records.index)
@@ -280,7 +487,18 @@ def compute_features(
     out = pd.concat([records.drop(columns=[c for c in FEATURE_COLUMNS if c in records]), feats], axis=1)
     out["left_out"] = left_out
     out["confounder_flag"] = out["confounder_score"].fillna(0.0) > confounder_threshold
+    for kind in ACQUISITION_KINDS:
+        out[f"{kind}_flag"] = out[f"{kind}_share"].fillna(0.0) >= ARTEFACT_MIN_SHARE
+    out["confounder_kinds"] = confounder_kinds(out)
     return out.reset_index(drop=True)
+
+
+def confounder_kinds(features: pd.DataFrame) -> pd.Series:
+    """Per row, the confounder kinds flagged ('pen_mark', then :data:`ACQUISITION_KINDS`), comma-separated."""
+    names = ["pen_mark", *ACQUISITION_KINDS]
+    flags = features[list(FLAG_COLUMNS)].fillna(False).astype(bool).to_numpy()
+    return pd.Series([",".join(n for n, f in zip(names, row, strict=True) if f) for row in flags],
+                     index=features.index, dtype=object)
 
 
 def usable_mask(features: pd.DataFrame) -> pd.Series:
@@ -291,9 +509,10 @@ def usable_mask(features: pd.DataFrame) -> pd.Series:
     return ok & (features["left_out"].fillna("").astype(str) == "")
 
 
-FEATURES_REVISION = 4
+FEATURES_REVISION = 5
 """Bump when a feature's definition changes, so that cached tables are recomputed (3: magenta
-hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``)."""
+hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``; 5: acquisition
+artefacts reported by kind and left out of the pen-mark score, reduced JPEG decode)."""
 
 
 def features_path(version: str, cache_dir: str | Path) -> Path:

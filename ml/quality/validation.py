@@ -6,8 +6,11 @@ One suite per concern, thresholds from ``policies/validation.yaml``:
 * ``class_balance`` (usable images only: decoded and not left out by the manifest): every class of
   ``classes`` present, at least ``min_classes`` classes, min images per class, max/min ratio, KL
   divergence from the expected priors;
-* ``confounders``: share of confounder-flagged images per class, and Cramér's V between the label
-  and every metadata column present (a custom GX expectation, :class:`ExpectColumnPairCramersVToBeLessThan`);
+* ``confounders``: share of pen-marked images (``confounder_flag``) per class, the share of each
+  acquisition artefact kind (rulers, text bands, drapes, dark backgrounds:
+  :data:`ml.quality.features.ACQUISITION_KINDS`) per class as checks of their own, so that a set of
+  clinical photographs on blue drapes does not read as pen-marked, and Cramér's V between the label
+  and every metadata column and flag present (a custom GX expectation, :class:`ExpectColumnPairCramersVToBeLessThan`);
 * ``duplicates_leakage``: no identical bytes under two labels, no exact or near duplicate across
   splits, few duplicates within a split.
 
@@ -17,13 +20,15 @@ row-wise expectations (which have none), the number of unexpected rows; ``detail
 offending ids (row-wise: ``unexpected``, and ``examples``, the first :data:`MAX_EXAMPLES` as
 ``{id, value, reason}`` with ``n_more`` the rest) or the derived table's values (aggregates).
 The report also names every file not used (``bad_files``) and every duplicate group with its
-paths (``duplicate_groups``). Duplicate, leakage and balance tables are computed on usable rows.
+paths (``duplicate_groups``); the within-split and cross-split checks name the groups they count
+(``details['examples']``, one per group: its paths). ``confounders_by_class`` counts each confounder
+kind per class. Duplicate, leakage and balance tables are computed on usable rows.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,7 +46,7 @@ from great_expectations.expectations.metrics.table_metric_provider import TableM
 from scipy.stats.contingency import association
 
 from ml.data.duplicates import POLICY_FILE, groups_from_pairs, hash_array, near_pairs
-from ml.quality.features import usable_mask
+from ml.quality.features import ACQUISITION_KINDS, usable_mask
 from ml.settings import get_settings
 
 SEVERITIES = ("critical", "warning")
@@ -51,6 +56,12 @@ MAX_EXAMPLES = 20
 BAD_FILE_COLUMNS = ["path", "label", "reason"]
 DUPLICATE_GROUP_COLUMNS = ["group", "kind", "n", "paths", "labels", "splits"]
 DEFAULT_MIN_CLASSES = 2
+MAX_LISTED = 50
+"""How many rows of a table (files not used, duplicate groups...) the HTML summary shows before "and N more"."""
+MAX_PATHS = 8
+"""How many paths of one duplicate group a line or cell shows before "and N more"."""
+CONFOUNDER_KINDS = ("pen_mark", *ACQUISITION_KINDS)
+_KIND_FLAGS = dict(zip(CONFOUNDER_KINDS, ("confounder_flag", *(f"{k}_flag" for k in ACQUISITION_KINDS)), strict=True))
 
 
 # --------------------------------------------------------------------------- custom expectation
@@ -140,6 +151,7 @@ class ValidationReport:
     data_docs_index: Path | None = None
     bad_files: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BAD_FILE_COLUMNS))
     duplicate_groups: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_GROUP_COLUMNS))
+    confounders_by_class: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -163,7 +175,9 @@ class ValidationReport:
         import html
 
         def cell(v: Any) -> str:
-            text = f"{v:.4g}" if isinstance(v, float) else ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            if isinstance(v, list):
+                return "<br>".join(map(html.escape, bounded(v, MAX_PATHS)))
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
             return html.escape(text if len(text) < 300 else text[:300] + "...")
 
         colour = {"PASS": "#1a7f37", "WARN": "#9a6700", "FAIL": "#cf222e"}
@@ -184,8 +198,8 @@ class ValidationReport:
                 return f"<h2>{name}</h2><p>none</p>"
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
             body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
-                           for row in df.head(200).itertuples(index=False))
-            more = f"<p>... {len(df) - 200} more</p>" if len(df) > 200 else ""
+                           for row in df.head(MAX_LISTED).itertuples(index=False))
+            more = f"<p>... and {len(df) - MAX_LISTED} more</p>" if len(df) > MAX_LISTED else ""
             return f"<h2>{name} ({len(df)})</h2><table><tr>{head}</tr>{body}</table>{more}"
 
         style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
@@ -195,6 +209,7 @@ class ValidationReport:
                 "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
                 f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
                 f"{table(self.bad_files, 'Files not used')}{table(self.duplicate_groups, 'Duplicate groups')}"
+                f"{table(self.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
                 f"{table(self.label_conflicts, 'Label conflicts')}{table(self.leaking_pairs, 'Leaking pairs')}"
                 "</body></html>")
 
@@ -218,6 +233,7 @@ class ValidationReport:
                     "leaking_pairs": self.leaking_pairs.to_dict(orient="records"),
                     "bad_files": self.bad_files.to_dict(orient="records"),
                     "duplicate_groups": self.duplicate_groups.to_dict(orient="records"),
+                    "confounders_by_class": self.confounders_by_class.to_dict(orient="records"),
                     "data_docs_index": str(self.data_docs_index) if self.data_docs_index else None,
                 },
                 default=_json_default,
@@ -225,14 +241,23 @@ class ValidationReport:
         )
 
 
+def bounded(items: list[Any], limit: int) -> list[str]:
+    """The first ``limit`` items as strings, then "... and N more" when there are more."""
+    shown = [str(x) for x in items[:limit]]
+    return shown + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+
+
 def details_lines(details: dict[str, Any]) -> list[str]:
-    """What an outcome found, as lines for printing: ``id: reason`` (or the value) per example and how
-    many more, else the values per group or the rows of a summary table."""
-    if details.get("examples"):
-        lines = [f"{e['id']}: {e['reason'] or e['value']}" for e in details["examples"]]
-        return lines + ([f"... and {details['n_more']} more"] if details.get("n_more") else [])
+    """What an outcome found, as lines for printing: the values per group (when given), then ``id: reason``
+    (or the value) per example and how many more; else the rows of a summary table."""
+    lines = []
     if details.get("values"):
-        return [", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["values"].items())]
+        lines = [", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["values"].items())]
+    if details.get("examples"):
+        lines += [f"{e['id']}: {e['reason'] or e['value']}" for e in details["examples"]]
+        return lines + ([f"... and {details['n_more']} more"] if details.get("n_more") else [])
+    if lines:
+        return lines
     if details.get("rows"):
         return [", ".join(map(str, details["rows"]))]
     return [f"exception: {details['exception']}"] if details.get("exception") else []
@@ -368,10 +393,49 @@ def class_counts(features: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 
 def flagged_by_class(features: pd.DataFrame) -> pd.DataFrame:
-    """Per label: images, confounder-flagged images and their share."""
-    out = features.groupby("label").agg(images=("path", "size"), flagged=("confounder_flag", "sum")).reset_index()
+    """Per label: images, pen-marked (``confounder_flag``) images and their share, and for each acquisition
+    kind the share flagged (``<kind>_flagged_share``; 0 when the features table has no such flag)."""
+    flags = features.assign(**{f"_{kind}": _flag(features, col) for kind, col in _KIND_FLAGS.items()})
+    out = flags.groupby("label").agg(images=("path", "size"), flagged=("_pen_mark", "sum"),
+                                     **{kind: (f"_{kind}", "sum") for kind in ACQUISITION_KINDS}).reset_index()
     out["flagged_share"] = out["flagged"] / out["images"]
+    for kind in ACQUISITION_KINDS:
+        out[f"{kind}_flagged_share"] = out.pop(kind) / out["images"]
     return out
+
+
+def _flag(features: pd.DataFrame, column: str) -> pd.Series:
+    if column not in features:
+        return pd.Series(False, index=features.index)
+    return features[column].fillna(False).astype(bool)
+
+
+def confounders_by_class(features: pd.DataFrame) -> pd.DataFrame:
+    """Per label: images and how many are flagged with each confounder kind (:data:`CONFOUNDER_KINDS`)."""
+    flags = pd.DataFrame({kind: _flag(features, col) for kind, col in _KIND_FLAGS.items()})
+    out = flags.groupby(features["label"].astype(str)).sum().astype(int)
+    return out.assign(images=features.groupby(features["label"].astype(str)).size()).rename_axis("label") \
+        .reset_index()[["label", "images", *CONFOUNDER_KINDS]]
+
+
+def _duplicate_examples(features: pd.DataFrame, pairs: pd.DataFrame, within: bool) -> dict[str, Any]:
+    """The duplicate groups a check counts, one example each (``id`` names the group, ``reason`` its paths):
+    groups inside one split (``within``) or groups spanning splits (leakage)."""
+    split = _splits(features).to_numpy()
+    same = split[pairs["i"]] == split[pairs["j"]]
+    chosen = pairs[same] if within else pairs
+    group = groups_from_pairs(len(features), chosen["i"].to_numpy(), chosen["j"].to_numpy())
+    examples = []
+    for g in np.flatnonzero(np.bincount(group, minlength=1) > 1):
+        members = features[group == g]
+        splits = sorted(set(split[group == g]))
+        if not within and len(splits) < 2:
+            continue
+        kind = "exact" if members["sha256"].nunique() == 1 else "near"
+        paths = [f"{p} [{s}]" for p, s in zip(members["path"].astype(str), split[group == g], strict=True)]
+        examples.append({"id": f"{kind} duplicates in {', '.join(splits)} ({len(members)} images)",
+                         "value": len(members), "reason": "; ".join(bounded(paths, MAX_PATHS))})
+    return {"examples": examples[:MAX_EXAMPLES], "n_more": max(0, len(examples) - MAX_EXAMPLES)}
 
 
 def _priors(classes: list[str], expected: dict[str, float] | None) -> list[float]:
@@ -451,6 +515,12 @@ def _confounder_checks(policy: dict[str, Any], features: pd.DataFrame) -> list[_
                gxe.ExpectColumnMaxToBeBetween(column="flagged_share", max_value=p["max_flagged_share_per_class"]),
                "flagged_share", p["max_flagged_share_per_class"], sev)
     ]  # fmt: skip
+    artefact_max = p.get("max_artefact_share_per_class", 1.0)
+    for kind in ACQUISITION_KINDS:
+        column = f"{kind}_flagged_share"
+        checks.append(_Check("confounders", "flagged_by_class", f"{kind}_share_per_class",
+                             gxe.ExpectColumnMaxToBeBetween(column=column, max_value=artefact_max), column,
+                             artefact_max, p.get("artefact_severity", sev)))
     for col in [c for c in p["association_columns"] if c in features and c != "label"]:
         exp = ExpectColumnPairCramersVToBeLessThan(
             column_A=col, column_B="label", threshold=p["max_cramers_v"], bias_correction=p["cramers_v_bias_correction"]
@@ -587,6 +657,9 @@ def validate_features(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     gx_results = _run_suites(context, checks, tables)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
+    named = {"within_split_duplicate_share": _duplicate_examples(used, pairs, within=True),
+             "cross_split_leakage": _duplicate_examples(used, pairs, within=False)}
+    outcomes = [replace(o, details={**o.details, **named[o.check]}) if o.check in named else o for o in outcomes]
     docs = _build_docs(context, Path(data_docs_dir).resolve()) if data_docs_dir is not None else None
     return ValidationReport(outcomes, label_conflicts_table(used, groups), leaking, docs, bad_files_table(features),
-                            duplicate_groups_table(used, pairs))
+                            duplicate_groups_table(used, pairs), confounders_by_class(used))
