@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from typer.testing import CliRunner
 
 from ml.data.config import DataConfig
+from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.train.config import VARIANTS, LRFindConfig, SweepConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
     (DataConfig, {"val_frac": 0.6, "test_frac": 0.5}), (DataConfig, {"size": 4}), (DataConfig, {"test_frac": 1.0}),
     (SweepConfig, {"schedules": ["sgd", "sgd"]}), (SweepConfig, {"schedules": []}), (SweepConfig, {"num_samples": 0}),
     (LRFindConfig, {"start_lr": 1.0, "end_lr": 0.1}), (LRFindConfig, {"num_iter": 1}),
+    (ProGANConfig, {"resolution": 48}), (ProGANConfig, {"fade_iters": 0}), (AugCheckConfig, {"ratio": 1.0}),
+    (AugCheckConfig, {"label_a": "acne", "label_b": "acne"}),
 ])
 def test_bad_values_are_refused_with_the_field_named(cls, bad):
     with pytest.raises(ValidationError) as err:
@@ -38,6 +41,7 @@ def test_assignment_is_validated_too():
 
 
 def _flows():
+    from flows.augcheck import augcheck_flow
     from flows.curation_ab import curation_ab_flow
     from flows.retrain import retrain_flow
     from flows.train import lr_find_flow, pretrain_flow, train_flow
@@ -45,7 +49,7 @@ def _flows():
     from flows.validate import validate_flow
 
     return {f.name: f for f in (train_flow, lr_find_flow, pretrain_flow, tune_flow, retrain_flow, validate_flow,
-                                curation_ab_flow)}
+                                curation_ab_flow, augcheck_flow)}
 
 
 def test_flows_take_config_objects_whose_defaults_are_the_classes():
@@ -56,11 +60,12 @@ def test_flows_take_config_objects_whose_defaults_are_the_classes():
             cls = param.annotation if isinstance(param.annotation, type) else None
             if isinstance(param.annotation, str):  # postponed annotations
                 cls = {"DataConfig": DataConfig, "TrainConfig": TrainConfig, "SweepConfig": SweepConfig,
-                       "LRFindConfig": LRFindConfig}.get(param.annotation)
+                       "LRFindConfig": LRFindConfig, "AugCheckConfig": AugCheckConfig,
+                       "ProGANConfig": ProGANConfig}.get(param.annotation)
             if cls is not None and issubclass(cls, BaseModel):
                 assert param.default == cls(), f"{name}.{param.name} overrides {cls.__name__}'s defaults"
                 seen.add(cls)
-    assert seen == {DataConfig, TrainConfig, SweepConfig, LRFindConfig}
+    assert seen == {DataConfig, TrainConfig, SweepConfig, LRFindConfig, AugCheckConfig, ProGANConfig}
 
 
 def test_prefect_yaml_parameters_validate_against_their_flows():
