@@ -15,7 +15,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from ml.data.config import DataConfig
-from ml.gan.augcheck import AugCheckPolicy, decide, estimate_summary, estimate_table, pool_indices, binary_subset
+from ml.gan.augcheck import AugCheckPolicy, binary_subset, decide, estimate_summary, estimate_table, pool_indices
+from ml.gan.check import load_synthetic_images
 from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.train.precision import resolve_device
 from tasks.augcheck import (estimate_runs, estimator_control, log_augcheck, memorisation, train_classifiers,
@@ -73,8 +74,6 @@ def augcheck_flow(data: DataConfig = DataConfig(), check: AugCheckConfig = AugCh
                 "resolution": resolution}
         version = write_synthetic(gan_result, check.n_synthetic, check.seed + 1, _dataset_name(manifest.source), meta)
         synthetic_manifest = build_manifest(str(version.manifest_csv))
-        from ml.gan.check import load_synthetic_images
-
         synthetic = load_synthetic_images(version)
 
         # 3-4. K binary classifiers on real images; each estimates r on the samples
