@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-monitor: install
 # Features on large JPEGs (1600x1100, made at bench time): full vs reduced (DCT-scaled) decode.
 bench-large-jpeg: install
 	$(PY) bench/bench_large_jpeg.py --results bench/RESULTS.md $(BENCH_ARGS)
+# The augcheck flow end to end on the synthetic default (CPU profile; ~13 min of ProGAN on an idle 2-core machine).
+bench-augcheck: install
+	nice -n 10 $(PY) bench/bench_augcheck.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 # On a CUDA machine, no install step (no network there): gpu-marked tests + bench/bench_gpu.py -> $(OUT) or bench/out/gpu.
 bench-gpu:

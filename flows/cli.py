@@ -14,6 +14,7 @@ from ml.data.config import DataConfig
 from ml.interpret.config import InterpretConfig
 from ml.robust.config import RobustnessConfig
 from ml.monitor.config import MonitorConfig
+from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -42,7 +43,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
 _FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo", "robustness",
-               "interpret", "drift"}
+               "interpret", "drift", "augcheck"}
 
 
 @app.callback()
@@ -518,6 +519,42 @@ def interpret(
         interpret=_build(InterpretConfig, seeds=seeds, top_pairs=top_pairs, per_pair=per_pair,
                          guided_backprop=guided_backprop, confidence=confidence, train_per_class=train_per_class),
         out_dir=str(out)))
+@app.command("augcheck")
+def augcheck(
+    data: Optional[str] = _opt(DataConfig, "source", "--data"),
+    class_map: Optional[str] = _opt(DataConfig, "class_map"),
+    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share (control, train-on-synthetic)."),
+    label_a: Optional[str] = _opt(AugCheckConfig, "label_a"),
+    label_b: Optional[str] = _opt(AugCheckConfig, "label_b"),
+    ratio: Optional[float] = _opt(AugCheckConfig, "ratio"),
+    n_synthetic: Optional[int] = _opt(AugCheckConfig, "n_synthetic"),
+    classifiers: Optional[int] = _opt(AugCheckConfig, "classifiers"),
+    epochs: Optional[int] = _opt(AugCheckConfig, "epochs", help="Epochs of each binary classifier."),
+    resolution: Optional[int] = _opt(ProGANConfig, "resolution"),
+    fade_iters: Optional[int] = _opt(ProGANConfig, "fade_iters"),
+    stable_iters: Optional[int] = _opt(ProGANConfig, "stable_iters"),
+    gan_batch_size: Optional[int] = _opt(ProGANConfig, "batch_size", "--gan-batch-size"),
+    amp: Optional[bool] = _opt(ProGANConfig, "amp", flag=True),
+    checkpoint_dir: Optional[str] = _opt(ProGANConfig, "checkpoint_dir",
+                                         help="GAN checkpoints per stage (default <out>/gan_checkpoints); "
+                                              "run again to resume."),
+    seed: Optional[int] = _opt(AugCheckConfig, "seed", help="Split, pool, GAN and first classifier seed."),
+    policy: Optional[Path] = typer.Option(None, help="Verdict policy YAML (default policies/augcheck.yaml)."),
+    out: Path = typer.Option(Path("outputs/augcheck"), help="Plots, GAN checkpoints, report JSON."),
+):
+    """Are ProGAN samples safe augmentation? Pool two labels at ratio r, train a ProGAN, let K binary
+    classifiers estimate r on its samples; memorisation and train-on-synthetic checks; verdict
+    (MLflow experiment skinflow-augcheck). Exits 1 when the verdict is "not safe"."""
+    report = _run("flows.augcheck", "augcheck_flow",
+        data=_build(DataConfig, source=data, class_map=class_map, test_frac=test_frac, seed=seed),
+        check=_build(AugCheckConfig, label_a=label_a, label_b=label_b, ratio=ratio, n_synthetic=n_synthetic,
+                     classifiers=classifiers, epochs=epochs, seed=seed),
+        gan=_build(ProGANConfig, resolution=resolution, fade_iters=fade_iters, stable_iters=stable_iters,
+                   batch_size=gan_batch_size, amp=amp, checkpoint_dir=checkpoint_dir, seed=seed),
+        policy_path=str(policy) if policy else None, out_dir=str(out))
+    _echo_json(report)
+    if not report["safe"]:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 @app.command("demo")

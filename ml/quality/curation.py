@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from sklearn.cluster import KMeans
 
 from ml.quality.features import DEFAULT_CONFOUNDER_THRESHOLD, confounder_mask, exposure_class
 from ml.data.images import BadImageError, load_rgb
+from ml.data.versions import build_version
 
 STEPS = ("remove_confounders", "gamma", "fov_crop")
 QUANT_STEP = 16
@@ -350,26 +350,16 @@ def write_curated_version(records: pd.DataFrame, dest: str | Path, steps: list[s
     a folder only ever holds one request's output). Sources are only read.
     """
     dest = Path(dest).resolve()
-    if (dest / CURATED_MANIFEST).is_file():
-        return CuratedVersion(dest, dest / CURATED_MANIFEST, pd.read_csv(dest / "curation_log.csv"), True)
-    if dest.exists():
-        raise FileExistsError(f"{dest} exists without {CURATED_MANIFEST}: not a curated version, remove it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    built: list[pd.DataFrame] = []
+
+    def build(tmp: Path) -> None:
         log = curate_dataset(records, tmp, steps, policy)
         log["out_path"] = [None if p is None or pd.isna(p) else str(dest / Path(p).relative_to(tmp))
                            for p in log["out_path"]]
         log.to_csv(tmp / "curation_log.csv", index=False)
         curated_manifest(log, dest).to_csv(tmp / CURATED_MANIFEST, index=False)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another run finished the same version first
-            if not (dest / CURATED_MANIFEST).is_file():
-                raise
-            shutil.rmtree(tmp)
-            return CuratedVersion(dest, dest / CURATED_MANIFEST, pd.read_csv(dest / "curation_log.csv"), True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return CuratedVersion(dest, dest / CURATED_MANIFEST, log, False)
+        built.append(log)
+
+    if build_version(dest, CURATED_MANIFEST, build, kind="curated"):
+        return CuratedVersion(dest, dest / CURATED_MANIFEST, built[0], False)
+    return CuratedVersion(dest, dest / CURATED_MANIFEST, pd.read_csv(dest / "curation_log.csv"), True)

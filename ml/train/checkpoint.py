@@ -1,5 +1,6 @@
-"""Checkpoint pieces: CPU copies of state dicts, RNG states that load with ``weights_only``,
-atomic writes."""
+"""Checkpoint pieces shared by the training loops (the classifier's ``ml.train.loop`` and the
+GAN's ``ml.gan.train``): seeding, CPU copies of state dicts, RNG states that load with
+``weights_only``, atomic writes, a resume that refuses another run's checkpoint, the progress bar."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 StateDict = dict[str, torch.Tensor]
 
@@ -49,7 +51,30 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
 
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (None when there is none), refused (ValueError) when its
+    ``config`` entry differs from ``config``: a resumed run continues the same run only."""
+    if not Path(path).is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["config"] != config:
+        raise ValueError(f"checkpoint {path} was written with another config: {ckpt['config']}")
+    return ckpt
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """The training loops' progress bar (one per epoch or GAN stage; cleared when it closes)."""
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ml.eval.metrics import classification_metrics, nll
 from ml.train.batches import Arrays, TrainBatches, normalisation_for
-from ml.train.checkpoint import StateDict, cpu_state, rng_state, save_atomic, set_rng_state
+from ml.train.checkpoint import (StateDict, cpu_state, load_checkpoint, progress_bar, rng_state, save_atomic,
+                                 seed_everything, set_rng_state)
 from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import Precision, autocast, precision_for, resolve_device
@@ -169,8 +169,6 @@ class _Run:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         s = self.state
-        if ckpt["config"] != _resume_key(s.cfg):
-            raise ValueError(f"checkpoint in {s.cfg.checkpoint_dir} was written with another config: {ckpt['config']}")
         s.model.load_state_dict(ckpt["model"])
         s.schedule.optimizer.load_state_dict(ckpt["optimizer"])
         s.schedule.scheduler.load_state_dict(ckpt["scheduler"])
@@ -183,12 +181,6 @@ class _Run:
             best["epoch"], best["value"], best["state"], best["bad_epochs"])
         self.stopped_early, self.elapsed = ckpt["stopped_early"], ckpt["elapsed"]
         set_rng_state(ckpt["rng"], self.generators)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # On CUDA, reading the loss back makes the host wait for the device every step, so the next
@@ -284,8 +276,7 @@ def _end_epoch(run: _Run, row: dict[str, float]) -> None:
 
 def _epoch_bar(run: _Run, steps: int) -> tqdm:
     s = run.state
-    return tqdm(total=steps, desc=f"epoch {s.epoch + 1}/{s.cfg.epochs}", disable=not s.cfg.progress,
-                leave=False, dynamic_ncols=True)
+    return progress_bar(steps, f"epoch {s.epoch + 1}/{s.cfg.epochs}", s.cfg.progress)
 
 
 def fit(
@@ -316,7 +307,7 @@ def fit(
     device = resolve_device(cfg.device)
     precision = precision_for(cfg)
     amp_dtype = precision.dtype
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     weights_report = None
     if model is None:
         model = build_model(cfg.arch, len(classes))
@@ -335,8 +326,9 @@ def fit(
         generators=batches.generators,
     )
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        run.restore(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+    ckpt = load_checkpoint(ckpt_path, _resume_key(cfg)) if ckpt_path is not None else None
+    if ckpt is not None:
+        run.restore(ckpt)
     _run_epochs(run, batches, val, norm, amp_dtype, callbacks, ckpt_path)
     result = _finish(run, val, norm, precision, weights_report)
     for cb in callbacks:
