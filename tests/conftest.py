@@ -170,36 +170,115 @@ def read_stack_env(path: Path) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in lines)
 
 
+STACK_SH = REPO / "infra" / "stack.sh"
+
+
+class Stack:
+    """A real infra/stack.sh stack on free 127.0.0.1 ports in its own run dir (see ``team_stack``)."""
+
+    def __init__(self, run_dir: Path, profile: str):
+        self.run_dir, self.profile = run_dir, profile
+        names = ["S3", "MLFLOW", "PREFECT"] + (["PG", "RAY"] if profile == "postgres" else [])
+        self.ports = {k: free_port() for k in names}
+        self.script_env = {
+            **os.environ,
+            "VENV": str(Path(sys.executable).parent.parent),
+            "SKINFLOW_STACK_DIR": str(run_dir),
+            "SKINFLOW_DATA_ROOT": str(run_dir / "data"),
+            "SKINFLOW_STACK_DB": profile,
+            **{f"SKINFLOW_{k}_PORT": str(v) for k, v in self.ports.items()},
+        }
+        self.up: subprocess.CompletedProcess | None = None
+
+    def sh(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        """``infra/stack.sh ARGS...`` with this stack's configuration."""
+        return subprocess.run(["bash", str(STACK_SH), *args], env=self.script_env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The stack's client environment (``<run_dir>/env``: URLs, bucket, S3 and Ray credentials)."""
+        return read_stack_env(self.run_dir / "env")
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """``os.environ`` plus :attr:`env`, with a Prefect home of its own: for CLI subprocesses."""
+        return {**os.environ, **self.env, "PREFECT_HOME": str(self.run_dir / "cli-home"), "PWD": str(REPO), **extra}
+
+    def pid(self, service: str) -> int | None:
+        """The pid (= process group id) of a running service (``postgres``: the postmaster), else None."""
+        f = self.run_dir / "pids" / f"{service}.pid"
+        if not f.exists():
+            return None
+        pid = int(f.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    @property
+    def services(self) -> list[str]:
+        return self.describe()["services"].split()
+
+    def pids(self) -> dict[str, int | None]:
+        return {s: self.pid(s) for s in self.services}
+
+    def describe(self) -> dict[str, str]:
+        out = self.sh("describe", timeout=30)
+        assert out.returncode == 0, out.stderr
+        return dict(line.split("=", 1) for line in out.stdout.splitlines())
+
+    def restart(self, service: str) -> None:
+        """Start one service again (after a test killed or stopped it) and wait until it is healthy."""
+        out = self.sh("restart", service)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    def start(self) -> None:
+        self.up = self.sh("up")
+        if self.up.returncode != 0:
+            self.sh("down", "--purge")
+            raise AssertionError(f"stack.sh up --db {self.profile} failed:\n{self.up.stderr[-3000:]}")
+
+    def stop(self) -> None:
+        """``down``, checking that nothing is left listening and no pid/env file remains; then purge."""
+        down = self.sh("down")
+        try:
+            assert down.returncode == 0, down.stderr
+            assert not [p for p in self.ports.values() if listening(p)], "a stack port is still listening"
+            assert not list((self.run_dir / "pids").glob("*.pid")) and not (self.run_dir / "env").exists()
+        finally:
+            self.sh("down", "--purge")
+
+
+def _stack(tmp_path_factory, profile: str):
+    stack = Stack(tmp_path_factory.mktemp(f"stack-{profile}"), profile)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
-    """The real local stack (infra/stack.sh) on free ports: ``(run_dir, ports, sh, up)``.
+    """The real local stack (infra/stack.sh, sqlite profile) on free ports: ``(run_dir, ports, sh, up)``.
 
     Started once per session (~30 s) and always brought down, checking that nothing is left
     listening and no pid/env file remains. Flow runs of its worker keep their data under
     ``run_dir/data``."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    ports = {"S3": free_port(), "MLFLOW": free_port(), "PREFECT": free_port()}
-    env = {
-        **os.environ,
-        "VENV": str(Path(sys.executable).parent.parent),
-        "SKINFLOW_STACK_DIR": str(run_dir),
-        "SKINFLOW_DATA_ROOT": str(run_dir / "data"),
-        **{f"SKINFLOW_{k}_PORT": str(v) for k, v in ports.items()},
-    }
+    for stack in _stack(tmp_path_factory, "sqlite"):
+        yield stack.run_dir, stack.ports, stack.sh, stack.up
 
-    def sh(cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(REPO / "infra" / "stack.sh"), cmd], env=env, capture_output=True,
-                              text=True, timeout=400)
 
-    up = sh("up")
-    try:
-        assert up.returncode == 0, up.stderr[-3000:]
-        yield run_dir, ports, sh, up
-    finally:
-        down = sh("down")
-        assert down.returncode == 0, down.stderr
-        assert not any(listening(p) for p in ports.values())
-        assert not list((run_dir / "pids").glob("*.pid")) and not (run_dir / "env").exists()
+@pytest.fixture(scope="session")
+def team_stack(tmp_path_factory):
+    """The team topology (``infra/stack.sh up --db postgres``) on free 127.0.0.1 ports: a :class:`Stack`.
+
+    PostgreSQL (MLflow and Prefect metadata), moto S3, MLflow and Prefect servers, a Ray head plus
+    a second Ray node, two Prefect workers (services ``worker`` and ``worker2``). Started once per
+    session (~60 s on 2 cores) and always brought down and purged. Tests that kill a service
+    bring it back with ``stack.restart(name)``."""
+    yield from _stack(tmp_path_factory, "postgres")
 
 
 @pytest.fixture(autouse=True)
