@@ -17,8 +17,8 @@
 # <stack dir>/secrets/ when unset), SKINFLOW_PG_BIN (the newest /usr/lib/postgresql/*/bin),
 # SKINFLOW_PG_DIR (<stack dir>/postgres; a directory under /tmp when run as root, since the server
 # runs as the `postgres` user), SKINFLOW_RAY_PORT (6379), SKINFLOW_RAY_CPUS (CPUs per Ray node, 1),
-# SKINFLOW_RAY_AUTH_TOKEN (generated once when unset), SKINFLOW_WORKERS (2), SKINFLOW_WORKER_LIMIT
-# (flow runs at once per worker; unset = no limit).
+# SKINFLOW_RAY_AUTH_TOKEN (generated once when unset). Both profiles: SKINFLOW_WORKERS (workers on the
+# pool; sqlite 1, postgres 2), SKINFLOW_WORKER_LIMIT (flow runs at once per worker; unset = no limit).
 # Secrets are never printed. Logs and pids live under the stack dir; `source <stack dir>/env`
 # (mode 0600: it holds the Ray token) points clients at the stack.
 set -euo pipefail
@@ -63,15 +63,13 @@ PROFILE="${PROFILE:-sqlite}"
 
 set_profile() {
   case "$PROFILE" in
-    sqlite) SERVICES=(s3 mlflow prefect worker); WORKERS=1 ;;
-    postgres)
-      WORKERS="${SKINFLOW_WORKERS:-2}"
-      [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "SKINFLOW_WORKERS must be a positive integer"
-      SERVICES=(postgres s3 mlflow prefect ray-head ray-node)
-      local i
-      for ((i = 1; i <= WORKERS; i++)); do SERVICES+=("$(worker_service "$i")"); done ;;
+    sqlite) SERVICES=(s3 mlflow prefect); WORKERS="${SKINFLOW_WORKERS:-1}" ;;
+    postgres) SERVICES=(postgres s3 mlflow prefect ray-head ray-node); WORKERS="${SKINFLOW_WORKERS:-2}" ;;
     *) echo "unknown --db '$PROFILE' (sqlite or postgres)" >&2; exit 2 ;;
   esac
+  [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "SKINFLOW_WORKERS must be a positive integer"
+  local i
+  for ((i = 1; i <= WORKERS; i++)); do SERVICES+=("$(worker_service "$i")"); done
 }
 
 # Worker i's service name: worker, worker2, worker3, ...

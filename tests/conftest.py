@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from infra.local_stack import STACK_SH, Stack, free_port, listening, read_stack_env  # noqa: F401
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 _REGISTRY_AT_START = os.environ.get("MLFLOW_REGISTRY_URI")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -159,106 +154,6 @@ def ray_local():
     ray.shutdown()
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def read_stack_env(path: Path) -> dict[str, str]:
-    """The exports of ``.stack/env`` as a dict."""
-    lines = [ln.removeprefix("export ") for ln in path.read_text().splitlines() if ln.startswith("export ")]
-    return dict(ln.split("=", 1) for ln in lines)
-
-
-STACK_SH = REPO / "infra" / "stack.sh"
-
-
-class Stack:
-    """A real infra/stack.sh stack on free 127.0.0.1 ports in its own run dir (see ``team_stack``)."""
-
-    def __init__(self, run_dir: Path, profile: str):
-        self.run_dir, self.profile = run_dir, profile
-        names = ["S3", "MLFLOW", "PREFECT"] + (["PG", "RAY"] if profile == "postgres" else [])
-        self.ports = {k: free_port() for k in names}
-        self.script_env = {
-            **os.environ,
-            "VENV": str(Path(sys.executable).parent.parent),
-            "SKINFLOW_STACK_DIR": str(run_dir),
-            "SKINFLOW_DATA_ROOT": str(run_dir / "data"),
-            "SKINFLOW_STACK_DB": profile,
-            **{f"SKINFLOW_{k}_PORT": str(v) for k, v in self.ports.items()},
-        }
-        self.up: subprocess.CompletedProcess | None = None
-
-    def sh(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-        """``infra/stack.sh ARGS...`` with this stack's configuration."""
-        return subprocess.run(["bash", str(STACK_SH), *args], env=self.script_env, capture_output=True, text=True,
-                              timeout=timeout)
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The stack's client environment (``<run_dir>/env``: URLs, bucket, S3 and Ray credentials)."""
-        return read_stack_env(self.run_dir / "env")
-
-    def client_env(self, **extra: str) -> dict[str, str]:
-        """``os.environ`` plus :attr:`env`, with a Prefect home of its own: for CLI subprocesses."""
-        return {**os.environ, **self.env, "PREFECT_HOME": str(self.run_dir / "cli-home"), "PWD": str(REPO), **extra}
-
-    def pid(self, service: str) -> int | None:
-        """The pid (= process group id) of a running service (``postgres``: the postmaster), else None."""
-        f = self.run_dir / "pids" / f"{service}.pid"
-        if not f.exists():
-            return None
-        pid = int(f.read_text())
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
-
-    @property
-    def services(self) -> list[str]:
-        return self.describe()["services"].split()
-
-    def pids(self) -> dict[str, int | None]:
-        return {s: self.pid(s) for s in self.services}
-
-    def describe(self) -> dict[str, str]:
-        out = self.sh("describe", timeout=30)
-        assert out.returncode == 0, out.stderr
-        return dict(line.split("=", 1) for line in out.stdout.splitlines())
-
-    def restart(self, service: str) -> None:
-        """Start one service again (after a test killed or stopped it) and wait until it is healthy."""
-        out = self.sh("restart", service)
-        assert out.returncode == 0, out.stderr[-3000:]
-
-    def start(self) -> None:
-        self.up = self.sh("up")
-        if self.up.returncode != 0:
-            self.sh("down", "--purge")
-            raise AssertionError(f"stack.sh up --db {self.profile} failed:\n{self.up.stderr[-3000:]}")
-
-    def stop(self) -> None:
-        """``down``, checking that nothing is left listening and no pid/env file remains; then purge."""
-        down = self.sh("down")
-        try:
-            assert down.returncode == 0, down.stderr
-            assert not [p for p in self.ports.values() if listening(p)], "a stack port is still listening"
-            assert not list((self.run_dir / "pids").glob("*.pid")) and not (self.run_dir / "env").exists()
-        finally:
-            self.sh("down", "--purge")
-
-
-def _stack(tmp_path_factory, profile: str):
-    stack = Stack(tmp_path_factory.mktemp(f"stack-{profile}"), profile)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
     """The real local stack (infra/stack.sh, sqlite profile) on free ports: ``(run_dir, ports, sh, up)``.
@@ -266,8 +161,11 @@ def local_stack(tmp_path_factory):
     Started once per session (~30 s) and always brought down, checking that nothing is left
     listening and no pid/env file remains. Flow runs of its worker keep their data under
     ``run_dir/data``."""
-    for stack in _stack(tmp_path_factory, "sqlite"):
+    stack = Stack(tmp_path_factory.mktemp("stack-sqlite"), "sqlite").start()
+    try:
         yield stack.run_dir, stack.ports, stack.sh, stack.up
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
@@ -278,7 +176,11 @@ def team_stack(tmp_path_factory):
     a second Ray node, two Prefect workers (services ``worker`` and ``worker2``). Started once per
     session (~60 s on 2 cores) and always brought down and purged. Tests that kill a service
     bring it back with ``stack.restart(name)``."""
-    yield from _stack(tmp_path_factory, "postgres")
+    stack = Stack(tmp_path_factory.mktemp("stack-postgres"), "postgres").start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(autouse=True)
