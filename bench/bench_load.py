@@ -37,8 +37,10 @@ DEFAULT_JSON = REPO / "bench" / "out" / "bench_load.json"
 PREFECT = str(Path(sys.executable).parent / "prefect")
 DEPLOYMENT = "load-probe/load"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# what a Prefect worker logs when it takes a flow run off the pool
+# what a Prefect worker logs when it takes a flow run off the pool, and when the server refuses it
+# that run because another worker moved it to PENDING first (both workers polled the same run)
 SUBMIT = re.compile(r"submitting flow run '([0-9a-f-]{36})'", re.I)
+ABORT = re.compile(r"Aborted submission of flow run '([0-9a-f-]{36})'", re.I)
 
 
 def _api(env: dict[str, str]):
@@ -49,6 +51,24 @@ def _api(env: dict[str, str]):
 
 def _t(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def worker_submissions(log_dir: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """From the workers' logs: run id -> the workers that started it, and run id -> the workers
+    whose submission the server refused."""
+    submitted: dict[str, list[str]] = {}
+    aborted: dict[str, list[str]] = {}
+    for log in sorted(log_dir.glob("worker*.log")):
+        text = log.read_text(errors="replace")
+        refused = ABORT.findall(text)
+        for run_id in refused:
+            aborted.setdefault(run_id, []).append(log.stem)
+        for run_id in SUBMIT.findall(text):
+            if run_id in refused:
+                refused.remove(run_id)
+            else:
+                submitted.setdefault(run_id, []).append(log.stem)
+    return submitted, aborted
 
 
 def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: float = 600) -> dict[str, Any]:
@@ -86,17 +106,14 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
                 break
             time.sleep(1)
         t1 = time.time()
-        tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 400}).raise_for_status()
+        tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200}).raise_for_status()
         task_runs = tasks.json()
     finally:
         if pool_limit:
             subprocess.run([PREFECT, "work-pool", "clear-concurrency-limit", pool], env=env, capture_output=True,
                            timeout=120)
         api.close()
-    submitted: dict[str, list[str]] = {}
-    for log in sorted((stack.run_dir / "logs").glob("worker*.log")):
-        for run_id in SUBMIT.findall(log.read_text(errors="replace")):
-            submitted.setdefault(run_id, []).append(log.stem)
+    submitted, aborted = worker_submissions(stack.run_dir / "logs")
     recorded = [r.data.tags.get("flow_run_id") for r in mlflow.search_runs([experiment_id], max_results=1000)]
     latencies = [_t(r["end_time"]) - _t(r["created"]) for r in runs if r["end_time"]]
     durations = [_t(r["end_time"]) - _t(r["start_time"]) for r in runs if r["end_time"] and r["start_time"]]
@@ -117,6 +134,7 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
         "task_runs_per_flow_run": sorted(sum(t["flow_run_id"] == i for t in task_runs) for i in ids),
         "task_states": sorted(t["state_type"] for t in task_runs),
         "worker_submissions": {i: submitted.get(i, []) for i in ids},
+        "refused_duplicate_submissions": sum(len(aborted.get(i, [])) for i in ids),
         "per_worker": per_worker,
         "mlflow_flow_run_ids": sorted(x for x in recorded if x),
         "wall_s": t1 - t0,
@@ -140,7 +158,8 @@ def check_exactly_once(res: dict[str, Any]) -> list[str]:
     if res["task_runs_per_flow_run"] != [1] * n or set(res["task_states"]) != {"COMPLETED"}:
         problems.append(f"task runs per flow run {res['task_runs_per_flow_run']}, states {set(res['task_states'])}")
     if sorted(len(w) for w in res["worker_submissions"].values()) != [1] * n:
-        problems.append(f"worker submissions per run: {res['worker_submissions']}")
+        problems.append("runs not started by exactly one worker: "
+                        f"{ {i: w for i, w in res['worker_submissions'].items() if len(w) != 1} }")
     if res["mlflow_flow_run_ids"] != ids:
         problems.append(f"MLflow has {len(res['mlflow_flow_run_ids'])} load runs for {n} flow runs")
     return problems
@@ -161,9 +180,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"]),
                      fmt(r["wall_s"], ".1f"), fmt(r["wall_per_run_s"], ".2f"), fmt(r["latency_median_s"], ".1f"),
                      fmt(r["latency_max_s"], ".1f"), fmt(r["run_median_s"], ".2f"),
-                     " / ".join(f"{w}: {c}" for w, c in sorted(r["per_worker"].items()))])
+                     " / ".join(f"{w}: {c}" for w, c in sorted(r["per_worker"].items())),
+                     str(r["refused_duplicate_submissions"])])
     table = md_table(["back end", "runs", "workers", "pool limit", "completed", "exactly once", "wall s",
-                      "wall s / run", "latency median s", "latency max s", "run median s", "runs per worker"], rows)
+                      "wall s / run", "latency median s", "latency max s", "run median s", "runs per worker",
+                      "second submissions refused"], rows)
     load = load_average()
     return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python bench/bench_load.py`)
 
@@ -174,7 +195,8 @@ Prefect process workers on `skinflow-pool`, then {args.runs} runs of `load-probe
 with the pool's concurrency limit at {args.pool_limit} (each flow run is its own Python process).
 "Exactly once": the API lists exactly the submitted runs, all COMPLETED with run_count 1 and one
 completed task run each, each taken off the pool by exactly one worker (worker logs), and MLflow
-holds one run per flow run id. Latency: flow run created -> ended; wall s / run: first submission
+holds one run per flow run id. "Second submissions refused": both workers polled the same run and
+the server turned the later one away (the run was PENDING already), as it should. Latency: flow run created -> ended; wall s / run: first submission
 to the last end, over the number of runs.
 
 {table}
