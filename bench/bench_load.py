@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,13 +41,30 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # what a Prefect worker logs when it takes a flow run off the pool, and when the server refuses it
 # that run because another worker moved it to PENDING first (both workers polled the same run)
 SUBMIT = re.compile(r"submitting flow run '([0-9a-f-]{36})'", re.I)
-ABORT = re.compile(r"Aborted submission of flow run '([0-9a-f-]{36})'", re.I)
+# (Prefect 3.9 workers/base.py _propose_pending_state: an Abort, a non-pending answer such as a
+# WAIT for a pool concurrency slot, or a failed state update; in each case the worker starts nothing)
+ABORT = re.compile(r"(?:Aborted submission of|Failed to update state of) flow run '([0-9a-f-]{36})'", re.I)
 
 
-def _api(env: dict[str, str]):
-    import httpx
+class _Api:
+    """The Prefect REST API, retrying 429/503 (a busy or locked database) with backoff as Prefect's
+    own client does (PREFECT_CLIENT_MAX_RETRIES); the retries are counted and reported."""
 
-    return httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    def __init__(self, env: dict[str, str], attempts: int = 8):
+        import httpx
+
+        self.client, self.attempts, self.retries = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60), attempts, 0
+
+    def call(self, method: str, url: str, **kw) -> Any:
+        for attempt in range(self.attempts):
+            r = self.client.request(method, url, **kw)
+            if r.status_code not in (429, 503) or attempt == self.attempts - 1:
+                return r.raise_for_status().json()
+            self.retries += 1
+            time.sleep(min(0.5 * 2 ** attempt, 8))
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _t(stamp: str | None) -> float | None:
@@ -89,25 +107,23 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
     if pool_limit:
         subprocess.run([PREFECT, "work-pool", "set-concurrency-limit", pool, str(pool_limit)], env=env, check=True,
                        capture_output=True, timeout=120)
-    api = _api(env)
+    api = _Api(env)
     try:
-        deployment = api.get(f"/deployments/name/{DEPLOYMENT}").raise_for_status().json()
+        deployment = api.call("GET", f"/deployments/name/{DEPLOYMENT}")
         t0 = time.time()
         ids = []
         for i in range(n):
-            r = api.post(f"/deployments/{deployment['id']}/create_flow_run",
-                         json={"parameters": {"i": i, "experiment_id": experiment_id}})
-            ids.append(r.raise_for_status().json()["id"])
+            ids.append(api.call("POST", f"/deployments/{deployment['id']}/create_flow_run",
+                                json={"parameters": {"i": i, "experiment_id": experiment_id}})["id"])
         deadline = time.time() + timeout
         while True:
-            runs = api.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}},
-                                                       "limit": 200}).raise_for_status().json()
+            runs = api.call("POST", "/flow_runs/filter",
+                            json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "limit": 200})
             if sum(r["state_type"] in TERMINAL for r in runs) >= n or time.time() > deadline:
                 break
             time.sleep(1)
         t1 = time.time()
-        tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200}).raise_for_status()
-        task_runs = tasks.json()
+        task_runs = api.call("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200})
     finally:
         if pool_limit:
             subprocess.run([PREFECT, "work-pool", "clear-concurrency-limit", pool], env=env, capture_output=True,
@@ -135,6 +151,9 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
         "task_states": sorted(t["state_type"] for t in task_runs),
         "worker_submissions": {i: submitted.get(i, []) for i in ids},
         "refused_duplicate_submissions": sum(len(aborted.get(i, [])) for i in ids),
+        "api_retries": api.retries,
+        "server_db_locked_lines": (stack.run_dir / "logs" / "prefect.log").read_text(errors="replace").count(
+            "database is locked"),
         "per_worker": per_worker,
         "mlflow_flow_run_ids": sorted(x for x in recorded if x),
         "wall_s": t1 - t0,
@@ -177,14 +196,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in results:
         rows.append([r["profile"], str(r["n"]), str(len(r["per_worker"])), str(r["pool_limit"]),
                      f"{sum(s == 'COMPLETED' for s in r['states'])}/{r['n']}",
-                     "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"]),
+                     "yes" if not r["problems"] else "**no** (below)",
                      fmt(r["wall_s"], ".1f"), fmt(r["wall_per_run_s"], ".2f"), fmt(r["latency_median_s"], ".1f"),
                      fmt(r["latency_max_s"], ".1f"), fmt(r["run_median_s"], ".2f"),
                      " / ".join(f"{w}: {c}" for w, c in sorted(r["per_worker"].items())),
-                     str(r["refused_duplicate_submissions"])])
+                     str(r["refused_duplicate_submissions"]), str(r["api_retries"]),
+                     str(r["server_db_locked_lines"])])
     table = md_table(["back end", "runs", "workers", "pool limit", "completed", "exactly once", "wall s",
                       "wall s / run", "latency median s", "latency max s", "run median s", "runs per worker",
-                      "second submissions refused"], rows)
+                      "second submissions refused", "API 429/503 retries", "'database is locked' in server log"],
+                     rows)
+    problems = "".join(f"- {r['profile']}: {p}\n" for r in results for p in r["problems"])
+    problems = f"\nWhat the exactly-once check found:\n\n{problems}" if problems else ""
     load = load_average()
     return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python bench/bench_load.py`)
 
@@ -196,11 +219,13 @@ with the pool's concurrency limit at {args.pool_limit} (each flow run is its own
 "Exactly once": the API lists exactly the submitted runs, all COMPLETED with run_count 1 and one
 completed task run each, each taken off the pool by exactly one worker (worker logs), and MLflow
 holds one run per flow run id. "Second submissions refused": both workers polled the same run and
-the server turned the later one away (the run was PENDING already), as it should. Latency: flow run created -> ended; wall s / run: first submission
+the server turned the later one away (the run was PENDING already), as it should. "API retries":
+requests of this benchmark answered 429/503 and retried with backoff (Prefect's client does the
+same); the last column counts the sqlite lock errors in the Prefect server's log. Latency: flow run created -> ended; wall s / run: first submission
 to the last end, over the number of runs.
 
 {table}
-
+{problems}
 - Machine: {cpu_model()}, {usable_cores()} usable cores, **shared with other jobs while measuring**
   (load average at the end {load}); each flow run's process start (Python, Prefect, MLflow
   imports) dominates a run, so these are times per run of this stack on this machine, not of the
@@ -228,9 +253,14 @@ def main(argv: list[str] | None = None) -> int:
             stack = _start(profile, Path(tmp))
             try:
                 res = run_load(stack, args.runs, args.pool_limit or None, args.timeout)
+                res["problems"] = check_exactly_once(res)
+                if res["problems"]:  # keep the evidence: the services' logs
+                    kept = args.json.parent / f"load-logs-{profile}"
+                    shutil.rmtree(kept, ignore_errors=True)
+                    shutil.copytree(stack.run_dir / "logs", kept)
+                    res["logs_kept"] = str(kept)
             finally:
                 stack.stop()
-            res["problems"] = check_exactly_once(res)
             print(f"{profile}: {res['wall_s']:.1f} s for {args.runs} runs, problems: {res['problems'] or 'none'}")
             results.append(res)
     write_json(results, args.json)

@@ -72,10 +72,10 @@ class Stack:
             return None
         pid = int(f.read_text())
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
             return None
-        return pid
+        return None if stat.rsplit(")", 1)[1].split()[0] == "Z" else pid  # a zombie is dead too
 
     def describe(self) -> dict[str, str]:
         """``stack.sh describe``: the topology as key -> value (no secrets)."""
@@ -97,8 +97,13 @@ class Stack:
         if out.returncode != 0:
             raise RuntimeError(f"stack.sh restart {service} failed:\n{out.stderr[-3000:]}")
 
-    def start(self) -> Stack:
-        self.up = self.sh("up")
+    def start(self, timeout: float = 900) -> Stack:
+        try:
+            self.up = self.sh("up", timeout=timeout)
+        except subprocess.TimeoutExpired as exc:  # the services run in their own sessions: stop them
+            self.sh("down", "--purge")
+            raise RuntimeError(f"stack.sh up --db {self.profile} took over {timeout:.0f} s "
+                               f"(logs: {self.run_dir / 'logs'})") from exc
         if self.up.returncode != 0:
             self.sh("down", "--purge")
             raise RuntimeError(f"stack.sh up --db {self.profile} failed:\n{self.up.stderr[-3000:]}")

@@ -88,10 +88,11 @@ running_pid() {
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-# start NAME CMD...: run CMD in its own session (process group = its pid), logging to logs/NAME.log.
+# start NAME CMD...: run CMD in its own session (process group = its pid), appending to logs/NAME.log
+# (a restarted service keeps what its earlier run logged).
 start() {
   local name="$1"; shift
-  setsid "$@" >"$RUN/logs/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$RUN/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$(pid_file "$name")"
   log "$name started (pid $!), log $RUN/logs/$name.log"
 }
@@ -120,6 +121,14 @@ workers_online() {
     "$PREFECT_API/work_pools/$POOL/workers/filter" | grep -o '"status":"ONLINE"' | wc -l)"
   ((n >= $1))
 }
+
+# worker_starts I: how often worker I has logged that it started; worker_started I N: more than N.
+worker_starts() {
+  local n
+  n="$(grep -c "Worker '$POOL-worker-$1' started!" "$RUN/logs/$(worker_service "$1").log" 2>/dev/null || true)"
+  echo "${n:-0}"
+}
+worker_started() { (($(worker_starts "$1") > $2)); }
 
 create_bucket() {
   "$VENV/bin/python" - "$S3_URL" "$BUCKET" <<'PY'
@@ -486,8 +495,12 @@ restart() {
     prefect) start_prefect; wait_until prefect http_ok "$PREFECT_API/health" ;;
     ray-head) start_ray_head; wait_until ray-head port_busy "$RAY_PORT" ;;
     ray-node) start_ray_node; wait_until ray-node ray_nodes 2 ;;
-    worker) start_worker 1; wait_until worker workers_online 1 ;;
-    worker*) start_worker "${name#worker}"; wait_until "$name" workers_online 1 ;;
+    worker*)
+      local i="${name#worker}" before
+      i="${i:-1}"
+      before="$(worker_starts "$i")"
+      start_worker "$i"
+      wait_until "$name" worker_started "$i" "$before" ;;
   esac
 }
 

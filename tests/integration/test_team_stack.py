@@ -99,12 +99,13 @@ def test_ray_has_a_head_and_a_second_node_that_runs_tasks(team_stack, tmp_path) 
     assert seen["ran_on"] == second
 
 
-def test_a_ray_client_without_the_token_is_refused(team_stack, tmp_path) -> None:
-    env = {k: v for k, v in team_stack.client_env().items() if k not in ("RAY_AUTH_TOKEN",)}
+def test_a_ray_client_with_a_wrong_token_is_refused(team_stack, tmp_path) -> None:
     code = "import ray; ray.init(log_to_driver=False); print('joined')"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)}, capture_output=True,
-                         text=True, timeout=120, cwd=tmp_path)
+    env = team_stack.client_env(RAY_AUTH_TOKEN="0" * 48, HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     assert out.returncode != 0 and "joined" not in out.stdout
+    assert "token" in out.stderr.lower() or "auth" in out.stderr.lower(), out.stderr[-2000:]
 
 
 def test_no_secret_is_printed_and_the_env_file_is_private(team_stack) -> None:
@@ -120,3 +121,22 @@ def test_no_secret_is_printed_and_the_env_file_is_private(team_stack) -> None:
     # the database URLs anywhere in the processes' arguments carry no password
     for service in ("mlflow", "prefect"):
         assert not [s for s in secrets if s in " ".join(_cmdline(team_stack.pid(service)))]
+
+
+def test_a_killed_worker_is_restarted_alone_and_keeps_its_log(team_stack) -> None:
+    import os
+    import signal
+    import time
+
+    others = {s: p for s, p in team_stack.pids().items() if s != "worker2"}
+    os.killpg(team_stack.pid("worker2"), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while team_stack.pid("worker2") is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert team_stack.pid("worker2") is None
+    assert team_stack.sh("status").returncode == 1  # partial
+    team_stack.restart("worker2")
+    log = (team_stack.run_dir / "logs" / "worker2.log").read_text()
+    assert log.count("Worker 'skinflow-pool-worker-2' started!") == 2
+    assert team_stack.sh("status").returncode == 0
+    assert {s: p for s, p in team_stack.pids().items() if s != "worker2"} == others  # nothing else restarted
