@@ -104,6 +104,9 @@ class Stack:
             self.sh("down", "--purge")
             raise RuntimeError(f"stack.sh up --db {self.profile} took over {timeout:.0f} s "
                                f"(logs: {self.run_dir / 'logs'})") from exc
+        except BaseException:  # e.g. pytest-timeout interrupting the start: stop what was started
+            self.sh("down", "--purge")
+            raise
         if self.up.returncode != 0:
             self.sh("down", "--purge")
             raise RuntimeError(f"stack.sh up --db {self.profile} failed:\n{self.up.stderr[-3000:]}")
