@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean
+.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean postgres stack-up-team bench-load
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/skinflow demo $(DEMO_ARGS)
 
-test: install
+test: install postgres
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: install
@@ -58,6 +58,18 @@ bench-gpu:
 
 stack-up: install
 	bash infra/stack.sh up
+
+# The team topology (PostgreSQL, two-node Ray, two workers) on this machine: infra/README.md.
+stack-up-team: install postgres
+	bash infra/stack.sh up --db postgres
+
+# PostgreSQL server binaries for the postgres profile and its tests (installs Debian's package when missing).
+postgres:
+	bash infra/ensure_postgres.sh
+
+# 20 short flow runs through two workers, sqlite and Postgres back ends -> bench/RESULTS.md (infra/README.md).
+bench-load: install postgres
+	$(PY) bench/bench_load.py --results bench/RESULTS.md $(BENCH_ARGS)
 
 stack-down:
 	bash infra/stack.sh down

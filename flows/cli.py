@@ -640,9 +640,14 @@ def _print_drift(summary: dict) -> None:
 
 # --------------------------------------------------------------------------- stack
 @stack_app.command("up")
-def stack_up():
-    """Start moto S3, MLflow server, Prefect server and a process worker on 127.0.0.1."""
-    _stack("up")
+def stack_up(
+    db: str = typer.Option("sqlite", "--db", help="sqlite (one worker) or postgres (the team topology: PostgreSQL, "
+                                                   "two-node Ray, two workers; infra/README.md)."),
+):
+    """Start moto S3, MLflow server, Prefect server and process worker(s) on 127.0.0.1."""
+    if db not in ("sqlite", "postgres"):
+        raise ValueError(f"--db must be sqlite or postgres, not {db!r}")
+    _stack("up", "--db", db)
 
 
 @stack_app.command("down")
@@ -657,11 +662,11 @@ def stack_status():
     _stack("status")
 
 
-def _stack(verb: str) -> None:
+def _stack(*args: str) -> None:
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "infra" / "stack.sh"
-    raise typer.Exit(subprocess.call(["bash", str(script), verb]))
+    raise typer.Exit(subprocess.call(["bash", str(script), *args]))
 
 
 # --------------------------------------------------------------------------- entry point

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from infra.local_stack import STACK_SH, Stack, free_port, listening, read_stack_env  # noqa: F401
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 _REGISTRY_AT_START = os.environ.get("MLFLOW_REGISTRY_URI")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -159,47 +154,33 @@ def ray_local():
     ray.shutdown()
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def read_stack_env(path: Path) -> dict[str, str]:
-    """The exports of ``.stack/env`` as a dict."""
-    lines = [ln.removeprefix("export ") for ln in path.read_text().splitlines() if ln.startswith("export ")]
-    return dict(ln.split("=", 1) for ln in lines)
-
-
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
-    """The real local stack (infra/stack.sh) on free ports: ``(run_dir, ports, sh, up)``.
+    """The real local stack (infra/stack.sh, sqlite profile) on free ports: ``(run_dir, ports, sh, up)``.
 
     Started once per session (~30 s) and always brought down, checking that nothing is left
     listening and no pid/env file remains. Flow runs of its worker keep their data under
     ``run_dir/data``."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    ports = {"S3": free_port(), "MLFLOW": free_port(), "PREFECT": free_port()}
-    env = {
-        **os.environ,
-        "VENV": str(Path(sys.executable).parent.parent),
-        "SKINFLOW_STACK_DIR": str(run_dir),
-        "SKINFLOW_DATA_ROOT": str(run_dir / "data"),
-        **{f"SKINFLOW_{k}_PORT": str(v) for k, v in ports.items()},
-    }
-
-    def sh(cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(REPO / "infra" / "stack.sh"), cmd], env=env, capture_output=True,
-                              text=True, timeout=400)
-
-    up = sh("up")
+    stack = Stack(tmp_path_factory.mktemp("stack-sqlite"), "sqlite").start()
     try:
-        assert up.returncode == 0, up.stderr[-3000:]
-        yield run_dir, ports, sh, up
+        yield stack.run_dir, stack.ports, stack.sh, stack.up
     finally:
-        down = sh("down")
-        assert down.returncode == 0, down.stderr
-        assert not any(listening(p) for p in ports.values())
-        assert not list((run_dir / "pids").glob("*.pid")) and not (run_dir / "env").exists()
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def team_stack(tmp_path_factory):
+    """The team topology (``infra/stack.sh up --db postgres``) on free 127.0.0.1 ports: a :class:`Stack`.
+
+    PostgreSQL (MLflow and Prefect metadata), moto S3, MLflow and Prefect servers, a Ray head plus
+    a second Ray node, two Prefect workers (services ``worker`` and ``worker2``). Started once per
+    session (~60 s on 2 cores) and always brought down and purged. Tests that kill a service
+    bring it back with ``stack.restart(name)``."""
+    stack = Stack(tmp_path_factory.mktemp("stack-postgres"), "postgres").start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,7 @@ CASES = {
     "train: zero epochs": (["train", "--data", "{root}/ds", "--epochs", "0"], "epochs"),
     "tune: bad --amp": (["tune", "--data", "{root}/ds", "--amp", "maybe"], "--amp takes on, off"),
     "retrain: missing data": (["retrain", "--data", "{root}/missing"], "does not exist"),
+    "stack up: unknown --db": (["stack", "up", "--db", "mysql"], "--db must be sqlite or postgres"),
 }
 
 

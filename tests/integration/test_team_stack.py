@@ -1,0 +1,142 @@
+"""`infra/stack.sh up --db postgres`: the team topology on one machine (PostgreSQL for MLflow and
+Prefect, moto S3, a two-node Ray cluster, two Prefect workers), checked through the services
+themselves, with no secret in what the script prints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+PG_TABLES = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+
+
+def _psql(stack, db: str, sql: str) -> str:
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
+    env = {"PGPASSWORD": (stack.run_dir / "secrets" / "pg_password").read_text().strip(), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(pg_bin), "-X", "-At", "-h", "127.0.0.1", "-p", str(stack.ports["PG"]), "-U", "skinflow",
+                          "-d", db, "-c", sql], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_every_service_runs_and_status_says_so(team_stack) -> None:
+    status = team_stack.sh("status")
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count(" running ") == 8 == len(team_stack.services)
+    assert all(team_stack.pids().values()), team_stack.pids()
+    assert f"postgres listening 127.0.0.1:{team_stack.ports['PG']}" in status.stdout
+
+
+def test_mlflow_and_prefect_keep_their_metadata_in_postgres(team_stack) -> None:
+    topo = team_stack.describe()
+    pg = f"skinflow@127.0.0.1:{team_stack.ports['PG']}"
+    assert topo["mlflow_backend_store_uri"] == f"postgresql+psycopg2://{pg}/mlflow"
+    assert topo["prefect_database_url"] == f"postgresql+asyncpg://{pg}/prefect"
+    # what the running MLflow server was started with is what describe reports
+    mlflow_args = _cmdline(team_stack.pid("mlflow"))
+    assert mlflow_args[mlflow_args.index("--backend-store-uri") + 1] == topo["mlflow_backend_store_uri"]
+    assert mlflow_args[mlflow_args.index("--artifacts-destination") + 1] == "s3://skinflow/mlartifacts"
+    # both schemas were created in Postgres by the servers, and Prefect wrote no sqlite file
+    assert int(_psql(team_stack, "mlflow", PG_TABLES)) > 10
+    assert int(_psql(team_stack, "prefect", PG_TABLES)) > 10
+    assert "skinflow-pool" in _psql(team_stack, "prefect", "SELECT name FROM work_pool")
+    assert not list((team_stack.run_dir / "prefect").glob("*.db"))
+    # an experiment created through the MLflow server lands in Postgres
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(team_stack.env["MLFLOW_TRACKING_URI"]).create_experiment("team-stack-probe")
+    assert _psql(team_stack, "mlflow", f"SELECT name FROM experiments WHERE experiment_id = {int(exp)}") == \
+        "team-stack-probe"
+
+
+def test_two_workers_are_online_on_the_pool(team_stack) -> None:
+    import httpx
+
+    api = team_stack.env["PREFECT_API_URL"]
+    workers = httpx.post(f"{api}/work_pools/skinflow-pool/workers/filter", json={}, timeout=10).json()
+    online = sorted(w["name"] for w in workers if w["status"] == "ONLINE")
+    assert online == ["skinflow-pool-worker-1", "skinflow-pool-worker-2"]
+    # each worker sends its flow runs to this stack's MLflow, S3 and Ray cluster
+    for service in ("worker", "worker2"):
+        env = dict(kv.split("=", 1) for kv in
+                   Path(f"/proc/{team_stack.pid(service)}/environ").read_bytes().decode().split("\0") if "=" in kv)
+        assert env["MLFLOW_TRACKING_URI"] == team_stack.env["MLFLOW_TRACKING_URI"]
+        assert env["RAY_ADDRESS"] == f"127.0.0.1:{team_stack.ports['RAY']}"
+        assert "PGPASSWORD" not in env  # only the database's clients (MLflow, Prefect servers) get it
+
+
+_RAY_PROBE = """
+import json, ray
+ray.init(log_to_driver=False)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+@ray.remote(resources={"worker_node": 0.01}, num_cpus=0)
+def where():
+    return ray.get_runtime_context().get_node_id()
+print(json.dumps({"nodes": [{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "res": sorted(n["Resources"])}
+                            for n in nodes], "ran_on": ray.get(where.remote())}))
+ray.shutdown()
+"""
+
+
+def test_ray_has_a_head_and_a_second_node_that_runs_tasks(team_stack, tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-c", _RAY_PROBE], env=team_stack.client_env(PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(seen["nodes"]) == 2 and {n["ip"] for n in seen["nodes"]} == {"127.0.0.1"}
+    (second,) = [n["id"] for n in seen["nodes"] if "worker_node" in n["res"]]
+    assert seen["ran_on"] == second
+
+
+def test_a_ray_client_with_a_wrong_token_is_refused(team_stack, tmp_path) -> None:
+    code = "import ray; ray.init(log_to_driver=False); print('joined')"
+    env = team_stack.client_env(RAY_AUTH_TOKEN="0" * 48, HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode != 0 and "joined" not in out.stdout
+    assert "token" in out.stderr.lower() or "auth" in out.stderr.lower(), out.stderr[-2000:]
+
+
+def test_no_secret_is_printed_and_the_env_file_is_private(team_stack) -> None:
+    secrets = [(team_stack.run_dir / "secrets" / name).read_text().strip() for name in ("pg_password", "ray_token")]
+    assert all(len(s) >= 32 for s in secrets)
+    shown = team_stack.up.stdout + team_stack.up.stderr + team_stack.sh("status").stdout + \
+        team_stack.sh("describe").stdout
+    for log in (team_stack.run_dir / "logs").glob("*.log"):
+        shown += log.read_text(errors="replace")
+    assert not [s for s in secrets if s in shown]
+    assert (team_stack.run_dir / "env").stat().st_mode & 0o077 == 0
+    assert (team_stack.run_dir / "secrets").stat().st_mode & 0o077 == 0
+    # the database URLs anywhere in the processes' arguments carry no password
+    for service in ("mlflow", "prefect"):
+        assert not [s for s in secrets if s in " ".join(_cmdline(team_stack.pid(service)))]
+
+
+def test_a_killed_worker_is_restarted_alone_and_keeps_its_log(team_stack) -> None:
+    import os
+    import signal
+    import time
+
+    others = {s: p for s, p in team_stack.pids().items() if s != "worker2"}
+    os.killpg(team_stack.pid("worker2"), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while team_stack.pid("worker2") is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert team_stack.pid("worker2") is None
+    assert team_stack.sh("status").returncode == 1  # partial
+    team_stack.restart("worker2")
+    log = (team_stack.run_dir / "logs" / "worker2.log").read_text()
+    assert log.count("Worker 'skinflow-pool-worker-2' started!") == 2
+    assert team_stack.sh("status").returncode == 0
+    assert {s: p for s, p in team_stack.pids().items() if s != "worker2"} == others  # nothing else restarted
