@@ -1,0 +1,61 @@
+"""What the fault tests share: a real ``mlflow server`` that can be stopped and started again on
+the same port and store, and the fault proxy process (tests/fault_proxy.py) in front of a server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import VENV_BIN, Service, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class MlflowServer:
+    """``mlflow server`` on a sqlite store under ``root`` with artifacts served by the server
+    (``--serve-artifacts``, stored under ``root/artifacts``), on a fixed free port so that a
+    restart (``stop()`` then ``start()``) comes back at the same URL with the same data."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = Path(root), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.svc: Service | None = None
+
+    def start(self, timeout: float = 150) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.svc = Service(f"mlflow-{self.port}", [
+            str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            f"{self.url}/health", self.root, timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.svc is not None:
+            self.svc.close()
+            self.svc = None
+
+
+class FaultProxy:
+    """tests/fault_proxy.py as a process in front of ``upstream``; ``requests()`` reads its log."""
+
+    def __init__(self, upstream: str, log_dir: Path, fail_path: str, fail_body: str = "",
+                 after_path: str | None = None, status: int = 503, times: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log_dir) / f"proxy-{self.port}.jsonl"
+        cmd = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--port", str(self.port),
+               "--upstream", upstream, "--fail-path", fail_path, "--fail-body", fail_body,
+               "--status", str(status), "--times", str(times), "--log", str(self.log)]
+        if after_path:
+            cmd += ["--after-path", after_path]
+        self.svc = Service(f"proxy-{self.port}", cmd, f"{self.url}/health", Path(log_dir), timeout=30)
+
+    def requests(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        self.svc.close()
