@@ -180,6 +180,7 @@ def _trainable(config: dict, data: TrialData) -> None:
 
     from ml.train.config import TrainConfig
     from ml.train.cycle_score import CycleEndScore
+    from ml.train.checkpoint import checkpoint_files
     from ml.train.loop import Callback, fit
     from ml.tracking.models import fetch_weights
     from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
@@ -199,7 +200,8 @@ def _trainable(config: dict, data: TrialData) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+            for src, dst in zip(checkpoint_files(Path(d) / "last.pt"), checkpoint_files(ckpt_dir / "last.pt")):
+                shutil.copy(src, dst)
             if (Path(d) / SCORE_FILE).is_file():
                 score.load(Path(d) / SCORE_FILE)
 
@@ -219,7 +221,8 @@ def _trainable(config: dict, data: TrialData) -> None:
                 tune.report(report)
                 return
             with tempfile.TemporaryDirectory() as d:
-                _link_or_copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
+                for src, dst in zip(checkpoint_files(ckpt_dir / "last.pt"), checkpoint_files(Path(d) / "last.pt")):
+                    _link_or_copy(src, dst)
                 score.save(Path(d) / SCORE_FILE)
                 tune.report(report, checkpoint=Checkpoint.from_directory(d))
 

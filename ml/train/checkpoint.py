@@ -1,9 +1,8 @@
 """Checkpoint pieces: CPU copies of state dicts, RNG states that load with ``weights_only``,
-atomic writes."""
+atomic checksummed writes and verified reads."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ml.storage import IntegrityError, atomic_write, checksum_path, verify_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -48,8 +49,33 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write a checkpoint whole or not at all (``ml.storage.atomic_write``), with its SHA-256
+    beside it (``<path>.sha256``); a full disk raises ``StorageFullError`` naming ``path`` and
+    leaves the previous checkpoint in place."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # through Python's file: a full disk raises OSError (ENOSPC, EFBIG)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as exc:  # torch's zip writer fails closing after the OSError: keep that one
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
+
+    atomic_write(path, write, checksum=True)
+
+
+def checkpoint_files(path: Path) -> tuple[Path, Path]:
+    """The files one checkpoint is made of (the file and its checksum), e.g. to copy it."""
+    return Path(path), checksum_path(path)
+
+
+def load_verified(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_atomic` (``weights_only``) after checking it
+    against its checksum: a truncated, corrupt or unchecksummed file raises ``IntegrityError``
+    naming the path (delete it to start over) and is never loaded."""
+    verify_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:  # pragma: no cover - the checksum matched
+        raise IntegrityError(f"checkpoint {path} cannot be read: {exc}") from exc

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ml.eval.metrics import classification_metrics, nll
 from ml.train.batches import Arrays, TrainBatches, normalisation_for
-from ml.train.checkpoint import StateDict, cpu_state, rng_state, save_atomic, set_rng_state
+from ml.train.checkpoint import StateDict, cpu_state, load_verified, rng_state, save_atomic, set_rng_state
 from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import Precision, autocast, precision_for, resolve_device
@@ -336,7 +336,7 @@ def fit(
     )
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.is_file():
-        run.restore(torch.load(ckpt_path, map_location="cpu", weights_only=True))
+        run.restore(load_verified(ckpt_path))
     _run_epochs(run, batches, val, norm, amp_dtype, callbacks, ckpt_path)
     result = _finish(run, val, norm, precision, weights_report)
     for cb in callbacks:
