@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True)
-    ap.add_argument("--fail-path", required=True)
+    ap.add_argument("--fail-path", default=None, help="none: forward everything (a process to kill)")
     ap.add_argument("--fail-body", default="")
     ap.add_argument("--after-path", default=None)
     ap.add_argument("--status", type=int, default=503)
@@ -51,16 +51,16 @@ def main() -> None:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def _record(self, status: int, failed: bool) -> None:
+        def _record(self, status: int, failed: bool, query: str = "") -> None:
             with lock, open(args.log, "a") as fh:
-                fh.write(json.dumps({"method": self.command, "path": self.path.split("?")[0],
+                fh.write(json.dumps({"method": self.command, "path": self.path.split("?")[0], "query": query,
                                      "status": status, "failed": failed}) + "\n")
 
         def _handle(self) -> None:
             body = self._body()
-            path = self.path.split("?")[0]
+            path, _, query = self.path.partition("?")
             with lock:
-                fail = (state["armed"] and state["left"] > 0 and path == args.fail_path
+                fail = (args.fail_path is not None and state["armed"] and state["left"] > 0 and path == args.fail_path
                         and args.fail_body.encode() in body)
                 if fail:
                     state["left"] -= 1
@@ -92,7 +92,7 @@ def main() -> None:
             if args.after_path is not None and path == args.after_path and resp.status < 300:
                 with lock:
                     state["armed"] = True
-            self._record(resp.status, False)
+            self._record(resp.status, False, query)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 

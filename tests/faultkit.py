@@ -4,6 +4,8 @@ the same port and store, and the fault proxy process (tests/fault_proxy.py) in f
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,22 +42,30 @@ class MlflowServer:
 class FaultProxy:
     """tests/fault_proxy.py as a process in front of ``upstream``; ``requests()`` reads its log."""
 
-    def __init__(self, upstream: str, log_dir: Path, fail_path: str, fail_body: str = "",
-                 after_path: str | None = None, status: int = 503, times: int = 1):
-        self.port = free_port()
+    def __init__(self, upstream: str, log_dir: Path, fail_path: str | None = None, fail_body: str = "",
+                 after_path: str | None = None, status: int = 503, times: int = 1, port: int | None = None,
+                 health: str = "/health"):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log_dir) / f"proxy-{self.port}.jsonl"
         cmd = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--port", str(self.port),
-               "--upstream", upstream, "--fail-path", fail_path, "--fail-body", fail_body,
+               "--upstream", upstream, "--fail-body", fail_body,
                "--status", str(status), "--times", str(times), "--log", str(self.log)]
+        if fail_path:
+            cmd += ["--fail-path", fail_path]
         if after_path:
             cmd += ["--after-path", after_path]
-        self.svc = Service(f"proxy-{self.port}", cmd, f"{self.url}/health", Path(log_dir), timeout=30)
+        self.svc = Service(f"proxy-{self.port}", cmd, f"{self.url}{health}", Path(log_dir), timeout=30)
 
     def requests(self) -> list[dict]:
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def kill(self) -> None:
+        """SIGKILL the proxy: its address stops answering at once (connections refused)."""
+        os.killpg(self.svc.proc.pid, signal.SIGKILL)
+        self.svc.proc.wait(10)
 
     def close(self) -> None:
         self.svc.close()
