@@ -76,6 +76,41 @@ def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None
     close_run(run_id)
 
 
+RUN_FILE = "mlflow_run.json"  # in a checkpoint folder: the MLflow run that writes that checkpoint
+
+
+@task(name="supersede-interrupted-run", **IO_RETRY, cache_policy=NO_CACHE)
+def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
+    """Record ``run_id`` as the MLflow run of ``checkpoint_dir``; if an earlier run wrote that
+    checkpoint and never ended (its process was killed, it is still RUNNING), it is marked KILLED
+    and tagged ``superseded_by=run_id``, and ``run_id`` is tagged ``resumed_from_run``. Returns
+    the superseded run's id (None when there is none). Safe to repeat."""
+    import json
+
+    from ml.storage import atomic_write
+
+    folder = Path(checkpoint_dir)
+    previous = None
+    if (folder / RUN_FILE).is_file():
+        previous = json.loads((folder / RUN_FILE).read_text()).get("run_id")
+    client = MlflowClient()
+    superseded = None
+    if previous and previous != run_id:
+        try:
+            old = client.get_run(previous)
+        except Exception as exc:  # noqa: BLE001 - a run of another store (or deleted): nothing to close
+            get_run_logger().warning("checkpoint %s names MLflow run %s, not found here: %s", folder, previous, exc)
+        else:
+            if old.info.status == "RUNNING":
+                client.set_tag(previous, "superseded_by", run_id)
+                client.set_terminated(previous, "KILLED")
+                client.set_tag(run_id, "resumed_from_run", previous)
+                superseded = previous
+                get_run_logger().info("MLflow run %s (interrupted) is superseded by %s", previous, run_id)
+    atomic_write(folder / RUN_FILE, json.dumps({"run_id": run_id}).encode())
+    return superseded
+
+
 @task(name="log-validation", **IO_RETRY, cache_policy=NO_CACHE)
 def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""

@@ -69,7 +69,9 @@ class TrainConfig(_Config):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
     num_workers: int = Field(0, ge=0)
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = Field(None, description=(
+        "Folder of the run's checkpoint (last.pt): the same command run again resumes from it and ends as an "
+        "uninterrupted run would; its MLflow run supersedes the interrupted one."))
     # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
     # since the last one (and always after the final epoch), like Lightning's train_time_interval
     checkpoint_interval_s: float = Field(0.0, ge=0)
