@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
@@ -98,8 +100,10 @@ def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
     if previous and previous != run_id:
         try:
             old = client.get_run(previous)
-        except Exception as exc:  # noqa: BLE001 - a run of another store (or deleted): nothing to close
-            get_run_logger().warning("checkpoint %s names MLflow run %s, not found here: %s", folder, previous, exc)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise  # a service error: retried
+            get_run_logger().warning("checkpoint %s names MLflow run %s, not in this store", folder, previous)
         else:
             if old.info.status == "RUNNING":
                 client.set_tag(previous, "superseded_by", run_id)
@@ -191,6 +195,29 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
         raise ValueError(f"{len(digests)} held-out digests for {len(labels)} held-out images")
     challenger_uri = f"models:/{name}/{version}"
     challenger_pred, meta, challenger_source = _predictions(challenger_uri, images, labels, classes, recompute)
+    with one_gate_at_a_time(name):  # read champion -> decide -> move the alias: no other gate in between
+        out, decision, heldout = _gate_step(name, version, challenger_uri, challenger_pred, meta, challenger_source,
+                                            images, labels, classes, policy, recompute, digests)
+    verdict = out["decision"]
+    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
+                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
+                len(labels), decision.reason)
+    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
+        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
+         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
+         **decision.numbers, "predictions": out["predictions"]}).items()]
+    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
+                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
+                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
+                     f"model trained on).\n\n" + markdown_table(rows))
+    return out
+
+
+def _gate_step(name: str, version: str, challenger_uri: str, challenger_pred: np.ndarray, meta: dict,
+               challenger_source: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+               policy: PromotionPolicy, recompute: bool, digests: Sequence[str]):
+    """What a gate does while it holds the lock: read the champion, compare, move the alias (one
+    idempotent step). Returns ``(result, decision, heldout)``."""
     current = registry.get_alias_version(name, "champion")
     already = current == str(version)
     champion = _champion_before(name, version) if already else current
@@ -207,23 +234,37 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
         decision = GateDecision(True, f"already champion (alias moved by an earlier attempt); re-evaluation: "
                                 f"{decision.reason}", decision.numbers)
     _apply(name, version, decision, champion)
-    verdict = _verdict(decision)
-    out = {"version": version, "champion_before": champion, "promoted": decision.promote, "decision": verdict,
-           "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
+    out = {"version": version, "champion_before": champion, "promoted": decision.promote,
+           "decision": _verdict(decision), "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
            "evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
            "predictions": {"challenger": challenger_source, "champion": champion_source}}
-    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
-                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
-                len(labels), decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
-        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
-         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
-         **decision.numbers, "predictions": out["predictions"]}).items()]
-    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
-                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
-                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
-                     f"model trained on).\n\n" + markdown_table(rows))
-    return out
+    return out, decision, heldout
+
+
+GATE_LIMIT = "skinflow-promotion-gate"  # Prefect global concurrency limit (one slot) per registered model
+
+
+@contextmanager
+def one_gate_at_a_time(name: str, timeout_s: float = 900) -> Iterator[None]:
+    """Hold the one slot of the Prefect global concurrency limit ``skinflow-promotion-gate-<name>``
+    (created with limit 1 when missing): two retrains that finish together gate one after the
+    other, the second against the champion the first left, so no promotion is lost. The slot is
+    a lease on the Prefect server, so it serialises gates across processes and machines and is
+    freed when its holder dies."""
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    limit = f"{GATE_LIMIT}-{re.sub(r'[^A-Za-z0-9_.-]', '-', name)}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(limit, 1)
+        except ObjectAlreadyExists:  # another gate created it just now
+            pass
+    with concurrency(limit, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
 
 
 def _trained(model_uri: str) -> set[str] | None:

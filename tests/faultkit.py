@@ -69,3 +69,23 @@ class FaultProxy:
 
     def close(self) -> None:
         self.svc.close()
+
+
+# a promotion policy for tiny test splits (few held-out images, a short bootstrap)
+SMALL_POLICY = ("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 200\nci: 0.95\nseed: 0\n"
+                "superiority_level: 0.95\nmin_improvement: 0.0\nmin_disjoint_heldout: 5\n")
+
+
+def retrain_command(data: Path, root: Path, server_url: str, prefect_api: str, model: str, epochs: int,
+                    ) -> tuple[list[str], dict[str, str]]:
+    """``skinflow retrain`` without tuning or validation on ``data`` (32 px, SGD at a fixed LR,
+    a 30% test split, :data:`SMALL_POLICY`) against a real MLflow server: ``(argv, env)``;
+    add ``--out``."""
+    policy = root / "promotion.yaml"
+    policy.write_text(SMALL_POLICY)
+    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(root / "data"), "PREFECT_API_URL": prefect_api,
+           "MLFLOW_TRACKING_URI": server_url, "SKINFLOW_REGISTERED_MODEL": model, "OMP_NUM_THREADS": "1"}
+    cmd = [str(VENV_BIN / "skinflow"), "retrain", "--data", str(data), "--no-tune", "--no-validate",
+           "--schedule", "sgd", "--lr", "0.01", "--epochs", str(epochs), "--size", "32", "--test-frac", "0.3",
+           "--policy", str(policy)]
+    return cmd, env
