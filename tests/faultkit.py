@@ -24,7 +24,7 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.svc: Service | None = None
 
-    def start(self, timeout: float = 150) -> "MlflowServer":
+    def start(self, timeout: float = 300) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
         self.svc = Service(f"mlflow-{self.port}", [
             str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",

@@ -89,7 +89,7 @@ class SweepConfig(_Config):
     epochs: int = Field(3, gt=0, description="Epochs per trial.")
     gpus_per_trial: float | None = Field(None, ge=0, description="Default: 1 when CUDA is present, else 0.")
     cpus_per_trial: int = Field(1, gt=0)
-    max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
+    max_failures: int = Field(1, ge=0, description="Retries of a failed trial (its Ray node died) from its checkpoint.")
     checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
     name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
     trial_resources: dict[str, float] = Field(
