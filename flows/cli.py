@@ -277,6 +277,7 @@ def train(
     seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
     repeats: int = typer.Option(1, min=1, help="Fits with seeds seed..seed+n-1: mean +/- std and confused pairs."),
     out: Path = typer.Option(Path("outputs/train"), help="Plots, metrics JSON, model file."),
+    checkpoint_dir: Optional[str] = _opt(TrainConfig, "checkpoint_dir"),
 ):
     """Train one configuration, evaluate it (on the test split; val when there is none), log it to
     MLflow (experiment skinflow-train)."""
@@ -285,7 +286,7 @@ def train(
                     seed=seed),
         training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, batch_size=batch_size,
                         amp=amp, force_amp=force_amp, weights=weights, snapshots=snapshots,
-                        weighted_sampler=weighted_sampler, tta=tta, seed=seed),
+                        weighted_sampler=weighted_sampler, tta=tta, seed=seed, checkpoint_dir=checkpoint_dir),
         repeats=repeats, out_dir=str(out)))
 
 

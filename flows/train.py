@@ -19,7 +19,7 @@ from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.precision import precision_for
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
-from tasks.mlflow_tasks import tracked_run
+from tasks.mlflow_tasks import supersede_interrupted_run, tracked_run
 from tasks.training import evaluate_model, log_training_run, lr_range_test, repeated_fits, train_model
 
 
@@ -57,6 +57,8 @@ def train_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainCon
     manifest, cache = prepare_data(data)
     with tracked_run("skinflow-train", run_name("train", training, arch=training.arch,
                                                 precision=precision_for(training).name)) as (run_id, _):
+        if training.checkpoint_dir:  # a rerun after a crash resumes from the checkpoint: say which run it replaces
+            supersede_interrupted_run(training.checkpoint_dir, run_id)
         cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
         result = train_model(cache, cfg, run_id)
         eval_split = eval_split_of(cache)

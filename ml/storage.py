@@ -8,11 +8,13 @@ transient errors (``standard`` mode, ``settings.s3_max_attempts``). Failures sur
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -46,6 +48,93 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
 
 class IntegrityError(StorageError):
     pass
+
+
+class StorageFullError(StorageError, OSError):
+    """A write ran out of space (disk or quota full, or the process's file-size limit)."""
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+CHECKSUM_SUFFIX = ".sha256"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """The one atomic write: yields a temporary path next to ``path`` to write; when the block
+    ends the file is flushed to disk and renamed over ``path`` in one step, so ``path`` is either
+    the old file or the whole new one. On any failure the temporary file is removed and ``path``
+    is untouched; an OSError becomes a :class:`StorageError` naming ``path``
+    (:class:`StorageFullError` when the disk, a quota or the file-size limit is full)."""
+    dst = Path(path)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_UMASK)  # as open() would create it
+    except OSError as exc:
+        raise write_error(dst, exc) from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise write_error(dst, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_error(path: Path, exc: OSError) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    if exc.errno in _FULL:
+        return StorageFullError(exc.errno, f"no space to write {path}: {exc.strerror} (disk, quota or file-size "
+                                f"limit full); nothing was replaced")
+    return StorageError(f"cannot write {path}: {exc}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[Path], None], checksum: bool = False) -> str:
+    """Write ``data`` (bytes, or a function that writes the file at the path it is given) to
+    ``path`` atomically (:func:`atomic_path`); returns the file's SHA-256. With ``checksum`` the
+    digest is also stored beside it (``<path>.sha256``, written after the file) for
+    :func:`read_verified`."""
+    with atomic_path(path) as tmp:
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data)
+        digest = sha256_file(tmp)
+    if checksum:
+        with atomic_path(checksum_path(path)) as tmp:
+            tmp.write_text(digest + "\n")
+    return digest
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    return Path(f"{path}{CHECKSUM_SUFFIX}")
+
+
+def verify_file(path: str | os.PathLike, expected: str | None = None) -> str:
+    """Check ``path`` against ``expected`` (else its ``<path>.sha256`` written by
+    :func:`atomic_write`); returns the digest. Raises :class:`ObjectNotFoundError` when the file
+    is missing and :class:`IntegrityError` naming the path when the digest differs or there is
+    none to compare with (a file that is truncated or not the one written is never taken as valid)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ObjectNotFoundError(f"no such file: {p}")
+    if expected is None:
+        side = checksum_path(p)
+        if not side.is_file():
+            raise IntegrityError(f"{p} has no checksum ({side.name}): it was not written whole by skinflow")
+        expected = side.read_text().strip()
+    digest = sha256_file(p)
+    if digest != expected:
+        raise IntegrityError(f"{p} does not match its checksum ({p.stat().st_size} bytes, sha256 {digest[:12]}..., "
+                             f"expected {expected[:12]}...): truncated or corrupt, not used")
+    return digest
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -161,11 +250,7 @@ class Storage:
         digest = sha256_file(local)
         if not is_s3(uri):
             dst = local_path(uri)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, dst)
-            if sha256_file(dst) != digest:
+            if atomic_write(dst, lambda tmp: shutil.copyfile(local, tmp)) != digest:
                 raise IntegrityError(f"copy of {local} to {dst} does not match its checksum")
             return digest
         bucket, key = split_s3(uri)
@@ -177,26 +262,22 @@ class Storage:
     def get_file(self, uri: str, local: str | os.PathLike) -> Path:
         """Copy ``uri`` to a local file (atomically), verifying the stored SHA-256 if any."""
         dst = Path(local)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-        os.close(fd)
-        try:
-            if is_s3(uri):
-                bucket, key = split_s3(uri)
-                head = self._call(bucket, key, self._head, bucket, key)
-                self._call(bucket, key, self.client.download_file, bucket, key, tmp)
-                expected = head.get("Metadata", {}).get("sha256")
-                if expected and sha256_file(tmp) != expected:
-                    raise IntegrityError(f"download of {uri} does not match its stored sha256")
-            else:
-                src = local_path(uri)
-                if not src.is_file():
-                    raise ObjectNotFoundError(f"no such file: {src}")
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        if not is_s3(uri):
+            src = local_path(uri)
+            if not src.is_file():
+                raise ObjectNotFoundError(f"no such file: {src}")
+            atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+            return dst
+        bucket, key = split_s3(uri)
+
+        def download(tmp: Path) -> None:
+            head = self._call(bucket, key, self._head, bucket, key)
+            self._call(bucket, key, self.client.download_file, bucket, key, str(tmp))
+            expected = head.get("Metadata", {}).get("sha256")
+            if expected and sha256_file(tmp) != expected:
+                raise IntegrityError(f"download of {uri} does not match its stored sha256")
+
+        atomic_write(dst, download)
         return dst
 
     def _head(self, bucket: str, key: str) -> dict:
@@ -213,11 +294,7 @@ class Storage:
     def put_bytes(self, data: bytes, uri: str) -> str:
         digest = hashlib.sha256(data).hexdigest()
         if not is_s3(uri):
-            dst = local_path(uri)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, dst)
+            atomic_write(local_path(uri), data)
             return digest
         bucket, key = split_s3(uri)
         self._check_bucket(bucket)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
@@ -74,6 +76,43 @@ def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None
             get_run_logger().warning("could not mark MLflow run %s %s: %s", run_id, status, close_error)
         raise
     close_run(run_id)
+
+
+RUN_FILE = "mlflow_run.json"  # in a checkpoint folder: the MLflow run that writes that checkpoint
+
+
+@task(name="supersede-interrupted-run", **IO_RETRY, cache_policy=NO_CACHE)
+def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
+    """Record ``run_id`` as the MLflow run of ``checkpoint_dir``; if an earlier run wrote that
+    checkpoint and never ended (its process was killed, it is still RUNNING), it is marked KILLED
+    and tagged ``superseded_by=run_id``, and ``run_id`` is tagged ``resumed_from_run``. Returns
+    the superseded run's id (None when there is none). Safe to repeat."""
+    import json
+
+    from ml.storage import atomic_write
+
+    folder = Path(checkpoint_dir)
+    previous = None
+    if (folder / RUN_FILE).is_file():
+        previous = json.loads((folder / RUN_FILE).read_text()).get("run_id")
+    client = MlflowClient()
+    superseded = None
+    if previous and previous != run_id:
+        try:
+            old = client.get_run(previous)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise  # a service error: retried
+            get_run_logger().warning("checkpoint %s names MLflow run %s, not in this store", folder, previous)
+        else:
+            if old.info.status == "RUNNING":
+                client.set_tag(previous, "superseded_by", run_id)
+                client.set_terminated(previous, "KILLED")
+                client.set_tag(run_id, "resumed_from_run", previous)
+                superseded = previous
+                get_run_logger().info("MLflow run %s (interrupted) is superseded by %s", previous, run_id)
+    atomic_write(folder / RUN_FILE, json.dumps({"run_id": run_id}).encode())
+    return superseded
 
 
 @task(name="log-validation", **IO_RETRY, cache_policy=NO_CACHE)
@@ -156,6 +195,29 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
         raise ValueError(f"{len(digests)} held-out digests for {len(labels)} held-out images")
     challenger_uri = f"models:/{name}/{version}"
     challenger_pred, meta, challenger_source = _predictions(challenger_uri, images, labels, classes, recompute)
+    with one_gate_at_a_time(name):  # read champion -> decide -> move the alias: no other gate in between
+        out, decision, heldout = _gate_step(name, version, challenger_uri, challenger_pred, meta, challenger_source,
+                                            images, labels, classes, policy, recompute, digests)
+    verdict = out["decision"]
+    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
+                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
+                len(labels), decision.reason)
+    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
+        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
+         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
+         **decision.numbers, "predictions": out["predictions"]}).items()]
+    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
+                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
+                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
+                     f"model trained on).\n\n" + markdown_table(rows))
+    return out
+
+
+def _gate_step(name: str, version: str, challenger_uri: str, challenger_pred: np.ndarray, meta: dict,
+               challenger_source: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+               policy: PromotionPolicy, recompute: bool, digests: Sequence[str]):
+    """What a gate does while it holds the lock: read the champion, compare, move the alias (one
+    idempotent step). Returns ``(result, decision, heldout)``."""
     current = registry.get_alias_version(name, "champion")
     already = current == str(version)
     champion = _champion_before(name, version) if already else current
@@ -172,23 +234,37 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
         decision = GateDecision(True, f"already champion (alias moved by an earlier attempt); re-evaluation: "
                                 f"{decision.reason}", decision.numbers)
     _apply(name, version, decision, champion)
-    verdict = _verdict(decision)
-    out = {"version": version, "champion_before": champion, "promoted": decision.promote, "decision": verdict,
-           "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
+    out = {"version": version, "champion_before": champion, "promoted": decision.promote,
+           "decision": _verdict(decision), "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
            "evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
            "predictions": {"challenger": challenger_source, "champion": champion_source}}
-    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
-                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
-                len(labels), decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
-        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
-         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
-         **decision.numbers, "predictions": out["predictions"]}).items()]
-    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
-                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
-                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
-                     f"model trained on).\n\n" + markdown_table(rows))
-    return out
+    return out, decision, heldout
+
+
+GATE_LIMIT = "skinflow-promotion-gate"  # Prefect global concurrency limit (one slot) per registered model
+
+
+@contextmanager
+def one_gate_at_a_time(name: str, timeout_s: float = 900) -> Iterator[None]:
+    """Hold the one slot of the Prefect global concurrency limit ``skinflow-promotion-gate-<name>``
+    (created with limit 1 when missing): two retrains that finish together gate one after the
+    other, the second against the champion the first left, so no promotion is lost. The slot is
+    a lease on the Prefect server, so it serialises gates across processes and machines and is
+    freed when its holder dies."""
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    limit = f"{GATE_LIMIT}-{re.sub(r'[^A-Za-z0-9_.-]', '-', name)}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(limit, 1)
+        except ObjectAlreadyExists:  # another gate created it just now
+            pass
+    with concurrency(limit, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
 
 
 def _trained(model_uri: str) -> set[str] | None:

@@ -35,6 +35,11 @@ class MlflowEpochLogger(Callback):
         self.client = MlflowClient()
         self._pending: list = []
 
+    def on_train_begin(self, state) -> None:
+        """A run resumed from a checkpoint logs the restored epochs too: it holds the whole history."""
+        for row in state.history[: state.epoch]:
+            self.on_epoch_end(row["epoch"], row, state)
+
     def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, epoch) for k, v in tracking_runs.epoch_metrics(metrics).items()]

@@ -180,6 +180,7 @@ def _trainable(config: dict, data: TrialData) -> None:
 
     from ml.train.config import TrainConfig
     from ml.train.cycle_score import CycleEndScore
+    from ml.train.checkpoint import checkpoint_files
     from ml.train.loop import Callback, fit
     from ml.tracking.models import fetch_weights
     from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
@@ -196,12 +197,16 @@ def _trainable(config: dict, data: TrialData) -> None:
     score = CycleEndScore(data.val[1], ensemble)
     ckpt_dir = Path(tempfile.mkdtemp(prefix="trial-ckpt-"))
     cfg.checkpoint_dir = str(ckpt_dir)
-    restored = tune.get_checkpoint()
+    restored, restored_epoch = tune.get_checkpoint(), 0
     if restored is not None:
         with restored.as_directory() as d:
-            shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+            for src, dst in zip(checkpoint_files(Path(d) / "last.pt"), checkpoint_files(ckpt_dir / "last.pt")):
+                shutil.copy(src, dst)
             if (Path(d) / SCORE_FILE).is_file():
                 score.load(Path(d) / SCORE_FILE)
+        from ml.train.checkpoint import load_verified
+
+        restored_epoch = int(load_verified(ckpt_dir / "last.pt")["epoch"])
 
     mlflow.set_tracking_uri(config["_tracking_uri"])
     trial = tune.get_context().get_trial_name()
@@ -219,19 +224,29 @@ def _trainable(config: dict, data: TrialData) -> None:
                 tune.report(report)
                 return
             with tempfile.TemporaryDirectory() as d:
-                _link_or_copy(ckpt_dir / "last.pt", Path(d) / "last.pt")
+                for src, dst in zip(checkpoint_files(ckpt_dir / "last.pt"), checkpoint_files(Path(d) / "last.pt")):
+                    _link_or_copy(src, dst)
                 score.save(Path(d) / SCORE_FILE)
                 tune.report(report, checkpoint=Checkpoint.from_directory(d))
 
     name = run_name("trial", cfg, precision=precision.name, trial=_trial_index(trial))
     lo, hi = cell["lr_bracket"]
-    with mlflow.start_run(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"],
-                          run_name=name, tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp),
-                                               **precision.tags(), "dataset_version": data.version,
-                                               "ray_node_id": node_id}) as run:
-        mlflow.log_params({**flatten_config(cfg.to_dict()), "lr_family": lr_family(cfg.schedule),
-                           "lr_bracket_lo": lo, "lr_bracket_hi": hi, "ensemble_snapshots": ensemble})
-        log_dataset_input(data.version, "dataset", data.source, data.summary)
+    earlier = _trial_run(config["_experiment_id"], config["_parent_run_id"], trial)
+    if earlier is not None:  # Tune retried this trial (its node died): its MLflow run continues
+        start = dict(run_id=earlier)
+    else:
+        start = dict(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"], run_name=name,
+                     tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp), **precision.tags(),
+                           "dataset_version": data.version, "ray_node_id": node_id})
+    with mlflow.start_run(**start) as run:
+        if earlier is None:
+            mlflow.log_params({**flatten_config(cfg.to_dict()), "lr_family": lr_family(cfg.schedule),
+                               "lr_bracket_lo": lo, "lr_bracket_hi": hi, "ensemble_snapshots": ensemble})
+            log_dataset_input(data.version, "dataset", data.source, data.summary)
+        else:
+            attempts = int(run.data.tags.get("trial_attempts", "1")) + 1
+            mlflow.set_tags({"ray_node_id": node_id, "trial_attempts": str(attempts),
+                             "restored_from_epoch": str(restored_epoch)})
         try:
             fit(data.train, data.val, data.classes, cfg, callbacks=[score, Report()], fetch_weights=fetch_weights)
         except SystemExit:  # tune.report's way to end a trial the scheduler stopped (ASHA pruned it)
@@ -240,6 +255,17 @@ def _trainable(config: dict, data: TrialData) -> None:
             raise
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _trial_run(experiment_id: str, parent_run_id: str, trial: str) -> str | None:
+    """The MLflow run an earlier attempt of ``trial`` opened under this tune's parent run (None:
+    this is its first attempt). A retried trial continues that run: none is duplicated, none is
+    left RUNNING by the attempt that died."""
+    import mlflow
+
+    found = mlflow.search_runs([experiment_id], output_format="list", max_results=1,
+                               filter_string=f"tags.trial = '{trial}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return found[0].info.run_id if found else None
 
 
 def _trial_index(trial: str) -> str:
@@ -319,7 +345,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[float]], base_config: dict,
              schedules: list[str], amp: list[bool], archs: list[str], num_samples: int, epochs: int,
              parent_run_id: str, experiment_id: str, tracking_uri: str, cpus_per_trial: int = 1,
-             gpus_per_trial: float | None = None, name: str = "tune", max_failures: int = 0, resume: bool = True,
+             gpus_per_trial: float | None = None, name: str = "tune", max_failures: int = 1, resume: bool = True,
              seed: int = 0, checkpoint_interval_s: float = 30.0,
              trial_resources: Mapping[str, float] | None = None) -> dict:
     """Run (or resume) the sweep; returns the best trial's config/metrics, every trial's outcome,

@@ -2,13 +2,19 @@
 
 Layout: ``<cache_root>/<version>/<size>/`` with ``images.npy`` (N, size, size, 3 uint8, opened as a
 memory map), ``labels.npy`` (int64 indices into ``classes``), ``index.csv`` (path, label, split) and
-``meta.json`` (version, size, n, classes). A cache is built in a temporary folder and renamed into
-place, so a folder with a matching ``meta.json`` is always complete and is reused without decoding.
+``meta.json`` (version, size, n, classes, and the SHA-256 of each file). A cache is built in a
+temporary folder and renamed into place, under a file lock (``flock`` on the ``<version>`` folder) so that
+concurrent builds of the same cache (two retrains at once) decode it once; the others wait and
+reuse it. A cache is used only when its files match the checksums of its ``meta.json``: a truncated
+or altered cache is rebuilt by :func:`build_cache` and refused by :meth:`ImageCache.open`. A build
+that runs out of space raises ``ml.storage.StorageFullError`` naming the folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +30,10 @@ from tqdm import tqdm
 
 from ml.data.images import BadImageError, load_rgb
 from ml.data.manifest import Manifest
+from ml.storage import IntegrityError, atomic_write, sha256_file, verify_file, write_error
+
+log = logging.getLogger(__name__)
+_FILES = ("images.npy", "labels.npy", "index.csv")
 
 
 @dataclass
@@ -44,6 +54,7 @@ class ImageCache:
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
             raise FileNotFoundError(f"{folder} is not a complete image cache (no meta.json)")
+        _verify(folder)
         return _open(folder)
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +104,28 @@ def _open(folder: Path) -> ImageCache:
 
 
 def _is_complete(folder: Path, meta: dict) -> bool:
+    """A cache of this manifest and size whose files match their recorded checksums."""
     meta_file = folder / "meta.json"
-    return meta_file.is_file() and json.loads(meta_file.read_text()) == meta
+    if not meta_file.is_file():
+        return False
+    found = json.loads(meta_file.read_text())
+    if {k: found.get(k) for k in meta} != meta:
+        return False
+    try:
+        _verify(folder)
+    except IntegrityError as exc:
+        log.warning("rebuilding image cache %s: %s", folder, exc)
+        return False
+    return True
+
+
+def _verify(folder: Path) -> None:
+    """Raise IntegrityError naming the file when a cache file is missing, truncated or altered."""
+    files = json.loads((folder / "meta.json").read_text()).get("files")
+    if not files:
+        raise IntegrityError(f"image cache {folder} records no checksums (written by an older skinflow)")
+    for name in _FILES:
+        verify_file(folder / name, files.get(name, ""))
 
 
 def _decode_into(images: np.ndarray, i: int, row: pd.Series, size: int,
@@ -108,13 +139,25 @@ def _decode_into(images: np.ndarray, i: int, row: pd.Series, size: int,
         on_decode(row["path"])
 
 
+def _allocated_npy(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A writable memory-mapped ``.npy`` whose blocks are reserved on disk first: a disk without
+    room fails here with OSError (ENOSPC/EFBIG), where a sparse map would kill the process with
+    SIGBUS on the first page it cannot back."""
+    dtype = np.dtype(dtype)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": shape})
+        f.flush()
+        os.posix_fallocate(f.fileno(), f.tell(), max(1, int(np.prod(shape)) * dtype.itemsize))
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
 def _write(folder: Path, manifest: Manifest, size: int, progress: bool, workers: int,
            on_decode: Callable[[str], None] | None) -> None:
     """Decode every record into ``folder`` (a fresh temporary folder)."""
     records = manifest.records.reset_index(drop=True)
     labels = _label_indices(manifest)
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(records), size, size, 3))
+    images = _allocated_npy(folder / "images.npy", (len(records), size, size, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(lambda i: _decode_into(images, i, records.iloc[i], size, on_decode), range(len(records)))
         for _ in tqdm(jobs, total=len(records), desc=f"cache {size}px", disable=not progress):
@@ -123,7 +166,8 @@ def _write(folder: Path, manifest: Manifest, size: int, progress: bool, workers:
     del images
     np.save(folder / "labels.npy", labels)
     records[["path", "label", "split"]].to_csv(folder / "index.csv", index=False)
-    (folder / "meta.json").write_text(json.dumps(_meta(manifest, size), indent=2))
+    files = {name: sha256_file(folder / name) for name in _FILES}
+    atomic_write(folder / "meta.json", json.dumps({**_meta(manifest, size), "files": files}, indent=2).encode())
 
 
 def build_cache(
@@ -146,13 +190,26 @@ def build_cache(
     folder = Path(cache_root) / manifest.version / str(size)
     if _is_complete(folder, _meta(manifest, size)):
         return _open(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait, then reuse it
+            if not _is_complete(folder, _meta(manifest, size)):
+                _build_into(folder, manifest, size, progress, workers, on_decode)
+        finally:
+            os.close(lock)  # releases the lock
+    except OSError as exc:
+        raise write_error(folder, exc) from exc
+    return _open(folder)
+
+
+def _build_into(folder: Path, manifest: Manifest, size: int, progress: bool, workers: int,
+                on_decode: Callable[[str], None] | None) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{size}.tmp-"))
     try:
         _write(tmp, manifest, size, progress, workers, on_decode)
-        if not _is_complete(folder, _meta(manifest, size)):  # else a concurrent build finished first
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete or stale cache
-            os.rename(tmp, folder)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete, stale or corrupt cache
+        os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _open(folder)

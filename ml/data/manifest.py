@@ -36,7 +36,6 @@ import logging
 import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ import yaml
 from tqdm import tqdm
 
 from ml.data.images import BadImageError, check_image, path_problem
-from ml.storage import Storage, is_s3, join, sha256_file
+from ml.storage import Storage, atomic_write, is_s3, join, sha256_file
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
 BAD_COLUMNS = ["path", "label", "reason", "message"]
@@ -224,8 +223,8 @@ class Manifest:
         sidecar = {"source": self.source, "classes": self.classes, "version": self.version,
                    "empty_classes": self.empty_classes, "class_map_labels": self.class_map_labels,
                    "bad": self.bad.to_dict(orient="records"), "summary": self.summary()}
-        _atomic_write(path, self.records.to_csv(index=False).encode())
-        _atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+        atomic_write(path, self.records.to_csv(index=False).encode())
+        atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
         return path
 
     @classmethod
@@ -244,13 +243,6 @@ class Manifest:
         if manifest.version != meta["version"]:
             raise ValueError(f"{path}: records give version {manifest.version}, the sidecar says {meta['version']}")
         return manifest
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _read_csv(data: bytes, name: str) -> pd.DataFrame:
@@ -444,7 +436,7 @@ class _Fetcher:
         local = self.cache_dir / digest[:2] / f"{digest}{PurePosixPath(path).suffix.lower()}"
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(local, data)
+            atomic_write(local, data)
         return local
 
 

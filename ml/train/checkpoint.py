@@ -1,10 +1,10 @@
 """Checkpoint pieces shared by the training loops (the classifier's ``ml.train.loop`` and the
 GAN's ``ml.gan.train``): seeding, CPU copies of state dicts, RNG states that load with
-``weights_only``, atomic writes, a resume that refuses another run's checkpoint, the progress bar."""
+``weights_only``, atomic checksummed writes and verified reads, a resume that refuses another
+run's checkpoint, the progress bar."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ml.storage import IntegrityError, atomic_write, checksum_path, verify_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -59,9 +61,35 @@ def seed_everything(seed: int) -> None:
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write a checkpoint whole or not at all (``ml.storage.atomic_write``), with its SHA-256
+    beside it (``<path>.sha256``); a full disk raises ``StorageFullError`` naming ``path`` and
+    leaves the previous checkpoint in place."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # through Python's file: a full disk raises OSError (ENOSPC, EFBIG)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as exc:  # torch's zip writer fails closing after the OSError: keep that one
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
+
+    atomic_write(path, write, checksum=True)
+
+
+def checkpoint_files(path: Path) -> tuple[Path, Path]:
+    """The files one checkpoint is made of (the file and its checksum), e.g. to copy it."""
+    return Path(path), checksum_path(path)
+
+
+def load_verified(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_atomic` (``weights_only``) after checking it
+    against its checksum: a truncated, corrupt or unchecksummed file raises ``IntegrityError``
+    naming the path (delete it to start over) and is never loaded."""
+    verify_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:  # pragma: no cover - the checksum matched
+        raise IntegrityError(f"checkpoint {path} cannot be read: {exc}") from exc
 
 
 def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -69,7 +97,7 @@ def load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None
     ``config`` entry differs from ``config``: a resumed run continues the same run only."""
     if not Path(path).is_file():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_verified(path)
     if ckpt["config"] != config:
         raise ValueError(f"checkpoint {path} was written with another config: {ckpt['config']}")
     return ckpt

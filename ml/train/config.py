@@ -69,7 +69,9 @@ class TrainConfig(_Config):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
     num_workers: int = Field(0, ge=0)
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = Field(None, description=(
+        "Folder of the run's checkpoint (last.pt): the same command run again resumes from it and ends as an "
+        "uninterrupted run would; its MLflow run supersedes the interrupted one."))
     # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
     # since the last one (and always after the final epoch), like Lightning's train_time_interval
     checkpoint_interval_s: float = Field(0.0, ge=0)
@@ -87,7 +89,7 @@ class SweepConfig(_Config):
     epochs: int = Field(3, gt=0, description="Epochs per trial.")
     gpus_per_trial: float | None = Field(None, ge=0, description="Default: 1 when CUDA is present, else 0.")
     cpus_per_trial: int = Field(1, gt=0)
-    max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
+    max_failures: int = Field(1, ge=0, description="Retries of a failed trial (its Ray node died) from its checkpoint.")
     checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
     name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
     trial_resources: dict[str, float] = Field(

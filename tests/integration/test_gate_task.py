@@ -23,8 +23,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from ml.eval.gate import PromotionPolicy, decide, heldout_digest
 from ml.settings import get_settings
 from ml.tracking import models as tracked_models, registry
+from ml.tracking.runs import configure_mlflow
 from tasks.common import IO_RETRY
 from tests.conftest import use_local_stores
+from tests.faultkit import FaultProxy, MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,8 @@ def _experiment_id() -> str:
     exp = mlflow.get_experiment_by_name("gate-test")
     if exp is not None:
         return exp.experiment_id
+    if mlflow.get_tracking_uri().startswith("http"):  # a server stores the artifacts itself
+        return mlflow.create_experiment("gate-test")
     return mlflow.create_experiment("gate-test", artifact_location=str(get_settings().data_root / "artifacts"))
 
 
@@ -202,6 +206,56 @@ def test_a_retry_after_the_alias_moved_reports_the_promotion(model_name, heldout
     tags = MlflowClient().get_model_version(model_name, challenger).tags
     assert tags["gate_decision"] == "promoted" and tags["gate_champion_before"] == champion
     assert tags["gate_reason"] == out["reason"]
+
+
+@pytest.fixture(scope="module")
+def gate_server(store):
+    """A real ``mlflow server`` process (sqlite store, served artifacts) for the gate's fault test."""
+    server = MlflowServer(store["root"] / "server").start()
+    yield server
+    server.stop()
+
+
+ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
+TAG_PATH = "/api/2.0/mlflow/model-versions/set-tag"
+
+
+def test_a_retry_after_the_alias_moved_on_a_real_server_reports_the_promotion(
+        model_name, heldout, store, gate_server, monkeypatch, tmp_path) -> None:
+    """The same fault against a real ``mlflow server`` process: a real HTTP proxy process in front
+    of it answers 503 to the first ``gate_decision`` tag request that follows a successful alias
+    move (MLflow's own HTTP retries off, so the task sees it). Prefect retries the task; the
+    retry finds the challenger already champion, reports it promoted, and the tags agree."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", gate_server.url)  # setting up: straight to the server
+    get_settings.cache_clear()
+    configure_mlflow(gate_server.url)
+    labels = heldout["labels"]
+    champion = register(model_name, heldout, _wrong_on(labels, np.arange(0, N_HELDOUT, 4)), [])
+    registry.set_alias(model_name, "champion", champion)
+    challenger = register(model_name, heldout, _wrong_on(labels, np.arange(0, N_HELDOUT, 40)), [])
+
+    proxy = FaultProxy(gate_server.url, tmp_path, TAG_PATH, fail_body="gate_decision", after_path=ALIAS_PATH)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)  # the gate: through the proxy
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        get_settings.cache_clear()
+        configure_mlflow(proxy.url)
+        out = gate(challenger, heldout, store["policy"])
+        seen = proxy.requests()
+    finally:
+        proxy.close()
+
+    writes = [(r["path"], r["status"]) for r in seen if r["path"] in (ALIAS_PATH, TAG_PATH)]
+    assert writes == [(TAG_PATH, 200), (ALIAS_PATH, 200), (TAG_PATH, 503),  # attempt 1: failed after the move
+                      (TAG_PATH, 200), (ALIAS_PATH, 200), (TAG_PATH, 200), (TAG_PATH, 200)], writes
+    assert out["promoted"] is True and out["decision"] == "promoted" and out["champion_before"] == champion
+    assert out["reason"].startswith("better:")
+    configure_mlflow(gate_server.url)  # read back from the server itself
+    assert registry.get_alias_version(model_name, "champion") == challenger
+    tags = MlflowClient().get_model_version(model_name, challenger).tags
+    assert tags["gate_decision"] == "promoted" and tags["gate_champion_before"] == champion
+    assert tags["gate_reason"] == out["reason"]
+    assert "gate_decision" not in MlflowClient().get_model_version(model_name, champion).tags
 
 
 def test_a_value_error_in_the_gate_is_not_retried(model_name, heldout, store, monkeypatch) -> None:
