@@ -83,7 +83,9 @@ running_pid() {
   f="$(pid_file "$1")"
   [[ -f "$f" ]] || return 0
   pid="$(<"$f")"
-  if kill -0 "$pid" 2>/dev/null; then echo "$pid"; else rm -f "$f"; fi
+  # a zombie (killed, not yet reaped) answers kill -0 but is dead
+  if kill -0 "$pid" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then echo "$pid"
+  else rm -f "$f"; fi
 }
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }

@@ -133,7 +133,7 @@ def _two_class_images(per_class: int, seed: int, size: int = 16) -> tuple[np.nda
 def classifiers():
     from ml.gan.check import train_classifiers
 
-    check = AugCheckConfig(classifiers=2, epochs=4, lr=0.05, schedule="sgd", classifier_batch_size=8)
+    check = AugCheckConfig(classifiers=2, epochs=6, lr=2e-3, schedule="adam", classifier_batch_size=8)
     train, val = _two_class_images(16, 0), _two_class_images(6, 1)
     return train_classifiers(train, val, ["a", "b"], check, device="cpu", progress=False)
 
