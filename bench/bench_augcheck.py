@@ -105,7 +105,8 @@ def render(r: dict) -> str:
         "## Augmentation check (ProGAN post-hoc, `make bench-augcheck`)", "",
         f"Command: `{r['command']}`; {m['cpu_model']}, {m['usable_cores']} cores, torch threads "
         f"{m['torch_threads']}, load average at start {m['load_average_at_start']} and at end "
-        f"{r['load_average_at_end']} (the machine was shared with other agents' jobs while measuring), "
+        f"{r['load_average_at_end']}"
+        f"{' (the machine was shared with other jobs while measuring)' if max(m['load_average_at_start']) > m['usable_cores'] else ' (nothing else ran)'}, "
         f"git {m['git_commit'][:10]}, {m['date']}.", "",
         f"Whole flow: **{r['wall_seconds'] / 60:.1f} min** (ProGAN {g['wall_seconds'] / 60:.1f} min to "
         f"{g['resolution']} px, {g['iterations']} iterations, {g['precision']}, "
