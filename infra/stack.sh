@@ -56,6 +56,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_CLI_PROMPT=false
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Seconds between a flow run's heartbeats on this stack's workers (Prefect's minimum, 30; its default 180).
+HEARTBEAT="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
+
 # The profile: --db on `up`/`describe`, else what the last `up` recorded, else SKINFLOW_STACK_DB.
 PROFILE="${SKINFLOW_STACK_DB:-}"
 [[ -n "$PROFILE" || ! -f "$RUN/profile" ]] || PROFILE="$(<"$RUN/profile")"
@@ -314,12 +317,22 @@ start_worker() {
     cd "$REPO"
     export MLFLOW_TRACKING_URI="$MLFLOW_URL" SKINFLOW_S3_ENDPOINT_URL="$S3_URL" SKINFLOW_S3_BUCKET="$BUCKET"
     export SKINFLOW_DATA_ROOT="${SKINFLOW_DATA_ROOT:-$REPO/data}"
+    # flow runs send heartbeats (30 s, Prefect's minimum) so that a run whose worker dies with it is
+    # marked Crashed by the crash-zombie-flow-runs automation instead of staying Running
+    export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$HEARTBEAT"
     if [[ "$PROFILE" == postgres ]]; then
       ray_env
       export RAY_ADDRESS="$HOST:$RAY_PORT" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
     fi
     start "$(worker_service "$1")" "$VENV/bin/prefect" worker start --pool "$POOL" --name "$POOL-worker-$1" "${limit[@]}"
   )
+}
+
+# The server-side automations in infra/automations/ (one YAML each), replaced by name so that
+# up after up leaves one of each.
+create_automations() {
+  "$VENV/bin/python" "$REPO/infra/apply_automations.py" "$REPO/infra/automations" >>"$RUN/logs/prefect.log" 2>&1 \
+    || die "could not create the Prefect automations of infra/automations/ (see $RUN/logs/prefect.log)"
 }
 
 write_env() {
@@ -395,6 +408,7 @@ up() {
   fi
   wait_until prefect http_ok "$PREFECT_API/health"
   "$VENV/bin/prefect" work-pool create "$POOL" --type process --overwrite >>"$RUN/logs/prefect.log" 2>&1
+  create_automations
   wait_until mlflow http_ok "$MLFLOW_URL/health"
   for ((i = 1; i <= WORKERS; i++)); do start_worker "$i"; done
   [[ "$PROFILE" != postgres ]] || wait_until ray-node ray_nodes 2
@@ -542,6 +556,8 @@ s3_bucket=$BUCKET
 work_pool=$POOL
 work_pool_type=process
 prefect_workers=$WORKERS
+flows_heartbeat_frequency=$HEARTBEAT
+automations=$(sed -n 's/^name: *//p' "$REPO"/infra/automations/*.yaml | sort | tr '\n' ' ' | sed 's/ $//')
 ray_nodes=$ray_nodes
 s3_port=$S3_PORT
 mlflow_port=$MLFLOW_PORT

@@ -110,6 +110,11 @@ def test_workers_and_ray_nodes_agree(compose, stack) -> None:
     for name in workers:  # flow runs join the cluster with its token
         env = services[name]["environment"]
         assert env["RAY_ADDRESS"] == f"{head}:{stack['ray_port']}" and env["RAY_AUTH_MODE"] == "token"
+        # heartbeats on, so that the zombie-run automation can mark a run whose worker died Crashed
+        assert str(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == stack["flows_heartbeat_frequency"] == "30"
+    applying = [n for n, c in workers.items() if "python infra/apply_automations.py" in c]
+    assert len(applying) == 1, "one worker applies infra/automations/ before it starts"
+    assert stack["automations"] == "crash-zombie-flow-runs"
 
 
 def test_compose_env_points_at_the_compose_ports(compose, stack) -> None:
