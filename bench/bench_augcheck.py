@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import (command_line, configure_torch, fmt, load_average, machine_description, md_table,  # noqa: E402
+from bench.common import (command_line, configure_torch, fmt, load_average, load_remark, machine_description, md_table,  # noqa: E402
                           replace_section, write_json)
 
 THESIS = [(88.9, 58.75, 41.25), (88.4, 22.50, 77.50), (90.4, 45.00, 55.00), (88.5, 57.50, 42.50)]
@@ -106,7 +106,7 @@ def render(r: dict) -> str:
         f"Command: `{r['command']}`; {m['cpu_model']}, {m['usable_cores']} cores, torch threads "
         f"{m['torch_threads']}, load average at start {m['load_average_at_start']} and at end "
         f"{r['load_average_at_end']}"
-        f"{' (the machine was shared with other jobs while measuring)' if max(m['load_average_at_start']) > m['usable_cores'] else ' (nothing else ran)'}, "
+        f" ({load_remark(m['load_average_at_start'], r['load_average_at_end'], cores=m['usable_cores'])}), "
         f"git {m['git_commit'][:10]}, {m['date']}.", "",
         f"Whole flow: **{r['wall_seconds'] / 60:.1f} min** (ProGAN {g['wall_seconds'] / 60:.1f} min to "
         f"{g['resolution']} px, {g['iterations']} iterations, {g['precision']}, "

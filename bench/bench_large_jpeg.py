@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import command_line, fmt, load_average, machine_description, md_table, median, replace_section, write_json  # noqa: E402,E501
+from bench.common import command_line, fmt, load_average, load_remark, machine_description, md_table, median, replace_section, write_json  # noqa: E402,E501
 
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_large_jpeg.json"
@@ -135,7 +135,7 @@ def markdown(rows: list[dict[str, Any]], agreement: dict[str, Any], meta: dict[s
              "(median, modes rotate).",
              f"Code: {meta['code']}.",
              f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, load {meta['load_average_at_start']} at "
-             f"start (shared with other jobs: absolute rates are low, compare modes within this run); "
+             f"start ({load_remark(meta['load_average_at_start'], cores=m['usable_cores'])}); "
              f"Python {m['python']}, commit {m['git_commit'][:12]}, {m['date']}.",
              f"Command: `{meta['command']}`"]
     if agreement:

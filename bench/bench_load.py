@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, command_line, cpu_model, fmt, git_commit, load_average, md_table  # noqa: E402
+from bench.common import REPO, command_line, cpu_model, fmt, git_commit, load_average, load_remark, md_table  # noqa: E402
 from bench.common import replace_section, usable_cores, write_json  # noqa: E402
 from infra.local_stack import Stack  # noqa: E402
 
@@ -226,7 +226,7 @@ to the last end, over the number of runs.
 
 {table}
 {problems}
-- Machine: {cpu_model()}, {usable_cores()} usable cores, **shared with other jobs while measuring**
+- Machine: {cpu_model()}, {usable_cores()} usable cores; {load_remark(load, cores=usable_cores())}
   (load average at the end {load}); each flow run's process start (Python, Prefect, MLflow
   imports) dominates a run, so these are times per run of this stack on this machine, not of the
   databases alone. One measurement per back end, run one after the other.

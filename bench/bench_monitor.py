@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import command_line, fmt, load_average, machine_description, md_table, replace_section, write_json  # noqa: E402
+from bench.common import command_line, fmt, load_average, load_remark, machine_description, md_table, replace_section, write_json  # noqa: E402
 
 SECTION = "monitor"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_monitor.json"
@@ -211,8 +211,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                  "descriptors, embeddings and predictions of the reference (plus the model's 100 validation images "
                  "for BBSE) and of the batch, BBSE with its bootstrap, the Evidently report with two EmbeddingsDrift "
                  "TSNE plots, HTML + JSON, the MLflow run."]
-    head += ["", "The machine was shared with other jobs while measuring (see the load average column): the absolute "
-             "seconds are upper bounds; the growth with batch size is what the table shows."]
+    remark = load_remark(*(r["load_average"] for r in rows), cores=m["usable_cores"])
+    head += ["", f"Load: {remark[0].upper() + remark[1:]}. The growth with batch size is what the table shows."]
     return "\n".join(head)
 
 if __name__ == "__main__":

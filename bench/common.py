@@ -48,6 +48,21 @@ def load_average() -> list[float] | None:
         return None
 
 
+def load_remark(*loads: list[float] | None, cores: int) -> str:
+    """A plain statement of whether the machine was quiet, from 1-min load averages (start, end, ...).
+
+    The bench itself counts: a 1-min load above the usable cores means other work competed for them.
+    Loads that could not be read (None) are said to be unknown rather than guessed."""
+    known = [load[0] for load in loads if load]
+    if not known:
+        return "load average unknown (no /proc/loadavg): whether other jobs ran is not known"
+    peak = max(known)
+    if peak > cores:
+        return (f"the machine was shared with other jobs while measuring (1-min load up to {peak:.1f} on {cores} "
+                "cores): absolute times are upper bounds, compare rows within this run")
+    return f"nothing else competed for the cores (1-min load at most {peak:.1f} on {cores} cores)"
+
+
 def git_commit(repo: Path = REPO) -> str:
     """HEAD's commit (read-only `git rev-parse`), or 'unknown'."""
     try:

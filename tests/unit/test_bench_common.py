@@ -26,3 +26,13 @@ def test_marked_sections_returns_every_block_with_its_markers():
     doc = replace_section(replace_section("# top\n", "a", "A"), "b", "B")
     assert marked_sections(doc) == ["<!-- a:start -->\nA\n<!-- a:end -->", "<!-- b:start -->\nB\n<!-- b:end -->"]
     assert marked_sections("# nothing marked\n") == []
+
+
+def test_load_remark_says_shared_quiet_or_unknown():
+    from bench.common import load_remark
+
+    assert "shared with other jobs" in load_remark([0.5, 0.4, 0.3], [5.2, 3.0, 1.0], cores=2)
+    assert "5.2" in load_remark([0.5, 0.4, 0.3], [5.2, 3.0, 1.0], cores=2)
+    quiet = load_remark([1.9, 1.0, 0.5], None, cores=2)
+    assert "nothing else" in quiet and "1.9" in quiet
+    assert "unknown" in load_remark(None, None, cores=2)  # no /proc/loadavg: said, not guessed
