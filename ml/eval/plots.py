@@ -155,16 +155,44 @@ def save_image_grid(
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     ncols = min(ncols, len(imgs))
     nrows = math.ceil(len(imgs) / ncols)
-    fig = Figure(figsize=(2 * ncols, 2.2 * nrows))
+    shown = [wrap_title(t) for t in titles] if titles is not None else None
+    lines = max((t.count("\n") + 1 for t in shown), default=1) if shown else 1
+    fig = Figure(figsize=(2 * ncols, (2.05 + 0.15 * lines) * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
         ax.axis("off")
         if i < len(imgs):
             gray = imgs.shape[-1] == 1
             ax.imshow(imgs[i, ..., 0] if gray else imgs[i], cmap="gray" if gray else None, vmin=0, vmax=255)
-            if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=8)
+            if shown is not None:
+                ax.set_title(shown[i], fontsize=8)
     return _save(fig, path)
+
+
+TITLE_WIDTH = 28  # characters of an 8 pt title that fit over a 2-inch tile
+
+
+def wrap_title(title: object, width: int = TITLE_WIDTH) -> str:
+    """A tile title broken into lines of at most ``width`` characters, so that the titles of
+    neighbouring tiles never overlap: at spaces first, then after underscores (long class names
+    such as ``pigmented_benign_keratosis``), and inside a word only when nothing else fits."""
+    words = str(title).split(" ")
+    pieces: list[str] = []
+    for word in words:
+        while len(word) > width:  # split a long word after its last underscore that fits
+            cut = word.rfind("_", 0, width)
+            cut = cut + 1 if cut > 0 else width
+            pieces.append(word[:cut])
+            word = word[cut:]
+        pieces.append(word)
+    lines: list[str] = []
+    for piece in pieces:
+        glue = "" if lines and lines[-1].endswith("_") else " "
+        if lines and len(lines[-1]) + len(glue) + len(piece) <= width:
+            lines[-1] += glue + piece
+        else:
+            lines.append(piece)
+    return "\n".join(lines)
 
 
 def _clip_ylim(ax, losses: Sequence[float]) -> None:

@@ -114,3 +114,39 @@ def test_save_image_grid(tmp_path):
         save_image_grid(images.astype(np.float32), None, path)
     with pytest.raises(ValueError, match="titles"):
         save_image_grid(images, ["one"], path)
+
+
+def test_tile_titles_are_wrapped_to_the_tile_width():
+    from ml.eval.plots import TITLE_WIDTH, wrap_title
+
+    caption = "actinic_keratosis (0.24) / pigmented_benign_keratosis (0.37)"
+    wrapped = wrap_title(caption)
+    lines = wrapped.split("\n")
+    assert len(lines) > 1 and all(len(line) <= TITLE_WIDTH for line in lines)
+    assert wrapped.replace("\n", " ").replace("_ ", "_") == caption  # nothing lost or reordered
+    assert wrap_title("Grad-CAM: nevus") == "Grad-CAM: nevus"  # short titles stay on one line
+    long_word = "a_" * 30
+    assert all(len(line) <= TITLE_WIDTH for line in wrap_title(long_word).split("\n"))
+    assert wrap_title("x" * 60, width=25).split("\n") == ["x" * 25, "x" * 25, "x" * 10]  # no underscore: cut
+
+
+def test_image_grid_titles_do_not_overlap(tmp_path):
+    """Drawn titles of neighbouring tiles stay apart (the gallery caption with long class names)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    import ml.eval.plots as plots
+
+    figures: list[Figure] = []
+    real_save = plots._save
+    plots._save = lambda fig, path: (figures.append(fig), real_save(fig, path))[1]
+    try:
+        titles = ["actinic_keratosis (0.24) / pigmented_benign_keratosis (0.37)", "Grad-CAM: actinic_keratosis",
+                  "Grad-CAM: pigmented_benign_keratosis", "guided backprop: pigmented_benign_keratosis"]
+        plots.save_image_grid(np.zeros((4, 32, 32, 3), np.uint8), titles, tmp_path / "g.png", ncols=4)
+    finally:
+        plots._save = real_save
+    (fig,) = figures
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = sorted((ax.title.get_window_extent(renderer) for ax in fig.axes), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
