@@ -209,6 +209,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     problems = "".join(f"- {r['profile']}: {p}\n" for r in results for p in r["problems"])
     problems = f"\nWhat the exactly-once check found:\n\n{problems}" if problems else ""
     load = load_average()
+    by = {r["profile"]: r for r in results}
+    reading = ""
+    if {"sqlite", "postgres"} <= set(by):
+        sq, pg = by["sqlite"], by["postgres"]
+        reading = (f"- Reading: {pg['wall_per_run_s']:.2f} s per run on Postgres against {sq['wall_per_run_s']:.2f} s on "
+                   f"sqlite ({pg['wall_per_run_s'] / sq['wall_per_run_s']:.2f}x); a run's cost is its flow-run process "
+                   f"start, not the database. The sqlite Prefect server logged 'database is locked' "
+                   f"{sq['server_db_locked_lines']} times (it retries them) and the Postgres one "
+                   f"{pg['server_db_locked_lines']} times: the lock contention of sqlite grows with concurrent runs, "
+                   "which is why the team stack keeps Prefect on Postgres.\n")
+    starts = [r.get("load_average_at_start") for r in results]
+    start_text = ", ".join(f"{r['profile']} {fmt(st[0], '.1f') if st else 'unknown'}" for r, st in zip(results, starts))
     return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python bench/bench_load.py`)
 
 Each back end: `infra/stack.sh up --db <sqlite|postgres>` on free 127.0.0.1 ports (moto S3, MLflow
@@ -226,11 +238,13 @@ to the last end, over the number of runs.
 
 {table}
 {problems}
-- Machine: {cpu_model()}, {usable_cores()} usable cores; {load_remark(load, cores=usable_cores())}
-  (load average at the end {load}); each flow run's process start (Python, Prefect, MLflow
+- Machine: {cpu_model()}, {usable_cores()} usable cores. 1-min load before each back end's stack started:
+  {start_text}, so {load_remark(*starts, cores=usable_cores())}. The load during a run
+  (at the end {load}) is the bench's own: the servers, two workers and up to {results[0]["pool_limit"]} flow-run
+  processes. Each flow run's process start (Python, Prefect, MLflow
   imports) dominates a run, so these are times per run of this stack on this machine, not of the
   databases alone. One measurement per back end, run one after the other.
-- Commit {git_commit()}; command: `{command_line()}`.
+{reading}- Commit {git_commit()}; command: `{command_line()}`.
 """
 
 
@@ -245,15 +259,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def settle(cores: int, timeout: float = 240.0, poll: float = 5.0) -> list[float] | None:
+    """Wait (up to ``timeout`` s) until the 1-min load falls below ``cores``, so that one back end's
+    run does not start in the previous one's wake (the 1-min load average decays over minutes);
+    returns the load average it starts at (None where it cannot be read)."""
+    deadline = time.monotonic() + timeout
+    load = load_average()
+    while load and load[0] >= cores and time.monotonic() < deadline:
+        time.sleep(poll)
+        load = load_average()
+    return load
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="sfload") as tmp:
         for profile in args.profiles:
+            load_at_start = settle(usable_cores())  # before this back end's stack: what else was running
             stack = _start(profile, Path(tmp))
             try:
                 res = run_load(stack, args.runs, args.pool_limit or None, args.timeout)
                 res["problems"] = check_exactly_once(res)
+                res["load_average_at_start"] = load_at_start
                 if res["problems"]:  # keep the evidence: the services' logs
                     kept = args.json.parent / f"load-logs-{profile}"
                     shutil.rmtree(kept, ignore_errors=True)

@@ -749,10 +749,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+STATE = "<!-- state:start -->"  # the file's summary of what is current: kept on top
+
+
 def keep_other_sections(path: Path, text: str) -> str:
-    """``text`` followed by the sections other benchmarks keep in the same file."""
+    """``text`` followed by the sections other benchmarks keep in the same file; the ``state``
+    section (what is current, written by hand) stays above it."""
     kept = marked_sections(path.read_text()) if path.exists() else []
-    return text.rstrip() + ("\n\n" + "\n\n".join(kept) + "\n" if kept else "\n")
+    top = [k for k in kept if k.startswith(STATE)]
+    rest = [k for k in kept if not k.startswith(STATE)]
+    head = "".join(k + "\n\n" for k in top)
+    return head + text.rstrip() + ("\n\n" + "\n\n".join(rest) + "\n" if rest else "\n")
 
 
 if __name__ == "__main__":

@@ -169,4 +169,4 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 def marked_sections(text: str) -> list[str]:
     """Every ``<!-- name:start --> ... <!-- name:end -->`` block of ``text``, markers included."""
-    return [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
+    return [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
