@@ -1,7 +1,8 @@
 """A tiny real HTTP proxy process for fault tests: forwards every request to an upstream server
 and answers ``--status`` instead, once (or ``--times``), for the first request(s) whose path is
 ``--fail-path`` and whose body contains ``--fail-body``, counted only after a request to
-``--after-path`` has been forwarded. Every request is logged to ``--log`` as one JSON line
+``--after-path`` has been forwarded. With ``--forward-first`` such a request still reaches the
+upstream, and only its answer is replaced (lost). Every request is logged to ``--log`` as one JSON line
 (method, path, status, failed), so that a test can check that the fault really happened.
 
     python tests/fault_proxy.py --port 5001 --upstream http://127.0.0.1:5000 \\
@@ -30,6 +31,9 @@ def main() -> None:
     ap.add_argument("--after-path", default=None)
     ap.add_argument("--status", type=int, default=503)
     ap.add_argument("--times", type=int, default=1)
+    ap.add_argument("--forward-first", action="store_true",
+                    help="forward a failed request upstream before answering --status: the answer is lost, "
+                         "not the request (a server that dies after committing)")
     ap.add_argument("--log", required=True)
     args = ap.parse_args()
     up = urllib.parse.urlsplit(args.upstream)
@@ -56,6 +60,18 @@ def main() -> None:
                 fh.write(json.dumps({"method": self.command, "path": self.path.split("?")[0], "query": query,
                                      "status": status, "failed": failed}) + "\n")
 
+        def _forward(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "host"}
+            headers["Host"] = up.netloc
+            headers["Content-Length"] = str(len(body))
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp, resp.read()
+            finally:
+                conn.close()
+
         def _handle(self) -> None:
             body = self._body()
             path, _, query = self.path.partition("?")
@@ -64,6 +80,8 @@ def main() -> None:
                         and args.fail_body.encode() in body)
                 if fail:
                     state["left"] -= 1
+            if fail and args.forward_first:
+                self._forward(body)  # the upstream acts on it; its answer never reaches the client
             if fail:
                 payload = json.dumps({"error_code": "TEMPORARILY_UNAVAILABLE",
                                       "message": "fault proxy: upstream unavailable"}).encode()
@@ -74,13 +92,7 @@ def main() -> None:
                 self.wfile.write(payload)
                 self._record(args.status, True)
                 return
-            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "host"}
-            headers["Host"] = up.netloc
-            headers["Content-Length"] = str(len(body))
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
+            resp, data = self._forward(body)
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in _HOP and k.lower() != "content-length":
@@ -88,7 +100,6 @@ def main() -> None:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            conn.close()
             if args.after_path is not None and path == args.after_path and resp.status < 300:
                 with lock:
                     state["armed"] = True

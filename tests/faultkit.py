@@ -44,7 +44,7 @@ class FaultProxy:
 
     def __init__(self, upstream: str, log_dir: Path, fail_path: str | None = None, fail_body: str = "",
                  after_path: str | None = None, status: int = 503, times: int = 1, port: int | None = None,
-                 health: str = "/health"):
+                 health: str = "/health", forward_first: bool = False):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log_dir) / f"proxy-{self.port}.jsonl"
@@ -55,6 +55,8 @@ class FaultProxy:
             cmd += ["--fail-path", fail_path]
         if after_path:
             cmd += ["--after-path", after_path]
+        if forward_first:
+            cmd.append("--forward-first")
         self.svc = Service(f"proxy-{self.port}", cmd, f"{self.url}{health}", Path(log_dir), timeout=30)
 
     def requests(self) -> list[dict]:

@@ -21,8 +21,30 @@ def register_version(
     version records the model's source run. Returns the version."""
     if not model_uri.startswith(("models:/", "runs:/")):
         raise ValueError(f"expected a logged model's URI (models:/<model_id>), got {model_uri!r}")
-    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
-    return str(version.version)
+    # Idempotent: registering the same logged model again returns its version. A create whose
+    # answer was lost (the server died after committing it; the client, or a task retry, sent it
+    # again) leaves one version, not two.
+    existing = versions_of(model_uri, name)
+    if not existing:
+        created = str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
+        existing = versions_of(model_uri, name) or [created]
+    keep, *extra = existing
+    for version in extra:
+        delete_version(name, version)
+    return keep
+
+
+def versions_of(model_uri: str, name: str = REGISTERED_MODEL) -> list[str]:
+    """The versions of ``name`` registered from the logged model ``model_uri``, oldest first."""
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return []
+        raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+    same = [mv for mv in found if mv.source == model_uri or (model_id and getattr(mv, "model_id", None) == model_id)]
+    return [str(v) for v in sorted(int(mv.version) for mv in same)]
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

@@ -71,3 +71,40 @@ def test_mlflow_server_restarted_mid_run(prefect_harness, synth_small, tmp_path)
         if proc is not None and proc.poll() is None:
             proc.kill()
         server.stop()
+
+
+def test_a_version_whose_create_answer_was_lost_is_registered_once(tmp_path) -> None:
+    """The server commits a model version but its answer never arrives (the proxy forwards the
+    create, then answers 503): MLflow's client sends the create again, and a second version of the
+    same logged model appears. register_version leaves exactly one, the first, and says which."""
+    import mlflow
+    import numpy as np
+
+    from ml.tracking import models as tracked_models
+    from ml.tracking import registry
+    from tests.faultkit import FaultProxy
+    from tests.integration.test_tracking import CLASSES, _tiny_model
+
+    server = MlflowServer(tmp_path / "mlflow").start()
+    proxy = FaultProxy(server.url, tmp_path, fail_path="/api/2.0/mlflow/model-versions/create", forward_first=True)
+    try:
+        mlflow.set_tracking_uri(proxy.url)
+        with mlflow.start_run() as run:
+            info = tracked_models.log_torch_model(_tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
+                                                  serialization_format="pickle")
+        name = f"lost-answer-{uuid.uuid4().hex[:6]}"
+        try:
+            version = registry.register_version(info.model_uri, name)
+        except Exception:  # the client gave up on the 503: the task's retry calls it again
+            version = registry.register_version(info.model_uri, name)
+        creates = [r for r in proxy.requests() if r["path"] == "/api/2.0/mlflow/model-versions/create"]
+        assert creates and creates[0]["failed"], "the fault happened: the first create's answer was lost"
+        client = MlflowClient(server.url)
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert [v.version for v in versions] == [version] == ["1"], [(v.version, v.source) for v in versions]
+        assert versions[0].run_id == run.info.run_id
+        assert registry.register_version(info.model_uri, name) == "1"  # again: the same version, no new one
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    finally:
+        proxy.close()
+        server.stop()
