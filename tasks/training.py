@@ -36,7 +36,10 @@ class MlflowEpochLogger(Callback):
         self._pending: list = []
 
     def on_train_begin(self, state) -> None:
-        """A run resumed from a checkpoint logs the restored epochs too: it holds the whole history."""
+        """A run resumed from a checkpoint logs the restored epochs too: it holds the whole history,
+        and says where it resumed (tag ``restored_from_epoch``, the checkpoint's epoch)."""
+        if state.epoch:
+            self.client.set_tag(self.run_id, "restored_from_epoch", str(state.epoch))
         for row in state.history[: state.epoch]:
             self.on_epoch_end(row["epoch"], row, state)
 

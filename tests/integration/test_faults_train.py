@@ -85,6 +85,8 @@ def test_a_killed_training_run_resumes_bit_identical(prefect_harness, synth_smal
     old, new = client.get_run(killed_run), client.get_run(resumed["run_id"])
     assert old.info.status == "KILLED" and old.data.tags["superseded_by"] == resumed["run_id"]
     assert new.info.status == "FINISHED" and new.data.tags["resumed_from_run"] == killed_run
+    assert new.data.tags["restored_from_epoch"] == str(killed_at)  # resumed from the checkpoint, not from scratch
+    assert "restored_from_epoch" not in client.get_run(whole["run_id"]).data.tags
     timing = {"epoch_seconds", "wall_seconds"}
     names = set(client.get_run(whole["run_id"]).data.metrics) - timing
     assert {"train_loss", "val_loss", "val_balanced_accuracy", "lr_group_0"} <= names

@@ -180,6 +180,7 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
     old, new = client.get_run(first), resumed[0]
     assert old.info.status == "KILLED" and old.data.tags["superseded_by"] == new.info.run_id
     assert new.info.status == "FINISHED"
+    assert new.data.tags["restored_from_epoch"] == str(killed_at)  # the retry resumed from the checkpoint
     assert json.loads((ckpt / "mlflow_run.json").read_text())["run_id"] == new.info.run_id
     steps = sorted(m.step for m in client.get_metric_history(new.info.run_id, "val_loss"))
     assert steps == sorted(set(steps)) and len(steps) == EPOCHS, steps  # every epoch once, restored ones included
