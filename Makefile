@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean postgres stack-up-team bench-load
+.PHONY: install demo lint test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai stack-up stack-down stack-status clean postgres stack-up-team bench-load
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,36 +21,42 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/skinflow demo $(DEMO_ARGS)
 
-test: install postgres
+# The fast first stage of make test: ruff's linter and its formatter check (rules in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint postgres
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-test-fast: install
+# The unit tests alone (pure, no services): about 2.5 minutes on 2 cores.
+test-fast: lint
 	$(PY) -m pytest -q -ra tests/unit
 
 bench: bench-train bench-overhead bench-features
 
 bench-train: install
-	$(PY) bench/bench_train.py $(BENCH_ARGS)
+	$(PY) -m bench.bench_train $(BENCH_ARGS)
 
 bench-overhead: install
-	$(PY) bench/bench_overhead.py --results bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_overhead --results bench/RESULTS.md $(BENCH_ARGS)
 
 bench-features: install
-	$(PY) bench/bench_features.py --results bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_features --results bench/RESULTS.md $(BENCH_ARGS)
 
 # Table 5.8 on the synthetic default and isic9 (efficientnet_lite0, 128 px, bounded budget) + interpret on isic9.
 .PHONY: bench-robustness
 bench-robustness: install
-	nice -n 10 $(PY) bench/bench_robustness.py $(BENCH_ARGS)
+	nice -n 10 $(PY) -m bench.bench_robustness $(BENCH_ARGS)
 # monitor-flow seconds, 500 reference vs 100..1000 batch images at 64 px (single-threaded BLAS/OpenMP)
 bench-monitor: install
-	OMP_NUM_THREADS=1 $(PY) bench/bench_monitor.py --results bench/RESULTS.md $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m bench.bench_monitor --results bench/RESULTS.md $(BENCH_ARGS)
 # Features on large JPEGs (1600x1100, made at bench time): full vs reduced (DCT-scaled) decode.
 bench-large-jpeg: install
-	$(PY) bench/bench_large_jpeg.py --results bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_large_jpeg --results bench/RESULTS.md $(BENCH_ARGS)
 # The augcheck flow end to end on the synthetic default (CPU profile; ~13 min of ProGAN on an idle 2-core machine).
 bench-augcheck: install
-	nice -n 10 $(PY) bench/bench_augcheck.py --results bench/RESULTS.md $(BENCH_ARGS)
+	nice -n 10 $(PY) -m bench.bench_augcheck --results bench/RESULTS.md $(BENCH_ARGS)
 
 # On a CUDA machine, no install step (no network there): gpu-marked tests + bench/bench_gpu.py -> $(OUT) or bench/out/gpu.
 bench-gpu:
@@ -69,7 +75,7 @@ postgres:
 
 # 20 short flow runs through two workers, sqlite and Postgres back ends -> bench/RESULTS.md (infra/README.md).
 bench-load: install postgres
-	$(PY) bench/bench_load.py --results bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_load --results bench/RESULTS.md $(BENCH_ARGS)
 
 stack-down:
 	bash infra/stack.sh down
@@ -82,9 +88,9 @@ clean:
 
 # bench/bench_pretrained.py: ImageNet EfficientNet-Lite on isic9, 5 variants x {fp32, AMP} x 3 seeds + lite2
 bench-pretrained: install
-	$(PY) bench/bench_pretrained.py --out bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_pretrained --out bench/RESULTS.md $(BENCH_ARGS)
 
 # bench/bench_fastai.py: skinflow vs fastai on the same data and weights (installs the bench-only extra)
 bench-fastai: install
 	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'
-	$(PY) bench/bench_fastai.py --out bench/RESULTS.md $(BENCH_ARGS)
+	$(PY) -m bench.bench_fastai --out bench/RESULTS.md $(BENCH_ARGS)

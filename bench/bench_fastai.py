@@ -24,19 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.bench_pretrained import Profile, isic9_data  # noqa: E402
-from bench.bench_train import cpu_precision  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench.bench_pretrained import Profile, isic9_data
+from bench.bench_train import cpu_precision
+from bench.common import (
     command_line,
     configure_torch,
     load_average,
@@ -45,6 +40,8 @@ from bench.common import (  # noqa: E402
     replace_section,
     write_json,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 ARCH = "efficientnet_lite0"
 DEFAULT_OUT = REPO / "bench" / "RESULTS.md"
@@ -71,10 +68,10 @@ def _scores(labels: Any, probs: Any, classes: list[str]) -> dict[str, float]:
 def _fastai_loaders(data: dict[str, Any], batch: int, seed: int):
     import torch
     from fastai.data.core import DataLoaders, TfmdDL
+    from fastai.data.transforms import Normalize
     from fastai.torch_core import TensorCategory, TensorImage
     from fastai.vision.augment import aug_transforms
     from fastai.vision.core import IntToFloatTensor
-    from fastai.data.transforms import Normalize
 
     from ml.train.transforms import PRETRAINED_STATS
 
@@ -83,27 +80,40 @@ def _fastai_loaders(data: dict[str, Any], batch: int, seed: int):
 
     def items(split: str) -> list[tuple[Any, Any]]:
         images, labels = data[split]
-        return [(TensorImage(torch.from_numpy(images[i]).permute(2, 0, 1).contiguous()),
-                 TensorCategory(int(labels[i]))) for i in range(len(labels))]
+        return [
+            (TensorImage(torch.from_numpy(images[i]).permute(2, 0, 1).contiguous()), TensorCategory(int(labels[i])))
+            for i in range(len(labels))
+        ]
 
-    augs = aug_transforms(do_flip=True, max_rotate=0.0, max_zoom=MAX_ZOOM, max_lighting=0.0, max_warp=0.0,
-                          p_lighting=0.0)
-    train = TfmdDL(items("train"), bs=batch, shuffle=True, drop_last=True, num_workers=0,
-                   after_batch=[IntToFloatTensor(), *augs, norm],
-                   device=torch.device("cpu"))
+    augs = aug_transforms(
+        do_flip=True, max_rotate=0.0, max_zoom=MAX_ZOOM, max_lighting=0.0, max_warp=0.0, p_lighting=0.0
+    )
+    train = TfmdDL(
+        items("train"),
+        bs=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+        after_batch=[IntToFloatTensor(), *augs, norm],
+        device=torch.device("cpu"),
+    )
     train.rng.seed(seed)
-    valid = TfmdDL(items("val"), bs=batch * 2, num_workers=0, after_batch=[IntToFloatTensor(), norm], device=torch.device("cpu"))
-    test = TfmdDL(items("test"), bs=batch * 2, num_workers=0, after_batch=[IntToFloatTensor(), norm], device=torch.device("cpu"))
+    valid = TfmdDL(
+        items("val"), bs=batch * 2, num_workers=0, after_batch=[IntToFloatTensor(), norm], device=torch.device("cpu")
+    )
+    test = TfmdDL(
+        items("test"), bs=batch * 2, num_workers=0, after_batch=[IntToFloatTensor(), norm], device=torch.device("cpu")
+    )
     return DataLoaders(train, valid, device=torch.device("cpu")), test
 
 
 def run_fastai(data: dict[str, Any], epochs: int, batch: int, seed: int, work: Path) -> dict[str, Any]:
+    import fastai.callback.schedule  # noqa: F401  (patches lr_find, fit_one_cycle onto Learner)
     import torch
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import BalancedAccuracy
     from fastai.torch_core import set_seed
-    import fastai.callback.schedule  # noqa: F401  (patches lr_find, fit_one_cycle onto Learner)
 
     from ml.train.models import build_model
 
@@ -122,10 +132,17 @@ def run_fastai(data: dict[str, Any], epochs: int, batch: int, seed: int, work: P
     with learn.no_bar():
         probs, labels = learn.get_preds(dl=test_dl)
     val = [float(r[-1]) for r in learn.recorder.values]  # (train loss, valid loss, balanced accuracy) per epoch
-    return {"side": "fastai", "precision": "fp32", "seed": seed, "lr": float(sugg.valley),
-            "lr_find_iterations": finder_iterations,
-            "lr_find_seconds": found, "wall_seconds": wall, "val_balanced_accuracy": val,
-            **_scores(labels.numpy(), torch.as_tensor(probs).float().numpy(), data["classes"])}
+    return {
+        "side": "fastai",
+        "precision": "fp32",
+        "seed": seed,
+        "lr": float(sugg.valley),
+        "lr_find_iterations": finder_iterations,
+        "lr_find_seconds": found,
+        "wall_seconds": wall,
+        "val_balanced_accuracy": val,
+        **_scores(labels.numpy(), torch.as_tensor(probs).float().numpy(), data["classes"]),
+    }
 
 
 # --- skinflow -----------------------------------------------------------------------------------
@@ -136,18 +153,35 @@ def run_skinflow(data: dict[str, Any], variant: str, amp: bool, epochs: int, bat
     from ml.train.loop import fit
     from ml.train.recipes import find_lr
 
-    cfg = TrainConfig(arch=ARCH, weights="imagenet", schedule=variant, epochs=epochs, batch_size=batch, amp=amp,
-                      snapshots=3, seed=seed, progress=False)
+    cfg = TrainConfig(
+        arch=ARCH,
+        weights="imagenet",
+        schedule=variant,
+        epochs=epochs,
+        batch_size=batch,
+        amp=amp,
+        snapshots=3,
+        seed=seed,
+        progress=False,
+    )
     start = time.perf_counter()
     finder = find_lr(data["train"], data["classes"], cfg, num_iter=100)
     found = time.perf_counter() - start
     result = fit(data["train"], data["val"], data["classes"], cfg.model_copy(update={"lr": finder.chosen}))
     wall = time.perf_counter() - start
     probs = result.predict_proba(data["test"][0])
-    return {"side": "skinflow", "variant": variant, "precision": result.amp_dtype or "fp32", "seed": seed,
-            "lr": float(finder.chosen), "lr_find_iterations": len(finder.lrs), "lr_find_seconds": found,
-            "wall_seconds": wall, "val_balanced_accuracy": [float(r["val_balanced_accuracy"]) for r in result.history],
-            **_scores(data["test"][1], probs, data["classes"])}
+    return {
+        "side": "skinflow",
+        "variant": variant,
+        "precision": result.amp_dtype or "fp32",
+        "seed": seed,
+        "lr": float(finder.chosen),
+        "lr_find_iterations": len(finder.lrs),
+        "lr_find_seconds": found,
+        "wall_seconds": wall,
+        "val_balanced_accuracy": [float(r["val_balanced_accuracy"]) for r in result.history],
+        **_scores(data["test"][1], probs, data["classes"]),
+    }
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -161,16 +195,27 @@ def _ms(values: Sequence[float], spec: str = ".3f") -> str:
 
 
 def side_key(run: dict[str, Any]) -> str:
-    return "fastai (fit_one_cycle, fp32)" if run["side"] == "fastai" else f"skinflow ({run['variant']}, {run['precision']})"
+    return (
+        "fastai (fit_one_cycle, fp32)"
+        if run["side"] == "fastai"
+        else f"skinflow ({run['variant']}, {run['precision']})"
+    )
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key in dict.fromkeys(side_key(r) for r in runs):
         group = [r for r in runs if side_key(r) == key]
-        out.append({"side": key, "seeds": len(group),
-                    **{m: [r[m] for r in group] for m in ("wall_seconds", "lr_find_seconds", "lr",
-                                                          "test_balanced_accuracy", "test_macro_f1")}})
+        out.append(
+            {
+                "side": key,
+                "seeds": len(group),
+                **{
+                    m: [r[m] for r in group]
+                    for m in ("wall_seconds", "lr_find_seconds", "lr", "test_balanced_accuracy", "test_macro_f1")
+                },
+            }
+        )
     return out
 
 
@@ -186,40 +231,52 @@ def goal_rows(summary: list[dict[str, Any]]) -> list[str]:
             continue
         acc, t = statistics.fmean(s["test_balanced_accuracy"]), statistics.fmean(s["wall_seconds"])
         met = acc >= fa_acc and t <= GOAL_TIME_RATIO * fa_t
-        lines.append(f"- {s['side']}: balanced accuracy {acc:.3f} vs fastai {fa_acc:.3f} "
-                     f"({acc - fa_acc:+.3f}), wall time {t / fa_t:.2f}x fastai's ({t:.0f} s vs {fa_t:.0f} s): "
-                     f"goal (>= fastai's accuracy in <= {GOAL_TIME_RATIO}x its time) "
-                     + ("**met**." if met else "**not met**."))
+        lines.append(
+            f"- {s['side']}: balanced accuracy {acc:.3f} vs fastai {fa_acc:.3f} "
+            f"({acc - fa_acc:+.3f}), wall time {t / fa_t:.2f}x fastai's ({t:.0f} s vs {fa_t:.0f} s): "
+            f"goal (>= fastai's accuracy in <= {GOAL_TIME_RATIO}x its time) " + ("**met**." if met else "**not met**.")
+        )
     return lines
 
 
 def render(result: dict[str, Any]) -> str:
     m, p = result["machine"], result["profile"]
-    rows = [[s["side"], str(s["seeds"]), _ms(s["lr"], ".3g"), _ms(s["lr_find_seconds"], ".0f"),
-             _ms(s["wall_seconds"], ".0f"), _ms(s["test_balanced_accuracy"]), _ms(s["test_macro_f1"])]
-            for s in result["summary"]]
-    return "\n".join([
-        "# skinflow vs fastai (`make bench-fastai`)",
-        "",
-        f"Command: `{result['command']}`" + (" (**quick format check, not a measurement**)" if p["quick"] else ""),
-        "",
-        f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"fastai {result['fastai_version']}; AMP here: {result['cpu_precision']['amp_precision']}; load average "
-        f"{m['load_average_at_start']} at start, {result['load_average_at_end']} at end; {m['date']}, commit "
-        f"{m['git_commit'][:10]}; total {result['wall_seconds']:.0f} s.",
-        "",
-        f"Same data as the pretrained benchmark: isic9 at {p['size']} px, {result['data']['counts']['train']} train / "
-        f"{result['data']['counts']['val']} val / {result['data']['counts']['test']} test images; ImageNet "
-        f"EfficientNet-Lite0 from the installed package on both sides; {p['epochs']} epochs, batch {p['batch']}; "
-        f"seeds {', '.join(map(str, p['seeds']))}, interleaved. Wall time = LR finder + training (with per-epoch "
-        "validation), mean ± sd over seeds; LR = what each side's finder chose.",
-        "",
-        md_table(["side", "seeds", "LR", "LR finder s", "wall s", "test bal. acc", "test macro-F1"], rows),
-        "",
-        "What this means:",
-        "",
-        *goal_rows(result["summary"]),
-    ])
+    rows = [
+        [
+            s["side"],
+            str(s["seeds"]),
+            _ms(s["lr"], ".3g"),
+            _ms(s["lr_find_seconds"], ".0f"),
+            _ms(s["wall_seconds"], ".0f"),
+            _ms(s["test_balanced_accuracy"]),
+            _ms(s["test_macro_f1"]),
+        ]
+        for s in result["summary"]
+    ]
+    return "\n".join(
+        [
+            "# skinflow vs fastai (`make bench-fastai`)",
+            "",
+            f"Command: `{result['command']}`" + (" (**quick format check, not a measurement**)" if p["quick"] else ""),
+            "",
+            f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"fastai {result['fastai_version']}; AMP here: {result['cpu_precision']['amp_precision']}; load average "
+            f"{m['load_average_at_start']} at start, {result['load_average_at_end']} at end; {m['date']}, commit "
+            f"{m['git_commit'][:10]}; total {result['wall_seconds']:.0f} s.",
+            "",
+            f"Same data as the pretrained benchmark: isic9 at {p['size']} px, {result['data']['counts']['train']} train / "
+            f"{result['data']['counts']['val']} val / {result['data']['counts']['test']} test images; ImageNet "
+            f"EfficientNet-Lite0 from the installed package on both sides; {p['epochs']} epochs, batch {p['batch']}; "
+            f"seeds {', '.join(map(str, p['seeds']))}, interleaved. Wall time = LR finder + training (with per-epoch "
+            "validation), mean ± sd over seeds; LR = what each side's finder chose.",
+            "",
+            md_table(["side", "seeds", "LR", "LR finder s", "wall s", "test bal. acc", "test macro-F1"], rows),
+            "",
+            "What this means:",
+            "",
+            *goal_rows(result["summary"]),
+        ]
+    )
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -234,8 +291,9 @@ def default_variant(path: Path = PRETRAINED_JSON) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="format check: 48 px, 8/class, 1 epoch, 1 seed")
     ap.add_argument("--variant", default=None, help="skinflow's variant (default: the pretrained bench's best)")
     ap.add_argument("--no-fp32", action="store_true", help="skip skinflow's fp32 (precision-matched) rows")
@@ -253,9 +311,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.quick:
         args.size, args.per_class, args.val_per_class, args.epochs, args.batch, args.seeds = 48, 8, 4, 1, 16, "0"
-    profile = {"size": args.size, "per_class": args.per_class, "val_per_class": args.val_per_class,
-               "epochs": args.epochs, "batch": args.batch, "seeds": [int(s) for s in args.seeds.split(",")],
-               "quick": args.quick}
+    profile = {
+        "size": args.size,
+        "per_class": args.per_class,
+        "val_per_class": args.val_per_class,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "seeds": [int(s) for s in args.seeds.split(",")],
+        "quick": args.quick,
+    }
     variant = args.variant or default_variant()
     machine = machine_description(configure_torch(args.threads))
     start = time.perf_counter()
@@ -264,16 +328,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sides = [("fastai", None), ("skinflow", True)] + ([] if args.no_fp32 else [("skinflow", False)])
     runs = []
     for i, seed in enumerate(profile["seeds"]):
-        for side, amp in sides[i % len(sides):] + sides[:i % len(sides)]:
-            run = (run_fastai(data, args.epochs, args.batch, seed, work) if side == "fastai"
-                   else run_skinflow(data, variant, bool(amp), args.epochs, args.batch, seed))
+        for side, amp in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            run = (
+                run_fastai(data, args.epochs, args.batch, seed, work)
+                if side == "fastai"
+                else run_skinflow(data, variant, bool(amp), args.epochs, args.batch, seed)
+            )
             runs.append(run)
-            _log(f"seed {seed} {side_key(run):40s} lr {run['lr']:.3g} wall {run['wall_seconds']:.0f}s "
-                 f"(finder {run['lr_find_seconds']:.0f}s) test bal.acc {run['test_balanced_accuracy']:.3f}")
-    result = {"command": command_line(), "machine": machine, "cpu_precision": cpu_precision(),
-              "fastai_version": fastai.__version__, "profile": profile, "variant": variant, "data": data["info"],
-              "runs": runs, "summary": summarise(runs), "wall_seconds": time.perf_counter() - start,
-              "load_average_at_end": load_average()}
+            _log(
+                f"seed {seed} {side_key(run):40s} lr {run['lr']:.3g} wall {run['wall_seconds']:.0f}s "
+                f"(finder {run['lr_find_seconds']:.0f}s) test bal.acc {run['test_balanced_accuracy']:.3f}"
+            )
+    result = {
+        "command": command_line(),
+        "machine": machine,
+        "cpu_precision": cpu_precision(),
+        "fastai_version": fastai.__version__,
+        "profile": profile,
+        "variant": variant,
+        "data": data["info"],
+        "runs": runs,
+        "summary": summarise(runs),
+        "wall_seconds": time.perf_counter() - start,
+        "load_average_at_end": load_average(),
+    }
     write_json(result, args.out.parent / "out" / "bench_fastai.json")
     text = args.out.read_text() if args.out.is_file() else ""
     args.out.write_text(replace_section(text, SECTION, render(result)))

@@ -27,11 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     command_line,
     fmt,
     load_average,
@@ -41,6 +37,8 @@ from bench.common import (  # noqa: E402
     replace_section,
     write_json,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_features.json"
@@ -79,10 +77,16 @@ def load_records(args: argparse.Namespace, tmp: Path) -> tuple[Any, str]:
         n = args.limit or 200
         per_class = max(1, -(-n // 10))
         out = tmp / "synth"
-        generate(out, SynthConfig(per_class=per_class, size=args.synthetic_size, seed=0, pen_rate=0.2,
-                                  ruler_rate=0.1), progress=False)
-        source = f"synthetic ({per_class}/class, {args.synthetic_size} px; {args.data} absent)" \
-            if not args.synthetic else f"synthetic ({per_class}/class, {args.synthetic_size} px)"
+        generate(
+            out,
+            SynthConfig(per_class=per_class, size=args.synthetic_size, seed=0, pen_rate=0.2, ruler_rate=0.1),
+            progress=False,
+        )
+        source = (
+            f"synthetic ({per_class}/class, {args.synthetic_size} px; {args.data} absent)"
+            if not args.synthetic
+            else f"synthetic ({per_class}/class, {args.synthetic_size} px)"
+        )
         records = build_manifest(out, check=False).records
     else:
         records = build_manifest(args.data, check=False).records
@@ -117,24 +121,32 @@ def _same(a, b) -> bool:
 
 
 def run_modes(records, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    modes = [{"name": "serial" if w <= 1 else f"pool-{w}", "kind": "local", "workers": w, "passes": []}
-             for w in args.workers]
+    modes = [
+        {"name": "serial" if w <= 1 else f"pool-{w}", "kind": "local", "workers": w, "passes": []} for w in args.workers
+    ]
     ray_info: dict[str, Any] = {}
     if args.ray_cpus > 0:
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
-        ray_info = {"init_seconds": round(time.perf_counter() - start, 3), "num_cpus": args.ray_cpus,
-                    "ray_version": ray.__version__}
+        ray.init(
+            num_cpus=args.ray_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}},
+        )
+        ray_info = {
+            "init_seconds": round(time.perf_counter() - start, 3),
+            "num_cpus": args.ray_cpus,
+            "ray_version": ray.__version__,
+        }
         modes.append({"name": f"ray-{args.ray_cpus}", "kind": "ray", "workers": args.ray_cpus, "passes": []})
     import ml.quality.features  # noqa: F401  (imported before timing: the serial pass should not pay for it)
 
     reference = None
     try:
         for r in range(args.repeats):
-            order = modes[r % len(modes):] + modes[: r % len(modes)]  # rotate: no mode always goes first
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]  # rotate: no mode always goes first
             for mode in order:
                 start = time.perf_counter()
                 feats = _run(records, mode)
@@ -143,8 +155,10 @@ def run_modes(records, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
                 if reference is None:
                     reference = feats
                 mode["identical"] = mode.get("identical", True) and _same(reference, feats)
-                print(f"  {mode['name']:<8} pass {r + 1}: {len(records) / seconds:8.1f} images/s ({seconds:.2f} s)",
-                      flush=True)
+                print(
+                    f"  {mode['name']:<8} pass {r + 1}: {len(records) / seconds:8.1f} images/s ({seconds:.2f} s)",
+                    flush=True,
+                )
     finally:
         if args.ray_cpus > 0:
             import ray
@@ -155,9 +169,18 @@ def run_modes(records, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
     rows = []
     for m in modes:
         sec = median(m["passes"])
-        rows.append({"mode": m["name"], "workers": m["workers"], "images": n, "seconds": round(sec, 3),
-                     "images_per_s": round(n / sec, 2), "speedup_vs_serial": round(serial / sec, 3) if serial else None,
-                     "passes": [round(s, 3) for s in m["passes"]], "identical_features": m["identical"]})
+        rows.append(
+            {
+                "mode": m["name"],
+                "workers": m["workers"],
+                "images": n,
+                "seconds": round(sec, 3),
+                "images_per_s": round(n / sec, 2),
+                "speedup_vs_serial": round(serial / sec, 3) if serial else None,
+                "passes": [round(s, 3) for s in m["passes"]],
+                "identical_features": m["identical"],
+            }
+        )
     return rows, ray_info
 
 
@@ -165,8 +188,18 @@ def run_modes(records, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     table = md_table(
         ["mode", "workers / CPUs", "images", "seconds", "images/s", "speed-up vs serial", "same features"],
-        [[r["mode"], str(r["workers"]), str(r["images"]), fmt(r["seconds"], ".2f"), fmt(r["images_per_s"], ".1f"),
-          fmt(r["speedup_vs_serial"], ".2f"), "yes" if r["identical_features"] else "NO"] for r in rows],
+        [
+            [
+                r["mode"],
+                str(r["workers"]),
+                str(r["images"]),
+                fmt(r["seconds"], ".2f"),
+                fmt(r["images_per_s"], ".1f"),
+                fmt(r["speedup_vs_serial"], ".2f"),
+                "yes" if r["identical_features"] else "NO",
+            ]
+            for r in rows
+        ],
     )
     m = meta["machine"]
     ray = meta.get("ray") or {}
@@ -192,9 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"features throughput on {len(records)} images from {source}", flush=True)
         load_at_start = load_average()
         rows, ray_info = run_modes(records, args)
-    meta = {"source": source, "images": len(records), "megabytes": nbytes / 1e6, "repeats": args.repeats,
-            "ray": ray_info, "machine": machine_description({}), "load_average_at_start": load_at_start,
-            "command": command_line(argv if argv is None else [sys.argv[0], *argv])}
+    meta = {
+        "source": source,
+        "images": len(records),
+        "megabytes": nbytes / 1e6,
+        "repeats": args.repeats,
+        "ray": ray_info,
+        "machine": machine_description({}),
+        "load_average_at_start": load_at_start,
+        "command": command_line(argv if argv is None else [sys.argv[0], *argv]),
+    }
     text = markdown(rows, meta)
     print("\n" + text)
     write_json({"rows": rows, **meta}, args.json)

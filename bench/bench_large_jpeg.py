@@ -30,11 +30,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.common import (
+    command_line,
+    fmt,
+    load_average,
+    load_remark,
+    machine_description,
+    md_table,
+    median,
+    replace_section,
+    write_json,
+)
 
-from bench.common import command_line, fmt, load_average, load_remark, machine_description, md_table, median, replace_section, write_json  # noqa: E402,E501
+REPO = Path(__file__).resolve().parents[1]
 
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_large_jpeg.json"
@@ -51,9 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from-isic9", action="store_true", help="upscale isic9 images instead of synthetic ones")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per mode (median reported)")
     p.add_argument("--code", type=Path, default=None, help="import ml from this checkout (e.g. /work/main)")
-    p.add_argument("--inputs", type=Path, default=None,
-                   help="folder for the large JPEGs: reused when it holds them (so that two checkouts time the "
-                        "same files), else made there (default: a temporary folder)")
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        default=None,
+        help="folder for the large JPEGs: reused when it holds them (so that two checkouts time the "
+        "same files), else made there (default: a temporary folder)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--results", type=Path, default=None, help="markdown file whose large-jpeg section is replaced")
     args = p.parse_args(argv)
@@ -80,14 +92,27 @@ def make_large(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], str]:
         from ml.data.synth import SynthConfig, generate
 
         per_class = -(-args.images // 10)
-        generate(tmp / "synth", SynthConfig(per_class=per_class, size=256, seed=0, pen_rate=0.2, drape_rate=0.5,
-                                            dark_background_rate=0.3, watermark_rate=0.5), progress=False)
+        generate(
+            tmp / "synth",
+            SynthConfig(
+                per_class=per_class,
+                size=256,
+                seed=0,
+                pen_rate=0.2,
+                drape_rate=0.5,
+                dark_background_rate=0.3,
+                watermark_rate=0.5,
+            ),
+            progress=False,
+        )
         sources = sorted((tmp / "synth").glob("*/*.jpg"))[: args.images]
         origin = "synthetic 256 px photographs (drapes, dark backgrounds, watermark bands, pen marks) upscaled"
     out = []
     for i, src in enumerate(sources):
         path = folder / f"large_{i:04d}.jpg"
-        Image.open(src).convert("RGB").resize((args.width, args.height), Image.Resampling.BICUBIC).save(path, quality=90)
+        Image.open(src).convert("RGB").resize((args.width, args.height), Image.Resampling.BICUBIC).save(
+            path, quality=90
+        )
         out.append(path)
     source = f"{len(out)} JPEGs of {args.width}x{args.height} px (quality 90): {origin}"
     (folder / "SOURCE.txt").write_text(source + "\n")
@@ -104,45 +129,73 @@ def run(paths: list[Path], args: argparse.Namespace) -> tuple[list[dict[str, Any
     tables: dict[str, list[dict[str, Any]]] = {}
     names = list(modes)
     for r in range(args.repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             tables[name] = [modes[name](p) for p in paths]
             passes[name].append(time.perf_counter() - start)
             print(f"  {name:<8} pass {r + 1}: {len(paths) / passes[name][-1]:6.2f} images/s", flush=True)
-    rows = [{"mode": m, "images": len(paths), "seconds": round(median(s), 3),
-             "images_per_s": round(len(paths) / median(s), 2), "passes": [round(x, 3) for x in s]}
-            for m, s in passes.items()]
+    rows = [
+        {
+            "mode": m,
+            "images": len(paths),
+            "seconds": round(median(s), 3),
+            "images_per_s": round(len(paths) / median(s), 2),
+            "passes": [round(x, 3) for x in s],
+        }
+        for m, s in passes.items()
+    ]
     agreement = {}
     if len(tables) == 2:
         for key in AGREEMENT:
-            diffs = [abs(a[key] - b[key]) / (abs(a[key]) if key == "sharpness" and a[key] else 1.0)
-                     for a, b in zip(tables["full"], tables["reduced"], strict=True)]
+            diffs = [
+                abs(a[key] - b[key]) / (abs(a[key]) if key == "sharpness" and a[key] else 1.0)
+                for a, b in zip(tables["full"], tables["reduced"], strict=True)
+            ]
             agreement[key] = max(diffs)
-        agreement["phash_bits"] = max(bin(int(a["phash"], 16) ^ int(b["phash"], 16)).count("1")
-                                      for a, b in zip(tables["full"], tables["reduced"], strict=True))
-        agreement["same_size"] = all((a["width"], a["height"]) == (b["width"], b["height"])
-                                     for a, b in zip(tables["full"], tables["reduced"], strict=True))
+        agreement["phash_bits"] = max(
+            bin(int(a["phash"], 16) ^ int(b["phash"], 16)).count("1")
+            for a, b in zip(tables["full"], tables["reduced"], strict=True)
+        )
+        agreement["same_size"] = all(
+            (a["width"], a["height"]) == (b["width"], b["height"])
+            for a, b in zip(tables["full"], tables["reduced"], strict=True)
+        )
     return rows, agreement
 
 
 def markdown(rows: list[dict[str, Any]], agreement: dict[str, Any], meta: dict[str, Any]) -> str:
     base = rows[0]["images_per_s"]
-    table = md_table(["mode", "images", "seconds", "images/s", "vs full"],
-                     [[r["mode"], str(r["images"]), fmt(r["seconds"], ".2f"), fmt(r["images_per_s"], ".2f"),
-                       fmt(r["images_per_s"] / base, ".2f")] for r in rows])
+    table = md_table(
+        ["mode", "images", "seconds", "images/s", "vs full"],
+        [
+            [
+                r["mode"],
+                str(r["images"]),
+                fmt(r["seconds"], ".2f"),
+                fmt(r["images_per_s"], ".2f"),
+                fmt(r["images_per_s"] / base, ".2f"),
+            ]
+            for r in rows
+        ],
+    )
     m = meta["machine"]
-    notes = [f"Data: {meta['source']}; page cache warm; serial (`workers=1`), {meta['repeats']} passes per mode "
-             "(median, modes rotate).",
-             f"Code: {meta['code']}.",
-             f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, load {meta['load_average_at_start']} at "
-             f"start ({load_remark(meta['load_average_at_start'], cores=m['usable_cores'])}); "
-             f"Python {m['python']}, commit {m['git_commit'][:12]}, {m['date']}.",
-             f"Command: `{meta['command']}`"]
+    notes = [
+        f"Data: {meta['source']}; page cache warm; serial (`workers=1`), {meta['repeats']} passes per mode "
+        "(median, modes rotate).",
+        f"Code: {meta['code']}.",
+        f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, load {meta['load_average_at_start']} at "
+        f"start ({load_remark(meta['load_average_at_start'], cores=m['usable_cores'])}); "
+        f"Python {m['python']}, commit {m['git_commit'][:12]}, {m['date']}.",
+        f"Command: `{meta['command']}`",
+    ]
     if agreement:
         diffs = ", ".join(f"{k} {v:.3g}" for k, v in agreement.items() if k not in ("phash_bits", "same_size"))
-        notes.insert(1, f"Reduced vs full, largest difference over the images: {diffs} (sharpness relative); "
-                        f"pHash up to {agreement['phash_bits']} bits; width/height identical: "
-                        f"{'yes' if agreement['same_size'] else 'NO'}.")
+        notes.insert(
+            1,
+            f"Reduced vs full, largest difference over the images: {diffs} (sharpness relative); "
+            f"pHash up to {agreement['phash_bits']} bits; width/height identical: "
+            f"{'yes' if agreement['same_size'] else 'NO'}.",
+        )
     return f"{SECTION_TITLE}\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -160,9 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"features on {source} ({nbytes / 1e6:.1f} MB), ml from {code}", flush=True)
         load_at_start = load_average()
         rows, agreement = run(paths, args)
-    meta = {"source": source, "megabytes": nbytes / 1e6, "repeats": args.repeats, "code": code,
-            "machine": machine_description({}), "load_average_at_start": load_at_start,
-            "command": command_line(argv if argv is None else [sys.argv[0], *argv])}
+    meta = {
+        "source": source,
+        "megabytes": nbytes / 1e6,
+        "repeats": args.repeats,
+        "code": code,
+        "machine": machine_description({}),
+        "load_average_at_start": load_at_start,
+        "command": command_line(argv if argv is None else [sys.argv[0], *argv]),
+    }
     text = markdown(rows, agreement, meta)
     print("\n" + text)
     write_json({"rows": rows, "agreement": agreement, **meta}, args.json)

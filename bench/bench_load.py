@@ -27,11 +27,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import REPO, command_line, cpu_model, fmt, git_commit, load_average, load_remark, md_table  # noqa: E402
-from bench.common import replace_section, usable_cores, write_json  # noqa: E402
-from infra.local_stack import Stack  # noqa: E402
+from bench.common import (
+    REPO,
+    command_line,
+    cpu_model,
+    fmt,
+    git_commit,
+    load_average,
+    load_remark,
+    md_table,
+    replace_section,
+    usable_cores,
+    write_json,
+)
+from infra.local_stack import Stack
 
 SECTION = "load"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_load.json"
@@ -53,7 +62,11 @@ class _Api:
     def __init__(self, env: dict[str, str], attempts: int = 8):
         import httpx
 
-        self.client, self.attempts, self.retries = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60), attempts, 0
+        self.client, self.attempts, self.retries = (
+            httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60),
+            attempts,
+            0,
+        )
 
     def call(self, method: str, url: str, **kw) -> Any:
         for attempt in range(self.attempts):
@@ -61,7 +74,7 @@ class _Api:
             if r.status_code not in (429, 503) or attempt == self.attempts - 1:
                 return r.raise_for_status().json()
             self.retries += 1
-            time.sleep(min(0.5 * 2 ** attempt, 8))
+            time.sleep(min(0.5 * 2**attempt, 8))
 
     def close(self) -> None:
         self.client.close()
@@ -97,28 +110,47 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
     from mlflow import MlflowClient
 
     env = stack.client_env()
-    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "bench/load.prefect.yaml", "--all"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--prefect-file", "bench/load.prefect.yaml", "--all"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if deploy.returncode != 0:
         raise RuntimeError(deploy.stdout[-2000:] + deploy.stderr[-2000:])
     mlflow = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment_id = mlflow.create_experiment(f"skinflow-load-{int(time.time() * 1000)}")
     pool = "skinflow-pool"
     if pool_limit:
-        subprocess.run([PREFECT, "work-pool", "set-concurrency-limit", pool, str(pool_limit)], env=env, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [PREFECT, "work-pool", "set-concurrency-limit", pool, str(pool_limit)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     api = _Api(env)
     try:
         deployment = api.call("GET", f"/deployments/name/{DEPLOYMENT}")
         t0 = time.time()
         ids = []
         for i in range(n):
-            ids.append(api.call("POST", f"/deployments/{deployment['id']}/create_flow_run",
-                                json={"parameters": {"i": i, "experiment_id": experiment_id}})["id"])
+            ids.append(
+                api.call(
+                    "POST",
+                    f"/deployments/{deployment['id']}/create_flow_run",
+                    json={"parameters": {"i": i, "experiment_id": experiment_id}},
+                )["id"]
+            )
         deadline = time.time() + timeout
         while True:
-            runs = api.call("POST", "/flow_runs/filter",
-                            json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "limit": 200})
+            runs = api.call(
+                "POST",
+                "/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "limit": 200},
+            )
             if sum(r["state_type"] in TERMINAL for r in runs) >= n or time.time() > deadline:
                 break
             time.sleep(1)
@@ -126,8 +158,9 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
         task_runs = api.call("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": ids}}, "limit": 200})
     finally:
         if pool_limit:
-            subprocess.run([PREFECT, "work-pool", "clear-concurrency-limit", pool], env=env, capture_output=True,
-                           timeout=120)
+            subprocess.run(
+                [PREFECT, "work-pool", "clear-concurrency-limit", pool], env=env, capture_output=True, timeout=120
+            )
         api.close()
     submitted, aborted = worker_submissions(stack.run_dir / "logs")
     recorded = [r.data.tags.get("flow_run_id") for r in mlflow.search_runs([experiment_id], max_results=1000)]
@@ -152,8 +185,9 @@ def run_load(stack: Stack, n: int = 20, pool_limit: int | None = 4, timeout: flo
         "worker_submissions": {i: submitted.get(i, []) for i in ids},
         "refused_duplicate_submissions": sum(len(aborted.get(i, [])) for i in ids),
         "api_retries": api.retries,
-        "server_db_locked_lines": (stack.run_dir / "logs" / "prefect.log").read_text(errors="replace").count(
-            "database is locked"),
+        "server_db_locked_lines": (stack.run_dir / "logs" / "prefect.log")
+        .read_text(errors="replace")
+        .count("database is locked"),
         "per_worker": per_worker,
         "mlflow_flow_run_ids": sorted(x for x in recorded if x),
         "wall_s": t1 - t0,
@@ -177,8 +211,10 @@ def check_exactly_once(res: dict[str, Any]) -> list[str]:
     if res["task_runs_per_flow_run"] != [1] * n or set(res["task_states"]) != {"COMPLETED"}:
         problems.append(f"task runs per flow run {res['task_runs_per_flow_run']}, states {set(res['task_states'])}")
     if sorted(len(w) for w in res["worker_submissions"].values()) != [1] * n:
-        problems.append("runs not started by exactly one worker: "
-                        f"{ {i: w for i, w in res['worker_submissions'].items() if len(w) != 1} }")
+        problems.append(
+            "runs not started by exactly one worker: "
+            f"{ {i: w for i, w in res['worker_submissions'].items() if len(w) != 1} }"
+        )
     if res["mlflow_flow_run_ids"] != ids:
         problems.append(f"MLflow has {len(res['mlflow_flow_run_ids'])} load runs for {n} flow runs")
     return problems
@@ -194,18 +230,45 @@ def _start(profile: str, root: Path) -> Stack:
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = []
     for r in results:
-        rows.append([r["profile"], str(r["n"]), str(len(r["per_worker"])), str(r["pool_limit"]),
-                     f"{sum(s == 'COMPLETED' for s in r['states'])}/{r['n']}",
-                     "yes" if not r["problems"] else "**no** (below)",
-                     fmt(r["wall_s"], ".1f"), fmt(r["wall_per_run_s"], ".2f"), fmt(r["latency_median_s"], ".1f"),
-                     fmt(r["latency_max_s"], ".1f"), fmt(r["run_median_s"], ".2f"),
-                     " / ".join(f"{w}: {c}" for w, c in sorted(r["per_worker"].items())),
-                     str(r["refused_duplicate_submissions"]), str(r["api_retries"]),
-                     str(r["server_db_locked_lines"])])
-    table = md_table(["back end", "runs", "workers", "pool limit", "completed", "exactly once", "wall s",
-                      "wall s / run", "latency median s", "latency max s", "run median s", "runs per worker",
-                      "second submissions refused", "API 429/503 retries", "'database is locked' in server log"],
-                     rows)
+        rows.append(
+            [
+                r["profile"],
+                str(r["n"]),
+                str(len(r["per_worker"])),
+                str(r["pool_limit"]),
+                f"{sum(s == 'COMPLETED' for s in r['states'])}/{r['n']}",
+                "yes" if not r["problems"] else "**no** (below)",
+                fmt(r["wall_s"], ".1f"),
+                fmt(r["wall_per_run_s"], ".2f"),
+                fmt(r["latency_median_s"], ".1f"),
+                fmt(r["latency_max_s"], ".1f"),
+                fmt(r["run_median_s"], ".2f"),
+                " / ".join(f"{w}: {c}" for w, c in sorted(r["per_worker"].items())),
+                str(r["refused_duplicate_submissions"]),
+                str(r["api_retries"]),
+                str(r["server_db_locked_lines"]),
+            ]
+        )
+    table = md_table(
+        [
+            "back end",
+            "runs",
+            "workers",
+            "pool limit",
+            "completed",
+            "exactly once",
+            "wall s",
+            "wall s / run",
+            "latency median s",
+            "latency max s",
+            "run median s",
+            "runs per worker",
+            "second submissions refused",
+            "API 429/503 retries",
+            "'database is locked' in server log",
+        ],
+        rows,
+    )
     problems = "".join(f"- {r['profile']}: {p}\n" for r in results for p in r["problems"])
     problems = f"\nWhat the exactly-once check found:\n\n{problems}" if problems else ""
     load = load_average()
@@ -213,12 +276,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     reading = ""
     if {"sqlite", "postgres"} <= set(by):
         sq, pg = by["sqlite"], by["postgres"]
-        reading = (f"- Reading: {pg['wall_per_run_s']:.2f} s per run on Postgres against {sq['wall_per_run_s']:.2f} s on "
-                   f"sqlite ({pg['wall_per_run_s'] / sq['wall_per_run_s']:.2f}x); a run's cost is its flow-run process "
-                   f"start, not the database. The sqlite Prefect server logged 'database is locked' "
-                   f"{sq['server_db_locked_lines']} times (it retries them) and the Postgres one "
-                   f"{pg['server_db_locked_lines']} times: the lock contention of sqlite grows with concurrent runs, "
-                   "which is why the team stack keeps Prefect on Postgres.\n")
+        reading = (
+            f"- Reading: {pg['wall_per_run_s']:.2f} s per run on Postgres against {sq['wall_per_run_s']:.2f} s on "
+            f"sqlite ({pg['wall_per_run_s'] / sq['wall_per_run_s']:.2f}x); a run's cost is its flow-run process "
+            f"start, not the database. The sqlite Prefect server logged 'database is locked' "
+            f"{sq['server_db_locked_lines']} times (it retries them) and the Postgres one "
+            f"{pg['server_db_locked_lines']} times: the lock contention of sqlite grows with concurrent runs, "
+            "which is why the team stack keeps Prefect on Postgres.\n"
+        )
     starts = [r.get("load_average_at_start") for r in results]
     start_text = ", ".join(f"{r['profile']} {fmt(st[0], '.1f') if st else 'unknown'}" for r, st in zip(results, starts))
     return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python bench/bench_load.py`)

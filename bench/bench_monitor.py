@@ -24,12 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import (
+    command_line,
+    fmt,
+    load_average,
+    load_remark,
+    machine_description,
+    md_table,
+    replace_section,
+    write_json,
+)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import command_line, fmt, load_average, load_remark, machine_description, md_table, replace_section, write_json  # noqa: E402
 
 SECTION = "monitor"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_monitor.json"
@@ -40,9 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=64, help="image side (px)")
     p.add_argument("--reference", type=int, default=500, help="reference (train split) images")
     p.add_argument("--batches", type=int, nargs="+", default=[100, 250, 500, 1000], help="batch sizes to time")
-    p.add_argument("--mode", choices=["flow", "steps"], default="flow",
-                   help="flow: the whole monitor flow (Prefect + MLflow); steps: the ml/monitor steps the flow's "
-                        "tasks call, timed one by one, without Prefect and MLflow (the reference described once)")
+    p.add_argument(
+        "--mode",
+        choices=["flow", "steps"],
+        default="flow",
+        help="flow: the whole monitor flow (Prefect + MLflow); steps: the ml/monitor steps the flow's "
+        "tasks call, timed one by one, without Prefect and MLflow (the reference described once)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to update")
     return p.parse_args(argv)
@@ -101,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             batch = root / f"batch{n}-{seed}"
             generate(batch, SynthConfig(per_class=-(-n // 10), size=args.size, seed=seed), progress=False)
             (batch / "synth_meta.csv").unlink()
-            cfg = MonitorConfig(batch=str(batch), model_uri=model_uri, max_reference=args.reference,
-                                out_dir=str(root / "out"))
+            cfg = MonitorConfig(
+                batch=str(batch), model_uri=model_uri, max_reference=args.reference, out_dir=str(root / "out")
+            )
             start = time.perf_counter()
             summary = monitor_flow(monitor=cfg)
             return time.perf_counter() - start, summary
@@ -115,13 +127,24 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.batches:
                     load = load_average()
                     seconds, summary = run(n, 100 + n)
-                    rows.append({"batch": summary["n_batch"], "reference": summary["n_reference"],
-                                 "validation": summary["reference"]["validation_images"], "seconds": seconds,
-                                 "verdict": summary["verdict"], "load_average": load})
+                    rows.append(
+                        {
+                            "batch": summary["n_batch"],
+                            "reference": summary["n_reference"],
+                            "validation": summary["reference"]["validation_images"],
+                            "seconds": seconds,
+                            "verdict": summary["verdict"],
+                            "load_average": load,
+                        }
+                    )
                     print(f"batch {summary['n_batch']}: {seconds:.1f} s ({summary['verdict']})", flush=True)
                     write_json({"rows": rows, "partial": True}, args.json)  # what is measured survives an interrupt
-    meta = {"size": args.size, "mode": args.mode, "machine": machine_description({}), "command": command_line(
-        [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])}
+    meta = {
+        "size": args.size,
+        "mode": args.mode,
+        "machine": machine_description({}),
+        "command": command_line([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    }
     text = markdown(rows, meta)
     print("\n" + text)
     write_json({"rows": rows, **meta}, args.json)
@@ -133,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict]:
     """The flow's steps without Prefect and MLflow, each timed (seconds per step per batch size)."""
+    import numpy as np
+
     from ml.data.synth import SynthConfig, generate
     from ml.monitor.batch import load_batch
     from ml.monitor.describe import describe
@@ -141,8 +166,6 @@ def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict
     from ml.monitor.model import load_monitored_model
     from ml.monitor.policy import DriftPolicy
     from ml.monitor.reference import load_reference
-
-    import numpy as np
 
     policy = DriftPolicy.load()
     t0 = time.perf_counter()
@@ -167,9 +190,15 @@ def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict
         cur = describe(batch.records, model)
         times["describe_batch_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        est = bbse_bootstrap(val.label_indices(), val.probs.argmax(1), cur.probs.argmax(1), len(model.classes),
-                             np.bincount(ref.label_indices(), minlength=len(model.classes)) / len(ref),
-                             n_boot=policy.n_boot, level=policy.prior_level)
+        est = bbse_bootstrap(
+            val.label_indices(),
+            val.probs.argmax(1),
+            cur.probs.argmax(1),
+            len(model.classes),
+            np.bincount(ref.label_indices(), minlength=len(model.classes)) / len(ref),
+            n_boot=policy.n_boot,
+            level=policy.prior_level,
+        )
         times["bbse_s"] = time.perf_counter() - start
         start = time.perf_counter()
         summary, snapshot = measure_drift(ref, cur, policy, est, render=True)
@@ -178,42 +207,88 @@ def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict
         save_html(snapshot, summary, root / f"report{n}.html")
         times["html_s"] = time.perf_counter() - start
         seconds = sum(times.values()) + sum(fixed.values())
-        rows.append({"batch": len(cur), "reference": len(ref), "validation": len(val), "seconds": seconds,
-                     "verdict": summary["verdict"], "load_average": load, **fixed, **times})
+        rows.append(
+            {
+                "batch": len(cur),
+                "reference": len(ref),
+                "validation": len(val),
+                "seconds": seconds,
+                "verdict": summary["verdict"],
+                "load_average": load,
+                **fixed,
+                **times,
+            }
+        )
         print(f"batch {len(cur)}: {seconds:.1f} s {times}", flush=True)
         write_json({"rows": rows, "partial": True}, args.json)
     return rows
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    table = md_table(["batch images", "reference images", "validation images", "seconds", "s per 100 batch images",
-                      "verdict", "load avg (1 min) at start"],
-                     [[str(r["batch"]), str(r["reference"]), str(r["validation"]), fmt(r["seconds"], ".1f"),
-                       fmt(100 * r["seconds"] / r["batch"], ".1f"), r["verdict"],
-                       fmt((r["load_average"] or [None])[0], ".1f")] for r in rows])
+    table = md_table(
+        [
+            "batch images",
+            "reference images",
+            "validation images",
+            "seconds",
+            "s per 100 batch images",
+            "verdict",
+            "load avg (1 min) at start",
+        ],
+        [
+            [
+                str(r["batch"]),
+                str(r["reference"]),
+                str(r["validation"]),
+                fmt(r["seconds"], ".1f"),
+                fmt(100 * r["seconds"] / r["batch"], ".1f"),
+                r["verdict"],
+                fmt((r["load_average"] or [None])[0], ".1f"),
+            ]
+            for r in rows
+        ],
+    )
     m = meta["machine"]
-    head = [f"## Monitor flow cost", "",
-            f"`{meta['command']}` at {meta['size']} px ({meta['mode']} mode), {m['cpu_model']} "
-            f"({m['usable_cores']} usable cores), OMP_NUM_THREADS={m['omp_num_threads_env']}, commit "
-            f"{m['git_commit']}, {m['date']}.", "", table, ""]
+    head = [
+        "## Monitor flow cost",
+        "",
+        f"`{meta['command']}` at {meta['size']} px ({meta['mode']} mode), {m['cpu_model']} "
+        f"({m['usable_cores']} usable cores), OMP_NUM_THREADS={m['omp_num_threads_env']}, commit "
+        f"{m['git_commit']}, {m['date']}.",
+        "",
+        table,
+        "",
+    ]
     if meta["mode"] == "steps":
-        steps = ["model_and_reference_s", "describe_reference_s", "load_batch_s", "describe_batch_s", "bbse_s",
-                 "report_and_decision_s", "html_s"]
-        head += [md_table(["batch images", *steps], [[str(r["batch"]), *(fmt(r[k], ".1f") for k in steps)]
-                                                      for r in rows]), "",
-                 "Steps mode: the ml/monitor steps the flow's tasks call, each timed, without Prefect and MLflow "
-                 "(model and reference loading from the MLflow run, descriptors + embeddings + predictions of the "
-                 "reference and the model's 100 validation images, done once and counted in every row; then per "
-                 "batch: reading it, describing it, BBSE with 400 bootstraps, the Evidently report with its two "
-                 "EmbeddingsDrift TSNE plots and the decision, the HTML)."]
+        steps = [
+            "model_and_reference_s",
+            "describe_reference_s",
+            "load_batch_s",
+            "describe_batch_s",
+            "bbse_s",
+            "report_and_decision_s",
+            "html_s",
+        ]
+        head += [
+            md_table(["batch images", *steps], [[str(r["batch"]), *(fmt(r[k], ".1f") for k in steps)] for r in rows]),
+            "",
+            "Steps mode: the ml/monitor steps the flow's tasks call, each timed, without Prefect and MLflow "
+            "(model and reference loading from the MLflow run, descriptors + embeddings + predictions of the "
+            "reference and the model's 100 validation images, done once and counted in every row; then per "
+            "batch: reading it, describing it, BBSE with 400 bootstraps, the Evidently report with its two "
+            "EmbeddingsDrift TSNE plots and the decision, the HTML).",
+        ]
     else:
-        head += ["The whole flow in-process (ephemeral Prefect API, sqlite MLflow): model and reference loading, "
-                 "descriptors, embeddings and predictions of the reference (plus the model's 100 validation images "
-                 "for BBSE) and of the batch, BBSE with its bootstrap, the Evidently report with two EmbeddingsDrift "
-                 "TSNE plots, HTML + JSON, the MLflow run."]
+        head += [
+            "The whole flow in-process (ephemeral Prefect API, sqlite MLflow): model and reference loading, "
+            "descriptors, embeddings and predictions of the reference (plus the model's 100 validation images "
+            "for BBSE) and of the batch, BBSE with its bootstrap, the Evidently report with two EmbeddingsDrift "
+            "TSNE plots, HTML + JSON, the MLflow run."
+        ]
     remark = load_remark(*(r["load_average"] for r in rows), cores=m["usable_cores"])
     head += ["", f"Load: {remark[0].upper() + remark[1:]}. The growth with batch size is what the table shows."]
     return "\n".join(head)
+
 
 if __name__ == "__main__":
     sys.exit(main())

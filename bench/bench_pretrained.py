@@ -27,29 +27,25 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.bench_train import BASELINE_LR, cpu_precision  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench.bench_train import BASELINE_LR, cpu_precision
+from bench.common import (
     command_line,
     configure_torch,
-    fmt,
     load_average,
     machine_description,
     md_table,
     replace_section,
     write_json,
 )
-from ml.eval.metrics import eta, time_to_target  # noqa: E402
+from ml.eval.metrics import eta, time_to_target
+
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = ("sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm")
 PRECISIONS = ("fp32", "amp")
@@ -96,8 +92,9 @@ def first_per_class(labels: Any, n: int | None) -> Any:
     return np.flatnonzero(keep)
 
 
-def isic9_data(size: int, per_class: int | None, val_per_class: int | None, work: Path,
-               root: Path = ISIC9) -> dict[str, Any]:
+def isic9_data(
+    size: int, per_class: int | None, val_per_class: int | None, work: Path, root: Path = ISIC9
+) -> dict[str, Any]:
     """isic9 at ``size``: {'train','val','test': (uint8 NHWC, labels), 'classes', 'info'}; the shipped
     test folder is the test split; train and val subsets are class-balanced caps (see module doc)."""
     from ml.data.cache import build_cache
@@ -115,7 +112,9 @@ def isic9_data(size: int, per_class: int | None, val_per_class: int | None, work
         data[split] = (images[idx], labels[idx])
     data["classes"] = cache.classes
     data["info"] = {
-        "source": str(root), "manifest_version": manifest.version, "size": size,
+        "source": str(root),
+        "manifest_version": manifest.version,
+        "size": size,
         "counts": {s: int(len(data[s][1])) for s in ("train", "val", "test")},
         "train_per_class": {c: int((data["train"][1] == i).sum()) for i, c in enumerate(cache.classes)},
         "available_train": int(len(cache.subset("train")[1])),
@@ -129,14 +128,24 @@ def isic9_data(size: int, per_class: int | None, val_per_class: int | None, work
 def train_config(profile: Profile, arch: str, variant: str, precision: str, lr: float | None, seed: int):
     from ml.train.config import TrainConfig
 
-    return TrainConfig(arch=arch, weights="imagenet", schedule=variant, lr=lr, epochs=profile.epochs,
-                       batch_size=profile.batch, amp=precision == "amp", force_amp=profile.force_amp,
-                       snapshots=3, seed=seed, progress=False)
+    return TrainConfig(
+        arch=arch,
+        weights="imagenet",
+        schedule=variant,
+        lr=lr,
+        epochs=profile.epochs,
+        batch_size=profile.batch,
+        amp=precision == "amp",
+        force_amp=profile.force_amp,
+        snapshots=3,
+        seed=seed,
+        progress=False,
+    )
 
 
 def run_probe(data: dict[str, Any], arch: str) -> dict[str, Any]:
-    from ml.train.models import build_model
     from ml.train.config import arch_family
+    from ml.train.models import build_model
     from ml.train.probe import linear_probe, pooled_features
     from ml.train.transforms import PRETRAINED_STATS
 
@@ -159,10 +168,17 @@ def run_range_tests(data: dict[str, Any], profile: Profile, arch: str, variants:
         cfg = train_config(profile, arch, first, "amp", None, seed=0)
         start = time.perf_counter()
         res = find_lr(data["train"], data["classes"], cfg, num_iter=profile.find_lr_iters)
-        out[family] = {"chosen": res.chosen, "bracket": list(res.bracket), "iterations": len(res.lrs),
-                       "stopped_early": res.stopped_early, "wall_seconds": time.perf_counter() - start}
-        _log(f"{arch}: range test {family}: chosen {res.chosen:.3g} (bracket {res.bracket[0]:.3g}.."
-             f"{res.bracket[1]:.3g}, {out[family]['wall_seconds']:.0f}s)")
+        out[family] = {
+            "chosen": res.chosen,
+            "bracket": list(res.bracket),
+            "iterations": len(res.lrs),
+            "stopped_early": res.stopped_early,
+            "wall_seconds": time.perf_counter() - start,
+        }
+        _log(
+            f"{arch}: range test {family}: chosen {res.chosen:.3g} (bracket {res.bracket[0]:.3g}.."
+            f"{res.bracket[1]:.3g}, {out[family]['wall_seconds']:.0f}s)"
+        )
     return out
 
 
@@ -175,33 +191,48 @@ def variant_lr(variant: str, finders: dict[str, Any]) -> float:
 _HISTORY_KEYS = ("epoch", "val_loss", "val_balanced_accuracy", "val_macro_f1", "epoch_seconds")
 
 
-def run_one(data: dict[str, Any], profile: Profile, arch: str, variant: str, precision: str, lr: float,
-            seed: int) -> dict[str, Any]:
+def run_one(
+    data: dict[str, Any], profile: Profile, arch: str, variant: str, precision: str, lr: float, seed: int
+) -> dict[str, Any]:
     from ml.eval.metrics import classification_metrics
     from ml.train.loop import fit
 
     row: dict[str, Any] = {"arch": arch, "variant": variant, "precision": precision, "seed": seed, "lr": lr}
     try:
-        result = fit(data["train"], data["val"], data["classes"],
-                     train_config(profile, arch, variant, precision, lr, seed))
+        result = fit(
+            data["train"], data["val"], data["classes"], train_config(profile, arch, variant, precision, lr, seed)
+        )
     except (FloatingPointError, RuntimeError, ValueError) as exc:
         return {**row, "error": f"{type(exc).__name__}: {exc}"}
     test = classification_metrics(data["test"][1], result.predict_proba(data["test"][0]), data["classes"])
     history = [{k: float(r[k]) for k in _HISTORY_KEYS if k in r} for r in result.history]
     best = max((r[METRIC] for r in history if not math.isnan(r[METRIC])), default=math.nan)
-    return {**row, "amp_dtype": result.amp_dtype, "history": history,
-            "wall_seconds": sum(r["epoch_seconds"] for r in history),
-            "best_val_balanced_accuracy": best, "final_val_balanced_accuracy": history[-1][METRIC],
-            "test_balanced_accuracy": test["balanced_accuracy"], "test_macro_f1": test["macro_f1"],
-            "test_models": max(1, len(result.snapshots))}
+    return {
+        **row,
+        "amp_dtype": result.amp_dtype,
+        "history": history,
+        "wall_seconds": sum(r["epoch_seconds"] for r in history),
+        "best_val_balanced_accuracy": best,
+        "final_val_balanced_accuracy": history[-1][METRIC],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_models": max(1, len(result.snapshots)),
+    }
 
 
 def add_speedups(runs: list[dict[str, Any]]) -> None:
     """Per seed: target = best val balanced accuracy of that seed's sgd fp32 run on the same arch;
     each run's time to target and eta (None = never reached)."""
     for run in runs:
-        base = next((r for r in runs if "error" not in r and (r["arch"], r["seed"], r["variant"], r["precision"])
-                     == (run["arch"], run["seed"], "sgd", "fp32")), None)
+        base = next(
+            (
+                r
+                for r in runs
+                if "error" not in r
+                and (r["arch"], r["seed"], r["variant"], r["precision"]) == (run["arch"], run["seed"], "sgd", "fp32")
+            ),
+            None,
+        )
         if base is None or "error" in run:
             run["eta"] = run["time_to_target"] = None
             continue
@@ -225,9 +256,15 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key in dict.fromkeys((r["arch"], r["variant"], r["precision"]) for r in runs):
         group = [r for r in runs if (r["arch"], r["variant"], r["precision"]) == key]
         ok = [r for r in group if "error" not in r]
-        row = {"arch": key[0], "variant": key[1], "precision": key[2], "seeds": len(group),
-               "failed": len(group) - len(ok), "lr": group[0]["lr"],
-               "amp_dtype": ok[0]["amp_dtype"] if ok else None}
+        row = {
+            "arch": key[0],
+            "variant": key[1],
+            "precision": key[2],
+            "seeds": len(group),
+            "failed": len(group) - len(ok),
+            "lr": group[0]["lr"],
+            "amp_dtype": ok[0]["amp_dtype"] if ok else None,
+        }
         for metric in ("best_val_balanced_accuracy", "test_balanced_accuracy", "test_macro_f1", "wall_seconds"):
             row[metric] = _mean_sd([r[metric] for r in ok])
         etas = [r["eta"] for r in ok if r.get("eta") is not None]
@@ -257,12 +294,35 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
     for r in summary:
         prec = r["precision"] if r["precision"] == "fp32" else f"amp ({r['amp_dtype'] or '?'})"
         ens = f" (ens. {r['test_models']})" if (r["test_models"] or 1) > 1 else ""
-        rows.append([r["arch"].replace("efficientnet_", ""), r["variant"], prec, f"{r['lr']:.3g}",
-                     _ms(r["best_val_balanced_accuracy"]), _ms(r["test_balanced_accuracy"]) + ens,
-                     _ms(r["test_macro_f1"]), _ms(r["wall_seconds"], ".1f"), _ms(r["eta"], ".2f"),
-                     r["eta_reached"] + (f", {r['failed']} failed" if r["failed"] else "")])
-    return md_table(["backbone", "variant", "precision", "LR", "best val bal. acc", "test bal. acc",
-                     "test macro-F1", "train+val s", "eta vs sgd fp32", "reached"], rows)
+        rows.append(
+            [
+                r["arch"].replace("efficientnet_", ""),
+                r["variant"],
+                prec,
+                f"{r['lr']:.3g}",
+                _ms(r["best_val_balanced_accuracy"]),
+                _ms(r["test_balanced_accuracy"]) + ens,
+                _ms(r["test_macro_f1"]),
+                _ms(r["wall_seconds"], ".1f"),
+                _ms(r["eta"], ".2f"),
+                r["eta_reached"] + (f", {r['failed']} failed" if r["failed"] else ""),
+            ]
+        )
+    return md_table(
+        [
+            "backbone",
+            "variant",
+            "precision",
+            "LR",
+            "best val bal. acc",
+            "test bal. acc",
+            "test macro-F1",
+            "train+val s",
+            "eta vs sgd fp32",
+            "reached",
+        ],
+        rows,
+    )
 
 
 def reading(result: dict[str, Any]) -> list[str]:
@@ -276,52 +336,70 @@ def reading(result: dict[str, Any]) -> list[str]:
     if base and clm and base["test_balanced_accuracy"][0] is not None and clm["test_balanced_accuracy"][0] is not None:
         d = clm["test_balanced_accuracy"][0] - base["test_balanced_accuracy"][0]
         verdict = "above" if d > 0 else "below"
-        out.append(f"- The thesis's scheme (sgdr_dlr_clm, fp32) ends {abs(d):.3f} {verdict} the SGD baseline in "
-                   f"mean test balanced accuracy ({clm['test_balanced_accuracy'][0]:.3f} vs "
-                   f"{base['test_balanced_accuracy'][0]:.3f}; seeds' sd {clm['test_balanced_accuracy'][1]:.3f} and "
-                   f"{base['test_balanced_accuracy'][1]:.3f}); it reached the baseline's best validation score in "
-                   f"{clm['eta_reached']} seeds, mean eta {_ms(clm['eta'], '.2f')} (thesis, Exmedio: 1.32–2.33 "
-                   "without AMP).")
-    above = [f"{v} {p}" for (v, p), r in main.items()
-             if r["test_balanced_accuracy"][0] is not None and r["test_balanced_accuracy"][0] > probe]
-    out.append(f"- Linear probe on the frozen {arch} features: {probe:.3f}. Fine-tuned rows above it: "
-               + (", ".join(above) if above else "none") + ".")
+        out.append(
+            f"- The thesis's scheme (sgdr_dlr_clm, fp32) ends {abs(d):.3f} {verdict} the SGD baseline in "
+            f"mean test balanced accuracy ({clm['test_balanced_accuracy'][0]:.3f} vs "
+            f"{base['test_balanced_accuracy'][0]:.3f}; seeds' sd {clm['test_balanced_accuracy'][1]:.3f} and "
+            f"{base['test_balanced_accuracy'][1]:.3f}); it reached the baseline's best validation score in "
+            f"{clm['eta_reached']} seeds, mean eta {_ms(clm['eta'], '.2f')} (thesis, Exmedio: 1.32–2.33 "
+            "without AMP)."
+        )
+    above = [
+        f"{v} {p}"
+        for (v, p), r in main.items()
+        if r["test_balanced_accuracy"][0] is not None and r["test_balanced_accuracy"][0] > probe
+    ]
+    out.append(
+        f"- Linear probe on the frozen {arch} features: {probe:.3f}. Fine-tuned rows above it: "
+        + (", ".join(above) if above else "none")
+        + "."
+    )
     winner = result["best_variant"]
     w = main.get((winner, "fp32")) or next(r for r in summary if r["variant"] == winner)
-    out.append(f"- Best variant on {arch} by mean test balanced accuracy: **{winner}** "
-               f"({_ms(w['test_balanced_accuracy'])} fp32).")
+    out.append(
+        f"- Best variant on {arch} by mean test balanced accuracy: **{winner}** "
+        f"({_ms(w['test_balanced_accuracy'])} fp32)."
+    )
     amp_ratio = []
     for v in result["profile"]["variants"]:
         f32, amp = main.get((v, "fp32")), main.get((v, "amp"))
         if f32 and amp and f32["wall_seconds"][0] and amp["wall_seconds"][0]:
             amp_ratio.append(f32["wall_seconds"][0] / amp["wall_seconds"][0])
     if amp_ratio:
-        out.append(f"- AMP ({result['cpu_precision']['amp_precision']}) vs fp32 wall time per run: "
-                   f"{min(amp_ratio):.2f}–{max(amp_ratio):.2f}x faster over the variants (machine-dependent: see "
-                   "the training benchmark's note on AVX2-only CPUs).")
+        out.append(
+            f"- AMP ({result['cpu_precision']['amp_precision']}) vs fp32 wall time per run: "
+            f"{min(amp_ratio):.2f}–{max(amp_ratio):.2f}x faster over the variants (machine-dependent: see "
+            "the training benchmark's note on AVX2-only CPUs)."
+        )
     cmp_arch = result["profile"]["compare_arch"]
     if cmp_arch:
         other = {(r["variant"], r["precision"]): r for r in summary if r["arch"] == cmp_arch}
         for p in result["profile"]["precisions"]:
             a, b = main.get((winner, p)), other.get((winner, p))
             if a and b and a["test_balanced_accuracy"][0] is not None and b["test_balanced_accuracy"][0] is not None:
-                out.append(f"- {cmp_arch} vs {arch} ({winner}, {p}): test balanced accuracy "
-                           f"{b['test_balanced_accuracy'][0]:.3f} vs {a['test_balanced_accuracy'][0]:.3f}, wall "
-                           f"{b['wall_seconds'][0]:.0f} s vs {a['wall_seconds'][0]:.0f} s per run.")
+                out.append(
+                    f"- {cmp_arch} vs {arch} ({winner}, {p}): test balanced accuracy "
+                    f"{b['test_balanced_accuracy'][0]:.3f} vs {a['test_balanced_accuracy'][0]:.3f}, wall "
+                    f"{b['wall_seconds'][0]:.0f} s vs {a['wall_seconds'][0]:.0f} s per run."
+                )
     return out
 
 
 def render(result: dict[str, Any]) -> str:
     m, p, d = result["machine"], result["profile"], result["data"]
-    finders = "; ".join(f"{arch} {fam}: chosen {f['chosen']:.3g} (bracket {f['bracket'][0]:.3g}..{f['bracket'][1]:.3g}, "
-                        f"{f['iterations']} it., {f['wall_seconds']:.0f} s)"
-                        for arch, fs in result["range_tests"].items() for fam, f in fs.items())
+    finders = "; ".join(
+        f"{arch} {fam}: chosen {f['chosen']:.3g} (bracket {f['bracket'][0]:.3g}..{f['bracket'][1]:.3g}, "
+        f"{f['iterations']} it., {f['wall_seconds']:.0f} s)"
+        for arch, fs in result["range_tests"].items()
+        for fam, f in fs.items()
+    )
     lines = [
         "# Pretrained backbones on real images (`make bench-pretrained`)",
         "",
         f"Command: `{result['command']}`" + (" (**quick format check, not a measurement**)" if p["quick"] else ""),
         "",
-        "| machine | value |", "|---|---|",
+        "| machine | value |",
+        "|---|---|",
         f"| CPU | {m['cpu_model']} ({result['cpu_precision']['cpu_capability']}; native bf16: "
         f"{', '.join(result['cpu_precision']['cpu_native_bf16']) or 'none'}) |",
         f"| cores (usable / logical) | {m['usable_cores']} / {m['logical_cpus']} |",
@@ -359,16 +437,21 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="format check: 48 px, 8/class, 1 seed, 2 variants, 1 epoch")
     ap.add_argument("--arch", default=Profile.arch)
     ap.add_argument("--compare-arch", default=Profile.compare_arch, help="'' to skip")
     ap.add_argument("--size", type=int, default=Profile.size)
     ap.add_argument("--per-class", type=int, default=Profile.per_class, help="training images per class (cap)")
     ap.add_argument("--val-per-class", type=int, default=Profile.val_per_class)
-    ap.add_argument("--epochs", type=int, default=Profile.epochs,
-                    help="epoch budget of every run (3 = 1+2: two sgdr_dlr_clm cycles)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=Profile.epochs,
+        help="epoch budget of every run (3 = 1+2: two sgdr_dlr_clm cycles)",
+    )
     ap.add_argument("--batch", type=int, default=Profile.batch)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -382,14 +465,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_profile(args: argparse.Namespace) -> Profile:
     if args.quick:
-        return Profile(arch=args.arch, compare_arch=args.compare_arch or None, size=48, per_class=8,
-                       val_per_class=4, epochs=1, batch=16, seeds=(0,), variants=("sgd", "sgdr_dlr_clm"),
-                       find_lr_iters=8, force_amp=args.force_amp, threads=args.threads, quick=True)
-    return Profile(arch=args.arch, compare_arch=args.compare_arch or None, size=args.size, per_class=args.per_class,
-                   val_per_class=args.val_per_class, epochs=args.epochs, batch=args.batch,
-                   seeds=tuple(int(s) for s in args.seeds.split(",")),
-                   variants=tuple(v for v in args.variants.split(",") if v), find_lr_iters=args.find_lr_iters,
-                   force_amp=args.force_amp, threads=args.threads)
+        return Profile(
+            arch=args.arch,
+            compare_arch=args.compare_arch or None,
+            size=48,
+            per_class=8,
+            val_per_class=4,
+            epochs=1,
+            batch=16,
+            seeds=(0,),
+            variants=("sgd", "sgdr_dlr_clm"),
+            find_lr_iters=8,
+            force_amp=args.force_amp,
+            threads=args.threads,
+            quick=True,
+        )
+    return Profile(
+        arch=args.arch,
+        compare_arch=args.compare_arch or None,
+        size=args.size,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        epochs=args.epochs,
+        batch=args.batch,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        variants=tuple(v for v in args.variants.split(",") if v),
+        find_lr_iters=args.find_lr_iters,
+        force_amp=args.force_amp,
+        threads=args.threads,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -411,10 +515,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for precision in profile.precisions:
                 run = run_one(data, profile, arch, variant, precision, variant_lr(variant, range_tests[arch]), seed)
                 runs.append(run)
-                _log(f"{arch} seed {seed} {variant:13s} {precision:4s} " + (
-                    f"FAILED {run['error']}" if "error" in run else
-                    f"lr={run['lr']:.3g} val {run['best_val_balanced_accuracy']:.3f} test bal.acc "
-                    f"{run['test_balanced_accuracy']:.3f} {run['wall_seconds']:.0f}s"))
+                _log(
+                    f"{arch} seed {seed} {variant:13s} {precision:4s} "
+                    + (
+                        f"FAILED {run['error']}"
+                        if "error" in run
+                        else f"lr={run['lr']:.3g} val {run['best_val_balanced_accuracy']:.3f} test bal.acc "
+                        f"{run['test_balanced_accuracy']:.3f} {run['wall_seconds']:.0f}s"
+                    )
+                )
 
     for seed in profile.seeds:
         go(profile.arch, profile.variants, seed)
@@ -429,10 +538,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 go(profile.compare_arch, ["sgd"], seed)
         add_speedups(runs)
     result = {
-        "command": command_line(), "machine": machine, "cpu_precision": cpu_precision(profile.force_amp),
-        "profile": asdict(profile), "data": data["info"], "probe": probe, "range_tests": range_tests,
-        "runs": runs, "summary": summarise(runs), "best_variant": winner,
-        "wall_seconds": time.perf_counter() - start, "load_average_at_end": load_average(),
+        "command": command_line(),
+        "machine": machine,
+        "cpu_precision": cpu_precision(profile.force_amp),
+        "profile": asdict(profile),
+        "data": data["info"],
+        "probe": probe,
+        "range_tests": range_tests,
+        "runs": runs,
+        "summary": summarise(runs),
+        "best_variant": winner,
+        "wall_seconds": time.perf_counter() - start,
+        "load_average_at_end": load_average(),
     }
     write_json(result, args.out.parent / "out" / "bench_pretrained.json")
     text = args.out.read_text() if args.out.is_file() else ""

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 
 # The budget of an idle 2-core CPU, about 15 minutes in all: fixed LRs, no range test, no snapshot
@@ -35,13 +33,24 @@ ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 # clean isic9 model reached only 0.30 top-1 and 2 test images were confidently right, too few for the
 # background test; hence 50 per class and 3 epochs.
 PROFILES = {
-    "synth": dict(data=dict(size=32), training=dict(arch="resnet18", schedule="sgdr_dlr_clm", lr=0.05, epochs=3,
-                                                    batch_size=32, snapshots=0),
-                  robustness=dict()),
-    "isic9": dict(data=dict(size=128, val_frac=0.1), training=dict(arch="efficientnet_lite0", weights="imagenet",
-                                                                   schedule="sgdr_dlr", lr=0.05, epochs=3,
-                                                                   batch_size=32, snapshots=0),
-                  robustness=dict(train_per_class=50, noise_levels=[0.01, 0.05, 0.15])),
+    "synth": dict(
+        data=dict(size=32),
+        training=dict(arch="resnet18", schedule="sgdr_dlr_clm", lr=0.05, epochs=3, batch_size=32, snapshots=0),
+        robustness=dict(),
+    ),
+    "isic9": dict(
+        data=dict(size=128, val_frac=0.1),
+        training=dict(
+            arch="efficientnet_lite0",
+            weights="imagenet",
+            schedule="sgdr_dlr",
+            lr=0.05,
+            epochs=3,
+            batch_size=32,
+            snapshots=0,
+        ),
+        robustness=dict(train_per_class=50, noise_levels=[0.01, 0.05, 0.15]),
+    ),
 }
 INTERPRET = dict(seeds=3, top_pairs=3, per_pair=4, train_per_class=50)
 
@@ -49,8 +58,9 @@ INTERPRET = dict(seeds=3, top_pairs=3, per_pair=4, train_per_class=50)
 def _markdown(rows: list[dict]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-              for r in rows]
+    lines += [
+        "| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -77,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from ml.robust.config import RobustnessConfig
     from ml.train.config import LRFindConfig, TrainConfig
 
-    results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                 "load_at_start": os.getloadavg()}, "runs": {}}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_at_start": os.getloadavg()},
+        "runs": {},
+    }
     md = []
     started = time.perf_counter()
     with local_flow_settings():
@@ -94,32 +106,48 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 source = ISIC9
             t0 = time.perf_counter()
-            summary = robustness_flow(data=DataConfig(source=str(source), **p["data"]),
-                                      training=TrainConfig(progress=False, **p["training"]),
-                                      robustness=RobustnessConfig(**p["robustness"]),
-                                      lr_find=LRFindConfig(**p.get("lr_find", {})),
-                                      out_dir=str(out / name / "robustness"))
+            summary = robustness_flow(
+                data=DataConfig(source=str(source), **p["data"]),
+                training=TrainConfig(progress=False, **p["training"]),
+                robustness=RobustnessConfig(**p["robustness"]),
+                lr_find=LRFindConfig(**p.get("lr_find", {})),
+                out_dir=str(out / name / "robustness"),
+            )
             summary["wall_seconds"] = time.perf_counter() - t0
             results["runs"][f"robustness/{name}"] = summary
-            md += [f"### robustness, {name} (MLflow run {summary['run_id']}, {summary['eval_split']} split, "
-                   f"lr {summary['lr']:.3g}, {summary['wall_seconds']:.0f} s)", "", _markdown(summary["table"]), ""]
+            md += [
+                f"### robustness, {name} (MLflow run {summary['run_id']}, {summary['eval_split']} split, "
+                f"lr {summary['lr']:.3g}, {summary['wall_seconds']:.0f} s)",
+                "",
+                _markdown(summary["table"]),
+                "",
+            ]
             print("\n".join(md[-4:]), flush=True)
         if "isic9" in args.datasets and ISIC9.is_dir() and not args.no_interpret:
             p = PROFILES["isic9"]
             t0 = time.perf_counter()
-            summary = interpret_flow(data=DataConfig(source=str(ISIC9), **p["data"]),
-                                     training=TrainConfig(progress=False, **p["training"]),
-                                     interpret=InterpretConfig(**INTERPRET), out_dir=str(out / "isic9" / "interpret"))
+            summary = interpret_flow(
+                data=DataConfig(source=str(ISIC9), **p["data"]),
+                training=TrainConfig(progress=False, **p["training"]),
+                interpret=InterpretConfig(**INTERPRET),
+                out_dir=str(out / "isic9" / "interpret"),
+            )
             summary["wall_seconds"] = time.perf_counter() - t0
             results["runs"]["interpret/isic9"] = summary
             bg = summary["background_test"]
-            md += [f"### interpret, isic9 (MLflow run {summary['run_id']}, seeds {summary['seeds']}, "
-                   f"{summary['wall_seconds']:.0f} s, Grad-CAM layer {summary['cam_layer']})", "",
-                   _markdown([{"confused pair (errors per run, mean ± std)": t} for t in summary["confused_pairs"]]),
-                   "", f"background test: {bg['n_confident']} confident correct images, prediction change rate "
-                   f"{bg['change_rate']}, true-class probability {bg['prob_before']} -> {bg['prob_after']}", "",
-                   "galleries: " + ", ".join(f"runs:/{summary['run_id']}/plots/{Path(g).name}"
-                                             for g in summary["galleries"]), ""]
+            md += [
+                f"### interpret, isic9 (MLflow run {summary['run_id']}, seeds {summary['seeds']}, "
+                f"{summary['wall_seconds']:.0f} s, Grad-CAM layer {summary['cam_layer']})",
+                "",
+                _markdown([{"confused pair (errors per run, mean ± std)": t} for t in summary["confused_pairs"]]),
+                "",
+                f"background test: {bg['n_confident']} confident correct images, prediction change rate "
+                f"{bg['change_rate']}, true-class probability {bg['prob_before']} -> {bg['prob_after']}",
+                "",
+                "galleries: "
+                + ", ".join(f"runs:/{summary['run_id']}/plots/{Path(g).name}" for g in summary["galleries"]),
+                "",
+            ]
             print("\n".join(md[-8:]), flush=True)
     results["machine"]["load_at_end"] = os.getloadavg()
     results["total_seconds"] = time.perf_counter() - started

@@ -27,11 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     command_line,
     configure_torch,
     load_average,
@@ -41,7 +37,9 @@ from bench.common import (  # noqa: E402
     median,
     write_json,
 )
-from ml.eval.metrics import eta, time_to_target  # noqa: E402  (re-exported for the tests)
+from ml.eval.metrics import eta, time_to_target
+
+REPO = Path(__file__).resolve().parents[1]
 
 ARCH = "resnet18"
 BATCH = 64
@@ -83,16 +81,30 @@ class Profile:
     force_amp: bool = False  # bf16 autocast in the AMP rows even on a CPU without native bf16
 
 
-QUICK = Profile(size=32, epochs=2, datasets=("synth",), source_per_class=12, pretrain_epochs=1,
-                synth_long_tail=False, synth_per_class=10, find_lr_iters=20, throughput_batches=2,
-                throughput_repeats=2, loader_repeats=2, quick=True)
+QUICK = Profile(
+    size=32,
+    epochs=2,
+    datasets=("synth",),
+    source_per_class=12,
+    pretrain_epochs=1,
+    synth_long_tail=False,
+    synth_per_class=10,
+    find_lr_iters=20,
+    throughput_batches=2,
+    throughput_repeats=2,
+    loader_repeats=2,
+    quick=True,
+)
 
 
 # --- pure functions (unit tested) ------------------------------------------------------------
 
 
-def speedups(histories: dict[tuple[str, str], Sequence[dict[str, float]]],
-             baseline: tuple[str, str] = BASELINE, metric: str = METRIC) -> dict[str, Any]:
+def speedups(
+    histories: dict[tuple[str, str], Sequence[dict[str, float]]],
+    baseline: tuple[str, str] = BASELINE,
+    metric: str = METRIC,
+) -> dict[str, Any]:
     """Target = the baseline's best `metric`; per run: time to target and eta (None = never reached)."""
     base = histories[baseline]
     values = [r[metric] for r in base if not math.isnan(r[metric])]
@@ -127,10 +139,12 @@ def cpu_precision(force_amp: bool = False) -> dict[str, Any]:
 
     from ml.train.precision import NATIVE_BF16_FLAGS, choose_precision, machine_cpu_capability, machine_cpu_flags
 
-    return {"cpu_capability": machine_cpu_capability(),
-            "cpu_native_bf16": sorted(NATIVE_BF16_FLAGS & machine_cpu_flags()),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
-            "amp_precision": choose_precision(torch.device("cpu"), True, force_amp).reason}
+    return {
+        "cpu_capability": machine_cpu_capability(),
+        "cpu_native_bf16": sorted(NATIVE_BF16_FLAGS & machine_cpu_flags()),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "amp_precision": choose_precision(torch.device("cpu"), True, force_amp).reason,
+    }
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -164,8 +178,7 @@ def prepare_source(profile: Profile, work: Path) -> tuple[Any, Any, list[str]]:
     from ml.data.manifest import build_manifest
     from ml.data.synth import SynthConfig
 
-    cfg = SynthConfig(per_class=profile.source_per_class, size=profile.size, seed=profile.seed + 1000,
-                      fov=(0.2, 0.4))
+    cfg = SynthConfig(per_class=profile.source_per_class, size=profile.size, seed=profile.seed + 1000, fov=(0.2, 0.4))
     folder = _synth_dir(work, "source", cfg)
     cache = build_cache(build_manifest(folder), profile.size, work / "cache")
     return cache.images, cache.labels, cache.classes
@@ -185,12 +198,16 @@ def prepare_dataset(name: str, profile: Profile, work: Path) -> dict[str, Any] |
         manifest = split_manifest(build_manifest(ISIC9), val_frac=1 / 6, test_frac=0.0, seed=profile.seed)
         source = str(ISIC9)
     elif name == "synth":
-        cfg = SynthConfig(long_tail=profile.synth_long_tail,
-                          per_class=None if profile.synth_long_tail else profile.synth_per_class,
-                          size=profile.size, seed=profile.seed)
+        cfg = SynthConfig(
+            long_tail=profile.synth_long_tail,
+            per_class=None if profile.synth_long_tail else profile.synth_per_class,
+            size=profile.size,
+            seed=profile.seed,
+        )
         folder = _synth_dir(work, "target", cfg)
-        manifest = split_manifest(build_manifest(folder), val_frac=1 / 6, test_frac=profile.synth_test_frac,
-                                  seed=profile.seed)
+        manifest = split_manifest(
+            build_manifest(folder), val_frac=1 / 6, test_frac=profile.synth_test_frac, seed=profile.seed
+        )
         source = f"ml.data.synth.generate({cfg})"
     else:
         raise ValueError(f"unknown dataset {name!r} (known: isic9, synth)")
@@ -216,8 +233,17 @@ def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
 
     images, labels, classes = prepare_source(profile, work)
     path = work / f"pretrained_{ARCH}_{profile.size}px_seed{profile.seed}.pt"
-    cfg = TrainConfig(arch=ARCH, schedule="sgdr", lr=profile.pretrain_lr, epochs=profile.pretrain_epochs,
-                      batch_size=BATCH, amp=True, force_amp=profile.force_amp, seed=profile.seed, progress=False)
+    cfg = TrainConfig(
+        arch=ARCH,
+        schedule="sgdr",
+        lr=profile.pretrain_lr,
+        epochs=profile.pretrain_epochs,
+        batch_size=BATCH,
+        amp=True,
+        force_amp=profile.force_amp,
+        seed=profile.seed,
+        progress=False,
+    )
     start = time.perf_counter()
     result = pretrain(images, labels, classes, cfg, path)
     info = {
@@ -228,37 +254,61 @@ def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - start,
         "final_val_balanced_accuracy": result.history[-1][METRIC],
     }
-    _log(f"pretrained {ARCH} on {len(labels)} synthetic source images in {info['wall_seconds']:.1f}s "
-         f"(val bal. acc {info['final_val_balanced_accuracy']:.3f}) -> {path}")
+    _log(
+        f"pretrained {ARCH} on {len(labels)} synthetic source images in {info['wall_seconds']:.1f}s "
+        f"(val bal. acc {info['final_val_balanced_accuracy']:.3f}) -> {path}"
+    )
     return info
 
 
 def run_lr_finder(data: dict[str, Any], weights: str, profile: Profile) -> dict[str, Any]:
-    from ml.train.recipes import find_lr
     from ml.train.config import TrainConfig
+    from ml.train.recipes import find_lr
 
-    cfg = TrainConfig(arch=ARCH, weights=weights, schedule="sgdr", batch_size=BATCH, seed=profile.seed,
-                      progress=False)
+    cfg = TrainConfig(arch=ARCH, weights=weights, schedule="sgdr", batch_size=BATCH, seed=profile.seed, progress=False)
     start = time.perf_counter()
     res = find_lr(data["train"], data["classes"], cfg, num_iter=profile.find_lr_iters)
-    return {"chosen": res.chosen, "bracket": list(res.bracket), "suggestions": res.suggestions,
-            "iterations": len(res.lrs), "stopped_early": res.stopped_early,
-            "wall_seconds": time.perf_counter() - start}
+    return {
+        "chosen": res.chosen,
+        "bracket": list(res.bracket),
+        "suggestions": res.suggestions,
+        "iterations": len(res.lrs),
+        "stopped_early": res.stopped_early,
+        "wall_seconds": time.perf_counter() - start,
+    }
 
 
-_HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_balanced_accuracy", "val_macro_f1", "val_accuracy",
-                 "epoch_seconds")
+_HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_balanced_accuracy",
+    "val_macro_f1",
+    "val_accuracy",
+    "epoch_seconds",
+)
 
 
-def run_variant(data: dict[str, Any], weights: str, variant: str, precision: str, lr: float,
-                profile: Profile) -> dict[str, Any]:
+def run_variant(
+    data: dict[str, Any], weights: str, variant: str, precision: str, lr: float, profile: Profile
+) -> dict[str, Any]:
     from ml.eval.metrics import classification_metrics
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
 
-    cfg = TrainConfig(arch=ARCH, weights=weights, schedule=variant, lr=lr, epochs=profile.epochs,
-                      batch_size=BATCH, amp=precision == "amp", force_amp=profile.force_amp, snapshots=3,
-                      seed=profile.seed, progress=False)
+    cfg = TrainConfig(
+        arch=ARCH,
+        weights=weights,
+        schedule=variant,
+        lr=lr,
+        epochs=profile.epochs,
+        batch_size=BATCH,
+        amp=precision == "amp",
+        force_amp=profile.force_amp,
+        snapshots=3,
+        seed=profile.seed,
+        progress=False,
+    )
     try:
         result = fit(data["train"], data["val"], data["classes"], cfg)
     except (FloatingPointError, RuntimeError, ValueError) as exc:
@@ -293,8 +343,10 @@ def run_dataset(name: str, data: dict[str, Any], weights: str, profile: Profile)
     info = data["info"]
     _log(f"{name}: {info['counts']} images, {len(data['classes'])} classes")
     finder = run_lr_finder(data, weights, profile)
-    _log(f"{name}: LR range test chose {finder['chosen']:.3g} (bracket {finder['bracket'][0]:.3g}.."
-         f"{finder['bracket'][1]:.3g}, {finder['wall_seconds']:.1f}s)")
+    _log(
+        f"{name}: LR range test chose {finder['chosen']:.3g} (bracket {finder['bracket'][0]:.3g}.."
+        f"{finder['bracket'][1]:.3g}, {finder['wall_seconds']:.1f}s)"
+    )
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     for variant in VARIANTS:
         for precision in PRECISIONS:
@@ -303,9 +355,11 @@ def run_dataset(name: str, data: dict[str, Any], weights: str, profile: Profile)
             if "error" in run:
                 _log(f"{name}: {variant:13s} {precision}: FAILED {run['error']}")
             else:
-                _log(f"{name}: {variant:13s} {precision:4s} lr={run['lr']:.3g} best val bal.acc "
-                     f"{run['best_val_balanced_accuracy']:.3f} test macro-F1 {run['test_macro_f1']:.3f} "
-                     f"{run['wall_seconds']:.1f}s")
+                _log(
+                    f"{name}: {variant:13s} {precision:4s} lr={run['lr']:.3g} best val bal.acc "
+                    f"{run['best_val_balanced_accuracy']:.3f} test macro-F1 {run['test_macro_f1']:.3f} "
+                    f"{run['wall_seconds']:.1f}s"
+                )
     ok = {k: r["history"] for k, r in runs.items() if "error" not in r}
     speed = speedups(ok) if BASELINE in ok else None
     for key, run in runs.items():
@@ -360,9 +414,9 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
     import torch
     import torch.nn.functional as F
 
-    from ml.train.models import build_model
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
+    from ml.train.models import build_model
     from ml.train.precision import choose_precision
     from ml.train.transforms import channel_stats, to_float_batch
 
@@ -371,16 +425,21 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
     val = (images[:8], labels[:8])
     classes = [f"c{i}" for i in range(num_classes)]
     norm = channel_stats(images)
-    xs = [to_float_batch(torch.from_numpy(images[i:i + BATCH]), *norm) for i in range(0, n, BATCH)]
-    ys = [torch.from_numpy(labels[i:i + BATCH]) for i in range(0, n, BATCH)]
+    xs = [to_float_batch(torch.from_numpy(images[i : i + BATCH]), *norm) for i in range(0, n, BATCH)]
+    ys = [torch.from_numpy(labels[i : i + BATCH]) for i in range(0, n, BATCH)]
     device = torch.device("cpu")
-    out: dict[str, Any] = {"images_per_run": n, "batches_per_run": len(xs), "batch_size": BATCH,
-                           "size": profile.size, "repeats": profile.throughput_repeats}
+    out: dict[str, Any] = {
+        "images_per_run": n,
+        "batches_per_run": len(xs),
+        "batch_size": BATCH,
+        "size": profile.size,
+        "repeats": profile.throughput_repeats,
+    }
 
     for precision in PRECISIONS:
         dtype = choose_precision(device, precision == "amp", profile.force_amp).dtype
 
-        def bare() -> float:
+        def bare(dtype=dtype) -> float:
             torch.manual_seed(profile.seed)
             model = build_model(ARCH, num_classes).train()
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -393,11 +452,20 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
                 opt.step()
             return time.perf_counter() - start
 
-        def ours() -> tuple[float, float]:
+        def ours(precision=precision) -> tuple[float, float]:
             timer = _TrainPhaseTimer()
-            cfg = TrainConfig(arch=ARCH, schedule="sgdr_dlr_clm", lr=0.01, epochs=1, batch_size=BATCH,
-                              amp=precision == "amp", force_amp=profile.force_amp, snapshots=3, seed=profile.seed,
-                              progress=False)
+            cfg = TrainConfig(
+                arch=ARCH,
+                schedule="sgdr_dlr_clm",
+                lr=0.01,
+                epochs=1,
+                batch_size=BATCH,
+                amp=precision == "amp",
+                force_amp=profile.force_amp,
+                snapshots=3,
+                seed=profile.seed,
+                progress=False,
+            )
             result = fit((images, labels), val, classes, cfg, callbacks=[timer])
             return timer.end - timer.begin, result.history[0]["epoch_seconds"]
 
@@ -410,17 +478,25 @@ def measure_step_throughput(data: tuple[Any, Any], num_classes: int, profile: Pr
             epoch_s.append(e)
         b, t, e = median(bare_s), median(train_s), median(epoch_s)
         out[precision] = {
-            "bare_seconds": bare_s, "fit_train_seconds": train_s, "fit_epoch_seconds": epoch_s,
-            "bare_images_per_s": n / b, "fit_images_per_s": n / t, "fit_epoch_images_per_s": n / e,
-            "ratio": b / t, "ratio_incl_val": b / e,
+            "bare_seconds": bare_s,
+            "fit_train_seconds": train_s,
+            "fit_epoch_seconds": epoch_s,
+            "bare_images_per_s": n / b,
+            "fit_images_per_s": n / t,
+            "fit_epoch_images_per_s": n / e,
+            "ratio": b / t,
+            "ratio_incl_val": b / e,
         }
-        _log(f"step throughput {precision}: bare {n / b:.1f} img/s, fit {n / t:.1f} img/s "
-             f"(ratio {b / t:.3f}; with validation of 8 images {b / e:.3f})")
+        _log(
+            f"step throughput {precision}: bare {n / b:.1f} img/s, fit {n / t:.1f} img/s "
+            f"(ratio {b / t:.3f}; with validation of 8 images {b / e:.3f})"
+        )
     return out
 
 
-def measure_loader_throughput(data: tuple[Any, Any], num_classes: int, profile: Profile,
-                              consumption: dict[str, float]) -> dict[str, Any]:
+def measure_loader_throughput(
+    data: tuple[Any, Any], num_classes: int, profile: Profile, consumption: dict[str, float]
+) -> dict[str, Any]:
     """Images/s the training input pipeline (sampler + batch gather + normalise + augment) delivers
     with no model, vs images/s a training step of fit consumes."""
     import torch
@@ -443,8 +519,11 @@ def measure_loader_throughput(data: tuple[Any, Any], num_classes: int, profile: 
     rate = count / median(times)
     out = {"images_per_epoch": count, "seconds": times, "loader_images_per_s": rate, "num_workers": cfg.num_workers}
     for precision, consumed in consumption.items():
-        out[precision] = {"step_images_per_s": consumed, "ratio": rate / consumed,
-                          "loader_share_of_step_time": consumed / rate}
+        out[precision] = {
+            "step_images_per_s": consumed,
+            "ratio": rate / consumed,
+            "loader_share_of_step_time": consumed / rate,
+        }
         _log(f"loader {rate:.0f} img/s vs {precision} step {consumed:.1f} img/s: ratio {rate / consumed:.1f}")
     return out
 
@@ -464,20 +543,48 @@ def dataset_table(ds: dict[str, Any]) -> str:
     rows = []
     for r in ds["runs"]:
         if "error" in r:
-            rows.append([r["variant"], r["precision"], f"{r['lr']:.3g}", "failed", "—", "—", "—", "failed",
-                         r.get("thesis_eta") or "—"])
+            rows.append(
+                [
+                    r["variant"],
+                    r["precision"],
+                    f"{r['lr']:.3g}",
+                    "failed",
+                    "—",
+                    "—",
+                    "—",
+                    "failed",
+                    r.get("thesis_eta") or "—",
+                ]
+            )
             continue
         ttt = r.get("time_to_target")
-        rows.append([
-            r["variant"], r["precision"] + (f" ({r.get('amp_dtype') or 'fp32'})" if r["precision"] == "amp" else ""),
-            f"{r['lr']:.3g}",
-            f"{r['best_val_balanced_accuracy']:.3f}", f"{r['test_macro_f1']:.3f}" + (
-                f" (ens. {r['test_models']})" if r["test_models"] > 1 else ""),
-            str(ttt["epoch"]) if ttt else "never", f"{ttt['seconds']:.1f}" if ttt else "—",
-            _eta_text(r), r.get("thesis_eta") or "—",
-        ])
-    return md_table(["variant", "precision", "LR", "best val bal. acc", "test macro-F1", "epochs to target",
-                     "time to target (s)", "eta", "thesis eta"], rows)
+        rows.append(
+            [
+                r["variant"],
+                r["precision"] + (f" ({r.get('amp_dtype') or 'fp32'})" if r["precision"] == "amp" else ""),
+                f"{r['lr']:.3g}",
+                f"{r['best_val_balanced_accuracy']:.3f}",
+                f"{r['test_macro_f1']:.3f}" + (f" (ens. {r['test_models']})" if r["test_models"] > 1 else ""),
+                str(ttt["epoch"]) if ttt else "never",
+                f"{ttt['seconds']:.1f}" if ttt else "—",
+                _eta_text(r),
+                r.get("thesis_eta") or "—",
+            ]
+        )
+    return md_table(
+        [
+            "variant",
+            "precision",
+            "LR",
+            "best val bal. acc",
+            "test macro-F1",
+            "epochs to target",
+            "time to target (s)",
+            "eta",
+            "thesis eta",
+        ],
+        rows,
+    )
 
 
 def curves_table(ds: dict[str, Any]) -> str:
@@ -487,7 +594,10 @@ def curves_table(ds: dict[str, Any]) -> str:
     epochs = max(len(r["history"]) for r in ok)
     rows = []
     for r in ok:
-        cells = [f"{h[METRIC]:.3f} / {h['val_macro_f1']:.3f} @ {c:.0f}s" for h, c in zip(r["history"], r["cumulative_seconds"])]
+        cells = [
+            f"{h[METRIC]:.3f} / {h['val_macro_f1']:.3f} @ {c:.0f}s"
+            for h, c in zip(r["history"], r["cumulative_seconds"])
+        ]
         rows.append([r["variant"], r["precision"]] + cells + [""] * (epochs - len(cells)))
     return md_table(["variant", "precision"] + [f"epoch {i + 1}" for i in range(epochs)], rows)
 
@@ -505,12 +615,17 @@ def interpretation(result: dict[str, Any]) -> list[str]:
         fastest = max(reached, key=lambda r: r["eta"]) if reached else None
         best_f1 = max(ok, key=lambda r: r["test_macro_f1"])
         base = next((r for r in ok if (r["variant"], r["precision"]) == BASELINE), None)
-        text = (f"- **{ds['dataset']}**: target (SGD fp32 best val bal. acc) {ds['target']:.3f}; "
-                f"{len(reached)}/{len(ok)} runs reached it")
+        text = (
+            f"- **{ds['dataset']}**: target (SGD fp32 best val bal. acc) {ds['target']:.3f}; "
+            f"{len(reached)}/{len(ok)} runs reached it"
+        )
         if fastest is not None:
             text += f", fastest {fastest['variant']}/{fastest['precision']} (eta {fastest['eta']:.2f})"
-        text += (f". Best test macro-F1: {best_f1['variant']}/{best_f1['precision']} {best_f1['test_macro_f1']:.3f}"
-                 + (f" vs SGD fp32 {base['test_macro_f1']:.3f}" if base else "") + ".")
+        text += (
+            f". Best test macro-F1: {best_f1['variant']}/{best_f1['precision']} {best_f1['test_macro_f1']:.3f}"
+            + (f" vs SGD fp32 {base['test_macro_f1']:.3f}" if base else "")
+            + "."
+        )
         for precision, (lo, hi) in (("fp32", (1.32, 2.33)), ("amp", (1.67, 3.82))):
             clm = next((r for r in ok if r["variant"] == "sgdr_dlr_clm" and r["precision"] == precision), None)
             if clm is None:
@@ -520,17 +635,24 @@ def interpretation(result: dict[str, Any]) -> list[str]:
             else:
                 where = "inside" if lo <= clm["eta"] <= hi else ("below" if clm["eta"] < lo else "above")
                 text += f" SGDR+DLR+CLM {precision} eta {clm['eta']:.2f} is {where} the thesis's Exmedio {lo}–{hi}."
-        pairs = [(r, next((a for a in ok if a["variant"] == r["variant"] and a["precision"] == "amp"), None))
-                 for r in ok if r["precision"] == "fp32"]
+        pairs = [
+            (r, next((a for a in ok if a["variant"] == r["variant"] and a["precision"] == "amp"), None))
+            for r in ok
+            if r["precision"] == "fp32"
+        ]
         factors = [f["wall_seconds"] / a["wall_seconds"] for f, a in pairs if a is not None and a["wall_seconds"] > 0]
         dtypes = {a["amp_dtype"] for _, a in pairs if a is not None}
         if factors and dtypes == {None}:
-            text += (f" The AMP rows trained in fp32 ({result['machine']['amp_precision']}): their times repeat "
-                     "fp32's, not an AMP speed-up.")
+            text += (
+                f" The AMP rows trained in fp32 ({result['machine']['amp_precision']}): their times repeat "
+                "fp32's, not an AMP speed-up."
+            )
         elif factors:
-            text += (f" AMP ({', '.join(sorted(d for d in dtypes if d))}) made the whole "
-                     f"{ds['info']['counts']['train']}-image fits {median(factors):.2f}x faster (median over variants) "
-                     f"on this CPU ({result['machine']['cpu_capability']}); the factor is machine-dependent.")
+            text += (
+                f" AMP ({', '.join(sorted(d for d in dtypes if d))}) made the whole "
+                f"{ds['info']['counts']['train']}-image fits {median(factors):.2f}x faster (median over variants) "
+                f"on this CPU ({result['machine']['cpu_capability']}); the factor is machine-dependent."
+            )
         if failed:
             text += f" Failed: {', '.join(failed)}."
         lines.append(text)
@@ -543,26 +665,34 @@ def interpretation(result: dict[str, Any]) -> list[str]:
             if ratio > 1.05:
                 text += "; fit faster than the bare loop is noise from other load (compare the min–max columns)."
             elif ratio < 1.0:
-                text += (f"; the {100 * (1 - ratio):.1f}% gap is what fit adds: batch gather, normalisation and "
-                         "augmentation, the per-iteration scheduler and the end-of-cycle snapshot.")
+                text += (
+                    f"; the {100 * (1 - ratio):.1f}% gap is what fit adds: batch gather, normalisation and "
+                    "augmentation, the per-iteration scheduler and the end-of-cycle snapshot."
+                )
             else:
                 text += "."
             lines.append(text)
         ld = tp["loader"]
         worst = min(ld[p]["ratio"] for p in PRECISIONS)
-        lines.append(f"- Loader: {ld['loader_images_per_s']:.0f} img/s vs at most "
-                     f"{max(ld[p]['step_images_per_s'] for p in PRECISIONS):.0f} img/s consumed; ratio >= {worst:.1f} "
-                     + ("(never the bottleneck" if worst >= 5 else "(close to being a bottleneck")
-                     + f"; with num_workers={ld['num_workers']} it runs in series with the step and costs "
-                     f"{100 * max(ld[p]['loader_share_of_step_time'] for p in PRECISIONS):.0f}% of step time at most).")
+        lines.append(
+            f"- Loader: {ld['loader_images_per_s']:.0f} img/s vs at most "
+            f"{max(ld[p]['step_images_per_s'] for p in PRECISIONS):.0f} img/s consumed; ratio >= {worst:.1f} "
+            + ("(never the bottleneck" if worst >= 5 else "(close to being a bottleneck")
+            + f"; with num_workers={ld['num_workers']} it runs in series with the step and costs "
+            f"{100 * max(ld[p]['loader_share_of_step_time'] for p in PRECISIONS):.0f}% of step time at most)."
+        )
     load = result["machine"].get("load_average_at_start")
     cores = result["machine"].get("usable_cores") or 1
     if load and max(load[0], (result.get("load_average_at_end") or [0])[0]) > 0.5 * cores:
-        lines.append(f"- The machine was not quiet (1-min load {load[0]:.1f} at start, "
-                     f"{(result.get('load_average_at_end') or ['?'])[0]} at end, {cores} cores): wall times and "
-                     "etas carry that noise; rerun on an idle machine for numbers to quote.")
+        lines.append(
+            f"- The machine was not quiet (1-min load {load[0]:.1f} at start, "
+            f"{(result.get('load_average_at_end') or ['?'])[0]} at end, {cores} cores): wall times and "
+            "etas carry that noise; rerun on an idle machine for numbers to quote."
+        )
     if result["profile"]["quick"]:
-        lines.append("- This is a `--quick` format check: tiny data, 2 epochs; the numbers say nothing about the method.")
+        lines.append(
+            "- This is a `--quick` format check: tiny data, 2 epochs; the numbers say nothing about the method."
+        )
     return lines
 
 
@@ -576,19 +706,28 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         "## Machine",
         "",
-        md_table(["item", "value"], [
-            ["CPU", m["cpu_model"]],
-            ["CPU capability (torch) / native bf16 flags",
-             f"{m['cpu_capability']} / {', '.join(m['cpu_native_bf16']) or 'none'}"],
-            ["AMP on this CPU", m["amp_precision"]],
-            ["cores (usable / logical)", f"{m['usable_cores']} / {m['logical_cpus']}"],
-            ["load average at start / end", f"{m['load_average_at_start']} / {result.get('load_average_at_end')}"],
-            ["torch", m["torch"]], ["torch threads", str(m["torch_threads"])],
-            ["flush denormal", "on" if m["flush_denormal"] else "off (unsupported)"],
-            ["CUDA", str(m["cuda"])], ["python", m["python"]], ["platform", m["platform"]],
-            ["date (UTC)", m["date"]], ["git commit", m["git_commit"]],
-            ["total wall time", f"{result['wall_seconds']:.0f} s"],
-        ]),
+        md_table(
+            ["item", "value"],
+            [
+                ["CPU", m["cpu_model"]],
+                [
+                    "CPU capability (torch) / native bf16 flags",
+                    f"{m['cpu_capability']} / {', '.join(m['cpu_native_bf16']) or 'none'}",
+                ],
+                ["AMP on this CPU", m["amp_precision"]],
+                ["cores (usable / logical)", f"{m['usable_cores']} / {m['logical_cpus']}"],
+                ["load average at start / end", f"{m['load_average_at_start']} / {result.get('load_average_at_end')}"],
+                ["torch", m["torch"]],
+                ["torch threads", str(m["torch_threads"])],
+                ["flush denormal", "on" if m["flush_denormal"] else "off (unsupported)"],
+                ["CUDA", str(m["cuda"])],
+                ["python", m["python"]],
+                ["platform", m["platform"]],
+                ["date (UTC)", m["date"]],
+                ["git commit", m["git_commit"]],
+                ["total wall time", f"{result['wall_seconds']:.0f} s"],
+            ],
+        ),
         "",
         "## Setup",
         "",
@@ -612,11 +751,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             f"{info['counts']['train']} train / {info['counts']['val']} val / {info['counts']['test']} test images, "
             f"{len(info['classes'])} classes (train per class: "
-            + ", ".join(f"{c} {n}" for c, n in info["train_per_class"].items()) + "). "
+            + ", ".join(f"{c} {n}" for c, n in info["train_per_class"].items())
+            + "). "
             f"LR range test: chosen {f['chosen']:.3g}, bracket {f['bracket'][0]:.3g}..{f['bracket'][1]:.3g} "
             f"({f['iterations']} iterations, {f['wall_seconds']:.1f} s). "
-            + (f"Target {ds['target']:.3f}, baseline time to target {ds['baseline_seconds']:.1f} s."
-               if ds["target"] is not None else "No baseline result."),
+            + (
+                f"Target {ds['target']:.3f}, baseline time to target {ds['baseline_seconds']:.1f} s."
+                if ds["target"] is not None
+                else "No baseline result."
+            ),
             "",
             dataset_table(ds),
             "",
@@ -642,24 +785,50 @@ def render_markdown(result: dict[str, Any]) -> str:
             "per-iteration scheduler and LR trace, and the cycle-end snapshot copy, but not model construction "
             "or validation; the `incl. val` column is `epoch_seconds` (adds validation of 8 images).",
             "",
-            md_table(["precision", "bare img/s", "fit img/s", "ratio fit/bare", "ratio incl. val", "target",
-                      "bare s (min–max)", "fit s (min–max)"], [
-                [pr, f"{st[pr]['bare_images_per_s']:.1f}", f"{st[pr]['fit_images_per_s']:.1f}",
-                 f"{st[pr]['ratio']:.3f}", f"{st[pr]['ratio_incl_val']:.3f}", ">= 0.95",
-                 f"{min(st[pr]['bare_seconds']):.3f}–{max(st[pr]['bare_seconds']):.3f}",
-                 f"{min(st[pr]['fit_train_seconds']):.3f}–{max(st[pr]['fit_train_seconds']):.3f}"]
-                for pr in PRECISIONS]),
+            md_table(
+                [
+                    "precision",
+                    "bare img/s",
+                    "fit img/s",
+                    "ratio fit/bare",
+                    "ratio incl. val",
+                    "target",
+                    "bare s (min–max)",
+                    "fit s (min–max)",
+                ],
+                [
+                    [
+                        pr,
+                        f"{st[pr]['bare_images_per_s']:.1f}",
+                        f"{st[pr]['fit_images_per_s']:.1f}",
+                        f"{st[pr]['ratio']:.3f}",
+                        f"{st[pr]['ratio_incl_val']:.3f}",
+                        ">= 0.95",
+                        f"{min(st[pr]['bare_seconds']):.3f}–{max(st[pr]['bare_seconds']):.3f}",
+                        f"{min(st[pr]['fit_train_seconds']):.3f}–{max(st[pr]['fit_train_seconds']):.3f}",
+                    ]
+                    for pr in PRECISIONS
+                ],
+            ),
             "",
             f"Training loader (`ml.train.loop.TrainBatches`: sampler + uint8 batch gather + normalise + augment, "
             f"num_workers={ld['num_workers']}, no model): {ld['loader_images_per_s']:.0f} img/s.",
             "",
-            md_table(["precision", "step consumes img/s", "loader / step", "loader share of step time"], [
-                [pr, f"{ld[pr]['step_images_per_s']:.1f}", f"{ld[pr]['ratio']:.1f}",
-                 f"{100 * ld[pr]['loader_share_of_step_time']:.1f}%"] for pr in PRECISIONS]),
+            md_table(
+                ["precision", "step consumes img/s", "loader / step", "loader share of step time"],
+                [
+                    [
+                        pr,
+                        f"{ld[pr]['step_images_per_s']:.1f}",
+                        f"{ld[pr]['ratio']:.1f}",
+                        f"{100 * ld[pr]['loader_share_of_step_time']:.1f}%",
+                    ]
+                    for pr in PRECISIONS
+                ],
+            ),
             "",
         ]
-    parts += ["## What this means", "", *interpretation(result), "",
-              f"Raw data: `{result['json_path']}`.", ""]
+    parts += ["## What this means", "", *interpretation(result), "", f"Raw data: `{result['json_path']}`.", ""]
     return "\n".join(parts)
 
 
@@ -667,8 +836,9 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny profile: synthetic only, 32 px, 2 epochs (< 1 min)")
     ap.add_argument("--size", type=int, help="image size in px (default 64; quick 32)")
     ap.add_argument("--epochs", type=int, help="epoch budget for every variant (default 7 = 1+2+4; quick 2)")
@@ -676,10 +846,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="RESULTS.md path; JSON goes to <dir>/out/")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all usable cores)")
-    ap.add_argument("--force-amp", action="store_true",
-                    help="bf16 autocast in the AMP rows even where the CPU has no native bf16 (default: fp32 there)")
-    ap.add_argument("--work-dir", type=Path, default=None,
-                    help="synthetic images, caches, pretrained weights (default <out dir>/out/work)")
+    ap.add_argument(
+        "--force-amp",
+        action="store_true",
+        help="bf16 autocast in the AMP rows even where the CPU has no native bf16 (default: fp32 there)",
+    )
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="synthetic images, caches, pretrained weights (default <out dir>/out/work)",
+    )
     return ap.parse_args(argv)
 
 
@@ -728,8 +905,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name, train, num_classes = first_train
         step = measure_step_throughput(train, num_classes, profile)
         consumption = {p: step[p]["fit_images_per_s"] for p in PRECISIONS}
-        result["throughput"] = {"dataset": name, "step": step,
-                                "loader": measure_loader_throughput(train, num_classes, profile, consumption)}
+        result["throughput"] = {
+            "dataset": name,
+            "step": step,
+            "loader": measure_loader_throughput(train, num_classes, profile, consumption),
+        }
     result["wall_seconds"] = time.perf_counter() - started
     result["load_average_at_end"] = load_average()
     write_json(_jsonable(result), json_path)

@@ -58,8 +58,10 @@ def load_remark(*loads: list[float] | None, cores: int) -> str:
         return "load average unknown (no /proc/loadavg): whether other jobs ran is not known"
     peak = max(known)
     if peak > cores:
-        return (f"the machine was shared with other jobs while measuring (1-min load up to {peak:.1f} on {cores} "
-                "cores): absolute times are upper bounds, compare rows within this run")
+        return (
+            f"the machine was shared with other jobs while measuring (1-min load up to {peak:.1f} on {cores} "
+            "cores): absolute times are upper bounds, compare rows within this run"
+        )
     return f"nothing else competed for the cores (1-min load at most {peak:.1f} on {cores} cores)"
 
 
@@ -97,7 +99,7 @@ def machine_description(torch_settings: dict[str, Any]) -> dict[str, Any]:
         "torch_threads": torch_settings.get("threads"),
         "flush_denormal": torch_settings.get("flush_denormal"),
         "cuda": torch.cuda.is_available(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
@@ -160,7 +162,7 @@ def replace_section(text: str, name: str, body: str) -> str:
     block = f"{start}\n{body.rstrip()}\n{end}"
     i, j = text.find(start), text.find(end)
     if i != -1 and j > i:
-        return text[:i] + block + text[j + len(end):]
+        return text[:i] + block + text[j + len(end) :]
     if i != -1 or j != -1:
         raise ValueError(f"unbalanced markers: expected {start} ... {end} once, in that order")
     sep = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"

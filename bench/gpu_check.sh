@@ -51,10 +51,10 @@ echo "pytest exit status: $pytest_rc"
 
 section "bench/bench_gpu.py"
 if [[ "$cuda" == 1 ]]; then
-    bench_cmd=("$PY" bench/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json" --markdown "$OUT/gpu_section.md")
+    bench_cmd=("$PY" -m bench.bench_gpu --device cuda --json "$OUT/bench_gpu.json" --markdown "$OUT/gpu_section.md")
 else
     echo "WARNING: no CUDA device visible to torch: running the CPU --quick format check instead"
-    bench_cmd=("$PY" bench/bench_gpu.py --quick --device cpu --json "$OUT/bench_gpu.json" --markdown "$OUT/gpu_section.md")
+    bench_cmd=("$PY" -m bench.bench_gpu --quick --device cpu --json "$OUT/bench_gpu.json" --markdown "$OUT/gpu_section.md")
 fi
 # shellcheck disable=SC2206
 bench_cmd+=(${BENCH_GPU_ARGS:-})

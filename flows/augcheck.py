@@ -19,8 +19,16 @@ from ml.gan.augcheck import AugCheckPolicy, binary_subset, decide, estimate_summ
 from ml.gan.check import load_synthetic_images
 from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.train.precision import resolve_device
-from tasks.augcheck import (estimate_runs, estimator_control, log_augcheck, memorisation, train_classifiers,
-                            train_gan, train_on_synthetic, write_synthetic)
+from tasks.augcheck import (
+    estimate_runs,
+    estimator_control,
+    log_augcheck,
+    memorisation,
+    train_classifiers,
+    train_gan,
+    train_on_synthetic,
+    write_synthetic,
+)
 from tasks.curation import _dataset_name
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import tracked_run
@@ -29,17 +37,23 @@ EXPERIMENT = "skinflow-augcheck"
 
 
 @flow(name="augcheck")
-def augcheck_flow(data: DataConfig = DataConfig(), check: AugCheckConfig = AugCheckConfig(),
-                  gan: ProGANConfig = ProGANConfig(), policy_path: str | None = None,
-                  out_dir: str = "outputs/augcheck") -> dict:
+def augcheck_flow(
+    data: DataConfig = DataConfig(),
+    check: AugCheckConfig = AugCheckConfig(),
+    gan: ProGANConfig = ProGANConfig(),
+    policy_path: str | None = None,
+    out_dir: str = "outputs/augcheck",
+) -> dict:
     """Pool -> ProGAN -> synthetic version -> K classifiers -> estimates, memorisation, TSTR,
     control -> verdict. ``gan.checkpoint_dir`` defaults to ``<out_dir>/gan_checkpoints``: run
     the same command again after an interruption and the GAN continues from its last stage."""
     logger = get_run_logger()
     policy = AugCheckPolicy.load(policy_path)
     if data.test_frac <= 0:
-        raise ValueError(f"data.test_frac must be in (0, 1), got {data.test_frac}: the control and the "
-                         "train-on-synthetic score need held-out real images")
+        raise ValueError(
+            f"data.test_frac must be in (0, 1), got {data.test_frac}: the control and the "
+            "train-on-synthetic score need held-out real images"
+        )
     out = Path(out_dir)
     if gan.checkpoint_dir is None:
         gan = gan.model_copy(update={"checkpoint_dir": str(out / "gan_checkpoints")})
@@ -63,15 +77,23 @@ def augcheck_flow(data: DataConfig = DataConfig(), check: AugCheckConfig = AugCh
     # 2. the pool at ratio r (training images only) and the GAN
     pool = pool_indices(train[1], 0, 1, check.ratio, check.seed)
     pool_images = train[0][pool]
-    tags = {"dataset_version": manifest.version, "labels": f"{check.label_a}+{check.label_b}",
-            "ratio": f"{check.ratio:g}"}
+    tags = {
+        "dataset_version": manifest.version,
+        "labels": f"{check.label_a}+{check.label_b}",
+        "ratio": f"{check.ratio:g}",
+    }
     name = f"{check.label_a}+{check.label_b} r={check.ratio:g} {resolution}px s{check.seed} [augcheck]"
     with tracked_run(EXPERIMENT, name, tags=tags) as (parent, _):
         gan_result = train_gan(pool_images, gan, str(out / "plots" / "gan"), check.grid_images)
-        meta = {"source_dataset_version": manifest.version, "labels": classes, "ratio": check.ratio,
-                "pool_size": len(pool), "pool_counts": [int((train[1][pool] == k).sum()) for k in (0, 1)],
-                "gan": {k: v for k, v in gan.to_dict().items() if k not in ("checkpoint_dir", "progress", "device")},
-                "resolution": resolution}
+        meta = {
+            "source_dataset_version": manifest.version,
+            "labels": classes,
+            "ratio": check.ratio,
+            "pool_size": len(pool),
+            "pool_counts": [int((train[1][pool] == k).sum()) for k in (0, 1)],
+            "gan": {k: v for k, v in gan.to_dict().items() if k not in ("checkpoint_dir", "progress", "device")},
+            "resolution": resolution,
+        }
         version = write_synthetic(gan_result, check.n_synthetic, check.seed + 1, _dataset_name(manifest.source), meta)
         synthetic_manifest = build_manifest(str(version.manifest_csv))
         synthetic = load_synthetic_images(version)
@@ -90,28 +112,55 @@ def augcheck_flow(data: DataConfig = DataConfig(), check: AugCheckConfig = AugCh
         # 6. the verdict
         verdict = decide(check.ratio, summary, memo.summary(), policy, control)
         report = {
-            "check": check.to_dict(), "ratio": check.ratio, "labels": classes, "estimate": policy.estimate,
-            "policy": policy.__dict__, "dataset_version": manifest.version, "resolution": resolution,
+            "check": check.to_dict(),
+            "ratio": check.ratio,
+            "labels": classes,
+            "estimate": policy.estimate,
+            "policy": policy.__dict__,
+            "dataset_version": manifest.version,
+            "resolution": resolution,
             "pool": {"size": len(pool), "counts": dict(zip(classes, meta["pool_counts"]))},
-            "gan": gan_result.summary(), "gan_grids": gan_result.grids,
-            "synthetic": {"dir": str(version.root), "manifest": str(version.manifest_csv),
-                          "dataset_version": synthetic_manifest.version, "n_images": len(synthetic),
-                          "reused": version.reused},
-            "runs": runs, "table": estimate_table(runs, check.label_a, check.label_b, policy.estimate),
+            "gan": gan_result.summary(),
+            "gan_grids": gan_result.grids,
+            "synthetic": {
+                "dir": str(version.root),
+                "manifest": str(version.manifest_csv),
+                "dataset_version": synthetic_manifest.version,
+                "n_images": len(synthetic),
+                "reused": version.reused,
+            },
+            "runs": runs,
+            "table": estimate_table(runs, check.label_a, check.label_b, policy.estimate),
             "summary": summary,
             "summary_share_predicted": estimate_summary([r["share_predicted"] for r in runs], check.ratio),
             "summary_mean_posterior": estimate_summary([r["mean_posterior"] for r in runs], check.ratio),
-            "control": control, "memorisation": memo.summary(), "closest_pairs_png": pairs_png,
-            "train_on_synthetic": tstr, "verdict": verdict.to_dict(), "parent_run_id": parent,
+            "control": control,
+            "memorisation": memo.summary(),
+            "closest_pairs_png": pairs_png,
+            "train_on_synthetic": tstr,
+            "verdict": verdict.to_dict(),
+            "parent_run_id": parent,
             "config": {"check": check.to_dict(), "gan": gan.to_dict(), "data": data.model_dump(mode="json")},
         }
         report_path = log_augcheck(parent, report, gan_result, [pairs_png], str(out))
     for row in report["table"]:
         logger.info("run %s: %s", row["run"], row)
     logger.info("augcheck verdict: %s %s", verdict.text, "; ".join(verdict.reasons))
-    return {"parent_run_id": parent, "verdict": verdict.text, "safe": verdict.safe, "reasons": verdict.reasons,
-            "ratio": check.ratio, "table": report["table"], "summary": summary, "control": control,
-            "memorisation": report["memorisation"], "train_on_synthetic": tstr,
-            "synthetic_dir": str(version.root), "synthetic_dataset_version": synthetic_manifest.version,
-            "gan": report["gan"], "gan_grids": gan_result.grids, "closest_pairs_png": pairs_png,
-            "report": report_path}
+    return {
+        "parent_run_id": parent,
+        "verdict": verdict.text,
+        "safe": verdict.safe,
+        "reasons": verdict.reasons,
+        "ratio": check.ratio,
+        "table": report["table"],
+        "summary": summary,
+        "control": control,
+        "memorisation": report["memorisation"],
+        "train_on_synthetic": tstr,
+        "synthetic_dir": str(version.root),
+        "synthetic_dataset_version": synthetic_manifest.version,
+        "gan": report["gan"],
+        "gan_grids": gan_result.grids,
+        "closest_pairs_png": pairs_png,
+        "report": report_path,
+    }

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ml.data.config import DataConfig
-from ml.interpret.config import InterpretConfig
-from ml.robust.config import RobustnessConfig
-from ml.monitor.config import MonitorConfig
 from ml.gan.config import AugCheckConfig, ProGANConfig
+from ml.interpret.config import InterpretConfig
+from ml.monitor.config import MonitorConfig
+from ml.robust.config import RobustnessConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -23,7 +22,6 @@ _HELP = """skinflow: rapid, robust fine-tuning workflows for small long-tailed i
 Exit codes: 0 ok; 1 critical findings (validation failures); 2 usage or input errors (one line,
 no traceback); 3 a service (MLflow, S3, Prefect, Ray) did not answer after its retries; 4 an
 unexpected error. --debug (anywhere on the line, or SKINFLOW_DEBUG=1) shows tracebacks."""
-
 
 
 class _App(typer.Typer):
@@ -42,8 +40,20 @@ stack_app = typer.Typer(help="Start/stop the local service stack (S3, MLflow, Pr
 app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
-_FLOW_VERBS = {"validate", "lr-find", "train", "pretrain", "tune", "retrain", "curation-ab", "demo", "robustness",
-               "interpret", "drift", "augcheck"}
+_FLOW_VERBS = {
+    "validate",
+    "lr-find",
+    "train",
+    "pretrain",
+    "tune",
+    "retrain",
+    "curation-ab",
+    "demo",
+    "robustness",
+    "interpret",
+    "drift",
+    "augcheck",
+}
 
 
 @app.callback()
@@ -56,7 +66,7 @@ def _main(ctx: typer.Context) -> None:
         ctx.with_resource(local_flow_settings())
 
 
-def _parse_rates(value: Optional[str]) -> float | dict[str, float]:
+def _parse_rates(value: str | None) -> float | dict[str, float]:
     """``0.2`` or ``acne=0.8,ulcer=0.1`` -> float or per-class dict."""
     if not value:
         return 0.0
@@ -115,11 +125,11 @@ def _build(cls, **given):
     return cfg
 
 
-def _csv(value: Optional[str]) -> list[str] | None:
+def _csv(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _on_off(value: Optional[str]) -> list[bool] | None:
+def _on_off(value: str | None) -> list[bool] | None:
     words = _csv(value)
     if words is None:
         return None
@@ -147,18 +157,18 @@ def data_synth(
     out: Path = typer.Option(..., "--out", help="Output ImageFolder directory."),
     per_class: int = typer.Option(20, help="Images per class (ignored with --long-tail or --priors)."),
     long_tail: bool = typer.Option(False, help="SD-198-like long tail: 10-60 images per class."),
-    priors: Optional[str] = typer.Option(None, help="Class priors for label shift, e.g. 'acne=0.5,ulcer=0.1,...'."),
-    total: Optional[int] = typer.Option(None, help="Total images when --priors is given."),
+    priors: str | None = typer.Option(None, help="Class priors for label shift, e.g. 'acne=0.5,ulcer=0.1,...'."),
+    total: int | None = typer.Option(None, help="Total images when --priors is given."),
     size: int = typer.Option(128, help="Image side in px."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
-    pen_rate: Optional[str] = typer.Option(None, help="Pen-mark rate: '0.1' or per class 'acne=0.9,tumor=0.1'."),
-    ruler_rate: Optional[str] = typer.Option(None, help="Ruler rate: '0.1' or per class."),
+    pen_rate: str | None = typer.Option(None, help="Pen-mark rate: '0.1' or per class 'acne=0.9,tumor=0.1'."),
+    ruler_rate: str | None = typer.Option(None, help="Ruler rate: '0.1' or per class."),
     gamma: str = typer.Option("1.0,1.0", help="Illumination gamma range 'lo,hi' (>1 darkens)."),
     flash_rate: float = typer.Option(0.0, help="Share of flash wash-out images."),
     fov: str = typer.Option("0.35,0.6", help="Lesion share of the frame 'lo,hi'."),
     noise: float = typer.Option(0.0, help="Impulse (salt-and-pepper) noise fraction."),
     blur: float = typer.Option(0.0, help="Gaussian blur sigma (px)."),
-    skin_tones: Optional[str] = typer.Option(None, help="Weights over 6 tone bins light..dark, e.g. '1,1,1,0,0,0'."),
+    skin_tones: str | None = typer.Option(None, help="Weights over 6 tone bins light..dark, e.g. '1,1,1,0,0,0'."),
     duplicate_rate: float = typer.Option(0.0, help="Share of extra exact duplicates."),
     near_duplicate_rate: float = typer.Option(0.0, help="Share of extra near duplicates."),
     corrupt: int = typer.Option(0, help="Number of extra corrupt files."),
@@ -169,11 +179,24 @@ def data_synth(
     from ml.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
-        per_class=per_class, long_tail=long_tail, class_priors=_parse_rates(priors) if priors else None,
-        total=total, size=size, seed=seed, pen_rate=_parse_rates(pen_rate), ruler_rate=_parse_rates(ruler_rate),
-        gamma=_range(gamma), flash_rate=flash_rate, fov=_range(fov), noise=noise, blur=blur,
+        per_class=per_class,
+        long_tail=long_tail,
+        class_priors=_parse_rates(priors) if priors else None,
+        total=total,
+        size=size,
+        seed=seed,
+        pen_rate=_parse_rates(pen_rate),
+        ruler_rate=_parse_rates(ruler_rate),
+        gamma=_range(gamma),
+        flash_rate=flash_rate,
+        fov=_range(fov),
+        noise=noise,
+        blur=blur,
         skin_tones=[float(x) for x in skin_tones.split(",")] if skin_tones else None,
-        duplicate_rate=duplicate_rate, near_duplicate_rate=near_duplicate_rate, corrupt=corrupt, fmt=fmt,
+        duplicate_rate=duplicate_rate,
+        near_duplicate_rate=near_duplicate_rate,
+        corrupt=corrupt,
+        fmt=fmt,
     )
     summary = generate(out, cfg)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -182,16 +205,20 @@ def data_synth(
 @data_app.command("manifest")
 def data_manifest(
     source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest (path,label[,split]), local or s3://."),
-    out: Optional[Path] = typer.Option(None, help="Write the manifest CSV (+ .json summary) here."),
-    class_map: Optional[str] = typer.Option(None, help="Class-map YAML path or shipped name (sd198_to_10)."),
+    out: Path | None = typer.Option(None, help="Write the manifest CSV (+ .json summary) here."),
+    class_map: str | None = typer.Option(None, help="Class-map YAML path or shipped name (sd198_to_10)."),
     allow_outside_root: bool = typer.Option(False, help="Read CSV paths and symlinks outside the dataset's folder."),
 ):
     """Build the manifest of a dataset: file digests, labels, bad files with reasons, version."""
     from ml.data.manifest import build_manifest, load_class_map
 
     _check_out_file(out)
-    m = build_manifest(source, class_map=load_class_map(class_map) if class_map else None, progress=True,
-                       allow_outside_root=allow_outside_root)
+    m = build_manifest(
+        source,
+        class_map=load_class_map(class_map) if class_map else None,
+        progress=True,
+        allow_outside_root=allow_outside_root,
+    )
     if out:
         m.save(out)
     _print_summary(m)
@@ -201,27 +228,38 @@ def data_manifest(
 def data_split(
     source: str = typer.Argument(..., help="ImageFolder dir, CSV manifest, or a saved manifest CSV."),
     out: Path = typer.Option(..., help="Write the split manifest CSV here."),
-    val_frac: Optional[float] = _opt(DataConfig, "val_frac"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
-    seed: Optional[int] = _opt(DataConfig, "seed"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    allow_outside_root: Optional[bool] = _opt(DataConfig, "allow_outside_root", flag=True),
+    val_frac: float | None = _opt(DataConfig, "val_frac"),
+    test_frac: float | None = _opt(DataConfig, "test_frac"),
+    seed: int | None = _opt(DataConfig, "seed"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    allow_outside_root: bool | None = _opt(DataConfig, "allow_outside_root", flag=True),
 ):
     """Stratified, duplicate-aware train/val(/test) split (duplicates never straddle splits)."""
     from ml.data.manifest import build_manifest, load_class_map
     from ml.data.split import split_manifest
 
     _check_out_file(out)
-    data = _build(DataConfig, source=source, val_frac=val_frac, test_frac=test_frac, seed=seed, class_map=class_map,
-                  allow_outside_root=allow_outside_root)
-    m = build_manifest(data.source, class_map=load_class_map(data.class_map) if data.class_map else None,
-                       progress=True, allow_outside_root=data.allow_outside_root)
+    data = _build(
+        DataConfig,
+        source=source,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        seed=seed,
+        class_map=class_map,
+        allow_outside_root=allow_outside_root,
+    )
+    m = build_manifest(
+        data.source,
+        class_map=load_class_map(data.class_map) if data.class_map else None,
+        progress=True,
+        allow_outside_root=data.allow_outside_root,
+    )
     m = split_manifest(m, val_frac=data.val_frac, test_frac=data.test_frac, seed=data.seed)
     m.save(out)
     _print_summary(m)
 
 
-def _check_out_file(out: Optional[Path]) -> None:
+def _check_out_file(out: Path | None) -> None:
     """``--out`` names a file to write (with a ``.json`` beside it), never a folder."""
     if out is not None and out.is_dir():
         _fail(f"--out {out} is a directory: give a file path such as {out / 'manifest.csv'}")
@@ -236,144 +274,214 @@ def _print_summary(m) -> None:
 # --------------------------------------------------------------------------- training
 @app.command("lr-find")
 def lr_find(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    weights: Optional[str] = _opt(TrainConfig, "weights"),
-    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="Variant: DLR variants ramp groups keeping their ratios."),
-    num_iter: Optional[int] = _opt(LRFindConfig, "num_iter"),
-    start_lr: Optional[float] = _opt(LRFindConfig, "start_lr"),
-    end_lr: Optional[float] = _opt(LRFindConfig, "end_lr"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    weights: str | None = _opt(TrainConfig, "weights"),
+    batch_size: int | None = _opt(TrainConfig, "batch_size"),
+    schedule: str | None = _opt(
+        TrainConfig, "schedule", help="Variant: DLR variants ramp groups keeping their ratios."
+    ),
+    num_iter: int | None = _opt(LRFindConfig, "num_iter"),
+    start_lr: float | None = _opt(LRFindConfig, "start_lr"),
+    end_lr: float | None = _opt(LRFindConfig, "end_lr"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
     out: Path = typer.Option(Path("outputs/lr_find"), help="Where the plot and JSON go."),
 ):
     """LR range test: prints the suggestions and the log-scale bracket, saves the plot."""
-    _echo_json(_run("flows.train", "lr_find_flow",
-        data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
-        training=_build(TrainConfig, arch=model, weights=weights, batch_size=batch_size, schedule=schedule, seed=seed),
-        lr_find=_build(LRFindConfig, num_iter=num_iter, start_lr=start_lr, end_lr=end_lr), out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.train",
+            "lr_find_flow",
+            data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
+            training=_build(
+                TrainConfig, arch=model, weights=weights, batch_size=batch_size, schedule=schedule, seed=seed
+            ),
+            lr_find=_build(LRFindConfig, num_iter=num_iter, start_lr=start_lr, end_lr=end_lr),
+            out_dir=str(out),
+        )
+    )
 
 
 @app.command("train")
 def train(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    val_frac: Optional[float] = _opt(DataConfig, "val_frac"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="sgd | adam | sgdr | sgdr_dlr | sgdr_dlr_clm."),
-    lr: Optional[float] = _opt(TrainConfig, "lr"),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
-    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
-    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
-    force_amp: Optional[bool] = _opt(TrainConfig, "force_amp", flag=True),
-    weights: Optional[str] = _opt(TrainConfig, "weights"),
-    snapshots: Optional[int] = _opt(TrainConfig, "snapshots"),
-    weighted_sampler: Optional[bool] = _opt(TrainConfig, "weighted_sampler", flag=True),
-    tta: Optional[bool] = _opt(TrainConfig, "tta", flag=True),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    val_frac: float | None = _opt(DataConfig, "val_frac"),
+    test_frac: float | None = _opt(DataConfig, "test_frac"),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    schedule: str | None = _opt(TrainConfig, "schedule", help="sgd | adam | sgdr | sgdr_dlr | sgdr_dlr_clm."),
+    lr: float | None = _opt(TrainConfig, "lr"),
+    epochs: int | None = _opt(TrainConfig, "epochs"),
+    batch_size: int | None = _opt(TrainConfig, "batch_size"),
+    amp: bool | None = _opt(TrainConfig, "amp", flag=True),
+    force_amp: bool | None = _opt(TrainConfig, "force_amp", flag=True),
+    weights: str | None = _opt(TrainConfig, "weights"),
+    snapshots: int | None = _opt(TrainConfig, "snapshots"),
+    weighted_sampler: bool | None = _opt(TrainConfig, "weighted_sampler", flag=True),
+    tta: bool | None = _opt(TrainConfig, "tta", flag=True),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
     repeats: int = typer.Option(1, min=1, help="Fits with seeds seed..seed+n-1: mean +/- std and confused pairs."),
     out: Path = typer.Option(Path("outputs/train"), help="Plots, metrics JSON, model file."),
-    checkpoint_dir: Optional[str] = _opt(TrainConfig, "checkpoint_dir"),
+    checkpoint_dir: str | None = _opt(TrainConfig, "checkpoint_dir"),
 ):
     """Train one configuration, evaluate it (on the test split; val when there is none), log it to
     MLflow (experiment skinflow-train)."""
-    _echo_json(_run("flows.train", "train_flow",
-        data=_build(DataConfig, source=data, class_map=class_map, size=size, val_frac=val_frac, test_frac=test_frac,
-                    seed=seed),
-        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, batch_size=batch_size,
-                        amp=amp, force_amp=force_amp, weights=weights, snapshots=snapshots,
-                        weighted_sampler=weighted_sampler, tta=tta, seed=seed, checkpoint_dir=checkpoint_dir),
-        repeats=repeats, out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.train",
+            "train_flow",
+            data=_build(
+                DataConfig,
+                source=data,
+                class_map=class_map,
+                size=size,
+                val_frac=val_frac,
+                test_frac=test_frac,
+                seed=seed,
+            ),
+            training=_build(
+                TrainConfig,
+                arch=model,
+                schedule=schedule,
+                lr=lr,
+                epochs=epochs,
+                batch_size=batch_size,
+                amp=amp,
+                force_amp=force_amp,
+                weights=weights,
+                snapshots=snapshots,
+                weighted_sampler=weighted_sampler,
+                tta=tta,
+                seed=seed,
+                checkpoint_dir=checkpoint_dir,
+            ),
+            repeats=repeats,
+            out_dir=str(out),
+        )
+    )
 
 
 @app.command("pretrain")
 def pretrain(
-    data: Optional[str] = _opt(DataConfig, "source", "--data", help="Source ImageFolder to pretrain a backbone on."),
+    data: str | None = _opt(DataConfig, "source", "--data", help="Source ImageFolder to pretrain a backbone on."),
     out: str = typer.Option(..., help="Where to store the weights (path or s3://); name it later as --weights."),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
-    lr: Optional[float] = _opt(TrainConfig, "lr"),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
-    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    size: int | None = _opt(DataConfig, "size"),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    schedule: str | None = _opt(TrainConfig, "schedule"),
+    lr: float | None = _opt(TrainConfig, "lr"),
+    epochs: int | None = _opt(TrainConfig, "epochs"),
+    amp: bool | None = _opt(TrainConfig, "amp", flag=True),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """Train a backbone on a source dataset and store it as reusable weights (offline transfer learning)."""
-    _echo_json(_run("flows.train", "pretrain_flow",
-        out=out, data=_build(DataConfig, source=data, size=size, seed=seed),
-        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed)))
+    _echo_json(
+        _run(
+            "flows.train",
+            "pretrain_flow",
+            out=out,
+            data=_build(DataConfig, source=data, size=size, seed=seed),
+            training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed),
+        )
+    )
 
 
 @app.command("tune")
 def tune(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    model: Optional[str] = _opt(SweepConfig, "archs", "--model", help="Architectures to sweep (comma-separated)."),
-    schedules: Optional[str] = _opt(SweepConfig, "schedules", help="Variants to try (comma-separated)."),
-    amp: Optional[str] = _opt(SweepConfig, "amp", help="AMP settings to try: off, on or off,on."),
-    num_samples: Optional[int] = _opt(SweepConfig, "num_samples"),
-    epochs: Optional[int] = _opt(SweepConfig, "epochs"),
-    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
-    gpus_per_trial: Optional[float] = _opt(SweepConfig, "gpus_per_trial"),
-    cpus_per_trial: Optional[int] = _opt(SweepConfig, "cpus_per_trial"),
-    checkpoint_interval: Optional[float] = _opt(SweepConfig, "checkpoint_interval_s", "--checkpoint-interval"),
-    name: Optional[str] = _opt(SweepConfig, "name"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    model: str | None = _opt(SweepConfig, "archs", "--model", help="Architectures to sweep (comma-separated)."),
+    schedules: str | None = _opt(SweepConfig, "schedules", help="Variants to try (comma-separated)."),
+    amp: str | None = _opt(SweepConfig, "amp", help="AMP settings to try: off, on or off,on."),
+    num_samples: int | None = _opt(SweepConfig, "num_samples"),
+    epochs: int | None = _opt(SweepConfig, "epochs"),
+    batch_size: int | None = _opt(TrainConfig, "batch_size"),
+    gpus_per_trial: float | None = _opt(SweepConfig, "gpus_per_trial"),
+    cpus_per_trial: int | None = _opt(SweepConfig, "cpus_per_trial"),
+    checkpoint_interval: float | None = _opt(SweepConfig, "checkpoint_interval_s", "--checkpoint-interval"),
+    name: str | None = _opt(SweepConfig, "name"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
 ):
     """LR range test, then Ray Tune trials (ASHA) over the bracket x schedules x AMP."""
-    _echo_json(_run("flows.tune", "tune_flow",
-        data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
-        sweep=_build(SweepConfig, archs=_csv(model), schedules=_csv(schedules), amp=_on_off(amp),
-                     num_samples=num_samples, epochs=epochs, gpus_per_trial=gpus_per_trial,
-                     cpus_per_trial=cpus_per_trial, checkpoint_interval_s=checkpoint_interval, name=name),
-        training=_build(TrainConfig, batch_size=batch_size, seed=seed)))
+    _echo_json(
+        _run(
+            "flows.tune",
+            "tune_flow",
+            data=_build(DataConfig, source=data, class_map=class_map, size=size, seed=seed),
+            sweep=_build(
+                SweepConfig,
+                archs=_csv(model),
+                schedules=_csv(schedules),
+                amp=_on_off(amp),
+                num_samples=num_samples,
+                epochs=epochs,
+                gpus_per_trial=gpus_per_trial,
+                cpus_per_trial=cpus_per_trial,
+                checkpoint_interval_s=checkpoint_interval,
+                name=name,
+            ),
+            training=_build(TrainConfig, batch_size=batch_size, seed=seed),
+        )
+    )
 
 
 @app.command("retrain")
 def retrain(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac"),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    test_frac: float | None = _opt(DataConfig, "test_frac"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="Tune a sweep first (else train the given config)."),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule", help="Schedule without --tune."),
-    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR without --tune (else an LR range test)."),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs", help="Epochs of the final model."),
-    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
-    schedules: Optional[str] = _opt(SweepConfig, "schedules", help="Variants the sweep tries (comma-separated)."),
-    tune_epochs: Optional[int] = _opt(SweepConfig, "epochs", "--tune-epochs"),
-    num_samples: Optional[int] = _opt(SweepConfig, "num_samples"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    schedule: str | None = _opt(TrainConfig, "schedule", help="Schedule without --tune."),
+    lr: float | None = _opt(TrainConfig, "lr", help="LR without --tune (else an LR range test)."),
+    epochs: int | None = _opt(TrainConfig, "epochs", help="Epochs of the final model."),
+    amp: bool | None = _opt(TrainConfig, "amp", flag=True),
+    schedules: str | None = _opt(SweepConfig, "schedules", help="Variants the sweep tries (comma-separated)."),
+    tune_epochs: int | None = _opt(SweepConfig, "epochs", "--tune-epochs"),
+    num_samples: int | None = _opt(SweepConfig, "num_samples"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
     validate_data: bool = typer.Option(True, "--validate/--no-validate", help="Validate the data first."),
-    policy: Optional[Path] = typer.Option(None, help="Promotion policy YAML (default policies/promotion.yaml)."),
+    policy: Path | None = typer.Option(None, help="Promotion policy YAML (default policies/promotion.yaml)."),
     out: Path = typer.Option(Path("outputs/retrain"), help="Plots and reports."),
 ):
     """Validate -> tune/train -> evaluate on held-out -> register -> promotion gate."""
-    _echo_json(_run("flows.retrain", "retrain_flow",
-        data=_build(DataConfig, source=data, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
-        training=_build(TrainConfig, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed),
-        sweep=_build(SweepConfig, schedules=_csv(schedules), epochs=tune_epochs, num_samples=num_samples),
-        tune=tune, validate_data=validate_data, policy=str(policy) if policy else None, out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.retrain",
+            "retrain_flow",
+            data=_build(DataConfig, source=data, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
+            training=_build(TrainConfig, schedule=schedule, lr=lr, epochs=epochs, amp=amp, seed=seed),
+            sweep=_build(SweepConfig, schedules=_csv(schedules), epochs=tune_epochs, num_samples=num_samples),
+            tune=tune,
+            validate_data=validate_data,
+            policy=str(policy) if policy else None,
+            out_dir=str(out),
+        )
+    )
 
 
 @app.command("validate")
 def validate(
     source: str = typer.Argument(..., help="Dataset dir, CSV manifest or s3:// URI."),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    allow_outside_root: Optional[bool] = _opt(DataConfig, "allow_outside_root", flag=True),
-    policy: Optional[Path] = typer.Option(None, help="Validation policy YAML (default policies/validation.yaml)."),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    allow_outside_root: bool | None = _opt(DataConfig, "allow_outside_root", flag=True),
+    policy: Path | None = typer.Option(None, help="Validation policy YAML (default policies/validation.yaml)."),
     out: Path = typer.Option(Path("outputs/validate"), help="Report folder (GX Data Docs, JSON)."),
 ):
     """Validate a dataset version with Great Expectations; exits 1 on critical failures, 3 when the
     results (printed either way) could not be recorded in MLflow or the store."""
     data = _build(DataConfig, source=source, class_map=class_map, allow_outside_root=allow_outside_root)
-    report = _run("flows.validate", "validate_flow", data=data, policy=str(policy) if policy else None,
-                  out_dir=str(out), fail_on_critical=False)
+    report = _run(
+        "flows.validate",
+        "validate_flow",
+        data=data,
+        policy=str(policy) if policy else None,
+        out_dir=str(out),
+        fail_on_critical=False,
+    )
     _print_validation(report)
     for line in report["not_recorded"]:
         typer.secho(f"error: {line}; the reports above are on disk", fg=typer.colors.RED, err=True)
@@ -391,14 +499,18 @@ def _print_validation(report: dict) -> None:
     for r in rows:
         mark = "PASS" if r["success"] else ("FAIL" if r["severity"] == "critical" else "WARN")
         observed = f"{r['observed']:.4g}" if isinstance(r["observed"], float) else r["observed"]
-        typer.echo(f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
-                   f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})")
+        typer.echo(
+            f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
+            f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})"
+        )
         if not r["success"]:  # what the check found, by name
             for line in details_lines(r.get("details") or {}):
                 typer.echo(f"      {line}")
     _print_findings(report)
-    typer.echo(f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
-               f"data docs: {report.get('data_docs')}")
+    typer.echo(
+        f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
+        f"data docs: {report.get('data_docs')}"
+    )
 
 
 def _print_findings(report: dict) -> None:
@@ -414,8 +526,11 @@ def _print_findings(report: dict) -> None:
     groups = report.get("duplicate_groups") or []
     if groups:
         typer.echo(f"duplicate groups ({len(groups)}):")
-        lines = [f"group {g['group']} ({g['kind']}, {g['n']} images, split {', '.join(x or 'none' for x in g['splits'])}): "
-                 + "; ".join(bounded(g["paths"], MAX_PATHS)) for g in groups]
+        lines = [
+            f"group {g['group']} ({g['kind']}, {g['n']} images, split {', '.join(x or 'none' for x in g['splits'])}): "
+            + "; ".join(bounded(g["paths"], MAX_PATHS))
+            for g in groups
+        ]
         for line in bounded(lines, MAX_EXAMPLES):
             typer.echo(f"      {line}")
     by_class = report.get("confounders_by_class") or []
@@ -427,26 +542,33 @@ def _print_findings(report: dict) -> None:
 
 @app.command("curation-ab")
 def curation_ab(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    steps: str = typer.Option("remove_confounders", help="Comma-separated curation steps: remove_confounders, "
-                              "gamma, fov_crop."),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share both models are compared on."),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
-    lr: Optional[float] = _opt(TrainConfig, "lr"),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split and training seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    steps: str = typer.Option(
+        "remove_confounders", help="Comma-separated curation steps: remove_confounders, gamma, fov_crop."
+    ),
+    size: int | None = _opt(DataConfig, "size"),
+    test_frac: float | None = _opt(DataConfig, "test_frac", help="Held-out share both models are compared on."),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    schedule: str | None = _opt(TrainConfig, "schedule"),
+    lr: float | None = _opt(TrainConfig, "lr"),
+    epochs: int | None = _opt(TrainConfig, "epochs"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split and training seed."),
     out: Path = typer.Option(Path("outputs/curation_ab")),
 ):
     """Train the same model with and without a curation step on the same split; report the difference."""
-    _echo_json(_run("flows.curation_ab", "curation_ab_flow",
-        data=_build(DataConfig, source=data, size=size, test_frac=test_frac, seed=seed),
-        training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, seed=seed),
-        steps=_csv(steps), out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.curation_ab",
+            "curation_ab_flow",
+            data=_build(DataConfig, source=data, size=size, test_frac=test_frac, seed=seed),
+            training=_build(TrainConfig, arch=model, schedule=schedule, lr=lr, epochs=epochs, seed=seed),
+            steps=_csv(steps),
+            out_dir=str(out),
+        )
+    )
 
 
-def _floats(value: Optional[str]) -> list[float] | None:
+def _floats(value: str | None) -> list[float] | None:
     words = _csv(value)
     try:
         return None if words is None else [float(w) for w in words]
@@ -456,103 +578,176 @@ def _floats(value: Optional[str]) -> list[float] | None:
 
 def _data_and_training(source, class_map, size, test_frac, seed, **training) -> dict:
     """The ``data`` and ``training`` parameters of the analysis verbs (robustness, interpret)."""
-    return {"data": _build(DataConfig, source=source, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
-            "training": _build(TrainConfig, seed=seed, **training)}
+    return {
+        "data": _build(DataConfig, source=source, class_map=class_map, size=size, test_frac=test_frac, seed=seed),
+        "training": _build(TrainConfig, seed=seed, **training),
+    }
 
 
 @app.command("robustness")
 def robustness(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share the rows are scored on."),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    weights: Optional[str] = _opt(TrainConfig, "weights"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
-    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR of every model (else one range test on clean images)."),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
-    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
-    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
-    noise_levels: Optional[str] = _opt(RobustnessConfig, "noise_levels", help="Impulse-noise shares, comma-separated."),
-    blur_kernel: Optional[int] = _opt(RobustnessConfig, "blur_kernel"),
-    blur: Optional[bool] = _opt(RobustnessConfig, "blur", flag=True),
-    train_per_class: Optional[int] = _opt(RobustnessConfig, "train_per_class"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split, training and corruption seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    test_frac: float | None = _opt(DataConfig, "test_frac", help="Held-out share the rows are scored on."),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    weights: str | None = _opt(TrainConfig, "weights"),
+    schedule: str | None = _opt(TrainConfig, "schedule"),
+    lr: float | None = _opt(TrainConfig, "lr", help="LR of every model (else one range test on clean images)."),
+    epochs: int | None = _opt(TrainConfig, "epochs"),
+    batch_size: int | None = _opt(TrainConfig, "batch_size"),
+    amp: bool | None = _opt(TrainConfig, "amp", flag=True),
+    noise_levels: str | None = _opt(RobustnessConfig, "noise_levels", help="Impulse-noise shares, comma-separated."),
+    blur_kernel: int | None = _opt(RobustnessConfig, "blur_kernel"),
+    blur: bool | None = _opt(RobustnessConfig, "blur", flag=True),
+    train_per_class: int | None = _opt(RobustnessConfig, "train_per_class"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split, training and corruption seed."),
     out: Path = typer.Option(Path("outputs/robustness"), help="Plots and reports."),
 ):
     """The Table 5.8 ablation: train clean/test noisy, train noisy/test clean, matched noise, train
     clean/test blurred (MLflow experiment skinflow-robustness, a child run per model)."""
-    _echo_json(_run("flows.robustness", "robustness_flow",
-        **_data_and_training(data, class_map, size, test_frac, seed, arch=model, weights=weights, schedule=schedule,
-                             lr=lr, epochs=epochs, batch_size=batch_size, amp=amp),
-        robustness=_build(RobustnessConfig, noise_levels=_floats(noise_levels), blur_kernel=blur_kernel, blur=blur,
-                          train_per_class=train_per_class, seed=seed),
-        out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.robustness",
+            "robustness_flow",
+            **_data_and_training(
+                data,
+                class_map,
+                size,
+                test_frac,
+                seed,
+                arch=model,
+                weights=weights,
+                schedule=schedule,
+                lr=lr,
+                epochs=epochs,
+                batch_size=batch_size,
+                amp=amp,
+            ),
+            robustness=_build(
+                RobustnessConfig,
+                noise_levels=_floats(noise_levels),
+                blur_kernel=blur_kernel,
+                blur=blur,
+                train_per_class=train_per_class,
+                seed=seed,
+            ),
+            out_dir=str(out),
+        )
+    )
 
 
 @app.command("interpret")
 def interpret(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    size: Optional[int] = _opt(DataConfig, "size"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share the errors are counted on."),
-    model: Optional[str] = _opt(TrainConfig, "arch", "--model"),
-    weights: Optional[str] = _opt(TrainConfig, "weights"),
-    schedule: Optional[str] = _opt(TrainConfig, "schedule"),
-    lr: Optional[float] = _opt(TrainConfig, "lr", help="LR of every fit (else one range test)."),
-    epochs: Optional[int] = _opt(TrainConfig, "epochs"),
-    batch_size: Optional[int] = _opt(TrainConfig, "batch_size"),
-    amp: Optional[bool] = _opt(TrainConfig, "amp", flag=True),
-    seeds: Optional[int] = _opt(InterpretConfig, "seeds"),
-    top_pairs: Optional[int] = _opt(InterpretConfig, "top_pairs"),
-    per_pair: Optional[int] = _opt(InterpretConfig, "per_pair"),
-    guided_backprop: Optional[bool] = _opt(InterpretConfig, "guided_backprop", flag=True),
-    confidence: Optional[float] = _opt(InterpretConfig, "confidence"),
-    train_per_class: Optional[int] = _opt(InterpretConfig, "train_per_class"),
-    seed: Optional[int] = _opt(TrainConfig, "seed", help="Split seed and the first fit's seed."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    size: int | None = _opt(DataConfig, "size"),
+    test_frac: float | None = _opt(DataConfig, "test_frac", help="Held-out share the errors are counted on."),
+    model: str | None = _opt(TrainConfig, "arch", "--model"),
+    weights: str | None = _opt(TrainConfig, "weights"),
+    schedule: str | None = _opt(TrainConfig, "schedule"),
+    lr: float | None = _opt(TrainConfig, "lr", help="LR of every fit (else one range test)."),
+    epochs: int | None = _opt(TrainConfig, "epochs"),
+    batch_size: int | None = _opt(TrainConfig, "batch_size"),
+    amp: bool | None = _opt(TrainConfig, "amp", flag=True),
+    seeds: int | None = _opt(InterpretConfig, "seeds"),
+    top_pairs: int | None = _opt(InterpretConfig, "top_pairs"),
+    per_pair: int | None = _opt(InterpretConfig, "per_pair"),
+    guided_backprop: bool | None = _opt(InterpretConfig, "guided_backprop", flag=True),
+    confidence: float | None = _opt(InterpretConfig, "confidence"),
+    train_per_class: int | None = _opt(InterpretConfig, "train_per_class"),
+    seed: int | None = _opt(TrainConfig, "seed", help="Split seed and the first fit's seed."),
     out: Path = typer.Option(Path("outputs/interpret"), help="Plots and reports."),
 ):
     """Confused pairs over K seeded fits (mean +/- std), class distributions, Grad-CAM and guided
     backprop galleries, background test (MLflow experiment skinflow-interpret)."""
-    _echo_json(_run("flows.interpret", "interpret_flow",
-        **_data_and_training(data, class_map, size, test_frac, seed, arch=model, weights=weights, schedule=schedule,
-                             lr=lr, epochs=epochs, batch_size=batch_size, amp=amp),
-        interpret=_build(InterpretConfig, seeds=seeds, top_pairs=top_pairs, per_pair=per_pair,
-                         guided_backprop=guided_backprop, confidence=confidence, train_per_class=train_per_class),
-        out_dir=str(out)))
+    _echo_json(
+        _run(
+            "flows.interpret",
+            "interpret_flow",
+            **_data_and_training(
+                data,
+                class_map,
+                size,
+                test_frac,
+                seed,
+                arch=model,
+                weights=weights,
+                schedule=schedule,
+                lr=lr,
+                epochs=epochs,
+                batch_size=batch_size,
+                amp=amp,
+            ),
+            interpret=_build(
+                InterpretConfig,
+                seeds=seeds,
+                top_pairs=top_pairs,
+                per_pair=per_pair,
+                guided_backprop=guided_backprop,
+                confidence=confidence,
+                train_per_class=train_per_class,
+            ),
+            out_dir=str(out),
+        )
+    )
+
+
 @app.command("augcheck")
 def augcheck(
-    data: Optional[str] = _opt(DataConfig, "source", "--data"),
-    class_map: Optional[str] = _opt(DataConfig, "class_map"),
-    test_frac: Optional[float] = _opt(DataConfig, "test_frac", help="Held-out share (control, train-on-synthetic)."),
-    label_a: Optional[str] = _opt(AugCheckConfig, "label_a"),
-    label_b: Optional[str] = _opt(AugCheckConfig, "label_b"),
-    ratio: Optional[float] = _opt(AugCheckConfig, "ratio"),
-    n_synthetic: Optional[int] = _opt(AugCheckConfig, "n_synthetic"),
-    classifiers: Optional[int] = _opt(AugCheckConfig, "classifiers"),
-    epochs: Optional[int] = _opt(AugCheckConfig, "epochs", help="Epochs of each binary classifier."),
-    resolution: Optional[int] = _opt(ProGANConfig, "resolution"),
-    fade_iters: Optional[int] = _opt(ProGANConfig, "fade_iters"),
-    stable_iters: Optional[int] = _opt(ProGANConfig, "stable_iters"),
-    gan_batch_size: Optional[int] = _opt(ProGANConfig, "batch_size", "--gan-batch-size"),
-    amp: Optional[bool] = _opt(ProGANConfig, "amp", flag=True),
-    checkpoint_dir: Optional[str] = _opt(ProGANConfig, "checkpoint_dir",
-                                         help="GAN checkpoints per stage (default <out>/gan_checkpoints); "
-                                              "run again to resume."),
-    seed: Optional[int] = _opt(AugCheckConfig, "seed", help="Split, pool, GAN and first classifier seed."),
-    policy: Optional[Path] = typer.Option(None, help="Verdict policy YAML (default policies/augcheck.yaml)."),
+    data: str | None = _opt(DataConfig, "source", "--data"),
+    class_map: str | None = _opt(DataConfig, "class_map"),
+    test_frac: float | None = _opt(DataConfig, "test_frac", help="Held-out share (control, train-on-synthetic)."),
+    label_a: str | None = _opt(AugCheckConfig, "label_a"),
+    label_b: str | None = _opt(AugCheckConfig, "label_b"),
+    ratio: float | None = _opt(AugCheckConfig, "ratio"),
+    n_synthetic: int | None = _opt(AugCheckConfig, "n_synthetic"),
+    classifiers: int | None = _opt(AugCheckConfig, "classifiers"),
+    epochs: int | None = _opt(AugCheckConfig, "epochs", help="Epochs of each binary classifier."),
+    resolution: int | None = _opt(ProGANConfig, "resolution"),
+    fade_iters: int | None = _opt(ProGANConfig, "fade_iters"),
+    stable_iters: int | None = _opt(ProGANConfig, "stable_iters"),
+    gan_batch_size: int | None = _opt(ProGANConfig, "batch_size", "--gan-batch-size"),
+    amp: bool | None = _opt(ProGANConfig, "amp", flag=True),
+    checkpoint_dir: str | None = _opt(
+        ProGANConfig,
+        "checkpoint_dir",
+        help="GAN checkpoints per stage (default <out>/gan_checkpoints); run again to resume.",
+    ),
+    seed: int | None = _opt(AugCheckConfig, "seed", help="Split, pool, GAN and first classifier seed."),
+    policy: Path | None = typer.Option(None, help="Verdict policy YAML (default policies/augcheck.yaml)."),
     out: Path = typer.Option(Path("outputs/augcheck"), help="Plots, GAN checkpoints, report JSON."),
 ):
     """Are ProGAN samples safe augmentation? Pool two labels at ratio r, train a ProGAN, let K binary
     classifiers estimate r on its samples; memorisation and train-on-synthetic checks; verdict
     (MLflow experiment skinflow-augcheck). Exits 1 when the verdict is "not safe"."""
-    report = _run("flows.augcheck", "augcheck_flow",
+    report = _run(
+        "flows.augcheck",
+        "augcheck_flow",
         data=_build(DataConfig, source=data, class_map=class_map, test_frac=test_frac, seed=seed),
-        check=_build(AugCheckConfig, label_a=label_a, label_b=label_b, ratio=ratio, n_synthetic=n_synthetic,
-                     classifiers=classifiers, epochs=epochs, seed=seed),
-        gan=_build(ProGANConfig, resolution=resolution, fade_iters=fade_iters, stable_iters=stable_iters,
-                   batch_size=gan_batch_size, amp=amp, checkpoint_dir=checkpoint_dir, seed=seed),
-        policy_path=str(policy) if policy else None, out_dir=str(out))
+        check=_build(
+            AugCheckConfig,
+            label_a=label_a,
+            label_b=label_b,
+            ratio=ratio,
+            n_synthetic=n_synthetic,
+            classifiers=classifiers,
+            epochs=epochs,
+            seed=seed,
+        ),
+        gan=_build(
+            ProGANConfig,
+            resolution=resolution,
+            fade_iters=fade_iters,
+            stable_iters=stable_iters,
+            batch_size=gan_batch_size,
+            amp=amp,
+            checkpoint_dir=checkpoint_dir,
+            seed=seed,
+        ),
+        policy_path=str(policy) if policy else None,
+        out_dir=str(out),
+    )
     _echo_json(report)
     if not report["safe"]:
         raise typer.Exit(EXIT_FINDINGS)
@@ -571,25 +766,36 @@ def demo(
 
 @app.command("drift")
 def drift(
-    batch: str = typer.Argument(..., help="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix."),
-    class_map: Optional[str] = _opt(MonitorConfig, "class_map"),
-    model: Optional[str] = _opt(MonitorConfig, "model_uri", "--model"),
-    reference: Optional[str] = _opt(MonitorConfig, "reference"),
-    reference_version: Optional[str] = _opt(MonitorConfig, "reference_version"),
-    reference_class_map: Optional[str] = _opt(MonitorConfig, "reference_class_map"),
-    max_reference: Optional[int] = _opt(MonitorConfig, "max_reference"),
-    policy: Optional[Path] = typer.Option(None, help="Drift policy YAML (default policies/drift.yaml)."),
-    apprise_secret: Optional[str] = _opt(MonitorConfig, "apprise_secret"),
-    out: Optional[str] = _opt(MonitorConfig, "out_dir", "--out"),
+    batch: str = typer.Argument(
+        ..., help="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix."
+    ),
+    class_map: str | None = _opt(MonitorConfig, "class_map"),
+    model: str | None = _opt(MonitorConfig, "model_uri", "--model"),
+    reference: str | None = _opt(MonitorConfig, "reference"),
+    reference_version: str | None = _opt(MonitorConfig, "reference_version"),
+    reference_class_map: str | None = _opt(MonitorConfig, "reference_class_map"),
+    max_reference: int | None = _opt(MonitorConfig, "max_reference"),
+    policy: Path | None = typer.Option(None, help="Drift policy YAML (default policies/drift.yaml)."),
+    apprise_secret: str | None = _opt(MonitorConfig, "apprise_secret"),
+    out: str | None = _opt(MonitorConfig, "out_dir", "--out"),
     fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit 1 when the batch drifted (CI use)."),
 ):
     """Compare a batch with the monitored model's reference (Evidently report, BBSE priors); on
     drift write the alert, emit skinflow.drift.detected and notify. Exit 1 on drift with
     --fail-on-drift."""
-    cfg = _build(MonitorConfig, batch=batch, class_map=class_map, model_uri=model, reference=reference,
-                 reference_version=reference_version, reference_class_map=reference_class_map,
-                 max_reference=max_reference, policy=str(policy) if policy else None, apprise_secret=apprise_secret,
-                 out_dir=out)
+    cfg = _build(
+        MonitorConfig,
+        batch=batch,
+        class_map=class_map,
+        model_uri=model,
+        reference=reference,
+        reference_version=reference_version,
+        reference_class_map=reference_class_map,
+        max_reference=max_reference,
+        policy=str(policy) if policy else None,
+        apprise_secret=apprise_secret,
+        out_dir=out,
+    )
     if "://" not in batch and not Path(batch).exists():
         _fail(f"batch {batch} does not exist")
     summary = _run("flows.monitor", "monitor_flow", monitor=cfg)
@@ -602,28 +808,49 @@ def _print_drift(summary: dict) -> None:
     cov, emb, lab = summary["covariate"], summary["embedding"], summary["label_shift"]
     bbse = lab.get("bbse") or {}
     rows = [
-        ("covariate", cov["drifted"], f"drifted share {cov['drifted_share']:.2f} of {cov['n_tested']} columns "
-                                      f"(threshold {cov['share_threshold']}); Holm-significant: "
-                                      f"{', '.join(cov['holm_significant']) or 'none'}"),
-        ("embeddings", emb["drifted"], f"model AUC {emb['model_auc']:.3f} (threshold {emb['model_auc_threshold']:.3f}), "
-                                       f"MMD {emb['mmd']:.4f} (threshold {emb['mmd_threshold']})"),
+        (
+            "covariate",
+            cov["drifted"],
+            f"drifted share {cov['drifted_share']:.2f} of {cov['n_tested']} columns "
+            f"(threshold {cov['share_threshold']}); Holm-significant: "
+            f"{', '.join(cov['holm_significant']) or 'none'}",
+        ),
+        (
+            "embeddings",
+            emb["drifted"],
+            f"model AUC {emb['model_auc']:.3f} (threshold {emb['model_auc_threshold']:.3f}), "
+            f"MMD {emb['mmd']:.4f} (threshold {emb['mmd_threshold']})",
+        ),
         ("predicted classes", lab["predicted"]["drifted"], f"chi-square p={lab['predicted']['p_value']:.3g}"),
     ]
     if lab.get("true_labels"):
         rows.append(("true labels", lab["true_labels"]["drifted"], f"chi-square p={lab['true_labels']['p_value']:.3g}"))
     if bbse:
-        rows.append(("BBSE priors", bbse["drifted"], f"max change {bbse['max_prior_change']:.3f}; expected accuracy "
-                                                     f"{bbse['expected_accuracy']:.3f} (reference "
-                                                     f"{bbse['reference_accuracy']:.3f})"))
-    typer.echo(f"DRIFT VERDICT: {summary['verdict'].upper()}  ({summary['n_batch']} batch vs "
-               f"{summary['n_reference']} reference images)")
+        rows.append(
+            (
+                "BBSE priors",
+                bbse["drifted"],
+                f"max change {bbse['max_prior_change']:.3f}; expected accuracy "
+                f"{bbse['expected_accuracy']:.3f} (reference "
+                f"{bbse['reference_accuracy']:.3f})",
+            )
+        )
+    typer.echo(
+        f"DRIFT VERDICT: {summary['verdict'].upper()}  ({summary['n_batch']} batch vs "
+        f"{summary['n_reference']} reference images)"
+    )
     for name, drifted, text in rows:
         typer.echo(f"{'DRIFT' if drifted else 'ok':5}  {name:<17} {text}")
     if summary["top_drifted"]:
         typer.echo("top drifted features: " + ", ".join(summary["top_drifted"]))
     if bbse:
-        typer.echo("BBSE priors: " + ", ".join(f"{c} {p:.2f} [{bbse['interval_low'][c]:.2f}, "
-                                               f"{bbse['interval_high'][c]:.2f}]" for c, p in bbse["priors"].items()))
+        typer.echo(
+            "BBSE priors: "
+            + ", ".join(
+                f"{c} {p:.2f} [{bbse['interval_low'][c]:.2f}, {bbse['interval_high'][c]:.2f}]"
+                for c, p in bbse["priors"].items()
+            )
+        )
     inputs = summary.get("inputs", {})
     for k, n in sorted((inputs.get("out_of_map") or {}).items()):
         typer.echo(f"out of map (kept as unlabelled): {k}: {n} image(s)")
@@ -634,16 +861,22 @@ def _print_drift(summary: dict) -> None:
     typer.echo(f"report: {summary['report_html']}; MLflow run {summary['mlflow_run_id']} (skinflow-monitor)")
     typer.echo(f"event: {summary['event']}")
     if summary.get("prefect_api") == "ephemeral":
-        typer.echo("note: no PREFECT_API_URL: flows ran on the in-process ephemeral Prefect API, where events do "
-                   "nothing (no automation starts a retrain); point PREFECT_API_URL at a Prefect server for that")
+        typer.echo(
+            "note: no PREFECT_API_URL: flows ran on the in-process ephemeral Prefect API, where events do "
+            "nothing (no automation starts a retrain); point PREFECT_API_URL at a Prefect server for that"
+        )
     typer.echo(f"notification: {summary['notification']}")
 
 
 # --------------------------------------------------------------------------- stack
 @stack_app.command("up")
 def stack_up(
-    db: str = typer.Option("sqlite", "--db", help="sqlite (one worker) or postgres (the team topology: PostgreSQL, "
-                                                   "two-node Ray, two workers; infra/README.md)."),
+    db: str = typer.Option(
+        "sqlite",
+        "--db",
+        help="sqlite (one worker) or postgres (the team topology: PostgreSQL, "
+        "two-node Ray, two workers; infra/README.md).",
+    ),
 ):
     """Start moto S3, MLflow server, Prefect server and process worker(s) on 127.0.0.1."""
     if db not in ("sqlite", "postgres"):
@@ -681,13 +914,14 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     try:
         from prefect.exceptions import ParameterTypeError
     except ImportError:  # pragma: no cover - prefect is a dependency
-        ParameterTypeError = ValidationError  # noqa: N806
+        ParameterTypeError = ValidationError
     from flows.validate import ValidationFailed
 
     if isinstance(exc, ValidationFailed):
         return EXIT_FINDINGS, str(exc)
     if isinstance(exc, (ServiceUnavailableError, ConnectionError, TimeoutError)) or (
-            isinstance(exc, StorageError) and not isinstance(exc, FileNotFoundError)):
+        isinstance(exc, StorageError) and not isinstance(exc, FileNotFoundError)
+    ):
         return EXIT_SERVICE, str(exc)
     if isinstance(exc, (ValidationError, ParameterTypeError)):
         return EXIT_USAGE, " ".join(str(exc).split())
@@ -754,7 +988,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         code = 130
-    except Exception as exc:  # noqa: BLE001 - every error ends as one line and an exit code
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.ClickException):

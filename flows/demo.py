@@ -8,19 +8,27 @@ from pathlib import Path
 
 PROFILES = {
     # 2-core CPU: a few minutes. 15 epochs = 1+2+4+8: sgdr_dlr_clm completes four cycles.
-    "cpu": dict(synth=dict(per_class=60, size=64), data=dict(size=48), training=dict(epochs=15, batch_size=32),
-                sweep=dict(epochs=3, num_samples=1, schedules=["sgd", "sgdr", "sgdr_dlr_clm"], amp=[True])),
+    "cpu": dict(
+        synth=dict(per_class=60, size=64),
+        data=dict(size=48),
+        training=dict(epochs=15, batch_size=32),
+        sweep=dict(epochs=3, num_samples=1, schedules=["sgd", "sgdr", "sgdr_dlr_clm"], amp=[True]),
+    ),
     # a GPU machine: larger images, every variant, AMP on and off.
-    "full": dict(synth=dict(long_tail=True, size=160), data=dict(size=128), training=dict(epochs=15, batch_size=64),
-                 sweep=dict(epochs=7, num_samples=2, amp=[False, True])),
+    "full": dict(
+        synth=dict(long_tail=True, size=160),
+        data=dict(size=128),
+        training=dict(epochs=15, batch_size=64),
+        sweep=dict(epochs=7, num_samples=2, amp=[False, True]),
+    ),
 }
 
 
 def run_demo(out: Path, full: bool = False) -> int:
     from ml.data.config import DataConfig
+    from ml.data.synth import SynthConfig, generate
     from ml.settings import get_settings
     from ml.train.config import SweepConfig, TrainConfig
-    from ml.data.synth import SynthConfig, generate
 
     profile = PROFILES["full" if full else "cpu"]
     data = Path(out) / "synth"
@@ -37,9 +45,13 @@ def run_demo(out: Path, full: bool = False) -> int:
     print("[2/2] retrain: validate -> LR range test -> Ray Tune sweep -> train -> register -> gate")
     from flows.retrain import retrain_flow
 
-    res = retrain_flow(data=DataConfig(source=str(data), **profile["data"]),
-                       training=TrainConfig(**profile["training"]),
-                       sweep=SweepConfig(**profile["sweep"]), tune=True, out_dir=str(Path(out) / "retrain"))
+    res = retrain_flow(
+        data=DataConfig(source=str(data), **profile["data"]),
+        training=TrainConfig(**profile["training"]),
+        sweep=SweepConfig(**profile["sweep"]),
+        tune=True,
+        out_dir=str(Path(out) / "retrain"),
+    )
     width = max(len(k) for k in res)
     print("\n" + "=" * 60 + "\nskinflow demo summary\n" + "=" * 60)
     for k, v in res.items():

@@ -12,9 +12,20 @@ from ml.monitor.config import MonitorConfig
 from ml.tracking.runs import run_name
 from tasks.common import markdown_table, publish_markdown
 from tasks.mlflow_tasks import tracked_run
-from tasks.monitor import (describe_images, emit_drift_event, estimate_label_shift, load_batch, load_model,
-                           load_reference, log_monitor_run, measure_drift, notify_drift, prefect_server_configured,
-                           store_reports, write_reports)
+from tasks.monitor import (
+    describe_images,
+    emit_drift_event,
+    estimate_label_shift,
+    load_batch,
+    load_model,
+    load_reference,
+    log_monitor_run,
+    measure_drift,
+    notify_drift,
+    prefect_server_configured,
+    store_reports,
+    write_reports,
+)
 
 
 @flow(name="monitor")
@@ -30,23 +41,42 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
     policy = DriftPolicy.load(monitor.policy)
     model = load_model(monitor.model_uri)
     batch = load_batch(monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root)
-    reference = load_reference(model, monitor.reference, monitor.reference_version, monitor.reference_class_map,
-                               monitor.max_reference, monitor.seed)
+    reference = load_reference(
+        model,
+        monitor.reference,
+        monitor.reference_version,
+        monitor.reference_class_map,
+        monitor.max_reference,
+        monitor.seed,
+    )
     ref = describe_images(reference.records, model, "reference")
     val = describe_images(reference.validation, model, "validation") if len(reference.validation) else None
     cur = describe_images(batch.records, model, "batch")
     label_estimate = estimate_label_shift(val, ref, cur, policy)
     summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed)
-    summary.update(batch=batch.source, model_uri=monitor.model_uri, inputs=batch.summary(),
-                   reference={"source": reference.source, "kind": reference.kind,
-                              "dataset_version": reference.dataset_version, "images": len(ref),
-                              "validation_images": 0 if val is None else len(val), "notes": reference.notes})
+    summary.update(
+        batch=batch.source,
+        model_uri=monitor.model_uri,
+        inputs=batch.summary(),
+        reference={
+            "source": reference.source,
+            "kind": reference.kind,
+            "dataset_version": reference.dataset_version,
+            "images": len(ref),
+            "validation_images": 0 if val is None else len(val),
+            "notes": reference.notes,
+        },
+    )
     key = flow_run.get_id() or "local"
     report_dir = str(Path(monitor.out_dir) / key)
-    with tracked_run("skinflow-monitor", run_name("monitor", verdict=summary["verdict"], batch=Path(batch.source).name),
-                     tags={"drift_verdict": summary["verdict"]}) as (run_id, experiment_id):
-        summary.update(mlflow_run_id=run_id, mlflow_experiment_id=experiment_id,
-                       mlflow_run_url=_run_url(experiment_id, run_id))
+    with tracked_run(
+        "skinflow-monitor",
+        run_name("monitor", verdict=summary["verdict"], batch=Path(batch.source).name),
+        tags={"drift_verdict": summary["verdict"]},
+    ) as (run_id, experiment_id):
+        summary.update(
+            mlflow_run_id=run_id, mlflow_experiment_id=experiment_id, mlflow_run_url=_run_url(experiment_id, run_id)
+        )
         files = write_reports(snapshot, summary, report_dir)
         log_monitor_run(run_id, summary, files, monitor.model_dump())
     summary["report_html"], summary["report_json"] = files["html"], files["json"]
@@ -67,17 +97,37 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
 def summary_markdown(summary: dict) -> str:
     """The Prefect artifact: verdict, reasons, top drifted features, priors, links."""
     bbse = summary["label_shift"].get("bbse") or {}
-    rows = [{"column": r["column"], "method": r["method"], "score": r["score"], "drifted": r["drifted"]}
-            for r in summary["columns"] if r["column"] in summary["top_drifted"]]
-    priors = [{"class": c, "reference": bbse["reference_priors"][c], "estimate": p,
-               "low": bbse["interval_low"][c], "high": bbse["interval_high"][c]} for c, p in bbse.get("priors", {}).items()]
-    lines = [f"## Drift verdict: **{summary['verdict']}**", "",
-             f"Batch `{summary['batch']}` ({summary['n_batch']} images) vs {summary['n_reference']} reference images.",
-             "", *[f"- {r}" for r in summary["reasons"] or ["no rule fired"]], "",
-             "### Top drifted features", markdown_table(rows), "",
-             "### Class priors (BBSE)", markdown_table(priors) if priors else "_(no validation images: skipped)_", "",
-             f"Report: `{summary.get('report_uri') or summary.get('report_html')}`; "
-             f"[MLflow run {summary.get('mlflow_run_id')}]({summary.get('mlflow_run_url')}) (skinflow-monitor)."]
+    rows = [
+        {"column": r["column"], "method": r["method"], "score": r["score"], "drifted": r["drifted"]}
+        for r in summary["columns"]
+        if r["column"] in summary["top_drifted"]
+    ]
+    priors = [
+        {
+            "class": c,
+            "reference": bbse["reference_priors"][c],
+            "estimate": p,
+            "low": bbse["interval_low"][c],
+            "high": bbse["interval_high"][c],
+        }
+        for c, p in bbse.get("priors", {}).items()
+    ]
+    lines = [
+        f"## Drift verdict: **{summary['verdict']}**",
+        "",
+        f"Batch `{summary['batch']}` ({summary['n_batch']} images) vs {summary['n_reference']} reference images.",
+        "",
+        *[f"- {r}" for r in summary["reasons"] or ["no rule fired"]],
+        "",
+        "### Top drifted features",
+        markdown_table(rows),
+        "",
+        "### Class priors (BBSE)",
+        markdown_table(priors) if priors else "_(no validation images: skipped)_",
+        "",
+        f"Report: `{summary.get('report_uri') or summary.get('report_html')}`; "
+        f"[MLflow run {summary.get('mlflow_run_id')}]({summary.get('mlflow_run_url')}) (skinflow-monitor).",
+    ]
     return "\n".join(lines)
 
 

@@ -22,10 +22,16 @@ _RUNTIME_FIELDS = ("device", "progress", "checkpoint_dir", "num_workers", "check
 
 
 @flow(name="retrain")
-def retrain_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainConfig(),
-                 sweep: SweepConfig = SweepConfig(), lr_find: LRFindConfig = LRFindConfig(),
-                 tune: bool = True, validate_data: bool = True, policy: str | None = None,
-                 out_dir: str = "outputs/retrain") -> dict:
+def retrain_flow(
+    data: DataConfig = DataConfig(),
+    training: TrainConfig = TrainConfig(),
+    sweep: SweepConfig = SweepConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+    tune: bool = True,
+    validate_data: bool = True,
+    policy: str | None = None,
+    out_dir: str = "outputs/retrain",
+) -> dict:
     """The scheduled retraining loop. Critical validation failures stop it before training.
     With ``tune`` the sweep's best (arch, schedule, LR, AMP) replaces those of ``training``;
     without it ``training`` is fitted as given (its LR from a range test when unset)."""
@@ -37,39 +43,79 @@ def retrain_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainC
         raise ValueError("retrain needs a held-out test split for the promotion gate: set data.test_frac > 0")
     logger = get_run_logger()
     manifest, cache = prepare_data(data)
-    validation = (validate_manifest(manifest, data.source, policy, str(Path(out_dir) / "validate"),
-                                    fail_on_critical=True) if validate_data else None)
-    with tracked_run("skinflow-retrain", run_name("retrain", data=cache.version[:8]),
-                     tags={"dataset_version": cache.version}) as (run_id, _):
+    validation = (
+        validate_manifest(manifest, data.source, policy, str(Path(out_dir) / "validate"), fail_on_critical=True)
+        if validate_data
+        else None
+    )
+    with tracked_run(
+        "skinflow-retrain", run_name("retrain", data=cache.version[:8]), tags={"dataset_version": cache.version}
+    ) as (run_id, _):
         tuned = None
         if tune:
             tuned = run_sweep(cache, sweep, training, lr_find, str(Path(out_dir) / "tune"), parent_run_id=run_id)
             best = tuned["best"]
-            cfg = training.model_copy(update={"schedule": best["schedule"], "lr": float(best["lr"]),
-                                              "amp": bool(best["amp"]), "arch": best["arch"]})
+            cfg = training.model_copy(
+                update={
+                    "schedule": best["schedule"],
+                    "lr": float(best["lr"]),
+                    "amp": bool(best["amp"]),
+                    "arch": best["arch"],
+                }
+            )
         else:
             cfg, _ = with_lr(cache, training, lr_find, out_dir, run_id)
         result = train_model(cache, cfg, run_id)
         evaluation = evaluate_model(result, cache, "test")
-        logged = log_training_run(run_id, result, evaluation, "test", cache, manifest, out_dir,
-                                  extra={"validation_passed": validation["passed"] if validation else None})
-        version = register_model(logged["model_uri"], {
-            "dataset_version": cache.version, "schedule": cfg.schedule, "lr": f"{cfg.lr:.4g}", "amp": cfg.amp,
-            "validation": "passed" if validation and validation["passed"] else ("skipped" if not validation else "warnings"),
-            "config_hash": config_hash(cfg), "eta": _eta_tag(tuned)})
+        logged = log_training_run(
+            run_id,
+            result,
+            evaluation,
+            "test",
+            cache,
+            manifest,
+            out_dir,
+            extra={"validation_passed": validation["passed"] if validation else None},
+        )
+        version = register_model(
+            logged["model_uri"],
+            {
+                "dataset_version": cache.version,
+                "schedule": cfg.schedule,
+                "lr": f"{cfg.lr:.4g}",
+                "amp": cfg.amp,
+                "validation": "passed"
+                if validation and validation["passed"]
+                else ("skipped" if not validation else "warnings"),
+                "config_hash": config_hash(cfg),
+                "eta": _eta_tag(tuned),
+            },
+        )
         images, labels = cache.subset("test")
-        gate = promotion_gate(version, images, labels, cache.classes, policy,
-                              digests=split_digests(manifest, "test"))
+        gate = promotion_gate(version, images, labels, cache.classes, policy, digests=split_digests(manifest, "test"))
     m = evaluation["metrics"]
-    summary = {"run_id": run_id, "dataset_version": cache.version, "model_version": version,
-               "promoted": gate["promoted"], "gate_reason": gate["reason"], "gate_predictions": gate["predictions"],
-               "schedule": cfg.schedule, "lr": cfg.lr, "amp": cfg.amp, "eval_split": "test",
-               "test_images": len(labels), "test_accuracy": m["accuracy"],
-               "test_balanced_accuracy": m["balanced_accuracy"], "test_macro_f1": m["macro_f1"],
-               "eta_over_sgd": _eta_tag(tuned), "trials": len(tuned["trials"]) if tuned else 0,
-               "failed_trials": len(tuned["failed"]) if tuned else 0,
-               "gate_evaluated_on": gate.get("evaluated_on"), "gate_heldout_overlap": gate.get("heldout_overlap"),
-               "validation_passed": validation["passed"] if validation else None}
+    summary = {
+        "run_id": run_id,
+        "dataset_version": cache.version,
+        "model_version": version,
+        "promoted": gate["promoted"],
+        "gate_reason": gate["reason"],
+        "gate_predictions": gate["predictions"],
+        "schedule": cfg.schedule,
+        "lr": cfg.lr,
+        "amp": cfg.amp,
+        "eval_split": "test",
+        "test_images": len(labels),
+        "test_accuracy": m["accuracy"],
+        "test_balanced_accuracy": m["balanced_accuracy"],
+        "test_macro_f1": m["macro_f1"],
+        "eta_over_sgd": _eta_tag(tuned),
+        "trials": len(tuned["trials"]) if tuned else 0,
+        "failed_trials": len(tuned["failed"]) if tuned else 0,
+        "gate_evaluated_on": gate.get("evaluated_on"),
+        "gate_heldout_overlap": gate.get("heldout_overlap"),
+        "validation_passed": validation["passed"] if validation else None,
+    }
     publish_markdown("retrain-summary", "## Retrain summary\n\n" + markdown_table([summary]))
     logger.info("retrain done: v%s %s", version, "promoted to champion" if gate["promoted"] else "kept as challenger")
     return summary

@@ -25,26 +25,42 @@ EXPERIMENT = "skinflow-robustness"
 
 
 @flow(name="robustness")
-def robustness_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainConfig(),
-                    robustness: RobustnessConfig = RobustnessConfig(), lr_find: LRFindConfig = LRFindConfig(),
-                    out_dir: str = "outputs/robustness") -> dict:
+def robustness_flow(
+    data: DataConfig = DataConfig(),
+    training: TrainConfig = TrainConfig(),
+    robustness: RobustnessConfig = RobustnessConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+    out_dir: str = "outputs/robustness",
+) -> dict:
     """Data -> LR (range test on the clean training split unless given; the same LR for every
     model) -> the clean model and its rows -> one model per noise level and its rows -> table,
     plots, Prefect artifact."""
     _, cache = prepare_data(data)
     eval_split = eval_split_of(cache)
-    with tracked_run(EXPERIMENT, run_name("robustness", training, data=cache.version),
-                     tags={"dataset_version": cache.version}) as (parent, _):
+    with tracked_run(
+        EXPERIMENT, run_name("robustness", training, data=cache.version), tags={"dataset_version": cache.version}
+    ) as (parent, _):
         cfg, _ = with_lr(cache, training, lr_find, out_dir, parent)
         rows = []
         for train_c in training_corruptions(robustness):
             name = run_name("robustness", train=train_c.label.replace(" ", ""), seed=cfg.seed)
-            with tracked_run(EXPERIMENT, name, parent_run_id=parent,
-                             tags={"dataset_version": cache.version}) as (child, _):
+            with tracked_run(EXPERIMENT, name, parent_run_id=parent, tags={"dataset_version": cache.version}) as (
+                child,
+                _,
+            ):
                 rows += fit_and_score(cache, cfg, robustness, train_c, eval_split, child)
         logged = log_robustness(parent, rows, cache.classes, eval_split, out_dir)
-    publish_table("robustness-summary", logged["table"],
-                  f"skinflow robustness on {eval_split} ({len(cache.subset(eval_split)[1])} images), "
-                  f"MLflow run {parent}")
-    return {"run_id": parent, "dataset_version": cache.version, "eval_split": eval_split, "lr": cfg.lr,
-            "table": logged["table"], "plots": logged["plots"], "models": len(training_corruptions(robustness))}
+    publish_table(
+        "robustness-summary",
+        logged["table"],
+        f"skinflow robustness on {eval_split} ({len(cache.subset(eval_split)[1])} images), MLflow run {parent}",
+    )
+    return {
+        "run_id": parent,
+        "dataset_version": cache.version,
+        "eval_split": eval_split,
+        "lr": cfg.lr,
+        "table": logged["table"],
+        "plots": logged["plots"],
+        "models": len(training_corruptions(robustness)),
+    }

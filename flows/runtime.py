@@ -77,15 +77,20 @@ def local_flow_settings() -> Iterator[dict]:
     # the ephemeral server starts with these: services that act on deployments, schedules,
     # workers and paused runs (none of which an in-process run has), and usage telemetry,
     # which has no network here, would only compete with training for the CPU
-    updates.update({setting: False for setting in (
-        ps.PREFECT_SERVER_ANALYTICS_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_FOREMAN_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED,
-        ps.PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED,
-    )})
+    updates.update(
+        {
+            setting: False
+            for setting in (
+                ps.PREFECT_SERVER_ANALYTICS_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_FOREMAN_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED,
+                ps.PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED,
+            )
+        }
+    )
     if not _startup_timeout_configured():
         updates[ps.PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = STARTUP_TIMEOUT_S
     db = prefect_sqlite_path()

@@ -48,15 +48,20 @@ def with_lr(cache, training: TrainConfig, lr_find: LRFindConfig, out_dir: str, r
 
 
 @flow(name="train")
-def train_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainConfig(),
-               lr_find: LRFindConfig = LRFindConfig(), repeats: Annotated[int, Field(gt=0)] = 1,
-               out_dir: str = "outputs/train") -> dict:
+def train_flow(
+    data: DataConfig = DataConfig(),
+    training: TrainConfig = TrainConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+    repeats: Annotated[int, Field(gt=0)] = 1,
+    out_dir: str = "outputs/train",
+) -> dict:
     """LR range test (unless ``training.lr`` is given) -> fit -> evaluate on the test split (val
     when the data have none) -> log plots, metrics and model; with ``repeats > 1`` also refit with
     further seeds and report mean +/- std (Table 4.2 form)."""
     manifest, cache = prepare_data(data)
-    with tracked_run("skinflow-train", run_name("train", training, arch=training.arch,
-                                                precision=precision_for(training).name)) as (run_id, _):
+    with tracked_run(
+        "skinflow-train", run_name("train", training, arch=training.arch, precision=precision_for(training).name)
+    ) as (run_id, _):
         if training.checkpoint_dir:  # a rerun after a crash resumes from the checkpoint: say which run it replaces
             supersede_interrupted_run(training.checkpoint_dir, run_id)
         cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
@@ -64,34 +69,58 @@ def train_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainCon
         eval_split = eval_split_of(cache)
         evaluation = evaluate_model(result, cache, eval_split)
         logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)
-        repeated = (repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id)
-                    if repeats > 1 else None)
+        repeated = (
+            repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id) if repeats > 1 else None
+        )
     m = evaluation["metrics"]
-    summary = {"run_id": run_id, "dataset_version": cache.version, "lr": cfg.lr, "eval_split": eval_split,
-               "eval_images": len(evaluation["pred"]),
-               "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-               "auroc_macro": m.get("auroc_macro"), "epochs_run": result.epochs_run,
-               "wall_seconds": round(result.wall_seconds, 2), "amp_dtype": result.amp_dtype,
-               "top_confused_pairs": m["confused_pairs"][:4], **logged,
-               **({"lr_bracket": finder["bracket"]} if finder else {}),
-               **({"repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
-                   "confused_pairs_mean_std": [p["text"] for p in repeated["confused_pairs"][:4]]}
-                  if repeated else {})}
+    summary = {
+        "run_id": run_id,
+        "dataset_version": cache.version,
+        "lr": cfg.lr,
+        "eval_split": eval_split,
+        "eval_images": len(evaluation["pred"]),
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_f1": m["macro_f1"],
+        "auroc_macro": m.get("auroc_macro"),
+        "epochs_run": result.epochs_run,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "amp_dtype": result.amp_dtype,
+        "top_confused_pairs": m["confused_pairs"][:4],
+        **logged,
+        **({"lr_bracket": finder["bracket"]} if finder else {}),
+        **(
+            {
+                "repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
+                "confused_pairs_mean_std": [p["text"] for p in repeated["confused_pairs"][:4]],
+            }
+            if repeated
+            else {}
+        ),
+    }
     publish_table("train-summary", summary, "skinflow train")
     return summary
 
 
 @flow(name="lr-find")
-def lr_find_flow(data: DataConfig = DataConfig(), training: TrainConfig = TrainConfig(),
-                 lr_find: LRFindConfig = LRFindConfig(), out_dir: str = "outputs/lr_find") -> dict:
+def lr_find_flow(
+    data: DataConfig = DataConfig(),
+    training: TrainConfig = TrainConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+    out_dir: str = "outputs/lr_find",
+) -> dict:
     """Smith's LR range test on the training split: suggestions and a log-scale bracket."""
     _, cache = prepare_data(data)
     return lr_range_test(cache, training, out_dir, lr_find)
 
 
 @flow(name="pretrain")
-def pretrain_flow(out: str, data: DataConfig = DataConfig(), training: TrainConfig = TrainConfig(),
-                  lr_find: LRFindConfig = LRFindConfig()) -> dict:
+def pretrain_flow(
+    out: str,
+    data: DataConfig = DataConfig(),
+    training: TrainConfig = TrainConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+) -> dict:
     """Train a backbone on a source set and store it (path or s3://) for ``weights=`` later."""
     from tasks.training import pretrain_backbone
 

@@ -20,14 +20,28 @@ from tasks.tuning import METRIC, SCORE, TrialData, run_tune, schedule_brackets
 
 # what every trial takes from the training config (the sweep sets lr, schedule, amp, arch,
 # epochs); `snapshots` is the size of the ensemble a trial is scored as (see CycleEndScore)
-_TRIAL_BASE = ("weights", "batch_size", "weight_decay", "lr_min", "weighted_sampler", "channels_last", "device",
-               "num_workers", "snapshots")
+_TRIAL_BASE = (
+    "weights",
+    "batch_size",
+    "weight_decay",
+    "lr_min",
+    "weighted_sampler",
+    "channels_last",
+    "device",
+    "num_workers",
+    "snapshots",
+)
 
 
 @flow(name="tune")
-def tune_flow(data: DataConfig = DataConfig(), sweep: SweepConfig = SweepConfig(),
-              training: TrainConfig = TrainConfig(), lr_find: LRFindConfig = LRFindConfig(),
-              lr_bracket: list[float] | None = None, out_dir: str = "outputs/tune") -> dict:
+def tune_flow(
+    data: DataConfig = DataConfig(),
+    sweep: SweepConfig = SweepConfig(),
+    training: TrainConfig = TrainConfig(),
+    lr_find: LRFindConfig = LRFindConfig(),
+    lr_bracket: list[float] | None = None,
+    out_dir: str = "outputs/tune",
+) -> dict:
     """Returns ``{"best": {...}, "trials": [...], "failed": [...], "lr_find": {family: {...}},
     "lr_brackets": {schedule: [lo, hi]}, "epochs": ..., "run_id": ...}``: one LR range test per
     optimiser family the sweep's schedules use (:data:`ml.train.schedules.LR_FAMILIES`: SGD with
@@ -45,29 +59,54 @@ def tune_flow(data: DataConfig = DataConfig(), sweep: SweepConfig = SweepConfig(
     return run_sweep(cache, sweep, training, lr_find, out_dir, lr_bracket=lr_bracket)
 
 
-def run_sweep(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindConfig, out_dir: str,
-              parent_run_id: str | None = None, lr_bracket: list[float] | None = None) -> dict:
+def run_sweep(
+    cache,
+    sweep: SweepConfig,
+    training: TrainConfig,
+    lr_find: LRFindConfig,
+    out_dir: str,
+    parent_run_id: str | None = None,
+    lr_bracket: list[float] | None = None,
+) -> dict:
     """The sweep on a prepared image cache, in an MLflow run (child of ``parent_run_id``): what
     ``tune_flow`` runs, and what the retrain flow calls inside its own run."""
     logger = get_run_logger()
-    with tracked_run("skinflow-tune", run_name("tune", schedules=len(sweep.schedules), epochs=sweep.epochs,
-                                               data=cache.version[:8]),
-                     parent_run_id, tags={"dataset_version": cache.version}) as (run_id, experiment_id):
+    with tracked_run(
+        "skinflow-tune",
+        run_name("tune", schedules=len(sweep.schedules), epochs=sweep.epochs, data=cache.version[:8]),
+        parent_run_id,
+        tags={"dataset_version": cache.version},
+    ) as (run_id, experiment_id):
         finders = None
         if lr_bracket is None:
             finders = _range_tests(cache, sweep, training, lr_find, out_dir, run_id)
-        brackets = schedule_brackets({f: r["bracket"] for f, r in finders.items()} if finders else lr_bracket,
-                                     sweep.schedules)
+        brackets = schedule_brackets(
+            {f: r["bracket"] for f, r in finders.items()} if finders else lr_bracket, sweep.schedules
+        )
         client = MlflowClient()
         for schedule, (lo, hi) in brackets.items():
             client.log_param(run_id, f"lr_bracket_{schedule}", f"{lo:.4g}..{hi:.4g}")
         base_config = {k: v for k, v in training.to_dict().items() if k in _TRIAL_BASE}
-        res = run_tune(TrialData.from_cache(cache), brackets, base_config, list(sweep.schedules), list(sweep.amp),
-                       list(sweep.archs), sweep.num_samples, sweep.epochs, run_id, experiment_id,
-                       absolute_tracking_uri(get_settings().mlflow_tracking_uri), sweep.cpus_per_trial,
-                       sweep.gpus_per_trial, name=sweep.name or f"tune-{cache.version}-{run_id[:8]}",
-                       max_failures=sweep.max_failures, seed=training.seed,
-                       checkpoint_interval_s=sweep.checkpoint_interval_s, trial_resources=sweep.trial_resources)
+        res = run_tune(
+            TrialData.from_cache(cache),
+            brackets,
+            base_config,
+            list(sweep.schedules),
+            list(sweep.amp),
+            list(sweep.archs),
+            sweep.num_samples,
+            sweep.epochs,
+            run_id,
+            experiment_id,
+            absolute_tracking_uri(get_settings().mlflow_tracking_uri),
+            sweep.cpus_per_trial,
+            sweep.gpus_per_trial,
+            name=sweep.name or f"tune-{cache.version}-{run_id[:8]}",
+            max_failures=sweep.max_failures,
+            seed=training.seed,
+            checkpoint_interval_s=sweep.checkpoint_interval_s,
+            trial_resources=sweep.trial_resources,
+        )
         best = res["best"]
         for k in ("schedule", "amp", "arch", "lr"):
             client.set_tag(run_id, f"best_{k}", str(best[k]))
@@ -75,16 +114,37 @@ def run_sweep(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindC
             client.log_metric(run_id, f"best_{metric}", float(best[metric]))
         client.log_metric(run_id, "failed_trials", len(res["failed"]))
         client.log_dict(run_id, res, "reports/tune_trials.json")
-    publish_table("tune-summary", [{k: t.get(k) for k in ("trial", "arch", "schedule", "amp", "lr", "lr_bracket",
-                                                          SCORE, METRIC, "val_macro_f1", "epochs", "error")}
-                                   for t in res["trials"]], "Ray Tune trials (ASHA)")
+    publish_table(
+        "tune-summary",
+        [
+            {
+                k: t.get(k)
+                for k in (
+                    "trial",
+                    "arch",
+                    "schedule",
+                    "amp",
+                    "lr",
+                    "lr_bracket",
+                    SCORE,
+                    METRIC,
+                    "val_macro_f1",
+                    "epochs",
+                    "error",
+                )
+            }
+            for t in res["trials"]
+        ],
+        "Ray Tune trials (ASHA)",
+    )
     if res["failed"]:
         logger.warning("%d trial(s) failed: %s", len(res["failed"]), [t["error"] for t in res["failed"]])
     return {**res, "lr_find": finders, "lr_brackets": {s: list(b) for s, b in brackets.items()}, "run_id": run_id}
 
 
-def _range_tests(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindConfig, out_dir: str,
-                 run_id: str) -> dict[str, dict]:
+def _range_tests(
+    cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFindConfig, out_dir: str, run_id: str
+) -> dict[str, dict]:
     """One LR range test per optimiser family of the sweep's schedules, on the sweep's first
     architecture with the family's own optimiser, each in a child run of the tune's run (curve,
     plot and report as a train run's range test logs them). ``{family: {..., "bracket",
@@ -94,10 +154,19 @@ def _range_tests(cache, sweep: SweepConfig, training: TrainConfig, lr_find: LRFi
     for family in dict.fromkeys(lr_family(s) for s in sweep.schedules):
         schedules = [s for s in sweep.schedules if lr_family(s) == family]
         cfg = training.model_copy(update={"arch": sweep.archs[0], "schedule": schedules[0]})
-        with tracked_run("skinflow-tune", run_name("lr-find", family=family, data=cache.version[:8]), run_id,
-                         tags={"dataset_version": cache.version, "lr_family": family}) as (child, _):
+        with tracked_run(
+            "skinflow-tune",
+            run_name("lr-find", family=family, data=cache.version[:8]),
+            run_id,
+            tags={"dataset_version": cache.version, "lr_family": family},
+        ) as (child, _):
             finder = lr_range_test(cache, cfg, str(Path(out_dir) / "plots" / family), lr_find, run_id=child)
         finders[family] = {**finder, "schedules": schedules, "run_id": child}
-        logger.info("LR bracket of %s (%s): %.3g..%.3g (chosen %.3g)", family, ", ".join(schedules),
-                    *finder["bracket"], finder["chosen"])
+        logger.info(
+            "LR bracket of %s (%s): %.3g..%.3g (chosen %.3g)",
+            family,
+            ", ".join(schedules),
+            *finder["bracket"],
+            finder["chosen"],
+        )
     return finders

@@ -9,7 +9,6 @@ from prefect import flow, get_run_logger
 from ml.data.config import DataConfig
 from ml.storage import StorageError
 from ml.tracking.runs import ServiceUnavailableError
-
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
 from tasks.validation import compute_features, run_expectations, store_data_docs
@@ -20,8 +19,12 @@ class ValidationFailed(RuntimeError):
 
 
 @flow(name="validate")
-def validate_flow(data: DataConfig = DataConfig(), policy: str | None = None, out_dir: str = "outputs/validate",
-                  fail_on_critical: bool = True) -> dict:
+def validate_flow(
+    data: DataConfig = DataConfig(),
+    policy: str | None = None,
+    out_dir: str = "outputs/validate",
+    fail_on_critical: bool = True,
+) -> dict:
     """Validate one dataset version (``data.source`` through ``data.class_map``). Returns the
     report as a dict; raises on critical failures when ``fail_on_critical`` (the CLI prints the
     table and sets the exit code instead)."""
@@ -70,6 +73,7 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     for w in out["warnings"]:
         logger.warning("validation warning: %s", w)
     if not report.passed and fail_on_critical:
-        raise ValidationFailed(f"dataset {manifest.version} failed critical expectations: "
-                               + ", ".join(out["critical_failures"]))
+        raise ValidationFailed(
+            f"dataset {manifest.version} failed critical expectations: " + ", ".join(out["critical_failures"])
+        )
     return out

@@ -53,8 +53,9 @@ class Stack:
 
     def sh(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
         """``infra/stack.sh ARGS...`` with this stack's configuration."""
-        return subprocess.run(["bash", str(STACK_SH), *args], env=self.script_env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            ["bash", str(STACK_SH), *args], env=self.script_env, capture_output=True, text=True, timeout=timeout
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -102,8 +103,9 @@ class Stack:
             self.up = self.sh("up", timeout=timeout)
         except subprocess.TimeoutExpired as exc:  # the services run in their own sessions: stop them
             self.sh("down", "--purge")
-            raise RuntimeError(f"stack.sh up --db {self.profile} took over {timeout:.0f} s "
-                               f"(logs: {self.run_dir / 'logs'})") from exc
+            raise RuntimeError(
+                f"stack.sh up --db {self.profile} took over {timeout:.0f} s (logs: {self.run_dir / 'logs'})"
+            ) from exc
         except BaseException:  # e.g. pytest-timeout interrupting the start: stop what was started
             self.sh("down", "--purge")
             raise

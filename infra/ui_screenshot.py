@@ -50,9 +50,17 @@ def headless_chrome(profile_dir: str | Path, width: int = 1440, height: int = 76
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--disable-extensions", "--disable-background-networking", f"--window-size={width},{height}",
-                f"--user-data-dir={profile_dir}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={profile_dir}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
     try:
@@ -72,9 +80,23 @@ def mlflow_ui(store: str, timeout: float = 120) -> Iterator[str]:
     """``mlflow server`` over ``store`` on a free 127.0.0.1 port; yields its URL, stops it after."""
     port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -101,15 +123,15 @@ def screenshot_runs(driver, ui: str, experiment_id: str, out: str | Path, wait_s
 
     driver.get(runs_page_url(experiment_id, ui))
     WebDriverWait(driver, wait_s).until(
-        lambda d: any(a.text.strip() for a in d.find_elements(By.CSS_SELECTOR, RUN_LINKS)))
-    for close in driver.find_elements(By.CSS_SELECTOR,
-                                      "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+        lambda d: any(a.text.strip() for a in d.find_elements(By.CSS_SELECTOR, RUN_LINKS))
+    )
+    for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
         close.click()  # the assistant panel takes a third of the width
     # expand parent runs (a tune's trials are its child runs, folded under it by default)
     for toggle in driver.find_elements(By.CSS_SELECTOR, ".ag-row [col-id='attributes.`Run Name`'] button"):
         try:
             toggle.click()
-        except Exception:  # noqa: BLE001 - a toggle that cannot be clicked stays folded
+        except Exception:
             pass
     time.sleep(2)
     out = Path(out)

@@ -81,7 +81,9 @@ class Settings(BaseSettings):
         return v.strip("/")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
 
     @property
@@ -162,7 +164,7 @@ class _RedactingRecordFactory:
         record = self.base(*args, **kwargs)
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logging's business
+        except Exception:
             return record
         clean = redact_text(message)
         if clean != message:

@@ -22,8 +22,16 @@ if TYPE_CHECKING:
     from ml.settings import Settings
 
 CHUNK = 8 * 1024 * 1024
-_CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-               "InvalidClientTokenId", "AccessDenied", "UnrecognizedClientException", "AuthFailure"}
+_CRED_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "AuthFailure",
+}
 
 
 class StorageError(RuntimeError):
@@ -91,8 +99,10 @@ def write_error(path: Path, exc: OSError) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     if exc.errno in _FULL:
-        return StorageFullError(exc.errno, f"no space to write {path}: {exc.strerror} (disk, quota or file-size "
-                                f"limit full); nothing was replaced")
+        return StorageFullError(
+            exc.errno,
+            f"no space to write {path}: {exc.strerror} (disk, quota or file-size limit full); nothing was replaced",
+        )
     return StorageError(f"cannot write {path}: {exc}")
 
 
@@ -132,8 +142,10 @@ def verify_file(path: str | os.PathLike, expected: str | None = None) -> str:
         expected = side.read_text().strip()
     digest = sha256_file(p)
     if digest != expected:
-        raise IntegrityError(f"{p} does not match its checksum ({p.stat().st_size} bytes, sha256 {digest[:12]}..., "
-                             f"expected {expected[:12]}...): truncated or corrupt, not used")
+        raise IntegrityError(
+            f"{p} does not match its checksum ({p.stat().st_size} bytes, sha256 {digest[:12]}..., "
+            f"expected {expected[:12]}...): truncated or corrupt, not used"
+        )
     return digest
 
 
@@ -202,14 +214,21 @@ class Storage:
         return f"s3://{bucket}/{key} at {self.endpoint_url or 'AWS S3'}"
 
     def _translate(self, exc: Exception, bucket: str, key: str = "") -> StorageError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-        from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         where = self._where(bucket, key)
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
             return EndpointUnreachableError(f"S3 endpoint unreachable for {where}: {exc}")
         if isinstance(exc, NoCredentialsError):
-            return CredentialsError(f"no AWS credentials found for {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+            return CredentialsError(
+                f"no AWS credentials found for {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
@@ -298,8 +317,16 @@ class Storage:
             return digest
         bucket, key = split_s3(uri)
         self._check_bucket(bucket)
-        self._call(bucket, key, self.client.put_object, Bucket=bucket, Key=key, Body=data,
-                   ChecksumAlgorithm="SHA256", Metadata={"sha256": digest})
+        self._call(
+            bucket,
+            key,
+            self.client.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": digest},
+        )
         return digest
 
     def get_bytes(self, uri: str) -> bytes:
@@ -377,7 +404,7 @@ class Storage:
         base = uri.rstrip("/") + "/"
         out = []
         for src in self.list(base):
-            dst = Path(local_dir) / src[len(base):]
+            dst = Path(local_dir) / src[len(base) :]
             if not (dst.exists() and is_s3(src) and self._same_size(src, dst)):
                 self.get_file(src, dst)
             out.append(dst)

@@ -29,10 +29,14 @@ from tasks.common import IO_RETRY, markdown_table, publish_markdown, publish_tab
 def train_gan(images: np.ndarray, cfg: ProGANConfig, sample_dir: str, grid_images: int) -> GanResult:
     """Train the ProGAN on the pool (per-stage grids in ``sample_dir``; resumes from ``cfg.checkpoint_dir``)."""
     result = train_progan(images, cfg, sample_dir=sample_dir, grid_images=grid_images)
-    get_run_logger().info("ProGAN to %d px on %d images in %.0fs (%s)%s", result.resolution, len(images),
-                          result.wall_seconds, result.precision.name,
-                          f", resumed after stage {result.resumed_from_stage}"
-                          if result.resumed_from_stage is not None else "")
+    get_run_logger().info(
+        "ProGAN to %d px on %d images in %.0fs (%s)%s",
+        result.resolution,
+        len(images),
+        result.wall_seconds,
+        result.precision.name,
+        f", resumed after stage {result.resumed_from_stage}" if result.resumed_from_stage is not None else "",
+    )
     return result
 
 
@@ -44,8 +48,9 @@ def write_synthetic(gan: GanResult, n: int, seed: int, dataset_name: str, meta: 
     dest = get_settings().data_root / "datasets" / f"{dataset_name}-augcheck" / key
     images = gan.sample(n, seed)
     version = gan_check.write_synthetic_version(images, dest, {**meta, "n": n, "sample_seed": seed})
-    get_run_logger().info("synthetic version %s (%s): %d images", version.root,
-                          "reused" if version.reused else "written", n)
+    get_run_logger().info(
+        "synthetic version %s (%s): %d images", version.root, "reused" if version.reused else "written", n
+    )
     return version
 
 
@@ -53,8 +58,9 @@ def write_synthetic(gan: GanResult, n: int, seed: int, dataset_name: str, meta: 
 def train_classifiers(train, val, classes: list[str], check: AugCheckConfig):
     """K binary classifiers on the real images (ml.train.loop.fit)."""
     results = gan_check.train_classifiers(train, val, classes, check)
-    get_run_logger().info("binary classifiers: val accuracy %s",
-                          ", ".join(f"{r.val_metrics['accuracy']:.3f}" for r in results))
+    get_run_logger().info(
+        "binary classifiers: val accuracy %s", ", ".join(f"{r.val_metrics['accuracy']:.3f}" for r in results)
+    )
     return results
 
 
@@ -69,8 +75,9 @@ def estimator_control(results, heldout, ratio: float, seed: int, estimate: str) 
 
 
 @task(name="memorisation-test", cache_policy=NO_CACHE)
-def memorisation(result, synthetic: np.ndarray, train_images: np.ndarray, policy: AugCheckPolicy, closest: int,
-                 out_dir: str):
+def memorisation(
+    result, synthetic: np.ndarray, train_images: np.ndarray, policy: AugCheckPolicy, closest: int, out_dir: str
+):
     """The NN-distance test; the closest synthetic/training pairs side by side as a PNG."""
     from ml.eval.plots import save_image_grid
 
@@ -87,8 +94,7 @@ def train_on_synthetic(synthetic, results, val, test, classes: list[str], check:
 
 
 @task(name="log-augcheck", **IO_RETRY, cache_policy=NO_CACHE)
-def log_augcheck(parent_run_id: str, report: dict[str, Any], gan: GanResult, plots: list[str],
-                 out_dir: str) -> str:
+def log_augcheck(parent_run_id: str, report: dict[str, Any], gan: GanResult, plots: list[str], out_dir: str) -> str:
     """Report JSON, the parent run's params/metrics/tags/artifacts (GAN grids per stage, the
     per-run table, the verdict) and the ``augcheck-summary`` Prefect artifacts."""
     out = Path(out_dir)
@@ -97,35 +103,61 @@ def log_augcheck(parent_run_id: str, report: dict[str, Any], gan: GanResult, plo
     path.write_text(json.dumps(report, indent=2, default=str))
     client = MlflowClient()
     now = int(time.time() * 1000)
-    curve = [Metric(f"gan_{k}", float(row[k]), now, int(row["iteration"])) for row in gan.history
-             for k in ("d_loss", "g_loss", "wasserstein", "gp", "alpha")]
+    curve = [
+        Metric(f"gan_{k}", float(row[k]), now, int(row["iteration"]))
+        for row in gan.history
+        for k in ("d_loss", "g_loss", "wasserstein", "gp", "alpha")
+    ]
     for start in range(0, len(curve), 1000):
-        client.log_batch(parent_run_id, metrics=curve[start:start + 1000])
+        client.log_batch(parent_run_id, metrics=curve[start : start + 1000])
     with mlflow.start_run(run_id=parent_run_id):
-        tracking_runs.log_params({"check": report["config"]["check"], "gan": report["config"]["gan"],
-                                  "data": report["config"]["data"], "dataset_version": report["dataset_version"]})
-        mlflow.set_tags({"dataset_version": report["dataset_version"],
-                         "synthetic_dataset_version": report["synthetic"]["dataset_version"],
-                         "verdict": report["verdict"]["verdict"], "git_commit": tracking_runs.git_commit() or "",
-                         "device": gan.device, **gan.precision.tags()})
+        tracking_runs.log_params(
+            {
+                "check": report["config"]["check"],
+                "gan": report["config"]["gan"],
+                "data": report["config"]["data"],
+                "dataset_version": report["dataset_version"],
+            }
+        )
+        mlflow.set_tags(
+            {
+                "dataset_version": report["dataset_version"],
+                "synthetic_dataset_version": report["synthetic"]["dataset_version"],
+                "verdict": report["verdict"]["verdict"],
+                "git_commit": tracking_runs.git_commit() or "",
+                "device": gan.device,
+                **gan.precision.tags(),
+            }
+        )
         s = report["summary"]
-        mlflow.log_metrics({"estimate_mean": s["mean"], "estimate_std": s["std"], "estimate_range": s["range"],
-                            "estimate_error": s["error"], "ratio": report["ratio"],
-                            "memorised_share": report["memorisation"]["memorised_share"],
-                            "distance_ratio": report["memorisation"]["distance_ratio"],
-                            "control_mixed_estimate": report["control"]["mixed"]["mean"],
-                            "tstr_accuracy": report["train_on_synthetic"]["tstr_accuracy"],
-                            "trtr_accuracy": report["train_on_synthetic"]["trtr_accuracy"],
-                            "gan_wall_seconds": gan.wall_seconds, "safe": float(report["verdict"]["safe"])})
+        mlflow.log_metrics(
+            {
+                "estimate_mean": s["mean"],
+                "estimate_std": s["std"],
+                "estimate_range": s["range"],
+                "estimate_error": s["error"],
+                "ratio": report["ratio"],
+                "memorised_share": report["memorisation"]["memorised_share"],
+                "distance_ratio": report["memorisation"]["distance_ratio"],
+                "control_mixed_estimate": report["control"]["mixed"]["mean"],
+                "tstr_accuracy": report["train_on_synthetic"]["tstr_accuracy"],
+                "trtr_accuracy": report["train_on_synthetic"]["trtr_accuracy"],
+                "gan_wall_seconds": gan.wall_seconds,
+                "safe": float(report["verdict"]["safe"]),
+            }
+        )
         for grid in gan.grids:
             mlflow.log_artifact(grid, artifact_path="plots/gan")
         tracking_runs.log_plots(plots)
         mlflow.log_table({k: [r[k] for r in report["table"]] for k in report["table"][0]}, "reports/estimates.json")
         tracking_runs.log_report_json("augcheck", report)
-    publish_table("augcheck-summary", report["table"],
-                  f"{report['check']['label_a']} vs {report['check']['label_b']} pooled at r={report['ratio']:g}: "
-                  f"estimates of {report['check']['classifiers']} binary classifiers on "
-                  f"{report['synthetic']['n_images']} ProGAN samples")
+    publish_table(
+        "augcheck-summary",
+        report["table"],
+        f"{report['check']['label_a']} vs {report['check']['label_b']} pooled at r={report['ratio']:g}: "
+        f"estimates of {report['check']['classifiers']} binary classifiers on "
+        f"{report['synthetic']['n_images']} ProGAN samples",
+    )
     publish_markdown("augcheck-verdict", verdict_markdown(report), f"augcheck verdict: {report['verdict']['verdict']}")
     return str(path)
 
@@ -134,9 +166,14 @@ def verdict_markdown(report: dict[str, Any]) -> str:
     v, s, m = report["verdict"], report["summary"], report["memorisation"]
     lines = [f"# Verdict: {v['verdict']}", ""]
     lines += [f"- {r}" for r in v["reasons"]] or ["- all rules of policies/augcheck.yaml hold"]
-    lines += ["", f"r = {report['ratio']:g}; mean estimate {s['mean']:.3f} (std {s['std']:.3f}, range "
-              f"{s['min']:.3f}..{s['max']:.3f}); memorised share {m['memorised_share']:.1%}; control "
-              f"{report['control']['mixed']['mean']:.3f}; train-on-synthetic accuracy "
-              f"{report['train_on_synthetic']['tstr_accuracy']:.3f} (real-trained "
-              f"{report['train_on_synthetic']['trtr_accuracy']:.3f})", "", markdown_table(report["table"])]
+    lines += [
+        "",
+        f"r = {report['ratio']:g}; mean estimate {s['mean']:.3f} (std {s['std']:.3f}, range "
+        f"{s['min']:.3f}..{s['max']:.3f}); memorised share {m['memorised_share']:.1%}; control "
+        f"{report['control']['mixed']['mean']:.3f}; train-on-synthetic accuracy "
+        f"{report['train_on_synthetic']['tstr_accuracy']:.3f} (real-trained "
+        f"{report['train_on_synthetic']['trtr_accuracy']:.3f})",
+        "",
+        markdown_table(report["table"]),
+    ]
     return "\n".join(lines)

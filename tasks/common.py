@@ -24,11 +24,19 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     from ml.tracking.runs import ServiceUnavailableError
 
     return (
-        ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError,  # OSError family
-        requests_errors.ConnectionError, requests_errors.Timeout,
-        urllib3_errors.MaxRetryError, urllib3_errors.TimeoutError, urllib3_errors.ProtocolError,
-        botocore_errors.ConnectionError, botocore_errors.ReadTimeoutError,  # EndpointConnectionError, ...
-        ServiceUnavailableError, EndpointUnreachableError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        urllib.error.URLError,  # OSError family
+        requests_errors.ConnectionError,
+        requests_errors.Timeout,
+        urllib3_errors.MaxRetryError,
+        urllib3_errors.TimeoutError,
+        urllib3_errors.ProtocolError,
+        botocore_errors.ConnectionError,
+        botocore_errors.ReadTimeoutError,  # EndpointConnectionError, ...
+        ServiceUnavailableError,
+        EndpointUnreachableError,
     )
 
 
@@ -39,8 +47,11 @@ def _transient_mlflow(exc: BaseException) -> bool:
 
     if not isinstance(exc, MlflowException):
         return False
-    return exc.get_http_status_code() >= 500 or exc.get_http_status_code() == 429 or \
-        "temporarily unavailable" in str(exc).lower()
+    return (
+        exc.get_http_status_code() >= 500
+        or exc.get_http_status_code() == 429
+        or "temporarily unavailable" in str(exc).lower()
+    )
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -63,7 +74,7 @@ def _exception_of(state: Any) -> BaseException | None:
         return data
     try:
         result = state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - an unreadable result is not a reason to retry
+    except Exception:
         return None
     return result if isinstance(result, BaseException) else None
 
@@ -75,8 +86,9 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # the retry policy of a task that talks to S3 or MLflow: ``@task(..., **IO_RETRY)``
-IO_RETRY: dict[str, Any] = dict(retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
-                                retry_condition_fn=transient_only)
+IO_RETRY: dict[str, Any] = dict(
+    retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient_only
+)
 
 
 def _artifact_key(name: str) -> str:

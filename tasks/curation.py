@@ -32,8 +32,13 @@ def curate_copy(manifest, steps: list[str], policy_path: str | None = None):
     key = curation_key(manifest.records, steps, policy)
     dest = get_settings().data_root / "datasets" / f"{_dataset_name(manifest.source)}-curated" / key
     version = write_curated_version(manifest.records, dest, steps, policy)
-    get_run_logger().info("curated copy of %s at %s (%s): %s", manifest.version, version.root,
-                          "reused" if version.reused else "written", version.counts())
+    get_run_logger().info(
+        "curated copy of %s at %s (%s): %s",
+        manifest.version,
+        version.root,
+        "reused" if version.reused else "written",
+        version.counts(),
+    )
     return version
 
 
@@ -47,8 +52,10 @@ def check_curated_splits(manifest, curated_manifest, version) -> None:
     unreadable = set(version.log.loc[version.log["status"] == "unreadable", "path"])
     bad = bad[~((bad["problem"] == "missing") & bad["path"].isin(unreadable))]
     if len(bad):
-        raise ValueError(f"the curated manifest does not keep the original split assignment: "
-                         f"{bad.head(5).to_dict('records')} ({len(bad)} rows)")
+        raise ValueError(
+            f"the curated manifest does not keep the original split assignment: "
+            f"{bad.head(5).to_dict('records')} ({len(bad)} rows)"
+        )
 
 
 @task(name="log-curation-ab", **IO_RETRY, cache_policy=NO_CACHE)
@@ -60,9 +67,13 @@ def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) ->
     path.write_text(json.dumps(report, indent=2, default=str))
     split = report["eval_split"]
     client = MlflowClient()
-    for k, v in {"data": report["data"], "steps": ";".join(report["steps"]), "eval_split": split,
-                 "curated_dir": report["curated"]["dir"], **{f"config_{k}": v for k, v in report["config"].items()
-                                                          if k not in ("progress", "checkpoint_dir")}}.items():
+    for k, v in {
+        "data": report["data"],
+        "steps": ";".join(report["steps"]),
+        "eval_split": split,
+        "curated_dir": report["curated"]["dir"],
+        **{f"config_{k}": v for k, v in report["config"].items() if k not in ("progress", "checkpoint_dir")},
+    }.items():
         client.log_param(parent_run_id, k, str(v)[:500])
     for row in report["comparison"]:
         for arm in ("baseline", "curated", "delta"):
@@ -71,10 +82,15 @@ def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) ->
     for status, n in report["curated"]["counts"].items():
         client.log_metric(parent_run_id, f"curation_{status}", n)
     client.log_artifact(parent_run_id, str(path), artifact_path="reports")
-    rows = [{"metric": f"{split}_{r['metric']}", "baseline": r["baseline"], "curated": r["curated"],
-             "delta": r["delta"]} for r in report["comparison"]]
-    publish_table("curation-ab-summary", rows,
-                  f"Same model, config and seed on {report['dataset_version']} (baseline) and its curated copy "
-                  f"{report['curated']['dataset_version']} ({'+'.join(report['steps'])}); "
-                  f"delta = curated - baseline on the same {split} images")
+    rows = [
+        {"metric": f"{split}_{r['metric']}", "baseline": r["baseline"], "curated": r["curated"], "delta": r["delta"]}
+        for r in report["comparison"]
+    ]
+    publish_table(
+        "curation-ab-summary",
+        rows,
+        f"Same model, config and seed on {report['dataset_version']} (baseline) and its curated copy "
+        f"{report['curated']['dataset_version']} ({'+'.join(report['steps'])}); "
+        f"delta = curated - baseline on the same {split} images",
+    )
     return str(path)

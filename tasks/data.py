@@ -21,8 +21,10 @@ def _source_fingerprint(ctx, params: dict) -> str | None:
     src = str(params["source"])
     if is_s3(src) or not os.path.exists(src):
         return None
-    h = hashlib.sha256(f"{src}|{params.get('class_map')}|{params.get('check', True)}|"
-                       f"{params.get('allow_outside_root', False)}".encode())
+    h = hashlib.sha256(
+        f"{src}|{params.get('class_map')}|{params.get('check', True)}|"
+        f"{params.get('allow_outside_root', False)}".encode()
+    )
     root = Path(src)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
@@ -31,15 +33,19 @@ def _source_fingerprint(ctx, params: dict) -> str | None:
     return "manifest-" + h.hexdigest()[:32]
 
 
-@task(name="build-manifest", **IO_RETRY,
-      cache_key_fn=_source_fingerprint, persist_result=True)
+@task(name="build-manifest", **IO_RETRY, cache_key_fn=_source_fingerprint, persist_result=True)
 def build_manifest(source: str, class_map: str | None = None, check: bool = True, allow_outside_root: bool = False):
     """Manifest with file digests, labels, bad files (with reasons) and the dataset version."""
     from ml.data.manifest import build_manifest as _build
     from ml.data.manifest import load_class_map
 
-    m = _build(source, class_map=load_class_map(class_map) if class_map else None, check=check,
-               progress=True, allow_outside_root=allow_outside_root)
+    m = _build(
+        source,
+        class_map=load_class_map(class_map) if class_map else None,
+        check=check,
+        progress=True,
+        allow_outside_root=allow_outside_root,
+    )
     publish_table("manifest", m.summary(), f"Manifest of {source}")
     return m
 

@@ -17,9 +17,9 @@ from ml.data.subset import per_class_subset
 from ml.eval.metrics import SCALAR_KEYS, aggregate_runs
 from ml.interpret import errors
 from ml.interpret.config import InterpretConfig
+from ml.tracking import runs as tracking_runs
 from ml.train import recipes
 from ml.train.config import TrainConfig
-from ml.tracking import runs as tracking_runs
 from tasks.common import IO_RETRY
 from tasks.robustness import fit_logged
 
@@ -30,19 +30,31 @@ def fit_and_evaluate(cache, cfg: TrainConfig, interp: InterpretConfig, eval_spli
     returns ``{"result", "metrics", "pred"}``."""
     images, labels = cache.subset("train")
     keep = per_class_subset(labels, interp.train_per_class, cfg.seed)
-    result = fit_logged((np.asarray(images[keep]), labels[keep]), cache.subset("val"), cache.classes, cfg, run_id,
-                        cache.version, {"interpret": interp.model_dump(mode="json"), "train_images": len(keep)})
+    result = fit_logged(
+        (np.asarray(images[keep]), labels[keep]),
+        cache.subset("val"),
+        cache.classes,
+        cfg,
+        run_id,
+        cache.version,
+        {"interpret": interp.model_dump(mode="json"), "train_images": len(keep)},
+    )
     evaluation = recipes.evaluate(result, cache.subset(eval_split), tta=cfg.tta)
     m = evaluation["metrics"]
-    MlflowClient().log_batch(run_id, metrics=[
-        mlflow.entities.Metric(f"{eval_split}_{k}", float(m[k]), 0, 0) for k in SCALAR_KEYS if m.get(k) is not None])
+    MlflowClient().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(f"{eval_split}_{k}", float(m[k]), 0, 0) for k in SCALAR_KEYS if m.get(k) is not None
+        ],
+    )
     get_run_logger().info("seed %d: %s balanced accuracy %.3f", cfg.seed, eval_split, m["balanced_accuracy"])
     return {"result": result, "metrics": m, "pred": evaluation["pred"]}
 
 
 @task(name="explain-errors", **IO_RETRY, cache_policy=NO_CACHE)
-def explain_errors(fits: list[dict], cache, eval_split: str, interp: InterpretConfig, out_dir: str,
-                   run_id: str) -> dict[str, Any]:
+def explain_errors(
+    fits: list[dict], cache, eval_split: str, interp: InterpretConfig, out_dir: str, run_id: str
+) -> dict[str, Any]:
     """Confused pairs (mean +/- std over the fits, both directions), true vs predicted class
     distribution, a gallery per top pair and the background test on the first fit's model;
     PNGs under ``plots/``, ``reports/interpret.json``."""
@@ -56,20 +68,36 @@ def explain_errors(fits: list[dict], cache, eval_split: str, interp: InterpretCo
     arch = first.config["arch"]
     layer_for = errors.cam_layer_for(arch, int(images.shape[1]), interp.min_cam_side)
     galleries = []
-    for rank, pair in enumerate(agg["confused_pairs"][:interp.top_pairs], start=1):
+    for rank, pair in enumerate(agg["confused_pairs"][: interp.top_pairs], start=1):
         a, b = classes.index(pair["a"]), classes.index(pair["b"])
-        gallery = errors.pair_gallery(first.model, layer_for, first.norm, images, labels, classes, (a, b), interp,
-                                      out / f"gallery_{rank}_{pair['a']}_{pair['b']}.png")
+        gallery = errors.pair_gallery(
+            first.model,
+            layer_for,
+            first.norm,
+            images,
+            labels,
+            classes,
+            (a, b),
+            interp,
+            out / f"gallery_{rank}_{pair['a']}_{pair['b']}.png",
+        )
         galleries.append({**gallery, "errors_mean": pair["mean"], "errors_std": pair["std"], "text": pair["text"]})
         if gallery["png"]:
             plots.append(Path(gallery["png"]))
     bg = errors.background(first.model, first.norm, images, labels, classes, interp, out / "background_test.png")
     if bg["png"]:
         plots.append(Path(bg["png"]))
-    report = {"split": eval_split, "n_images": int(len(labels)), "seeds": [f["result"].config["seed"] for f in fits],
-              "metrics": agg["metrics"], "confused_pairs": agg["confused_pairs"], "class_distribution": distribution,
-              "galleries": galleries, "background_test": {k: v for k, v in bg.items() if k != "p_true_after"},
-              "cam_layer": next((g["layer"] for g in galleries if g.get("layer")), None)}
+    report = {
+        "split": eval_split,
+        "n_images": int(len(labels)),
+        "seeds": [f["result"].config["seed"] for f in fits],
+        "metrics": agg["metrics"],
+        "confused_pairs": agg["confused_pairs"],
+        "class_distribution": distribution,
+        "galleries": galleries,
+        "background_test": {k: v for k, v in bg.items() if k != "p_true_after"},
+        "cam_layer": next((g["layer"] for g in galleries if g.get("layer")), None),
+    }
     with mlflow.start_run(run_id=run_id):
         logged = tracking_runs.log_plots(plots)
         tracking_runs.log_report_json("interpret", report)

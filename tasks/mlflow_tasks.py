@@ -15,16 +15,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from ml.train import recipes
 from ml.eval.gate import GateDecision, HeldoutOverlap, PromotionPolicy, decide, disjoint_heldout
 from ml.settings import get_settings
-from ml.tracking import models as tracked_models, registry, runs as tracking_runs
+from ml.tracking import models as tracked_models
+from ml.tracking import registry
+from ml.tracking import runs as tracking_runs
+from ml.train import recipes
 from tasks.common import IO_RETRY, markdown_table, publish_markdown
 
 
 @task(name="open-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
-def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
-             tags: dict[str, str] | None = None) -> tuple[str, str]:
+def open_run(
+    experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+) -> tuple[str, str]:
     """Create an MLflow run (child of ``parent_run_id`` if given); returns (run_id, experiment_id)
     and logs the link to the experiment's runs in the MLflow UI. Fails with a message naming
     the tracking server when it is unreachable."""
@@ -37,8 +40,11 @@ def open_run(experiment: str, run_name: str, parent_run_id: str | None = None,
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = MlflowClient().create_run(exp.experiment_id, tags=all_tags, run_name=run_name)
     try:
-        get_run_logger().info("MLflow run %r: %s", run_name, tracking_runs.runs_page_url(
-            exp.experiment_id, uri if uri.startswith("http") else tracking_runs.MLFLOW_UI))
+        get_run_logger().info(
+            "MLflow run %r: %s",
+            run_name,
+            tracking_runs.runs_page_url(exp.experiment_id, uri if uri.startswith("http") else tracking_runs.MLFLOW_UI),
+        )
     except MissingContextError:  # called outside a flow (open_run.fn)
         pass
     return run.info.run_id, exp.experiment_id
@@ -60,8 +66,9 @@ def close_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 @contextmanager
-def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None,
-                tags: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+def tracked_run(
+    experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[tuple[str, str]]:
     """An MLflow run around a block: yields ``(run_id, experiment_id)``; the run ends FINISHED,
     FAILED when the block raises, KILLED when it is interrupted (Ctrl-C), and the block's own
     exception is what propagates (a failure to close the run is only logged then)."""
@@ -72,7 +79,7 @@ def tracked_run(experiment: str, run_name: str, parent_run_id: str | None = None
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
             close_run(run_id, status)
-        except Exception as close_error:  # noqa: BLE001 - keep the block's exception
+        except Exception as close_error:
             get_run_logger().warning("could not mark MLflow run %s %s: %s", run_id, status, close_error)
         raise
     close_run(run_id)
@@ -118,8 +125,11 @@ def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
 @task(name="log-validation", **IO_RETRY, cache_policy=NO_CACHE)
 def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""
-    run_id, _ = open_run.fn("skinflow-validate", tracking_runs.run_name("validate", data=report["dataset_version"]),
-                            tags={"dataset_version": report["dataset_version"]})
+    run_id, _ = open_run.fn(
+        "skinflow-validate",
+        tracking_runs.run_name("validate", data=report["dataset_version"]),
+        tags={"dataset_version": report["dataset_version"]},
+    )
     client = MlflowClient()
     client.log_param(run_id, "source", source)
     client.log_metric(run_id, "critical_failures", len(report["critical_failures"]))
@@ -149,8 +159,9 @@ def register_model(model_uri: str, tags: dict[str, Any]) -> str:
     return version
 
 
-def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                 recompute: bool = False) -> tuple[np.ndarray, dict, str]:
+def _predictions(
+    model_uri: str, images: np.ndarray, labels: np.ndarray, classes: list[str], recompute: bool = False
+) -> tuple[np.ndarray, dict, str]:
     """Top-1 predictions of a stored model on the held-out set: the probabilities its run
     stored for exactly this set (same digest) when there are any, else predicted again from
     its stored weights. Returns ``(pred, meta, "stored" | "recomputed")``."""
@@ -161,15 +172,23 @@ def _predictions(model_uri: str, images: np.ndarray, labels: np.ndarray, classes
         if probs is not None:
             return probs.argmax(1), tracked_models.load_model_meta(model_uri), "stored"
     states, meta = tracked_models.load_model_states(model_uri)
-    probs = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images,
-                                   tta=meta.get("tta", False))  # as the run evaluated (and serves) it
+    probs = recipes.predict_logged(
+        meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta.get("tta", False)
+    )  # as the run evaluated (and serves) it
     return probs.argmax(1), meta, "recomputed"
 
 
 @task(name="promotion-gate", **IO_RETRY, cache_policy=NO_CACHE)
-def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                   policy_path: str | None = None, recompute: bool = False, *,
-                   digests: Sequence[str]) -> dict[str, Any]:
+def promotion_gate(
+    version: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    policy_path: str | None = None,
+    recompute: bool = False,
+    *,
+    digests: Sequence[str],
+) -> dict[str, Any]:
     """Compare challenger ``version`` with the current champion on the same held-out data;
     move ``champion`` only when :func:`ml.eval.gate.decide` says so. Logged and shown as an artifact.
 
@@ -196,26 +215,65 @@ def promotion_gate(version: str, images: np.ndarray, labels: np.ndarray, classes
     challenger_uri = f"models:/{name}/{version}"
     challenger_pred, meta, challenger_source = _predictions(challenger_uri, images, labels, classes, recompute)
     with one_gate_at_a_time(name):  # read champion -> decide -> move the alias: no other gate in between
-        out, decision, heldout = _gate_step(name, version, challenger_uri, challenger_pred, meta, challenger_source,
-                                            images, labels, classes, policy, recompute, digests)
+        out, decision, heldout = _gate_step(
+            name,
+            version,
+            challenger_uri,
+            challenger_pred,
+            meta,
+            challenger_source,
+            images,
+            labels,
+            classes,
+            policy,
+            recompute,
+            digests,
+        )
     verdict = out["decision"]
-    logger.info("promotion gate: v%s %s on %d of %d held-out images (%s)", version,
-                "PROMOTED" if decision.promote else f"{verdict}, stays challenger", heldout.evaluated_on,
-                len(labels), decision.reason)
-    rows = [{"quantity": k, "value": v} for k, v in tracking_runs.flatten_config(
-        {"evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
-         "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
-         **decision.numbers, "predictions": out["predictions"]}).items()]
-    publish_markdown("retrain-gate", f"## Promotion gate: v{version} -> "
-                     f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
-                     f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
-                     f"model trained on).\n\n" + markdown_table(rows))
+    logger.info(
+        "promotion gate: v%s %s on %d of %d held-out images (%s)",
+        version,
+        "PROMOTED" if decision.promote else f"{verdict}, stays challenger",
+        heldout.evaluated_on,
+        len(labels),
+        decision.reason,
+    )
+    rows = [
+        {"quantity": k, "value": v}
+        for k, v in tracking_runs.flatten_config(
+            {
+                "evaluated_on": heldout.evaluated_on,
+                "heldout_images": len(labels),
+                "heldout_overlap": {m: "unknown" if n is None else n for m, n in heldout.overlap.items()},
+                **decision.numbers,
+                "predictions": out["predictions"],
+            }
+        ).items()
+    ]
+    publish_markdown(
+        "retrain-gate",
+        f"## Promotion gate: v{version} -> "
+        f"{'champion' if decision.promote else 'stays challenger'}\n\n{decision.reason}\n\n"
+        f"Evaluated on {heldout.evaluated_on} of {len(labels)} held-out images (those neither "
+        f"model trained on).\n\n" + markdown_table(rows),
+    )
     return out
 
 
-def _gate_step(name: str, version: str, challenger_uri: str, challenger_pred: np.ndarray, meta: dict,
-               challenger_source: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-               policy: PromotionPolicy, recompute: bool, digests: Sequence[str]):
+def _gate_step(
+    name: str,
+    version: str,
+    challenger_uri: str,
+    challenger_pred: np.ndarray,
+    meta: dict,
+    challenger_source: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    policy: PromotionPolicy,
+    recompute: bool,
+    digests: Sequence[str],
+):
     """What a gate does while it holds the lock: read the champion, compare, move the alias (one
     idempotent step). Returns ``(result, decision, heldout)``."""
     current = registry.get_alias_version(name, "champion")
@@ -231,13 +289,24 @@ def _gate_step(name: str, version: str, challenger_uri: str, challenger_pred: np
     heldout = disjoint_heldout(digests, trained)
     decision = _decide(labels, challenger_pred, champion_pred, classes, policy, heldout)
     if already and not decision.promote:  # the alias moved in an earlier attempt: it stays
-        decision = GateDecision(True, f"already champion (alias moved by an earlier attempt); re-evaluation: "
-                                f"{decision.reason}", decision.numbers)
+        decision = GateDecision(
+            True,
+            f"already champion (alias moved by an earlier attempt); re-evaluation: {decision.reason}",
+            decision.numbers,
+        )
     _apply(name, version, decision, champion)
-    out = {"version": version, "champion_before": champion, "promoted": decision.promote,
-           "decision": _verdict(decision), "reason": decision.reason, "numbers": decision.numbers, "heldout_overlap": heldout.overlap,
-           "evaluated_on": heldout.evaluated_on, "heldout_images": len(labels),
-           "predictions": {"challenger": challenger_source, "champion": champion_source}}
+    out = {
+        "version": version,
+        "champion_before": champion,
+        "promoted": decision.promote,
+        "decision": _verdict(decision),
+        "reason": decision.reason,
+        "numbers": decision.numbers,
+        "heldout_overlap": heldout.overlap,
+        "evaluated_on": heldout.evaluated_on,
+        "heldout_images": len(labels),
+        "predictions": {"challenger": challenger_source, "champion": champion_source},
+    }
     return out, decision, heldout
 
 
@@ -271,8 +340,9 @@ def _trained(model_uri: str) -> set[str] | None:
     """The model's training images (train + val digests); None (and a warning) when unrecorded."""
     seen = tracked_models.load_training_digests(model_uri)
     if seen is None:
-        get_run_logger().warning("%s recorded no training images: the held-out set cannot be checked "
-                                 "against them", model_uri)
+        get_run_logger().warning(
+            "%s recorded no training images: the held-out set cannot be checked against them", model_uri
+        )
     return seen
 
 
@@ -283,14 +353,25 @@ def _champion_before(name: str, version: str) -> str | None:
     return None if before in (None, "none") else before
 
 
-def _decide(labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, classes: list[str],
-            policy: PromotionPolicy, heldout: HeldoutOverlap) -> GateDecision:
+def _decide(
+    labels: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    classes: list[str],
+    policy: PromotionPolicy,
+    heldout: HeldoutOverlap,
+) -> GateDecision:
     """:func:`decide` on the held-out images neither model trained on; a refusal when too few remain."""
     if heldout.evaluated_on < policy.min_disjoint_heldout:
-        return GateDecision(False, (
-            f"refused: only {heldout.evaluated_on} of {len(labels)} held-out images are disjoint from the models' "
-            f"training images (overlap per model: {heldout.overlap}); the policy needs min_disjoint_heldout="
-            f"{policy.min_disjoint_heldout}: champion kept"), {"min_disjoint_heldout": policy.min_disjoint_heldout})
+        return GateDecision(
+            False,
+            (
+                f"refused: only {heldout.evaluated_on} of {len(labels)} held-out images are disjoint from the models' "
+                f"training images (overlap per model: {heldout.overlap}); the policy needs min_disjoint_heldout="
+                f"{policy.min_disjoint_heldout}: champion kept"
+            ),
+            {"min_disjoint_heldout": policy.min_disjoint_heldout},
+        )
     keep = heldout.keep
     return decide(labels[keep], challenger[keep], None if champion is None else champion[keep], classes, policy)
 

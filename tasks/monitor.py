@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -40,8 +39,7 @@ def load_batch(source: str, class_map: str | None, classes: list[str], allow_out
 
 
 @task(name="load-reference", **IO_RETRY, cache_policy=NO_CACHE)
-def load_reference(model, source: str | None, version: str | None, class_map: str | None, max_images: int,
-                   seed: int):
+def load_reference(model, source: str | None, version: str | None, class_map: str | None, max_images: int, seed: int):
     from ml.monitor.reference import load_reference as load
 
     reference = load(model, source, version, class_map, max_images, seed)
@@ -75,8 +73,15 @@ def estimate_label_shift(validation, reference, batch, policy):
     ref_labels = reference.label_indices()
     ref_labels = ref_labels[ref_labels >= 0]
     ref_priors = np.bincount(ref_labels, minlength=k) / max(len(ref_labels), 1) if len(ref_labels) else None
-    return bbse_bootstrap(validation.label_indices()[labelled], validation.probs[labelled].argmax(axis=1),
-                          batch.probs.argmax(axis=1), k, ref_priors, n_boot=policy.n_boot, level=policy.prior_level)
+    return bbse_bootstrap(
+        validation.label_indices()[labelled],
+        validation.probs[labelled].argmax(axis=1),
+        batch.probs.argmax(axis=1),
+        k,
+        ref_priors,
+        n_boot=policy.n_boot,
+        level=policy.prior_level,
+    )
 
 
 @task(name="measure-drift", cache_policy=NO_CACHE)
@@ -116,17 +121,23 @@ def log_monitor_run(run_id: str, summary: dict, files: dict[str, str], config: d
     """Params, metrics, verdict tag and the report files (``reports/``) of the skinflow-monitor run."""
     from mlflow import MlflowClient
 
-    from ml.tracking.runs import flatten_config
     from ml.settings import redact
+    from ml.tracking.runs import flatten_config
 
     client = MlflowClient()
     for key, value in flatten_config(redact(config)).items():
         client.log_param(run_id, key, value[:500])
     bbse = summary["label_shift"].get("bbse") or {}
-    metrics = {"drifted_share": summary["covariate"]["drifted_share"], "embedding_model_auc": summary["embedding"]["model_auc"],
-               "embedding_mmd": summary["embedding"]["mmd"], "n_batch": summary["n_batch"],
-               "n_reference": summary["n_reference"], "predicted_class_p": summary["label_shift"]["predicted"]["p_value"],
-               "max_prior_change": bbse.get("max_prior_change"), "expected_accuracy": bbse.get("expected_accuracy")}
+    metrics = {
+        "drifted_share": summary["covariate"]["drifted_share"],
+        "embedding_model_auc": summary["embedding"]["model_auc"],
+        "embedding_mmd": summary["embedding"]["mmd"],
+        "n_batch": summary["n_batch"],
+        "n_reference": summary["n_reference"],
+        "predicted_class_p": summary["label_shift"]["predicted"]["p_value"],
+        "max_prior_change": bbse.get("max_prior_change"),
+        "expected_accuracy": bbse.get("expected_accuracy"),
+    }
     for key, value in metrics.items():
         if value is not None:
             client.log_metric(run_id, key, float(value))
@@ -153,9 +164,12 @@ def emit_drift_event(payload: dict, resource_id: str, run_id: str | None) -> str
     if not prefect_server_configured():
         return "not sent: the Prefect API is the in-process ephemeral one (no PREFECT_API_URL), where events do nothing"
     related = [{"prefect.resource.id": f"mlflow.run.{run_id}", "prefect.resource.role": "mlflow-run"}] if run_id else []
-    event = emit_event(DRIFT_EVENT, resource={"prefect.resource.id": resource_id,
-                                              "prefect.resource.name": str(payload.get("batch"))},
-                       related=related, payload=payload_json(payload))
+    event = emit_event(
+        DRIFT_EVENT,
+        resource={"prefect.resource.id": resource_id, "prefect.resource.name": str(payload.get("batch"))},
+        related=related,
+        payload=payload_json(payload),
+    )
     return f"sent ({event.id})" if event is not None else "not sent (events disabled)"
 
 

@@ -13,7 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ml.robust import ablation
 from ml.robust.config import Corruption, RobustnessConfig
-from ml.tracking import models as tracked_models, runs as tracking_runs
+from ml.tracking import models as tracked_models
+from ml.tracking import runs as tracking_runs
 from ml.train.batches import Arrays
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult, fit
@@ -21,8 +22,15 @@ from tasks.common import IO_RETRY
 from tasks.training import MlflowEpochLogger
 
 
-def fit_logged(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig, run_id: str,
-               dataset_version: str, extra_params: dict[str, Any]) -> TrainResult:
+def fit_logged(
+    train: Arrays,
+    val: Arrays,
+    classes: list[str],
+    cfg: TrainConfig,
+    run_id: str,
+    dataset_version: str,
+    extra_params: dict[str, Any],
+) -> TrainResult:
     """``fit`` with every epoch logged to ``run_id``, and the run's params and standard tags."""
     epoch_logger = MlflowEpochLogger(run_id)
     try:
@@ -32,23 +40,35 @@ def fit_logged(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig,
         raise
     with mlflow.start_run(run_id=run_id):
         tracking_runs.log_params({**result.config, **extra_params, "dataset_version": dataset_version})
-        tracking_runs.set_standard_tags(dataset_version, tracking_runs.git_commit(), result.config["schedule"],
-                                        result.config["amp"], result.device)
+        tracking_runs.set_standard_tags(
+            dataset_version, tracking_runs.git_commit(), result.config["schedule"], result.config["amp"], result.device
+        )
         mlflow.set_tags(result.precision.tags())
         mlflow.log_metric("wall_seconds", result.wall_seconds)
     return result
 
 
 @task(name="robustness-fit", cache_policy=NO_CACHE)
-def fit_and_score(cache, cfg: TrainConfig, rob: RobustnessConfig, train_c: Corruption, eval_split: str,
-                  run_id: str) -> list[dict[str, Any]]:
+def fit_and_score(
+    cache, cfg: TrainConfig, rob: RobustnessConfig, train_c: Corruption, eval_split: str, run_id: str
+) -> list[dict[str, Any]]:
     """Train under ``train_c`` (train and val corrupted alike), score the model's rows of the
     ablation on ``eval_split`` and log their figures to the child run ``run_id``."""
     train = ablation.corrupted_split(ablation.training_split(cache.subset("train"), rob), train_c, rob, "train")
     val = ablation.corrupted_split(cache.subset("val"), train_c, rob, "val")
-    result = fit_logged(train, val, cache.classes, cfg, run_id, cache.version,
-                        {"robustness": rob.model_dump(mode="json"), "train_corruption": train_c.model_dump(mode="json"),
-                         "train_images": len(train[1])})
+    result = fit_logged(
+        train,
+        val,
+        cache.classes,
+        cfg,
+        run_id,
+        cache.version,
+        {
+            "robustness": rob.model_dump(mode="json"),
+            "train_corruption": train_c.model_dump(mode="json"),
+            "train_images": len(train[1]),
+        },
+    )
     rows = ablation.score_rows(result.predict_proba, cache.subset(eval_split), cache.classes, train_c, rob)
     client = MlflowClient()
     for row in rows:
@@ -56,14 +76,19 @@ def fit_and_score(cache, cfg: TrainConfig, rob: RobustnessConfig, train_c: Corru
         for metric in ("top1", "balanced_accuracy", "macro_f1"):
             client.log_metric(run_id, ablation.metric_key(row, metric, eval_split), float(row[metric]))
     client.set_tag(run_id, "train_status", rows[0]["train_status"])
-    get_run_logger().info("trained %s in %.1fs: %s", rows[0]["train_status"], result.wall_seconds,
-                          ", ".join(f"{r['test_status']} {r['top1']:.3f}" for r in rows))
+    get_run_logger().info(
+        "trained %s in %.1fs: %s",
+        rows[0]["train_status"],
+        result.wall_seconds,
+        ", ".join(f"{r['test_status']} {r['top1']:.3f}" for r in rows),
+    )
     return rows
 
 
 @task(name="log-robustness", **IO_RETRY, cache_policy=NO_CACHE)
-def log_robustness(run_id: str, rows: list[dict[str, Any]], classes: list[str], eval_split: str,
-                   out_dir: str) -> dict[str, Any]:
+def log_robustness(
+    run_id: str, rows: list[dict[str, Any]], classes: list[str], eval_split: str, out_dir: str
+) -> dict[str, Any]:
     """The parent run's table (JSON), accuracy-vs-noise plot, and the blur tests' confusion
     matrices with their difference from clean (PNGs under ``plots/``)."""
     from ml.eval.plots import plot_confusion
@@ -75,11 +100,16 @@ def log_robustness(run_id: str, rows: list[dict[str, Any]], classes: list[str], 
     for row in (r for r in rows if r["setting"] == ablation.SETTINGS[4]):
         tag = ablation.metric_key(row, "top1", "x").removeprefix("x_top1_")
         plots.append(plot_confusion(row["confusion_matrix"], classes, out / f"confusion_{tag}.png"))
-        plots.append(ablation.plot_confusion_difference(row["confusion_matrix"], clean["confusion_matrix"], classes,
-                                                        out / f"confusion_{tag}_minus_clean.png",
-                                                        f"{row['test_status']} minus clean (counts)"))
-    report = {"split": eval_split, "table": ablation.table(rows), "rows": rows,
-              "curves": ablation.noise_curves(rows)}
+        plots.append(
+            ablation.plot_confusion_difference(
+                row["confusion_matrix"],
+                clean["confusion_matrix"],
+                classes,
+                out / f"confusion_{tag}_minus_clean.png",
+                f"{row['test_status']} minus clean (counts)",
+            )
+        )
+    report = {"split": eval_split, "table": ablation.table(rows), "rows": rows, "curves": ablation.noise_curves(rows)}
     with mlflow.start_run(run_id=run_id):
         logged = tracking_runs.log_plots(plots)
         tracking_runs.log_report_json("robustness", report)

@@ -69,8 +69,14 @@ class TrialData:
     @classmethod
     def from_cache(cls, cache) -> TrialData:
         """The train and val splits of an :class:`ml.data.cache.ImageCache`, read into memory."""
-        return cls(cache.subset("train"), cache.subset("val"), list(cache.classes), cache.version,
-                   str(cache.path), cache.summary())
+        return cls(
+            cache.subset("train"),
+            cache.subset("val"),
+            list(cache.classes),
+            cache.version,
+            str(cache.path),
+            cache.summary(),
+        )
 
 
 def resources_per_trial(cpus: int = 1, gpus: float | None = None) -> dict[str, float]:
@@ -84,8 +90,9 @@ def resources_per_trial(cpus: int = 1, gpus: float | None = None) -> dict[str, f
     return {"cpu": cpus, "gpu": gpus}
 
 
-def amp_grid(amp: list[bool], device: Any = "auto", force: bool = False, cpu_flags: Any = None,
-             capability: str | None = None) -> tuple[list[bool], str | None]:
+def amp_grid(
+    amp: list[bool], device: Any = "auto", force: bool = False, cpu_flags: Any = None, capability: str | None = None
+) -> tuple[list[bool], str | None]:
     """The AMP values worth a grid cell each on ``device``: where AMP would train in fp32 anyway
     (a CPU without native bf16, see :func:`ml.train.precision.choose_precision`), AMP off and on
     are one configuration and collapse to ``[False]``. Returns the values and a note saying why
@@ -101,8 +108,9 @@ def amp_grid(amp: list[bool], device: Any = "auto", force: bool = False, cpu_fla
     return [False], f"amp [False, True] is one configuration on this machine ({precision.reason}): one cell, amp=False"
 
 
-def schedule_brackets(bracket: Sequence[float] | Mapping[str, Sequence[float]],
-                      schedules: Sequence[str]) -> dict[str, tuple[float, float]]:
+def schedule_brackets(
+    bracket: Sequence[float] | Mapping[str, Sequence[float]], schedules: Sequence[str]
+) -> dict[str, tuple[float, float]]:
     """The LR bracket of each schedule: ``bracket`` is one ``(lo, hi)`` for every schedule, or a
     mapping by LR family (:data:`ml.train.schedules.LR_FAMILIES`) or by schedule."""
     from ml.train.schedules import VARIANTS, lr_family
@@ -123,9 +131,18 @@ def schedule_brackets(bracket: Sequence[float] | Mapping[str, Sequence[float]],
     return {s: (float(lo), float(hi)) for s, (lo, hi) in out.items()}
 
 
-def search_space(bracket: Sequence[float] | Mapping[str, Sequence[float]], schedules: list[str], amp: list[bool],
-                 archs: list[str], device: Any = "auto", force: bool = False, cpu_flags: Any = None,
-                 capability: str | None = None, num_samples: int = 1, seed: int = 0) -> tuple[dict[str, Any], str | None]:
+def search_space(
+    bracket: Sequence[float] | Mapping[str, Sequence[float]],
+    schedules: list[str],
+    amp: list[bool],
+    archs: list[str],
+    device: Any = "auto",
+    force: bool = False,
+    cpu_flags: Any = None,
+    capability: str | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> tuple[dict[str, Any], str | None]:
     """Grid over cells x AMP (see :func:`amp_grid`: no trials for an AMP cell that would train in
     fp32 anyway) x architectures. A cell is ``{"schedule", "lr", "lr_bracket"}``: ``num_samples``
     LRs per schedule, log-uniform inside its bracket (:func:`schedule_brackets`), drawn here
@@ -137,8 +154,11 @@ def search_space(bracket: Sequence[float] | Mapping[str, Sequence[float]], sched
 
     brackets = schedule_brackets(bracket, schedules)
     rng = np.random.default_rng(seed)
-    cells = [{"schedule": s, "lr": float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), "lr_bracket": [lo, hi]}
-             for s, (lo, hi) in brackets.items() for _ in range(num_samples)]
+    cells = [
+        {"schedule": s, "lr": float(math.exp(rng.uniform(math.log(lo), math.log(hi)))), "lr_bracket": [lo, hi]}
+        for s, (lo, hi) in brackets.items()
+        for _ in range(num_samples)
+    ]
     amp, note = amp_grid(amp, device, force, cpu_flags, capability)
     return {
         "cell": tune.grid_search(cells),
@@ -164,8 +184,11 @@ def storage_for(settings: Settings, experiment: str) -> tuple[str, Any]:
         return str(Path(uri).resolve().parent), None
     import pyarrow.fs as pafs
 
-    fs = pafs.S3FileSystem(endpoint_override=settings.s3_endpoint_url, region=settings.s3_region,
-                           scheme="http" if (settings.s3_endpoint_url or "").startswith("http:") else "https")
+    fs = pafs.S3FileSystem(
+        endpoint_override=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        scheme="http" if (settings.s3_endpoint_url or "").startswith("http:") else "https",
+    )
     bucket, key = split_s3(uri)
     return f"{bucket}/{key.rsplit('/', 1)[0]}", fs
 
@@ -178,12 +201,12 @@ def _trainable(config: dict, data: TrialData) -> None:
     from ray import tune
     from ray.tune import Checkpoint
 
-    from ml.train.config import TrainConfig
-    from ml.train.cycle_score import CycleEndScore
-    from ml.train.checkpoint import checkpoint_files
-    from ml.train.loop import Callback, fit
     from ml.tracking.models import fetch_weights
     from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
+    from ml.train.checkpoint import checkpoint_files
+    from ml.train.config import TrainConfig
+    from ml.train.cycle_score import CycleEndScore
+    from ml.train.loop import Callback, fit
     from ml.train.precision import precision_for
     from ml.train.schedules import lr_family
 
@@ -192,8 +215,17 @@ def _trainable(config: dict, data: TrialData) -> None:
     # are kept in the trial (nor in its checkpoints)
     ensemble = int(config["_base"].get("snapshots", 0))
     cell = config["cell"]
-    cfg = TrainConfig(**{**config["_base"], "snapshots": 0, "lr": cell["lr"], "schedule": cell["schedule"],
-                         "amp": config["amp"], "arch": config["arch"], "progress": False})
+    cfg = TrainConfig(
+        **{
+            **config["_base"],
+            "snapshots": 0,
+            "lr": cell["lr"],
+            "schedule": cell["schedule"],
+            "amp": config["amp"],
+            "arch": config["arch"],
+            "progress": False,
+        }
+    )
     score = CycleEndScore(data.val[1], ensemble)
     ckpt_dir = Path(tempfile.mkdtemp(prefix="trial-ckpt-"))
     cfg.checkpoint_dir = str(ckpt_dir)
@@ -215,11 +247,17 @@ def _trainable(config: dict, data: TrialData) -> None:
 
     class Report(Callback):
         def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
-            mlflow.log_metrics(epoch_metrics({**metrics, **({SCORE: score.value} if score.at_cycle_end else {})}),
-                               step=epoch)
-            report = {**metrics, SCORE: metrics[METRIC] if score.value is None else score.value,
-                      CLOCK: score.clock, "cycle_end": score.at_cycle_end, "node_id": node_id,
-                      "mlflow_run_id": run.info.run_id}
+            mlflow.log_metrics(
+                epoch_metrics({**metrics, **({SCORE: score.value} if score.at_cycle_end else {})}), step=epoch
+            )
+            report = {
+                **metrics,
+                SCORE: metrics[METRIC] if score.value is None else score.value,
+                CLOCK: score.clock,
+                "cycle_end": score.at_cycle_end,
+                "node_id": node_id,
+                "mlflow_run_id": run.info.run_id,
+            }
             if state.checkpoint_epoch != epoch:  # fit wrote no checkpoint this epoch (interval)
                 tune.report(report)
                 return
@@ -235,18 +273,36 @@ def _trainable(config: dict, data: TrialData) -> None:
     if earlier is not None:  # Tune retried this trial (its node died): its MLflow run continues
         start = dict(run_id=earlier)
     else:
-        start = dict(experiment_id=config["_experiment_id"], parent_run_id=config["_parent_run_id"], run_name=name,
-                     tags={"trial": trial, "schedule": cfg.schedule, "amp": str(cfg.amp), **precision.tags(),
-                           "dataset_version": data.version, "ray_node_id": node_id})
+        start = dict(
+            experiment_id=config["_experiment_id"],
+            parent_run_id=config["_parent_run_id"],
+            run_name=name,
+            tags={
+                "trial": trial,
+                "schedule": cfg.schedule,
+                "amp": str(cfg.amp),
+                **precision.tags(),
+                "dataset_version": data.version,
+                "ray_node_id": node_id,
+            },
+        )
     with mlflow.start_run(**start) as run:
         if earlier is None:
-            mlflow.log_params({**flatten_config(cfg.to_dict()), "lr_family": lr_family(cfg.schedule),
-                               "lr_bracket_lo": lo, "lr_bracket_hi": hi, "ensemble_snapshots": ensemble})
+            mlflow.log_params(
+                {
+                    **flatten_config(cfg.to_dict()),
+                    "lr_family": lr_family(cfg.schedule),
+                    "lr_bracket_lo": lo,
+                    "lr_bracket_hi": hi,
+                    "ensemble_snapshots": ensemble,
+                }
+            )
             log_dataset_input(data.version, "dataset", data.source, data.summary)
         else:
             attempts = int(run.data.tags.get("trial_attempts", "1")) + 1
-            mlflow.set_tags({"ray_node_id": node_id, "trial_attempts": str(attempts),
-                             "restored_from_epoch": str(restored_epoch)})
+            mlflow.set_tags(
+                {"ray_node_id": node_id, "trial_attempts": str(attempts), "restored_from_epoch": str(restored_epoch)}
+            )
         try:
             fit(data.train, data.val, data.classes, cfg, callbacks=[score, Report()], fetch_weights=fetch_weights)
         except SystemExit:  # tune.report's way to end a trial the scheduler stopped (ASHA pruned it)
@@ -263,8 +319,12 @@ def _trial_run(experiment_id: str, parent_run_id: str, trial: str) -> str | None
     left RUNNING by the attempt that died."""
     import mlflow
 
-    found = mlflow.search_runs([experiment_id], output_format="list", max_results=1,
-                               filter_string=f"tags.trial = '{trial}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    found = mlflow.search_runs(
+        [experiment_id],
+        output_format="list",
+        max_results=1,
+        filter_string=f"tags.trial = '{trial}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+    )
     return found[0].info.run_id if found else None
 
 
@@ -314,9 +374,14 @@ def start_local_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None
     import ray
 
     with _loopback_only():
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
-                 _node_ip_address="127.0.0.1", log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **(env_vars or {})}})
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **(env_vars or {})}},
+        )
 
 
 def _ray_init(settings: Settings, cpus: int | None = None) -> None:
@@ -342,12 +407,27 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @task(name="ray-tune", cache_policy=NO_CACHE)
-def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[float]], base_config: dict,
-             schedules: list[str], amp: list[bool], archs: list[str], num_samples: int, epochs: int,
-             parent_run_id: str, experiment_id: str, tracking_uri: str, cpus_per_trial: int = 1,
-             gpus_per_trial: float | None = None, name: str = "tune", max_failures: int = 1, resume: bool = True,
-             seed: int = 0, checkpoint_interval_s: float = 30.0,
-             trial_resources: Mapping[str, float] | None = None) -> dict:
+def run_tune(
+    data: TrialData,
+    bracket: Sequence[float] | Mapping[str, Sequence[float]],
+    base_config: dict,
+    schedules: list[str],
+    amp: list[bool],
+    archs: list[str],
+    num_samples: int,
+    epochs: int,
+    parent_run_id: str,
+    experiment_id: str,
+    tracking_uri: str,
+    cpus_per_trial: int = 1,
+    gpus_per_trial: float | None = None,
+    name: str = "tune",
+    max_failures: int = 1,
+    resume: bool = True,
+    seed: int = 0,
+    checkpoint_interval_s: float = 30.0,
+    trial_resources: Mapping[str, float] | None = None,
+) -> dict:
     """Run (or resume) the sweep; returns the best trial's config/metrics, every trial's outcome,
     the epochs each trial trained (:func:`sweep_epochs`) and the notes of what was adjusted.
     ``bracket``: see :func:`schedule_brackets`. ``trial_resources``: custom Ray resources each
@@ -364,8 +444,16 @@ def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[f
     epochs, epochs_note = sweep_epochs(schedules, epochs)
     resources = {**(trial_resources or {}), **resources_per_trial(cpus_per_trial, gpus_per_trial)}
     # the trials' device as fit resolves it (a remote Ray cluster's CPUs may differ from this one's)
-    grid, amp_note = search_space(bracket, schedules, amp, archs, device=base_config.get("device", "auto"),
-                                  force=bool(base_config.get("force_amp", False)), num_samples=num_samples, seed=seed)
+    grid, amp_note = search_space(
+        bracket,
+        schedules,
+        amp,
+        archs,
+        device=base_config.get("device", "auto"),
+        force=bool(base_config.get("force_amp", False)),
+        num_samples=num_samples,
+        seed=seed,
+    )
     for note in (epochs_note, amp_note):
         if note:
             _logger().warning(note)
@@ -374,23 +462,28 @@ def run_tune(data: TrialData, bracket: Sequence[float] | Mapping[str, Sequence[f
     space = {
         **grid,
         "_base": {**base_config, "epochs": epochs, "seed": seed, "checkpoint_interval_s": checkpoint_interval_s},
-        "_cpus": cpus_per_trial, "_tracking_uri": tracking_uri,
-        "_parent_run_id": parent_run_id, "_experiment_id": experiment_id,
+        "_cpus": cpus_per_trial,
+        "_tracking_uri": tracking_uri,
+        "_parent_run_id": parent_run_id,
+        "_experiment_id": experiment_id,
     }
     storage_path, fs = storage_for(settings, name)
     exp_path = f"{storage_path}/{name}"
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs,
-                                   param_space=space)
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs, param_space=space)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=TuneConfig(
-                metric=SCORE, mode="max", scheduler=asha_scheduler(epochs)),  # samples: cells
-            run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
-                                 failure_config=FailureConfig(max_failures=max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=0),
+            tune_config=TuneConfig(metric=SCORE, mode="max", scheduler=asha_scheduler(epochs)),  # samples: cells
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                failure_config=FailureConfig(max_failures=max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
         )
     results = tuner.fit()
     _raise_if_interrupted(results, name)
@@ -425,8 +518,10 @@ def _raise_if_interrupted(grid, name: str) -> None:
     unfinished = [t for t in saved if t.status not in ("TERMINATED", "ERROR")]
     if not unfinished:
         return
-    message = (f"tune {name!r} was interrupted with {len(unfinished)} of {len(saved)} trials unfinished; its "
-               f"state is saved: resume it with `skinflow tune --name {name}` and the same options")
+    message = (
+        f"tune {name!r} was interrupted with {len(unfinished)} of {len(saved)} trials unfinished; its "
+        f"state is saved: resume it with `skinflow tune --name {name}` and the same options"
+    )
     _logger().warning(message)
     raise TuneInterrupted(message)
 
@@ -437,8 +532,10 @@ def _history(result) -> list[dict[str, float]]:
     if df is None or df.empty or METRIC not in df or "epoch_seconds" not in df:
         return []
     scores = df[SCORE] if SCORE in df else [None] * len(df)
-    return [{METRIC: float(a), SCORE: None if c is None else float(c), "epoch_seconds": float(b)}
-            for a, c, b in zip(df[METRIC], scores, df["epoch_seconds"])]
+    return [
+        {METRIC: float(a), SCORE: None if c is None else float(c), "epoch_seconds": float(b)}
+        for a, c, b in zip(df[METRIC], scores, df["epoch_seconds"])
+    ]
 
 
 def _error_line(error: BaseException) -> str:
@@ -454,18 +551,20 @@ def summarize_grid(grid) -> dict:
         config = dict(r.config or {})
         cfg = {**config.pop("cell", {}), **{k: v for k, v in config.items() if not k.startswith("_")}}
         m = r.metrics or {}
-        trials.append({
-            "trial": r.path.rsplit("/", 1)[-1] if r.path else None,
-            **cfg,
-            SCORE: m.get(SCORE),
-            METRIC: m.get(METRIC),
-            "val_macro_f1": m.get("val_macro_f1"),
-            "epochs": m.get("training_iteration"),
-            "mlflow_run_id": m.get("mlflow_run_id"),
-            "node_id": m.get("node_id"),
-            "error": None if r.error is None else _error_line(r.error),
-            "history": _history(r),
-        })
+        trials.append(
+            {
+                "trial": r.path.rsplit("/", 1)[-1] if r.path else None,
+                **cfg,
+                SCORE: m.get(SCORE),
+                METRIC: m.get(METRIC),
+                "val_macro_f1": m.get("val_macro_f1"),
+                "epochs": m.get("training_iteration"),
+                "mlflow_run_id": m.get("mlflow_run_id"),
+                "node_id": m.get("node_id"),
+                "error": None if r.error is None else _error_line(r.error),
+                "history": _history(r),
+            }
+        )
     ok = [t for t in trials if t["error"] is None and t[SCORE] is not None]
     if not ok:
         raise RuntimeError("every Ray Tune trial failed: " + "; ".join(str(t["error"]) for t in trials))

@@ -19,8 +19,9 @@ def compute_features(manifest) -> pd.DataFrame:
 
     settings = get_settings()
     records = _with_bad(manifest)
-    return compute_features_cached(records, manifest.version, settings.data_root / "features",
-                                   ray_address=settings.ray_address)
+    return compute_features_cached(
+        records, manifest.version, settings.data_root / "features", ray_address=settings.ray_address
+    )
 
 
 def _with_bad(manifest) -> pd.DataFrame:
@@ -39,8 +40,15 @@ def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: st
 
     report = validate_features(features, load_policy(policy_path), classes, Path(docs_dir))
     rows = [
-        {"suite": r.suite, "expectation": r.expectation, "column": r.column, "observed": r.observed,
-         "threshold": r.threshold, "success": r.success, "severity": r.severity}
+        {
+            "suite": r.suite,
+            "expectation": r.expectation,
+            "column": r.column,
+            "observed": r.observed,
+            "threshold": r.threshold,
+            "success": r.success,
+            "severity": r.severity,
+        }
         for r in report.results
     ]
     publish_table("validate-summary", rows, "Great Expectations results (critical failures stop the flow)")

@@ -39,11 +39,18 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 class Service:
     """A subprocess bound to 127.0.0.1, stopped (whole process group) on close."""
 
-    def __init__(self, name: str, cmd: list[str], health: str, log_dir: Path, env: dict | None = None,
-                 timeout: float = 90):
+    def __init__(
+        self, name: str, cmd: list[str], health: str, log_dir: Path, env: dict | None = None, timeout: float = 90
+    ):
         self.log = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True, cwd=log_dir)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=log_dir,
+        )
         try:
             wait_http(health, timeout, self.proc, self.log)
         except Exception:
@@ -79,8 +86,14 @@ def s3_endpoint(tmp_path_factory, aws_env):
     """A real S3 HTTP endpoint: moto's standalone server on a free 127.0.0.1 port."""
     port = free_port()
     logs = tmp_path_factory.mktemp("moto")
-    svc = Service("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                  f"http://127.0.0.1:{port}/moto-api/", logs, env=aws_env, timeout=60)
+    svc = Service(
+        "moto",
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        logs,
+        env=aws_env,
+        timeout=60,
+    )
     yield f"http://127.0.0.1:{port}"
     svc.close()
 

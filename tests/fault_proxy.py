@@ -31,9 +31,12 @@ def main() -> None:
     ap.add_argument("--after-path", default=None)
     ap.add_argument("--status", type=int, default=503)
     ap.add_argument("--times", type=int, default=1)
-    ap.add_argument("--forward-first", action="store_true",
-                    help="forward a failed request upstream before answering --status: the answer is lost, "
-                         "not the request (a server that dies after committing)")
+    ap.add_argument(
+        "--forward-first",
+        action="store_true",
+        help="forward a failed request upstream before answering --status: the answer is lost, "
+        "not the request (a server that dies after committing)",
+    )
     ap.add_argument("--log", required=True)
     args = ap.parse_args()
     up = urllib.parse.urlsplit(args.upstream)
@@ -57,8 +60,18 @@ def main() -> None:
 
         def _record(self, status: int, failed: bool, query: str = "") -> None:
             with lock, open(args.log, "a") as fh:
-                fh.write(json.dumps({"method": self.command, "path": self.path.split("?")[0], "query": query,
-                                     "status": status, "failed": failed}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "method": self.command,
+                            "path": self.path.split("?")[0],
+                            "query": query,
+                            "status": status,
+                            "failed": failed,
+                        }
+                    )
+                    + "\n"
+                )
 
         def _forward(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
             conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
@@ -76,15 +89,21 @@ def main() -> None:
             body = self._body()
             path, _, query = self.path.partition("?")
             with lock:
-                fail = (args.fail_path is not None and state["armed"] and state["left"] > 0 and path == args.fail_path
-                        and args.fail_body.encode() in body)
+                fail = (
+                    args.fail_path is not None
+                    and state["armed"]
+                    and state["left"] > 0
+                    and path == args.fail_path
+                    and args.fail_body.encode() in body
+                )
                 if fail:
                     state["left"] -= 1
             if fail and args.forward_first:
                 self._forward(body)  # the upstream acts on it; its answer never reaches the client
             if fail:
-                payload = json.dumps({"error_code": "TEMPORARILY_UNAVAILABLE",
-                                      "message": "fault proxy: upstream unavailable"}).encode()
+                payload = json.dumps(
+                    {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "fault proxy: upstream unavailable"}
+                ).encode()
                 self.send_response(args.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

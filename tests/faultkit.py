@@ -24,13 +24,29 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.svc: Service | None = None
 
-    def start(self, timeout: float = 300) -> "MlflowServer":
+    def start(self, timeout: float = 300) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.svc = Service(f"mlflow-{self.port}", [
-            str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-            "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            f"{self.url}/health", self.root, timeout=timeout)
+        self.svc = Service(
+            f"mlflow-{self.port}",
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            f"{self.url}/health",
+            self.root,
+            timeout=timeout,
+        )
         return self
 
     def stop(self) -> None:
@@ -42,15 +58,38 @@ class MlflowServer:
 class FaultProxy:
     """tests/fault_proxy.py as a process in front of ``upstream``; ``requests()`` reads its log."""
 
-    def __init__(self, upstream: str, log_dir: Path, fail_path: str | None = None, fail_body: str = "",
-                 after_path: str | None = None, status: int = 503, times: int = 1, port: int | None = None,
-                 health: str = "/health", forward_first: bool = False):
+    def __init__(
+        self,
+        upstream: str,
+        log_dir: Path,
+        fail_path: str | None = None,
+        fail_body: str = "",
+        after_path: str | None = None,
+        status: int = 503,
+        times: int = 1,
+        port: int | None = None,
+        health: str = "/health",
+        forward_first: bool = False,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log_dir) / f"proxy-{self.port}.jsonl"
-        cmd = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--port", str(self.port),
-               "--upstream", upstream, "--fail-body", fail_body,
-               "--status", str(status), "--times", str(times), "--log", str(self.log)]
+        cmd = [
+            sys.executable,
+            str(REPO / "tests" / "fault_proxy.py"),
+            "--port",
+            str(self.port),
+            "--upstream",
+            upstream,
+            "--fail-body",
+            fail_body,
+            "--status",
+            str(status),
+            "--times",
+            str(times),
+            "--log",
+            str(self.log),
+        ]
         if fail_path:
             cmd += ["--fail-path", fail_path]
         if after_path:
@@ -74,20 +113,51 @@ class FaultProxy:
 
 
 # a promotion policy for tiny test splits (few held-out images, a short bootstrap)
-SMALL_POLICY = ("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 200\nci: 0.95\nseed: 0\n"
-                "superiority_level: 0.95\nmin_improvement: 0.0\nmin_disjoint_heldout: 5\n")
+SMALL_POLICY = (
+    "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 200\nci: 0.95\nseed: 0\n"
+    "superiority_level: 0.95\nmin_improvement: 0.0\nmin_disjoint_heldout: 5\n"
+)
 
 
-def retrain_command(data: Path, root: Path, server_url: str, prefect_api: str, model: str, epochs: int,
-                    ) -> tuple[list[str], dict[str, str]]:
+def retrain_command(
+    data: Path,
+    root: Path,
+    server_url: str,
+    prefect_api: str,
+    model: str,
+    epochs: int,
+) -> tuple[list[str], dict[str, str]]:
     """``skinflow retrain`` without tuning or validation on ``data`` (32 px, SGD at a fixed LR,
     a 30% test split, :data:`SMALL_POLICY`) against a real MLflow server: ``(argv, env)``;
     add ``--out``."""
     policy = root / "promotion.yaml"
     policy.write_text(SMALL_POLICY)
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(root / "data"), "PREFECT_API_URL": prefect_api,
-           "MLFLOW_TRACKING_URI": server_url, "SKINFLOW_REGISTERED_MODEL": model, "OMP_NUM_THREADS": "1"}
-    cmd = [str(VENV_BIN / "skinflow"), "retrain", "--data", str(data), "--no-tune", "--no-validate",
-           "--schedule", "sgd", "--lr", "0.01", "--epochs", str(epochs), "--size", "32", "--test-frac", "0.3",
-           "--policy", str(policy)]
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(root / "data"),
+        "PREFECT_API_URL": prefect_api,
+        "MLFLOW_TRACKING_URI": server_url,
+        "SKINFLOW_REGISTERED_MODEL": model,
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        str(VENV_BIN / "skinflow"),
+        "retrain",
+        "--data",
+        str(data),
+        "--no-tune",
+        "--no-validate",
+        "--schedule",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--epochs",
+        str(epochs),
+        "--size",
+        "32",
+        "--test-frac",
+        "0.3",
+        "--policy",
+        str(policy),
+    ]
     return cmd, env

@@ -22,7 +22,7 @@ ImageSource = str | Path | bytes
 REASONS = (
     "zero_bytes", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "unreadable",
     "missing_file", "broken_symlink", "not_a_file",
-)  # fmt: skip
+)
 
 
 class BadImageError(ValueError):
@@ -186,7 +186,7 @@ def _quarter_turned(img: Image.Image) -> bool:
     """Whether the EXIF orientation of ``img`` swaps its width and height."""
     try:
         orientation = img.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the image as stored
+    except Exception:  # a broken EXIF block leaves the image as stored
         orientation = None
     return orientation in _QUARTER_TURNS
 
@@ -237,7 +237,7 @@ def inspect_image(
         rgb = _to_rgb(ImageOps.exif_transpose(img)) if convert else None
     except BadImageError as exc:
         return _failed(exc.reason, exc.message, len(data)), None
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must be reported, not raised
+    except Exception as exc:  # a decoder bug must be reported, not raised
         return _failed("unreadable", f"{name}: {type(exc).__name__}: {exc}", len(data)), None
     if fmt not in allowed_formats:
         message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
@@ -249,7 +249,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) stored in the header (None when it does not parse: :func:`_decode` says why)."""
     try:
         return Image.open(io.BytesIO(data)).size
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

@@ -337,14 +337,10 @@ def _compare(
     if low:
         return False, f"recall below floor {pol.recall_floor} for {low}: champion kept"
     if boot.lo <= -pol.margin:
-        return False, (
-            f"not non-inferior: macro-F1 delta CI lower bound {boot.lo:.4f} <= -{pol.margin}: "
-            "champion kept"
-        )
+        return False, (f"not non-inferior: macro-F1 delta CI lower bound {boot.lo:.4f} <= -{pol.margin}: champion kept")
     if worse_top1:
         return False, (
-            f"significantly worse on top-1 (McNemar b={test.b}, c={test.c}, p={test.p_value:.4g}): "
-            "champion kept"
+            f"significantly worse on top-1 (McNemar b={test.b}, c={test.c}, p={test.p_value:.4g}): champion kept"
         )
     if superior_lo <= pol.min_improvement:
         return False, (

@@ -12,9 +12,8 @@ Conventions for classes missing from an evaluation set (common on long-tailed da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -171,8 +170,9 @@ def _check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> 
     return y.astype(np.int64), p
 
 
-def time_to_target(history: Sequence[dict[str, float]], target: float, metric: str = "val_balanced_accuracy",
-                   tol: float = 1e-9) -> dict[str, float] | None:
+def time_to_target(
+    history: Sequence[dict[str, float]], target: float, metric: str = "val_balanced_accuracy", tol: float = 1e-9
+) -> dict[str, float] | None:
     """First epoch whose ``metric`` >= ``target`` (within ``tol``) and the cumulative
     ``epoch_seconds`` up to and including it; None when never reached."""
     elapsed = 0.0

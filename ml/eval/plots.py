@@ -142,9 +142,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: list[str], path: st
     return _save(fig, path, tight=False)
 
 
-def save_image_grid(
-    images: np.ndarray, titles: Sequence[str] | None, path: str | Path, ncols: int = 8
-) -> Path:
+def save_image_grid(images: np.ndarray, titles: Sequence[str] | None, path: str | Path, ncols: int = 8) -> Path:
     """A grid of uint8 NHWC images (H, W, 1 or 3 channels) with optional titles."""
     imgs = np.asarray(images)
     if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] not in (1, 3) or len(imgs) == 0:

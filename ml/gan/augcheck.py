@@ -95,8 +95,12 @@ def mix_at_ratio(images_a: np.ndarray, images_b: np.ndarray, ratio: float, seed:
     """A mix of real images at share ``ratio`` of A (the estimator's control), as large as possible."""
     k_a, k_b = pool_counts(len(images_a), len(images_b), ratio)
     rng = np.random.default_rng(seed)
-    return np.concatenate([images_a[rng.choice(len(images_a), k_a, replace=False)],
-                           images_b[rng.choice(len(images_b), k_b, replace=False)]])
+    return np.concatenate(
+        [
+            images_a[rng.choice(len(images_a), k_a, replace=False)],
+            images_b[rng.choice(len(images_b), k_b, replace=False)],
+        ]
+    )
 
 
 # --- estimates -----------------------------------------------------------------------------
@@ -112,27 +116,47 @@ def ratio_estimates(prob_a: np.ndarray) -> dict[str, float]:
 
 def estimate_table(runs: list[dict[str, Any]], label_a: str, label_b: str, estimate: str) -> list[dict[str, Any]]:
     """The thesis's table: binary model accuracy, label-1 estimate, label-2 estimate (in %)."""
-    return [{"run": i + 1, "seed": r["seed"], "binary model accuracy": round(100 * r["val_accuracy"], 2),
-             f"{label_a} estimate": round(100 * r[estimate], 2),
-             f"{label_b} estimate": round(100 * (1 - r[estimate]), 2)} for i, r in enumerate(runs)]
+    return [
+        {
+            "run": i + 1,
+            "seed": r["seed"],
+            "binary model accuracy": round(100 * r["val_accuracy"], 2),
+            f"{label_a} estimate": round(100 * r[estimate], 2),
+            f"{label_b} estimate": round(100 * (1 - r[estimate]), 2),
+        }
+        for i, r in enumerate(runs)
+    ]
 
 
 def estimate_summary(values: list[float], ratio: float) -> dict[str, float]:
     """Mean, spread (sample std; range) of the estimates and the mean's error against ``ratio``."""
     v = np.asarray(values, dtype=np.float64)
     mean = float(v.mean())
-    return {"mean": mean, "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "min": float(v.min()),
-            "max": float(v.max()), "range": float(v.max() - v.min()), "error": mean - ratio,
-            "abs_error": abs(mean - ratio), "n": len(v)}
+    return {
+        "mean": mean,
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "range": float(v.max() - v.min()),
+        "error": mean - ratio,
+        "abs_error": abs(mean - ratio),
+        "n": len(v),
+    }
 
 
 # --- memorisation --------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def penultimate_features(model: nn.Module, head: nn.Module, images: np.ndarray, norm: Stats,
-                         device: torch.device, amp_dtype: torch.dtype | None = None,
-                         batch_size: int = 128) -> np.ndarray:
+def penultimate_features(
+    model: nn.Module,
+    head: nn.Module,
+    images: np.ndarray,
+    norm: Stats,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 128,
+) -> np.ndarray:
     """The inputs of ``head`` (a classifier's last layer) for uint8 NHWC ``images``, L2-normalised."""
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float().cpu()))
@@ -140,7 +164,7 @@ def penultimate_features(model: nn.Module, head: nn.Module, images: np.ndarray, 
     model.eval()
     try:
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
             with autocast(device, amp_dtype):
                 model(to_float_batch(batch, *norm))
     finally:
@@ -150,8 +174,9 @@ def penultimate_features(model: nn.Module, head: nn.Module, images: np.ndarray, 
     return torch.nn.functional.normalize(feats, dim=1).numpy()
 
 
-def nearest_neighbours(query: np.ndarray, reference: np.ndarray,
-                       exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    query: np.ndarray, reference: np.ndarray, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distance from each query row to its nearest reference row, and that row's index;
     ``exclude_self``: query is reference, and a row is not its own neighbour (leave one out)."""
     q = torch.from_numpy(np.asarray(query, dtype=np.float64))
@@ -160,7 +185,7 @@ def nearest_neighbours(query: np.ndarray, reference: np.ndarray,
         raise ValueError("leave-one-out distances need at least 2 reference rows")
     dists, idxs = [], []
     for start in range(0, len(q), 1024):
-        d = torch.cdist(q[start:start + 1024], r)
+        d = torch.cdist(q[start : start + 1024], r)
         if exclude_self:
             rows = torch.arange(start, min(start + 1024, len(q)))
             d[rows - start, rows] = float("inf")
@@ -182,15 +207,20 @@ class MemorisationResult:
     closest: list[int] = field(default_factory=list)  # synthetic indices, closest first
 
     def summary(self) -> dict[str, Any]:
-        return {"median_synthetic_to_train": float(np.median(self.synthetic_to_train)),
-                "median_train_to_train": float(np.median(self.train_to_train)),
-                "distance_ratio": float(np.median(self.synthetic_to_train) / max(np.median(self.train_to_train), 1e-12)),
-                "threshold": self.threshold, "memorised_share": self.memorised_share,
-                "expected_share": self.expected_share, "detected": self.detected}
+        return {
+            "median_synthetic_to_train": float(np.median(self.synthetic_to_train)),
+            "median_train_to_train": float(np.median(self.train_to_train)),
+            "distance_ratio": float(np.median(self.synthetic_to_train) / max(np.median(self.train_to_train), 1e-12)),
+            "threshold": self.threshold,
+            "memorised_share": self.memorised_share,
+            "expected_share": self.expected_share,
+            "detected": self.detected,
+        }
 
 
-def memorisation_test(synthetic: np.ndarray, train: np.ndarray, quantile: float, max_share: float,
-                      closest: int = 8) -> MemorisationResult:
+def memorisation_test(
+    synthetic: np.ndarray, train: np.ndarray, quantile: float, max_share: float, closest: int = 8
+) -> MemorisationResult:
     """Compare synthetic -> training NN distances with training -> training ones (features).
 
     A new image from the training distribution falls below the ``quantile`` of the training
@@ -200,8 +230,16 @@ def memorisation_test(synthetic: np.ndarray, train: np.ndarray, quantile: float,
     t2t, _ = nearest_neighbours(train, train, exclude_self=True)
     threshold = float(np.quantile(t2t, quantile))
     share = float(np.mean(s2t < threshold))
-    return MemorisationResult(s2t, t2t, nearest, threshold, share, quantile, share > max_share,
-                              [int(i) for i in np.argsort(s2t, kind="stable")[:closest]])
+    return MemorisationResult(
+        s2t,
+        t2t,
+        nearest,
+        threshold,
+        share,
+        quantile,
+        share > max_share,
+        [int(i) for i in np.argsort(s2t, kind="stable")[:closest]],
+    )
 
 
 def pair_grid(synthetic: np.ndarray, train: np.ndarray, memo: MemorisationResult) -> tuple[np.ndarray, list[str]]:
@@ -231,8 +269,13 @@ class Verdict:
         return {"verdict": self.text, "safe": self.safe, "reasons": self.reasons}
 
 
-def decide(ratio: float, summary: dict[str, float], memorised: dict[str, Any], policy: AugCheckPolicy,
-           control: dict[str, Any] | None = None) -> Verdict:
+def decide(
+    ratio: float,
+    summary: dict[str, float],
+    memorised: dict[str, Any],
+    policy: AugCheckPolicy,
+    control: dict[str, Any] | None = None,
+) -> Verdict:
     """Safe only if the mean estimate lies within ``tolerance`` of ``ratio``, the spread (std
     across classifiers) is below ``max_spread`` and memorisation is not detected. A failed
     control (:func:`ml.gan.check.control`: real images mixed at ``ratio`` not recovered, or one
@@ -240,24 +283,34 @@ def decide(ratio: float, summary: dict[str, float], memorised: dict[str, Any], p
     an estimate near ``ratio`` (at 0.5 even chance gives one) vouches for nothing."""
     reasons = []
     if summary["abs_error"] > policy.tolerance:
-        reasons.append(f"mean estimate {summary['mean']:.3f} is {summary['abs_error']:.3f} from r={ratio:g} "
-                       f"(tolerance {policy.tolerance:g})")
+        reasons.append(
+            f"mean estimate {summary['mean']:.3f} is {summary['abs_error']:.3f} from r={ratio:g} "
+            f"(tolerance {policy.tolerance:g})"
+        )
     if summary["std"] >= policy.max_spread:
-        reasons.append(f"estimates spread {summary['std']:.3f} (std over {summary['n']} classifiers; "
-                       f"range {summary['min']:.3f}..{summary['max']:.3f}) is not below {policy.max_spread:g}")
+        reasons.append(
+            f"estimates spread {summary['std']:.3f} (std over {summary['n']} classifiers; "
+            f"range {summary['min']:.3f}..{summary['max']:.3f}) is not below {policy.max_spread:g}"
+        )
     if memorised["detected"]:
-        reasons.append(f"memorisation: {memorised['memorised_share']:.1%} of synthetic images are closer to a "
-                       f"training image than the {policy.nn_quantile:.0%} quantile of training-to-training distances "
-                       f"(limit {policy.max_memorised_share:.0%})")
+        reasons.append(
+            f"memorisation: {memorised['memorised_share']:.1%} of synthetic images are closer to a "
+            f"training image than the {policy.nn_quantile:.0%} quantile of training-to-training distances "
+            f"(limit {policy.max_memorised_share:.0%})"
+        )
     if control is not None:
         mixed, only_a, only_b = control["mixed"], control["only_a"], control["only_b"]
         if mixed["abs_error"] > policy.control_tolerance:
-            reasons.append(f"control failed: real held-out images mixed at r={ratio:g} were estimated at "
-                           f"{mixed['mean']:.3f} (tolerance {policy.control_tolerance:g}), so the classifiers cannot "
-                           "measure the ratio")
+            reasons.append(
+                f"control failed: real held-out images mixed at r={ratio:g} were estimated at "
+                f"{mixed['mean']:.3f} (tolerance {policy.control_tolerance:g}), so the classifiers cannot "
+                "measure the ratio"
+            )
         if only_a["abs_error"] > policy.single_class_tolerance or only_b["abs_error"] > policy.single_class_tolerance:
-            reasons.append(f"control failed: real held-out images of label 1 alone were estimated at "
-                           f"{only_a['mean']:.3f} and of label 2 alone at {only_b['mean']:.3f} (should be ~1 and ~0, "
-                           f"tolerance {policy.single_class_tolerance:g}): the classifiers do not tell the labels "
-                           "apart, so agreement with r would mean nothing")
+            reasons.append(
+                f"control failed: real held-out images of label 1 alone were estimated at "
+                f"{only_a['mean']:.3f} and of label 2 alone at {only_b['mean']:.3f} (should be ~1 and ~0, "
+                f"tolerance {policy.single_class_tolerance:g}): the classifiers do not tell the labels "
+                "apart, so agreement with r would mean nothing"
+            )
     return Verdict(not reasons, reasons)

@@ -17,8 +17,15 @@ from PIL import Image
 
 from ml.data.versions import build_version
 from ml.eval.metrics import classification_metrics
-from ml.gan.augcheck import (AugCheckPolicy, MemorisationResult, estimate_summary, memorisation_test,
-                             mix_at_ratio, penultimate_features, ratio_estimates)
+from ml.gan.augcheck import (
+    AugCheckPolicy,
+    MemorisationResult,
+    estimate_summary,
+    memorisation_test,
+    mix_at_ratio,
+    penultimate_features,
+    ratio_estimates,
+)
 from ml.gan.config import AugCheckConfig
 from ml.train.config import TrainConfig
 from ml.train.loop import Callback, TrainResult, fit
@@ -76,17 +83,35 @@ def load_synthetic_images(version: SyntheticVersion) -> np.ndarray:
 def classifier_config(check: AugCheckConfig, k: int, device: str = "auto", progress: bool = True) -> TrainConfig:
     """The k-th binary classifier's training run (seed ``check.seed + k``): a small model, no
     snapshots (one model per run, as in the thesis), AMP where it helps."""
-    return TrainConfig(arch=check.arch, weights=check.weights, schedule=check.schedule, lr=check.lr, epochs=check.epochs,
-                       batch_size=check.classifier_batch_size, snapshots=0, amp=True, seed=check.seed + k,
-                       device=device, progress=progress)
+    return TrainConfig(
+        arch=check.arch,
+        weights=check.weights,
+        schedule=check.schedule,
+        lr=check.lr,
+        epochs=check.epochs,
+        batch_size=check.classifier_batch_size,
+        snapshots=0,
+        amp=True,
+        seed=check.seed + k,
+        device=device,
+        progress=progress,
+    )
 
 
-def train_classifiers(train: Arrays, val: Arrays, classes: list[str], check: AugCheckConfig,
-                      device: str = "auto", progress: bool = True,
-                      callbacks: Sequence[Callback] = ()) -> list[TrainResult]:
+def train_classifiers(
+    train: Arrays,
+    val: Arrays,
+    classes: list[str],
+    check: AugCheckConfig,
+    device: str = "auto",
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> list[TrainResult]:
     """K binary classifiers (A = 0, B = 1) on the same real images, seeds seed..seed+K-1."""
-    return [fit(train, val, classes, classifier_config(check, k, device, progress), callbacks=callbacks)
-            for k in range(check.classifiers)]
+    return [
+        fit(train, val, classes, classifier_config(check, k, device, progress), callbacks=callbacks)
+        for k in range(check.classifiers)
+    ]
 
 
 def prob_a(result: TrainResult, images: np.ndarray) -> np.ndarray:
@@ -96,9 +121,15 @@ def prob_a(result: TrainResult, images: np.ndarray) -> np.ndarray:
 
 def estimate_runs(results: list[TrainResult], images: np.ndarray) -> list[dict[str, Any]]:
     """Per classifier: seed, validation accuracy, and its two estimates of the share of A in ``images``."""
-    return [{"seed": r.config["seed"], "val_accuracy": float(r.val_metrics["accuracy"]),
-             "val_balanced_accuracy": float(r.val_metrics["balanced_accuracy"]), **ratio_estimates(prob_a(r, images))}
-            for r in results]
+    return [
+        {
+            "seed": r.config["seed"],
+            "val_accuracy": float(r.val_metrics["accuracy"]),
+            "val_balanced_accuracy": float(r.val_metrics["balanced_accuracy"]),
+            **ratio_estimates(prob_a(r, images)),
+        }
+        for r in results
+    ]
 
 
 def control(results: list[TrainResult], heldout: Arrays, ratio: float, seed: int, estimate: str) -> dict[str, Any]:
@@ -114,8 +145,9 @@ def control(results: list[TrainResult], heldout: Arrays, ratio: float, seed: int
     return out
 
 
-def memorisation(result: TrainResult, synthetic: np.ndarray, train_images: np.ndarray, policy: AugCheckPolicy,
-                 closest: int = 8) -> MemorisationResult:
+def memorisation(
+    result: TrainResult, synthetic: np.ndarray, train_images: np.ndarray, policy: AugCheckPolicy, closest: int = 8
+) -> MemorisationResult:
     """:func:`memorisation_test` in the penultimate-layer features of ``result``'s model."""
     model = result.model
     head = getattr(model, head_name(result.config["arch"]))
@@ -130,17 +162,28 @@ def pseudo_labels(results: list[TrainResult], images: np.ndarray) -> np.ndarray:
     return (np.mean([prob_a(r, images) for r in results], axis=0) < 0.5).astype(np.int64)
 
 
-def train_on_synthetic(synthetic: np.ndarray, labels: np.ndarray, val: Arrays, test: Arrays, classes: list[str],
-                       check: AugCheckConfig, real_results: list[TrainResult], device: str = "auto",
-                       progress: bool = True) -> dict[str, Any]:
+def train_on_synthetic(
+    synthetic: np.ndarray,
+    labels: np.ndarray,
+    val: Arrays,
+    test: Arrays,
+    classes: list[str],
+    check: AugCheckConfig,
+    real_results: list[TrainResult],
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train-on-synthetic / test-on-real: a classifier trained only on the (pseudo-labelled)
     samples, scored on real test images beside the real-trained classifiers' mean."""
     cfg = classifier_config(check, 0, device, progress)
     result = fit((synthetic, labels), val, classes, cfg)
     tstr = classification_metrics(test[1], result.predict_proba(test[0], tta=False), classes)
     trtr = [classification_metrics(test[1], r.predict_proba(test[0], tta=False), classes) for r in real_results]
-    return {"tstr_accuracy": float(tstr["accuracy"]), "tstr_balanced_accuracy": float(tstr["balanced_accuracy"]),
-            "trtr_accuracy": float(np.mean([m["accuracy"] for m in trtr])),
-            "trtr_balanced_accuracy": float(np.mean([m["balanced_accuracy"] for m in trtr])),
-            "synthetic_label_counts": {classes[i]: int((labels == i).sum()) for i in range(len(classes))},
-            "test_images": len(test[1])}
+    return {
+        "tstr_accuracy": float(tstr["accuracy"]),
+        "tstr_balanced_accuracy": float(tstr["balanced_accuracy"]),
+        "trtr_accuracy": float(np.mean([m["accuracy"] for m in trtr])),
+        "trtr_balanced_accuracy": float(np.mean([m["balanced_accuracy"] for m in trtr])),
+        "synthetic_label_counts": {classes[i]: int((labels == i).sum()) for i in range(len(classes))},
+        "test_images": len(test[1]),
+    }

@@ -20,8 +20,9 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor) -> torc
     return u * real + (1 - u) * fake
 
 
-def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor,
-                     grad_scale: float = 1.0) -> torch.Tensor:
+def gradient_penalty(
+    critic: Critic, real: torch.Tensor, fake: torch.Tensor, u: torch.Tensor, grad_scale: float = 1.0
+) -> torch.Tensor:
     """``E[(||grad D(xhat)||_2 - 1)^2]`` at the interpolates; differentiable (create_graph).
 
     ``grad_scale``: the GradScaler's scale when the critic's output is scaled for fp16 (the
@@ -34,8 +35,9 @@ def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, u: 
     return (norms - 1).pow(2).mean()
 
 
-def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, penalty: torch.Tensor,
-                gp_weight: float, drift: float) -> dict[str, torch.Tensor]:
+def critic_loss(
+    real_scores: torch.Tensor, fake_scores: torch.Tensor, penalty: torch.Tensor, gp_weight: float, drift: float
+) -> dict[str, torch.Tensor]:
     """The critic's loss and its parts: the Wasserstein estimate, the penalty, the drift."""
     real_scores, fake_scores = real_scores.float(), fake_scores.float()
     wasserstein = real_scores.mean() - fake_scores.mean()

@@ -63,8 +63,9 @@ class EqualizedLinear(nn.Module):
 class EqualizedConv2d(nn.Module):
     """Convolution with weights ~ N(0, 1) scaled at run time by ``gain / sqrt(in * k * k)`` (4.1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 gain: float = math.sqrt(2)):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0, gain: float = math.sqrt(2)
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -113,8 +114,7 @@ def _conv(in_ch: int, out_ch: int, k: int = 3, pixelnorm: bool = True) -> list[n
 class Generator(nn.Module):
     """z -> image at the current stage; ``forward(z, stage, alpha)`` fades stage ``stage`` in."""
 
-    def __init__(self, resolution: int = 32, latent_dim: int = 128, max_channels: int = 128,
-                 min_channels: int = 16):
+    def __init__(self, resolution: int = 32, latent_dim: int = 128, max_channels: int = 128, min_channels: int = 16):
         super().__init__()
         ch = stage_channels(resolution, max_channels, min_channels)
         self.resolution, self.latent_dim, self.channels = resolution, latent_dim, ch
@@ -147,8 +147,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image at the current stage -> critic score; ``forward(x, stage, alpha)`` fades stage in."""
 
-    def __init__(self, resolution: int = 32, max_channels: int = 128, min_channels: int = 16,
-                 mbstd_group: int = 4):
+    def __init__(self, resolution: int = 32, max_channels: int = 128, min_channels: int = 16, mbstd_group: int = 4):
         super().__init__()
         ch = stage_channels(resolution, max_channels, min_channels)
         self.resolution, self.channels = resolution, ch
@@ -156,11 +155,15 @@ class Discriminator(nn.Module):
         # blocks[s] takes stage s's maps down to stage s-1's (two 3x3 convs, then 2x average pooling)
         self.blocks = nn.ModuleList([nn.Identity()])
         for s in range(1, len(ch)):
-            self.blocks.append(nn.Sequential(*_conv(ch[s], ch[s], pixelnorm=False),
-                                             *_conv(ch[s], ch[s - 1], pixelnorm=False), nn.AvgPool2d(2)))
+            self.blocks.append(
+                nn.Sequential(
+                    *_conv(ch[s], ch[s], pixelnorm=False), *_conv(ch[s], ch[s - 1], pixelnorm=False), nn.AvgPool2d(2)
+                )
+            )
         self.mbstd = MinibatchStdDev(mbstd_group)
-        self.final = nn.Sequential(*_conv(ch[0] + 1, ch[0], pixelnorm=False),
-                                   EqualizedConv2d(ch[0], ch[0], 4), nn.LeakyReLU(LEAK))
+        self.final = nn.Sequential(
+            *_conv(ch[0] + 1, ch[0], pixelnorm=False), EqualizedConv2d(ch[0], ch[0], 4), nn.LeakyReLU(LEAK)
+        )
         self.score = EqualizedLinear(ch[0], 1, gain=1.0)
 
     @property

@@ -38,8 +38,15 @@ from ml.eval.plots import save_image_grid
 from ml.gan.config import GAN_RESUME_FREE, ProGANConfig
 from ml.gan.losses import critic_loss, generator_loss, gradient_penalty
 from ml.gan.progan import Discriminator, Generator, num_stages, parameter_count, stage_resolution
-from ml.train.checkpoint import (cpu_state, load_checkpoint, progress_bar, rng_state, save_atomic, seed_everything,
-                                 set_rng_state)
+from ml.train.checkpoint import (
+    cpu_state,
+    load_checkpoint,
+    progress_bar,
+    rng_state,
+    save_atomic,
+    seed_everything,
+    set_rng_state,
+)
 from ml.train.precision import Precision, autocast, choose_precision, resolve_device
 
 LOG_EVERY = 25  # iterations between history rows
@@ -150,17 +157,31 @@ class GanResult:
         return generate(self.ema, n, seed, torch.device(self.device), self.precision.dtype, batch_size)
 
     def summary(self) -> dict[str, Any]:
-        return {"resolution": self.resolution, "stages": len(self.plan), "iterations": sum(s.iters for s in self.plan),
-                "wall_seconds": round(self.wall_seconds, 2), "precision": self.precision.name,
-                "precision_reason": self.precision.reason, "device": self.device,
-                "generator_parameters": parameter_count(self.generator),
-                "discriminator_parameters": parameter_count(self.discriminator),
-                "resumed_from_stage": self.resumed_from_stage, "completed": self.completed}
+        return {
+            "resolution": self.resolution,
+            "stages": len(self.plan),
+            "iterations": sum(s.iters for s in self.plan),
+            "wall_seconds": round(self.wall_seconds, 2),
+            "precision": self.precision.name,
+            "precision_reason": self.precision.reason,
+            "device": self.device,
+            "generator_parameters": parameter_count(self.generator),
+            "discriminator_parameters": parameter_count(self.discriminator),
+            "resumed_from_stage": self.resumed_from_stage,
+            "completed": self.completed,
+        }
 
 
 @torch.no_grad()
-def generate(generator: Generator, n: int, seed: int, device: torch.device, amp_dtype: torch.dtype | None = None,
-             batch_size: int = 64, stage: int | None = None) -> np.ndarray:
+def generate(
+    generator: Generator,
+    n: int,
+    seed: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 64,
+    stage: int | None = None,
+) -> np.ndarray:
     """``n`` uint8 NHWC images of ``generator`` at ``stage`` (default: its last), seeded."""
     stage = generator.stages - 1 if stage is None else stage
     g = torch.Generator().manual_seed(seed)
@@ -169,7 +190,7 @@ def generate(generator: Generator, n: int, seed: int, device: torch.device, amp_
     out = []
     for start in range(0, n, batch_size):
         with autocast(device, amp_dtype):
-            out.append(tensor_to_images(generator(z[start:start + batch_size].to(device), stage)))
+            out.append(tensor_to_images(generator(z[start : start + batch_size].to(device), stage)))
     return np.concatenate(out) if out else np.zeros((0, 4, 4, 3), np.uint8)
 
 
@@ -194,11 +215,21 @@ class _Run:
 
     def checkpoint(self) -> dict[str, Any]:
         s = self.state
-        return {"config": self.key, "stage": s.stage, "iteration": s.iteration, "history": s.history,
-                "grids": s.grids, "elapsed": s.elapsed,
-                "generator": cpu_state(s.generator), "discriminator": cpu_state(s.discriminator),
-                "ema": cpu_state(s.ema), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state({"gan": self.rng})}
+        return {
+            "config": self.key,
+            "stage": s.stage,
+            "iteration": s.iteration,
+            "history": s.history,
+            "grids": s.grids,
+            "elapsed": s.elapsed,
+            "generator": cpu_state(s.generator),
+            "discriminator": cpu_state(s.discriminator),
+            "ema": cpu_state(s.ema),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state({"gan": self.rng}),
+        }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         s = self.state
@@ -219,8 +250,9 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _critic_step(run: _Run, real: torch.Tensor, stage: Stage, alpha: float, device: torch.device,
-                 amp_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _critic_step(
+    run: _Run, real: torch.Tensor, stage: Stage, alpha: float, device: torch.device, amp_dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     s, cfg = run.state, run.state.cfg
     G, D = s.generator, s.discriminator
     z = torch.randn(len(real), cfg.latent_dim, generator=run.rng).to(device)
@@ -241,8 +273,9 @@ def _critic_step(run: _Run, real: torch.Tensor, stage: Stage, alpha: float, devi
     return parts
 
 
-def _generator_step(run: _Run, batch: int, stage: Stage, alpha: float, device: torch.device,
-                    amp_dtype: torch.dtype | None, t: int) -> torch.Tensor:
+def _generator_step(
+    run: _Run, batch: int, stage: Stage, alpha: float, device: torch.device, amp_dtype: torch.dtype | None, t: int
+) -> torch.Tensor:
     s, cfg = run.state, run.state.cfg
     G, D = s.generator, s.discriminator
     z = torch.randn(batch, cfg.latent_dim, generator=run.rng).to(device)
@@ -260,8 +293,9 @@ def _generator_step(run: _Run, batch: int, stage: Stage, alpha: float, device: t
     return loss.detach()
 
 
-def _train_stage(run: _Run, real: torch.Tensor, stage: Stage, device: torch.device,
-                 amp_dtype: torch.dtype | None) -> None:
+def _train_stage(
+    run: _Run, real: torch.Tensor, stage: Stage, device: torch.device, amp_dtype: torch.dtype | None
+) -> None:
     s, cfg = run.state, run.state.cfg
     s.generator.train()
     s.discriminator.train()
@@ -275,14 +309,23 @@ def _train_stage(run: _Run, real: torch.Tensor, stage: Stage, device: torch.devi
         parts = _critic_step(run, batch, stage, alpha, device, amp_dtype)
         g_loss = _generator_step(run, len(batch), stage, alpha, device, amp_dtype, t)
         s.iteration += 1
-        for k, v in (("d_loss", parts["loss"].detach()), ("g_loss", g_loss), ("wasserstein", parts["wasserstein"]),
-                     ("gp", parts["gp"])):
+        for k, v in (
+            ("d_loss", parts["loss"].detach()),
+            ("g_loss", g_loss),
+            ("wasserstein", parts["wasserstein"]),
+            ("gp", parts["gp"]),
+        ):
             acc[k] = acc.get(k, 0.0) + v.float()  # summed on the device, read back every LOG_EVERY
         bar.update()
         if (t + 1) % LOG_EVERY == 0 or t + 1 == stage.iters:
             n = (t % LOG_EVERY) + 1
-            row = {"iteration": s.iteration, "stage": stage.index, "resolution": stage.resolution, "alpha": alpha,
-                   **{k: float(v) / n for k, v in acc.items()}}
+            row = {
+                "iteration": s.iteration,
+                "stage": stage.index,
+                "resolution": stage.resolution,
+                "alpha": alpha,
+                **{k: float(v) / n for k, v in acc.items()},
+            }
             if not all(np.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"non-finite GAN loss at iteration {s.iteration}: {row}")
             s.history.append(row)
@@ -292,8 +335,15 @@ def _train_stage(run: _Run, real: torch.Tensor, stage: Stage, device: torch.devi
     s.elapsed += time.perf_counter() - started
 
 
-def _stage_grid(run: _Run, stage: Stage, device: torch.device, amp_dtype: torch.dtype | None,
-                sample_dir: Path | None, n: int, resolution: int) -> str | None:
+def _stage_grid(
+    run: _Run,
+    stage: Stage,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    sample_dir: Path | None,
+    n: int,
+    resolution: int,
+) -> str | None:
     if sample_dir is None:
         return None
     imgs = generate(run.state.ema, n, run.state.cfg.seed + 10_000, device, amp_dtype, stage=stage.index)
@@ -302,8 +352,13 @@ def _stage_grid(run: _Run, stage: Stage, device: torch.device, amp_dtype: torch.
     return str(path)
 
 
-def train_progan(images: np.ndarray, cfg: ProGANConfig = ProGANConfig(), sample_dir: str | Path | None = None,
-                 callbacks: Sequence[GanCallback] = (), grid_images: int = 32) -> GanResult:
+def train_progan(
+    images: np.ndarray,
+    cfg: ProGANConfig = ProGANConfig(),
+    sample_dir: str | Path | None = None,
+    callbacks: Sequence[GanCallback] = (),
+    grid_images: int = 32,
+) -> GanResult:
     """Train a ProGAN on uint8 NHWC ``images`` (any size; resampled to the target resolution).
 
     ``sample_dir``: a grid of EMA samples per stage (``samples_stage<s>_<res>px.png``).
@@ -320,11 +375,14 @@ def train_progan(images: np.ndarray, cfg: ProGANConfig = ProGANConfig(), sample_
     _set_requires_grad(ema, False)
     betas = (cfg.beta1, cfg.beta2)
     plan = stage_plan(cfg, resolution)
-    run = _Run(state=GanState(cfg, plan, G, D, ema),
-               opt_g=torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas, eps=1e-8),
-               opt_d=torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas, eps=1e-8),
-               scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"),
-               rng=torch.Generator().manual_seed(cfg.seed), key=_resume_key(cfg, resolution, len(images)))
+    run = _Run(
+        state=GanState(cfg, plan, G, D, ema),
+        opt_g=torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=betas, eps=1e-8),
+        opt_d=torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=betas, eps=1e-8),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"),
+        rng=torch.Generator().manual_seed(cfg.seed),
+        key=_resume_key(cfg, resolution, len(images)),
+    )
     folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -336,8 +394,9 @@ def train_progan(images: np.ndarray, cfg: ProGANConfig = ProGANConfig(), sample_
     while s.stage < len(plan) and not s.stop_requested:
         stage = plan[s.stage]
         _train_stage(run, real, stage, device, amp_dtype)
-        grid = _stage_grid(run, stage, device, amp_dtype, Path(sample_dir) if sample_dir else None, grid_images,
-                           resolution)
+        grid = _stage_grid(
+            run, stage, device, amp_dtype, Path(sample_dir) if sample_dir else None, grid_images, resolution
+        )
         if grid:
             s.grids.append(grid)
         s.stage += 1
@@ -346,6 +405,18 @@ def train_progan(images: np.ndarray, cfg: ProGANConfig = ProGANConfig(), sample_
         for cb in callbacks:
             cb.on_stage_end(stage, grid, s)
     ema.eval()
-    return GanResult(ema=ema, generator=G, discriminator=D, plan=plan, history=s.history, grids=s.grids,
-                     wall_seconds=s.elapsed, precision=precision, device=str(device), resolution=resolution,
-                     config=cfg.to_dict(), completed=s.stage >= len(plan), resumed_from_stage=s.resumed_from_stage)
+    return GanResult(
+        ema=ema,
+        generator=G,
+        discriminator=D,
+        plan=plan,
+        history=s.history,
+        grids=s.grids,
+        wall_seconds=s.elapsed,
+        precision=precision,
+        device=str(device),
+        resolution=resolution,
+        config=cfg.to_dict(),
+        completed=s.stage >= len(plan),
+        resumed_from_stage=s.resumed_from_stage,
+    )

@@ -29,8 +29,13 @@ def occlude_centre(images: np.ndarray, frac: float = 1 / 3) -> np.ndarray:
     return out
 
 
-def background_test(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                    confidence: float = 0.7, frac: float = 1 / 3) -> dict[str, Any]:
+def background_test(
+    predict: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    confidence: float = 0.7,
+    frac: float = 1 / 3,
+) -> dict[str, Any]:
     """Occlusion of the centre on the images ``predict`` (uint8 images -> probabilities) gets
     right with probability >= ``confidence``. Returns counts, ``change_rate`` (share whose top-1
     changes), the true-class probability before/after and its mean ``prob_drop``, and the indices
@@ -39,15 +44,31 @@ def background_test(predict: Callable[[np.ndarray], np.ndarray], images: np.ndar
     probs = predict(images)
     p_true = probs[np.arange(len(labels)), labels]
     chosen = np.flatnonzero((probs.argmax(1) == labels) & (p_true >= confidence))
-    out: dict[str, Any] = {"n_images": int(len(labels)), "n_confident": int(len(chosen)), "confidence": confidence,
-                           "patch_frac": frac, "indices": chosen.tolist()}
+    out: dict[str, Any] = {
+        "n_images": int(len(labels)),
+        "n_confident": int(len(chosen)),
+        "confidence": confidence,
+        "patch_frac": frac,
+        "indices": chosen.tolist(),
+    }
     if len(chosen) == 0:
-        return {**out, "change_rate": None, "prob_before": None, "prob_after": None, "prob_drop": None,
-                "pred_after": []}
+        return {
+            **out,
+            "change_rate": None,
+            "prob_before": None,
+            "prob_after": None,
+            "prob_drop": None,
+            "pred_after": [],
+        }
     after = predict(occlude_centre(images[chosen], frac))
     pred_after = after.argmax(1)
     before_p, after_p = p_true[chosen], after[np.arange(len(chosen)), labels[chosen]]
-    return {**out, "change_rate": float((pred_after != labels[chosen]).mean()),
-            "prob_before": float(before_p.mean()), "prob_after": float(after_p.mean()),
-            "prob_drop": float((before_p - after_p).mean()), "pred_after": pred_after.tolist(),
-            "p_true_after": after_p.tolist()}
+    return {
+        **out,
+        "change_rate": float((pred_after != labels[chosen]).mean()),
+        "prob_before": float(before_p.mean()),
+        "prob_after": float(after_p.mean()),
+        "prob_drop": float((before_p - after_p).mean()),
+        "pred_after": pred_after.tolist(),
+        "p_true_after": after_p.tolist(),
+    }

@@ -44,7 +44,7 @@ def probabilities(model: nn.Module, images: np.ndarray, norm: Stats, batch_size:
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = inputs(images[start:start + batch_size], norm, device)
+            x = inputs(images[start : start + batch_size], norm, device)
             out.append(torch.softmax(model(x).float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
@@ -103,7 +103,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np
     out = []
     with torch.enable_grad():
         for i, target in enumerate(targets):
-            image = x[i:i + 1].detach().clone().float()  # it calls requires_grad_ on what it gets
+            image = x[i : i + 1].detach().clone().float()  # it calls requires_grad_ on what it gets
             out.append(np.array(gb(image, target_category=int(target)), copy=True))  # shared with .grad
     return np.stack(out) if out else np.zeros((0,) + tuple(x.shape[2:]) + (3,), dtype=np.float32)
 

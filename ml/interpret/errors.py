@@ -28,9 +28,16 @@ def class_distribution(labels: np.ndarray, predictions: Sequence[np.ndarray], cl
     true = np.bincount(labels, minlength=k) / len(labels)
     pred = np.stack([np.bincount(p, minlength=k) / len(p) for p in predictions])
     std = pred.std(0, ddof=1) if len(pred) > 1 else np.zeros(k)
-    return [{"class": c, "true_share": float(true[i]), "predicted_share_mean": float(pred[:, i].mean()),
-             "predicted_share_std": float(std[i]), "bias": float(pred[:, i].mean() - true[i])}
-            for i, c in enumerate(classes)]
+    return [
+        {
+            "class": c,
+            "true_share": float(true[i]),
+            "predicted_share_mean": float(pred[:, i].mean()),
+            "predicted_share_std": float(std[i]),
+            "bias": float(pred[:, i].mean() - true[i]),
+        }
+        for i, c in enumerate(classes)
+    ]
 
 
 def plot_class_distribution(rows: list[dict], path: str | Path) -> Path:
@@ -39,8 +46,13 @@ def plot_class_distribution(rows: list[dict], path: str | Path) -> Path:
     ax = fig.add_subplot()
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["true_share"] for r in rows], 0.4, label="true")
-    ax.bar(x + 0.2, [r["predicted_share_mean"] for r in rows], 0.4, yerr=[r["predicted_share_std"] for r in rows],
-           label="predicted (mean ± std over fits)")
+    ax.bar(
+        x + 0.2,
+        [r["predicted_share_mean"] for r in rows],
+        0.4,
+        yerr=[r["predicted_share_std"] for r in rows],
+        label="predicted (mean ± std over fits)",
+    )
     ax.set_xticks(x, [r["class"] for r in rows], rotation=45, ha="right")
     ax.set(ylabel="share of evaluation images", title="true vs predicted class distribution")
     ax.legend(fontsize="small")
@@ -70,8 +82,17 @@ def cam_layer_for(arch: str, input_size: int, min_side: int = 4) -> Callable[[nn
     return lambda model: cam_target_layer(model, arch, input_size=input_size, min_side=min_side)
 
 
-def pair_gallery(model: nn.Module, layer_for: Callable[[nn.Module], nn.Module], norm: Stats, images: np.ndarray, labels: np.ndarray,
-                 classes: list[str], pair: tuple[int, int], cfg: InterpretConfig, path: str | Path) -> dict[str, Any]:
+def pair_gallery(
+    model: nn.Module,
+    layer_for: Callable[[nn.Module], nn.Module],
+    norm: Stats,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    pair: tuple[int, int],
+    cfg: InterpretConfig,
+    path: str | Path,
+) -> dict[str, Any]:
     """The misclassified images of one pair, each in a row: the image captioned "actual (p) /
     predicted (p)", Grad-CAM for the true class, Grad-CAM for the predicted class, and (with
     ``cfg.guided_backprop``) guided backpropagation for the predicted class. ``model`` is the real
@@ -98,26 +119,46 @@ def pair_gallery(model: nn.Module, layer_for: Callable[[nn.Module], nn.Module], 
             titles.append(f"guided backprop: {classes[p]}")
     ncols = 4 if guided is not None else 3
     png = save_image_grid(np.stack(tiles).astype(np.uint8), titles, path, ncols=ncols)
-    return {"pair": [classes[pair[0]], classes[pair[1]]], "png": str(png), "layer": _layer_name(net, layer),
-            "images": [{"index": int(i), "actual": classes[int(labels[i])], "predicted": classes[int(pred[i])],
-                        "p_actual": float(probs[i, labels[i]]), "p_predicted": float(probs[i, pred[i]]),
-                        "cam_true_mean": float(true_maps[n].mean()), "cam_pred_mean": float(pred_maps[n].mean()),
-                        "cam_difference": float(np.abs(true_maps[n] - pred_maps[n]).mean())}
-                       for n, i in enumerate(idx)]}
+    return {
+        "pair": [classes[pair[0]], classes[pair[1]]],
+        "png": str(png),
+        "layer": _layer_name(net, layer),
+        "images": [
+            {
+                "index": int(i),
+                "actual": classes[int(labels[i])],
+                "predicted": classes[int(pred[i])],
+                "p_actual": float(probs[i, labels[i]]),
+                "p_predicted": float(probs[i, pred[i]]),
+                "cam_true_mean": float(true_maps[n].mean()),
+                "cam_pred_mean": float(pred_maps[n].mean()),
+                "cam_difference": float(np.abs(true_maps[n] - pred_maps[n]).mean()),
+            }
+            for n, i in enumerate(idx)
+        ],
+    }
 
 
 def _layer_name(model: nn.Module, layer: nn.Module) -> str:
     return next((name for name, m in model.named_modules() if m is layer), type(layer).__name__)
 
 
-def background(model: nn.Module, norm: Stats, images: np.ndarray, labels: np.ndarray, classes: list[str],
-               cfg: InterpretConfig, path: str | Path | None = None) -> dict[str, Any]:
+def background(
+    model: nn.Module,
+    norm: Stats,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    cfg: InterpretConfig,
+    path: str | Path | None = None,
+) -> dict[str, Any]:
     """:func:`ml.interpret.background.background_test` with the model's fp32 probabilities; with
     ``path``, a PNG of up to ``cfg.background_examples`` before/after pairs."""
     net = cams.fp32_eval_copy(model)
-    res = background_test(lambda imgs: cams.probabilities(net, imgs, norm), images, labels, cfg.confidence,
-                          cfg.patch_frac)
-    shown = res["indices"][:cfg.background_examples]
+    res = background_test(
+        lambda imgs: cams.probabilities(net, imgs, norm), images, labels, cfg.confidence, cfg.patch_frac
+    )
+    shown = res["indices"][: cfg.background_examples]
     res["png"] = None
     if path is not None and shown:
         covered = occlude_centre(images[shown], cfg.patch_frac)

@@ -63,8 +63,9 @@ def notify(url: str, payload: dict[str, Any]) -> bool:
 
     sender = apprise.Apprise()
     if not sender.add(url):
-        raise ValueError("the configured Apprise URL is not one Apprise understands (URL not shown: it may hold "
-                         "credentials)")
+        raise ValueError(
+            "the configured Apprise URL is not one Apprise understands (URL not shown: it may hold credentials)"
+        )
     title, body = notification_text(payload)
     return bool(sender.notify(title=title, body=body))
 

@@ -57,12 +57,15 @@ class Batch:
 
     def summary(self) -> dict:
         return {
-            "source": self.source, "layout": self.layout, "n_images": int(len(self.records)),
-            "n_labelled": int(self.labelled.sum()), "n_unlabelled": int((~self.labelled).sum()),
+            "source": self.source,
+            "layout": self.layout,
+            "n_images": int(len(self.records)),
+            "n_labelled": int(self.labelled.sum()),
+            "n_unlabelled": int((~self.labelled).sum()),
             "out_of_map": dict(self.out_of_map),
             "bad_files": [{"path": p, "reason": r} for p, r in zip(self.bad["path"], self.bad["reason"], strict=True)],
             "duplicate_groups": self.duplicate_groups,
-        }  # fmt: skip
+        }
 
     def report_lines(self, limit: int = 20) -> list[str]:
         """What a person reads about the batch's inputs: out-of-map classes with counts, every
@@ -73,8 +76,10 @@ class Batch:
             lines.append(f"out-of-map source classes, kept as unlabelled: {counts}")
         if len(self.bad):
             lines.append(f"{len(self.bad)} file(s) skipped:")
-            lines += [f"  {_short(p, self.source)}: {r}" for p, r in
-                      zip(self.bad["path"][:limit], self.bad["reason"][:limit], strict=True)]
+            lines += [
+                f"  {_short(p, self.source)}: {r}"
+                for p, r in zip(self.bad["path"][:limit], self.bad["reason"][:limit], strict=True)
+            ]
             if len(self.bad) > limit:
                 lines.append(f"  ... and {len(self.bad) - limit} more")
         for group in self.duplicate_groups[:limit]:
@@ -84,20 +89,22 @@ class Batch:
 
 def _short(path: str, source: str) -> str:
     base = posixpath.dirname(source) if source.lower().endswith(".csv") else source.rstrip("/")
-    return path[len(base) + 1:] if path.startswith(base + "/") else path
+    return path[len(base) + 1 :] if path.startswith(base + "/") else path
 
 
 def _top_level(src: str, storage: Storage) -> tuple[list[str], bool]:
     """Non-hidden files directly under ``src`` and whether it has any sub-folder holding files."""
     if is_s3(src):
         keys = [k for k in storage.list(src + "/") if not k.endswith("/")]
-        rels = [k[len(src) + 1:] for k in keys]
+        rels = [k[len(src) + 1 :] for k in keys]
         rels = [r for r in rels if not any(part.startswith(".") for part in r.split("/"))]
         return [f"{src}/{r}" for r in rels if "/" not in r], any("/" in r for r in rels)
     entries = sorted(e for e in os.listdir(src) if not e.startswith("."))
     files = [os.path.join(src, e) for e in entries if not os.path.isdir(os.path.join(src, e))]
-    nested = any(os.path.isdir(os.path.join(src, e)) and any(not n.startswith(".") for n in os.listdir(os.path.join(src, e)))
-                 for e in entries)
+    nested = any(
+        os.path.isdir(os.path.join(src, e)) and any(not n.startswith(".") for n in os.listdir(os.path.join(src, e)))
+        for e in entries
+    )
     return files, nested
 
 
@@ -107,7 +114,9 @@ def _inspect(path: str, storage: Storage) -> tuple[dict | None, dict | None]:
     if is_s3(path):
         data = storage.get_bytes(path)
         digest = hashlib.sha256(data).hexdigest()
-        local = Path(storage.settings.data_root) / "s3cache" / digest[:2] / f"{digest}{PurePosixPath(path).suffix.lower()}"
+        local = (
+            Path(storage.settings.data_root) / "s3cache" / digest[:2] / f"{digest}{PurePosixPath(path).suffix.lower()}"
+        )
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
@@ -119,8 +128,14 @@ def _inspect(path: str, storage: Storage) -> tuple[dict | None, dict | None]:
     check = check_image(local)
     if not check.ok:
         return None, {"path": path, "label": UNLABELLED, "reason": check.reason, "message": check.message}
-    return {"path": path, "local_path": str(local), "label": UNLABELLED, "source_label": UNLABELLED,
-            "sha256": sha256_file(local), "bytes": local.stat().st_size}, None
+    return {
+        "path": path,
+        "local_path": str(local),
+        "label": UNLABELLED,
+        "source_label": UNLABELLED,
+        "sha256": sha256_file(local),
+        "bytes": local.stat().st_size,
+    }, None
 
 
 def _inspect_all(paths: list[str], storage: Storage) -> tuple[list[dict], list[dict]]:
@@ -162,20 +177,37 @@ def _csv_paths(src: str, storage: Storage, allow_outside_root: bool) -> tuple[li
     paths, bad = [], []
     for raw in table["path"]:
         raw = raw.strip()
-        path = raw if is_s3(raw) or os.path.isabs(raw) else (posixpath.join(base, raw) if is_s3(base) else
-                                                              os.path.abspath(os.path.join(base, raw)))
-        inside = path.startswith(base + "/") if is_s3(path) else \
-            os.path.commonpath([os.path.realpath(path), os.path.realpath(base)]) == os.path.realpath(base)
+        path = (
+            raw
+            if is_s3(raw) or os.path.isabs(raw)
+            else (posixpath.join(base, raw) if is_s3(base) else os.path.abspath(os.path.join(base, raw)))
+        )
+        inside = (
+            path.startswith(base + "/")
+            if is_s3(path)
+            else os.path.commonpath([os.path.realpath(path), os.path.realpath(base)]) == os.path.realpath(base)
+        )
         if not inside and not allow_outside_root:
-            bad.append({"path": path, "label": UNLABELLED, "reason": "outside_root",
-                        "message": f"{raw} is outside the CSV's folder {base}; not read"})
+            bad.append(
+                {
+                    "path": path,
+                    "label": UNLABELLED,
+                    "reason": "outside_root",
+                    "message": f"{raw} is outside the CSV's folder {base}; not read",
+                }
+            )
         else:
             paths.append(path)
     return paths, bad
 
 
-def load_batch(source: str | Path, class_map: str | Path | ClassMap | None = None, classes: list[str] | None = None,
-               storage: Storage | None = None, allow_outside_root: bool = False) -> Batch:
+def load_batch(
+    source: str | Path,
+    class_map: str | Path | ClassMap | None = None,
+    classes: list[str] | None = None,
+    storage: Storage | None = None,
+    allow_outside_root: bool = False,
+) -> Batch:
     """Read the batch at ``source`` (see the module docstring). ``classes`` are the model's
     labels: a source class that maps to none of them is out of map."""
     storage = storage or Storage()
@@ -207,6 +239,8 @@ def load_batch(source: str | Path, class_map: str | Path | ClassMap | None = Non
     records["label"] = mapped.fillna(UNLABELLED)
     no_label = manifest.bad["reason"] == "no_label"  # images at the top of a class layout, empty CSV labels
     extra, extra_bad = _inspect_all(manifest.bad.loc[no_label, "path"].tolist(), storage)
-    recs, bad = _frames([*records[BATCH_COLUMNS].to_dict("records"), *extra],
-                        [*manifest.bad.loc[~no_label].to_dict("records"), *extra_bad])
+    recs, bad = _frames(
+        [*records[BATCH_COLUMNS].to_dict("records"), *extra],
+        [*manifest.bad.loc[~no_label].to_dict("records"), *extra_bad],
+    )
     return Batch(src, recs, bad, {str(k): int(v) for k, v in out.items()}, layout)

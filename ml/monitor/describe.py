@@ -16,8 +16,22 @@ from ml.monitor.model import MonitoredModel
 from ml.quality.features import compute_features
 
 # descriptor columns the drift tests use (computed by ml.quality.features, aspect ratio added here)
-DESCRIPTORS = ("brightness", "contrast", "saturation", "sharpness", "mean_r", "mean_g", "mean_b",
-               "std_r", "std_g", "std_b", "confounder_score", "width", "height", "aspect_ratio")
+DESCRIPTORS = (
+    "brightness",
+    "contrast",
+    "saturation",
+    "sharpness",
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "std_r",
+    "std_g",
+    "std_b",
+    "confounder_score",
+    "width",
+    "height",
+    "aspect_ratio",
+)
 PREDICTION_COLUMNS = ("pred_class", "max_prob", "entropy")
 
 
@@ -62,12 +76,18 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
 def prediction_table(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """Predicted class, max probability and entropy (nats) of each row of ``probs``."""
     p = np.clip(probs, 1e-12, 1.0)
-    return pd.DataFrame({"pred_class": np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
-                         "max_prob": probs.max(axis=1), "entropy": -(p * np.log(p)).sum(axis=1)})
+    return pd.DataFrame(
+        {
+            "pred_class": np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
+            "max_prob": probs.max(axis=1),
+            "entropy": -(p * np.log(p)).sum(axis=1),
+        }
+    )
 
 
-def describe(records: pd.DataFrame, model: MonitoredModel, workers: int = 1,
-             progress: Callable[[int, int], None] | None = None) -> Described:
+def describe(
+    records: pd.DataFrame, model: MonitoredModel, workers: int = 1, progress: Callable[[int, int], None] | None = None
+) -> Described:
     """Descriptors, embeddings and predictions of every record (``path``, ``local_path``,
     ``label``); records that do not decode are dropped."""
     feats = descriptors(records, workers)
@@ -76,7 +96,12 @@ def describe(records: pd.DataFrame, model: MonitoredModel, workers: int = 1,
     src = kept["local_path"] if "local_path" in kept else kept["path"]
     images = load_images([str(p) for p in src], model.size)
     emb, probs = model.embed_and_predict(images, progress=progress)
-    table = pd.concat([kept[["path", "label"]].reset_index(drop=True),
-                       feats[ok].drop(columns="decode_ok").reset_index(drop=True),
-                       prediction_table(probs, model.classes)], axis=1)
+    table = pd.concat(
+        [
+            kept[["path", "label"]].reset_index(drop=True),
+            feats[ok].drop(columns="decode_ok").reset_index(drop=True),
+            prediction_table(probs, model.classes),
+        ],
+        axis=1,
+    )
     return Described(table, emb, probs, list(model.classes))

@@ -127,8 +127,11 @@ def _chi2(ref: pd.Series, cur: pd.Series) -> dict[str, Any]:
     table = np.array([[int((ref == c).sum()) for c in cats], [int((cur == c).sum()) for c in cats]])
     table = table[:, table.sum(axis=0) > 0]
     p = 1.0 if table.shape[1] < 2 or min(table.sum(axis=1)) == 0 else float(stats.chi2_contingency(table)[1])
-    return {"p_value": p, "reference": {c: float((ref == c).mean()) for c in cats},
-            "batch": {c: float((cur == c).mean()) for c in cats}}
+    return {
+        "p_value": p,
+        "reference": {c: float((ref == c).mean()) for c in cats},
+        "batch": {c: float((cur == c).mean()) for c in cats},
+    }
 
 
 def build_report(columns: Columns, policy: DriftPolicy, embeddings: bool = True):
@@ -142,12 +145,22 @@ def build_report(columns: Columns, policy: DriftPolicy, embeddings: bool = True)
 
     metrics: list = [DataDriftPreset(columns=columns.covariate, drift_share=policy.drifted_share)]
     metrics += [ValueDrift(column=c) for c in columns.predictions + (["label"] if columns.labels else [])]
-    metrics += [] if not embeddings else [
-        EmbeddingsDrift(embeddings_name=EMBEDDINGS_NAME, drift_method=model(threshold=policy.embedding_model_auc),
-                        tests=[lte(policy.embedding_model_auc)]),
-        EmbeddingsDrift(embeddings_name=EMBEDDINGS_NAME, drift_method=mmd(threshold=policy.embedding_mmd),
-                        tests=[lte(policy.embedding_mmd)]),
-    ]
+    metrics += (
+        []
+        if not embeddings
+        else [
+            EmbeddingsDrift(
+                embeddings_name=EMBEDDINGS_NAME,
+                drift_method=model(threshold=policy.embedding_model_auc),
+                tests=[lte(policy.embedding_model_auc)],
+            ),
+            EmbeddingsDrift(
+                embeddings_name=EMBEDDINGS_NAME,
+                drift_method=mmd(threshold=policy.embedding_mmd),
+                tests=[lte(policy.embedding_mmd)],
+            ),
+        ]
+    )
     return Report(metrics, include_tests=True)
 
 
@@ -160,11 +173,16 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, policy: D
     numeric = [*columns.covariate, "max_prob", "entropy", *columns.components]
     categorical = ["pred_class"] + (["label"] if columns.labels else [])
     used = list(dict.fromkeys([*numeric, *categorical]))
-    definition = DataDefinition(numerical_columns=list(dict.fromkeys(numeric)), categorical_columns=categorical,
-                                embeddings={EMBEDDINGS_NAME: columns.components})
+    definition = DataDefinition(
+        numerical_columns=list(dict.fromkeys(numeric)),
+        categorical_columns=categorical,
+        embeddings={EMBEDDINGS_NAME: columns.components},
+    )
     with threadpool_limits(1):
-        return build_report(columns, policy, embeddings).run(Dataset.from_pandas(cur[used], data_definition=definition),
-                                                 Dataset.from_pandas(ref[used], data_definition=definition))
+        return build_report(columns, policy, embeddings).run(
+            Dataset.from_pandas(cur[used], data_definition=definition),
+            Dataset.from_pandas(ref[used], data_definition=definition),
+        )
 
 
 def column_results(snapshot_dict: dict) -> list[dict[str, Any]]:
@@ -177,14 +195,22 @@ def column_results(snapshot_dict: dict) -> list[dict[str, Any]]:
             continue
         method, score, threshold = str(cfg.get("method")), float(m["value"]), float(cfg.get("threshold"))
         is_p = "p_value" in method
-        rows.append({"column": cfg["column"], "method": method, "score": score, "threshold": threshold,
-                     "p_value": score if is_p else None,
-                     "drifted": bool(score < threshold if is_p else score > threshold)})
+        rows.append(
+            {
+                "column": cfg["column"],
+                "method": method,
+                "score": score,
+                "threshold": threshold,
+                "p_value": score if is_p else None,
+                "drifted": bool(score < threshold if is_p else score > threshold),
+            }
+        )
     return rows
 
 
-def column_tests(ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str] = ()
-                 ) -> list[dict[str, Any]]:
+def column_tests(
+    ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str] = ()
+) -> list[dict[str, Any]]:
     """Evidently's default stat test per column, chosen as its DataDriftPreset chooses it (by
     type, reference size and number of values), called directly: the same rows as
     :func:`column_results` of a report, without rendering its plots (~0.2 s per column)."""
@@ -198,8 +224,16 @@ def column_tests(ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categ
         method = f"{test.display_name}"
         is_p = "p_value" in method
         score = float(result.drift_score)
-        rows.append({"column": col, "method": method, "score": score, "threshold": float(result.actual_threshold),
-                     "p_value": score if is_p else None, "drifted": bool(result.drifted)})
+        rows.append(
+            {
+                "column": col,
+                "method": method,
+                "score": score,
+                "threshold": float(result.actual_threshold),
+                "p_value": score if is_p else None,
+                "drifted": bool(result.drifted),
+            }
+        )
     return rows
 
 
@@ -214,9 +248,16 @@ def report_embedding_scores(snapshot_dict: dict) -> dict[str, float]:
     return out
 
 
-def decide(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, per_column: list[dict[str, Any]],
-           embedding: dict[str, float], policy: DriftPolicy,
-           label_estimate: LabelShiftEstimate | None = None, classes: list[str] | None = None) -> dict[str, Any]:
+def decide(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    columns: Columns,
+    per_column: list[dict[str, Any]],
+    embedding: dict[str, float],
+    policy: DriftPolicy,
+    label_estimate: LabelShiftEstimate | None = None,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
     """The verdict and the numbers behind it (see the module docstring)."""
     n_ref, n_cur = len(ref), len(cur)
     cov_rows = [r for r in per_column if r["column"] in columns.covariate]
@@ -226,13 +267,23 @@ def decide(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, per_column: l
     n_drifted = sum(r["drifted"] for r in cov_rows)
     share = n_drifted / len(cov_rows) if cov_rows else 0.0
     holm_hits = [r["column"] for r in pvals if r["p_holm"] < policy.family_alpha]
-    covariate = {"drifted_share": share, "n_tested": len(cov_rows), "n_drifted": n_drifted,
-                 "share_threshold": policy.drifted_share, "holm_significant": holm_hits,
-                 "family_alpha": policy.family_alpha, "constant_columns": columns.constant,
-                 "drifted": bool(share >= policy.drifted_share or holm_hits)}
+    covariate = {
+        "drifted_share": share,
+        "n_tested": len(cov_rows),
+        "n_drifted": n_drifted,
+        "share_threshold": policy.drifted_share,
+        "holm_significant": holm_hits,
+        "family_alpha": policy.family_alpha,
+        "constant_columns": columns.constant,
+        "drifted": bool(share >= policy.drifted_share or holm_hits),
+    }
     auc_threshold = max(policy.embedding_model_auc, auc_null_quantile(n_ref, n_cur))
-    emb = {**embedding, "model_auc_threshold": auc_threshold, "mmd_threshold": policy.embedding_mmd,
-           "components": len(columns.components)}
+    emb = {
+        **embedding,
+        "model_auc_threshold": auc_threshold,
+        "mmd_threshold": policy.embedding_mmd,
+        "components": len(columns.components),
+    }
     emb["drifted"] = bool(embedding["model_auc"] > auc_threshold or embedding["mmd"] > policy.embedding_mmd)
     predicted = _chi2(ref["pred_class"], cur["pred_class"])
     predicted["drifted"] = predicted["p_value"] < policy.label_alpha
@@ -244,17 +295,22 @@ def decide(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, per_column: l
     if label_estimate is not None:
         bbse = label_estimate.to_dict(classes or [])
         moved = np.abs(label_estimate.priors - label_estimate.reference_priors) > policy.prior_change
-        bbse["changed_classes"] = [c for c, m, s in zip(classes or [], moved, label_estimate.significant(),
-                                                        strict=True) if m and s]
+        bbse["changed_classes"] = [
+            c for c, m, s in zip(classes or [], moved, label_estimate.significant(), strict=True) if m and s
+        ]
         bbse["drifted"] = bool(bbse["changed_classes"])
     label_drift = bool(predicted["drifted"] or (labels and labels["drifted"]) or (bbse and bbse["drifted"]))
     reasons = []
     if covariate["drifted"]:
-        reasons.append(f"covariate: {n_drifted}/{len(cov_rows)} columns drifted (share {share:.2f}"
-                       + (f"; Holm-significant: {', '.join(holm_hits)})" if holm_hits else ")"))
+        reasons.append(
+            f"covariate: {n_drifted}/{len(cov_rows)} columns drifted (share {share:.2f}"
+            + (f"; Holm-significant: {', '.join(holm_hits)})" if holm_hits else ")")
+        )
     if emb["drifted"]:
-        reasons.append(f"embeddings: model AUC {embedding['model_auc']:.3f} (threshold {auc_threshold:.3f}), "
-                       f"MMD {embedding['mmd']:.4f} (threshold {policy.embedding_mmd})")
+        reasons.append(
+            f"embeddings: model AUC {embedding['model_auc']:.3f} (threshold {auc_threshold:.3f}), "
+            f"MMD {embedding['mmd']:.4f} (threshold {policy.embedding_mmd})"
+        )
     if predicted["drifted"]:
         reasons.append(f"predicted classes: chi-square p={predicted['p_value']:.2g} < {policy.label_alpha}")
     if labels and labels["drifted"]:
@@ -266,11 +322,18 @@ def decide(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, per_column: l
     else:
         verdict = "drift" if reasons else "no_drift"
     top = sorted(cov_rows, key=lambda r: (not r["drifted"], r["p_value"] if r["p_value"] is not None else -r["score"]))
-    return {"verdict": verdict, "reasons": reasons, "n_reference": n_ref, "n_batch": n_cur,
-            "covariate": covariate, "columns": per_column, "top_drifted": [r["column"] for r in top if r["drifted"]][:5],
-            "embedding": emb,
-            "label_shift": {"predicted": predicted, "true_labels": labels, "bbse": bbse, "drifted": label_drift},
-            "policy": policy.to_dict()}
+    return {
+        "verdict": verdict,
+        "reasons": reasons,
+        "n_reference": n_ref,
+        "n_batch": n_cur,
+        "covariate": covariate,
+        "columns": per_column,
+        "top_drifted": [r["column"] for r in top if r["drifted"]][:5],
+        "embedding": emb,
+        "label_shift": {"predicted": predicted, "true_labels": labels, "bbse": bbse, "drifted": label_drift},
+        "policy": policy.to_dict(),
+    }
 
 
 def verdict_html(summary: dict[str, Any]) -> str:
@@ -279,11 +342,14 @@ def verdict_html(summary: dict[str, Any]) -> str:
     bbse = (summary["label_shift"].get("bbse") or {}).get("priors") or {}
     priors = ", ".join(f"{html.escape(k)} {v:.2f}" for k, v in bbse.items())
     colour = {"drift": "#b00020", "no_drift": "#1b5e20"}.get(summary["verdict"], "#8d6e00")
-    return (f'<div id="skinflow-verdict" style="font-family:sans-serif;padding:12px;border:2px solid {colour}">'
-            f'<h1 style="color:{colour}">Drift verdict: {html.escape(summary["verdict"])}</h1>'
-            f'<p>batch {html.escape(str(summary.get("batch", "")))}: {summary["n_batch"]} images vs '
-            f'{summary["n_reference"]} reference images</p><ul>{items}</ul>'
-            + (f"<p>BBSE priors: {priors}</p>" if priors else "") + "</div>")
+    return (
+        f'<div id="skinflow-verdict" style="font-family:sans-serif;padding:12px;border:2px solid {colour}">'
+        f'<h1 style="color:{colour}">Drift verdict: {html.escape(summary["verdict"])}</h1>'
+        f"<p>batch {html.escape(str(summary.get('batch', '')))}: {summary['n_batch']} images vs "
+        f"{summary['n_reference']} reference images</p><ul>{items}</ul>"
+        + (f"<p>BBSE priors: {priors}</p>" if priors else "")
+        + "</div>"
+    )
 
 
 def save_html(snapshot, summary: dict[str, Any], path: str | Path) -> Path:
@@ -302,9 +368,14 @@ def to_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
-def measure_drift(reference: Described, batch: Described, policy: DriftPolicy,
-                  label_estimate: LabelShiftEstimate | None = None, render: bool = True,
-                  seed: int = 0) -> tuple[dict[str, Any], Any]:
+def measure_drift(
+    reference: Described,
+    batch: Described,
+    policy: DriftPolicy,
+    label_estimate: LabelShiftEstimate | None = None,
+    render: bool = True,
+    seed: int = 0,
+) -> tuple[dict[str, Any], Any]:
     """PCA on the reference, the two frames, the report and the decision: ``(summary, snapshot)``.
     The decision comes from Evidently's stat tests and drift methods called directly; with
     ``render`` the Evidently report of the same tests is run for the HTML (``snapshot``, else None)."""
@@ -312,10 +383,19 @@ def measure_drift(reference: Described, batch: Described, policy: DriftPolicy,
     labels = bool((reference.label_indices() >= 0).any() and (batch.label_indices() >= 0).all())
     ref, cur = frame(reference, pca, labels), frame(batch, pca, labels)
     columns = choose_columns(ref, cur, policy, labels)
-    per_column = column_tests(ref, cur, [*columns.covariate, "max_prob", "entropy"],
-                              ["pred_class"] + (["label"] if labels else []))
-    summary = decide(ref, cur, columns, per_column, embedding_scores(ref, cur, columns.components), policy,
-                     label_estimate, reference.classes)
+    per_column = column_tests(
+        ref, cur, [*columns.covariate, "max_prob", "entropy"], ["pred_class"] + (["label"] if labels else [])
+    )
+    summary = decide(
+        ref,
+        cur,
+        columns,
+        per_column,
+        embedding_scores(ref, cur, columns.components),
+        policy,
+        label_estimate,
+        reference.classes,
+    )
     snapshot = run_report(ref, cur, columns, policy) if render else None
     summary["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
     return summary, snapshot

@@ -90,9 +90,16 @@ class LabelShiftEstimate:
         }
 
 
-def bbse_bootstrap(val_true: np.ndarray, val_pred: np.ndarray, batch_pred: np.ndarray, n_classes: int,
-                   reference_priors: np.ndarray | None = None, n_boot: int = 200, level: float = 0.95,
-                   seed: int = 0) -> LabelShiftEstimate:
+def bbse_bootstrap(
+    val_true: np.ndarray,
+    val_pred: np.ndarray,
+    batch_pred: np.ndarray,
+    n_classes: int,
+    reference_priors: np.ndarray | None = None,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> LabelShiftEstimate:
     """BBSE on the batch's predicted classes with the confusion matrix of the validation pairs;
     intervals from ``n_boot`` resamples of both (percentile, two-sided ``level``).
 
@@ -109,8 +116,9 @@ def bbse_bootstrap(val_true: np.ndarray, val_pred: np.ndarray, batch_pred: np.nd
     for b in range(n_boot):
         v = rng.integers(0, len(val_true), len(val_true))
         c = confusion_columns(val_true[v], val_pred[v], n_classes)
-        boots[b] = bbse_priors(c, predicted_distribution(batch_pred[rng.integers(0, len(batch_pred), len(batch_pred))],
-                                                         n_classes))
+        boots[b] = bbse_priors(
+            c, predicted_distribution(batch_pred[rng.integers(0, len(batch_pred), len(batch_pred))], n_classes)
+        )
         accs[b] = expected_accuracy(c, boots[b])
     tail = 100 * (1 - level) / 2
     acc_lo, acc_hi = np.percentile(accs, [tail, 100 - tail]) if n_boot else (np.nan, np.nan)

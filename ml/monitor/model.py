@@ -5,7 +5,6 @@ dataset and images it was trained on (the default reference)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +43,9 @@ class MonitoredModel:
         return self._module
 
     @torch.no_grad()
-    def embed_and_predict(self, images: np.ndarray, batch_size: int = 64,
-                          progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def embed_and_predict(
+        self, images: np.ndarray, batch_size: int = 64, progress: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings, probs)`` of uint8 NHWC ``images``: the input of the classification head
         (penultimate layer) of the last snapshot, and the mean softmax over the snapshots (what
         the served ensemble predicts, without TTA). ``progress(done, total)`` is called per batch."""
@@ -56,7 +56,9 @@ class MonitoredModel:
         embeddings, probs = [], []
         try:
             for start in range(0, len(images), batch_size):
-                x = to_float_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), *self.norm)
+                x = to_float_batch(
+                    torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])), *self.norm
+                )
                 total = torch.zeros(())
                 for i, state in enumerate(reversed(self.states)):  # the last snapshot first: its features
                     if i:
@@ -73,8 +75,10 @@ class MonitoredModel:
         finally:
             hook.remove()
         dim = getattr(head, "in_features", 0)
-        return (np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
-                np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes))))
+        return (
+            np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
+            np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes))),
+        )
 
 
 def parse_model_uri(uri: str) -> tuple[str, str] | None:
@@ -94,27 +98,39 @@ def load_monitored_model(uri: str) -> MonitoredModel:
     named = parse_model_uri(uri)
     if named is not None and get_alias_version(*named) is None:
         name, alias = named
-        raise NoChampionError(f"no version of registered model '{name}' has the alias '{alias}' ({uri}): train and "
-                              "promote one first (skinflow retrain), or name another model with --model")
+        raise NoChampionError(
+            f"no version of registered model '{name}' has the alias '{alias}' ({uri}): train and "
+            "promote one first (skinflow retrain), or name another model with --model"
+        )
     states, meta = load_model_states(uri)
     norm = meta.get("norm") or [[0.5] * 3, [0.25] * 3]
-    return MonitoredModel(arch=meta["arch"], classes=list(meta["classes"]), size=int(meta.get("size", 64)),
-                          norm=(tuple(norm[0]), tuple(norm[1])), states=states, uri=uri,
-                          run_id=source_run_id(uri), meta=meta)
+    return MonitoredModel(
+        arch=meta["arch"],
+        classes=list(meta["classes"]),
+        size=int(meta.get("size", 64)),
+        norm=(tuple(norm[0]), tuple(norm[1])),
+        states=states,
+        uri=uri,
+        run_id=source_run_id(uri),
+        meta=meta,
+    )
 
 
 def training_reference(model: MonitoredModel) -> dict[str, Any]:
     """The dataset source and per-split image digests the model's run recorded:
     ``{"source", "dataset_version", "digests": {split: set}}`` (digests None when not recorded)."""
-    from ml.tracking.models import load_training_digests_by_split
-
     import mlflow
+
+    from ml.tracking.models import load_training_digests_by_split
 
     run = mlflow.MlflowClient().get_run(model.run_id)
     sources = [d.dataset.source for d in run.inputs.dataset_inputs if d.dataset.source]
     source = _source_uri(sources[0]) if sources else None
-    return {"source": source, "dataset_version": run.data.tags.get("dataset_version"),
-            "digests": load_training_digests_by_split(model.uri)}
+    return {
+        "source": source,
+        "dataset_version": run.data.tags.get("dataset_version"),
+        "digests": load_training_digests_by_split(model.uri),
+    }
 
 
 def _source_uri(raw: str) -> str:
@@ -130,4 +146,3 @@ def _source_uri(raw: str) -> str:
             if key in parsed:
                 return str(parsed[key])
     return raw
-

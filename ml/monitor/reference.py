@@ -35,8 +35,14 @@ def _sample(records: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     return records.iloc[idx].reset_index(drop=True)
 
 
-def load_reference(model: MonitoredModel, source: str | None = None, version: str | None = None,
-                   class_map: str | None = None, max_images: int = 1000, seed: int = 0) -> Reference:
+def load_reference(
+    model: MonitoredModel,
+    source: str | None = None,
+    version: str | None = None,
+    class_map: str | None = None,
+    max_images: int = 1000,
+    seed: int = 0,
+) -> Reference:
     """The reference of ``model`` (see the module docstring); at most ``max_images`` of it
     (a seeded sample), and its validation records when the run recorded them."""
     recorded = training_reference(model)
@@ -55,12 +61,15 @@ def load_reference(model: MonitoredModel, source: str | None = None, version: st
     if source is None:
         train = records[records["sha256"].isin(digests.get("train", set()))]
         if train.empty:
-            raise ValueError(f"none of the training images recorded for {model.uri} were found in {src}; "
-                             "name a reference dataset (--reference)")
+            raise ValueError(
+                f"none of the training images recorded for {model.uri} were found in {src}; "
+                "name a reference dataset (--reference)"
+            )
         kind = "champion-training"
     else:
         train, kind = records[~records["sha256"].isin(digests.get("val", set()))], "dataset"
     if val.empty:
         notes.append("no validation images of the model found: BBSE prior estimates skipped")
-    return Reference(_sample(train, max_images, seed), _sample(val, max_images, seed), src, manifest.version, kind,
-                     notes)
+    return Reference(
+        _sample(train, max_images, seed), _sample(val, max_images, seed), src, manifest.version, kind, notes
+    )

@@ -20,9 +20,9 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.cluster import KMeans
 
-from ml.quality.features import DEFAULT_CONFOUNDER_THRESHOLD, confounder_mask, exposure_class
 from ml.data.images import BadImageError, load_rgb
 from ml.data.versions import build_version
+from ml.quality.features import DEFAULT_CONFOUNDER_THRESHOLD, confounder_mask, exposure_class
 
 STEPS = ("remove_confounders", "gamma", "fov_crop")
 QUANT_STEP = 16
@@ -276,8 +276,14 @@ def curated_manifest(log: pd.DataFrame, root: str | Path) -> pd.DataFrame:
             rel.append(Path(out_path).resolve().relative_to(root).as_posix())
         except ValueError:
             raise ValueError(f"curated file {out_path} is outside the version folder {root}") from None
-    table = pd.DataFrame({"path": rel, "label": written["label"].astype(str).to_numpy(),
-                          "split": split.to_numpy(), "source_path": written["path"].astype(str).to_numpy()})
+    table = pd.DataFrame(
+        {
+            "path": rel,
+            "label": written["label"].astype(str).to_numpy(),
+            "split": split.to_numpy(),
+            "source_path": written["path"].astype(str).to_numpy(),
+        }
+    )
     dupes = table["path"][table["path"].duplicated()].tolist()
     if dupes:
         raise ValueError(f"curated output paths listed twice: {dupes[:3]}")
@@ -290,13 +296,20 @@ def split_mismatches(original: pd.DataFrame, curated: pd.DataFrame) -> pd.DataFr
     manifest) or is matched by ``path``. Columns: path, label, split, curated_label, curated_split,
     problem (``split_changed``, ``label_changed``, ``missing``, ``unknown_source``)."""
     key = "source_path" if "source_path" in curated else "path"
-    cur = curated[[key, "label", "split"]].rename(columns={key: "path", "label": "curated_label",
-                                                            "split": "curated_split"})
+    cur = curated[[key, "label", "split"]].rename(
+        columns={key: "path", "label": "curated_label", "split": "curated_split"}
+    )
     merged = original[["path", "label", "split"]].merge(cur, on="path", how="outer", indicator=True)
     problem = np.select(
-        [merged["_merge"] == "left_only", merged["_merge"] == "right_only",
-         merged["split"] != merged["curated_split"], merged["label"] != merged["curated_label"]],
-        ["missing", "unknown_source", "split_changed", "label_changed"], default="")
+        [
+            merged["_merge"] == "left_only",
+            merged["_merge"] == "right_only",
+            merged["split"] != merged["curated_split"],
+            merged["label"] != merged["curated_label"],
+        ],
+        ["missing", "unknown_source", "split_changed", "label_changed"],
+        default="",
+    )
     return merged.assign(problem=problem)[problem != ""].drop(columns="_merge").reset_index(drop=True)
 
 
@@ -313,16 +326,23 @@ def with_sources(curated_records: pd.DataFrame, manifest_csv: str | Path) -> pd.
     return out
 
 
-def ab_comparison(baseline: dict[str, Any], curated: dict[str, Any],
-                  metrics: tuple[str, ...] = AB_METRICS) -> list[dict[str, Any]]:
+def ab_comparison(
+    baseline: dict[str, Any], curated: dict[str, Any], metrics: tuple[str, ...] = AB_METRICS
+) -> list[dict[str, Any]]:
     """Rows ``{metric, baseline, curated, delta}`` with ``delta = curated - baseline`` (None where a
     metric is missing on either side)."""
     rows = []
     for name in metrics:
         a, b = baseline.get(name), curated.get(name)
         delta = None if a is None or b is None else float(b) - float(a)
-        rows.append({"metric": name, "baseline": None if a is None else float(a),
-                     "curated": None if b is None else float(b), "delta": delta})
+        rows.append(
+            {
+                "metric": name,
+                "baseline": None if a is None else float(a),
+                "curated": None if b is None else float(b),
+                "delta": delta,
+            }
+        )
     return rows
 
 
@@ -340,8 +360,9 @@ class CuratedVersion:
         return {str(k): int(v) for k, v in self.log["status"].value_counts().sort_index().items()}
 
 
-def write_curated_version(records: pd.DataFrame, dest: str | Path, steps: list[str],
-                          policy: dict[str, Any]) -> CuratedVersion:
+def write_curated_version(
+    records: pd.DataFrame, dest: str | Path, steps: list[str], policy: dict[str, Any]
+) -> CuratedVersion:
     """Curate split ``records`` into the new folder ``dest`` with :func:`curate_dataset` and write its
     CSV manifest (:data:`CURATED_MANIFEST`, from :func:`curated_manifest`, splits preserved).
 
@@ -354,8 +375,9 @@ def write_curated_version(records: pd.DataFrame, dest: str | Path, steps: list[s
 
     def build(tmp: Path) -> None:
         log = curate_dataset(records, tmp, steps, policy)
-        log["out_path"] = [None if p is None or pd.isna(p) else str(dest / Path(p).relative_to(tmp))
-                           for p in log["out_path"]]
+        log["out_path"] = [
+            None if p is None or pd.isna(p) else str(dest / Path(p).relative_to(tmp)) for p in log["out_path"]
+        ]
         log.to_csv(tmp / "curation_log.csv", index=False)
         curated_manifest(log, dest).to_csv(tmp / CURATED_MANIFEST, index=False)
         built.append(log)

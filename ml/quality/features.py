@@ -96,16 +96,35 @@ BAND_MAX_CHROMA = 0.12
 RULER_MIN_TICKS = 6
 
 PIXEL_COLUMNS = (
-    "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
-    "brightness", "contrast", "saturation", "sharpness", "exposure", "confounder_score",
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "std_r",
+    "std_g",
+    "std_b",
+    "brightness",
+    "contrast",
+    "saturation",
+    "sharpness",
+    "exposure",
+    "confounder_score",
     *(f"{kind}_share" for kind in ACQUISITION_KINDS),
-)  # fmt: skip
+)
 FLAG_COLUMNS = ("confounder_flag", *(f"{kind}_flag" for kind in ACQUISITION_KINDS))
 """Per-image flags of :func:`compute_features`: the pen-mark flag (``confounder_flag``) and one per
 acquisition kind, each tested separately by validation."""
 FEATURE_COLUMNS = (
-    "width", "height", "mode", "format", "bytes", "decode_ok", "reason", "sha256", "phash", *PIXEL_COLUMNS,
-)  # fmt: skip
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "decode_ok",
+    "reason",
+    "sha256",
+    "phash",
+    *PIXEL_COLUMNS,
+)
 _MAX_CHUNK = 32
 
 
@@ -143,8 +162,9 @@ def _thin(mask: np.ndarray, side: int) -> np.ndarray:
     """Pixels of ``mask`` in structures thinner than ``side`` (they vanish under the opening)."""
     # a binary opening with a side x side square, as separable min/max filters (outside the frame is 0)
     u8 = mask.astype(np.uint8)
-    opened = ndimage.maximum_filter(ndimage.minimum_filter(u8, size=side, mode="constant", cval=0),
-                                    size=side, mode="constant", cval=0)
+    opened = ndimage.maximum_filter(
+        ndimage.minimum_filter(u8, size=side, mode="constant", cval=0), size=side, mode="constant", cval=0
+    )
     return mask & ~opened.astype(bool)
 
 
@@ -183,8 +203,9 @@ def stroke_mask(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | Non
     return ink_mask(rgb, hsv_) | (thin_dark_mask(rgb, hsv_) if dark is None else dark)
 
 
-def confounder_mask(rgb: np.ndarray, masks: dict[str, np.ndarray] | None = None, hsv_: HSV | None = None,
-                    dark: np.ndarray | None = None) -> np.ndarray:
+def confounder_mask(
+    rgb: np.ndarray, masks: dict[str, np.ndarray] | None = None, hsv_: HSV | None = None, dark: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean HxW mask of pen-mark pixels: :func:`stroke_mask` outside the acquisition artefacts
     (``masks``, from :func:`acquisition_masks` when not given) grown by one stroke side."""
     masks = acquisition_masks(rgb) if masks is None else masks
@@ -318,16 +339,22 @@ def ruler_mask(rgb: np.ndarray, dark: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def acquisition_masks(rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None
-                      ) -> dict[str, np.ndarray]:
+def acquisition_masks(
+    rgb: np.ndarray, hsv_: HSV | None = None, dark: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Boolean HxW region of each kind of :data:`ACQUISITION_KINDS`, plus ``plain_band`` (uniform strips
     without text: not a kind of its own, but not pen marks either)."""
     hsv_ = hsv(rgb) if hsv_ is None else hsv_
     ruler = ruler_mask(rgb, thin_dark_mask(rgb, hsv_) if dark is None else dark)
     strip, text = band_masks(rgb, ruler)
     background = dark_background_mask(rgb, hsv_) & ~strip  # a dark band is a band, whatever it carries
-    return {"ruler": ruler, "text_band": text, "drape": drape_mask(rgb, hsv_),
-            "dark_background": background, "plain_band": strip & ~text}
+    return {
+        "ruler": ruler,
+        "text_band": text,
+        "drape": drape_mask(rgb, hsv_),
+        "dark_background": background,
+        "plain_band": strip & ~text,
+    }
 
 
 def exposure_class(rgb: np.ndarray) -> str:
@@ -347,15 +374,19 @@ def pixel_features(rgb: np.ndarray) -> dict[str, Any]:
     y = luma(rgb)
     hsv_ = hsv(rgb)
     return {
-        "mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2],
-        "std_r": std[0], "std_g": std[1], "std_b": std[2],
+        "mean_r": mean[0],
+        "mean_g": mean[1],
+        "mean_b": mean[2],
+        "std_r": std[0],
+        "std_g": std[1],
+        "std_b": std[2],
         "brightness": float(y.mean()),
         "contrast": float(y.std()),
         "saturation": float(hsv_[1].mean()),
         "sharpness": float(ndimage.laplace(y.astype(np.float64) * 255.0).var()),
         "exposure": exposure_class(rgb),
         **confounder_features(rgb, hsv_),
-    }  # fmt: skip
+    }
 
 
 def confounder_features(rgb: np.ndarray, hsv_: HSV | None = None) -> dict[str, float]:
@@ -378,10 +409,16 @@ def analysis_array(img: Image.Image) -> np.ndarray:
 def _empty_row(reason: str, data: bytes | None = None) -> dict[str, Any]:
     """The feature row of a file that gives no image: only ``bytes`` and ``sha256`` (when read) and ``reason``."""
     row: dict[str, Any] = {
-        "width": np.nan, "height": np.nan, "mode": None, "format": None,
-        "bytes": np.nan if data is None else len(data), "decode_ok": False, "reason": reason,
-        "sha256": None if data is None else hashlib.sha256(data).hexdigest(), "phash": None,
-    }  # fmt: skip
+        "width": np.nan,
+        "height": np.nan,
+        "mode": None,
+        "format": None,
+        "bytes": np.nan if data is None else len(data),
+        "decode_ok": False,
+        "reason": reason,
+        "sha256": None if data is None else hashlib.sha256(data).hexdigest(),
+        "phash": None,
+    }
     return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None}
 
 
@@ -497,8 +534,9 @@ def confounder_kinds(features: pd.DataFrame) -> pd.Series:
     """Per row, the confounder kinds flagged ('pen_mark', then :data:`ACQUISITION_KINDS`), comma-separated."""
     names = ["pen_mark", *ACQUISITION_KINDS]
     flags = features[list(FLAG_COLUMNS)].fillna(False).astype(bool).to_numpy()
-    return pd.Series([",".join(n for n, f in zip(names, row, strict=True) if f) for row in flags],
-                     index=features.index, dtype=object)
+    return pd.Series(
+        [",".join(n for n, f in zip(names, row, strict=True) if f) for row in flags], index=features.index, dtype=object
+    )
 
 
 def usable_mask(features: pd.DataFrame) -> pd.Series:
@@ -521,9 +559,7 @@ def features_path(version: str, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / version / f"features-r{FEATURES_REVISION}.parquet"
 
 
-def compute_features_cached(
-    records: pd.DataFrame, version: str, cache_dir: str | Path, **kwargs: Any
-) -> pd.DataFrame:
+def compute_features_cached(records: pd.DataFrame, version: str, cache_dir: str | Path, **kwargs: Any) -> pd.DataFrame:
     """Features of dataset ``version``: read from :func:`features_path` or computed (``kwargs`` go to
     :func:`compute_features`) and written atomically."""
     path = features_path(version, cache_dir)

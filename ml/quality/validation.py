@@ -184,34 +184,46 @@ class ValidationReport:
         rows = []
         for r in self.results:
             mark = "PASS" if r.success else ("FAIL" if r.severity == "critical" else "WARN")
-            rows.append(f"<tr><td style='color:{colour[mark]};font-weight:bold'>{mark}</td><td>{cell(r.suite)}</td>"
-                        f"<td>{cell(r.check)}</td><td>{cell(r.observed)}</td><td>{cell(r.threshold)}</td>"
-                        f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td>"
-                        f"<td>{'<br>'.join(map(html.escape, details_lines(r.details)))}</td></tr>")
-        verdict = ("passed" if self.passed else
-                   f"{len(self.critical_failures)} critical failure(s)") + f", {len(self.warnings)} warning(s)"
-        docs = ("<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
-                if self.data_docs_index else "")
+            rows.append(
+                f"<tr><td style='color:{colour[mark]};font-weight:bold'>{mark}</td><td>{cell(r.suite)}</td>"
+                f"<td>{cell(r.check)}</td><td>{cell(r.observed)}</td><td>{cell(r.threshold)}</td>"
+                f"<td>{cell(r.severity)}</td><td><code>{cell(r.expectation)}</code></td>"
+                f"<td>{'<br>'.join(map(html.escape, details_lines(r.details)))}</td></tr>"
+            )
+        verdict = (
+            "passed" if self.passed else f"{len(self.critical_failures)} critical failure(s)"
+        ) + f", {len(self.warnings)} warning(s)"
+        docs = (
+            "<p>Full Great Expectations Data Docs: <a href='data_docs/index.html'>data_docs/index.html</a></p>"
+            if self.data_docs_index
+            else ""
+        )
 
         def table(df: pd.DataFrame, name: str) -> str:
             if df.empty:
                 return f"<h2>{name}</h2><p>none</p>"
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-            body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
-                           for row in df.head(MAX_LISTED).itertuples(index=False))
+            body = "".join(
+                "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                for row in df.head(MAX_LISTED).itertuples(index=False)
+            )
             more = f"<p>... and {len(df) - MAX_LISTED} more</p>" if len(df) > MAX_LISTED else ""
             return f"<h2>{name} ({len(df)})</h2><table><tr>{head}</tr>{body}</table>{more}"
 
-        style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
-                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}th{background:#f3f3f3}")
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p><b>{verdict}</b></p>{docs}"
-                "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
-                f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
-                f"{table(self.bad_files, 'Files not used')}{table(self.duplicate_groups, 'Duplicate groups')}"
-                f"{table(self.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
-                f"{table(self.label_conflicts, 'Label conflicts')}{table(self.leaking_pairs, 'Leaking pairs')}"
-                "</body></html>")
+        style = (
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}th{background:#f3f3f3}"
+        )
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p><b>{verdict}</b></p>{docs}"
+            "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
+            f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
+            f"{table(self.bad_files, 'Files not used')}{table(self.duplicate_groups, 'Duplicate groups')}"
+            f"{table(self.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
+            f"{table(self.label_conflicts, 'Label conflicts')}{table(self.leaking_pairs, 'Leaking pairs')}"
+            "</body></html>"
+        )
 
     def outcome(self, check: str) -> ExpectationOutcome:
         """The outcome of the check named ``check`` (e.g. ``'imbalance_ratio'``)."""
@@ -252,7 +264,9 @@ def details_lines(details: dict[str, Any]) -> list[str]:
     (or the value) per example and how many more; else the rows of a summary table."""
     lines = []
     if details.get("values"):
-        lines = [", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["values"].items())]
+        lines = [
+            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in details["values"].items())
+        ]
     if details.get("examples"):
         lines += [f"{e['id']}: {e['reason'] or e['value']}" for e in details["examples"]]
         return lines + ([f"... and {details['n_more']} more"] if details.get("n_more") else [])
@@ -313,8 +327,15 @@ def duplicate_pairs(features: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     ok = np.flatnonzero(features["decode_ok"].fillna(False).to_numpy(dtype=bool))
     a, b, dist = near_pairs(hash_array(features["phash"].to_numpy()[ok]), max_distance)
     sha = features["sha256"].to_numpy()[ok]
-    return pd.DataFrame({"i": ok[a].astype(int), "j": ok[b].astype(int), "distance": dist.astype(int),
-                         "kind": np.where(sha[a] == sha[b], "exact", "near")}, columns=["i", "j", "distance", "kind"])
+    return pd.DataFrame(
+        {
+            "i": ok[a].astype(int),
+            "j": ok[b].astype(int),
+            "distance": dist.astype(int),
+            "kind": np.where(sha[a] == sha[b], "exact", "near"),
+        },
+        columns=["i", "j", "distance", "kind"],
+    )
 
 
 def _splits(features: pd.DataFrame) -> pd.Series:
@@ -344,9 +365,16 @@ def duplicate_groups_table(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.Da
     split, rows = _splits(features), []
     for g in np.flatnonzero(np.bincount(group, minlength=1) > 1):
         members = features[group == g]
-        rows.append({"group": len(rows), "kind": "exact" if members["sha256"].nunique() == 1 else "near",
-                     "n": len(members), "paths": members["path"].astype(str).tolist(),
-                     "labels": sorted(set(members["label"].astype(str))), "splits": sorted(set(split[group == g]))})
+        rows.append(
+            {
+                "group": len(rows),
+                "kind": "exact" if members["sha256"].nunique() == 1 else "near",
+                "n": len(members),
+                "paths": members["path"].astype(str).tolist(),
+                "labels": sorted(set(members["label"].astype(str))),
+                "splits": sorted(set(split[group == g])),
+            }
+        )
     return pd.DataFrame(rows, columns=DUPLICATE_GROUP_COLUMNS)
 
 
@@ -396,8 +424,15 @@ def flagged_by_class(features: pd.DataFrame) -> pd.DataFrame:
     """Per label: images, pen-marked (``confounder_flag``) images and their share, and for each acquisition
     kind the share flagged (``<kind>_flagged_share``; 0 when the features table has no such flag)."""
     flags = features.assign(**{f"_{kind}": _flag(features, col) for kind, col in _KIND_FLAGS.items()})
-    out = flags.groupby("label").agg(images=("path", "size"), flagged=("_pen_mark", "sum"),
-                                     **{kind: (f"_{kind}", "sum") for kind in ACQUISITION_KINDS}).reset_index()
+    out = (
+        flags.groupby("label")
+        .agg(
+            images=("path", "size"),
+            flagged=("_pen_mark", "sum"),
+            **{kind: (f"_{kind}", "sum") for kind in ACQUISITION_KINDS},
+        )
+        .reset_index()
+    )
     out["flagged_share"] = out["flagged"] / out["images"]
     for kind in ACQUISITION_KINDS:
         out[f"{kind}_flagged_share"] = out.pop(kind) / out["images"]
@@ -414,8 +449,11 @@ def confounders_by_class(features: pd.DataFrame) -> pd.DataFrame:
     """Per label: images and how many are flagged with each confounder kind (:data:`CONFOUNDER_KINDS`)."""
     flags = pd.DataFrame({kind: _flag(features, col) for kind, col in _KIND_FLAGS.items()})
     out = flags.groupby(features["label"].astype(str)).sum().astype(int)
-    return out.assign(images=features.groupby(features["label"].astype(str)).size()).rename_axis("label") \
+    return (
+        out.assign(images=features.groupby(features["label"].astype(str)).size())
+        .rename_axis("label")
         .reset_index()[["label", "images", *CONFOUNDER_KINDS]]
+    )
 
 
 def _duplicate_examples(features: pd.DataFrame, pairs: pd.DataFrame, within: bool) -> dict[str, Any]:
@@ -433,8 +471,13 @@ def _duplicate_examples(features: pd.DataFrame, pairs: pd.DataFrame, within: boo
             continue
         kind = "exact" if members["sha256"].nunique() == 1 else "near"
         paths = [f"{p} [{s}]" for p, s in zip(members["path"].astype(str), split[group == g], strict=True)]
-        examples.append({"id": f"{kind} duplicates in {', '.join(splits)} ({len(members)} images)",
-                         "value": len(members), "reason": "; ".join(bounded(paths, MAX_PATHS))})
+        examples.append(
+            {
+                "id": f"{kind} duplicates in {', '.join(splits)} ({len(members)} images)",
+                "value": len(members),
+                "reason": "; ".join(bounded(paths, MAX_PATHS)),
+            }
+        )
     return {"examples": examples[:MAX_EXAMPLES], "n_more": max(0, len(examples) - MAX_EXAMPLES)}
 
 
@@ -474,15 +517,27 @@ def _integrity_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check
     p, sev = policy["integrity"], policy["integrity"]["severity"]
     spec = [
         ("decodes", gxe.ExpectColumnValuesToBeInSet(column="decode_ok", value_set=[True]), "decode_ok", True),
-        ("mode_allowed", gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=p["allowed_modes"]), "mode",
-         p["allowed_modes"]),
-        ("min_side", gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=p["min_side"]), "min_side",
-         p["min_side"]),
-        ("format_allowed", gxe.ExpectColumnValuesToBeInSet(column="format", value_set=p["allowed_formats"]),
-         "format", p["allowed_formats"]),
+        (
+            "mode_allowed",
+            gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=p["allowed_modes"]),
+            "mode",
+            p["allowed_modes"],
+        ),
+        (
+            "min_side",
+            gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=p["min_side"]),
+            "min_side",
+            p["min_side"],
+        ),
+        (
+            "format_allowed",
+            gxe.ExpectColumnValuesToBeInSet(column="format", value_set=p["allowed_formats"]),
+            "format",
+            p["allowed_formats"],
+        ),
         ("bytes_positive", gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1), "bytes", 1),
         ("labels_known", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes), "label", classes),
-    ]  # fmt: skip
+    ]
     return [_Check("integrity", "features", n, e, c, t, sev) for n, e, c, t in spec]
 
 
@@ -494,33 +549,73 @@ def _balance_checks(policy: dict[str, Any], classes: list[str]) -> list[_Check]:
     )
     min_classes = p.get("min_classes", DEFAULT_MIN_CLASSES)
     return [
-        _Check("class_balance", "class_counts", "classes_present",
-               gxe.ExpectColumnValuesToBeBetween(column="count", min_value=1), "count", 1, sev),
-        _Check("class_balance", "present_classes", "min_classes", gxe.ExpectTableRowCountToBeBetween(
-            min_value=min_classes), None, min_classes, sev),
-        _Check("class_balance", "class_counts", "min_per_class",
-               gxe.ExpectColumnMinToBeBetween(column="count", min_value=p["min_per_class"]), "count",
-               p["min_per_class"], sev),
-        _Check("class_balance", "class_counts", "imbalance_ratio",
-               gxe.ExpectColumnMaxToBeBetween(column="ratio_to_min", max_value=p["max_imbalance_ratio"]),
-               "ratio_to_min", p["max_imbalance_ratio"], sev),
+        _Check(
+            "class_balance",
+            "class_counts",
+            "classes_present",
+            gxe.ExpectColumnValuesToBeBetween(column="count", min_value=1),
+            "count",
+            1,
+            sev,
+        ),
+        _Check(
+            "class_balance",
+            "present_classes",
+            "min_classes",
+            gxe.ExpectTableRowCountToBeBetween(min_value=min_classes),
+            None,
+            min_classes,
+            sev,
+        ),
+        _Check(
+            "class_balance",
+            "class_counts",
+            "min_per_class",
+            gxe.ExpectColumnMinToBeBetween(column="count", min_value=p["min_per_class"]),
+            "count",
+            p["min_per_class"],
+            sev,
+        ),
+        _Check(
+            "class_balance",
+            "class_counts",
+            "imbalance_ratio",
+            gxe.ExpectColumnMaxToBeBetween(column="ratio_to_min", max_value=p["max_imbalance_ratio"]),
+            "ratio_to_min",
+            p["max_imbalance_ratio"],
+            sev,
+        ),
         _Check("class_balance", "usable", "kl_divergence", kl, "label", p["max_kl_divergence"], sev),
-    ]  # fmt: skip
+    ]
 
 
 def _confounder_checks(policy: dict[str, Any], features: pd.DataFrame) -> list[_Check]:
     p, sev = policy["confounders"], policy["confounders"]["severity"]
     checks = [
-        _Check("confounders", "flagged_by_class", "flagged_share_per_class",
-               gxe.ExpectColumnMaxToBeBetween(column="flagged_share", max_value=p["max_flagged_share_per_class"]),
-               "flagged_share", p["max_flagged_share_per_class"], sev)
-    ]  # fmt: skip
+        _Check(
+            "confounders",
+            "flagged_by_class",
+            "flagged_share_per_class",
+            gxe.ExpectColumnMaxToBeBetween(column="flagged_share", max_value=p["max_flagged_share_per_class"]),
+            "flagged_share",
+            p["max_flagged_share_per_class"],
+            sev,
+        )
+    ]
     artefact_max = p.get("max_artefact_share_per_class", 1.0)
     for kind in ACQUISITION_KINDS:
         column = f"{kind}_flagged_share"
-        checks.append(_Check("confounders", "flagged_by_class", f"{kind}_share_per_class",
-                             gxe.ExpectColumnMaxToBeBetween(column=column, max_value=artefact_max), column,
-                             artefact_max, p.get("artefact_severity", sev)))
+        checks.append(
+            _Check(
+                "confounders",
+                "flagged_by_class",
+                f"{kind}_share_per_class",
+                gxe.ExpectColumnMaxToBeBetween(column=column, max_value=artefact_max),
+                column,
+                artefact_max,
+                p.get("artefact_severity", sev),
+            )
+        )
     for col in [c for c in p["association_columns"] if c in features and c != "label"]:
         exp = ExpectColumnPairCramersVToBeLessThan(
             column_A=col, column_B="label", threshold=p["max_cramers_v"], bias_correction=p["cramers_v_bias_correction"]
@@ -533,20 +628,38 @@ def _duplicate_checks(policy: dict[str, Any]) -> list[_Check]:
     p, sev = policy["duplicates_leakage"], policy["duplicates_leakage"]["severity"]
     share = p["max_within_split_duplicate_share"]
     return [
-        _Check("duplicates_leakage", "sha_groups", "label_conflicts",
-               gxe.ExpectColumnValuesToBeBetween(column="n_labels", max_value=1), "n_labels", 1, sev),
-        _Check("duplicates_leakage", "leaking_pairs", "cross_split_leakage",
-               gxe.ExpectTableRowCountToEqual(value=0), None, 0, sev),
-        _Check("duplicates_leakage", "split_duplicates", "within_split_duplicate_share",
-               gxe.ExpectColumnMaxToBeBetween(column="duplicate_share", max_value=share), "duplicate_share", share,
-               p.get("within_split_severity", sev)),
-    ]  # fmt: skip
+        _Check(
+            "duplicates_leakage",
+            "sha_groups",
+            "label_conflicts",
+            gxe.ExpectColumnValuesToBeBetween(column="n_labels", max_value=1),
+            "n_labels",
+            1,
+            sev,
+        ),
+        _Check(
+            "duplicates_leakage",
+            "leaking_pairs",
+            "cross_split_leakage",
+            gxe.ExpectTableRowCountToEqual(value=0),
+            None,
+            0,
+            sev,
+        ),
+        _Check(
+            "duplicates_leakage",
+            "split_duplicates",
+            "within_split_duplicate_share",
+            gxe.ExpectColumnMaxToBeBetween(column="duplicate_share", max_value=share),
+            "duplicate_share",
+            share,
+            p.get("within_split_severity", sev),
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- running
-def _run_suites(
-    context: Any, checks: list[_Check], tables: dict[str, _Table]
-) -> dict[str, Any]:
+def _run_suites(context: Any, checks: list[_Check], tables: dict[str, _Table]) -> dict[str, Any]:
     """Run one GX suite per (concern, table); return the GX result of each check by name."""
     source = context.data_sources.add_pandas("skinflow")
     by_check: dict[str, Any] = {}
@@ -599,10 +712,19 @@ def _outcome(check: _Check, result: Any, table: _Table) -> ExpectationOutcome:
 
 def _examples(found: list[dict], count: int, column: str | None, table: _Table) -> dict[str, Any]:
     """The first :data:`MAX_EXAMPLES` offending rows as ``{id, value, reason}`` and how many more."""
-    notes = dict(zip(table.frame[table.id_column], table.frame[table.note_column], strict=True)) \
-        if table.note_column else {}
-    examples = [{"id": _plain(row[table.id_column]), "value": _plain(row.get(column)),
-                 "reason": str(notes.get(row[table.id_column], ""))} for row in found[:MAX_EXAMPLES]]
+    notes = (
+        dict(zip(table.frame[table.id_column], table.frame[table.note_column], strict=True))
+        if table.note_column
+        else {}
+    )
+    examples = [
+        {
+            "id": _plain(row[table.id_column]),
+            "value": _plain(row.get(column)),
+            "reason": str(notes.get(row[table.id_column], "")),
+        }
+        for row in found[:MAX_EXAMPLES]
+    ]
     return {"examples": examples, "n_more": max(0, int(count) - len(examples))}
 
 
@@ -634,8 +756,11 @@ def validate_features(
     leaking = leaking_pairs_table(used, pairs)
     counts = class_counts(features, classes)
     tables = {
-        "features": _Table(features.assign(min_side=features[["width", "height"]].min(axis=1),
-                                           why=file_problems(features)), "path", note_column="why"),
+        "features": _Table(
+            features.assign(min_side=features[["width", "height"]].min(axis=1), why=file_problems(features)),
+            "path",
+            note_column="why",
+        ),
         "usable": _Table(used, "path"),
         "class_counts": _Table(counts, "label", summary=True),
         "present_classes": _Table(counts[counts["count"] > 0].reset_index(drop=True), "label", summary=True),
@@ -657,9 +782,18 @@ def validate_features(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     gx_results = _run_suites(context, checks, tables)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
-    named = {"within_split_duplicate_share": _duplicate_examples(used, pairs, within=True),
-             "cross_split_leakage": _duplicate_examples(used, pairs, within=False)}
+    named = {
+        "within_split_duplicate_share": _duplicate_examples(used, pairs, within=True),
+        "cross_split_leakage": _duplicate_examples(used, pairs, within=False),
+    }
     outcomes = [replace(o, details={**o.details, **named[o.check]}) if o.check in named else o for o in outcomes]
     docs = _build_docs(context, Path(data_docs_dir).resolve()) if data_docs_dir is not None else None
-    return ValidationReport(outcomes, label_conflicts_table(used, groups), leaking, docs, bad_files_table(features),
-                            duplicate_groups_table(used, pairs), confounders_by_class(used))
+    return ValidationReport(
+        outcomes,
+        label_conflicts_table(used, groups),
+        leaking,
+        docs,
+        bad_files_table(features),
+        duplicate_groups_table(used, pairs),
+        confounders_by_class(used),
+    )

@@ -24,8 +24,13 @@ from ml.robust.corruptions import blur, default_kernel_size, directional_kernel,
 Arrays = tuple[np.ndarray, np.ndarray]
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # noise streams: a split's noise never repeats another's
 CLEAN = Corruption()
-SETTINGS = ("train clean, test clean", "train clean, test noisy", "train noisy, test clean", "matched noise",
-            "train clean, test blurred")
+SETTINGS = (
+    "train clean, test clean",
+    "train clean, test noisy",
+    "train noisy, test clean",
+    "matched noise",
+    "train clean, test blurred",
+)
 NOISE_SETTINGS = SETTINGS[1:4]  # the three curves of the accuracy-vs-noise plot
 
 
@@ -56,8 +61,11 @@ def training_corruptions(cfg: RobustnessConfig) -> list[Corruption]:
 def evaluation_plan(train_c: Corruption, cfg: RobustnessConfig) -> list[tuple[str, Corruption]]:
     """``(setting, test corruption)`` rows a model trained under ``train_c`` is scored on."""
     if train_c.kind == "none":
-        return [(SETTINGS[0], CLEAN), *((SETTINGS[1], cfg.noise(level)) for level in cfg.noise_levels),
-                *((SETTINGS[4], b) for b in cfg.blurs())]
+        return [
+            (SETTINGS[0], CLEAN),
+            *((SETTINGS[1], cfg.noise(level)) for level in cfg.noise_levels),
+            *((SETTINGS[4], b) for b in cfg.blurs()),
+        ]
     return [(SETTINGS[2], CLEAN), (SETTINGS[3], train_c)]
 
 
@@ -71,8 +79,13 @@ def corrupted_split(data: Arrays, c: Corruption, cfg: RobustnessConfig, split: s
     return corrupt(data[0], c, cfg, split), data[1]
 
 
-def score_rows(predict: Callable[[np.ndarray], np.ndarray], test: Arrays, classes: list[str], train_c: Corruption,
-               cfg: RobustnessConfig) -> list[dict[str, Any]]:
+def score_rows(
+    predict: Callable[[np.ndarray], np.ndarray],
+    test: Arrays,
+    classes: list[str],
+    train_c: Corruption,
+    cfg: RobustnessConfig,
+) -> list[dict[str, Any]]:
     """The table rows of one trained model: its test plan, each row with top-1, balanced accuracy,
     macro-F1 and the confusion matrix. ``predict`` maps uint8 images to class probabilities."""
     size = test[0].shape[1]
@@ -81,10 +94,20 @@ def score_rows(predict: Callable[[np.ndarray], np.ndarray], test: Arrays, classe
         test_c = resolved(test_c, size)
         probs = predict(corrupt(test[0], test_c, cfg, "test"))
         m = classification_metrics(test[1], probs, classes)
-        rows.append({"setting": setting, "train_status": resolved(train_c, size).label, "test_status": test_c.label,
-                     "noise_level": test_c.level if setting != SETTINGS[2] else train_c.level,
-                     "corruption": test_c.kind, "top1": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-                     "macro_f1": m["macro_f1"], "n": m["n"], "confusion_matrix": m["confusion_matrix"]})
+        rows.append(
+            {
+                "setting": setting,
+                "train_status": resolved(train_c, size).label,
+                "test_status": test_c.label,
+                "noise_level": test_c.level if setting != SETTINGS[2] else train_c.level,
+                "corruption": test_c.kind,
+                "top1": m["accuracy"],
+                "balanced_accuracy": m["balanced_accuracy"],
+                "macro_f1": m["macro_f1"],
+                "n": m["n"],
+                "confusion_matrix": m["confusion_matrix"],
+            }
+        )
     return rows
 
 
@@ -105,9 +128,16 @@ def metric_key(row: dict[str, Any], metric: str, split: str = "test") -> str:
 
 def table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The thesis's form (train status, test status, top-1) plus balanced accuracy and macro-F1."""
-    return [{"train status": r["train_status"], "test status": r["test_status"], "top-1": round(r["top1"], 4),
-             "balanced accuracy": round(r["balanced_accuracy"], 4), "macro-F1": round(r["macro_f1"], 4)}
-            for r in rows]
+    return [
+        {
+            "train status": r["train_status"],
+            "test status": r["test_status"],
+            "top-1": round(r["top1"], 4),
+            "balanced accuracy": round(r["balanced_accuracy"], 4),
+            "macro-F1": round(r["macro_f1"], 4),
+        }
+        for r in rows
+    ]
 
 
 def noise_curves(rows: Sequence[dict[str, Any]], metric: str = "top1") -> dict[str, list[tuple[float, float]]]:
@@ -128,15 +158,20 @@ def plot_noise_curves(rows: Sequence[dict[str, Any]], path: str | Path, metric: 
     for (setting, points), marker in zip(noise_curves(rows, metric).items(), "osD"):
         x, y = zip(*points)
         ax.plot([100 * v for v in x], y, marker=marker, label=setting)
-    ax.set(xlabel="impulse noise (% of pixels, black:white 3:1)", ylabel="top-1 accuracy" if metric == "top1" else metric,
-           title="accuracy under salt-and-pepper noise", ylim=(0, 1.02))
+    ax.set(
+        xlabel="impulse noise (% of pixels, black:white 3:1)",
+        ylabel="top-1 accuracy" if metric == "top1" else metric,
+        title="accuracy under salt-and-pepper noise",
+        ylim=(0, 1.02),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-def plot_confusion_difference(cm: Sequence[Sequence[int]], cm_clean: Sequence[Sequence[int]], classes: list[str],
-                              path: str | Path, title: str) -> Path:
+def plot_confusion_difference(
+    cm: Sequence[Sequence[int]], cm_clean: Sequence[Sequence[int]], classes: list[str], path: str | Path, title: str
+) -> Path:
     """``cm - cm_clean`` in counts (rows = true class), red where the corrupted test has more."""
     diff = np.asarray(cm) - np.asarray(cm_clean)
     k = len(classes)
@@ -156,4 +191,3 @@ def plot_confusion_difference(cm: Sequence[Sequence[int]], cm_clean: Sequence[Se
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, path)
-

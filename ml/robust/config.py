@@ -18,8 +18,9 @@ class Corruption(BaseModel):
     kind: CorruptionKind = "none"
     level: float = Field(0.0, ge=0, le=1, description="Share of pixels hit by impulse noise.")
     kernel: int | None = Field(None, ge=1, description="Blur kernel side (odd); None: by image size.")
-    sigma: float | None = Field(None, gt=0, description="Gaussian sigma (along the direction for "
-                                                        "directional blur); None: from the kernel.")
+    sigma: float | None = Field(
+        None, gt=0, description="Gaussian sigma (along the direction for directional blur); None: from the kernel."
+    )
 
     @property
     def label(self) -> str:
@@ -37,17 +38,22 @@ class RobustnessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    noise_levels: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.03, 0.04, 0.05, 0.15], min_length=1,
-                                      description="Impulse-noise shares of pixels (thesis: 1-5% and 15%).")
+    noise_levels: list[float] = Field(
+        default_factory=lambda: [0.01, 0.02, 0.03, 0.04, 0.05, 0.15],
+        min_length=1,
+        description="Impulse-noise shares of pixels (thesis: 1-5% and 15%).",
+    )
     black_share: float = Field(0.75, ge=0, le=1, description="Share of noisy pixels set black (thesis 3:1).")
-    blur_kernel: int | None = Field(None, ge=1, description="Blur kernel side (odd); None: 3 up to 32 px, "
-                                                            "5 up to 96 px, 7 above.")
+    blur_kernel: int | None = Field(
+        None, ge=1, description="Blur kernel side (odd); None: 3 up to 32 px, 5 up to 96 px, 7 above."
+    )
     blur_sigma: float | None = Field(None, gt=0, description="Isotropic blur sigma; None: OpenCV's rule.")
     directional_angle: float = Field(45.0, description="Direction of the anisotropic blur (degrees).")
     directional_sigma_across: float = Field(0.5, gt=0, description="Soft-focus width across the direction (px).")
     blur: bool = Field(True, description="Also test the clean model on blurred test images.")
-    train_per_class: int | None = Field(None, gt=0, description="Cap on training images per class (seeded "
-                                                                "subset; a bounded budget); None: all.")
+    train_per_class: int | None = Field(
+        None, gt=0, description="Cap on training images per class (seeded subset; a bounded budget); None: all."
+    )
     seed: int = Field(0, ge=0, description="Seed of the corruptions and of the training subset.")
 
     @field_validator("noise_levels")
@@ -69,5 +75,7 @@ class RobustnessConfig(BaseModel):
     def blurs(self) -> list[Corruption]:
         if not self.blur:
             return []
-        return [Corruption(kind="gaussian_blur", kernel=self.blur_kernel, sigma=self.blur_sigma),
-                Corruption(kind="directional_blur", kernel=self.blur_kernel)]
+        return [
+            Corruption(kind="gaussian_blur", kernel=self.blur_kernel, sigma=self.blur_sigma),
+            Corruption(kind="directional_blur", kernel=self.blur_kernel),
+        ]

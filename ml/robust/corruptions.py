@@ -43,8 +43,9 @@ def impulse_counts(height: int, width: int, share: float, black_share: float = B
     return black, n - black
 
 
-def salt_and_pepper(images: np.ndarray, share: float, seed: int | tuple[int, ...] = 0,
-                    black_share: float = BLACK_SHARE) -> np.ndarray:
+def salt_and_pepper(
+    images: np.ndarray, share: float, seed: int | tuple[int, ...] = 0, black_share: float = BLACK_SHARE
+) -> np.ndarray:
     """A copy of ``images`` with exactly ``impulse_counts(H, W, share)`` pixels per image set to
     black (0, 0, 0) or white (255, 255, 255), at positions drawn without replacement. Image ``i``
     draws from the stream ``(*seed, i)`` (a tuple seed keeps e.g. splits apart)."""
@@ -92,8 +93,9 @@ def gaussian_kernel(size: int, sigma: float | None = None) -> np.ndarray:
     return k / k.sum()
 
 
-def directional_kernel(size: int, angle_deg: float = 45.0, sigma_along: float | None = None,
-                       sigma_across: float = 0.5) -> np.ndarray:
+def directional_kernel(
+    size: int, angle_deg: float = 45.0, sigma_along: float | None = None, sigma_across: float = 0.5
+) -> np.ndarray:
     """Anisotropic (size, size) kernel, float64, summing to 1: a Gaussian with standard deviation
     ``sigma_along`` (default size / 4) along the direction ``angle_deg`` (counter-clockwise from
     the x axis, image rows pointing down) and ``sigma_across`` across it (soft focus)."""
@@ -120,8 +122,8 @@ def blur(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     ph, pw = k.shape[0] // 2, k.shape[1] // 2
     out = np.empty_like(images)
     for start in range(0, len(images), _CHUNK):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + _CHUNK])).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + _CHUNK])).permute(0, 3, 1, 2).float()
         x = F.pad(x, (pw, pw, ph, ph), mode="reflect") if ph or pw else x
         y = F.conv2d(x, weight, groups=3)
-        out[start:start + _CHUNK] = y.round_().clamp_(0, 255).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        out[start : start + _CHUNK] = y.round_().clamp_(0, 255).permute(0, 2, 3, 1).to(torch.uint8).numpy()
     return out

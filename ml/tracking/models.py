@@ -88,11 +88,17 @@ def _upload_when_written(written: Future, run_id: str, folder: str) -> None:
     MlflowClient().log_artifacts(run_id, folder, artifact_path=MODEL_DIR)
 
 
-def model_meta(arch: str, classes: Sequence[str], snapshots: int,
-               extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def model_meta(
+    arch: str, classes: Sequence[str], snapshots: int, extra_meta: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Contents of ``model/model_meta.json``: what rebuilding the real module needs."""
-    return {**(extra_meta or {}), "arch": arch, "classes": list(classes), "num_classes": len(classes),
-            "snapshots": snapshots}
+    return {
+        **(extra_meta or {}),
+        "arch": arch,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "snapshots": snapshots,
+    }
 
 
 def log_model_flavour(
@@ -192,9 +198,13 @@ def log_training_digests(run_id: str, records: Any, dataset_version: str | None 
     records (``split``, ``sha256`` columns) of the train and val splits, per split, as
     ``reports/train_digests.json``. The promotion gate keeps its held-out set disjoint from them."""
     seen = records[records["split"].isin(TRAINED_SPLITS)]
-    payload = {"dataset_version": dataset_version, "splits": list(TRAINED_SPLITS),
-               "sha256": {split: sorted(set(seen.loc[seen["split"] == split, "sha256"].astype(str)))
-                          for split in TRAINED_SPLITS}}
+    payload = {
+        "dataset_version": dataset_version,
+        "splits": list(TRAINED_SPLITS),
+        "sha256": {
+            split: sorted(set(seen.loc[seen["split"] == split, "sha256"].astype(str))) for split in TRAINED_SPLITS
+        },
+    }
     MlflowClient().log_dict(run_id, payload, TRAIN_DIGESTS_FILE)
     return TRAIN_DIGESTS_FILE
 
@@ -228,9 +238,7 @@ def _run_id_of(model_uri: str) -> str:
 def _load_model_file(run_id: str, name: str) -> Any:
     """One file under the run's ``model/``: JSON parsed, weights via ``weights_only=True``."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{MODEL_DIR}/{name}", dst_path=tmp
-        )
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{MODEL_DIR}/{name}", dst_path=tmp)
         if name.endswith(".json"):
             return json.loads(Path(path).read_text())
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -256,8 +264,11 @@ def fetch_weights(uri: str, folder: Path) -> Path:
     version's own artifacts are the MLflow flavour only: its weights are read from the source
     run's ``model/`` folder."""
     if uri.startswith("models:/"):
-        return Path(mlflow.artifacts.download_artifacts(run_id=_run_id_of(uri), dst_path=str(folder),
-                                                        artifact_path=f"{MODEL_DIR}/{STATE_DICT_FILE}"))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=_run_id_of(uri), dst_path=str(folder), artifact_path=f"{MODEL_DIR}/{STATE_DICT_FILE}"
+            )
+        )
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     if local.is_file():
         return local

@@ -13,9 +13,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 REGISTERED_MODEL = "skin-lesion-classifier"
 
 
-def register_version(
-    model_uri: str, name: str = REGISTERED_MODEL, tags: Mapping[str, str] | None = None
-) -> str:
+def register_version(model_uri: str, name: str = REGISTERED_MODEL, tags: Mapping[str, str] | None = None) -> str:
     """Register the logged model at ``model_uri`` (``ModelInfo.model_uri`` as ``log_model``
     returns it: ``models:/<model_id>``) as a new version of ``name`` (created if needed); the
     version records the model's source run. Returns the version."""

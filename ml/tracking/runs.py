@@ -31,8 +31,12 @@ EXPERIMENT_KIND = "custom_model_development"
 # dataset and the validation metrics beside the run names.
 RUNS_VIEW_KEY = "skinflow"
 RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
-RUNS_VIEW_COLUMNS = ("attributes.`Dataset`", "metrics.`val_balanced_accuracy`", "metrics.`val_macro_f1`",
-                     "metrics.`val_loss`")
+RUNS_VIEW_COLUMNS = (
+    "attributes.`Dataset`",
+    "metrics.`val_balanced_accuracy`",
+    "metrics.`val_macro_f1`",
+    "metrics.`val_loss`",
+)
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 _DEFAULT_ARCH = "resnet18"
 _HEX = re.compile(r"^[0-9a-f]{12,}$")
@@ -62,8 +66,8 @@ def configure_mlflow(tracking_uri: str | None = None) -> str:
 def absolute_tracking_uri(uri: str) -> str:
     """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (Ray trials and workers run elsewhere)."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -90,7 +94,8 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
             if response.status_code in (401, 403):
                 raise ServiceUnavailableError(
                     f"MLflow tracking server at {shown} refused the credentials (HTTP {response.status_code}): "
-                    "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or the user:password in the URI")
+                    "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or the user:password in the URI"
+                )
             if response.status_code == 200:
                 return
             error = f"HTTP {response.status_code}"
@@ -103,7 +108,8 @@ def check_mlflow_available(uri: str, retries: int = 3, backoff: float = 1.0) -> 
         if attempt < retries - 1:
             time.sleep(backoff * 2**attempt)
     raise ServiceUnavailableError(
-        f"MLflow tracking server at {shown} is unreachable: {redact_text(str(error))} (after {retries} attempts)")
+        f"MLflow tracking server at {shown} is unreachable: {redact_text(str(error))} (after {retries} attempts)"
+    )
 
 
 def ensure_experiment(name: str, artifact_location: str | None = None):
@@ -119,8 +125,11 @@ def ensure_experiment(name: str, artifact_location: str | None = None):
         except mlflow.exceptions.MlflowException:  # created concurrently
             pass
         exp = client.get_experiment_by_name(name)
-    missing = {k: v for k, v in _experiment_tags().items()
-               if exp.tags.get(k) != v and not (k == EXPERIMENT_KIND_TAG and k in exp.tags)}
+    missing = {
+        k: v
+        for k, v in _experiment_tags().items()
+        if exp.tags.get(k) != v and not (k == EXPERIMENT_KIND_TAG and k in exp.tags)
+    }
     for key, value in missing.items():
         client.set_experiment_tag(exp.experiment_id, key, value)
     return client.get_experiment(exp.experiment_id) if missing else exp
@@ -135,8 +144,10 @@ def runs_page_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
     """The page of an experiment's runs in the MLflow UI at ``ui`` (a tracking server, or
     ``mlflow ui`` on a local store): the runs table, not the GenAI overview, with skinflow's
     columns (:func:`ensure_experiment` stores them on the experiment)."""
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}")
+    return (
+        f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+    )
 
 
 def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
@@ -268,4 +279,3 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-

@@ -49,10 +49,10 @@ from PIL import Image
 
 from ml.data.cache import resize_crop
 from ml.data.images import load_rgb
+from ml.tracking.models import META, MODEL_DIR, WEIGHTS, _model_requirements
 from ml.train.models import build_model
 from ml.train.precision import resolve_device
 from ml.train.predict import StateDict, ensemble_proba
-from ml.tracking.models import META, MODEL_DIR, WEIGHTS, _model_requirements
 
 # what ml's code on the prediction path imports besides torch, torchvision, numpy and mlflow
 SERVING_PACKAGES = ("pandas", "pillow", "pydantic", "pyyaml", "tqdm")
@@ -74,8 +74,9 @@ class SnapshotEnsembleClassifier(mlflow.pyfunc.PythonModel):
         weights = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
         self.set_weights(meta, weights if isinstance(weights, list) else [weights])
 
-    def set_weights(self, meta: Mapping[str, Any], states: Sequence[StateDict],
-                    device: str | torch.device = "auto") -> None:
+    def set_weights(
+        self, meta: Mapping[str, Any], states: Sequence[StateDict], device: str | torch.device = "auto"
+    ) -> None:
         """Use ``states`` (one per snapshot) of the ``meta["arch"]`` module described by ``meta``."""
         if not states:
             raise ValueError("a served model needs at least one state dict")
@@ -115,8 +116,10 @@ def _items(model_input: Any) -> list:
         if "path" in model_input.columns:
             return model_input["path"].tolist()
         if model_input.shape[1] != 1:
-            raise ValueError(f"a DataFrame input needs a 'path' column or exactly one column, "
-                             f"got columns {list(model_input.columns)}")
+            raise ValueError(
+                f"a DataFrame input needs a 'path' column or exactly one column, "
+                f"got columns {list(model_input.columns)}"
+            )
         return model_input.iloc[:, 0].tolist()
     if isinstance(model_input, pd.Series):
         return model_input.tolist()
@@ -128,8 +131,10 @@ def _items(model_input: Any) -> list:
         return list(model_input)
     if isinstance(model_input, (list, tuple)):
         return list(model_input)
-    raise TypeError(f"expected images (an (N, H, W, 3) uint8 array or a list of (H, W, 3) arrays) or image "
-                    f"paths (a list, Series or DataFrame of str), got {type(model_input).__name__}")
+    raise TypeError(
+        f"expected images (an (N, H, W, 3) uint8 array or a list of (H, W, 3) arrays) or image "
+        f"paths (a list, Series or DataFrame of str), got {type(model_input).__name__}"
+    )
 
 
 def _rgb_array(item: Any, index: int) -> np.ndarray:
@@ -159,10 +164,15 @@ def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dic
         "signature": serving_signature(meta["classes"]),
         # declared, not inferred: inference loads the model in a subprocess (seconds per run)
         "pip_requirements": _model_requirements(SERVING_PACKAGES),
-        "metadata": {"classes": list(meta["classes"]), "size": int(meta["size"]), "tta": bool(meta.get("tta")),
-                     "snapshots": int(meta.get("snapshots", 0)), "arch": meta["arch"],
-                     "input": "uint8 RGB images (N,H,W,3) or list of (H,W,3), any size; or image paths",
-                     "output": "DataFrame of class probabilities, one column per class"},
+        "metadata": {
+            "classes": list(meta["classes"]),
+            "size": int(meta["size"]),
+            "tta": bool(meta.get("tta")),
+            "snapshots": int(meta.get("snapshots", 0)),
+            "arch": meta["arch"],
+            "input": "uint8 RGB images (N,H,W,3) or list of (H,W,3), any size; or image paths",
+            "output": "DataFrame of class probabilities, one column per class",
+        },
     }
 
 

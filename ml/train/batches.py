@@ -87,8 +87,11 @@ class TrainBatches:
         return images, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        host = (prefetched(self.loader, self.prefetch, self._host_batch) if self.prefetch
-                else map(self._host_batch, self.loader))
+        host = (
+            prefetched(self.loader, self.prefetch, self._host_batch)
+            if self.prefetch
+            else map(self._host_batch, self.loader)
+        )
         for images, labels in host:
             x = to_float_batch(images.to(self.device, non_blocking=True), *self.norm)
             x = augment_batch(x, self.generators["augment"])

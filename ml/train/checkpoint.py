@@ -30,8 +30,13 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": random.getstate(),
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
@@ -43,14 +48,20 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
     random.setstate(state["python"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +75,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write a checkpoint whole or not at all (``ml.storage.atomic_write``), with its SHA-256
     beside it (``<path>.sha256``); a full disk raises ``StorageFullError`` naming ``path`` and
     leaves the previous checkpoint in place."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # through Python's file: a full disk raises OSError (ENOSPC, EFBIG)
             try:

@@ -12,17 +12,26 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ScheduleName = Literal["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"]
-ArchName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
-                   "resnext50_32x4d", "resnext101_32x8d", "efficientnet_lite0", "efficientnet_lite1",
-                   "efficientnet_lite2"]
+ArchName = Literal[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+]
 VARIANTS: tuple[str, ...] = get_args(ScheduleName)
 ARCHS: tuple[str, ...] = get_args(ArchName)
 # Families share a head name, a layer-group layout and the input normalisation of their ImageNet weights.
 ARCH_FAMILIES = ("resnet", "densenet", "efficientnet_lite")  # resnet: ResNet and ResNeXt
 EPOCH_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 MONITORS = ("train_loss", "val_loss") + tuple(f"val_{m}" for m in EPOCH_METRICS)
-Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-                  "val_auroc_macro"]
+Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_auroc_macro"]
 assert get_args(Monitor) == MONITORS
 # Config fields that may differ between an interrupted run and its resumption.
 _RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "checkpoint_interval_s", "progress")
@@ -52,14 +61,23 @@ class TrainConfig(_Config):
     schedule: ScheduleName = Field("sgdr_dlr_clm", description="Optimiser and LR schedule variant.")
     lr: float | None = Field(None, gt=0, description="Peak (head) LR; None: chosen by an LR range test.")
     lr_min: float | None = Field(None, ge=0, description="Floor of the cosine schedules (default lr / 100).")
-    epochs: int = Field(7, gt=0, description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles. A budget "
-                                             "that ends inside a cycle trains to the last whole one (fit warns).")
+    epochs: int = Field(
+        7,
+        gt=0,
+        description="Epochs; 7 = 1+2+4 completes three sgdr_dlr_clm cycles. A budget "
+        "that ends inside a cycle trains to the last whole one (fit warns).",
+    )
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    amp: bool = Field(False, description="Mixed precision where it helps on this machine: CUDA, or a CPU with "
-                                         "native bf16 (avx512_bf16/amx_bf16); elsewhere fp32.")
-    force_amp: bool = Field(False, description="With amp: bf16 autocast even on a CPU without native bf16 "
-                                               "(can be many times slower than fp32).")
+    amp: bool = Field(
+        False,
+        description="Mixed precision where it helps on this machine: CUDA, or a CPU with "
+        "native bf16 (avx512_bf16/amx_bf16); elsewhere fp32.",
+    )
+    force_amp: bool = Field(
+        False,
+        description="With amp: bf16 autocast even on a CPU without native bf16 (can be many times slower than fp32).",
+    )
     channels_last: bool = False
     snapshots: int = Field(3, ge=0, description="Snapshot-ensemble size (cycle ends kept); 0 = off.")
     early_stopping_patience: int | None = Field(None, gt=0)
@@ -69,9 +87,13 @@ class TrainConfig(_Config):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
     num_workers: int = Field(0, ge=0)
-    checkpoint_dir: str | None = Field(None, description=(
-        "Folder of the run's checkpoint (last.pt): the same command run again resumes from it and ends as an "
-        "uninterrupted run would; its MLflow run supersedes the interrupted one."))
+    checkpoint_dir: str | None = Field(
+        None,
+        description=(
+            "Folder of the run's checkpoint (last.pt): the same command run again resumes from it and ends as an "
+            "uninterrupted run would; its MLflow run supersedes the interrupted one."
+        ),
+    )
     # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
     # since the last one (and always after the final epoch), like Lightning's train_time_interval
     checkpoint_interval_s: float = Field(0.0, ge=0)
@@ -90,11 +112,15 @@ class SweepConfig(_Config):
     gpus_per_trial: float | None = Field(None, ge=0, description="Default: 1 when CUDA is present, else 0.")
     cpus_per_trial: int = Field(1, gt=0)
     max_failures: int = Field(1, ge=0, description="Retries of a failed trial (its Ray node died) from its checkpoint.")
-    checkpoint_interval_s: float = Field(30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch.")
+    checkpoint_interval_s: float = Field(
+        30.0, ge=0, description="Seconds between a trial's checkpoints; 0 = every epoch."
+    )
     name: str | None = Field(None, description="Tune experiment name: an interrupted one's resumes it.")
     trial_resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources each trial asks for besides CPUs and GPUs, e.g. "
-                                          "{'worker_node': 1} to place trials on nodes started with that resource.")
+        default_factory=dict,
+        description="Custom Ray resources each trial asks for besides CPUs and GPUs, e.g. "
+        "{'worker_node': 1} to place trials on nodes started with that resource.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> SweepConfig:
@@ -104,8 +130,10 @@ class SweepConfig(_Config):
                 raise ValueError(f"{field} lists a value twice: {values}")
         reserved = sorted({"cpu", "gpu", "CPU", "GPU"} & set(self.trial_resources))
         if reserved or any(v <= 0 for v in self.trial_resources.values()):
-            raise ValueError(f"trial_resources are positive amounts of custom resources (CPUs and GPUs: "
-                             f"cpus_per_trial, gpus_per_trial), got {self.trial_resources}")
+            raise ValueError(
+                f"trial_resources are positive amounts of custom resources (CPUs and GPUs: "
+                f"cpus_per_trial, gpus_per_trial), got {self.trial_resources}"
+            )
         return self
 
 

@@ -61,7 +61,7 @@ class CycleEndScore(Callback):
         self.at_cycle_end = epoch in self._ends
         if not self.at_cycle_end:
             return
-        self.probs = (self.probs + [state.val_probs])[-self._window:]
+        self.probs = (self.probs + [state.val_probs])[-self._window :]
         metrics = classification_metrics(self.labels, self.ensemble_probs(), state.classes)
         self.value = float(metrics["balanced_accuracy"])
         self.cycle_epoch = epoch
@@ -69,8 +69,12 @@ class CycleEndScore(Callback):
     def save(self, path: str | Path) -> None:
         probs = np.stack(self.probs) if self.probs else np.zeros((0, 0))
         with open(path, "wb") as f:
-            np.savez(f, probs=probs, value=np.float64(math.nan if self.value is None else self.value),
-                     cycle_epoch=np.int64(self.cycle_epoch))
+            np.savez(
+                f,
+                probs=probs,
+                value=np.float64(math.nan if self.value is None else self.value),
+                cycle_epoch=np.int64(self.cycle_epoch),
+            )
 
     def load(self, path: str | Path) -> None:
         with np.load(path, allow_pickle=False) as saved:

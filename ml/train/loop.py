@@ -22,8 +22,16 @@ from tqdm.auto import tqdm
 
 from ml.eval.metrics import classification_metrics, nll
 from ml.train.batches import Arrays, TrainBatches, normalisation_for
-from ml.train.checkpoint import (StateDict, cpu_state, load_checkpoint, progress_bar, rng_state, save_atomic,
-                                 seed_everything, set_rng_state)
+from ml.train.checkpoint import (
+    StateDict,
+    cpu_state,
+    load_checkpoint,
+    progress_bar,
+    rng_state,
+    save_atomic,
+    seed_everything,
+    set_rng_state,
+)
 from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import Precision, autocast, precision_for, resolve_device
@@ -33,6 +41,7 @@ from ml.train.transforms import Stats
 
 CHECKPOINT_FILE = "last.pt"
 log = logging.getLogger("ml.train")
+
 
 @dataclass
 class TrainState:
@@ -125,7 +134,6 @@ def _resume_key(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
 
 
-
 # --- the loop -------------------------------------------------------------------------------
 
 
@@ -160,8 +168,12 @@ class _Run:
             "lr_trace": self.lr_trace,
             "snapshots": self.snapshots,
             "snapshot_iterations": self.snapshot_iterations,
-            "best": {"epoch": self.best_epoch, "value": self.best_value, "state": self.best_state,
-                     "bad_epochs": self.bad_epochs},
+            "best": {
+                "epoch": self.best_epoch,
+                "value": self.best_value,
+                "state": self.best_state,
+                "bad_epochs": self.bad_epochs,
+            },
             "stopped_early": self.stopped_early,
             "elapsed": self.elapsed,
             "rng": rng_state(self.generators),
@@ -178,7 +190,11 @@ class _Run:
         self.snapshots, self.snapshot_iterations = ckpt["snapshots"], ckpt["snapshot_iterations"]
         best = ckpt["best"]
         self.best_epoch, self.best_value, self.best_state, self.bad_epochs = (
-            best["epoch"], best["value"], best["state"], best["bad_epochs"])
+            best["epoch"],
+            best["value"],
+            best["state"],
+            best["bad_epochs"],
+        )
         self.stopped_early, self.elapsed = ckpt["stopped_early"], ckpt["elapsed"]
         set_rng_state(ckpt["rng"], self.generators)
 
@@ -223,8 +239,9 @@ def _maybe_snapshot(run: _Run, callbacks: Sequence[Callback]) -> None:
         cb.on_snapshot(ends.index(s.iteration), s.iteration, s)
 
 
-def _train_epoch(run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None,
-                 callbacks: Sequence[Callback], bar: tqdm) -> float:
+def _train_epoch(
+    run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None, callbacks: Sequence[Callback], bar: tqdm
+) -> float:
     s = run.state
     s.model.train()
     sync_every = _CUDA_SYNC_EVERY if s.device.type == "cuda" else 1
@@ -243,7 +260,9 @@ def _train_epoch(run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None
     return mean
 
 
-def _validate(run: _Run, val: Arrays, classes: list[str], norm: Stats, amp_dtype: torch.dtype | None) -> dict[str, float]:
+def _validate(
+    run: _Run, val: Arrays, classes: list[str], norm: Stats, amp_dtype: torch.dtype | None
+) -> dict[str, float]:
     s = run.state
     probs = s.val_probs = predict_proba(s.model, val[0], norm, s.device, max(128, s.cfg.batch_size), amp_dtype)
     metrics = classification_metrics(val[1], probs, classes)
@@ -318,8 +337,15 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     norm = normalisation_for(cfg, train[0])
     batches = TrainBatches(train, len(classes), cfg, norm, device)
-    schedule = make_schedule(cfg.schedule, layer_groups(model, cfg.arch), cfg.lr, len(batches), cfg.epochs,
-                             lr_min=cfg.lr_min, weight_decay=cfg.weight_decay)
+    schedule = make_schedule(
+        cfg.schedule,
+        layer_groups(model, cfg.arch),
+        cfg.lr,
+        len(batches),
+        cfg.epochs,
+        lr_min=cfg.lr_min,
+        weight_decay=cfg.weight_decay,
+    )
     run = _Run(
         state=TrainState(cfg, list(classes), model, schedule, device),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"),
@@ -336,8 +362,15 @@ def fit(
     return result
 
 
-def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_dtype: torch.dtype | None,
-                callbacks: Sequence[Callback], ckpt_path: Path | None) -> None:
+def _run_epochs(
+    run: _Run,
+    batches: TrainBatches,
+    val: Arrays,
+    norm: Stats,
+    amp_dtype: torch.dtype | None,
+    callbacks: Sequence[Callback],
+    ckpt_path: Path | None,
+) -> None:
     s = run.state
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,8 +401,9 @@ def _run_epochs(run: _Run, batches: TrainBatches, val: Arrays, norm: Stats, amp_
         s.checkpoint_epoch = s.epoch
 
 
-def _finish(run: _Run, val: Arrays, norm: Stats, precision: Precision,
-            weights_report: dict[str, Any] | None) -> TrainResult:
+def _finish(
+    run: _Run, val: Arrays, norm: Stats, precision: Precision, weights_report: dict[str, Any] | None
+) -> TrainResult:
     s = run.state
     if run.best_state is not None:
         s.model.load_state_dict(run.best_state)

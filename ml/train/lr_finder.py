@@ -89,9 +89,7 @@ def lr_range_test(
         raise ValueError(f"the optimizer's parameter groups need a positive initial lr, got {bases}")
     scales = [b / max(bases) for b in bases]
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16 and dev.type == "cuda")
 
     model_state = copy.deepcopy(model.state_dict())
@@ -178,8 +176,9 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
     }
 
 
-def bracket_to_minimum(suggestions: dict[str, float], lrs: Sequence[float],
-                       min_width_decades: float = 0.5) -> tuple[float, float]:
+def bracket_to_minimum(
+    suggestions: dict[str, float], lrs: Sequence[float], min_width_decades: float = 0.5
+) -> tuple[float, float]:
     """The thesis's bracket: the neighbourhood *below* the minimum-loss point on the log scale,
     from the lower of ``valley`` and ``min_div10`` up to the LR of the minimum smoothed loss
     (``10 * min_div10``), at least ``min_width_decades`` wide, clipped to the tested range

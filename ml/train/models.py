@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from importlib import metadata
 import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -79,8 +79,13 @@ def head_name(arch: str) -> str:
     return _HEADS[arch_family(arch)]
 
 
-def build_model(arch: str, num_classes: int, weights: str = "none", storage: Storage | None = None,
-                fetch: WeightsFetcher | None = None) -> nn.Module:
+def build_model(
+    arch: str,
+    num_classes: int,
+    weights: str = "none",
+    storage: Storage | None = None,
+    fetch: WeightsFetcher | None = None,
+) -> nn.Module:
     """Build `arch` with a fresh `num_classes` head, then load `weights` (see `load_weights`)."""
     _check_arch(arch)
     if arch_family(arch) == "efficientnet_lite":
@@ -123,6 +128,7 @@ def layer_groups(model: nn.Module, arch: str) -> list[list[nn.Parameter]]:
 def _efficientnet_groups(model: nn.Module) -> list[list[nn.Module]]:
     """Stem; then the seven stages by output stride like ResNet's layer1-4 (/4: stages 1-2, /8: 3,
     /16: 4-5, /32: 6-7 with the head convolution); then the classifier."""
+
     def stages(first: int, last: int) -> nn.Module:
         return model._blocks[model.stages[first][0] : model.stages[last][1]]
 
@@ -198,8 +204,13 @@ def packaged_weights_path(arch: str, distribution: str | None = None) -> tuple[P
     return path, package
 
 
-def load_weights(model: nn.Module, spec: str | os.PathLike, arch: str, storage: Storage | None = None,
-                 fetch: WeightsFetcher | None = None) -> WeightsReport:
+def load_weights(
+    model: nn.Module,
+    spec: str | os.PathLike,
+    arch: str,
+    storage: Storage | None = None,
+    fetch: WeightsFetcher | None = None,
+) -> WeightsReport:
     """Load weights named by `spec` into `model` in place.
 
     `spec`: ``none``; ``imagenet`` (torch's hub cache, or the arch's package in ``PACKAGED_WEIGHTS``);
@@ -266,12 +277,13 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str, sou
             report.skipped.append(key)
         else:
             where = f"{arch}'s is {tuple(own[key].shape)}" if key in own else f"{arch} has no such tensor"
-            raise WeightsMismatchError(
-                f"{source}: tensor {key!r} {tuple(value.shape)} does not fit {arch} ({where})")
+            raise WeightsMismatchError(f"{source}: tensor {key!r} {tuple(value.shape)} does not fit {arch} ({where})")
     report.missing = sorted(k for k in own if k not in usable)
     backbone_missing = [k for k in report.missing if not k.startswith(head)]
     if backbone_missing:
-        raise WeightsMismatchError(f"{source}: {len(backbone_missing)} backbone tensors missing, e.g. {backbone_missing[0]!r}")
+        raise WeightsMismatchError(
+            f"{source}: {len(backbone_missing)} backbone tensors missing, e.g. {backbone_missing[0]!r}"
+        )
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     return report

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-
 from typing import Any
 
 import torch
@@ -25,8 +24,7 @@ log = logging.getLogger("ml.train")
 # CPU flags (as /proc/cpuinfo and torch.cpu.get_capabilities() spell them) of native bf16 units.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below its bf16 kernels: convolutions then emulate bf16.
-_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
-                                "AVX512_CORE_VNNI"})
+_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
 _NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _logged: set[str] = set()  # reasons already logged by this process (one line each)
 
@@ -88,8 +86,13 @@ def onednn_isa_cap() -> str | None:
     return None
 
 
-def choose_precision(device: torch.device, amp: bool, force: bool = False,
-                     cpu_flags: Iterable[str] | None = None, capability: str | None = None) -> Precision:
+def choose_precision(
+    device: torch.device,
+    amp: bool,
+    force: bool = False,
+    cpu_flags: Iterable[str] | None = None,
+    capability: str | None = None,
+) -> Precision:
     """The precision a run on ``device`` trains in when ``amp`` is (not) requested.
 
     CUDA: bfloat16 if supported, else float16. CPU: bfloat16 only with native bf16 units
@@ -118,8 +121,11 @@ def choose_precision(device: torch.device, amp: bool, force: bool = False,
     else:
         return Precision(torch.bfloat16, f"amp on a CPU with native bf16 ({native})")
     if force:
-        return _logged_once(Precision(torch.bfloat16, f"amp forced (force_amp) although {why}: "
-                                                      "bf16 autocast may be much slower than fp32"))
+        return _logged_once(
+            Precision(
+                torch.bfloat16, f"amp forced (force_amp) although {why}: bf16 autocast may be much slower than fp32"
+            )
+        )
     return _logged_once(Precision(None, f"amp requested but {why}: training in fp32; force with force_amp"))
 
 

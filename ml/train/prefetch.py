@@ -38,7 +38,7 @@ def prefetched(items: Iterable, depth: int, prepare: Callable[[Any], Any] = lamb
                 if not put(prepare(item)):
                     return
             put(end)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             put(_Failed(exc))
 
     worker = threading.Thread(target=produce, name="skinflow-prefetch", daemon=True)

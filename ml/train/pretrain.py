@@ -26,12 +26,14 @@ def pretrain(
     """Fit a backbone on a source set (seeded stratified hold-out) and save it with
     `save_checkpoint_file`, so that ``weights=<out_path>`` transfers it (the head is skipped)."""
     val_mask = _stratified_holdout(labels, val_frac, cfg.seed)
-    return pretrain_backbone((images[~val_mask], labels[~val_mask]), (images[val_mask], labels[val_mask]), classes,
-                             cfg, str(out_path))
+    return pretrain_backbone(
+        (images[~val_mask], labels[~val_mask]), (images[val_mask], labels[val_mask]), classes, cfg, str(out_path)
+    )
 
 
-def pretrain_backbone(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig, out: str,
-                      storage: Storage | None = None) -> TrainResult:
+def pretrain_backbone(
+    train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig, out: str, storage: Storage | None = None
+) -> TrainResult:
     """Fit on a source set's train/val arrays and store ``{"arch","classes","state_dict"}`` at
     ``out`` (a path or ``s3://``), loadable later as ``weights=out`` (``weights_only=True``; the
     head is skipped on transfer)."""

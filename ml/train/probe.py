@@ -23,8 +23,12 @@ def pooled_features(model: torch.nn.Module, images: np.ndarray, stats: Stats, ba
     NHWC ``images`` normalised with ``stats``, in eval mode without gradients: (N, D) float32."""
     model.eval()
     with torch.no_grad():
-        return torch.cat([model.features(to_float_batch(torch.from_numpy(images[i:i + batch]), *stats)).float()
-                          for i in range(0, len(images), batch)]).numpy()
+        return torch.cat(
+            [
+                model.features(to_float_batch(torch.from_numpy(images[i : i + batch]), *stats)).float()
+                for i in range(0, len(images), batch)
+            ]
+        ).numpy()
 
 
 def linear_probe(train: Arrays, test: Arrays, c: float = 0.01) -> float:

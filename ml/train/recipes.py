@@ -12,22 +12,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.train.lr_finder import LRFinderResult, lr_range_test
 from ml.eval.metrics import classification_metrics, nll
-from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
-from ml.train.schedules import make_optimizer
 from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult
+from ml.train.lr_finder import LRFinderResult, lr_range_test
+from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import precision_for, resolve_device
+from ml.train.schedules import make_optimizer
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
-def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: int = 100,
-            start_lr: float = 1e-7, end_lr: float = 10.0, mode: str = "exp",
-            fetch_weights: WeightsFetcher | None = None) -> LRFinderResult:
+def find_lr(
+    train: Arrays,
+    classes: list[str],
+    cfg: TrainConfig,
+    *,
+    num_iter: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    mode: str = "exp",
+    fetch_weights: WeightsFetcher | None = None,
+) -> LRFinderResult:
     """LR range test on the configured model with the optimiser of ``cfg.schedule``'s family
     (:func:`ml.train.schedules.make_optimizer`: Adam for ``adam``, else SGD with momentum); DLR
     variants ramp the groups keeping their ratios, so the bracket is the head's LR."""
@@ -43,9 +51,18 @@ def find_lr(train: Arrays, classes: list[str], cfg: TrainConfig, *, num_iter: in
     groups = layer_groups(model, cfg.arch)
     opt = make_optimizer(cfg.schedule, groups, 1.0, weight_decay=cfg.weight_decay)
     loader = TrainBatches(train, len(classes), cfg, normalisation_for(cfg, train[0]), device)
-    return lr_range_test(model, loader, F.cross_entropy, opt, start_lr=start_lr, end_lr=end_lr,
-                         num_iter=num_iter, mode=mode, device=device,
-                         amp_dtype=precision_for(cfg).dtype)
+    return lr_range_test(
+        model,
+        loader,
+        F.cross_entropy,
+        opt,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        mode=mode,
+        device=device,
+        amp_dtype=precision_for(cfg).dtype,
+    )
 
 
 def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict[str, Any]:
@@ -57,14 +74,16 @@ def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict
     return {"metrics": metrics, "probs": probs, "pred": probs.argmax(1)}
 
 
-def training_plots(result: TrainResult, out_dir: str | Path, eval_data: Arrays | None = None,
-                   eval_probs: np.ndarray | None = None) -> dict[str, Path]:
+def training_plots(
+    result: TrainResult, out_dir: str | Path, eval_data: Arrays | None = None, eval_probs: np.ndarray | None = None
+) -> dict[str, Path]:
     """The PNGs people look at: schedule applied, curves, confusion matrix and ROC."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = {
-        "lr_schedule": plot_schedule(result.lr_trace, out / "lr_schedule.png",
-                                     cycle_end_iters=result.snapshot_iterations or None),
+        "lr_schedule": plot_schedule(
+            result.lr_trace, out / "lr_schedule.png", cycle_end_iters=result.snapshot_iterations or None
+        ),
         "curves": plot_curves(result.history, out / "curves.png"),
     }
     if eval_data is not None and eval_probs is not None:
@@ -77,12 +96,21 @@ def training_plots(result: TrainResult, out_dir: str | Path, eval_data: Arrays |
 def lr_finder_plot(res: LRFinderResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return plot_lr_finder(res.lrs, res.losses, out / "lr_finder.png", bracket=res.bracket, chosen=res.chosen,
-                          raw_losses=res.raw_losses, suggestions=res.suggestions, stopped_early=res.stopped_early)
+    return plot_lr_finder(
+        res.lrs,
+        res.losses,
+        out / "lr_finder.png",
+        bracket=res.bracket,
+        chosen=res.chosen,
+        raw_losses=res.raw_losses,
+        suggestions=res.suggestions,
+        stopped_early=res.stopped_early,
+    )
 
 
-def predict_logged(arch: str, classes: list[str], states: list[dict], norm, images: np.ndarray,
-                   tta: bool = False) -> np.ndarray:
+def predict_logged(
+    arch: str, classes: list[str], states: list[dict], norm, images: np.ndarray, tta: bool = False
+) -> np.ndarray:
     """Probabilities of a stored model: the mean softmax over its snapshot state dicts
     (one state = a single model), exactly as :meth:`TrainResult.predict_proba` computes them."""
     from ml.train.predict import ensemble_proba

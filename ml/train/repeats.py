@@ -12,8 +12,15 @@ from ml.train.loop import fit
 from ml.train.recipes import evaluate
 
 
-def repeated_fits(train: Arrays, val: Arrays, eval_data: Arrays, classes: list[str], cfg: TrainConfig,
-                  first_metrics: dict[str, Any], repeats: int) -> dict[str, Any]:
+def repeated_fits(
+    train: Arrays,
+    val: Arrays,
+    eval_data: Arrays,
+    classes: list[str],
+    cfg: TrainConfig,
+    first_metrics: dict[str, Any],
+    repeats: int,
+) -> dict[str, Any]:
     """Refit with seeds ``cfg.seed + 1 .. cfg.seed + repeats - 1`` and aggregate their metrics on
     ``eval_data`` with ``first_metrics`` (the fit with ``cfg.seed``; metrics of
     :func:`ml.train.recipes.evaluate`, so with ``loss``). Returns

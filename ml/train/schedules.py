@@ -144,13 +144,22 @@ def whole_cycle_epochs(variant: str, epochs: int) -> tuple[int, str | None]:
         return epochs, None
     upcoming = cycle_end_epochs(variant, 2 * epochs + 1)[len(ends)]
     trained = f"{ends[-1]} epoch{'s' if ends[-1] > 1 else ''}"
-    return ends[-1], (f"{variant}: {epochs} epochs end inside a cycle (its cycles end at epochs "
-                      f"{', '.join(map(str, ends + [upcoming]))}, ...): training {trained}, "
-                      f"the last whole cycle; {upcoming} would complete the next")
+    return ends[-1], (
+        f"{variant}: {epochs} epochs end inside a cycle (its cycles end at epochs "
+        f"{', '.join(map(str, ends + [upcoming]))}, ...): training {trained}, "
+        f"the last whole cycle; {upcoming} would complete the next"
+    )
 
 
-def make_optimizer(variant: str, param_groups: list[list[torch.nn.Parameter]], lr: float, *,
-                   momentum: float = 0.9, weight_decay: float = 1e-4, dlr_ratio: float = 0.01) -> torch.optim.Optimizer:
+def make_optimizer(
+    variant: str,
+    param_groups: list[list[torch.nn.Parameter]],
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    dlr_ratio: float = 0.01,
+) -> torch.optim.Optimizer:
     """The optimiser of ``variant`` over the layer groups (first to head): Adam for ``adam``,
     else SGD with momentum; group LRs log-spaced from ``dlr_ratio * lr`` to ``lr`` for the DLR
     variants, else ``lr`` for every group. ``momentum`` is ignored by Adam."""
@@ -198,8 +207,9 @@ def make_schedule(
         raise ValueError(f"lr_min must be in [0, lr={lr}], got {lr_min}")
 
     total = steps_per_epoch * epochs
-    optimizer = make_optimizer(variant, param_groups, lr, momentum=momentum, weight_decay=weight_decay,
-                               dlr_ratio=dlr_ratio)
+    optimizer = make_optimizer(
+        variant, param_groups, lr, momentum=momentum, weight_decay=weight_decay, dlr_ratio=dlr_ratio
+    )
 
     scheduler: LRScheduler
     if variant in STEP_DECAY_VARIANTS:

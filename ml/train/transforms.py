@@ -63,7 +63,9 @@ def to_float_batch(
 
 
 @functools.lru_cache(maxsize=32)
-def _stats_on(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats_on(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(1,3,1,1) mean and std tensors on `device`, made once: building them per batch from Python
     floats is a blocking host-to-device copy that stalls the CUDA queue every step."""
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))

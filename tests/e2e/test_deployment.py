@@ -37,10 +37,10 @@ def deployed(request):
         run_dir = request.getfixturevalue("local_stack")[0]
     else:
         run_dir = request.getfixturevalue("team_stack").run_dir
-    env = {**os.environ, **read_stack_env(run_dir / "env"), "PREFECT_HOME": str(run_dir / "cli-home"),
-           "PWD": str(REPO)}
-    out = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = {**os.environ, **read_stack_env(run_dir / "env"), "PREFECT_HOME": str(run_dir / "cli-home"), "PWD": str(REPO)}
+    out = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return env
 
@@ -49,11 +49,21 @@ def test_every_deployment_is_registered_and_nightly_is_scheduled(deployed):
     out = subprocess.run([PREFECT, "deployment", "ls"], env=deployed, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     listing = out.stdout.replace("\n", " ")
-    for name in ("retrain/nightly", "retrain/on-demand", "validate/on-demand", "train/on-demand", "tune/on-demand",
-                 "robustness/on-demand", "interpret/on-demand", "monitor/daily", "monitor/on-demand"):
+    for name in (
+        "retrain/nightly",
+        "retrain/on-demand",
+        "validate/on-demand",
+        "train/on-demand",
+        "tune/on-demand",
+        "robustness/on-demand",
+        "interpret/on-demand",
+        "monitor/daily",
+        "monitor/on-demand",
+    ):
         assert name in listing, f"{name} missing from: {out.stdout}"
-    inspect = subprocess.run([PREFECT, "deployment", "inspect", "retrain/nightly"], env=deployed,
-                             capture_output=True, text=True, timeout=120)
+    inspect = subprocess.run(
+        [PREFECT, "deployment", "inspect", "retrain/nightly"], env=deployed, capture_output=True, text=True, timeout=120
+    )
     assert "0 2 * * *" in inspect.stdout
 
 
@@ -63,12 +73,27 @@ def test_deployment_run_lands_in_the_mlflow_server(deployed, tmp_path):
     data = tmp_path / "synth"
     generate(data, SynthConfig(per_class=10, size=40, seed=3), progress=False)
     policy = tmp_path / "promotion.yaml"  # tiny data: no recall floor, so the first version is promoted
-    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
-                      "min_disjoint_heldout: 5\n")  # the tiny test split has ~20 images
-    params = {"data": {"source": str(data), "size": 32}, "training": {"epochs": 1, "batch_size": 16},
-              "validate_data": False, "policy": str(policy), "out_dir": str(tmp_path / "out")}
-    cmd = [PREFECT, "deployment", "run", "retrain/on-demand", "--params", json.dumps(params),
-           "--watch", "--watch-timeout", "420"]
+    policy.write_text(
+        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 5\n"
+    )  # the tiny test split has ~20 images
+    params = {
+        "data": {"source": str(data), "size": 32},
+        "training": {"epochs": 1, "batch_size": 16},
+        "validate_data": False,
+        "policy": str(policy),
+        "out_dir": str(tmp_path / "out"),
+    }
+    cmd = [
+        PREFECT,
+        "deployment",
+        "run",
+        "retrain/on-demand",
+        "--params",
+        json.dumps(params),
+        "--watch",
+        "--watch-timeout",
+        "420",
+    ]
     run = subprocess.run(cmd, env=deployed, capture_output=True, text=True, timeout=480)
     assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
@@ -84,8 +109,12 @@ def test_deployment_run_lands_in_the_mlflow_server(deployed, tmp_path):
     assert version.tags["dataset_version"] == runs[0].data.tags["dataset_version"]
     assert client.get_model_version_by_alias("skin-lesion-classifier", "champion").version == "1"
     # the model's weights went to the stack's S3 bucket through the MLflow server
-    s3 = boto3.client("s3", endpoint_url=deployed["SKINFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id=deployed["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=deployed["AWS_SECRET_ACCESS_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=deployed["SKINFLOW_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=deployed["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=deployed["AWS_SECRET_ACCESS_KEY"],
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=deployed["SKINFLOW_S3_BUCKET"])["Contents"]]
     assert any(k.endswith("state_dict.pt") for k in keys)

@@ -29,7 +29,9 @@ def _retrain_runs(env: dict) -> list:
         async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
             return await client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["on-demand"])))
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["on-demand"])),
+            )
+
     return asyncio.run(read())
 
 
@@ -40,20 +42,29 @@ def _delete(env: dict, runs: list) -> None:
         async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
             for run in runs:
                 await client.delete_flow_run(run.id)
+
     asyncio.run(delete())
 
 
 @pytest.fixture(scope="module")
 def stack_env(local_stack, tmp_path_factory):
     run_dir, _, _, _ = local_stack
-    env = {**os.environ, **read_stack_env(run_dir / "env"), "PREFECT_HOME": str(run_dir / "cli-home"),
-           "PWD": str(REPO), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **read_stack_env(run_dir / "env"),
+        "PREFECT_HOME": str(run_dir / "cli-home"),
+        "PWD": str(REPO),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("SKINFLOW_DRIFT_APPRISE_URL", None)
-    out = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    pause = subprocess.run([PREFECT, "work-pool", "pause", "skinflow-pool"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    pause = subprocess.run(
+        [PREFECT, "work-pool", "pause", "skinflow-pool"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert pause.returncode == 0, pause.stderr
     try:
         yield env
@@ -84,8 +95,12 @@ def monitored(stack_env, tmp_path_factory):
     os.environ.update({k: stack_env[k] for k in old})
     try:
         mlflow.set_tracking_uri(stack_env["MLFLOW_TRACKING_URI"])
-        log_model_weights(run.info.run_id, build_model("resnet18", len(LABELS)).state_dict(), [],
-                          model_meta("resnet18", list(LABELS), 0, {"norm": [[0.5] * 3, [0.25] * 3], "size": 24}))
+        log_model_weights(
+            run.info.run_id,
+            build_model("resnet18", len(LABELS)).state_dict(),
+            [],
+            model_meta("resnet18", list(LABELS), 0, {"norm": [[0.5] * 3, [0.25] * 3], "size": 24}),
+        )
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -94,8 +109,19 @@ def monitored(stack_env, tmp_path_factory):
 
 
 def _drift(env: dict, monitored: dict, out: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "flows.cli", "drift", str(monitored["root"] / "batch"), "--model", monitored["model"],
-           "--reference", str(monitored["root"] / "reference"), "--out", str(monitored["root"] / out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "drift",
+        str(monitored["root"] / "batch"),
+        "--model",
+        monitored["model"],
+        "--reference",
+        str(monitored["root"] / "reference"),
+        "--out",
+        str(monitored["root"] / out),
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
 

@@ -38,8 +38,11 @@ def env(prefect_harness, tmp_path_factory, monkeypatch_module):
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 async def _artifacts(key: str):
@@ -52,12 +55,14 @@ def test_augcheck_flow_produces_the_table_and_the_verdict(env):
 
     before = _digests(env["data"])
     out = env["root"] / "out"
-    kwargs = dict(data=DataConfig(source=str(env["data"]), test_frac=0.25),
-                  check=AugCheckConfig(ratio=0.3, n_synthetic=24, classifiers=2, epochs=1, grid_images=4,
-                                       closest_pairs=3),
-                  gan=ProGANConfig(resolution=16, fade_iters=3, stable_iters=3, batch_size=8, latent_dim=16,
-                                   max_channels=16, progress=False),
-                  out_dir=str(out))
+    kwargs = dict(
+        data=DataConfig(source=str(env["data"]), test_frac=0.25),
+        check=AugCheckConfig(ratio=0.3, n_synthetic=24, classifiers=2, epochs=1, grid_images=4, closest_pairs=3),
+        gan=ProGANConfig(
+            resolution=16, fade_iters=3, stable_iters=3, batch_size=8, latent_dim=16, max_channels=16, progress=False
+        ),
+        out_dir=str(out),
+    )
     res = augcheck_flow(**kwargs)
 
     # the thesis's table form, one row per classifier, and a verdict with its reasons
@@ -84,8 +89,11 @@ def test_augcheck_flow_produces_the_table_and_the_verdict(env):
     assert client.get_experiment(run.info.experiment_id).name == "skinflow-augcheck"
     assert run.data.tags["verdict"] == res["verdict"] and run.info.status == "FINISHED"
     grids = sorted(a.path for a in client.list_artifacts(run.info.run_id, "plots/gan"))
-    assert grids == ["plots/gan/samples_stage0_4px.png", "plots/gan/samples_stage1_8px.png",
-                     "plots/gan/samples_stage2_16px.png"]
+    assert grids == [
+        "plots/gan/samples_stage0_4px.png",
+        "plots/gan/samples_stage1_8px.png",
+        "plots/gan/samples_stage2_16px.png",
+    ]
     reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/augcheck.json", "reports/estimates.json"} <= reports
     assert "plots/closest_pairs.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

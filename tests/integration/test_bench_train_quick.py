@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from bench.bench_train import PRECISIONS, VARIANTS
 
-from bench.bench_train import PRECISIONS, VARIANTS  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -23,19 +22,33 @@ pytestmark = pytest.mark.slow
 def test_quick_profile_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train.py"), "--quick", "--out", str(out),
-                           "--threads", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_train", "--quick", "--out", str(out), "--threads", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
-    for heading in ("## Machine", "## synth", "## Throughput", "## What this means", "flush denormal",
-                    "git commit", "--quick"):
+    for heading in (
+        "## Machine",
+        "## synth",
+        "## Throughput",
+        "## What this means",
+        "flush denormal",
+        "git commit",
+        "--quick",
+    ):
         assert heading in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     for variant in VARIANTS:
         for precision in PRECISIONS:
             # one row in the results table, one in the per-epoch curves table
-            assert sum(line.startswith(f"| {variant} | {precision}") for line in rows) == 2, \
+            assert sum(line.startswith(f"| {variant} | {precision}") for line in rows) == 2, (
                 f"missing row {variant}/{precision}"
+            )
     data = json.loads((tmp_path / "out" / "bench_train.json").read_text())
     (ds,) = data["datasets"]
     assert ds["dataset"] == "synth"

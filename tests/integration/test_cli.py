@@ -14,10 +14,25 @@ from flows.cli import app
 from tests.conftest import VENV_BIN
 
 runner = CliRunner()
-VERBS = [["data", "synth"], ["data", "manifest"], ["data", "split"], ["validate"], ["lr-find"], ["train"],
-         ["pretrain"], ["tune"], ["retrain"], ["curation-ab"], ["robustness"], ["interpret"], ["demo"], ["drift"],
-         ["stack", "up"], ["stack", "down"],
-         ["stack", "status"]]
+VERBS = [
+    ["data", "synth"],
+    ["data", "manifest"],
+    ["data", "split"],
+    ["validate"],
+    ["lr-find"],
+    ["train"],
+    ["pretrain"],
+    ["tune"],
+    ["retrain"],
+    ["curation-ab"],
+    ["robustness"],
+    ["interpret"],
+    ["demo"],
+    ["drift"],
+    ["stack", "up"],
+    ["stack", "down"],
+    ["stack", "status"],
+]
 
 
 def test_top_level_help_lists_every_verb():
@@ -53,25 +68,33 @@ def test_data_verbs_end_to_end(tmp_path):
     assert sum(splits.values()) == 60 and set(splits) == {"train", "val", "test"}
     assert abs(splits["test"] - 10) <= 6 and abs(splits["val"] - 10) <= 6
     assert (split.groupby("label")["split"].nunique() == 3).all()
-    out = runner.invoke(app, ["data", "split", str(ds), "--out", str(tmp_path / "x.csv"), "--test-frac", "0.6",
-                              "--val-frac", "0.5"])
+    out = runner.invoke(
+        app, ["data", "split", str(ds), "--out", str(tmp_path / "x.csv"), "--test-frac", "0.6", "--val-frac", "0.5"]
+    )
     assert out.exit_code == 2 and "error" in out.output
 
 
 def _skinflow(args, env, timeout=300):
     """Run the installed CLI in a subprocess (as a user does), against the session's Prefect server."""
-    return subprocess.run([str(VENV_BIN / "skinflow"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(VENV_BIN / "skinflow"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_validate_exits_nonzero_on_critical_failures(prefect_harness, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
     ds = tmp_path / "ds"
-    assert runner.invoke(app, ["data", "synth", "--out", str(ds), "--per-class", "6", "--size", "64",
-                               "--corrupt", "2"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["data", "synth", "--out", str(ds), "--per-class", "6", "--size", "64", "--corrupt", "2"]
+        ).exit_code
+        == 0
+    )
     out = _skinflow(["validate", str(ds), "--out", str(tmp_path / "val")], env)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAIL" in out.stdout and "integrity" in out.stdout
@@ -83,7 +106,9 @@ def test_validate_exits_nonzero_on_critical_failures(prefect_harness, tmp_path):
         named = [line for line in out.stdout.splitlines() if rel in line]
         assert named and any(r in named[0] for r in ("zero_bytes", "truncated")), (rel, out.stdout[-1500:])
     clean = tmp_path / "clean"
-    assert runner.invoke(app, ["data", "synth", "--out", str(clean), "--per-class", "10", "--size", "64"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["data", "synth", "--out", str(clean), "--per-class", "10", "--size", "64"]).exit_code == 0
+    )
     out = _skinflow(["validate", str(clean), "--out", str(tmp_path / "val2")], env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAIL" not in out.stdout and "data docs" in out.stdout
@@ -95,23 +120,60 @@ def test_train_and_lr_find_verbs(prefect_harness, tmp_path):
     `skinflow lr-find` prints the suggestion and the bracket."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
     ds = tmp_path / "ds"
     assert runner.invoke(app, ["data", "synth", "--out", str(ds), "--per-class", "8", "--size", "32"]).exit_code == 0
-    out = _skinflow(["lr-find", "--data", str(ds), "--size", "32", "--batch-size", "16", "--num-iter", "15",
-                     "--out", str(tmp_path / "lr")], env)
+    out = _skinflow(
+        [
+            "lr-find",
+            "--data",
+            str(ds),
+            "--size",
+            "32",
+            "--batch-size",
+            "16",
+            "--num-iter",
+            "15",
+            "--out",
+            str(tmp_path / "lr"),
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads(out.stdout[out.stdout.index("{"):])
+    res = json.loads(out.stdout[out.stdout.index("{") :])
     lo, hi = res["bracket"]
     assert lo < hi and set(res["suggestions"]) == {"valley", "steepest", "min_div10"}
     # the chosen rate is the minimum-loss LR / 10 (min_div10), held to the bracket
     assert res["chosen"] == pytest.approx(min(max(res["suggestions"]["min_div10"], lo), hi))
     assert (tmp_path / "lr" / "lr_finder.png").stat().st_size > 0
-    out = _skinflow(["train", "--data", str(ds), "--model", "resnet18", "--schedule", "sgdr_dlr_clm", "--amp",
-                     "--epochs", "3", "--size", "32", "--batch-size", "16", "--out", str(tmp_path / "train")], env)
+    out = _skinflow(
+        [
+            "train",
+            "--data",
+            str(ds),
+            "--model",
+            "resnet18",
+            "--schedule",
+            "sgdr_dlr_clm",
+            "--amp",
+            "--epochs",
+            "3",
+            "--size",
+            "32",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "train"),
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
     # --amp is bf16 where this CPU has native bf16, fp32 (with one warning saying why) where not
     import torch
     from mlflow import MlflowClient
@@ -142,13 +204,33 @@ def test_interrupted_tune_resumes_from_its_checkpoints(prefect_harness, tmp_path
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "PYTHONUNBUFFERED": "1",
+    }
     ds = tmp_path / "ds"
     assert runner.invoke(app, ["data", "synth", "--out", str(ds), "--per-class", "8", "--size", "32"]).exit_code == 0
     epochs = 40
-    args = ["tune", "--data", str(ds), "--schedules", "sgdr", "--amp", "off", "--epochs", str(epochs), "--size", "32",
-            "--checkpoint-interval", "0", "--name", "t-int"]
+    args = [
+        "tune",
+        "--data",
+        str(ds),
+        "--schedules",
+        "sgdr",
+        "--amp",
+        "off",
+        "--epochs",
+        str(epochs),
+        "--size",
+        "32",
+        "--checkpoint-interval",
+        "0",
+        "--name",
+        "t-int",
+    ]
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen([str(VENV_BIN / "skinflow"), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -165,11 +247,13 @@ def test_interrupted_tune_resumes_from_its_checkpoints(prefect_harness, tmp_path
             if first.poll() is None:
                 first.kill()
     said = (tmp_path / "first.log").read_text()
-    assert first.returncode == 130 and "was interrupted" in said and "`skinflow tune --name t-int`" in said, said[-3000:]
+    assert first.returncode == 130 and "was interrupted" in said and "`skinflow tune --name t-int`" in said, said[
+        -3000:
+    ]
     assert "every Ray Tune trial failed" not in said
     out = _skinflow(args, env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    res = json.loads(out.stdout[out.stdout.index("{"):])
+    res = json.loads(out.stdout[out.stdout.index("{") :])
     assert res["best"]["epochs"] == epochs and not res["failed"]
 
     previous = mlflow.get_tracking_uri()
@@ -178,8 +262,10 @@ def test_interrupted_tune_resumes_from_its_checkpoints(prefect_harness, tmp_path
         client = MlflowClient()
         exp = client.get_experiment_by_name("skinflow-tune")
         trial_runs = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
-        steps = [sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_balanced_accuracy"))
-                 for r in trial_runs]
+        steps = [
+            sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_balanced_accuracy"))
+            for r in trial_runs
+        ]
         tags = [r.data.tags for r in trial_runs]
     finally:
         mlflow.set_tracking_uri(previous)

@@ -16,8 +16,13 @@ from tests.conftest import VENV_BIN
 def _env(tmp: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SKINFLOW_"))}
     (tmp / "home").mkdir(exist_ok=True)
-    return {**keep, "HOME": str(tmp / "home"), "PREFECT_HOME": str(tmp / "prefect"),
-            "SKINFLOW_DATA_ROOT": str(tmp / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    return {
+        **keep,
+        "HOME": str(tmp / "home"),
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "SKINFLOW_DATA_ROOT": str(tmp / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +47,14 @@ CASES = {
     "manifest: unterminated quote": (["data", "manifest", "{root}/quote.csv"], "cannot parse CSV"),
     "manifest: empty CSV": (["data", "manifest", "{root}/blank.csv"], "cannot parse CSV"),
     "manifest: binary CSV": (["data", "manifest", "{root}/binary.csv"], "cannot parse CSV"),
-    "manifest: --out is a folder": (["data", "manifest", "{root}/nolabel.csv", "--out", "{root}/empty"],
-                                    "is a directory"),
-    "split: fractions over 1": (["data", "split", "{root}/ds", "--out", "{root}/s.csv", "--val-frac", "0.6",
-                                 "--test-frac", "0.5"], "must stay below 1"),
+    "manifest: --out is a folder": (
+        ["data", "manifest", "{root}/nolabel.csv", "--out", "{root}/empty"],
+        "is a directory",
+    ),
+    "split: fractions over 1": (
+        ["data", "split", "{root}/ds", "--out", "{root}/s.csv", "--val-frac", "0.6", "--test-frac", "0.5"],
+        "must stay below 1",
+    ),
     "train: unknown schedule": (["train", "--data", "{root}/ds", "--schedule", "cosine"], "schedule"),
     "train: zero epochs": (["train", "--data", "{root}/ds", "--epochs", "0"], "epochs"),
     "tune: bad --amp": (["tune", "--data", "{root}/ds", "--amp", "maybe"], "--amp takes on, off"),
@@ -59,8 +68,14 @@ def test_user_errors_are_one_line_and_exit_2(case, inputs, tmp_path):
     args, expected = CASES[case]
     args = [a.format(root=inputs) for a in args]
     started = time.monotonic()
-    out = subprocess.run([str(VENV_BIN / "skinflow"), *args], env=_env(tmp_path), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(VENV_BIN / "skinflow"), *args],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert out.returncode == 2, out.stdout[-1500:] + out.stderr[-1500:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
@@ -73,14 +88,25 @@ def test_user_errors_are_one_line_and_exit_2(case, inputs, tmp_path):
 
 
 def test_debug_shows_the_traceback(inputs, tmp_path):
-    out = subprocess.run([str(VENV_BIN / "skinflow"), "--debug", "data", "manifest", str(inputs / "nolabel.csv")],
-                         env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(VENV_BIN / "skinflow"), "--debug", "data", "manifest", str(inputs / "nolabel.csv")],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "Traceback" in out.stderr and "missing column(s)" in out.stderr
 
 
 def test_help_documents_the_exit_codes():
-    out = subprocess.run([str(VENV_BIN / "skinflow"), "--help"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "COLUMNS": "160"})
+    out = subprocess.run(
+        [str(VENV_BIN / "skinflow"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     for code in ("0 ok", "1 critical findings", "2 usage or input errors", "3 a service"):

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from ml.quality.features import image_features
 from ml.data.config import DataConfig
+from ml.quality.features import image_features
 from ml.settings import get_settings
 from ml.train.config import TrainConfig
 from tests.conftest import use_local_stores
@@ -43,8 +43,11 @@ async def _artifacts(key: str):
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env):
@@ -53,8 +56,11 @@ def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env
     data = ab_env["data"]
     before = _digests(data)
     out = ab_env["root"] / "out"
-    res = curation_ab_flow(data=DataConfig(source=str(data), size=32),
-                           training=TrainConfig(epochs=1, batch_size=16, lr=0.01), out_dir=str(out))
+    res = curation_ab_flow(
+        data=DataConfig(source=str(data), size=32),
+        training=TrainConfig(epochs=1, batch_size=16, lr=0.01),
+        out_dir=str(out),
+    )
 
     # originals untouched; the curated copy is a new version under the data root
     assert _digests(data) == before
@@ -82,8 +88,9 @@ def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env
     client = MlflowClient()
     exp = mlflow.get_experiment_by_name("skinflow-curation")
     assert exp is not None
-    children = client.search_runs([exp.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{res['parent_run_id']}'")
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res['parent_run_id']}'"
+    )
     by_arm = {r.data.tags["arm"]: r for r in children}
     assert set(by_arm) == {"baseline", "curated"}
     assert {a: r.info.run_id for a, r in by_arm.items()} == res["child_run_ids"]
@@ -117,9 +124,9 @@ def test_curation_ab_trains_both_arms_on_one_split_and_reports_the_deltas(ab_env
 
 
 def test_curation_ab_rejects_bad_requests_before_work(ab_env):
-    from flows.curation_ab import curation_ab_flow
-
     from prefect.exceptions import ParameterTypeError
+
+    from flows.curation_ab import curation_ab_flow
 
     data = DataConfig(source=str(ab_env["data"]))
     with pytest.raises(ParameterTypeError, match="steps.0: Input should be 'remove_confounders'"):

@@ -27,8 +27,9 @@ def dataset(tmp_path: Path) -> Path:
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / label / f"{i}.jpg")
     (root / "wheal" / "empty.jpg").write_bytes(b"")
     files = sorted(root.rglob("*.jpg"))
-    pd.DataFrame({"path": [p.relative_to(root).as_posix() for p in files],
-                  "label": [p.parent.name for p in files]}).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame(
+        {"path": [p.relative_to(root).as_posix() for p in files], "label": [p.parent.name for p in files]}
+    ).to_csv(root / "manifest.csv", index=False)
     return root
 
 
@@ -62,7 +63,7 @@ def test_s3_manifest_equals_local(storage, dataset: Path, tmp_path: Path, kind: 
     cache_dir = tmp_path / "data" / "s3cache"
     for row in remote.records.itertuples():
         assert Path(row.local_path).is_relative_to(cache_dir)
-        assert Path(row.local_path).read_bytes() == (dataset / row.path[len(uri) + 1:]).read_bytes()
+        assert Path(row.local_path).read_bytes() == (dataset / row.path[len(uri) + 1 :]).read_bytes()
     assert remote.bad[["path", "reason"]].values.tolist() == [[f"{uri}/wheal/empty.jpg", "zero_bytes"]]
 
 
@@ -74,8 +75,7 @@ def test_materialised_files_are_content_addressed(storage, dataset: Path) -> Non
     mtimes = {p: Path(p).stat().st_mtime_ns for p in first.records["local_path"]}
     second = build_manifest(uri, storage=store)
     assert {p: Path(p).stat().st_mtime_ns for p in second.records["local_path"]} == mtimes
-    assert all(Path(p).stem == sha for p, sha in zip(first.records["local_path"], first.records["sha256"],
-                                                    strict=True))
+    assert all(Path(p).stem == sha for p, sha in zip(first.records["local_path"], first.records["sha256"], strict=True))
 
 
 def test_missing_s3_object_in_csv_is_reported(storage, dataset: Path) -> None:
@@ -95,12 +95,16 @@ def test_s3_keys_outside_the_prefix_are_refused_and_empty_folders_reported(stora
     for name in ("x", "y"):
         store.put_bytes((dataset / "acne" / "0.jpg").read_bytes(), f"{bucket}/private/{name}.jpg")
     store.put_bytes(b"", f"{uri}/ulcer/")  # the folder marker a console leaves for an empty folder
-    store.put_bytes(f"path,label\nacne/0.jpg,acne\n../private/x.jpg,acne\n{bucket}/private/y.jpg,tumor\n".encode(),
-                    f"{uri}/escape.csv")
+    store.put_bytes(
+        f"path,label\nacne/0.jpg,acne\n../private/x.jpg,acne\n{bucket}/private/y.jpg,tumor\n".encode(),
+        f"{uri}/escape.csv",
+    )
     m = build_manifest(f"{uri}/escape.csv", storage=store)
     assert m.records["path"].tolist() == [f"{uri}/acne/0.jpg"]
-    assert m.bad[["path", "reason"]].values.tolist() == [[f"{bucket}/private/x.jpg", "outside_root"],
-                                                         [f"{bucket}/private/y.jpg", "outside_root"]]
+    assert m.bad[["path", "reason"]].values.tolist() == [
+        [f"{bucket}/private/x.jpg", "outside_root"],
+        [f"{bucket}/private/y.jpg", "outside_root"],
+    ]
     allowed = build_manifest(f"{uri}/escape.csv", storage=store, allow_outside_root=True)
     assert len(allowed.records) == 3 and allowed.bad.empty
     folder = build_manifest(uri, storage=store)

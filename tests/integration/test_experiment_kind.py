@@ -10,8 +10,14 @@ import pytest
 from mlflow import MlflowClient
 
 from ml.settings import get_settings
-from ml.tracking.runs import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RUNS_VIEW_COLUMNS, RUNS_VIEW_TAG,
-                              ensure_experiment, runs_page_url)
+from ml.tracking.runs import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    RUNS_VIEW_COLUMNS,
+    RUNS_VIEW_TAG,
+    ensure_experiment,
+    runs_page_url,
+)
 from tests.conftest import use_local_stores
 
 
@@ -64,4 +70,5 @@ def test_a_kind_set_by_hand_is_kept(store) -> None:
 
 def test_runs_page_url() -> None:
     assert runs_page_url("7", "http://127.0.0.1:5001/") == (
-        "http://127.0.0.1:5001/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=skinflow")
+        "http://127.0.0.1:5001/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=skinflow"
+    )

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -46,9 +45,24 @@ def test_two_processes_building_one_cache_decode_it_once(tmp_path_factory, tmp_p
     manifest.save(tmp_path / "m.csv")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     start = time.time() + 8  # both interpreters are up by then
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(tmp_path / "m.csv"), str(tmp_path / "cache"),
-                               str(tmp_path / f"decoded{i}.txt"), str(start)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BUILD,
+                str(tmp_path / "m.csv"),
+                str(tmp_path / "cache"),
+                str(tmp_path / f"decoded{i}.txt"),
+                str(start),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     decoded = [len((tmp_path / f"decoded{i}.txt").read_text().splitlines()) for i in range(2)]
@@ -65,18 +79,29 @@ def test_two_retrains_at_once_register_two_versions_and_gate_in_turn(prefect_har
     try:
         model = f"race-{uuid.uuid4().hex[:6]}"
         cmd, env = retrain_command(synth_small, tmp_path, server.url, PREFECT_API_URL.value(), model, epochs=1)
-        procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"out{i}")], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--out", str(tmp_path / f"out{i}")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
         outs = [p.communicate(timeout=600) for p in procs]
         assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
-        summaries = [json.loads(o[0][o[0].index("{"):]) for o in outs]
+        summaries = [json.loads(o[0][o[0].index("{") :]) for o in outs]
 
         client = MlflowClient(server.url)
         versions = sorted(int(s["model_version"]) for s in summaries)
         assert versions == [1, 2], "two distinct versions"
         gates = {s["model_version"]: client.get_model_version(model, s["model_version"]).tags for s in summaries}
-        first = [v for v, t in gates.items() if t.get("gate_champion_before", "none") == "none"
-                 and t["gate_decision"] == "promoted"]
+        first = [
+            v
+            for v, t in gates.items()
+            if t.get("gate_champion_before", "none") == "none" and t["gate_decision"] == "promoted"
+        ]
         assert len(first) == 1, f"exactly one gate ran with no champion: {gates}"
         second = next(v for v in gates if v != first[0])
         final = client.get_registered_model(model).aliases["champion"]

@@ -62,8 +62,17 @@ print("RESULT " + json.dumps(out))
 def _tmpfs_works() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt || "
-                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True, timeout=20)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt || mount -t tmpfs -o size=64k tmpfs /tmp",
+        ],
+        capture_output=True,
+        timeout=20,
+    )
     return probe.returncode == 0
 
 
@@ -78,13 +87,18 @@ def _run_full(mode: str, small: Path, data: Path) -> dict:
     small.mkdir(parents=True, exist_ok=True)
     if mode == "tmpfs":
         shell = f'mount -t tmpfs -o size={LIMIT} tmpfs "$0" && exec "$@"'
-        proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell, str(small), *cmd], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", shell, str(small), *cmd],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     else:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_fsize_limit)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")

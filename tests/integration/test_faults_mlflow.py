@@ -53,7 +53,7 @@ def test_mlflow_server_restarted_mid_run(prefect_harness, synth_small, tmp_path)
         down_s = time.monotonic() - stopped
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
-        summary = json.loads(out[out.index("{"):])
+        summary = json.loads(out[out.index("{") :])
 
         assert summary["run_id"] == run_id
         run = client.get_run(run_id)
@@ -90,8 +90,9 @@ def test_a_version_whose_create_answer_was_lost_is_registered_once(tmp_path) -> 
     try:
         mlflow.set_tracking_uri(proxy.url)
         with mlflow.start_run() as run:
-            info = tracked_models.log_torch_model(_tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32),
-                                                  serialization_format="pickle")
+            info = tracked_models.log_torch_model(
+                _tiny_model(0), "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32), serialization_format="pickle"
+            )
         name = f"lost-answer-{uuid.uuid4().hex[:6]}"
         try:
             version = registry.register_version(info.model_uri, name)

@@ -72,8 +72,10 @@ def _trial_run_on_second_node(db: str, deadline: float) -> tuple[str, str] | Non
     while time.monotonic() < deadline:
         try:
             with sqlite3.connect(db, timeout=5) as con:
-                row = con.execute("select t.run_uuid, t.value from tags t join metrics m on m.run_uuid = t.run_uuid "
-                                  "where t.key = 'ray_node_id' and m.key = 'val_loss' and m.step >= 1 limit 1").fetchone()
+                row = con.execute(
+                    "select t.run_uuid, t.value from tags t join metrics m on m.run_uuid = t.run_uuid "
+                    "where t.key = 'ray_node_id' and m.key = 'val_loss' and m.step >= 1 limit 1"
+                ).fetchone()
             if row:
                 return row
         except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
@@ -84,10 +86,20 @@ def _trial_run_on_second_node(db: str, deadline: float) -> tuple[str, str] | Non
 
 def test_a_killed_ray_node_s_trial_is_retried_on_the_surviving_node(ray_two_nodes, synth_small, tmp_path):  # noqa: F811
     db = tmp_path / "mlflow.db"
-    env = {**ray_two_nodes["env"], "RAY_ADDRESS": ray_two_nodes["address"], "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
-    driver = subprocess.Popen([PYTHON, "-c", _DRIVER, str(synth_small), str(tmp_path), str(EPOCHS)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    env = {
+        **ray_two_nodes["env"],
+        "RAY_ADDRESS": ray_two_nodes["address"],
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+    }
+    driver = subprocess.Popen(
+        [PYTHON, "-c", _DRIVER, str(synth_small), str(tmp_path), str(EPOCHS)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         seen = _trial_run_on_second_node(str(db), time.monotonic() + 300)
         assert seen is not None and driver.poll() is None, "the trial never logged an epoch"

@@ -26,8 +26,10 @@ MB = 1024 * 1024
 def _wait_for_part(proxy: FaultProxy, key_path: str, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(r["method"] == "PUT" and r["path"] == key_path and "partNumber" in r["query"] and r["status"] == 200
-               for r in proxy.requests()):
+        if any(
+            r["method"] == "PUT" and r["path"] == key_path and "partNumber" in r["query"] and r["status"] == 200
+            for r in proxy.requests()
+        ):
             return True
         time.sleep(0.02)
     return False

@@ -23,13 +23,28 @@ from tests.conftest import VENV_BIN
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-ARGS = ["train", "--model", "resnet18", "--schedule", "sgdr", "--lr", "0.01", "--epochs", str(EPOCHS),
-        "--size", "32", "--batch-size", "16", "--seed", "0"]
+ARGS = [
+    "train",
+    "--model",
+    "resnet18",
+    "--schedule",
+    "sgdr",
+    "--lr",
+    "0.01",
+    "--epochs",
+    str(EPOCHS),
+    "--size",
+    "32",
+    "--batch-size",
+    "16",
+    "--seed",
+    "0",
+]
 
 
 def _summary(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def _state_dict(run_id: str, dst: Path) -> dict[str, torch.Tensor]:
@@ -41,11 +56,17 @@ def test_a_killed_training_run_resumes_bit_identical(prefect_harness, synth_smal
     from prefect.settings import PREFECT_API_URL
 
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "MLFLOW_TRACKING_URI": db, "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": db,
+        "OMP_NUM_THREADS": "1",
+    }
     cli = [str(VENV_BIN / "skinflow"), *ARGS, "--data", str(synth_small)]
-    whole = _summary(subprocess.run([*cli, "--out", str(tmp_path / "whole")], env=env, capture_output=True,
-                                    text=True, timeout=600))
+    whole = _summary(
+        subprocess.run([*cli, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=600)
+    )
 
     ckpt = tmp_path / "ckpt"
     resumed_cmd = [*cli, "--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ckpt)]
@@ -58,7 +79,9 @@ def test_a_killed_training_run_resumes_bit_identical(prefect_harness, synth_smal
         if sidecar.is_file() and (d := sidecar.read_text().strip()) and d not in digests:
             digests.append(d)
         time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before its second checkpoint: " + (tmp_path / "killed.log").read_text()[-2000:]
+    assert proc.poll() is None, (
+        "the run ended before its second checkpoint: " + (tmp_path / "killed.log").read_text()[-2000:]
+    )
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and everything it started
     proc.wait(30)
     from ml.train.checkpoint import load_verified
@@ -92,8 +115,10 @@ def test_a_killed_training_run_resumes_bit_identical(prefect_harness, synth_smal
     assert {"train_loss", "val_loss", "val_balanced_accuracy", "lr_group_0"} <= names
     assert set(new.data.metrics) - timing == names
     for name in names:  # every epoch's row, the restored ones included, equal to the uninterrupted run's
-        got, want = (sorted((m.step, m.value) for m in client.get_metric_history(r, name))
-                     for r in (resumed["run_id"], whole["run_id"]))
+        got, want = (
+            sorted((m.step, m.value) for m in client.get_metric_history(r, name))
+            for r in (resumed["run_id"], whole["run_id"])
+        )
         assert got == want, name
     experiment = client.get_experiment_by_name("skinflow-train").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'"), "no run left RUNNING"

@@ -45,8 +45,7 @@ def _flow_run(api: str, run_id: str) -> dict:
 def _create_run(api: str, parameters: dict) -> str:
     dep = httpx.get(f"{api}/deployments/name/train/on-demand", timeout=30)
     dep.raise_for_status()
-    r = httpx.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", json={"parameters": parameters},
-                   timeout=30)
+    r = httpx.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", json={"parameters": parameters}, timeout=30)
     r.raise_for_status()
     return r.json()["id"]
 
@@ -60,8 +59,10 @@ def _wait_state(api: str, run_id: str, wanted: set[str], timeout: float) -> dict
         if run["state_type"] in TERMINAL:
             break
         time.sleep(1)
-    raise AssertionError(f"flow run {run_id} is {run['state_type']} ({run['state']['message']!r}), "
-                         f"not one of {sorted(wanted)} after {timeout:.0f} s")
+    raise AssertionError(
+        f"flow run {run_id} is {run['state_type']} ({run['state']['message']!r}), "
+        f"not one of {sorted(wanted)} after {timeout:.0f} s"
+    )
 
 
 def _flow_run_processes(run_id: str) -> list[int]:
@@ -91,8 +92,15 @@ def _ancestors(pid: int) -> list[int]:
 
 
 def _params(data: Path, ckpt: Path | None, out: Path, epochs: int) -> dict:
-    training = {"arch": "resnet18", "schedule": "sgdr", "lr": 0.01, "epochs": epochs, "batch_size": 16, "seed": 0,
-                "progress": False}
+    training = {
+        "arch": "resnet18",
+        "schedule": "sgdr",
+        "lr": 0.01,
+        "epochs": epochs,
+        "batch_size": 16,
+        "seed": 0,
+        "progress": False,
+    }
     if ckpt is not None:
         training["checkpoint_dir"] = str(ckpt)
     return {"data": {"source": str(data), "size": 32}, "training": training, "out_dir": str(out)}
@@ -104,11 +112,17 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
 
     env = team_stack.client_env()
     api = env["PREFECT_API_URL"]
-    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+    deploy = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    again = subprocess.run([sys.executable, str(REPO / "infra" / "apply_automations.py")], env=env,
-                           capture_output=True, text=True, timeout=120)  # stack.sh up applied it once already
+    again = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "apply_automations.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # stack.sh up applied it once already
     assert again.returncode == 0, again.stderr[-2000:]
     automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
     assert [a["name"] for a in automations].count("crash-zombie-flow-runs") == 1  # replaced, not doubled
@@ -164,8 +178,9 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
         assert "heartbeat" in crashed["state"]["message"]
 
         # retrying it resumes from its checkpoint and completes
-        retry = subprocess.run([PREFECT, "flow-run", "retry", victim], env=env, capture_output=True, text=True,
-                               timeout=120)
+        retry = subprocess.run(
+            [PREFECT, "flow-run", "retry", victim], env=env, capture_output=True, text=True, timeout=120
+        )
         assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-2000:]
         done = _wait_state(api, victim, {"COMPLETED"}, 600)
         assert done["run_count"] >= 2
@@ -174,8 +189,9 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
 
     assert killed_log.read_text(errors="replace").count(banner) == starts + 1  # the stack is whole again
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-    resumed = client.search_runs([client.get_experiment_by_name("skinflow-train").experiment_id],
-                                 f"tags.resumed_from_run = '{first}'")
+    resumed = client.search_runs(
+        [client.get_experiment_by_name("skinflow-train").experiment_id], f"tags.resumed_from_run = '{first}'"
+    )
     assert len(resumed) == 1, "one MLflow run continues the killed one"
     old, new = client.get_run(first), resumed[0]
     assert old.info.status == "KILLED" and old.data.tags["superseded_by"] == new.info.run_id

@@ -9,8 +9,10 @@ from mlflow import MlflowClient
 
 from ml.data.config import DataConfig
 from ml.settings import get_settings
+from ml.tracking import models as tracked_models
+from ml.tracking import registry
+from ml.tracking import runs as tracking_runs
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
-from ml.tracking import models as tracked_models, registry, runs as tracking_runs
 from tests.conftest import use_local_stores
 
 pytestmark = pytest.mark.slow
@@ -43,15 +45,20 @@ def test_train_flow_logs_a_comparable_run(flows_env):
     from flows.train import train_flow
 
     out = flows_env["root"] / "train"
-    summary = train_flow(data=flows_env["cfg"], training=_train(schedule="sgdr_dlr_clm", epochs=3, snapshots=2),
-                         lr_find=LRFindConfig(num_iter=12), out_dir=str(out))
+    summary = train_flow(
+        data=flows_env["cfg"],
+        training=_train(schedule="sgdr_dlr_clm", epochs=3, snapshots=2),
+        lr_find=LRFindConfig(num_iter=12),
+        out_dir=str(out),
+    )
     run = MlflowClient().get_run(summary["run_id"])
     # the LR the range test chose is the LR the model trained with, and what its report says
     assert run.data.params["lr"] == str(summary["lr"])
     import json
 
-    local = mlflow.artifacts.download_artifacts(run_id=summary["run_id"], artifact_path="reports/lr_finder.json",
-                                                dst_path=str(out / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=summary["run_id"], artifact_path="reports/lr_finder.json", dst_path=str(out / "dl")
+    )
     assert json.loads(open(local).read())["chosen"] == summary["lr"]
     # figures come from the held-out test split, and are those of the predictions the run stored
     assert summary["eval_split"] == "test"
@@ -63,28 +70,36 @@ def test_train_flow_logs_a_comparable_run(flows_env):
     _, cache = prepare_data(flows_env["cfg"])
     images, labels = cache.subset("test")
     assert summary["eval_images"] == len(labels) > 0
-    probs = tracked_models.load_predictions(f"runs:/{summary['run_id']}/model",
-                                            heldout_digest(images, labels, cache.classes))
+    probs = tracked_models.load_predictions(
+        f"runs:/{summary['run_id']}/model", heldout_digest(images, labels, cache.classes)
+    )
     assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
     assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(summary["balanced_accuracy"])
     assert run.info.status == "FINISHED"
-    assert run.data.tags["schedule"] == "sgdr_dlr_clm" and run.data.tags["dataset_version"] == summary["dataset_version"]
+    assert (
+        run.data.tags["schedule"] == "sgdr_dlr_clm" and run.data.tags["dataset_version"] == summary["dataset_version"]
+    )
     assert run.data.params["schedule"] == "sgdr_dlr_clm" and run.data.params["epochs"] == "3"
     hist = MlflowClient().get_metric_history(summary["run_id"], "val_balanced_accuracy")
     assert [m.step for m in hist] == [1, 2, 3]
     assert len(MlflowClient().get_metric_history(summary["run_id"], "lr_group_0")) == 3
     arts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"], "plots")}
-    assert {"plots/lr_finder.png", "plots/lr_schedule.png", "plots/curves.png", "plots/confusion_matrix.png",
-            "plots/roc.png"} <= arts
+    assert {
+        "plots/lr_finder.png",
+        "plots/lr_schedule.png",
+        "plots/curves.png",
+        "plots/confusion_matrix.png",
+        "plots/roc.png",
+    } <= arts
     assert MlflowClient().list_artifacts(summary["run_id"], "model")
     assert run.data.metrics["test_macro_f1"] == pytest.approx(summary["macro_f1"])
     assert run.inputs.dataset_inputs, "the dataset version is recorded as an MLflow dataset input"
 
 
 def test_train_flow_rejects_bad_requests_before_work(flows_env):
-    from flows.train import train_flow
-
     from prefect.exceptions import ParameterTypeError
+
+    from flows.train import train_flow
 
     before = len(_runs("skinflow-train"))
     # parameters as a deployment sends them: plain mappings, validated into the config objects
@@ -101,9 +116,13 @@ def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     from flows.tune import tune_flow
     from tasks.tuning import SCORE
 
-    res = tune_flow(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgd", "sgdr_dlr_clm"], amp=[False], epochs=2,
-                                                            name="t-child"),
-                    training=_train(), lr_find=LRFindConfig(num_iter=12), out_dir=str(flows_env["root"] / "tune"))
+    res = tune_flow(
+        data=flows_env["cfg"],
+        sweep=SweepConfig(schedules=["sgd", "sgdr_dlr_clm"], amp=[False], epochs=2, name="t-child"),
+        training=_train(),
+        lr_find=LRFindConfig(num_iter=12),
+        out_dir=str(flows_env["root"] / "tune"),
+    )
     assert len(res["trials"]) == 2 and not res["failed"]
     # one range test per optimiser family; each trial's LR is drawn inside its own family's bracket
     assert {f: r["schedules"] for f, r in res["lr_find"].items()} == {"sgd": ["sgd"], "sgd_dlr": ["sgdr_dlr_clm"]}
@@ -141,13 +160,18 @@ def test_tune_flow_reports_a_failing_trial_and_goes_on(flows_env, ray_local):
 
     # A given bracket skips the range test; at LR 1e6 plain SGD diverges (non-finite loss,
     # the trial raises) while Adam's normalised steps keep finite: one fails, the tune goes on.
-    res = tune_flow(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgd", "adam"], amp=[False], epochs=1,
-                                                            name="t-fail"),
-                    training=_train(), out_dir=str(flows_env["root"] / "tune2"), lr_bracket=[1e5, 1e6])
+    res = tune_flow(
+        data=flows_env["cfg"],
+        sweep=SweepConfig(schedules=["sgd", "adam"], amp=[False], epochs=1, name="t-fail"),
+        training=_train(),
+        out_dir=str(flows_env["root"] / "tune2"),
+        lr_bracket=[1e5, 1e6],
+    )
     assert res["lr_find"] is None
     failed = {t["schedule"] for t in res["failed"]}
-    assert "sgd" in failed and all("FloatingPointError" in t["error"] or "non-finite" in t["error"]
-                                   for t in res["failed"])
+    assert "sgd" in failed and all(
+        "FloatingPointError" in t["error"] or "non-finite" in t["error"] for t in res["failed"]
+    )
     assert len(res["trials"]) == 2
 
 
@@ -158,10 +182,17 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     # tiny data cannot clear the shipped 0.30 recall floor on 10 classes: the test policy keeps
     # the shipped margin and statistics but lowers the floor so the first version is promoted
     policy = flows_env["root"] / "promotion.yaml"
-    policy.write_text("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
-                      "min_disjoint_heldout: 10\n")  # the tiny test split has ~28 images
-    first = retrain_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=3), tune=False,
-                         validate_data=False, policy=str(policy), out_dir=str(flows_env["root"] / "r1"))
+    policy.write_text(
+        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 10\n"
+    )  # the tiny test split has ~28 images
+    first = retrain_flow(
+        data=flows_env["cfg"],
+        training=_train(lr=0.01, epochs=3),
+        tune=False,
+        validate_data=False,
+        policy=str(policy),
+        out_dir=str(flows_env["root"] / "r1"),
+    )
     assert first["model_version"] == "1" and first["promoted"] is True
     champion = registry.get_alias_version(name, "champion")
     assert champion == "1"
@@ -169,8 +200,14 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     assert v.tags["dataset_version"] == first["dataset_version"] and v.tags["schedule"] == "sgdr_dlr_clm"
     assert v.tags["gate_decision"] in {"promoted", "kept"}
     # a much worse challenger (1 epoch at a tiny LR) never takes the champion alias
-    worse = retrain_flow(data=flows_env["cfg"], training=_train(lr=1e-6, epochs=1, schedule="sgd"), tune=False,
-                         validate_data=False, policy=str(policy), out_dir=str(flows_env["root"] / "r2"))
+    worse = retrain_flow(
+        data=flows_env["cfg"],
+        training=_train(lr=1e-6, epochs=1, schedule="sgd"),
+        tune=False,
+        validate_data=False,
+        policy=str(policy),
+        out_dir=str(flows_env["root"] / "r2"),
+    )
     assert worse["promoted"] is False
     assert registry.get_alias_version(name, "challenger") == worse["model_version"]
     assert registry.get_alias_version(name, "champion") == champion
@@ -181,8 +218,8 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
 
     from flows.train import prepare_data
     from ml.data.split import split_digests
-    from ml.train import recipes
     from ml.eval.gate import heldout_digest
+    from ml.train import recipes
     from tasks.mlflow_tasks import promotion_gate
 
     manifest, cache = prepare_data(flows_env["cfg"])
@@ -201,8 +238,9 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
         # each registered model records the images it trained on: train and val, never test
         assert tracked_models.load_training_digests(uri) == set(split_digests(manifest, ["train", "val"]))
     # recomputing from the weights reaches the same decision as the stored predictions did
-    recomputed = promotion_gate(worse["model_version"], images, labels, cache.classes, str(policy), recompute=True,
-                                digests=digests)
+    recomputed = promotion_gate(
+        worse["model_version"], images, labels, cache.classes, str(policy), recompute=True, digests=digests
+    )
     assert recomputed["predictions"] == {"challenger": "recomputed", "champion": "recomputed"}
     assert recomputed["heldout_overlap"] == {"challenger": 0, "champion": 0}
     assert recomputed["evaluated_on"] == len(labels)
@@ -218,8 +256,13 @@ def test_retrain_stops_on_critical_validation_failures(flows_env):
     name = get_settings().registered_model
     before = len(MlflowClient().search_model_versions(f"name='{name}'"))
     with pytest.raises(ValidationFailed, match="integrity"):
-        retrain_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), tune=False,
-                     validate_data=True, out_dir=str(flows_env["root"] / "r3"))
+        retrain_flow(
+            data=flows_env["cfg"],
+            training=_train(lr=0.01, epochs=1),
+            tune=False,
+            validate_data=True,
+            out_dir=str(flows_env["root"] / "r3"),
+        )
     assert len(MlflowClient().search_model_versions(f"name='{name}'")) == before
 
 
@@ -230,8 +273,11 @@ def test_pretrain_then_fine_tune_from_the_stored_backbone(flows_env):
     weights = flows_env["root"] / "backbone.pt"
     info = pretrain_flow(out=str(weights), data=flows_env["cfg"], training=_train(lr=0.01, epochs=1))
     assert weights.is_file() and info["weights"] == str(weights)
-    summary = train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1, weights=str(weights)),
-                         out_dir=str(flows_env["root"] / "ft"))
+    summary = train_flow(
+        data=flows_env["cfg"],
+        training=_train(lr=0.01, epochs=1, weights=str(weights)),
+        out_dir=str(flows_env["root"] / "ft"),
+    )
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.params["weights"] == str(weights)
 
@@ -247,8 +293,9 @@ def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatc
     get_settings.cache_clear()
     try:
         with pytest.raises(ServiceUnavailableError, match=f"MLflow.*{url}"):
-            train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1),
-                       out_dir=str(flows_env["root"] / "down"))
+            train_flow(
+                data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), out_dir=str(flows_env["root"] / "down")
+            )
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -265,8 +312,13 @@ def test_tune_storage_on_s3_and_restore_by_name(flows_env, ray_local, s3, monkey
     monkeypatch.setenv("SKINFLOW_S3_ENDPOINT_URL", storage.endpoint_url)
     get_settings.cache_clear()
     try:
-        kwargs = dict(data=flows_env["cfg"], sweep=SweepConfig(schedules=["sgdr"], amp=[False], epochs=1, name="t-s3"),
-                      training=_train(), lr_bracket=[0.005, 0.01], out_dir=str(flows_env["root"] / "tune-s3"))
+        kwargs = dict(
+            data=flows_env["cfg"],
+            sweep=SweepConfig(schedules=["sgdr"], amp=[False], epochs=1, name="t-s3"),
+            training=_train(),
+            lr_bracket=[0.005, 0.01],
+            out_dir=str(flows_env["root"] / "tune-s3"),
+        )
         first = tune_flow(**kwargs)
         keys = storage.list(f"{bucket}/skinflow/tune/t-s3/")
         assert any(k.endswith("experiment_state.json") or "experiment_state" in k for k in keys), keys[:10]
@@ -283,8 +335,9 @@ def test_repeated_fits_report_mean_and_std(flows_env):
     """repeats=3 refits with seeds 0, 1, 2 and reports mean +/- std over the three evaluations."""
     from flows.train import train_flow
 
-    summary = train_flow(data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), repeats=3,
-                         out_dir=str(flows_env["root"] / "rep"))
+    summary = train_flow(
+        data=flows_env["cfg"], training=_train(lr=0.01, epochs=1), repeats=3, out_dir=str(flows_env["root"] / "rep")
+    )
     stats = summary["repeats"]["metrics"]["macro_f1"]
     assert summary["repeats"]["n_runs"] == 3 and stats["n"] == 3
     assert summary["repeats"]["seeds"] == [0, 1, 2], "each refit has its own seed"

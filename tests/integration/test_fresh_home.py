@@ -31,8 +31,14 @@ def test_validate_on_a_machine_that_never_ran_prefect_or_mlflow(tmp_path):
     skinflow = VENV_BIN / "skinflow"
     assert skinflow.is_file(), f"{skinflow}: the console script is installed by `make install`"
 
-    out = subprocess.run([str(skinflow), "validate", str(ds)], env=_fresh_env(home, prefect_home), cwd=cwd,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(skinflow), "validate", str(ds)],
+        env=_fresh_env(home, prefect_home),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     log = out.stdout[-3000:] + out.stderr[-3000:]
     assert out.returncode == 0, log

@@ -22,7 +22,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from ml.eval.gate import PromotionPolicy, decide, heldout_digest
 from ml.settings import get_settings
-from ml.tracking import models as tracked_models, registry
+from ml.tracking import models as tracked_models
+from ml.tracking import registry
 from ml.tracking.runs import configure_mlflow
 from tasks.common import IO_RETRY
 from tests.conftest import use_local_stores
@@ -32,8 +33,10 @@ pytestmark = pytest.mark.slow
 
 CLASSES = ["acne", "nevus", "tumor", "wheal"]
 N_HELDOUT = 80
-POLICY_TEXT = ("margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
-               "superiority_level: 0.95\nmin_improvement: 0.0\nmin_disjoint_heldout: 50\n")
+POLICY_TEXT = (
+    "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
+    "superiority_level: 0.95\nmin_improvement: 0.0\nmin_disjoint_heldout: 50\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,22 +91,30 @@ def _experiment_id() -> str:
     return mlflow.create_experiment("gate-test", artifact_location=str(get_settings().data_root / "artifacts"))
 
 
-def register(name: str, heldout: dict, pred: np.ndarray, trained_on: list[str] | None,
-             classes: list[str] = CLASSES) -> str:
+def register(
+    name: str, heldout: dict, pred: np.ndarray, trained_on: list[str] | None, classes: list[str] = CLASSES
+) -> str:
     """A registered version whose run holds what the gate reads: model meta (``classes``), its
     stored predictions on the held-out set and (unless None) the digests of its train/val images
     (a hand-made manifest: the given digests split between train and val, plus others)."""
     with mlflow.start_run(experiment_id=_experiment_id()) as run:
         run_id = run.info.run_id
-        tracked_models.log_model_weights(run_id, {"w": torch.zeros(1)}, [],
-                                         tracked_models.model_meta("tiny", classes, 0))
-        tracked_models.log_predictions("test", _one_hot(pred),
-                                       heldout_digest(heldout["images"], heldout["labels"], CLASSES))
+        tracked_models.log_model_weights(
+            run_id, {"w": torch.zeros(1)}, [], tracked_models.model_meta("tiny", classes, 0)
+        )
+        tracked_models.log_predictions(
+            "test", _one_hot(pred), heldout_digest(heldout["images"], heldout["labels"], CLASSES)
+        )
         if trained_on is not None:
             own = [hashlib.sha256(f"{run_id}-{i}".encode()).hexdigest() for i in range(40)]
             digests = own + list(trained_on)
-            records = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(len(digests))], "sha256": digests,
-                                    "split": ["train", "val"] * (len(digests) // 2) + ["train"] * (len(digests) % 2)})
+            records = pd.DataFrame(
+                {
+                    "path": [f"img{i}.jpg" for i in range(len(digests))],
+                    "sha256": digests,
+                    "split": ["train", "val"] * (len(digests) // 2) + ["train"] * (len(digests) % 2),
+                }
+            )
             tracked_models.log_training_digests(run_id, records, "hand-made")
         logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id)
     return registry.register_version(f"models:/{logged.model_id}", name)
@@ -115,8 +126,9 @@ def gate(version: str, heldout: dict, policy: str) -> dict:
 
     @flow(name="gate-test")
     def run() -> dict:
-        return promotion_gate(version, heldout["images"], heldout["labels"], CLASSES, policy,
-                              digests=heldout["digests"])
+        return promotion_gate(
+            version, heldout["images"], heldout["labels"], CLASSES, policy, digests=heldout["digests"]
+        )
 
     return run()
 
@@ -126,8 +138,9 @@ async def _artifact(key: str):
     from prefect.client.schemas.sorting import ArtifactSort
 
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                            sort=ArtifactSort.CREATED_DESC, limit=1)
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
     return found[0] if found else None
 
 
@@ -221,7 +234,8 @@ TAG_PATH = "/api/2.0/mlflow/model-versions/set-tag"
 
 
 def test_a_retry_after_the_alias_moved_on_a_real_server_reports_the_promotion(
-        model_name, heldout, store, gate_server, monkeypatch, tmp_path) -> None:
+    model_name, heldout, store, gate_server, monkeypatch, tmp_path
+) -> None:
     """The same fault against a real ``mlflow server`` process: a real HTTP proxy process in front
     of it answers 503 to the first ``gate_decision`` tag request that follows a successful alias
     move (MLflow's own HTTP retries off, so the task sees it). Prefect retries the task; the
@@ -246,8 +260,15 @@ def test_a_retry_after_the_alias_moved_on_a_real_server_reports_the_promotion(
         proxy.close()
 
     writes = [(r["path"], r["status"]) for r in seen if r["path"] in (ALIAS_PATH, TAG_PATH)]
-    assert writes == [(TAG_PATH, 200), (ALIAS_PATH, 200), (TAG_PATH, 503),  # attempt 1: failed after the move
-                      (TAG_PATH, 200), (ALIAS_PATH, 200), (TAG_PATH, 200), (TAG_PATH, 200)], writes
+    assert writes == [
+        (TAG_PATH, 200),
+        (ALIAS_PATH, 200),
+        (TAG_PATH, 503),  # attempt 1: failed after the move
+        (TAG_PATH, 200),
+        (ALIAS_PATH, 200),
+        (TAG_PATH, 200),
+        (TAG_PATH, 200),
+    ], writes
     assert out["promoted"] is True and out["decision"] == "promoted" and out["champion_before"] == champion
     assert out["reason"].startswith("better:")
     configure_mlflow(gate_server.url)  # read back from the server itself

@@ -17,9 +17,15 @@ ISIC9 = Path(__file__).parents[2].parent / "shared/data/isic9"
 # Per-class counts of the NOTICE.md table (train, test); they sum to 2,359 files, whereas the
 # NOTICE headline says 2,357.
 COUNTS = {
-    "actinic_keratosis": (114, 16), "basal_cell_carcinoma": (378, 16), "dermatofibroma": (95, 16),
-    "melanoma": (438, 16), "nevus": (357, 16), "pigmented_benign_keratosis": (462, 16),
-    "seborrheic_keratosis": (77, 3), "squamous_cell_carcinoma": (181, 16), "vascular_lesion": (139, 3),
+    "actinic_keratosis": (114, 16),
+    "basal_cell_carcinoma": (378, 16),
+    "dermatofibroma": (95, 16),
+    "melanoma": (438, 16),
+    "nevus": (357, 16),
+    "pigmented_benign_keratosis": (462, 16),
+    "seborrheic_keratosis": (77, 3),
+    "squamous_cell_carcinoma": (181, 16),
+    "vascular_lesion": (139, 3),
 }
 
 pytestmark = pytest.mark.skipif(not ISIC9.is_dir(), reason=f"real-data test: {ISIC9} is absent")

@@ -38,10 +38,10 @@ def populated(tmp_path_factory, monkeypatch_module):
     from ml.data.split import split_manifest
     from ml.data.synth import SynthConfig, generate
     from ml.settings import get_settings
+    from ml.tracking.runs import run_name
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
     from ml.train.precision import choose_precision, resolve_device
-    from ml.tracking.runs import run_name
     from tasks.mlflow_tasks import close_run, open_run
     from tasks.training import MlflowEpochLogger, evaluate_model, log_training_run
 
@@ -55,10 +55,18 @@ def populated(tmp_path_factory, monkeypatch_module):
         cfg = TrainConfig(schedule=schedule, lr=lr, epochs=1, batch_size=16, snapshots=0, progress=False)
         names.append(run_name("train", cfg, precision=choose_precision(resolve_device(cfg.device), cfg.amp).name))
         run_id, experiment_id = open_run.fn("skinflow-train", names[-1])
-        result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg,
-                     callbacks=[MlflowEpochLogger(run_id)])
-        log_training_run.fn(run_id, result, evaluate_model.fn(result, cache, "val"), "val", cache, manifest,
-                            str(root / "out" / schedule))
+        result = fit(
+            cache.subset("train"), cache.subset("val"), cache.classes, cfg, callbacks=[MlflowEpochLogger(run_id)]
+        )
+        log_training_run.fn(
+            run_id,
+            result,
+            evaluate_model.fn(result, cache, "val"),
+            "val",
+            cache,
+            manifest,
+            str(root / "out" / schedule),
+        )
         close_run.fn(run_id)
     yield root, experiment_id, names
     get_settings.cache_clear()
@@ -69,9 +77,24 @@ def mlflow_ui(populated):
     """``mlflow server`` (the process behind ``mlflow ui``) on the store, on a free port."""
     root = populated[0]
     port = free_port()
-    svc = Service("mlflow-ui", [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                  f"http://127.0.0.1:{port}/health", root, timeout=90)
+    svc = Service(
+        "mlflow-ui",
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        f"http://127.0.0.1:{port}/health",
+        root,
+        timeout=90,
+    )
     yield f"http://127.0.0.1:{port}"
     svc.close()
 
@@ -104,10 +127,12 @@ def test_runs_table_with_distinct_names_and_a_metric_column(populated, mlflow_ui
     try:
         wait.until(lambda d: len([a for a in d.find_elements(*name_links) if a.text.strip()]) == len(names))
         wait.until(ec.visibility_of_element_located(metric_header))
-    except TimeoutException:
+    except TimeoutException as timeout:
         browser.save_screenshot(str(tmp_path / "failed.png"))
-        raise AssertionError(f"no runs table with {METRIC} at {browser.current_url} (screenshot "
-                             f"{tmp_path / 'failed.png'}):\n{browser.find_element(By.TAG_NAME, 'body').text[:1500]}")
+        raise AssertionError(
+            f"no runs table with {METRIC} at {browser.current_url} (screenshot "
+            f"{tmp_path / 'failed.png'}):\n{browser.find_element(By.TAG_NAME, 'body').text[:1500]}"
+        ) from timeout
 
     assert f"/experiments/{experiment_id}/runs" in browser.current_url, "the runs tab, not the GenAI overview"
     body = browser.find_element(By.TAG_NAME, "body").text
@@ -120,7 +145,9 @@ def test_runs_table_with_distinct_names_and_a_metric_column(populated, mlflow_ui
     assert len([d for d in datasets if d.text.startswith("dataset (")]) == len(names), "Dataset column"
     assert time.monotonic() - started < 60
 
-    for close in browser.find_elements(By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+    for close in browser.find_elements(
+        By.CSS_SELECTOR, "button[data-component-id='mlflow.assistant.chat_panel.close']"
+    ):
         close.click()  # the assistant panel takes a third of the width
     WebDriverWait(browser, 5).until(ec.visibility_of_element_located(metric_header))
     shot = tmp_path / "mlflow-runs.png"

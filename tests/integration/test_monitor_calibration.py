@@ -30,12 +30,15 @@ SHIFTS = {  # the strengths tested, as SynthConfig knobs (the reference: default
     "blur": dict(blur=0.8),  # Gaussian blur, sigma 0.8 px
     "noise": dict(noise=0.03),  # 3% impulse-noise pixels
 }
-LABEL_SHIFT = {l: (0.4 if l == "acne" else 0.6 / 9) for l in LABELS}  # acne 0.1 -> 0.4, looks unchanged
+LABEL_SHIFT = {label: (0.4 if label == "acne" else 0.6 / 9) for label in LABELS}  # acne 0.1 -> 0.4, looks unchanged
 
 
 def _records(root: Path) -> pd.DataFrame:
-    rows = [{"path": str(p), "local_path": str(p), "label": label}
-            for label in LABELS for p in sorted((root / label).glob("*.jpg"))]
+    rows = [
+        {"path": str(p), "local_path": str(p), "label": label}
+        for label in LABELS
+        for p in sorted((root / label).glob("*.jpg"))
+    ]
     return pd.DataFrame(rows)
 
 

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ml.data.config import DataConfig
-from ml.data.synth import LABELS, SynthConfig, generate
+from ml.data.synth import SynthConfig, generate
 from ml.settings import get_settings
 from ml.train.config import TrainConfig
 from tests.conftest import use_local_stores
@@ -35,9 +35,11 @@ def champion(prefect_harness, tmp_path_factory, monkeypatch_module):
     use_local_stores(monkeypatch_module, root)
     data = root / "synth"
     generate(data, SynthConfig(per_class=10, size=32, seed=1), progress=False)
-    summary = train_flow(data=DataConfig(source=str(data), size=24),
-                         training=TrainConfig(epochs=1, lr=0.02, schedule="sgd", snapshots=0, batch_size=16,
-                                              progress=False), out_dir=str(root / "train"))
+    summary = train_flow(
+        data=DataConfig(source=str(data), size=24),
+        training=TrainConfig(epochs=1, lr=0.02, schedule="sgd", snapshots=0, batch_size=16, progress=False),
+        out_dir=str(root / "train"),
+    )
     name = get_settings().registered_model
     version = registry.register_version(summary["model_uri"], name, tags={})
     registry.set_alias(name, "champion", version)
@@ -48,7 +50,7 @@ def champion(prefect_harness, tmp_path_factory, monkeypatch_module):
 class _Receiver(BaseHTTPRequestHandler):
     received: list[dict] = []
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).received.append({"path": self.path, "body": json.loads(body or b"{}")})
         self.send_response(200)
@@ -81,15 +83,19 @@ def drifted_run(champion, receiver, tmp_path_factory, monkeypatch_module):
     """A shifted batch (dark skin tones, noise) in SD-198 layout: mapped folders, one folder the
     class map does not cover, a Thumbs.db; run through `skinflow drift --fail-on-drift`."""
     batch = tmp_path_factory.mktemp("batch") / "sd198"
-    generate(batch, SynthConfig(per_class=4, size=40, seed=7, skin_tones=[0, 0, 0, 0, 1, 1], noise=0.04),
-             progress=False)
+    generate(
+        batch, SynthConfig(per_class=4, size=40, seed=7, skin_tones=[0, 0, 0, 0, 1, 1], noise=0.04), progress=False
+    )
     (batch / "synth_meta.csv").unlink()
     shutil.move(str(batch / "wheal"), str(batch / "Stevens_Johnson_Syndrome"))  # out of map: 4 images
     (batch / "acne" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 100)
     monkeypatch_module.setenv("SKINFLOW_DRIFT_APPRISE_URL", receiver[0])
     out_dir = champion["root"] / "monitor-out"
-    return {"batch": batch, "out_dir": out_dir,
-            "args": ["drift", str(batch), "--class-map", "sd198_to_10", "--out", str(out_dir), "--fail-on-drift"]}
+    return {
+        "batch": batch,
+        "out_dir": out_dir,
+        "args": ["drift", str(batch), "--class-map", "sd198_to_10", "--out", str(out_dir), "--fail-on-drift"],
+    }
 
 
 def test_no_champion_is_a_clear_error_naming_model_and_alias(champion, capsys, tmp_path):
@@ -137,7 +143,9 @@ def test_the_event_reached_the_prefect_server(drifted_run):
 
     async def events():
         async with get_client() as client:
-            page = await client.read_events(EventFilter(event=EventNameFilter(name=["skinflow.drift.detected"])), limit=50)
+            page = await client.read_events(
+                EventFilter(event=EventNameFilter(name=["skinflow.drift.detected"])), limit=50
+            )
             return page.events
 
     import time
@@ -190,7 +198,9 @@ def test_decision_numbers_are_the_report_numbers(champion):
     a, b = drift.frame(ref, pca, True), drift.frame(cur, pca, True)
     columns = drift.choose_columns(a, b, policy, True)
     snapshot = drift.run_report(a, b, columns, policy).dict()
-    direct = {r["column"]: r["score"] for r in drift.column_tests(a, b, columns.covariate + ["max_prob"], ["pred_class"])}
+    direct = {
+        r["column"]: r["score"] for r in drift.column_tests(a, b, columns.covariate + ["max_prob"], ["pred_class"])
+    }
     shown = {r["column"]: r["score"] for r in drift.column_results(snapshot)}
     assert set(direct) <= set(shown)
     assert all(np.isclose(direct[c], shown[c]) for c in direct)
@@ -210,8 +220,14 @@ def test_real_isic9_batches_against_the_synthetic_champion(champion, isic9, tmp_
     assert sum(forward["inputs"]["out_of_map"].values()) == forward["n_batch"]
     assert Path(forward["report_html"]).stat().st_size > 100_000
     assert forward["top_drifted"]
-    reverse = monitor_flow(MonitorConfig(batch=str(champion["data"]), reference=str(isic9 / "train"),
-                                         max_reference=150, out_dir=str(tmp_path / "rev")))
+    reverse = monitor_flow(
+        MonitorConfig(
+            batch=str(champion["data"]),
+            reference=str(isic9 / "train"),
+            max_reference=150,
+            out_dir=str(tmp_path / "rev"),
+        )
+    )
     assert reverse["verdict"] == "drift" and reverse["reference"]["kind"] == "dataset"
     assert reverse["n_reference"] == 150
 
@@ -228,4 +244,3 @@ def test_apprise_url_from_a_prefect_secret_block(prefect_harness, receiver):
     payload = {"verdict": "drift", "batch": "b", "reasons": ["covariate: test"], "top_drifted": [], "links": {}}
     assert notify(url, payload)
     assert any(r["path"] == "/from-secret" and "drift" in r["body"]["title"] for r in receiver[1])
-

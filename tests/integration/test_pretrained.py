@@ -11,8 +11,8 @@ import torch
 
 from ml.data.cache import resize_crop
 from ml.data.images import load_rgb
-from ml.train.probe import linear_probe, pooled_features
 from ml.train.models import build_model
+from ml.train.probe import linear_probe, pooled_features
 from ml.train.transforms import PRETRAINED_STATS
 
 ISIC9 = Path(__file__).parents[2].parent / "shared/data/isic9"
@@ -41,8 +41,9 @@ def test_imagenet_efficientnet_lite0_features_beat_random_init_in_a_linear_probe
 
     def score(model: torch.nn.Module) -> float:
         stats = PRETRAINED_STATS["efficientnet_lite"]
-        return linear_probe((pooled_features(model, x_train, stats), y_train),
-                            (pooled_features(model, x_test, stats), y_test))
+        return linear_probe(
+            (pooled_features(model, x_train, stats), y_train), (pooled_features(model, x_test, stats), y_test)
+        )
 
     pretrained = score(build_model("efficientnet_lite0", 9, weights="imagenet"))
     random_init = []

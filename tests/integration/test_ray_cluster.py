@@ -27,21 +27,23 @@ PYTHON = sys.executable
 # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps 127.0.0.1 but refuses to start a second node. So
 # the head starts with the switch, and the second node with `ray start` taking the loopback
 # address as given (Ray's own resolver bypassed for that one command).
-_SECOND_NODE = ("import sys; import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
-                "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()")
+_SECOND_NODE = (
+    "import sys; import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
 _LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1")
 
 
 def _listening(pids: set[int]) -> list[str]:
-    import ray  # noqa: F401 - Ray's packaged psutil
     import psutil
+    import ray  # noqa: F401 - Ray's packaged psutil
 
     return sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in pids})
 
 
 def _group_members(pgids: list[int]) -> list[int]:
-    import ray  # noqa: F401
     import psutil
+    import ray  # noqa: F401
 
     out = []
     for p in psutil.process_iter():
@@ -67,8 +69,14 @@ print(json.dumps({"nodes": [n["NodeManagerAddress"] for n in ray.nodes()], "gcs"
 ray.shutdown()
 """
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SKINFLOW_RAY_ADDRESS")}
-    out = subprocess.run([PYTHON, "-c", code], env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                         timeout=180, cwd=tmp_path)
+    out = subprocess.run(
+        [PYTHON, "-c", code],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["nodes"] == ["127.0.0.1"] and seen["gcs"].startswith("127.0.0.1:")
@@ -86,27 +94,55 @@ def ray_two_nodes():
     # short paths: Ray's socket paths under the temp dir must stay below ~107 characters
     temp = [Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp")) for _ in range(2)]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SKINFLOW_RAY_ADDRESS")}
-    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"})
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000"]
     nodes = [
-        ([str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-          f"--temp-dir={temp[0]}", *common], {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}),
-        ([PYTHON, "-c", _SECOND_NODE, "start", f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}',
-          f"--temp-dir={temp[1]}", *common], {}),
+        (
+            [
+                str(VENV_BIN / "ray"),
+                "start",
+                "--head",
+                f"--port={port}",
+                "--include-dashboard=false",
+                f"--temp-dir={temp[0]}",
+                *common,
+            ],
+            {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        ),
+        (
+            [
+                PYTHON,
+                "-c",
+                _SECOND_NODE,
+                "start",
+                f"--address=127.0.0.1:{port}",
+                '--resources={"worker_node": 1}',
+                f"--temp-dir={temp[1]}",
+                *common,
+            ],
+            {},
+        ),
     ]
     pgids: list[int] = []
     try:
         for i, (cmd, extra) in enumerate(nodes):
             log = temp[i] / "start.log"
             with open(log, "wb") as f:
-                proc = subprocess.Popen(cmd, env={**env, **extra}, stdout=f, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd, env={**env, **extra}, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+                )
             pgids.append(proc.pid)  # a new session: its process group id is its pid
             assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
         # a driver on this machine registers as 127.0.0.1 too (single-machine switch)
-        yield {"address": f"127.0.0.1:{port}", "env": {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-               "pgids": pgids}
+        yield {"address": f"127.0.0.1:{port}", "env": {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "pgids": pgids}
     finally:
         for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pgid in pgids:
@@ -154,10 +190,20 @@ print(json.dumps({"trials": [{k: t[k] for k in ("node_id", "epochs", "error", "v
 def test_a_trial_runs_on_the_second_node_with_its_data_from_the_object_store(ray_two_nodes, synth_small, tmp_path):
     from mlflow import MlflowClient
 
-    env = {**ray_two_nodes["env"], "RAY_ADDRESS": ray_two_nodes["address"], "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    out = subprocess.run([PYTHON, "-c", _DRIVER, str(synth_small), str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=400, cwd=tmp_path)
+    env = {
+        **ray_two_nodes["env"],
+        "RAY_ADDRESS": ray_two_nodes["address"],
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    out = subprocess.run(
+        [PYTHON, "-c", _DRIVER, str(synth_small), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(seen["nodes"]) == 2, seen["nodes"]

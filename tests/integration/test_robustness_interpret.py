@@ -31,8 +31,11 @@ def env(prefect_harness, tmp_path_factory, monkeypatch_module):
     use_local_stores(monkeypatch_module, root)
     data = root / "synth"
     generate(data, SynthConfig(per_class=8, size=32, seed=2), progress=False)
-    yield {"root": root, "data": DataConfig(source=str(data), size=24),
-           "training": TrainConfig(batch_size=16, epochs=1, lr=0.01, schedule="sgdr", snapshots=1, progress=False)}
+    yield {
+        "root": root,
+        "data": DataConfig(source=str(data), size=24),
+        "training": TrainConfig(batch_size=16, epochs=1, lr=0.01, schedule="sgdr", snapshots=1, progress=False),
+    }
     get_settings.cache_clear()
 
 
@@ -49,8 +52,9 @@ def _table(key: str) -> list[dict]:
 
 def _children(parent_id: str) -> list:
     exp = MlflowClient().get_run(parent_id).info.experiment_id
-    return MlflowClient().search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                      order_by=["attributes.start_time ASC"])
+    return MlflowClient().search_runs(
+        [exp], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"]
+    )
 
 
 def _report(run_id: str, name: str, dst) -> dict:
@@ -74,9 +78,16 @@ def test_robustness_flow_gives_the_ablation_table_from_one_clean_model(env):
     report = _report(summary["run_id"], "robustness", out / "dl")
     rows = report["rows"]
     assert [(r["train_status"], r["test_status"]) for r in rows] == [
-        ("clean", "clean"), ("clean", "noise 5%"), ("clean", "noise 15%"), ("clean", "blur (isotropic 3x3)"),
+        ("clean", "clean"),
+        ("clean", "noise 5%"),
+        ("clean", "noise 15%"),
+        ("clean", "blur (isotropic 3x3)"),
         ("clean", "blur (anisotropic 45° 3x3)"),
-        ("noise 5%", "clean"), ("noise 5%", "noise 5%"), ("noise 15%", "clean"), ("noise 15%", "noise 15%")]
+        ("noise 5%", "clean"),
+        ("noise 5%", "noise 5%"),
+        ("noise 15%", "clean"),
+        ("noise 15%", "noise 15%"),
+    ]
     # one clean model serves every clean-trained row; one model per noise level
     assert len({r["run_id"] for r in rows[:5]}) == 1 and len({r["run_id"] for r in rows}) == 3
     by_run = {c.info.run_id: c for c in children}
@@ -91,9 +102,14 @@ def test_robustness_flow_gives_the_ablation_table_from_one_clean_model(env):
     shown = _table("robustness-summary")
     assert [row["top-1"] for row in shown] == pytest.approx([round(r["top1"], 4) for r in rows], abs=1e-4)
     arts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"], "plots")}
-    assert {"plots/accuracy_vs_noise.png", "plots/confusion_clean.png", "plots/confusion_blur_isotropic.png",
-            "plots/confusion_blur_isotropic_minus_clean.png", "plots/confusion_blur_anisotropic.png",
-            "plots/confusion_blur_anisotropic_minus_clean.png"} <= arts
+    assert {
+        "plots/accuracy_vs_noise.png",
+        "plots/confusion_clean.png",
+        "plots/confusion_blur_isotropic.png",
+        "plots/confusion_blur_isotropic_minus_clean.png",
+        "plots/confusion_blur_anisotropic.png",
+        "plots/confusion_blur_anisotropic_minus_clean.png",
+    } <= arts
     # the noise curves start at the clean model's clean score (the thesis's 0% column)
     assert all(curve[0] == [0.0, rows[0]["top1"]] for curve in report["curves"].values())
 
@@ -122,12 +138,14 @@ def test_interpret_flow_gives_confused_pairs_galleries_and_the_background_test(e
     assert total_errors == pytest.approx(sum((1 - a) * n for a in accs), abs=1e-6)
     dist = report["class_distribution"]
     assert sum(d["true_share"] for d in dist) == pytest.approx(1) and sum(
-        d["predicted_share_mean"] for d in dist) == pytest.approx(1)
+        d["predicted_share_mean"] for d in dist
+    ) == pytest.approx(1)
     galleries = [g for g in report["galleries"] if g["png"]]
     assert galleries and summary["galleries"]
     for g in galleries:
-        assert all(e["actual"] != e["predicted"] and {e["actual"], e["predicted"]} == set(g["pair"])
-                   for e in g["images"])
+        assert all(
+            e["actual"] != e["predicted"] and {e["actual"], e["predicted"]} == set(g["pair"]) for e in g["images"]
+        )
     assert report["cam_layer"] == "layer1.1"  # 24 px: the deepest resnet18 map with >= 4 px a side
     bg = report["background_test"]
     assert bg["n_confident"] == len(bg["indices"]) and bg["patch_frac"] == pytest.approx(1 / 3)

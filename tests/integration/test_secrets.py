@@ -32,14 +32,21 @@ def _env(tmp: Path, tracking_uri: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SKINFLOW_"))}
     home = tmp / "home"
     home.mkdir(exist_ok=True)
-    return {**keep, "HOME": str(home), "PREFECT_HOME": str(tmp / "prefect"), "MLFLOW_TRACKING_URI": tracking_uri,
-            "SKINFLOW_DATA_ROOT": str(tmp / "data"), "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    return {
+        **keep,
+        "HOME": str(home),
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "SKINFLOW_DATA_ROOT": str(tmp / "data"),
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
 
 
 def _skinflow(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "skinflow"), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(VENV_BIN / "skinflow"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _leaks(folder: Path, *needles: str) -> list[str]:
@@ -75,17 +82,36 @@ def auth_server(tmp_path_factory):
     """A real MLflow server with basic auth (admin user and password from its config)."""
     root = tmp_path_factory.mktemp("mlflow-auth")
     ini = root / "auth.ini"
-    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root}/auth.db\n"
-                   f"admin_username = admin\nadmin_password = {ADMIN_PASSWORD}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root}/auth.db\n"
+        f"admin_username = admin\nadmin_password = {ADMIN_PASSWORD}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     port = free_port()
-    svc = Service("mlflow-auth", [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth",
-                                  "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                                  "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-                                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                  f"http://127.0.0.1:{port}/health", root,
-                  env={"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(8)},
-                  timeout=150)
+    svc = Service(
+        "mlflow-auth",
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        f"http://127.0.0.1:{port}/health",
+        root,
+        env={"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(8)},
+        timeout=150,
+    )
     yield port, root
     svc.close()
 
@@ -97,14 +123,21 @@ def test_a_credentialed_tracking_uri_works_against_basic_auth(auth_server, datas
     base = f"http://127.0.0.1:{port}"
     # the server really requires the credentials
     assert requests.get(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10).status_code == 401
-    wrong = _skinflow(["validate", str(dataset), "--out", str(tmp_path / "v0")],
-                      _env(tmp_path, f"http://admin:wrong{PASSWORD}@127.0.0.1:{port}/"), tmp_path)
+    wrong = _skinflow(
+        ["validate", str(dataset), "--out", str(tmp_path / "v0")],
+        _env(tmp_path, f"http://admin:wrong{PASSWORD}@127.0.0.1:{port}/"),
+        tmp_path,
+    )
     assert wrong.returncode == 3 and "refused the credentials" in wrong.stderr, wrong.stderr[-2000:]
     env = _env(tmp_path, f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/")
     ok = _skinflow(["validate", str(dataset), "--out", str(tmp_path / "v1")], env, tmp_path)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
-    found = requests.post(f"{base}/api/2.0/mlflow/runs/search", auth=("admin", ADMIN_PASSWORD), timeout=10,
-                          json={"experiment_ids": [_experiment_id(base, "skinflow-validate")]}).json()
+    found = requests.post(
+        f"{base}/api/2.0/mlflow/runs/search",
+        auth=("admin", ADMIN_PASSWORD),
+        timeout=10,
+        json={"experiment_ids": [_experiment_id(base, "skinflow-validate")]},
+    ).json()
     assert len(found["runs"]) == 1 and found["runs"][0]["info"]["status"] == "FINISHED"
     # the variables form works too, and nothing stores or prints a password
     env2 = {**_env(tmp_path, base), "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
@@ -121,6 +154,10 @@ def test_a_credentialed_tracking_uri_works_against_basic_auth(auth_server, datas
 def _experiment_id(base: str, name: str) -> str:
     import requests
 
-    r = requests.get(f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
-                     auth=("admin", ADMIN_PASSWORD), timeout=10)
+    r = requests.get(
+        f"{base}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": name},
+        auth=("admin", ADMIN_PASSWORD),
+        timeout=10,
+    )
     return r.json()["experiment"]["experiment_id"]

@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 
 from ml.data.images import load_rgb
 from ml.eval.gate import heldout_digest
-from ml.tracking import models as tracked_models, registry
+from ml.tracking import models as tracked_models
+from ml.tracking import registry
 from tests.conftest import use_local_stores
 
 NAME = "skin-lesion-classifier"
@@ -43,8 +44,7 @@ def registered(tmp_path_factory, monkeypatch_module):
     generate(root / "ds", SynthConfig(per_class=6, size=FILE_SIZE, seed=0), progress=False)
     manifest = split_manifest(build_manifest(root / "ds"), val_frac=0.2, test_frac=0.2, seed=0)
     cache = build_cache(manifest, CACHE_SIZE, root / "cache")
-    cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, tta=True, device="cpu",
-                      progress=False)
+    cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, tta=True, device="cpu", progress=False)
     result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
     evaluation = evaluate_model.fn(result, cache, "test")
     run_id, _ = open_run.fn("skinflow-retrain", "serving")

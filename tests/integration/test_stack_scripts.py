@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import read_stack_env as _read_env
 
-
 pytestmark = pytest.mark.slow
 
 

@@ -97,8 +97,13 @@ def test_unreachable_endpoint_is_named(tmp_path, aws_env):
 def test_bad_credentials_are_reported(tmp_path, aws_env, monkeypatch):
     """A moto server with authentication on rejects an unknown access key."""
     port = free_port()
-    svc = Service("moto-auth", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                  f"http://127.0.0.1:{port}/moto-api/", tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    svc = Service(
+        "moto-auth",
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        tmp_path,
+        env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+    )
     try:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")

@@ -20,8 +20,27 @@ PG_TABLES = "SELECT count(*) FROM information_schema.tables WHERE table_schema =
 def _psql(stack, db: str, sql: str) -> str:
     pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
     env = {"PGPASSWORD": (stack.run_dir / "secrets" / "pg_password").read_text().strip(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([str(pg_bin), "-X", "-At", "-h", "127.0.0.1", "-p", str(stack.ports["PG"]), "-U", "skinflow",
-                          "-d", db, "-c", sql], env=env, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            str(pg_bin),
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(stack.ports["PG"]),
+            "-U",
+            "skinflow",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -56,8 +75,10 @@ def test_mlflow_and_prefect_keep_their_metadata_in_postgres(team_stack) -> None:
     from mlflow import MlflowClient
 
     exp = MlflowClient(team_stack.env["MLFLOW_TRACKING_URI"]).create_experiment("team-stack-probe")
-    assert _psql(team_stack, "mlflow", f"SELECT name FROM experiments WHERE experiment_id = {int(exp)}") == \
-        "team-stack-probe"
+    assert (
+        _psql(team_stack, "mlflow", f"SELECT name FROM experiments WHERE experiment_id = {int(exp)}")
+        == "team-stack-probe"
+    )
 
 
 def test_two_workers_are_online_on_the_pool(team_stack) -> None:
@@ -69,8 +90,11 @@ def test_two_workers_are_online_on_the_pool(team_stack) -> None:
     assert online == ["skinflow-pool-worker-1", "skinflow-pool-worker-2"]
     # each worker sends its flow runs to this stack's MLflow, S3 and Ray cluster
     for service in ("worker", "worker2"):
-        env = dict(kv.split("=", 1) for kv in
-                   Path(f"/proc/{team_stack.pid(service)}/environ").read_bytes().decode().split("\0") if "=" in kv)
+        env = dict(
+            kv.split("=", 1)
+            for kv in Path(f"/proc/{team_stack.pid(service)}/environ").read_bytes().decode().split("\0")
+            if "=" in kv
+        )
         assert env["MLFLOW_TRACKING_URI"] == team_stack.env["MLFLOW_TRACKING_URI"]
         assert env["RAY_ADDRESS"] == f"127.0.0.1:{team_stack.ports['RAY']}"
         assert "PGPASSWORD" not in env  # only the database's clients (MLflow, Prefect servers) get it
@@ -90,8 +114,14 @@ ray.shutdown()
 
 
 def test_ray_has_a_head_and_a_second_node_that_runs_tasks(team_stack, tmp_path) -> None:
-    out = subprocess.run([sys.executable, "-c", _RAY_PROBE], env=team_stack.client_env(PYTHONPATH=str(REPO)),
-                         capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _RAY_PROBE],
+        env=team_stack.client_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(seen["nodes"]) == 2 and {n["ip"] for n in seen["nodes"]} == {"127.0.0.1"}
@@ -102,8 +132,9 @@ def test_ray_has_a_head_and_a_second_node_that_runs_tasks(team_stack, tmp_path) 
 def test_a_ray_client_with_a_wrong_token_is_refused(team_stack, tmp_path) -> None:
     code = "import ray; ray.init(log_to_driver=False); print('joined')"
     env = team_stack.client_env(RAY_AUTH_TOKEN="0" * 48, HOME=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode != 0 and "joined" not in out.stdout
     assert "token" in out.stderr.lower() or "auth" in out.stderr.lower(), out.stderr[-2000:]
 
@@ -111,8 +142,9 @@ def test_a_ray_client_with_a_wrong_token_is_refused(team_stack, tmp_path) -> Non
 def test_no_secret_is_printed_and_the_env_file_is_private(team_stack) -> None:
     secrets = [(team_stack.run_dir / "secrets" / name).read_text().strip() for name in ("pg_password", "ray_token")]
     assert all(len(s) >= 32 for s in secrets)
-    shown = team_stack.up.stdout + team_stack.up.stderr + team_stack.sh("status").stdout + \
-        team_stack.sh("describe").stdout
+    shown = (
+        team_stack.up.stdout + team_stack.up.stderr + team_stack.sh("status").stdout + team_stack.sh("describe").stdout
+    )
     for log in (team_stack.run_dir / "logs").glob("*.log"):
         shown += log.read_text(errors="replace")
     assert not [s for s in secrets if s in shown]

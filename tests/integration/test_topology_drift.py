@@ -30,8 +30,9 @@ def _expand_defaults(text: str) -> str:
 def stack(tmp_path_factory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKINFLOW_")}
     env["SKINFLOW_STACK_DIR"] = str(tmp_path_factory.mktemp("describe"))
-    out = subprocess.run(["bash", str(STACK_SH), "describe", "--db", "postgres"], env=env, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", str(STACK_SH), "describe", "--db", "postgres"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     return dict(line.split("=", 1) for line in out.stdout.splitlines())
 
@@ -67,8 +68,9 @@ def test_database_urls_agree(compose, stack) -> None:
     services = compose["services"]
     mlflow = _command(services["mlflow"])
     _same_database(_option(mlflow, "--backend-store-uri"), stack["mlflow_backend_store_uri"])
-    _same_database(services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"],
-                   stack["prefect_database_url"])
+    _same_database(
+        services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"], stack["prefect_database_url"]
+    )
     pg = services["postgres"]["environment"]
     assert pg["POSTGRES_USER"] == stack["postgres_user"]
     # both databases exist on the compose side: POSTGRES_DB and the init script

@@ -15,7 +15,9 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from ml.tracking import models as tracked_models, registry, runs as tracking_runs
+from ml.tracking import models as tracked_models
+from ml.tracking import registry
+from ml.tracking import runs as tracking_runs
 from ml.tracking.runs import ServiceUnavailableError
 from tests.conftest import free_port
 
@@ -101,8 +103,9 @@ def test_metrics_are_logged_per_epoch_under_conventional_names(logged) -> None:
 def test_history_with_unconventional_names_is_rejected() -> None:
     with pytest.raises(ValueError, match="valLoss"):
         tracking_runs.epoch_metrics({"epoch": 1, "valLoss": 0.3})
-    assert tracking_runs.epoch_metrics({"epoch": 2, "val_loss": float("nan"), "train_loss": 0.5,
-                                        "val_auroc_macro": None}) == {"train_loss": 0.5}
+    assert tracking_runs.epoch_metrics(
+        {"epoch": 2, "val_loss": float("nan"), "train_loss": 0.5, "val_auroc_macro": None}
+    ) == {"train_loss": 0.5}
 
 
 def test_params_hold_the_flat_config_without_secrets(logged) -> None:
@@ -128,8 +131,9 @@ def test_tags_dataset_input_and_artifacts(logged) -> None:
     # the checkout's HEAD, not the "unknown" fallback (the suite runs inside the git checkout)
     import subprocess
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert tags["git_commit"] == head and len(head) == 40
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "synth10"
@@ -155,8 +159,14 @@ def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
     other, snapshots = _tiny_model(1), [_tiny_model(2).state_dict(), _tiny_model(3).state_dict()]
     with mlflow.start_run() as second_run:
         second_info = tracked_models.log_torch_model(
-            other, "tiny", CLASSES, np.zeros((1, 3, 16, 16), np.float32), serialization_format="pickle",
-            extra_meta={"norm": [[0.5] * 3, [0.2] * 3]}, snapshots=snapshots)
+            other,
+            "tiny",
+            CLASSES,
+            np.zeros((1, 3, 16, 16), np.float32),
+            serialization_format="pickle",
+            extra_meta={"norm": [[0.5] * 3, [0.2] * 3]},
+            snapshots=snapshots,
+        )
     second = registry.register_version(second_info.model_uri, name)
     assert MlflowClient().get_model_version(name, second).run_id == second_run.info.run_id
     assert (first, second) == ("1", "2")
@@ -166,8 +176,11 @@ def test_registry_versions_aliases_and_state_dict_round_trip(logged) -> None:
     assert registry.get_alias_version(name, "challenger") == "2"
     assert MlflowClient().get_model_version(name, first).tags == {"gate": "first"}
 
-    for uri, expected in ((f"models:/{name}@champion", model), (f"models:/{name}/2", other),
-                          (f"runs:/{run_id}/model", model)):
+    for uri, expected in (
+        (f"models:/{name}@champion", model),
+        (f"models:/{name}/2", other),
+        (f"runs:/{run_id}/model", model),
+    ):
         # the single model's weights, as fine-tuning from a registered model reads them
         with tempfile.TemporaryDirectory() as tmp:
             state = torch.load(tracked_models.fetch_weights(uri, Path(tmp)), map_location="cpu", weights_only=True)
@@ -244,7 +257,8 @@ def test_epoch_logger_writes_every_row_before_fit_returns(store) -> None:
     history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
-        [row["val_loss"] for row in result.history])
+        [row["val_loss"] for row in result.history]
+    )
 
 
 def test_epoch_logger_reports_a_failed_write(store) -> None:

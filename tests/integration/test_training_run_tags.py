@@ -28,13 +28,15 @@ def test_run_of_an_amp_request_on_an_avx2_cpu_is_tagged_fp32_with_the_reason(syn
     monkeypatch.setattr(prec, "machine_cpu_capability", lambda: "AVX2")
     manifest = split_manifest(build_manifest(synth_small), val_frac=0.25, test_frac=0.0, seed=0)
     cache = build_cache(manifest, 32, tmp_path / "cache")
-    cfg = TrainConfig(arch="resnet18", epochs=1, batch_size=16, lr=0.01, amp=True, snapshots=0, device="cpu",
-                      progress=False)
+    cfg = TrainConfig(
+        arch="resnet18", epochs=1, batch_size=16, lr=0.01, amp=True, snapshots=0, device="cpu", progress=False
+    )
     result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
     assert result.amp_dtype is None
     run_id, _ = open_run.fn("skinflow-train", "precision-tags")
-    log_training_run.fn(run_id, result, evaluate(result, cache.subset("val")), "val", cache, manifest,
-                        str(tmp_path / "out"))
+    log_training_run.fn(
+        run_id, result, evaluate(result, cache.subset("val")), "val", cache, manifest, str(tmp_path / "out")
+    )
 
     run = MlflowClient().get_run(run_id)
     tags = run.data.tags

@@ -22,12 +22,26 @@ def test_trials_are_named_and_log_their_dataset(synth_small, ray_local, tmp_path
 
     use_local_stores(monkeypatch, tmp_path)
     try:
-        cache = build_cache(split_manifest(build_manifest(synth_small), val_frac=0.25, seed=0, max_distance=None),
-                            32, tmp_path / "cache")
+        cache = build_cache(
+            split_manifest(build_manifest(synth_small), val_frac=0.25, seed=0, max_distance=None),
+            32,
+            tmp_path / "cache",
+        )
         parent, experiment_id = open_run.fn("skinflow-tune", "tune test")
-        res = run_tune.fn(TrialData.from_cache(cache), (1e-3, 1e-2), {"batch_size": 16, "snapshots": 0},
-                          ["sgd", "sgdr"], [False], ["resnet18"], 1, 1, parent, experiment_id,
-                          absolute_tracking_uri(get_settings().mlflow_tracking_uri), name="t-names")
+        res = run_tune.fn(
+            TrialData.from_cache(cache),
+            (1e-3, 1e-2),
+            {"batch_size": 16, "snapshots": 0},
+            ["sgd", "sgdr"],
+            [False],
+            ["resnet18"],
+            1,
+            1,
+            parent,
+            experiment_id,
+            absolute_tracking_uri(get_settings().mlflow_tracking_uri),
+            name="t-names",
+        )
     finally:
         get_settings.cache_clear()
     assert not res["failed"]

@@ -25,10 +25,19 @@ def validated(prefect_harness, tmp_path_factory):
     generate(ds, SynthConfig(per_class=10, size=64, seed=0), progress=False)
     (ds / "ulcer" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(120))  # an OLE2 header
     shutil.copyfile(ds / "tumor" / "tumor_0003.jpg", ds / "tumor" / "tumor_0003 (copy).jpg")
-    env = {**os.environ, "SKINFLOW_DATA_ROOT": str(root / "data"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
-    out = subprocess.run([str(VENV_BIN / "skinflow"), "validate", str(ds), "--out", str(root / "val")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "SKINFLOW_DATA_ROOT": str(root / "data"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+    }
+    out = subprocess.run(
+        [str(VENV_BIN / "skinflow"), "validate", str(ds), "--out", str(root / "val")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     pages = list((root / "val").rglob("summary.html"))
     assert len(pages) == 1, out.stdout[-2000:] + out.stderr[-2000:]
     return ds, out, pages[0]
@@ -41,8 +50,7 @@ def test_cli_names_the_bad_file_and_the_duplicate_group(validated):
     thumbs = str(ds / "ulcer" / "Thumbs.db")
     assert any(thumbs in ln and "not_an_image" in ln for ln in lines), out.stdout[-3000:]
     assert "files not used (1):" in out.stdout
-    group = [ln for ln in lines if "duplicate groups" not in ln and "tumor_0003 (copy).jpg" in ln
-             and "exact" in ln]
+    group = [ln for ln in lines if "duplicate groups" not in ln and "tumor_0003 (copy).jpg" in ln and "exact" in ln]
     assert group and str(ds / "tumor" / "tumor_0003.jpg") in group[0], out.stdout[-3000:]
     kinds = [ln for ln in lines if ln.startswith("confounder kinds (images flagged): pen_mark=")]
     assert kinds and all(f"{k}=" in kinds[0] for k in ("ruler", "text_band", "drape", "dark_background"))

@@ -8,15 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.gan.augcheck import (NOT_SAFE, SAFE, AugCheckPolicy, decide, estimate_summary, estimate_table,
-                             memorisation_test, mix_at_ratio, nearest_neighbours, pool_counts, pool_indices,
-                             ratio_estimates)
+from ml.gan.augcheck import (
+    NOT_SAFE,
+    SAFE,
+    AugCheckPolicy,
+    decide,
+    estimate_summary,
+    estimate_table,
+    memorisation_test,
+    mix_at_ratio,
+    nearest_neighbours,
+    pool_counts,
+    pool_indices,
+    ratio_estimates,
+)
 from ml.gan.check import control, write_synthetic_version
 from ml.gan.config import AugCheckConfig
 
 
-@pytest.mark.parametrize("ratio,n_a,n_b,expected", [(0.5, 30, 50, (30, 30)), (0.3, 30, 50, (21, 50)),
-                                                    (0.7, 30, 50, (29, 13)), (0.7, 100, 10, (23, 10))])
+@pytest.mark.parametrize(
+    "ratio,n_a,n_b,expected",
+    [(0.5, 30, 50, (30, 30)), (0.3, 30, 50, (21, 50)), (0.7, 30, 50, (29, 13)), (0.7, 100, 10, (23, 10))],
+)
 def test_pool_counts_are_the_largest_pool_at_the_ratio(ratio, n_a, n_b, expected) -> None:
     k_a, k_b = pool_counts(n_a, n_b, ratio)
     assert (k_a, k_b) == expected
@@ -42,11 +55,18 @@ def test_estimates_table_and_summary_by_hand() -> None:
     s = estimate_summary(values, 0.5)
     assert s["mean"] == pytest.approx(0.459375) and s["range"] == pytest.approx(0.3625)
     assert s["std"] == pytest.approx(np.std(values, ddof=1)) and s["error"] == pytest.approx(-0.040625)
-    runs = [{"seed": i, "val_accuracy": a, "mean_posterior": v, "share_predicted": v}
-            for i, (a, v) in enumerate(zip([0.889, 0.884, 0.904, 0.885], values))]
+    runs = [
+        {"seed": i, "val_accuracy": a, "mean_posterior": v, "share_predicted": v}
+        for i, (a, v) in enumerate(zip([0.889, 0.884, 0.904, 0.885], values))
+    ]
     table = estimate_table(runs, "acne", "blister", "mean_posterior")
-    assert table[1] == {"run": 2, "seed": 1, "binary model accuracy": 88.4, "acne estimate": 22.5,
-                        "blister estimate": 77.5}
+    assert table[1] == {
+        "run": 2,
+        "seed": 1,
+        "binary model accuracy": 88.4,
+        "acne estimate": 22.5,
+        "blister estimate": 77.5,
+    }
 
 
 def test_memorisation_detects_copies_and_passes_novel_samples() -> None:
@@ -69,8 +89,11 @@ def _policy(**kw) -> AugCheckPolicy:
 
 
 def _control(mixed: float, only_a: float, only_b: float, r: float) -> dict:
-    return {"mixed": estimate_summary([mixed], r), "only_a": estimate_summary([only_a], 1.0),
-            "only_b": estimate_summary([only_b], 0.0)}
+    return {
+        "mixed": estimate_summary([mixed], r),
+        "only_a": estimate_summary([only_a], 1.0),
+        "only_b": estimate_summary([only_b], 0.0),
+    }
 
 
 def test_verdict_rules_and_reasons() -> None:
@@ -92,8 +115,15 @@ def test_policy_file_loads_with_commented_thresholds() -> None:
 
     text = POLICY_PATH.read_text()
     policy = AugCheckPolicy.load()
-    for name in ("tolerance", "max_spread", "nn_quantile", "max_memorised_share", "control_tolerance",
-                 "single_class_tolerance", "estimate"):
+    for name in (
+        "tolerance",
+        "max_spread",
+        "nn_quantile",
+        "max_memorised_share",
+        "control_tolerance",
+        "single_class_tolerance",
+        "estimate",
+    ):
         assert f"\n{name}:" in text
         i = text.index(f"\n{name}:")
         assert text[:i].rstrip().splitlines()[-1].startswith("#"), f"{name} has no comment"
@@ -125,7 +155,7 @@ def _two_class_images(per_class: int, seed: int, size: int = 16) -> tuple[np.nda
     images = rng.integers(60, 120, size=(len(labels), size, size, 3), dtype=np.uint8)
     for img, c in zip(images, labels):
         y, x = rng.integers(0, size - 8, size=2)
-        img[y:y + 8, x:x + 8, 0 if c == 0 else 2] = 250
+        img[y : y + 8, x : x + 8, 0 if c == 0 else 2] = 250
     return images, labels.astype(np.int64)
 
 

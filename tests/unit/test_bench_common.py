@@ -44,8 +44,10 @@ def test_marked_sections_with_hyphenated_names_survive_a_training_rerun(tmp_path
     from bench.bench_train import keep_other_sections
 
     doc = tmp_path / "RESULTS.md"
-    doc.write_text("<!-- state:start -->\nS\n<!-- state:end -->\n# old training text\n\n"
-                   "<!-- large-jpeg:start -->\nJ\n<!-- large-jpeg:end -->\n<!-- load:start -->\nL\n<!-- load:end -->\n")
+    doc.write_text(
+        "<!-- state:start -->\nS\n<!-- state:end -->\n# old training text\n\n"
+        "<!-- large-jpeg:start -->\nJ\n<!-- large-jpeg:end -->\n<!-- load:start -->\nL\n<!-- load:end -->\n"
+    )
     assert [b.splitlines()[1] for b in marked_sections(doc.read_text())] == ["S", "J", "L"]
     new = keep_other_sections(doc, "# new training text\n")
     assert new.startswith("<!-- state:start -->\nS\n<!-- state:end -->\n\n# new training text\n")

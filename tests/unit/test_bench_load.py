@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from bench.bench_load import check_exactly_once, worker_submissions
 
-A, B, C = ("a" * 8 + "-0000-0000-0000-" + "0" * 12, "b" * 8 + "-0000-0000-0000-" + "0" * 12,
-           "c" * 8 + "-0000-0000-0000-" + "0" * 12)
+A, B, C = (
+    "a" * 8 + "-0000-0000-0000-" + "0" * 12,
+    "b" * 8 + "-0000-0000-0000-" + "0" * 12,
+    "c" * 8 + "-0000-0000-0000-" + "0" * 12,
+)
 LINE = "01:38:06.461 | INFO    | prefect.flow_runs.worker - "
 
 
@@ -13,10 +16,13 @@ def test_a_refused_second_submission_is_not_a_second_start(tmp_path) -> None:
     (tmp_path / "worker.log").write_text(
         f"{LINE}Worker 'skinflow-pool-worker-1' submitting flow run '{A}'\n"
         f"{LINE}Worker 'skinflow-pool-worker-1' submitting flow run '{B}'\n"
-        f"{LINE}Aborted submission of flow run '{B}'. Server sent an abort signal: This run is in a PENDING state\n")
-    (tmp_path / "worker2.log").write_text(f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{B}'\n"
-                                          f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{C}'\n"
-                                          f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{C}'\n")
+        f"{LINE}Aborted submission of flow run '{B}'. Server sent an abort signal: This run is in a PENDING state\n"
+    )
+    (tmp_path / "worker2.log").write_text(
+        f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{B}'\n"
+        f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{C}'\n"
+        f"{LINE}Worker 'skinflow-pool-worker-2' submitting flow run '{C}'\n"
+    )
     started, refused = worker_submissions(tmp_path)
     assert started == {A: ["worker"], B: ["worker2"], C: ["worker2", "worker2"]}
     assert refused == {B: ["worker"]}
@@ -24,9 +30,18 @@ def test_a_refused_second_submission_is_not_a_second_start(tmp_path) -> None:
 
 def _result(**changes):
     ids = [A, B]
-    res = {"n": 2, "submitted_ids": ids, "runs_seen": 2, "run_ids_seen": sorted(ids), "states": ["COMPLETED"] * 2,
-           "run_counts": [1, 1], "task_runs_per_flow_run": [1, 1], "task_states": ["COMPLETED"] * 2,
-           "worker_submissions": {A: ["worker"], B: ["worker2"]}, "mlflow_flow_run_ids": sorted(ids)}
+    res = {
+        "n": 2,
+        "submitted_ids": ids,
+        "runs_seen": 2,
+        "run_ids_seen": sorted(ids),
+        "states": ["COMPLETED"] * 2,
+        "run_counts": [1, 1],
+        "task_runs_per_flow_run": [1, 1],
+        "task_states": ["COMPLETED"] * 2,
+        "worker_submissions": {A: ["worker"], B: ["worker2"]},
+        "mlflow_flow_run_ids": sorted(ids),
+    }
     return {**res, **changes}
 
 
@@ -46,14 +61,28 @@ def test_the_report_states_the_load_before_each_stack_and_reads_the_two_back_end
     from bench.bench_load import report
 
     def result(profile, per_run, locked, start):
-        return {"profile": profile, "n": 20, "per_worker": {"worker": 12, "worker2": 8}, "pool_limit": 4,
-                "states": ["COMPLETED"] * 20, "problems": [], "wall_s": 20 * per_run, "wall_per_run_s": per_run,
-                "latency_median_s": 40.0, "latency_max_s": 70.0, "run_median_s": 3.0,
-                "refused_duplicate_submissions": 0, "api_retries": 0, "server_db_locked_lines": locked,
-                "load_average_at_start": start}
+        return {
+            "profile": profile,
+            "n": 20,
+            "per_worker": {"worker": 12, "worker2": 8},
+            "pool_limit": 4,
+            "states": ["COMPLETED"] * 20,
+            "problems": [],
+            "wall_s": 20 * per_run,
+            "wall_per_run_s": per_run,
+            "latency_median_s": 40.0,
+            "latency_max_s": 70.0,
+            "run_median_s": 3.0,
+            "refused_duplicate_submissions": 0,
+            "api_retries": 0,
+            "server_db_locked_lines": locked,
+            "load_average_at_start": start,
+        }
 
-    text = report([result("sqlite", 4.0, 114, [0.4, 0.5, 0.6]), result("postgres", 5.0, 0, [5.5, 3.0, 2.0])],
-                  argparse.Namespace(runs=20, pool_limit=4))
+    text = report(
+        [result("sqlite", 4.0, 114, [0.4, 0.5, 0.6]), result("postgres", 5.0, 0, [5.5, 3.0, 2.0])],
+        argparse.Namespace(runs=20, pool_limit=4),
+    )
     assert "sqlite 0.4, postgres 5.5" in text
     assert "shared with other jobs" in text  # 5.5 on 2 cores before the postgres stack started
     assert "5.00 s per run on Postgres against 4.00 s on sqlite (1.25x)" in text

@@ -4,15 +4,11 @@ tests/integration/test_bench_train_quick.py)."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench.bench_train import (  # noqa: E402
+from bench.bench_train import (
     adam_lr,
     eta,
     speedups,
@@ -20,10 +16,14 @@ from bench.bench_train import (  # noqa: E402
     variant_lr,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _hist(accs: list[float], secs: list[float]) -> list[dict[str, float]]:
-    return [{"epoch": i + 1, "val_balanced_accuracy": a, "epoch_seconds": s}
-            for i, (a, s) in enumerate(zip(accs, secs, strict=True))]
+    return [
+        {"epoch": i + 1, "val_balanced_accuracy": a, "epoch_seconds": s}
+        for i, (a, s) in enumerate(zip(accs, secs, strict=True))
+    ]
 
 
 def test_time_to_target_first_epoch_at_or_above_with_cumulative_seconds() -> None:
@@ -73,12 +73,20 @@ def test_learning_rates_per_variant() -> None:
 
 
 def _result(amp_dtype: str | None) -> dict:
-    runs = [{"variant": "sgd", "precision": p, "amp_dtype": d, "eta": e, "test_macro_f1": 0.5, "wall_seconds": s}
-            for p, d, e, s in (("fp32", None, 1.0, 30.0), ("amp", amp_dtype, 1.5, 20.0))]
-    return {"datasets": [{"dataset": "synth", "target": 0.6, "runs": runs, "info": {"counts": {"train": 40}}}],
-            "machine": {"cpu_capability": "AVX2", "usable_cores": 2, "load_average_at_start": None,
-                        "amp_precision": "amp requested but this CPU (AVX2) has no native bf16: training in fp32"},
-            "profile": {"quick": False}}
+    runs = [
+        {"variant": "sgd", "precision": p, "amp_dtype": d, "eta": e, "test_macro_f1": 0.5, "wall_seconds": s}
+        for p, d, e, s in (("fp32", None, 1.0, 30.0), ("amp", amp_dtype, 1.5, 20.0))
+    ]
+    return {
+        "datasets": [{"dataset": "synth", "target": 0.6, "runs": runs, "info": {"counts": {"train": 40}}}],
+        "machine": {
+            "cpu_capability": "AVX2",
+            "usable_cores": 2,
+            "load_average_at_start": None,
+            "amp_precision": "amp requested but this CPU (AVX2) has no native bf16: training in fp32",
+        },
+        "profile": {"quick": False},
+    }
 
 
 def test_interpretation_names_the_amp_dtype_or_says_the_amp_rows_ran_fp32() -> None:

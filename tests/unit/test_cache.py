@@ -21,8 +21,8 @@ def banded(width: int, height: int, centre: tuple[int, int, int]) -> Image.Image
     """Blue left quarter, ``centre`` colour in the middle half, green right quarter."""
     arr = np.zeros((height, width, 3), np.uint8)
     arr[:, : width // 4] = (0, 0, 255)
-    arr[:, width // 4: 3 * width // 4] = centre
-    arr[:, 3 * width // 4:] = (0, 255, 0)
+    arr[:, width // 4 : 3 * width // 4] = centre
+    arr[:, 3 * width // 4 :] = (0, 255, 0)
     return Image.fromarray(arr)
 
 

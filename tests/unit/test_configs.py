@@ -12,25 +12,41 @@ from pydantic import BaseModel, ValidationError
 from typer.testing import CliRunner
 
 from ml.data.config import DataConfig
+from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.interpret.config import InterpretConfig
 from ml.robust.config import RobustnessConfig
-from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.train.config import VARIANTS, LRFindConfig, SweepConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("cls,bad", [
-    (TrainConfig, {"schedule": "cosine"}), (TrainConfig, {"epochs": 0}), (TrainConfig, {"lr": -1.0}),
-    (TrainConfig, {"arch": "vgg16"}), (TrainConfig, {"monitor": "val_f1"}), (TrainConfig, {"unknown": 1}),
-    (DataConfig, {"val_frac": 0.6, "test_frac": 0.5}), (DataConfig, {"size": 4}), (DataConfig, {"test_frac": 1.0}),
-    (SweepConfig, {"schedules": ["sgd", "sgd"]}), (SweepConfig, {"schedules": []}), (SweepConfig, {"num_samples": 0}),
-    (LRFindConfig, {"start_lr": 1.0, "end_lr": 0.1}), (LRFindConfig, {"num_iter": 1}),
-    (RobustnessConfig, {"noise_levels": [0.05, 0.05]}), (RobustnessConfig, {"blur_kernel": 6}),
-    (InterpretConfig, {"seeds": 0}), (InterpretConfig, {"confidence": 1.0}),
-    (ProGANConfig, {"resolution": 48}), (ProGANConfig, {"fade_iters": 0}), (AugCheckConfig, {"ratio": 1.0}),
-    (AugCheckConfig, {"label_a": "acne", "label_b": "acne"}),
-])
+@pytest.mark.parametrize(
+    "cls,bad",
+    [
+        (TrainConfig, {"schedule": "cosine"}),
+        (TrainConfig, {"epochs": 0}),
+        (TrainConfig, {"lr": -1.0}),
+        (TrainConfig, {"arch": "vgg16"}),
+        (TrainConfig, {"monitor": "val_f1"}),
+        (TrainConfig, {"unknown": 1}),
+        (DataConfig, {"val_frac": 0.6, "test_frac": 0.5}),
+        (DataConfig, {"size": 4}),
+        (DataConfig, {"test_frac": 1.0}),
+        (SweepConfig, {"schedules": ["sgd", "sgd"]}),
+        (SweepConfig, {"schedules": []}),
+        (SweepConfig, {"num_samples": 0}),
+        (LRFindConfig, {"start_lr": 1.0, "end_lr": 0.1}),
+        (LRFindConfig, {"num_iter": 1}),
+        (RobustnessConfig, {"noise_levels": [0.05, 0.05]}),
+        (RobustnessConfig, {"blur_kernel": 6}),
+        (InterpretConfig, {"seeds": 0}),
+        (InterpretConfig, {"confidence": 1.0}),
+        (ProGANConfig, {"resolution": 48}),
+        (ProGANConfig, {"fade_iters": 0}),
+        (AugCheckConfig, {"ratio": 1.0}),
+        (AugCheckConfig, {"label_a": "acne", "label_b": "acne"}),
+    ],
+)
 def test_bad_values_are_refused_with_the_field_named(cls, bad):
     with pytest.raises(ValidationError) as err:
         cls(**bad)
@@ -49,14 +65,28 @@ def _flows():
     from flows.curation_ab import curation_ab_flow
     from flows.interpret import interpret_flow
     from flows.monitor import monitor_flow
-    from flows.robustness import robustness_flow
     from flows.retrain import retrain_flow
+    from flows.robustness import robustness_flow
     from flows.train import lr_find_flow, pretrain_flow, train_flow
     from flows.tune import tune_flow
     from flows.validate import validate_flow
 
-    return {f.name: f for f in (train_flow, lr_find_flow, pretrain_flow, tune_flow, retrain_flow, validate_flow,
-                                curation_ab_flow, robustness_flow, interpret_flow, monitor_flow, augcheck_flow)}
+    return {
+        f.name: f
+        for f in (
+            train_flow,
+            lr_find_flow,
+            pretrain_flow,
+            tune_flow,
+            retrain_flow,
+            validate_flow,
+            curation_ab_flow,
+            robustness_flow,
+            interpret_flow,
+            monitor_flow,
+            augcheck_flow,
+        )
+    }
 
 
 def test_flows_take_config_objects_whose_defaults_are_the_classes():
@@ -66,15 +96,29 @@ def test_flows_take_config_objects_whose_defaults_are_the_classes():
         for param in inspect.signature(fl.fn).parameters.values():
             cls = param.annotation if isinstance(param.annotation, type) else None
             if isinstance(param.annotation, str):  # postponed annotations
-                cls = {"DataConfig": DataConfig, "TrainConfig": TrainConfig, "SweepConfig": SweepConfig,
-                       "LRFindConfig": LRFindConfig, "RobustnessConfig": RobustnessConfig,
-                       "InterpretConfig": InterpretConfig, "AugCheckConfig": AugCheckConfig,
-                       "ProGANConfig": ProGANConfig}.get(param.annotation)
+                cls = {
+                    "DataConfig": DataConfig,
+                    "TrainConfig": TrainConfig,
+                    "SweepConfig": SweepConfig,
+                    "LRFindConfig": LRFindConfig,
+                    "RobustnessConfig": RobustnessConfig,
+                    "InterpretConfig": InterpretConfig,
+                    "AugCheckConfig": AugCheckConfig,
+                    "ProGANConfig": ProGANConfig,
+                }.get(param.annotation)
             if cls is not None and issubclass(cls, BaseModel):
                 assert param.default == cls(), f"{name}.{param.name} overrides {cls.__name__}'s defaults"
                 seen.add(cls)
-    assert seen == {DataConfig, TrainConfig, SweepConfig, LRFindConfig, RobustnessConfig, InterpretConfig,
-                    AugCheckConfig, ProGANConfig}
+    assert seen == {
+        DataConfig,
+        TrainConfig,
+        SweepConfig,
+        LRFindConfig,
+        RobustnessConfig,
+        InterpretConfig,
+        AugCheckConfig,
+        ProGANConfig,
+    }
 
 
 def test_prefect_yaml_parameters_validate_against_their_flows():

@@ -103,7 +103,9 @@ def test_validation_warns_on_pen_marks_and_reports_kinds_apart(tmp_path):
     # the flag is not independent of the label; whether it warns is the check's business, not the pen's)
     assert report.outcome("association:drape_flag").column == "drape_flag"
     assert {w.check for w in report.warnings} - {"association:drape_flag"} == {
-        "flagged_share_per_class", "association:confounder_flag"}
+        "flagged_share_per_class",
+        "association:confounder_flag",
+    }
     counts = report.confounders_by_class.set_index("label")
     assert counts.loc["acne", "pen_mark"] >= 5 and counts["drape"].sum() >= 0.85 * len(feats)
     assert {f"{k}_share_per_class" for k in ACQUISITION_KINDS} <= {r.check for r in report.results}

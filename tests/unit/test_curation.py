@@ -101,15 +101,22 @@ def test_fov_crop_frames_the_lesion_at_the_target_share():
 
 def test_quarantine_separates_broken_and_conflicting_files():
     feats = pd.DataFrame(
-        {"path": ["a", "b", "c", "d"], "label": ["x", "y", "x", "x"], "decode_ok": [True, True, False, True],
-         "reason": ["", "", "truncated", ""], "sha256": ["h1", "h1", "h2", "h3"]}
-    )  # fmt: skip
+        {
+            "path": ["a", "b", "c", "d"],
+            "label": ["x", "y", "x", "x"],
+            "decode_ok": [True, True, False, True],
+            "reason": ["", "", "truncated", ""],
+            "sha256": ["h1", "h1", "h2", "h3"],
+        }
+    )
     conflicts = pd.DataFrame({"sha256": ["h1", "h1"], "path": ["a", "b"], "label": ["x", "y"]})
     kept, held = quarantine(feats, conflicts)
     assert list(kept["path"]) == ["d"]
     assert dict(zip(held["path"], held["quarantine_reason"])) == {
-        "a": "label_conflict", "b": "label_conflict", "c": "decode:truncated"
-    }  # fmt: skip
+        "a": "label_conflict",
+        "b": "label_conflict",
+        "c": "decode:truncated",
+    }
     assert len(feats) == 4 and "quarantine_reason" not in feats
 
 
@@ -145,8 +152,10 @@ def test_curate_dataset_writes_a_new_dataset_and_never_touches_sources(dataset, 
     assert Path(log.loc[clean, "out_path"]).read_bytes() == Path(clean).read_bytes()
     assert log.loc[broken, "status"] == "unreadable" and json.loads(log.loc[broken, "details"])["reason"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "acne/dark.png", "acne/marked.png", "ulcer/clean.png"
-    ]  # fmt: skip
+        "acne/dark.png",
+        "acne/marked.png",
+        "ulcer/clean.png",
+    ]
     assert pd.read_csv(out / "curation_log.csv").shape[0] == 4
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml.data.manifest import build_manifest
+from ml.data.synth import SynthConfig, generate
 from ml.quality.curation import (
     CURATED_MANIFEST,
     ab_comparison,
@@ -20,21 +22,36 @@ from ml.quality.curation import (
     write_curated_version,
 )
 from ml.quality.features import image_features
-from ml.data.manifest import build_manifest
-from ml.data.synth import SynthConfig, generate
 from ml.quality.validation import load_policy
 
 
 def _log(root: Path) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"path": "/src/b/b_1.jpg", "label": "b", "split": "val", "out_path": str(root / "b" / "b_1.png"),
-         "status": "curated"},
-        {"path": "/src/a/a_0.jpg", "label": "a", "split": "train", "out_path": str(root / "a" / "a_0.jpg"),
-         "status": "copied"},
-        {"path": "/src/a/a_9.jpg", "label": "a", "split": "test", "out_path": None, "status": "unreadable"},
-        {"path": "/src/b/b_2.jpg", "label": "b", "split": "test", "out_path": str(root / "b" / "b_2.jpg"),
-         "status": "copied"},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "path": "/src/b/b_1.jpg",
+                "label": "b",
+                "split": "val",
+                "out_path": str(root / "b" / "b_1.png"),
+                "status": "curated",
+            },
+            {
+                "path": "/src/a/a_0.jpg",
+                "label": "a",
+                "split": "train",
+                "out_path": str(root / "a" / "a_0.jpg"),
+                "status": "copied",
+            },
+            {"path": "/src/a/a_9.jpg", "label": "a", "split": "test", "out_path": None, "status": "unreadable"},
+            {
+                "path": "/src/b/b_2.jpg",
+                "label": "b",
+                "split": "test",
+                "out_path": str(root / "b" / "b_2.jpg"),
+                "status": "copied",
+            },
+        ]
+    )
 
 
 def test_curated_manifest_keeps_each_originals_split_with_relative_paths(tmp_path: Path) -> None:
@@ -60,20 +77,33 @@ def test_curated_manifest_refuses_inconsistent_logs(tmp_path: Path, edit, messag
 
 
 def test_split_mismatches_names_every_kind_of_problem() -> None:
-    original = pd.DataFrame({"path": ["p1", "p2", "p3", "p4"], "label": ["a", "a", "b", "b"],
-                             "split": ["train", "val", "test", "train"]})
-    same = pd.DataFrame({"source_path": ["p1", "p2", "p3", "p4"], "label": ["a", "a", "b", "b"],
-                         "split": ["train", "val", "test", "train"]})
+    original = pd.DataFrame(
+        {"path": ["p1", "p2", "p3", "p4"], "label": ["a", "a", "b", "b"], "split": ["train", "val", "test", "train"]}
+    )
+    same = pd.DataFrame(
+        {
+            "source_path": ["p1", "p2", "p3", "p4"],
+            "label": ["a", "a", "b", "b"],
+            "split": ["train", "val", "test", "train"],
+        }
+    )
     assert split_mismatches(original, same).empty
-    bad = pd.DataFrame({"source_path": ["p1", "p2", "p3", None], "label": ["a", "b", "b", "b"],
-                        "split": ["val", "val", "test", "train"]})
+    bad = pd.DataFrame(
+        {
+            "source_path": ["p1", "p2", "p3", None],
+            "label": ["a", "b", "b", "b"],
+            "split": ["val", "val", "test", "train"],
+        }
+    )
     found = dict(zip(split_mismatches(original, bad)["path"].fillna("?"), split_mismatches(original, bad)["problem"]))
     assert found == {"p1": "split_changed", "p2": "label_changed", "p4": "missing", "?": "unknown_source"}
 
 
 def test_ab_comparison_deltas_are_curated_minus_baseline() -> None:
-    rows = ab_comparison({"accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.30},
-                         {"accuracy": 0.625, "balanced_accuracy": 0.35, "macro_f1": None})
+    rows = ab_comparison(
+        {"accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.30},
+        {"accuracy": 0.625, "balanced_accuracy": 0.35, "macro_f1": None},
+    )
     assert [r["metric"] for r in rows] == ["accuracy", "balanced_accuracy", "macro_f1"]
     assert rows[0]["delta"] == pytest.approx(0.125) and rows[1]["delta"] == pytest.approx(-0.05)
     assert rows[2] == {"metric": "macro_f1", "baseline": 0.30, "curated": None, "delta": None}
@@ -84,13 +114,18 @@ def test_curation_key_tracks_files_splits_steps_and_policy() -> None:
     policy = load_policy()
     key = curation_key(rec, ["remove_confounders"], policy)
     assert key == curation_key(rec.iloc[::-1], ["remove_confounders"], policy)  # row order is irrelevant
-    assert len({
-        key,
-        curation_key(rec.assign(split=["val", "train"]), ["remove_confounders"], policy),
-        curation_key(rec.assign(sha256=["1", "3"]), ["remove_confounders"], policy),
-        curation_key(rec, ["remove_confounders", "gamma"], policy),
-        curation_key(rec, ["remove_confounders"], {**policy, "curation": {**policy["curation"], "k": 4}}),
-    }) == 5
+    assert (
+        len(
+            {
+                key,
+                curation_key(rec.assign(split=["val", "train"]), ["remove_confounders"], policy),
+                curation_key(rec.assign(sha256=["1", "3"]), ["remove_confounders"], policy),
+                curation_key(rec, ["remove_confounders", "gamma"], policy),
+                curation_key(rec, ["remove_confounders"], {**policy, "curation": {**policy["curation"], "k": 4}}),
+            }
+        )
+        == 5
+    )
 
 
 def _digests(root: Path) -> dict[str, str]:

@@ -18,9 +18,12 @@ def test_near_pairs_match_brute_force_hamming() -> None:
     flips = np.array([1 << int(b) for b in rng.integers(0, 64, size=40)], dtype=np.uint64)
     hashes = np.concatenate([base, base[:20] ^ flips[:20]])  # 20 pairs at distance 1
     i, j, d = near_pairs(hashes, max_distance=3)
-    brute = {(a, b, bin(int(hashes[a]) ^ int(hashes[b])).count("1"))
-             for a in range(len(hashes)) for b in range(a + 1, len(hashes))
-             if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= 3}
+    brute = {
+        (a, b, bin(int(hashes[a]) ^ int(hashes[b])).count("1"))
+        for a in range(len(hashes))
+        for b in range(a + 1, len(hashes))
+        if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= 3
+    }
     assert set(zip(i.tolist(), j.tolist(), d.tolist())) == brute
     assert len(brute) >= 20
 
@@ -35,8 +38,9 @@ def test_split_and_validation_share_the_policy_threshold(tmp_path) -> None:
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     paths = []
-    for k, arr in enumerate([img, np.clip(img.astype(int) + 12, 0, 255).astype(np.uint8),
-                             rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]):
+    for k, arr in enumerate(
+        [img, np.clip(img.astype(int) + 12, 0, 255).astype(np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
+    ):
         path = tmp_path / f"{k}.png"
         Image.fromarray(arr).save(path)
         paths.append(str(path))

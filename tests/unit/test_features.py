@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.quality.features import FEATURES_REVISION, compute_features, compute_features_cached, features_path, image_features
+from ml.quality.features import (
+    FEATURES_REVISION,
+    compute_features,
+    compute_features_cached,
+    features_path,
+    image_features,
+)
 
 SKIN = (224, 172, 140)
 
@@ -102,9 +108,15 @@ def test_broken_files_are_reported_not_raised(images, tmp_path):
 def _records(images: dict[str, Path]) -> pd.DataFrame:
     names = ["clean", "blue", "black", "dark", "truncated", "grey_png"]
     return pd.DataFrame(
-        {"path": [str(images[n]) for n in names], "label": names, "split": "train", "skin_tone": range(len(names)),
-         "sha256": "stale", "bytes": -1}
-    )  # fmt: skip
+        {
+            "path": [str(images[n]) for n in names],
+            "label": names,
+            "split": "train",
+            "skin_tone": range(len(names)),
+            "sha256": "stale",
+            "bytes": -1,
+        }
+    )
 
 
 def test_compute_features_parallel_matches_serial_and_keeps_metadata(images):
@@ -131,7 +143,9 @@ def test_cache_is_keyed_by_version_and_reused(images, tmp_path):
         shutil.copy(images[name], work / images[name].name)
     records = pd.DataFrame({"path": [str(p) for p in sorted(work.iterdir())], "label": ["b", "c"], "split": "val"})
     first = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
-    assert features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / f"features-r{FEATURES_REVISION}.parquet"
+    assert (
+        features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / f"features-r{FEATURES_REVISION}.parquet"
+    )
     assert features_path("v1", tmp_path / "cache").is_file()
     shutil.rmtree(work)  # a cache hit must not touch the images
     again = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
@@ -155,7 +169,7 @@ def test_magenta_blobs_are_not_ink_but_magenta_strokes_are():
     assert 315 < float(hsv(magenta.reshape(1, 1, 3))[0][0, 0]) < 335
     blob = skin.copy()
     yy, xx = np.mgrid[:128, :128]
-    blob[(yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2] = magenta
+    blob[(yy - 64) ** 2 + (xx - 64) ** 2 < 30**2] = magenta
     assert confounder_mask(blob).mean() < 0.005
     stroke = skin.copy()
     stroke[20:23, 10:118] = magenta
@@ -170,8 +184,8 @@ def test_magenta_rim_of_a_red_lesion_is_not_ink():
     yy, xx = np.mgrid[:128, :128]
     r2 = (yy - 64) ** 2 + (xx - 64) ** 2
     img = skin.copy()
-    img[r2 < 34 ** 2] = (170, 40, 110)  # magenta rim (hue ~325)
-    img[r2 < 30 ** 2] = (190, 40, 50)  # red core (hue ~356)
+    img[r2 < 34**2] = (170, 40, 110)  # magenta rim (hue ~325)
+    img[r2 < 30**2] = (190, 40, 50)  # red core (hue ~356)
     assert ink_mask(img).mean() < 0.002
 
 
@@ -194,11 +208,13 @@ def test_left_out_rows_keep_their_reason_and_refused_files_are_never_opened(imag
     monkeypatch.setattr(features_module, "image_features", lambda p: opened.append(str(p)) or real(p))
     outside = tmp_path / "secret.jpg"
     shutil.copy(images["clean"], outside)
-    records = pd.DataFrame({
-        "path": [str(images["clean"]), str(images["bmp"]), str(outside), str(tmp_path / "gone.jpg")],
-        "label": ["a", "a", "a", "a"],
-        "reason": ["", "unsupported_format", "outside_root", "broken_symlink"],
-    })
+    records = pd.DataFrame(
+        {
+            "path": [str(images["clean"]), str(images["bmp"]), str(outside), str(tmp_path / "gone.jpg")],
+            "label": ["a", "a", "a", "a"],
+            "reason": ["", "unsupported_format", "outside_root", "broken_symlink"],
+        }
+    )
     feats = compute_features(records, workers=1)
     assert opened == [str(images["clean"]), str(images["bmp"])]
     assert feats["left_out"].tolist() == ["", "unsupported_format", "outside_root", "broken_symlink"]

@@ -149,9 +149,7 @@ def test_different_but_not_better_challenger_is_a_tie(y: np.ndarray, champion: n
     assert decision.reason.startswith("not better beyond the noise")
 
 
-def test_class_recall_collapse_blocks_promotion_despite_better_macro_f1(
-    y: np.ndarray, champion: np.ndarray
-) -> None:
+def test_class_recall_collapse_blocks_promotion_despite_better_macro_f1(y: np.ndarray, champion: np.ndarray) -> None:
     challenger = y.copy()
     nevus = np.flatnonzero(y == 3)
     challenger[nevus[:80]] = 0  # nevus recall 0.2, every other class perfect
@@ -207,11 +205,13 @@ def test_heldout_digest_identifies_pixels_labels_order_and_classes() -> None:
     assert heldout_digest(images.copy(), list(labels), list(classes)) == base
     pixel = images.copy()
     pixel[3, 4, 4, 1] ^= 1
-    changed = [heldout_digest(pixel, labels, classes),
-               heldout_digest(images, np.array([0, 1, 2, 0, 2, 2]), classes),
-               heldout_digest(images[::-1], labels[::-1], classes),
-               heldout_digest(images, labels, ["a", "c", "b"]),
-               heldout_digest(images.reshape(6, 8, 24, 1), labels, classes)]
+    changed = [
+        heldout_digest(pixel, labels, classes),
+        heldout_digest(images, np.array([0, 1, 2, 0, 2, 2]), classes),
+        heldout_digest(images[::-1], labels[::-1], classes),
+        heldout_digest(images, labels, ["a", "c", "b"]),
+        heldout_digest(images.reshape(6, 8, 24, 1), labels, classes),
+    ]
     assert len({base, *changed}) == 6
 
 
@@ -221,8 +221,9 @@ SIM_CLASSES = [f"c{i}" for i in range(10)]
 SIM_PRIOR = np.geomspace(1.0, 0.25, len(SIM_CLASSES)) / np.geomspace(1.0, 0.25, len(SIM_CLASSES)).sum()
 
 
-def simulated_retrain(rng: np.random.Generator, n: int, acc_champion: float, acc_challenger: float,
-                      correlation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulated_retrain(
+    rng: np.random.Generator, n: int, acc_champion: float, acc_challenger: float, correlation: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(y, champion, challenger)`` on ``n`` images of a mildly long-tailed 10-class set.
 
     Each model is right on an image when ``sqrt(c) * difficulty + sqrt(1 - c) * own noise`` (all

@@ -184,7 +184,10 @@ def test_links_folders_and_fifos_are_reported_without_reading_them(tmp_path: Pat
     os.mkfifo(tmp_path / "pipe.jpg")  # reading it would block for ever
     reasons = {name: check_image(tmp_path / name) for name in ("gone.jpg", "folder.jpg", "pipe.jpg")}
     assert {n: r.reason for n, r in reasons.items()} == {
-        "gone.jpg": "broken_symlink", "folder.jpg": "not_a_file", "pipe.jpg": "not_a_file"}
+        "gone.jpg": "broken_symlink",
+        "folder.jpg": "not_a_file",
+        "pipe.jpg": "not_a_file",
+    }
     assert "nowhere.jpg" in reasons["gone.jpg"].message and "FIFO" in reasons["pipe.jpg"].message
     with pytest.raises(BadImageError) as err:
         load_rgb(tmp_path / "pipe.jpg")

@@ -40,8 +40,8 @@ def _lesion_images(size: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """Grey skin; image 0 a red centre lesion, 1 a blue one (both inside the centre third), 2 none."""
     images = np.full((3, size, size, 3), 140, dtype=np.uint8)
     c, r = size // 2, size // 8  # lesion side 2r = size/4 < the patch's size/3
-    images[0, c - r:c + r, c - r:c + r] = (230, 40, 40)
-    images[1, c - r:c + r, c - r:c + r] = (40, 40, 230)
+    images[0, c - r : c + r, c - r : c + r] = (230, 40, 40)
+    images[1, c - r : c + r, c - r : c + r] = (40, 40, 230)
     return images, np.array([0, 1, 2])
 
 
@@ -56,7 +56,7 @@ def test_background_test_flips_predictions_whose_lesion_the_patch_covers():
     rows, cols = centre_patch(24)
     assert (rows.stop - rows.start, cols.stop - cols.start) == (8, 8)
     covered = occlude_centre(images)
-    assert (covered[:, rows, cols] == 0).all() and (covered[:, :rows.start] == images[:, :rows.start]).all()
+    assert (covered[:, rows, cols] == 0).all() and (covered[:, : rows.start] == images[:, : rows.start]).all()
     model = ColourNet()
     res = background_test(lambda x: cams.probabilities(model, x, UNIT), images, labels, confidence=0.7)
     # the red and blue lesions are confidently right and fully covered: their predictions must change;
@@ -65,8 +65,7 @@ def test_background_test_flips_predictions_whose_lesion_the_patch_covers():
     assert res["change_rate"] == 1.0 and res["pred_after"] == [2, 2]
     assert res["prob_drop"] > 0.6 and res["prob_after"] < 0.25  # logits (0, 0, 1) after: 1 / (2 + e)
     # a patch that misses the lesion (one pixel wide) changes nothing
-    small = background_test(lambda x: cams.probabilities(model, x, UNIT), images, labels, confidence=0.7,
-                            frac=1 / 24)
+    small = background_test(lambda x: cams.probabilities(model, x, UNIT), images, labels, confidence=0.7, frac=1 / 24)
     assert small["change_rate"] == 0.0
     none = background_test(lambda x: cams.probabilities(model, x, UNIT), images, labels, confidence=0.999)
     assert none["n_confident"] == 0 and none["change_rate"] is None
@@ -106,16 +105,23 @@ def test_guided_backprop_works_on_a_copy_one_image_at_a_time():
     assert torch.equal(x, before) and not x.requires_grad
     assert isinstance(model.features[1], nn.ReLU)  # the model itself is not rewritten
     c, r = 12, 3
-    inside = np.abs(grads[0, c - r:c + r, c - r:c + r]).sum()
+    inside = np.abs(grads[0, c - r : c + r, c - r : c + r]).sum()
     assert inside > 0 and np.abs(grads[0]).sum() == pytest.approx(inside)  # only where red is active
     assert np.abs(grads[2]).sum() == 0  # no red anywhere: guided ReLUs pass nothing
     assert cams.guided_image(grads[0]).dtype == np.uint8
 
 
-@pytest.mark.parametrize("arch, size, expected", [
-    ("resnet18", 32, "layer2.1"), ("resnet18", 64, "layer3.1"), ("resnet18", 128, "layer4.1"),
-    ("efficientnet_lite0", 128, "head_act"), ("efficientnet_lite0", 64, "_blocks.10"),
-    ("densenet121", 64, "features.denseblock3")])
+@pytest.mark.parametrize(
+    "arch, size, expected",
+    [
+        ("resnet18", 32, "layer2.1"),
+        ("resnet18", 64, "layer3.1"),
+        ("resnet18", 128, "layer4.1"),
+        ("efficientnet_lite0", 128, "head_act"),
+        ("efficientnet_lite0", 64, "_blocks.10"),
+        ("densenet121", 64, "features.denseblock3"),
+    ],
+)
 def test_cam_layer_by_resolution_has_at_least_four_pixels(arch, size, expected):
     model = build_model(arch, 3).eval()
     layer = cam_target_layer(model, arch, input_size=size)
@@ -146,13 +152,23 @@ def test_pair_errors_captions_distribution_and_gallery(tmp_path):
     assert caption(CLASSES, 0, 1, np.array([0.2, 0.7, 0.1])) == "red (0.20) / blue (0.70)"
     dist = class_distribution(labels, [pred, labels], CLASSES)
     assert dist[0]["true_share"] == pytest.approx(0.5) and dist[1]["predicted_share_mean"] == pytest.approx(
-        (4 / 6 + 2 / 6) / 2)
+        (4 / 6 + 2 / 6) / 2
+    )
     assert sum(d["bias"] for d in dist) == pytest.approx(0.0)
     # a red lesion with a blue rim the model calls blue: one red/blue error for the gallery
     images, labels = _lesion_images()
     images[0, 2:22, 2:22] = (40, 40, 230)
     images[0, 10:14, 10:14] = (230, 40, 40)
-    out = pair_gallery(ColourNet(), lambda m: m.features, UNIT, images, labels, CLASSES, (0, 1), InterpretConfig(),
-                       tmp_path / "pair.png")
+    out = pair_gallery(
+        ColourNet(),
+        lambda m: m.features,
+        UNIT,
+        images,
+        labels,
+        CLASSES,
+        (0, 1),
+        InterpretConfig(),
+        tmp_path / "pair.png",
+    )
     assert [(e["actual"], e["predicted"]) for e in out["images"]] == [("red", "blue")]
     assert out["png"] and (tmp_path / "pair.png").read_bytes()[:4] == b"\x89PNG"

@@ -67,8 +67,13 @@ def test_imports_run_one_way() -> None:
 
 
 def test_ml_is_a_plain_library() -> None:
-    offenders = [f"{path.relative_to(REPO)}:{line}" for module, path in _modules() if module.startswith("ml")
-                 for line, imported in _imports(path) if imported.split(".")[0] == "prefect"]
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}"
+        for module, path in _modules()
+        if module.startswith("ml")
+        for line, imported in _imports(path)
+        if imported.split(".")[0] == "prefect"
+    ]
     assert not offenders, f"ml/ imports Prefect: {offenders}"
     flat = sorted(p.name for p in (REPO / "ml").glob("*.py") if p.name != "__init__.py")
     assert flat == ["settings.py", "storage.py"], f"ml/ keeps only its core flat, stage code in packages: {flat}"

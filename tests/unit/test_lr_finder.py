@@ -54,8 +54,17 @@ def test_linear_ramp_cycles_a_short_loader():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     seen: list[int] = []
     res = lr_range_test(
-        model, _data(n_batches=3), nn.CrossEntropyLoss(), opt, start_lr=0.001, end_lr=0.01,
-        num_iter=7, mode="linear", smooth=0.0, diverge=1e9, step_callback=lambda i, lr, raw, sm: seen.append(i),
+        model,
+        _data(n_batches=3),
+        nn.CrossEntropyLoss(),
+        opt,
+        start_lr=0.001,
+        end_lr=0.01,
+        num_iter=7,
+        mode="linear",
+        smooth=0.0,
+        diverge=1e9,
+        step_callback=lambda i, lr, raw, sm: seen.append(i),
     )
     assert res.lrs == pytest.approx([0.001 + 0.0015 * i for i in range(7)], rel=1e-12)
     assert seen == list(range(7))  # 7 iterations from a 3-batch loader
@@ -106,7 +115,7 @@ def test_divergence_stops_early():
     assert res.stopped_early
     assert 2 <= len(res.lrs) < 100
     assert res.losses[-1] > 4.0 * min(res.losses)
-    assert all(l <= 4.0 * min(res.losses[: i + 1]) for i, l in enumerate(res.losses[:-1]))
+    assert all(loss <= 4.0 * min(res.losses[: i + 1]) for i, loss in enumerate(res.losses[:-1]))
     assert res.bracket[1] <= res.lrs[-1]
 
 
@@ -118,7 +127,14 @@ def test_discriminative_ratio_preserved_across_two_groups():
     )
     seen: list[tuple[float, list[float]]] = []
     res = lr_range_test(
-        model, _data(), nn.CrossEntropyLoss(), opt, start_lr=1e-4, end_lr=1e-1, num_iter=8, diverge=1e9,
+        model,
+        _data(),
+        nn.CrossEntropyLoss(),
+        opt,
+        start_lr=1e-4,
+        end_lr=1e-1,
+        num_iter=8,
+        diverge=1e9,
         step_callback=lambda i, lr, raw, sm: seen.append((lr, [g["lr"] for g in opt.param_groups])),
     )
     assert len(seen) == 8
@@ -130,7 +146,7 @@ def test_discriminative_ratio_preserved_across_two_groups():
 
 
 def test_suggest_valley_on_fixed_curves():
-    lrs = [10.0 ** -k for k in range(9, 0, -1)]
+    lrs = [10.0**-k for k in range(9, 0, -1)]
     # longest descent 5,4,3,2,1,0.5 spans indices 0..6; two thirds in -> index 4
     assert suggest(lrs, [5, 4, 6, 3, 2, 1, 0.5, 7, 8])["valley"] == lrs[4]
     # an early rise first: descent 9..4 spans indices 3..8 -> 3 + (2*5)//3 = 6
@@ -186,8 +202,15 @@ def test_bf16_autocast_runs_and_restores():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     res = lr_range_test(
-        model, _data(), nn.CrossEntropyLoss(), opt, start_lr=1e-4, end_lr=1e-1, num_iter=6,
-        amp_dtype=torch.bfloat16, diverge=1e9,
+        model,
+        _data(),
+        nn.CrossEntropyLoss(),
+        opt,
+        start_lr=1e-4,
+        end_lr=1e-1,
+        num_iter=6,
+        amp_dtype=torch.bfloat16,
+        diverge=1e9,
     )
     assert len(res.lrs) == 6 and all(math.isfinite(v) for v in res.raw_losses)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
@@ -220,9 +243,16 @@ def test_bracket_keeps_its_width_when_the_minimum_is_the_first_tested_rate():
     assert (lo, hi) == pytest.approx((1e-7, 2e-7))
 
 
-@pytest.mark.parametrize(("schedule", "optimizer", "uniform"), [
-    ("sgd", torch.optim.SGD, True), ("sgdr", torch.optim.SGD, True), ("sgdr_dlr", torch.optim.SGD, False),
-    ("sgdr_dlr_clm", torch.optim.SGD, False), ("adam", torch.optim.Adam, True)])
+@pytest.mark.parametrize(
+    ("schedule", "optimizer", "uniform"),
+    [
+        ("sgd", torch.optim.SGD, True),
+        ("sgdr", torch.optim.SGD, True),
+        ("sgdr_dlr", torch.optim.SGD, False),
+        ("sgdr_dlr_clm", torch.optim.SGD, False),
+        ("adam", torch.optim.Adam, True),
+    ],
+)
 def test_find_lr_ramps_the_optimiser_of_the_schedule_family(monkeypatch, schedule, optimizer, uniform):
     from ml.train import recipes
     from ml.train.config import TrainConfig

@@ -114,15 +114,23 @@ def test_bad_files_are_reported_not_dropped(folder: Path) -> None:
     m = build_manifest(folder)
     assert len(m.records) == 9
     reasons = dict(zip(m.bad["path"].map(lambda p: Path(p).name), m.bad["reason"], strict=True))
-    assert reasons == {"empty.jpg": "zero_bytes", "notes.jpg": "not_an_image", "cut.jpg": "truncated",
-                       "stray.jpg": "no_label"}
+    assert reasons == {
+        "empty.jpg": "zero_bytes",
+        "notes.jpg": "not_an_image",
+        "cut.jpg": "truncated",
+        "stray.jpg": "no_label",
+    }
     assert (m.bad["message"].str.len() > 0).all()
     assert m.summary()["bad"] == {"zero_bytes": 1, "not_an_image": 1, "truncated": 1, "no_label": 1}
 
 
 def test_csv_row_problems_become_bad_rows(folder: Path) -> None:
-    csv = write_csv(folder, path=["acne/acne_0.jpg", "acne/acne_0.jpg", "acne/gone.jpg", "tumor/tumor_0.jpg"],
-                    label=["acne", "acne", "acne", ""], split=["train", "train", "valid", "test"])
+    csv = write_csv(
+        folder,
+        path=["acne/acne_0.jpg", "acne/acne_0.jpg", "acne/gone.jpg", "tumor/tumor_0.jpg"],
+        label=["acne", "acne", "acne", ""],
+        split=["train", "train", "valid", "test"],
+    )
     m = build_manifest(csv)
     assert m.records["path"].map(lambda p: Path(p).name).tolist() == ["acne_0.jpg"]
     assert sorted(m.bad["reason"]) == ["duplicate_entry", "missing_file", "no_label"]
@@ -144,8 +152,7 @@ def test_class_map_maps_and_reports_unmapped(tmp_path: Path) -> None:
         write_image(root / source / f"{i}.jpg", seed=i)
     m = build_manifest(root, class_map="sd198_to_10")
     mapped = dict(zip(m.records["source_label"], m.records["label"], strict=True))
-    assert mapped == {"Acne_Vulgaris": "acne", "steroid acne": "acne", "Urticaria": "wheal",
-                      "Bowens-Disease": "crust"}
+    assert mapped == {"Acne_Vulgaris": "acne", "steroid acne": "acne", "Urticaria": "wheal", "Bowens-Disease": "crust"}
     assert m.classes == ["acne", "crust", "wheal"]
     assert m.bad[["label", "reason"]].values.tolist() == [["Mystery Rash", "unmapped_label"]]
     assert "Mystery Rash" in m.bad["message"].iloc[0]
@@ -153,8 +160,18 @@ def test_class_map_maps_and_reports_unmapped(tmp_path: Path) -> None:
 
 def test_shipped_class_map_has_the_ten_labels() -> None:
     cmap = load_class_map("sd198_to_10")
-    assert cmap.labels == ["acne", "alopecia", "blister", "crust", "erythema", "leukoderma", "macula", "tumor",
-                           "ulcer", "wheal"]
+    assert cmap.labels == [
+        "acne",
+        "alopecia",
+        "blister",
+        "crust",
+        "erythema",
+        "leukoderma",
+        "macula",
+        "tumor",
+        "ulcer",
+        "wheal",
+    ]
     assert sum(len(v) for v in cmap.groups.values()) == 59
     assert cmap.lookup("ERYTHEMA_AB_IGNE") == "erythema"
     assert cmap.lookup("dermatofibroma") == "tumor"
@@ -210,8 +227,10 @@ def test_broken_symlink_and_empty_class_folder_are_reported(folder: Path, caplog
     assert "deleted.jpg" in m.bad.set_index("reason").loc["broken_symlink", "message"]
     assert m.classes == list(CLASSES)
     assert m.empty_classes == ["blister", "ulcer"] == m.summary()["empty_classes"]
-    assert m.warnings() == ["class 'blister' has no usable image (1 file(s) left out)",
-                            "class 'ulcer' has no usable image (no file)"]
+    assert m.warnings() == [
+        "class 'blister' has no usable image (1 file(s) left out)",
+        "class 'ulcer' has no usable image (no file)",
+    ]
     assert "class 'ulcer' has no usable image" in caplog.text and "gone.jpg: broken_symlink" in caplog.text
 
 
@@ -220,13 +239,16 @@ def test_links_inside_the_root_are_followed_and_loops_reported(folder: Path) -> 
     (folder / "wheal" / "more").symlink_to(folder / "tumor")
     (folder / "tumor" / "loop").symlink_to(folder)
     m = build_manifest(folder)
-    rel = {Path(p).relative_to(folder).as_posix(): lab for p, lab in zip(m.records["path"], m.records["label"],
-                                                                        strict=True)}
+    rel = {
+        Path(p).relative_to(folder).as_posix(): lab
+        for p, lab in zip(m.records["path"], m.records["label"], strict=True)
+    }
     assert rel["acne/alias.jpg"] == "acne" and rel["wheal/more/tumor_2.jpg"] == "wheal"
     assert len(m.records) == 9 + 1 + 3
     assert m.bad[["path", "label", "reason"]].values.tolist() == [  # the loop is met twice: once through wheal/more
         [str(folder / "tumor" / "loop"), "tumor", "symlink_loop"],
-        [str(folder / "wheal" / "more" / "loop"), "wheal", "symlink_loop"]]
+        [str(folder / "wheal" / "more" / "loop"), "wheal", "symlink_loop"],
+    ]
 
 
 def test_links_outside_the_root_are_refused_unless_allowed(folder: Path, tmp_path: Path) -> None:
@@ -255,12 +277,16 @@ def test_csv_paths_outside_the_root_are_refused_and_never_opened(folder: Path, t
     m = build_manifest(csv)
     assert m.records["path"].tolist() == [str(folder / "acne" / "acne_0.jpg")]
     assert m.bad[["path", "reason"]].values.tolist() == [
-        ["/etc/passwd", "outside_root"], [str(a), "outside_root"], [str(b), "outside_root"]]
+        ["/etc/passwd", "outside_root"],
+        [str(a), "outside_root"],
+        [str(b), "outside_root"],
+    ]
     assert opened == [str(folder / "acne" / "acne_0.jpg")]
     assert str(folder) in m.bad["message"].iloc[0]
 
-    allowed = build_manifest(write_csv(folder, "ok.csv", path=[str(a), "../outside/b.jpg"], label=["acne", "acne"]),
-                             allow_outside_root=True)
+    allowed = build_manifest(
+        write_csv(folder, "ok.csv", path=[str(a), "../outside/b.jpg"], label=["acne", "acne"]), allow_outside_root=True
+    )
     assert allowed.records["path"].tolist() == [str(a), str(b)] and allowed.bad.empty
 
 
@@ -280,9 +306,14 @@ def test_bad_report_names_the_first_files_and_counts_the_rest(folder: Path) -> N
     (folder / "tumor" / "notes.jpg").write_text("not an image")
     m = build_manifest(folder)
     report = m.bad_report(limit=3)
-    assert report.splitlines() == ["6 file(s) left out:", "  acne/empty_0.jpg: zero_bytes",
-                                   "  acne/empty_1.jpg: zero_bytes", "  acne/empty_2.jpg: zero_bytes",
-                                   "  ... and 3 more", "  by reason: zero_bytes 5, not_an_image 1"]
+    assert report.splitlines() == [
+        "6 file(s) left out:",
+        "  acne/empty_0.jpg: zero_bytes",
+        "  acne/empty_1.jpg: zero_bytes",
+        "  acne/empty_2.jpg: zero_bytes",
+        "  ... and 3 more",
+        "  by reason: zero_bytes 5, not_an_image 1",
+    ]
     assert "tumor/notes.jpg: not_an_image" in m.bad_report()
     assert build_manifest(make_folder(folder.parent / "clean")).bad_report() == "no file left out"
 
@@ -311,7 +342,10 @@ def test_classes_the_class_map_promises_but_lacks_are_missing(tmp_path: Path, ca
     path = m.save(tmp_path / "m.csv")
     loaded = Manifest.load(path)
     assert (loaded.empty_classes, loaded.class_map_labels, loaded.missing_classes) == (
-        m.empty_classes, promised, m.missing_classes)
+        m.empty_classes,
+        promised,
+        m.missing_classes,
+    )
     plain = build_manifest(root)
     assert plain.class_map_labels is None and plain.expected_classes == plain.classes and plain.missing_classes == []
 

@@ -193,9 +193,11 @@ def test_speedup_over_sgd_uses_the_sgd_fp32_trial_as_baseline():
     def h(*accs, s=10.0):
         return [{"val_balanced_accuracy": a, "epoch_seconds": s} for a in accs]
 
-    trials = [{"schedule": "sgd", "amp": False, "history": h(0.3, 0.5, 0.6)},
-              {"schedule": "sgd", "amp": True, "history": h(0.7, s=1.0)},  # AMP trial is not the baseline
-              {"schedule": "sgdr_dlr_clm", "amp": False, "history": h(0.62, 0.7)}]
+    trials = [
+        {"schedule": "sgd", "amp": False, "history": h(0.3, 0.5, 0.6)},
+        {"schedule": "sgd", "amp": True, "history": h(0.7, s=1.0)},  # AMP trial is not the baseline
+        {"schedule": "sgdr_dlr_clm", "amp": False, "history": h(0.62, 0.7)},
+    ]
     assert speedup_over_sgd(trials, trials[2]) == pytest.approx(3.0)
     # without an fp32 sgd trial the sgd trial at the swept precision is the baseline
     assert speedup_over_sgd(trials[1:], trials[2]) == pytest.approx(1.0 / 20.0)

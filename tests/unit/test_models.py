@@ -199,8 +199,9 @@ def test_mlflow_run_and_model_uris_load_the_state_dict_artifact(tmp_path, monkey
     client.create_registered_model("skin-lesion-classifier")
     version = client.create_model_version("skin-lesion-classifier", f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias("skin-lesion-classifier", "champion", version.version)
-    same = build_model("resnet18", num_classes=4, weights="models:/skin-lesion-classifier@champion",
-                       fetch=fetch_weights)
+    same = build_model(
+        "resnet18", num_classes=4, weights="models:/skin-lesion-classifier@champion", fetch=fetch_weights
+    )
     assert torch.equal(same.fc.weight, source.fc.weight)
 
 
@@ -293,8 +294,12 @@ def test_input_normalisation_follows_the_pretrained_weights() -> None:
 
     assert set(PRETRAINED_STATS) == set(ARCH_FAMILIES) == {arch_family(a) for a in ARCHS}
     images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
-    for arch, stats in [("resnet18", IMAGENET_STATS), ("resnext50_32x4d", IMAGENET_STATS),
-                        ("densenet121", IMAGENET_STATS), ("efficientnet_lite2", TF_LITE_STATS)]:
+    for arch, stats in [
+        ("resnet18", IMAGENET_STATS),
+        ("resnext50_32x4d", IMAGENET_STATS),
+        ("densenet121", IMAGENET_STATS),
+        ("efficientnet_lite2", TF_LITE_STATS),
+    ]:
         assert normalisation_for(TrainConfig(arch=arch, weights="imagenet"), images) == stats
         assert normalisation_for(TrainConfig(arch=arch), images) == channel_stats(images)
     # TensorFlow's EfficientNet-Lite preprocessing: (pixel - 127) / 128

@@ -70,7 +70,9 @@ def test_unlabelled_folder_and_csv(tmp_path):
     batch = load_batch(folder, "sd198_to_10", list(LABELS))
     assert batch.layout == "unlabelled" and len(batch.records) == 3 and not batch.labelled.any()
     assert dict(zip(batch.bad["path"].map(lambda p: Path(p).name), batch.bad["reason"])) == {
-        "Thumbs.db": "not_an_image", "empty.jpg": "zero_bytes"}
+        "Thumbs.db": "not_an_image",
+        "empty.jpg": "zero_bytes",
+    }
     csv = tmp_path / "incoming" / "batch.csv"
     csv.write_text("path\nimg0.jpg\nimg1.jpg\n../../etc/passwd\n")
     from_csv = load_batch(csv)

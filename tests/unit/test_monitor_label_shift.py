@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.monitor.label_shift import (bbse_bootstrap, bbse_priors, confusion_columns, expected_accuracy,
-                                    predicted_distribution)
+from ml.monitor.label_shift import (
+    bbse_bootstrap,
+    bbse_priors,
+    confusion_columns,
+    expected_accuracy,
+    predicted_distribution,
+)
 
 
 def _confusion(k: int, recall: float, neighbours: float = 0.5) -> np.ndarray:
@@ -79,8 +84,9 @@ def test_no_shift_moves_no_class_beyond_the_policy_change():
     val_true = rng.integers(0, k, 600)
     val_pred = _predict(rng, val_true, conf)
     batch_true = rng.integers(0, k, 400)
-    est = bbse_bootstrap(val_true, val_pred, _predict(rng, batch_true, conf), k, np.full(k, 0.1), n_boot=200,
-                         level=0.99)
+    est = bbse_bootstrap(
+        val_true, val_pred, _predict(rng, batch_true, conf), k, np.full(k, 0.1), n_boot=200, level=0.99
+    )
     # the drift rule needs a change > prior_change (0.1) AND an interval excluding the reference
     moved = np.abs(est.priors - 0.1) > 0.1
     assert est.max_change < 0.1 and not (moved & est.significant()).any()

@@ -35,8 +35,11 @@ def test_retrain_trigger_cooldown_is_the_policy_cooldown():
     """The deployment trigger of retrain/on-demand fires on skinflow.drift.detected at most once
     per `within` seconds: the policy's cooldown."""
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    retrain = [d for d in spec["deployments"] if d["entrypoint"] == "flows/retrain.py:retrain_flow"
-               and d["name"] == "on-demand"]
+    retrain = [
+        d
+        for d in spec["deployments"]
+        if d["entrypoint"] == "flows/retrain.py:retrain_flow" and d["name"] == "on-demand"
+    ]
     assert len(retrain) == 1
     triggers = retrain[0]["triggers"]
     drift = [t for t in triggers if "skinflow.drift.detected" in t["expect"]]

@@ -25,32 +25,46 @@ from ml.quality.validation import load_policy, validate_features
 USED, IGNORED = "used", "ignored"
 EXPECTED = {
     # plain images, and the odd ones that decode to RGB (modes, EXIF, links inside the root)
-    "acne/good_0.jpg": USED, "acne/good_1.jpg": USED, "acne/good_2.jpg": USED,
-    "acne/cmyk.jpg": USED, "acne/deep16.png": USED, "acne/alpha.png": USED, "acne/grey.jpg": USED,
-    "acne/palette.png": USED, "acne/rotated.jpg": USED,
+    "acne/good_0.jpg": USED,
+    "acne/good_1.jpg": USED,
+    "acne/good_2.jpg": USED,
+    "acne/cmyk.jpg": USED,
+    "acne/deep16.png": USED,
+    "acne/alpha.png": USED,
+    "acne/grey.jpg": USED,
+    "acne/palette.png": USED,
+    "acne/rotated.jpg": USED,
     "acne/inside_link.jpg": USED,  # a link to acne/good_1.jpg: an exact duplicate
-    "tumor/good_0.jpg": USED, "tumor/good_1.jpg": USED, "tumor/good_2.jpg": USED,
+    "tumor/good_0.jpg": USED,
+    "tumor/good_1.jpg": USED,
+    "tumor/good_2.jpg": USED,
     "tumor/conflict.jpg": USED,  # the bytes of acne/good_2.jpg: a label conflict, named by validation
     "tumor/nested/deep.jpg": USED,
-    "wheal/good_0.jpg": USED, "wheal/good_1.jpg": USED, "wheal/good_2.jpg": USED,
+    "wheal/good_0.jpg": USED,
+    "wheal/good_1.jpg": USED,
+    "wheal/good_2.jpg": USED,
     # files that cannot be used
     "acne/zero.jpg": "zero_bytes",
     "acne/truncated.jpg": "truncated",
     "acne/text.jpg": "not_an_image",
     "acne/bomb_header.png": "decompression_bomb",  # 100000 x 100000 declared in a 70-byte file
     "acne/bomb_real.png": "decompression_bomb",  # 9500 x 9500 pixels, really there
-    "acne/anim.gif": "unsupported_format", "acne/photo.webp": "unsupported_format",
-    "acne/scan.tiff": "unsupported_format", "acne/old.bmp": "unsupported_format",
+    "acne/anim.gif": "unsupported_format",
+    "acne/photo.webp": "unsupported_format",
+    "acne/scan.tiff": "unsupported_format",
+    "acne/old.bmp": "unsupported_format",
     "acne/broken_link.jpg": "broken_symlink",
     "acne/outside_link.jpg": "outside_root",
     "acne/pipe.jpg": "not_a_file",  # a FIFO: reading it would block
     "tumor/loop": "symlink_loop",  # a folder link back to the root
     "elsewhere": "outside_root",  # a class folder linked from outside the root: not entered
-    "macula/zero.jpg": "zero_bytes", "macula/notes.jpg": "not_an_image",  # a class with no usable image
+    "macula/zero.jpg": "zero_bytes",
+    "macula/notes.jpg": "not_an_image",  # a class with no usable image
     "stray.jpg": "no_label",
     # the documented rules: hidden files, and non-image files above the class folders
-    "acne/.DS_Store": IGNORED, "README.md": IGNORED,
-}  # fmt: skip
+    "acne/.DS_Store": IGNORED,
+    "README.md": IGNORED,
+}
 EMPTY_CLASSES = ["elsewhere", "macula", "ulcer"]  # ulcer/ is an empty folder
 CLASSES = ["acne", "tumor", "wheal"]
 NEVER_OPENED = ("broken_symlink", "outside_root", "not_a_file", "symlink_loop")
@@ -90,15 +104,15 @@ def _odd_files(root: Path, outside: Path) -> None:
             (root / label / f"good_{i}.jpg").write_bytes(_encoded(_noise(10 * ci + i), "JPEG", quality=90))
     acne = root / "acne"
     (acne / "cmyk.jpg").write_bytes(_encoded(_noise(40, mode="CMYK"), "JPEG"))
-    (acne / "deep16.png").write_bytes(_encoded(Image.fromarray(
-        np.random.default_rng(41).integers(0, 65535, (32, 32), dtype=np.uint16)), "PNG"))
+    (acne / "deep16.png").write_bytes(
+        _encoded(Image.fromarray(np.random.default_rng(41).integers(0, 65535, (32, 32), dtype=np.uint16)), "PNG")
+    )
     (acne / "alpha.png").write_bytes(_encoded(_noise(42, mode="RGBA"), "PNG"))
     (acne / "grey.jpg").write_bytes(_encoded(_noise(43, mode="L"), "JPEG"))
     (acne / "palette.png").write_bytes(_encoded(_noise(44).convert("P"), "PNG"))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW to display: stored 48 x 32, shown 32 x 48
-    (acne / "rotated.jpg").write_bytes(_encoded(_noise(45, size=48).crop((0, 0, 48, 32)), "JPEG",
-                                                exif=exif.tobytes()))
+    (acne / "rotated.jpg").write_bytes(_encoded(_noise(45, size=48).crop((0, 0, 48, 32)), "JPEG", exif=exif.tobytes()))
     (acne / "inside_link.jpg").symlink_to("good_1.jpg")
     (root / "tumor" / "conflict.jpg").write_bytes((acne / "good_2.jpg").read_bytes())
     (root / "tumor" / "nested" / "deep.jpg").write_bytes(_encoded(_noise(46), "JPEG"))
@@ -130,8 +144,13 @@ def _tree(root: Path) -> dict[str, str]:
         for name in [*filenames, *(d for d in dirnames if (Path(here) / d).is_symlink())]:
             path = Path(here) / name
             mode = path.lstat().st_mode
-            kind = ("link:" + os.readlink(path) if stat.S_ISLNK(mode) else
-                    hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(mode) else f"mode:{mode:o}")
+            kind = (
+                "link:" + os.readlink(path)
+                if stat.S_ISLNK(mode)
+                else hashlib.sha256(path.read_bytes()).hexdigest()
+                if stat.S_ISREG(mode)
+                else f"mode:{mode:o}"
+            )
             out[path.relative_to(root).as_posix()] = kind
     return out
 
@@ -144,7 +163,9 @@ def odd(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _outcomes(records: pd.DataFrame, bad: pd.DataFrame, root: Path) -> dict[str, str]:
-    rel = lambda p: Path(p).relative_to(root).as_posix()  # noqa: E731
+    def rel(p):
+        return Path(p).relative_to(root).as_posix()
+
     used = [rel(p) for p in records["path"]]
     reported = [(rel(p), r) for p, r in zip(bad["path"], bad["reason"], strict=True)]
     assert len(set(used)) == len(used) and len({p for p, _ in reported}) == len(reported), "a file counted twice"
@@ -171,7 +192,8 @@ def test_every_file_is_used_or_reported_and_every_class_present_or_reported(odd)
     assert (by_rel["sha256"][[p for p, r in EXPECTED.items() if r in NEVER_OPENED]].isna()).all()
     assert by_rel.loc["acne/rotated.jpg", ["width", "height"]].tolist() == [32, 48]
     assert dict(zip(by_rel.index, usable_mask(features), strict=True)) == {
-        p: r == USED for p, r in EXPECTED.items() if r != IGNORED}
+        p: r == USED for p, r in EXPECTED.items() if r != IGNORED
+    }
 
     report = validate_features(features, load_policy(), split.expected_classes)
     named = _outcomes(pd.DataFrame({"path": features["path"][usable_mask(features)]}), report.bad_files, root)
@@ -187,7 +209,8 @@ def test_every_file_is_used_or_reported_and_every_class_present_or_reported(odd)
     assert set(report.label_conflicts["path"]) == {str(root / "acne/good_2.jpg"), str(root / "tumor/conflict.jpg")}
     assert sorted(sorted(map(str, g)) for g in report.duplicate_groups["paths"]) == [
         [str(root / "acne/good_1.jpg"), str(root / "acne/inside_link.jpg")],
-        [str(root / "acne/good_2.jpg"), str(root / "tumor/conflict.jpg")]]
+        [str(root / "acne/good_2.jpg"), str(root / "tumor/conflict.jpg")],
+    ]
     page = report.to_html()
     assert all(Path(p).name in page for p, r in EXPECTED.items() if r not in (USED, IGNORED))
     assert not report.passed
@@ -200,12 +223,16 @@ def test_csv_rows_with_common_mistakes_are_each_used_or_reported(odd) -> None:
     root, outside = odd
     good = [p for p, r in EXPECTED.items() if r == USED and p.count("/") == 1]
     rows = [(p, p.split("/")[0]) for p in good] + [
-        ("/etc/passwd", "acne"), ("../outside/secret.jpg", "acne"), (str(outside / "cls" / "a.jpg"), "tumor"),
+        ("/etc/passwd", "acne"),
+        ("../outside/secret.jpg", "acne"),
+        (str(outside / "cls" / "a.jpg"), "tumor"),
         (good[0], good[0].split("/")[0]),  # listed twice
         ("acne/zero.jpg", ""),  # no label
         ("acne/gone.jpg", "acne"),  # missing
-        ("acne/broken_link.jpg", "acne"), ("acne/pipe.jpg", "acne"), ("acne/outside_link.jpg", "acne"),
-    ]  # fmt: skip
+        ("acne/broken_link.jpg", "acne"),
+        ("acne/pipe.jpg", "acne"),
+        ("acne/outside_link.jpg", "acne"),
+    ]
     pd.DataFrame(rows, columns=["path", "label"]).to_csv(root / "rows.csv", index=False)
     before = _tree(outside)
     m = build_manifest(root / "rows.csv")
@@ -213,10 +240,14 @@ def test_csv_rows_with_common_mistakes_are_each_used_or_reported(odd) -> None:
     assert sorted(Path(p).relative_to(root).as_posix() for p in m.records["path"]) == sorted(good)
     reasons = dict(zip(m.bad["path"], m.bad["reason"], strict=True))
     assert reasons == {
-        "/etc/passwd": "outside_root", str(outside / "secret.jpg"): "outside_root",
-        str(outside / "cls" / "a.jpg"): "outside_root", str(root / good[0]): "duplicate_entry",
-        str(root / "acne/zero.jpg"): "no_label", str(root / "acne/gone.jpg"): "missing_file",
-        str(root / "acne/broken_link.jpg"): "broken_symlink", str(root / "acne/pipe.jpg"): "not_a_file",
+        "/etc/passwd": "outside_root",
+        str(outside / "secret.jpg"): "outside_root",
+        str(outside / "cls" / "a.jpg"): "outside_root",
+        str(root / good[0]): "duplicate_entry",
+        str(root / "acne/zero.jpg"): "no_label",
+        str(root / "acne/gone.jpg"): "missing_file",
+        str(root / "acne/broken_link.jpg"): "broken_symlink",
+        str(root / "acne/pipe.jpg"): "not_a_file",
         str(root / "acne/outside_link.jpg"): "outside_root",
-    }  # fmt: skip
+    }
     assert _tree(outside) == before

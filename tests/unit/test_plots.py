@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.train.lr_finder import LRFinderResult, bracket_around, suggest
 from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule, save_image_grid
+from ml.train.lr_finder import LRFinderResult, bracket_around, suggest
 from ml.train.schedules import make_schedule
 
 CLASSES = ["acne", "ulcer", "tumor"]
@@ -40,9 +40,19 @@ def test_plot_lr_finder(tmp_path):
     for stopped_early in (False, True):
         r = _finder_result(stopped_early)
         path = tmp_path / "plots" / f"lr_finder_{stopped_early}.png"
-        _assert_png(path, plot_lr_finder(r.lrs, r.losses, path, bracket=r.bracket, chosen=r.chosen,
-                                         raw_losses=r.raw_losses, suggestions=r.suggestions,
-                                         stopped_early=stopped_early))
+        _assert_png(
+            path,
+            plot_lr_finder(
+                r.lrs,
+                r.losses,
+                path,
+                bracket=r.bracket,
+                chosen=r.chosen,
+                raw_losses=r.raw_losses,
+                suggestions=r.suggestions,
+                stopped_early=stopped_early,
+            ),
+        )
         with Image.open(path) as im:
             drawn[stopped_early] = np.asarray(im.convert("L"), dtype=np.int16)
     # the title says "(stopped early)": the title band differs between the two
@@ -69,8 +79,14 @@ def test_plot_schedule_from_a_real_trace(tmp_path):
 
 def test_plot_curves_full_partial_and_single_epoch(tmp_path):
     history = [
-        {"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "val_accuracy": 0.5 + 0.1 * e,
-         "val_balanced_accuracy": 0.4 + 0.1 * e, "val_macro_f1": 0.45 + 0.1 * e}
+        {
+            "epoch": e,
+            "train_loss": 1 / (e + 1),
+            "val_loss": 1.2 / (e + 1),
+            "val_accuracy": 0.5 + 0.1 * e,
+            "val_balanced_accuracy": 0.4 + 0.1 * e,
+            "val_macro_f1": 0.45 + 0.1 * e,
+        }
         for e in range(4)
     ]
     path = tmp_path / "curves.png"
@@ -141,8 +157,12 @@ def test_image_grid_titles_do_not_overlap(tmp_path):
     real_save = plots._save
     plots._save = lambda fig, path: (figures.append(fig), real_save(fig, path))[1]
     try:
-        titles = ["actinic_keratosis (0.24) / pigmented_benign_keratosis (0.37)", "Grad-CAM: actinic_keratosis",
-                  "Grad-CAM: pigmented_benign_keratosis", "guided backprop: pigmented_benign_keratosis"]
+        titles = [
+            "actinic_keratosis (0.24) / pigmented_benign_keratosis (0.37)",
+            "Grad-CAM: actinic_keratosis",
+            "Grad-CAM: pigmented_benign_keratosis",
+            "guided backprop: pigmented_benign_keratosis",
+        ]
         plots.save_image_grid(np.zeros((4, 32, 32, 3), np.uint8), titles, tmp_path / "g.png", ncols=4)
     finally:
         plots._save = real_save

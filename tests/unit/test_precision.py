@@ -132,8 +132,14 @@ def _fit_seeing_dtypes(cfg: TrainConfig):
 
 
 def _tiny_cfg(**overrides) -> TrainConfig:
-    return TrainConfig(**{**dict(arch="resnet18", epochs=1, batch_size=6, lr=0.01, device="cpu", progress=False,
-                                 snapshots=0, amp=True), **overrides})
+    return TrainConfig(
+        **{
+            **dict(
+                arch="resnet18", epochs=1, batch_size=6, lr=0.01, device="cpu", progress=False, snapshots=0, amp=True
+            ),
+            **overrides,
+        }
+    )
 
 
 def test_fit_with_amp_on_a_simulated_avx2_cpu_trains_fp32_and_records_why(monkeypatch, caplog) -> None:
@@ -158,8 +164,9 @@ def test_fit_with_amp_on_a_simulated_bf16_cpu_or_forced_trains_bf16(monkeypatch)
     assert "forced" in result.precision_reason
 
 
-@pytest.mark.parametrize("flags,capability,expected", [(AVX2_FLAGS, "AVX2", None),
-                                                       (XEON_FLAGS, "AVX512", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "flags,capability,expected", [(AVX2_FLAGS, "AVX2", None), (XEON_FLAGS, "AVX512", torch.bfloat16)]
+)
 def test_lr_range_test_uses_the_same_decision(monkeypatch, flags, capability, expected) -> None:
     from ml.train import recipes
 
@@ -173,12 +180,14 @@ def test_lr_range_test_uses_the_same_decision(monkeypatch, flags, capability, ex
 def test_tune_grid_drops_the_amp_cell_that_would_train_fp32() -> None:
     from tasks.tuning import amp_grid, search_space
 
-    space, note = search_space((1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu",
-                               cpu_flags=AVX2_FLAGS, capability="AVX2")
+    space, note = search_space(
+        (1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu", cpu_flags=AVX2_FLAGS, capability="AVX2"
+    )
     assert space["amp"] == {"grid_search": [False]}
     assert note == f"amp [False, True] is one configuration on this machine ({NO_BF16}): one cell, amp=False"
-    space, note = search_space((1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu",
-                               cpu_flags=XEON_FLAGS, capability="AVX512")
+    space, note = search_space(
+        (1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu", cpu_flags=XEON_FLAGS, capability="AVX512"
+    )
     assert space["amp"] == {"grid_search": [False, True]} and note is None
     # forced AMP is a different configuration again; a single value is left as asked
     assert amp_grid([False, True], "cpu", force=True, cpu_flags=AVX2_FLAGS, capability="AVX2") == ([False, True], None)

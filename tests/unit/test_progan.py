@@ -12,8 +12,16 @@ import torch.nn.functional as F
 
 from ml.gan.config import ProGANConfig
 from ml.gan.losses import critic_loss, generator_loss, gradient_penalty, interpolate
-from ml.gan.progan import (Discriminator, EqualizedConv2d, EqualizedLinear, Generator, MinibatchStdDev, PixelNorm,
-                           num_stages, stage_channels)
+from ml.gan.progan import (
+    Discriminator,
+    EqualizedConv2d,
+    EqualizedLinear,
+    Generator,
+    MinibatchStdDev,
+    PixelNorm,
+    num_stages,
+    stage_channels,
+)
 from ml.gan.train import GanCallback, stage_plan, train_progan
 
 TINY = dict(latent_dim=8, max_channels=8, min_channels=4)
@@ -57,8 +65,12 @@ def test_fade_in_at_alpha_0_is_the_previous_stage_and_mixes_linearly() -> None:
 
 def test_fade_in_alpha_goes_from_0_to_1_in_the_schedule_and_in_training() -> None:
     plan = stage_plan(ProGANConfig(resolution=32, fade_iters=10, stable_iters=5, last_stage_iters=7), 32)
-    assert [(s.resolution, s.fade_iters, s.stable_iters) for s in plan] == [(4, 0, 15), (8, 10, 5), (16, 10, 5),
-                                                                           (32, 10, 7)]
+    assert [(s.resolution, s.fade_iters, s.stable_iters) for s in plan] == [
+        (4, 0, 15),
+        (8, 10, 5),
+        (16, 10, 5),
+        (32, 10, 7),
+    ]
     assert all(plan[0].alpha(t) == 1.0 for t in range(plan[0].iters))
     alphas = [plan[1].alpha(t) for t in range(plan[1].iters)]
     assert alphas[0] == 0.0 and alphas[5] == 0.5 and alphas[10:] == [1.0] * 5
@@ -143,15 +155,21 @@ def test_resume_from_a_stage_checkpoint_is_bit_identical(tmp_path) -> None:
     images = np.random.default_rng(1).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
     full = train_progan(images, _tiny_cfg(tmp_path / "full"), sample_dir=tmp_path / "grids", grid_images=4)
     assert sorted(p.name for p in (tmp_path / "full").glob("stage_*.pt")) == ["stage_0.pt", "stage_1.pt", "stage_2.pt"]
-    assert [p.split("/")[-1] for p in full.grids] == ["samples_stage0_4px.png", "samples_stage1_8px.png",
-                                                      "samples_stage2_16px.png"]
+    assert [p.split("/")[-1] for p in full.grids] == [
+        "samples_stage0_4px.png",
+        "samples_stage1_8px.png",
+        "samples_stage2_16px.png",
+    ]
     cut = train_progan(images, _tiny_cfg(tmp_path / "cut"), callbacks=[_StopAfterStage(1)])
     assert not cut.completed and sorted(p.name for p in (tmp_path / "cut").glob("*.pt")) == ["stage_0.pt", "stage_1.pt"]
     resumed = train_progan(images, _tiny_cfg(tmp_path / "cut", progress=True))  # progress may differ
     assert resumed.completed and resumed.resumed_from_stage == 2
     assert resumed.history == full.history
-    for a, b in ((full.generator, resumed.generator), (full.discriminator, resumed.discriminator),
-                 (full.ema, resumed.ema)):
+    for a, b in (
+        (full.generator, resumed.generator),
+        (full.discriminator, resumed.discriminator),
+        (full.ema, resumed.ema),
+    ):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(va, vb), k
     np.testing.assert_array_equal(full.sample(4, 7), resumed.sample(4, 7))

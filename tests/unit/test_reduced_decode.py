@@ -23,8 +23,11 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from ml.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("large")
-    generate(root / "ds", SynthConfig(per_class=1, size=160, seed=2, pen_rate={"acne": 1.0},
-                                      drape_rate=0.5, watermark_rate=0.3), progress=False)
+    generate(
+        root / "ds",
+        SynthConfig(per_class=1, size=160, seed=2, pen_rate={"acne": 1.0}, drape_rate=0.5, watermark_rate=0.3),
+        progress=False,
+    )
     out = []
     for src in sorted((root / "ds").glob("*/*.jpg"))[:4]:
         path = root / f"{src.stem}_large.jpg"

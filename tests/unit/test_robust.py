@@ -6,11 +6,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.robust.ablation import (CLEAN, SETTINGS, corrupt, metric_key, noise_curves, plot_confusion_difference,
-                                plot_noise_curves, score_rows, table, evaluation_plan, training_corruptions, training_split)
+from ml.robust.ablation import (
+    CLEAN,
+    SETTINGS,
+    corrupt,
+    evaluation_plan,
+    metric_key,
+    noise_curves,
+    plot_confusion_difference,
+    plot_noise_curves,
+    score_rows,
+    table,
+    training_corruptions,
+    training_split,
+)
 from ml.robust.config import Corruption, RobustnessConfig
-from ml.robust.corruptions import (blur, default_kernel_size, directional_kernel, gaussian_kernel, impulse_counts,
-                                   salt_and_pepper)
+from ml.robust.corruptions import (
+    blur,
+    default_kernel_size,
+    directional_kernel,
+    gaussian_kernel,
+    impulse_counts,
+    salt_and_pepper,
+)
 
 
 def _grey(n=5, h=20, w=20, value=128) -> np.ndarray:
@@ -136,8 +154,16 @@ def test_rows_table_curves_and_plots(tmp_path):
     rows += score_rows(predict, (images, labels), classes, cfg.noise(0.05), cfg)
     assert len(rows) == 1 + 2 + 2 + 2
     for r in rows:
-        pred = predict(corrupt(images, cfg.noise(r["noise_level"]) if r["corruption"] == "salt_and_pepper"
-                               else Corruption(kind=r["corruption"]), cfg, "test")).argmax(1)
+        pred = predict(
+            corrupt(
+                images,
+                cfg.noise(r["noise_level"])
+                if r["corruption"] == "salt_and_pepper"
+                else Corruption(kind=r["corruption"]),
+                cfg,
+                "test",
+            )
+        ).argmax(1)
         assert r["top1"] == pytest.approx((pred == labels).mean())
         assert np.asarray(r["confusion_matrix"]).sum() == 12
     t = table(rows)
@@ -145,14 +171,22 @@ def test_rows_table_curves_and_plots(tmp_path):
     assert (t[0]["train status"], t[0]["test status"]) == ("clean", "clean")
     assert t[3]["test status"] == "blur (isotropic 3x3)"
     keys = [metric_key(r, "top1") for r in rows]
-    assert keys == ["test_top1_clean", "test_top1_noise_5", "test_top1_noise_15", "test_top1_blur_isotropic",
-                    "test_top1_blur_anisotropic", "test_top1_clean", "test_top1_matched"]
+    assert keys == [
+        "test_top1_clean",
+        "test_top1_noise_5",
+        "test_top1_noise_15",
+        "test_top1_blur_isotropic",
+        "test_top1_blur_anisotropic",
+        "test_top1_clean",
+        "test_top1_matched",
+    ]
     curves = noise_curves(rows)
     assert curves[SETTINGS[1]][0] == (0.0, rows[0]["top1"]) and [x for x, _ in curves[SETTINGS[1]]] == [0, 0.05, 0.15]
     assert [x for x, _ in curves[SETTINGS[3]]] == [0, 0.05]
     assert plot_noise_curves(rows, tmp_path / "noise.png").stat().st_size > 1000
-    png = plot_confusion_difference(rows[3]["confusion_matrix"], rows[0]["confusion_matrix"], classes,
-                                    tmp_path / "diff.png", "blur - clean")
+    png = plot_confusion_difference(
+        rows[3]["confusion_matrix"], rows[0]["confusion_matrix"], classes, tmp_path / "diff.png", "blur - clean"
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

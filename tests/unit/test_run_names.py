@@ -48,10 +48,17 @@ def test_what_differs_comes_first() -> None:
 
 
 def test_distinct_configs_give_distinct_short_names() -> None:
-    grid = itertools.product(["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"], [None, 1e-3, 1.23e-3, 0.05],
-                             [False, True], [0, 1], ["resnet18", "resnext101_32x8d"])
-    names = [run_name("trial", TrainConfig(schedule=s, lr=lr, amp=a, seed=seed, arch=arch), trial=12)
-             for s, lr, a, seed, arch in grid]
+    grid = itertools.product(
+        ["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"],
+        [None, 1e-3, 1.23e-3, 0.05],
+        [False, True],
+        [0, 1],
+        ["resnet18", "resnext101_32x8d"],
+    )
+    names = [
+        run_name("trial", TrainConfig(schedule=s, lr=lr, amp=a, seed=seed, arch=arch), trial=12)
+        for s, lr, a, seed, arch in grid
+    ]
     assert len(set(names)) == len(names)
     assert max(map(len, names)) <= 60, max(names, key=len)
 
@@ -61,8 +68,9 @@ def test_a_mapping_works_like_a_config() -> None:
     assert run_name("trial", cfg.to_dict()) == run_name("trial", cfg)
 
 
-@pytest.mark.parametrize("trial,index", [("_trainable_ccd60_00003", "3"), ("_trainable_ab12c_00000", "0"),
-                                         ("custom", "custom")])
+@pytest.mark.parametrize(
+    "trial,index", [("_trainable_ccd60_00003", "3"), ("_trainable_ab12c_00000", "0"), ("custom", "custom")]
+)
 def test_trial_index(trial: str, index: str) -> None:
     from tasks.tuning import _trial_index
 

@@ -26,8 +26,9 @@ def test_heartbeats_off_without_a_prefect_api_and_restored_after() -> None:
 
 
 def test_heartbeats_kept_when_a_prefect_api_is_configured() -> None:
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
-                                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+    with temporary_settings(
+        updates={PREFECT_API_URL: "http://127.0.0.1:4200/api", PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}
+    ):
         with local_flow_settings() as changed:
             assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == 60 and changed == {}
 
@@ -54,9 +55,13 @@ def test_a_configured_prefect_api_keeps_the_startup_allowance_and_prints_nothing
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
 
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
-                                     PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{tmp_path}/p.db"},
-                            restore_defaults={TIMEOUT}):
+    with temporary_settings(
+        updates={
+            PREFECT_API_URL: "http://127.0.0.1:4200/api",
+            PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{tmp_path}/p.db",
+        },
+        restore_defaults={TIMEOUT},
+    ):
         with local_flow_settings() as changed:
             assert changed == {} and TIMEOUT.value() == 20
     assert capsys.readouterr().err == ""
@@ -68,8 +73,9 @@ def test_the_first_run_message_only_while_the_sqlite_database_is_missing(tmp_pat
     from flows.runtime import prefect_sqlite_path
 
     db = tmp_path / "home" / "prefect.db"
-    with temporary_settings(updates={PREFECT_API_URL: None,
-                                     PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
+    with temporary_settings(
+        updates={PREFECT_API_URL: None, PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}
+    ):
         assert prefect_sqlite_path() == db
         with local_flow_settings():
             pass

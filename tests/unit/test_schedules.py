@@ -192,8 +192,13 @@ def test_group_lrs_errors():
 
 
 def test_lr_families_group_the_variants_by_optimiser_and_group_lrs():
-    assert {v: lr_family(v) for v in VARIANTS} == {"sgd": "sgd", "sgdr": "sgd", "sgdr_dlr": "sgd_dlr",
-                                                    "sgdr_dlr_clm": "sgd_dlr", "adam": "adam"}
+    assert {v: lr_family(v) for v in VARIANTS} == {
+        "sgd": "sgd",
+        "sgdr": "sgd",
+        "sgdr_dlr": "sgd_dlr",
+        "sgdr_dlr_clm": "sgd_dlr",
+        "adam": "adam",
+    }
     for family, variants in LR_FAMILIES.items():  # one optimiser and one set of LR ratios per family
         built = [make_schedule(v, _groups(3), lr=0.1, steps_per_epoch=2, epochs=1).optimizer for v in variants]
         assert len({type(o) for o in built}) == 1, family

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from ml.data.cache import resize_crop
-from ml.tracking import models as tracked_models, serving
+from ml.tracking import models as tracked_models
+from ml.tracking import serving
 from ml.train.models import build_model
 from ml.train.transforms import TTA_VIEWS, to_float_batch, tta_view
 
@@ -86,22 +87,31 @@ def test_single_model_and_input_forms(tmp_path: Path) -> None:
     for i, img in enumerate(images):
         paths.append(tmp_path / f"img{i}.png")
         Image.fromarray(img).save(paths[-1])  # lossless: decodes to the same pixels
-    for given in ([str(p) for p in paths], paths, pd.Series([str(p) for p in paths]),
-                  pd.DataFrame({"path": [str(p) for p in paths], "note": "x"}), pd.DataFrame({"file": paths}),
-                  [p.read_bytes() for p in paths], np.stack(images).astype(np.int64)):
+    for given in (
+        [str(p) for p in paths],
+        paths,
+        pd.Series([str(p) for p in paths]),
+        pd.DataFrame({"path": [str(p) for p in paths], "note": "x"}),
+        pd.DataFrame({"file": paths}),
+        [p.read_bytes() for p in paths],
+        np.stack(images).astype(np.int64),
+    ):
         np.testing.assert_allclose(model.predict(given).to_numpy(), expected, rtol=0, atol=1e-6)
     empty = model.predict([])
     assert empty.shape == (0, len(CLASSES)) and list(empty.columns) == CLASSES
 
 
-@pytest.mark.parametrize("bad, error", [
-    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
-    (np.full((1, 8, 8, 3), 300, np.int64), "uint8"),
-    (np.zeros((8, 8, 3), np.uint8), r"\(N, H, W, 3\)"),
-    ([np.zeros((8, 8), np.uint8)], r"\(H, W, 3\)"),
-    (pd.DataFrame({"a": ["x.png"], "b": ["y.png"]}), "'path' column"),
-    ({"path": "x.png"}, "got dict"),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+        (np.full((1, 8, 8, 3), 300, np.int64), "uint8"),
+        (np.zeros((8, 8, 3), np.uint8), r"\(N, H, W, 3\)"),
+        ([np.zeros((8, 8), np.uint8)], r"\(H, W, 3\)"),
+        (pd.DataFrame({"a": ["x.png"], "b": ["y.png"]}), "'path' column"),
+        ({"path": "x.png"}, "got dict"),
+    ],
+)
 def test_unusable_inputs_are_refused_with_a_reason(tmp_path: Path, bad, error) -> None:
     with pytest.raises((ValueError, TypeError), match=error):
         serving.model_images(bad, SIZE)

@@ -10,8 +10,15 @@ from ml.settings import Settings
 
 
 def test_defaults_need_no_service(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS", "SKINFLOW_CONFIG", "SKINFLOW_S3_BUCKET",
-                "SKINFLOW_DATA_ROOT", "SKINFLOW_STORAGE_ROOT"):
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "PREFECT_API_URL",
+        "RAY_ADDRESS",
+        "SKINFLOW_CONFIG",
+        "SKINFLOW_S3_BUCKET",
+        "SKINFLOW_DATA_ROOT",
+        "SKINFLOW_STORAGE_ROOT",
+    ):
         monkeypatch.delenv(var, raising=False)
     s = Settings()
     assert s.data_root == Path("data")

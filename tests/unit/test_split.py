@@ -43,8 +43,11 @@ def with_duplicates(tmp_path: Path) -> tuple[Manifest, dict[str, str]]:
     (root / "blister" / "copy_of_acne_00.jpg").write_bytes((root / "acne" / "00.jpg").read_bytes())
     (root / "wheal" / "reenc_of_tumor_01.jpg").write_bytes(reencoded(root / "tumor" / "01.jpg"))
     Image.open(root / "wheal" / "02.jpg").resize((40, 40)).save(root / "acne" / "resized_of_wheal_02.png")
-    pairs = {"blister/copy_of_acne_00.jpg": "acne/00.jpg", "wheal/reenc_of_tumor_01.jpg": "tumor/01.jpg",
-             "acne/resized_of_wheal_02.png": "wheal/02.jpg"}
+    pairs = {
+        "blister/copy_of_acne_00.jpg": "acne/00.jpg",
+        "wheal/reenc_of_tumor_01.jpg": "tumor/01.jpg",
+        "acne/resized_of_wheal_02.png": "wheal/02.jpg",
+    }
     return build_manifest(root), pairs
 
 
@@ -180,8 +183,13 @@ def two_versions(tmp_path_factory) -> tuple[Manifest, Manifest, set[str]]:
 
     root = tmp_path_factory.mktemp("versions")
     pool = root / "generated"
-    generate(pool, SynthConfig(per_class=V1_PER_CLASS + ADDED_PER_CLASS, size=32, seed=0, duplicate_rate=0.1,
-                               near_duplicate_rate=0.05), progress=False)
+    generate(
+        pool,
+        SynthConfig(
+            per_class=V1_PER_CLASS + ADDED_PER_CLASS, size=32, seed=0, duplicate_rate=0.1, near_duplicate_rate=0.05
+        ),
+        progress=False,
+    )
     meta = pd.read_csv(pool / "synth_meta.csv", keep_default_na=False)
     index = {p: int(Path(p).stem.rsplit("_", 1)[1]) for p in meta["path"]}
     originals = meta[meta["kind"] == "image"]
@@ -193,8 +201,12 @@ def two_versions(tmp_path_factory) -> tuple[Manifest, Manifest, set[str]]:
     # copies of old images: the near ones and half of the exact ones in v1, the other exact ones new in v2
     later = set(old_copies[(old_copies["kind"] == "duplicate") & (old_copies.index % 2 == 0)]["path"])
     v1_paths = old | (set(old_copies["path"]) - later)
-    v2_paths = (v1_paths - removed - set(copies[copies["duplicate_of"].isin(removed)]["path"])) | new | set(
-        copies[copies["duplicate_of"].isin(new)]["path"]) | (later - set(copies[copies["duplicate_of"].isin(removed)]["path"]))
+    v2_paths = (
+        (v1_paths - removed - set(copies[copies["duplicate_of"].isin(removed)]["path"]))
+        | new
+        | set(copies[copies["duplicate_of"].isin(new)]["path"])
+        | (later - set(copies[copies["duplicate_of"].isin(removed)]["path"]))
+    )
     v1 = build_manifest(_copy_version(pool, root / "v1", sorted(v1_paths)))
     v2 = build_manifest(_copy_version(pool, root / "v2", sorted(v2_paths)))
     return v1, v2, v2_paths - v1_paths

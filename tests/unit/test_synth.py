@@ -62,8 +62,15 @@ def _images(rows: list[dict[str, str]], **where: str) -> list[str]:
 
 def test_same_seed_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
     knobs = dict(
-        fmt="jpg", pen_rate=0.5, ruler_rate=0.5, flash_rate=0.3, gamma=(1.0, 1.4), noise=0.02,
-        duplicate_rate=0.4, near_duplicate_rate=0.4, corrupt=3,
+        fmt="jpg",
+        pen_rate=0.5,
+        ruler_rate=0.5,
+        flash_rate=0.3,
+        gamma=(1.0, 1.4),
+        noise=0.02,
+        duplicate_rate=0.4,
+        near_duplicate_rate=0.4,
+        corrupt=3,
     )
     a, b = _hashes(_gen(tmp_path, "a", **knobs)), _hashes(_gen(tmp_path, "b", **knobs))
     c = _hashes(_gen(tmp_path, "c", seed=1, **knobs))
@@ -161,6 +168,7 @@ def test_skin_tones_shift_background_brightness(tmp_path: Path) -> None:
     dark = _gen(tmp_path, "dark", skin_tones=[0, 0, 0, 0, 0, 1], **kw)
     assert {r["skin_tone"] for r in _meta(light)} == {"0"}
     assert {r["skin_tone"] for r in _meta(dark)} == {"5"}
+
     def background(out: Path) -> float:  # the lesion covers < 10%: the median pixel is skin
         return float(np.mean([np.median(_luma(_pixels(out, r["path"]))) for r in _meta(out)]))
 
@@ -220,7 +228,10 @@ def test_ruler_lies_along_one_edge(tmp_path: Path) -> None:
 def test_fov_sets_lesion_share(tmp_path: Path) -> None:
     small = _gen(tmp_path, "fov1", size=64, fov=(0.1, 0.1))
     large = _gen(tmp_path, "fov5", size=64, fov=(0.5, 0.5))
-    share = lambda out: np.mean([float(r["lesion_share"]) for r in _meta(out)])  # noqa: E731
+
+    def share(out):
+        return np.mean([float(r["lesion_share"]) for r in _meta(out)])
+
     assert share(small) == pytest.approx(0.1, rel=0.25)
     assert share(large) == pytest.approx(0.5, rel=0.25)
 
@@ -234,7 +245,10 @@ def test_duplicates_copy_bytes_and_near_duplicates_stay_close(tmp_path: Path) ->
     for r in dups:
         assert r["duplicate_of"].startswith(r["label"] + "/")
         assert (out / r["path"]).read_bytes() == (out / r["duplicate_of"]).read_bytes()
-    phash = lambda rel: imagehash.phash(Image.open(out / rel))  # noqa: E731
+
+    def phash(rel):
+        return imagehash.phash(Image.open(out / rel))
+
     for r in nears:
         src = phash(r["duplicate_of"])
         others = [p for p in _images(rows, label=r["label"]) if p != r["duplicate_of"]]
@@ -246,7 +260,10 @@ def test_corrupt_files_fail_to_decode(tmp_path: Path) -> None:
     out = _gen(tmp_path, "bad", per_class=1, corrupt=4, fmt="jpg")
     bad = [r for r in _meta(out) if r["kind"].startswith("corrupt:")]
     assert [r["kind"] for r in bad] == [
-        "corrupt:zero_bytes", "corrupt:truncated", "corrupt:not_an_image", "corrupt:zero_bytes",
+        "corrupt:zero_bytes",
+        "corrupt:truncated",
+        "corrupt:not_an_image",
+        "corrupt:zero_bytes",
     ]
     assert (out / bad[0]["path"]).stat().st_size == 0
     for r in bad:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ml.train.models import build_model, load_weights
-from ml.train.schedules import make_schedule
 from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import TrainConfig
 from ml.train.loop import Callback, TrainState, fit
+from ml.train.models import build_model, load_weights
 from ml.train.precision import resolve_device
 from ml.train.pretrain import pretrain
+from ml.train.schedules import make_schedule
 from ml.train.transforms import to_float_batch
 
 CLASSES = ["red", "green", "blue"]
@@ -83,8 +83,16 @@ def test_fit_learns_separable_colours_and_reports_history_to_callbacks(data) -> 
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
     n_groups = 6
-    expected = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-                "val_auroc_macro", "epoch_seconds"} | {f"lr_group_{i}" for i in range(n_groups)}
+    expected = {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_auroc_macro",
+        "epoch_seconds",
+    } | {f"lr_group_{i}" for i in range(n_groups)}
     assert [set(r) for r in rec.rows] == [expected] * 3
     assert [r["epoch"] for r in rec.rows] == [1, 2, 3]
     assert rec.rows == result.history
@@ -196,18 +204,33 @@ def test_a_callback_stop_is_checkpointed_despite_the_interval(data, tmp_path) ->
 
 def test_checkpoint_interval_may_change_on_resume(data, tmp_path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path)),
-            callbacks=[InterruptAfter(1)])
+        fit(
+            data["train"],
+            data["val"],
+            CLASSES,
+            tiny(epochs=3, checkpoint_dir=str(tmp_path)),
+            callbacks=[InterruptAfter(1)],
+        )
     rec = Recorder()
-    fit(data["train"], data["val"], CLASSES, tiny(epochs=3, checkpoint_dir=str(tmp_path), checkpoint_interval_s=60),
-        callbacks=[rec])
+    fit(
+        data["train"],
+        data["val"],
+        CLASSES,
+        tiny(epochs=3, checkpoint_dir=str(tmp_path), checkpoint_interval_s=60),
+        callbacks=[rec],
+    )
     assert [r["epoch"] for r in rec.rows] == [2, 3]
 
 
 def test_resume_refuses_another_config(data, tmp_path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        fit(data["train"], data["val"], CLASSES, tiny(epochs=2, checkpoint_dir=str(tmp_path)),
-            callbacks=[InterruptAfter(1)])
+        fit(
+            data["train"],
+            data["val"],
+            CLASSES,
+            tiny(epochs=2, checkpoint_dir=str(tmp_path)),
+            callbacks=[InterruptAfter(1)],
+        )
     with pytest.raises(ValueError, match="another config"):
         fit(data["train"], data["val"], CLASSES, tiny(epochs=2, lr=0.1, checkpoint_dir=str(tmp_path)))
 
@@ -281,9 +304,12 @@ def test_pretrained_backbone_transfers_to_new_classes(data, tmp_path) -> None:
     assert torch.equal(target.layer4[1].conv2.weight, source.model.layer4[1].conv2.weight.cpu())
     two = CLASSES[:2]
     keep = data["train"][1] < 2
-    result = fit((data["train"][0][keep], data["train"][1][keep]),
-                 (data["val"][0][data["val"][1] < 2], data["val"][1][data["val"][1] < 2]),
-                 two, tiny(epochs=1, weights=str(path)))
+    result = fit(
+        (data["train"][0][keep], data["train"][1][keep]),
+        (data["val"][0][data["val"][1] < 2], data["val"][1][data["val"][1] < 2]),
+        two,
+        tiny(epochs=1, weights=str(path)),
+    )
     assert sorted(result.weights_report["skipped"]) == ["fc.bias", "fc.weight"]
 
 
@@ -321,7 +347,6 @@ def test_divergence_on_cuda_is_caught_without_a_sync_per_step(data) -> None:
     """On CUDA the loss is read back every few steps, not every step; divergence still stops fit."""
     with pytest.raises(FloatingPointError, match=r"non-finite training loss (by|at) iteration \d+"):
         fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", lr=1e8, device="cuda"))
-
 
 
 def test_prefetched_keeps_order_and_reraises_errors() -> None:
@@ -404,8 +429,13 @@ def test_cycle_end_score_is_the_final_models_ensemble_and_moves_only_at_cycle_en
     # clm, 3 epochs: cycles end at epochs 1 and 3; the run hands over the ensemble of both
     score = CycleEndScore(data["val"][1], snapshots=3)
     clocks = Clocks(score)
-    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=3, schedule="sgdr_dlr_clm", snapshots=3),
-                 callbacks=[score, clocks])
+    result = fit(
+        data["train"],
+        data["val"],
+        CLASSES,
+        tiny(epochs=3, schedule="sgdr_dlr_clm", snapshots=3),
+        callbacks=[score, clocks],
+    )
     assert [(e, end, clock) for e, end, clock, _ in clocks.seen] == [(1, True, 2), (2, False, 2), (3, True, 4)]
     assert clocks.seen[1][3] == clocks.seen[0][3], "held between cycle ends"
     final = result.predict_proba(data["val"][0])
@@ -419,8 +449,9 @@ def test_cycle_end_score_is_the_final_models_ensemble_and_moves_only_at_cycle_en
     # step decay: every epoch is a rung, and the model it would hand over is itself
     score = CycleEndScore(data["val"][1], snapshots=3)
     clocks = Clocks(score)
-    result = fit(data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", snapshots=3),
-                 callbacks=[score, clocks])
+    result = fit(
+        data["train"], data["val"], CLASSES, tiny(epochs=2, schedule="sgd", snapshots=3), callbacks=[score, clocks]
+    )
     assert [clock for _, _, clock, _ in clocks.seen] == [2, 3]
     np.testing.assert_allclose(score.ensemble_probs(), result.predict_proba(data["val"][0]), atol=1e-6)
     assert score.value == pytest.approx(result.history[-1]["val_balanced_accuracy"])

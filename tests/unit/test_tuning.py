@@ -26,8 +26,7 @@ def test_each_schedule_draws_its_lrs_from_its_familys_bracket_once_per_sweep():
     from ray.tune.search.variant_generator import generate_variants
 
     schedules = ["sgd", "sgdr", "sgdr_dlr", "sgdr_dlr_clm", "adam"]
-    space, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3,
-                            seed=4)
+    space, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3, seed=4)
     family = {"sgd": "sgd", "sgdr": "sgd", "sgdr_dlr": "sgd_dlr", "sgdr_dlr_clm": "sgd_dlr", "adam": "adam"}
     trials = [cfg for _, cfg in generate_variants(space)]
     assert len(trials) == 5 * 3 * 2
@@ -37,8 +36,7 @@ def test_each_schedule_draws_its_lrs_from_its_familys_bracket_once_per_sweep():
         assert cell["lr_bracket"] == [lo, hi] and lo <= cell["lr"] <= hi, cfg
     lrs = {s: sorted({t["cell"]["lr"] for t in trials if t["cell"]["schedule"] == s}) for s in schedules}
     assert all(len(v) == 3 for v in lrs.values()), "3 LRs per schedule, each tried with AMP off and on"
-    again, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3,
-                            seed=4)
+    again, _ = search_space(FAMILY_BRACKETS, schedules, [False, True], ["resnet18"], force=True, num_samples=3, seed=4)
     assert again["cell"] == space["cell"], "the same sweep draws the same LRs (a restored tune keeps them)"
 
 
@@ -90,14 +88,21 @@ def test_an_interrupted_tune_says_so_and_how_to_resume_it(monkeypatch):
     import ray.tune
 
     saved_statuses = []  # as the experiment state on storage records them
-    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path, storage_filesystem=None: SimpleNamespace(
-        trials=[SimpleNamespace(status=s) for s in saved_statuses]))
+    monkeypatch.setattr(
+        ray.tune,
+        "ExperimentAnalysis",
+        lambda path, storage_filesystem=None: SimpleNamespace(
+            trials=[SimpleNamespace(status=s) for s in saved_statuses]
+        ),
+    )
 
     def grid(*results):
         return type("Grid", (list,), {"experiment_path": "/x/t-x", "filesystem": None})(results)
 
     def result(done=None, error=None):
-        return SimpleNamespace(error=error, metrics={"training_iteration": 2} | ({} if done is None else {"done": done}))
+        return SimpleNamespace(
+            error=error, metrics={"training_iteration": 2} | ({} if done is None else {"done": done})
+        )
 
     # finished or stopped by ASHA in this run (done) or failed: nothing to say, nothing read
     _raise_if_interrupted(grid(result(done=True), result(error=RuntimeError("x"))), "t-x")

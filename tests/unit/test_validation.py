@@ -13,8 +13,8 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from ml.quality.features import compute_features
 from ml.data.synth import LABELS, SynthConfig, generate
+from ml.quality.features import compute_features
 from ml.quality.validation import cramers_v, load_policy, validate_features
 
 CLASSES = list(LABELS)
@@ -158,9 +158,12 @@ def test_small_foreign_format_and_unknown_label_fail_integrity(clean, policy, tm
     Image.new("RGB", (80, 80), (200, 150, 120)).save(tmp_path / "odd.bmp")
     Image.new("F", (80, 80), 0.5).save(tmp_path / "float.tif")
     extra = _extra(
-        [(tmp_path / "small.png", "acne", "train"), (tmp_path / "odd.bmp", "mystery", "train"),
-         (tmp_path / "float.tif", "acne", "train")]
-    )  # fmt: skip
+        [
+            (tmp_path / "small.png", "acne", "train"),
+            (tmp_path / "odd.bmp", "mystery", "train"),
+            (tmp_path / "float.tif", "acne", "train"),
+        ]
+    )
     report = validate_features(pd.concat([clean, extra], ignore_index=True), policy, CLASSES, None)
     expected = {
         "min_side": [str(tmp_path / "small.png")],
@@ -202,9 +205,9 @@ def test_html_summary_is_self_contained_and_lists_every_result(tmp_path):
     """The summary opens offline: no external assets, one row per expectation, failures marked."""
     import re
 
+    from ml.data.manifest import build_manifest
     from ml.data.synth import SynthConfig, generate
     from ml.quality.features import compute_features
-    from ml.data.manifest import build_manifest
     from ml.quality.validation import load_policy, validate_features
 
     generate(tmp_path / "ds", SynthConfig(per_class=4, size=64, seed=0, corrupt=1), progress=False)
