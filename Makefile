@@ -26,8 +26,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two xdist workers (one core and one BLAS thread each); tests that share a stack or Ray run in one
+# worker (tests/conftest.py, --dist loadgroup), so every service starts once per run.
+PYTEST_WORKERS ?= 2
 test: lint postgres
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The unit tests alone (pure, no services): about 2.5 minutes on 2 cores.
 test-fast: lint

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from ml.monitor.config import MonitorConfig
 from ml.tracking.runs import run_name
 from tasks.common import markdown_table, publish_markdown
@@ -28,70 +29,71 @@ from tasks.monitor import (
 )
 
 
-@flow(name="monitor")
+@flow(name="monitor", flow_run_name=run_namer("monitor"))
 def monitor_flow(monitor: MonitorConfig) -> dict:
     """Compare one batch with the monitored model's reference; returns the JSON summary (with
     ``verdict``, ``report_html``, ``mlflow_run_id``, ``event`` and ``notification``)."""
-    from prefect.runtime import flow_run
+    with tagged("monitor"):
+        from prefect.runtime import flow_run
 
-    from ml.monitor.alerts import alert_payload, batch_resource_id, write_alert
-    from ml.monitor.policy import DriftPolicy
+        from ml.monitor.alerts import alert_payload, batch_resource_id, write_alert
+        from ml.monitor.policy import DriftPolicy
 
-    logger = get_run_logger()
-    policy = DriftPolicy.load(monitor.policy)
-    model = load_model(monitor.model_uri)
-    batch = load_batch(monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root)
-    reference = load_reference(
-        model,
-        monitor.reference,
-        monitor.reference_version,
-        monitor.reference_class_map,
-        monitor.max_reference,
-        monitor.seed,
-    )
-    ref = describe_images(reference.records, model, "reference")
-    val = describe_images(reference.validation, model, "validation") if len(reference.validation) else None
-    cur = describe_images(batch.records, model, "batch")
-    label_estimate = estimate_label_shift(val, ref, cur, policy)
-    summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed)
-    summary.update(
-        batch=batch.source,
-        model_uri=monitor.model_uri,
-        inputs=batch.summary(),
-        reference={
-            "source": reference.source,
-            "kind": reference.kind,
-            "dataset_version": reference.dataset_version,
-            "images": len(ref),
-            "validation_images": 0 if val is None else len(val),
-            "notes": reference.notes,
-        },
-    )
-    key = flow_run.get_id() or "local"
-    report_dir = str(Path(monitor.out_dir) / key)
-    with tracked_run(
-        "skinflow-monitor",
-        run_name("monitor", verdict=summary["verdict"], batch=Path(batch.source).name),
-        tags={"drift_verdict": summary["verdict"]},
-    ) as (run_id, experiment_id):
-        summary.update(
-            mlflow_run_id=run_id, mlflow_experiment_id=experiment_id, mlflow_run_url=_run_url(experiment_id, run_id)
+        logger = get_run_logger()
+        policy = DriftPolicy.load(monitor.policy)
+        model = load_model(monitor.model_uri)
+        batch = load_batch(monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root)
+        reference = load_reference(
+            model,
+            monitor.reference,
+            monitor.reference_version,
+            monitor.reference_class_map,
+            monitor.max_reference,
+            monitor.seed,
         )
-        files = write_reports(snapshot, summary, report_dir)
-        log_monitor_run(run_id, summary, files, monitor.model_dump())
-    summary["report_html"], summary["report_json"] = files["html"], files["json"]
-    summary["report_uri"] = store_reports(report_dir, key)
-    summary["prefect_api"] = "server" if prefect_server_configured() else "ephemeral"
-    summary["event"] = summary["notification"] = "not sent: no drift"
-    if summary["verdict"] == "drift":
-        links = {"report": summary["report_uri"] or files["html"], "mlflow_run": summary["mlflow_run_url"]}
-        payload = alert_payload(summary, links)
-        summary["alert_json"] = str(write_alert(payload, report_dir))
-        summary["event"] = emit_drift_event(payload, batch_resource_id(batch.source), run_id)
-        summary["notification"] = notify_drift(payload, monitor.apprise_secret)
-        logger.warning("drift on %s: %s", batch.source, "; ".join(summary["reasons"]))
-    publish_markdown("monitor-summary", summary_markdown(summary))
-    return summary
+        ref = describe_images(reference.records, model, "reference")
+        val = describe_images(reference.validation, model, "validation") if len(reference.validation) else None
+        cur = describe_images(batch.records, model, "batch")
+        label_estimate = estimate_label_shift(val, ref, cur, policy)
+        summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed)
+        summary.update(
+            batch=batch.source,
+            model_uri=monitor.model_uri,
+            inputs=batch.summary(),
+            reference={
+                "source": reference.source,
+                "kind": reference.kind,
+                "dataset_version": reference.dataset_version,
+                "images": len(ref),
+                "validation_images": 0 if val is None else len(val),
+                "notes": reference.notes,
+            },
+        )
+        key = flow_run.get_id() or "local"
+        report_dir = str(Path(monitor.out_dir) / key)
+        with tracked_run(
+            "skinflow-monitor",
+            run_name("monitor", verdict=summary["verdict"], batch=Path(batch.source).name),
+            tags=mlflow_tags(drift_verdict=summary["verdict"]),
+        ) as (run_id, experiment_id):
+            summary.update(
+                mlflow_run_id=run_id, mlflow_experiment_id=experiment_id, mlflow_run_url=_run_url(experiment_id, run_id)
+            )
+            files = write_reports(snapshot, summary, report_dir)
+            log_monitor_run(run_id, summary, files, monitor.model_dump())
+        summary["report_html"], summary["report_json"] = files["html"], files["json"]
+        summary["report_uri"] = store_reports(report_dir, key)
+        summary["prefect_api"] = "server" if prefect_server_configured() else "ephemeral"
+        summary["event"] = summary["notification"] = "not sent: no drift"
+        if summary["verdict"] == "drift":
+            links = {"report": summary["report_uri"] or files["html"], "mlflow_run": summary["mlflow_run_url"]}
+            payload = alert_payload(summary, links)
+            summary["alert_json"] = str(write_alert(payload, report_dir))
+            summary["event"] = emit_drift_event(payload, batch_resource_id(batch.source), run_id)
+            summary["notification"] = notify_drift(payload, monitor.apprise_secret)
+            logger.warning("drift on %s: %s", batch.source, "; ".join(summary["reasons"]))
+        publish_markdown("monitor-summary", summary_markdown(summary))
+        return summary
 
 
 def summary_markdown(summary: dict) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.data.split import split_digests
 from ml.tracking.runs import run_name
@@ -17,11 +18,8 @@ from tasks.common import markdown_table, publish_markdown
 from tasks.mlflow_tasks import promotion_gate, register_model, tracked_run
 from tasks.training import evaluate_model, log_training_run, train_model
 
-# config fields that do not change what a model is (left out of its config hash)
-_RUNTIME_FIELDS = ("device", "progress", "checkpoint_dir", "num_workers", "checkpoint_interval_s")
 
-
-@flow(name="retrain")
+@flow(name="retrain", flow_run_name=run_namer("retrain"))
 def retrain_flow(
     data: DataConfig = DataConfig(),
     training: TrainConfig = TrainConfig(),
@@ -30,95 +28,105 @@ def retrain_flow(
     tune: bool = True,
     validate_data: bool = True,
     policy: str | None = None,
+    validation_policy: str | None = None,
     out_dir: str = "outputs/retrain",
 ) -> dict:
     """The scheduled retraining loop. Critical validation failures stop it before training.
     With ``tune`` the sweep's best (arch, schedule, LR, AMP) replaces those of ``training``;
     without it ``training`` is fitted as given (its LR from a range test when unset)."""
-    from flows.train import prepare_data, with_lr
-    from flows.tune import run_sweep
-    from flows.validate import validate_manifest
+    with tagged("retrain"):
+        from flows.train import prepare_data, with_lr
+        from flows.tune import run_sweep
+        from flows.validate import validate_manifest
 
-    if data.test_frac <= 0:
-        raise ValueError("retrain needs a held-out test split for the promotion gate: set data.test_frac > 0")
-    logger = get_run_logger()
-    manifest, cache = prepare_data(data)
-    validation = (
-        validate_manifest(manifest, data.source, policy, str(Path(out_dir) / "validate"), fail_on_critical=True)
-        if validate_data
-        else None
-    )
-    with tracked_run(
-        "skinflow-retrain", run_name("retrain", data=cache.version[:8]), tags={"dataset_version": cache.version}
-    ) as (run_id, _):
-        tuned = None
-        if tune:
-            tuned = run_sweep(cache, sweep, training, lr_find, str(Path(out_dir) / "tune"), parent_run_id=run_id)
-            best = tuned["best"]
-            cfg = training.model_copy(
-                update={
-                    "schedule": best["schedule"],
-                    "lr": float(best["lr"]),
-                    "amp": bool(best["amp"]),
-                    "arch": best["arch"],
-                }
+        if data.test_frac <= 0:
+            raise ValueError("retrain needs a held-out test split for the promotion gate: set data.test_frac > 0")
+        logger = get_run_logger()
+        manifest, cache = prepare_data(data)
+        validation = (
+            validate_manifest(
+                manifest, data.source, validation_policy, str(Path(out_dir) / "validate"), fail_on_critical=True
             )
-        else:
-            cfg, _ = with_lr(cache, training, lr_find, out_dir, run_id)
-        result = train_model(cache, cfg, run_id)
-        evaluation = evaluate_model(result, cache, "test")
-        logged = log_training_run(
-            run_id,
-            result,
-            evaluation,
-            "test",
-            cache,
-            manifest,
-            out_dir,
-            extra={"validation_passed": validation["passed"] if validation else None},
+            if validate_data
+            else None
         )
-        version = register_model(
-            logged["model_uri"],
-            {
-                "dataset_version": cache.version,
-                "schedule": cfg.schedule,
-                "lr": f"{cfg.lr:.4g}",
-                "amp": cfg.amp,
-                "validation": "passed"
-                if validation and validation["passed"]
-                else ("skipped" if not validation else "warnings"),
-                "config_hash": config_hash(cfg),
-                "eta": _eta_tag(tuned),
-            },
+        with tracked_run(
+            "skinflow-retrain",
+            run_name("retrain", data=cache.version[:8]),
+            tags=mlflow_tags(dataset_version=cache.version),
+        ) as (run_id, _):
+            tuned = None
+            if tune:
+                tuned = run_sweep(cache, sweep, training, lr_find, str(Path(out_dir) / "tune"), parent_run_id=run_id)
+                best = tuned["best"]
+                cfg = training.model_copy(
+                    update={
+                        "schedule": best["schedule"],
+                        "lr": float(best["lr"]),
+                        "amp": bool(best["amp"]),
+                        "arch": best["arch"],
+                    }
+                )
+            else:
+                cfg, _ = with_lr(cache, training, lr_find, out_dir, run_id)
+            result = train_model(cache, cfg, run_id)
+            evaluation = evaluate_model(result, cache, "test")
+            logged = log_training_run(
+                run_id,
+                result,
+                evaluation,
+                "test",
+                cache,
+                manifest,
+                out_dir,
+                extra={"validation_passed": validation["passed"] if validation else None},
+            )
+            version = register_model(
+                logged["model_uri"],
+                {
+                    "dataset_version": cache.version,
+                    "schedule": cfg.schedule,
+                    "lr": f"{cfg.lr:.4g}",
+                    "amp": cfg.amp,
+                    "validation": "passed"
+                    if validation and validation["passed"]
+                    else ("skipped" if not validation else "warnings"),
+                    "config_hash": config_hash(cfg),
+                    "eta": _eta_tag(tuned),
+                },
+            )
+            images, labels = cache.subset("test")
+            gate = promotion_gate(
+                version, images, labels, cache.classes, policy, digests=split_digests(manifest, "test")
+            )
+        m = evaluation["metrics"]
+        summary = {
+            "run_id": run_id,
+            "dataset_version": cache.version,
+            "model_version": version,
+            "promoted": gate["promoted"],
+            "gate_reason": gate["reason"],
+            "gate_predictions": gate["predictions"],
+            "schedule": cfg.schedule,
+            "lr": cfg.lr,
+            "amp": cfg.amp,
+            "eval_split": "test",
+            "test_images": len(labels),
+            "test_accuracy": m["accuracy"],
+            "test_balanced_accuracy": m["balanced_accuracy"],
+            "test_macro_f1": m["macro_f1"],
+            "eta_over_sgd": _eta_tag(tuned),
+            "trials": len(tuned["trials"]) if tuned else 0,
+            "failed_trials": len(tuned["failed"]) if tuned else 0,
+            "gate_evaluated_on": gate.get("evaluated_on"),
+            "gate_heldout_overlap": gate.get("heldout_overlap"),
+            "validation_passed": validation["passed"] if validation else None,
+        }
+        publish_markdown("retrain-summary", "## Retrain summary\n\n" + markdown_table([summary]))
+        logger.info(
+            "retrain done: v%s %s", version, "promoted to champion" if gate["promoted"] else "kept as challenger"
         )
-        images, labels = cache.subset("test")
-        gate = promotion_gate(version, images, labels, cache.classes, policy, digests=split_digests(manifest, "test"))
-    m = evaluation["metrics"]
-    summary = {
-        "run_id": run_id,
-        "dataset_version": cache.version,
-        "model_version": version,
-        "promoted": gate["promoted"],
-        "gate_reason": gate["reason"],
-        "gate_predictions": gate["predictions"],
-        "schedule": cfg.schedule,
-        "lr": cfg.lr,
-        "amp": cfg.amp,
-        "eval_split": "test",
-        "test_images": len(labels),
-        "test_accuracy": m["accuracy"],
-        "test_balanced_accuracy": m["balanced_accuracy"],
-        "test_macro_f1": m["macro_f1"],
-        "eta_over_sgd": _eta_tag(tuned),
-        "trials": len(tuned["trials"]) if tuned else 0,
-        "failed_trials": len(tuned["failed"]) if tuned else 0,
-        "gate_evaluated_on": gate.get("evaluated_on"),
-        "gate_heldout_overlap": gate.get("heldout_overlap"),
-        "validation_passed": validation["passed"] if validation else None,
-    }
-    publish_markdown("retrain-summary", "## Retrain summary\n\n" + markdown_table([summary]))
-    logger.info("retrain done: v%s %s", version, "promoted to champion" if gate["promoted"] else "kept as challenger")
-    return summary
+        return summary
 
 
 def _eta_tag(tuned: dict | None) -> str:
@@ -133,5 +141,4 @@ def _eta_tag(tuned: dict | None) -> str:
 
 def config_hash(cfg: TrainConfig) -> str:
     """12 hex digits identifying what a configuration trains (runtime-only fields left out)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_FIELDS}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:12]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from flows.train import eval_split_of, prepare_data, with_lr
 from ml.data.config import DataConfig
 from ml.robust.ablation import training_corruptions
@@ -24,7 +25,7 @@ from tasks.robustness import fit_and_score, log_robustness
 EXPERIMENT = "skinflow-robustness"
 
 
-@flow(name="robustness")
+@flow(name="robustness", flow_run_name=run_namer("robustness"))
 def robustness_flow(
     data: DataConfig = DataConfig(),
     training: TrainConfig = TrainConfig(),
@@ -35,32 +36,34 @@ def robustness_flow(
     """Data -> LR (range test on the clean training split unless given; the same LR for every
     model) -> the clean model and its rows -> one model per noise level and its rows -> table,
     plots, Prefect artifact."""
-    _, cache = prepare_data(data)
-    eval_split = eval_split_of(cache)
-    with tracked_run(
-        EXPERIMENT, run_name("robustness", training, data=cache.version), tags={"dataset_version": cache.version}
-    ) as (parent, _):
-        cfg, _ = with_lr(cache, training, lr_find, out_dir, parent)
-        rows = []
-        for train_c in training_corruptions(robustness):
-            name = run_name("robustness", train=train_c.label.replace(" ", ""), seed=cfg.seed)
-            with tracked_run(EXPERIMENT, name, parent_run_id=parent, tags={"dataset_version": cache.version}) as (
-                child,
-                _,
-            ):
-                rows += fit_and_score(cache, cfg, robustness, train_c, eval_split, child)
-        logged = log_robustness(parent, rows, cache.classes, eval_split, out_dir)
-    publish_table(
-        "robustness-summary",
-        logged["table"],
-        f"skinflow robustness on {eval_split} ({len(cache.subset(eval_split)[1])} images), MLflow run {parent}",
-    )
-    return {
-        "run_id": parent,
-        "dataset_version": cache.version,
-        "eval_split": eval_split,
-        "lr": cfg.lr,
-        "table": logged["table"],
-        "plots": logged["plots"],
-        "models": len(training_corruptions(robustness)),
-    }
+    with tagged("robustness"):
+        _, cache = prepare_data(data)
+        eval_split = eval_split_of(cache)
+        with tracked_run(
+            EXPERIMENT,
+            run_name("robustness", training, data=cache.version),
+            tags=mlflow_tags(dataset_version=cache.version),
+        ) as (parent, _):
+            cfg, _ = with_lr(cache, training, lr_find, out_dir, parent)
+            rows = []
+            for train_c in training_corruptions(robustness):
+                name = run_name("robustness", train=train_c.label.replace(" ", ""), seed=cfg.seed)
+                with tracked_run(
+                    EXPERIMENT, name, parent_run_id=parent, tags=mlflow_tags(dataset_version=cache.version)
+                ) as (child, _):
+                    rows += fit_and_score(cache, cfg, robustness, train_c, eval_split, child)
+            logged = log_robustness(parent, rows, cache.classes, eval_split, out_dir)
+        publish_table(
+            "robustness-summary",
+            logged["table"],
+            f"skinflow robustness on {eval_split} ({len(cache.subset(eval_split)[1])} images), MLflow run {parent}",
+        )
+        return {
+            "run_id": parent,
+            "dataset_version": cache.version,
+            "eval_split": eval_split,
+            "lr": cfg.lr,
+            "table": logged["table"],
+            "plots": logged["plots"],
+            "models": len(training_corruptions(robustness)),
+        }

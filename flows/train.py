@@ -13,6 +13,7 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, TrainConfig
@@ -47,7 +48,7 @@ def with_lr(cache, training: TrainConfig, lr_find: LRFindConfig, out_dir: str, r
     return training.model_copy(update={"lr": finder["chosen"]}), finder
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=run_namer("train"))
 def train_flow(
     data: DataConfig = DataConfig(),
     training: TrainConfig = TrainConfig(),
@@ -58,51 +59,54 @@ def train_flow(
     """LR range test (unless ``training.lr`` is given) -> fit -> evaluate on the test split (val
     when the data have none) -> log plots, metrics and model; with ``repeats > 1`` also refit with
     further seeds and report mean +/- std (Table 4.2 form)."""
-    manifest, cache = prepare_data(data)
-    with tracked_run(
-        "skinflow-train", run_name("train", training, arch=training.arch, precision=precision_for(training).name)
-    ) as (run_id, _):
-        if training.checkpoint_dir:  # a rerun after a crash resumes from the checkpoint: say which run it replaces
-            supersede_interrupted_run(training.checkpoint_dir, run_id)
-        cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
-        result = train_model(cache, cfg, run_id)
-        eval_split = eval_split_of(cache)
-        evaluation = evaluate_model(result, cache, eval_split)
-        logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)
-        repeated = (
-            repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id) if repeats > 1 else None
-        )
-    m = evaluation["metrics"]
-    summary = {
-        "run_id": run_id,
-        "dataset_version": cache.version,
-        "lr": cfg.lr,
-        "eval_split": eval_split,
-        "eval_images": len(evaluation["pred"]),
-        "accuracy": m["accuracy"],
-        "balanced_accuracy": m["balanced_accuracy"],
-        "macro_f1": m["macro_f1"],
-        "auroc_macro": m.get("auroc_macro"),
-        "epochs_run": result.epochs_run,
-        "wall_seconds": round(result.wall_seconds, 2),
-        "amp_dtype": result.amp_dtype,
-        "top_confused_pairs": m["confused_pairs"][:4],
-        **logged,
-        **({"lr_bracket": finder["bracket"]} if finder else {}),
-        **(
-            {
-                "repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
-                "confused_pairs_mean_std": [p["text"] for p in repeated["confused_pairs"][:4]],
-            }
-            if repeated
-            else {}
-        ),
-    }
-    publish_table("train-summary", summary, "skinflow train")
-    return summary
+    with tagged("train"):
+        manifest, cache = prepare_data(data)
+        with tracked_run(
+            "skinflow-train",
+            run_name("train", training, arch=training.arch, precision=precision_for(training).name),
+            tags=mlflow_tags(),
+        ) as (run_id, _):
+            if training.checkpoint_dir:  # a rerun after a crash resumes from the checkpoint: say which run it replaces
+                supersede_interrupted_run(training.checkpoint_dir, run_id)
+            cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
+            result = train_model(cache, cfg, run_id)
+            eval_split = eval_split_of(cache)
+            evaluation = evaluate_model(result, cache, eval_split)
+            logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)
+            repeated = (
+                repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id) if repeats > 1 else None
+            )
+        m = evaluation["metrics"]
+        summary = {
+            "run_id": run_id,
+            "dataset_version": cache.version,
+            "lr": cfg.lr,
+            "eval_split": eval_split,
+            "eval_images": len(evaluation["pred"]),
+            "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"],
+            "macro_f1": m["macro_f1"],
+            "auroc_macro": m.get("auroc_macro"),
+            "epochs_run": result.epochs_run,
+            "wall_seconds": round(result.wall_seconds, 2),
+            "amp_dtype": result.amp_dtype,
+            "top_confused_pairs": m["confused_pairs"][:4],
+            **logged,
+            **({"lr_bracket": finder["bracket"]} if finder else {}),
+            **(
+                {
+                    "repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
+                    "confused_pairs_mean_std": [p["text"] for p in repeated["confused_pairs"][:4]],
+                }
+                if repeated
+                else {}
+            ),
+        }
+        publish_table("train-summary", summary, "skinflow train")
+        return summary
 
 
-@flow(name="lr-find")
+@flow(name="lr-find", flow_run_name=run_namer("lr-find"))
 def lr_find_flow(
     data: DataConfig = DataConfig(),
     training: TrainConfig = TrainConfig(),
@@ -110,11 +114,12 @@ def lr_find_flow(
     out_dir: str = "outputs/lr_find",
 ) -> dict:
     """Smith's LR range test on the training split: suggestions and a log-scale bracket."""
-    _, cache = prepare_data(data)
-    return lr_range_test(cache, training, out_dir, lr_find)
+    with tagged("lr-find"):
+        _, cache = prepare_data(data)
+        return lr_range_test(cache, training, out_dir, lr_find)
 
 
-@flow(name="pretrain")
+@flow(name="pretrain", flow_run_name=run_namer("pretrain"))
 def pretrain_flow(
     out: str,
     data: DataConfig = DataConfig(),
@@ -122,8 +127,9 @@ def pretrain_flow(
     lr_find: LRFindConfig = LRFindConfig(),
 ) -> dict:
     """Train a backbone on a source set and store it (path or s3://) for ``weights=`` later."""
-    from tasks.training import pretrain_backbone
+    with tagged("pretrain"):
+        from tasks.training import pretrain_backbone
 
-    _, cache = prepare_data(data)
-    cfg, _ = with_lr(cache, training, lr_find, str(Path(out).parent if "://" not in out else "outputs/pretrain"))
-    return pretrain_backbone(cache, cfg, out)
+        _, cache = prepare_data(data)
+        cfg, _ = with_lr(cache, training, lr_find, str(Path(out).parent if "://" not in out else "outputs/pretrain"))
+        return pretrain_backbone(cache, cfg, out)

@@ -8,32 +8,20 @@ from pathlib import Path
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri, run_name
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from ml.train.schedules import lr_family
+from ml.train.sweep import METRIC, SCORE, TrialData, schedule_brackets, trial_base
 from tasks.common import publish_table
 from tasks.mlflow_tasks import tracked_run
 from tasks.training import lr_range_test
-from tasks.tuning import METRIC, SCORE, TrialData, run_tune, schedule_brackets
-
-# what every trial takes from the training config (the sweep sets lr, schedule, amp, arch,
-# epochs); `snapshots` is the size of the ensemble a trial is scored as (see CycleEndScore)
-_TRIAL_BASE = (
-    "weights",
-    "batch_size",
-    "weight_decay",
-    "lr_min",
-    "weighted_sampler",
-    "channels_last",
-    "device",
-    "num_workers",
-    "snapshots",
-)
+from tasks.tuning import run_tune
 
 
-@flow(name="tune")
+@flow(name="tune", flow_run_name=run_namer("tune"))
 def tune_flow(
     data: DataConfig = DataConfig(),
     sweep: SweepConfig = SweepConfig(),
@@ -53,10 +41,11 @@ def tune_flow(
     kept, unfinished and errored ones continue from their last checkpoint). Trials checkpoint
     once ``sweep.checkpoint_interval_s`` has passed since their last checkpoint and after their
     final epoch (0: every epoch)."""
-    from flows.train import prepare_data
+    with tagged("tune"):
+        from flows.train import prepare_data
 
-    _, cache = prepare_data(data)
-    return run_sweep(cache, sweep, training, lr_find, out_dir, lr_bracket=lr_bracket)
+        _, cache = prepare_data(data)
+        return run_sweep(cache, sweep, training, lr_find, out_dir, lr_bracket=lr_bracket)
 
 
 def run_sweep(
@@ -75,7 +64,7 @@ def run_sweep(
         "skinflow-tune",
         run_name("tune", schedules=len(sweep.schedules), epochs=sweep.epochs, data=cache.version[:8]),
         parent_run_id,
-        tags={"dataset_version": cache.version},
+        tags=mlflow_tags(dataset_version=cache.version),
     ) as (run_id, experiment_id):
         finders = None
         if lr_bracket is None:
@@ -86,7 +75,7 @@ def run_sweep(
         client = MlflowClient()
         for schedule, (lo, hi) in brackets.items():
             client.log_param(run_id, f"lr_bracket_{schedule}", f"{lo:.4g}..{hi:.4g}")
-        base_config = {k: v for k, v in training.to_dict().items() if k in _TRIAL_BASE}
+        base_config = trial_base(training)
         res = run_tune(
             TrialData.from_cache(cache),
             brackets,
@@ -158,7 +147,7 @@ def _range_tests(
             "skinflow-tune",
             run_name("lr-find", family=family, data=cache.version[:8]),
             run_id,
-            tags={"dataset_version": cache.version, "lr_family": family},
+            tags=mlflow_tags(dataset_version=cache.version, lr_family=family),
         ) as (child, _):
             finder = lr_range_test(cache, cfg, str(Path(out_dir) / "plots" / family), lr_find, run_id=child)
         finders[family] = {**finder, "schedules": schedules, "run_id": child}

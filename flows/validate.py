@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 
+from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.storage import StorageError
 from ml.tracking.runs import ServiceUnavailableError
@@ -18,7 +21,7 @@ class ValidationFailed(RuntimeError):
     """Critical expectations failed; the message names them."""
 
 
-@flow(name="validate")
+@flow(name="validate", flow_run_name=run_namer("validate"))
 def validate_flow(
     data: DataConfig = DataConfig(),
     policy: str | None = None,
@@ -28,8 +31,9 @@ def validate_flow(
     """Validate one dataset version (``data.source`` through ``data.class_map``). Returns the
     report as a dict; raises on critical failures when ``fail_on_critical`` (the CLI prints the
     table and sets the exit code instead)."""
-    manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
-    return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
+    with tagged("validate"):
+        manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
+        return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
 
 
 def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, fail_on_critical: bool) -> dict:
@@ -65,9 +69,15 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     except StorageError as exc:
         out["data_docs_uri"], out["not_recorded"] = None, [f"Data Docs not stored: {exc}"]
     try:
-        log_validation(out, docs_dir, source)
+        mlflow_run_id = log_validation(out, docs_dir, source)
     except ServiceUnavailableError as exc:
         out["not_recorded"].append(f"no skinflow-validate run in MLflow: {exc}")
+    else:  # log_validation opens the run itself: the flow run it belongs to is tagged here
+        try:
+            for key, value in mlflow_tags().items():
+                MlflowClient().set_tag(mlflow_run_id, key, value)
+        except MlflowException as exc:
+            out["not_recorded"].append(f"skinflow-validate run {mlflow_run_id} not tagged with its flow run: {exc}")
     for line in out["not_recorded"]:
         logger.warning("%s (reports stay in %s)", line, docs_dir.parent)
     for w in out["warnings"]:

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
+from ml.train.config import TrainConfig
 from tasks.common import IO_RETRY, publish_table
 
 
@@ -60,7 +61,8 @@ def check_curated_splits(manifest, curated_manifest, version) -> None:
 
 @task(name="log-curation-ab", **IO_RETRY, cache_policy=NO_CACHE)
 def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) -> str:
-    """The A/B report: JSON file, parent-run params/metrics/artifact and the ``curation-ab-summary`` table."""
+    """The A/B report: JSON file, parent-run params (the training config without its runtime-only
+    fields)/metrics/artifact and the ``curation-ab-summary`` table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curation_ab.json"
@@ -72,7 +74,7 @@ def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) ->
         "steps": ";".join(report["steps"]),
         "eval_split": split,
         "curated_dir": report["curated"]["dir"],
-        **{f"config_{k}": v for k, v in report["config"].items() if k not in ("progress", "checkpoint_dir")},
+        **{f"config_{k}": v for k, v in report["config"].items() if k not in TrainConfig.runtime_fields()},
     }.items():
         client.log_param(parent_run_id, k, str(v)[:500])
     for row in report["comparison"]:

@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from ml.eval.gate import GateDecision, HeldoutOverlap, PromotionPolicy, decide, disjoint_heldout
+from ml.eval.gate import GateDecision, PromotionPolicy, after_earlier_promotion, decide_on_heldout, disjoint_heldout
 from ml.settings import get_settings
 from ml.tracking import models as tracked_models
 from ml.tracking import registry
@@ -190,7 +190,7 @@ def promotion_gate(
     digests: Sequence[str],
 ) -> dict[str, Any]:
     """Compare challenger ``version`` with the current champion on the same held-out data;
-    move ``champion`` only when :func:`ml.eval.gate.decide` says so. Logged and shown as an artifact.
+    move ``champion`` only when :func:`ml.eval.gate.decide_on_heldout` says so. Logged and shown as an artifact.
 
     ``digests``: the SHA-256 of each held-out image (``ml.data.split.split_digests(manifest,
     "test")``). Images either model trained on (its run's ``reports/train_digests.json``) are left
@@ -209,7 +209,7 @@ def promotion_gate(
     logger = get_run_logger()
     settings = get_settings()
     name = settings.registered_model
-    policy = PromotionPolicy.load(policy_path or settings.policies_dir / "promotion.yaml")
+    policy = PromotionPolicy.load(policy_path)
     if len(digests) != len(labels):
         raise ValueError(f"{len(digests)} held-out digests for {len(labels)} held-out images")
     challenger_uri = f"models:/{name}/{version}"
@@ -287,19 +287,15 @@ def _gate_step(
             raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
         trained["champion"] = _trained(champion_uri)
     heldout = disjoint_heldout(digests, trained)
-    decision = _decide(labels, challenger_pred, champion_pred, classes, policy, heldout)
-    if already and not decision.promote:  # the alias moved in an earlier attempt: it stays
-        decision = GateDecision(
-            True,
-            f"already champion (alias moved by an earlier attempt); re-evaluation: {decision.reason}",
-            decision.numbers,
-        )
+    decision = decide_on_heldout(labels, challenger_pred, champion_pred, classes, policy, heldout)
+    if already:  # the alias moved in an earlier attempt: it stays
+        decision = after_earlier_promotion(decision)
     _apply(name, version, decision, champion)
     out = {
         "version": version,
         "champion_before": champion,
         "promoted": decision.promote,
-        "decision": _verdict(decision),
+        "decision": decision.verdict,
         "reason": decision.reason,
         "numbers": decision.numbers,
         "heldout_overlap": heldout.overlap,
@@ -353,35 +349,6 @@ def _champion_before(name: str, version: str) -> str | None:
     return None if before in (None, "none") else before
 
 
-def _decide(
-    labels: np.ndarray,
-    challenger: np.ndarray,
-    champion: np.ndarray | None,
-    classes: list[str],
-    policy: PromotionPolicy,
-    heldout: HeldoutOverlap,
-) -> GateDecision:
-    """:func:`decide` on the held-out images neither model trained on; a refusal when too few remain."""
-    if heldout.evaluated_on < policy.min_disjoint_heldout:
-        return GateDecision(
-            False,
-            (
-                f"refused: only {heldout.evaluated_on} of {len(labels)} held-out images are disjoint from the models' "
-                f"training images (overlap per model: {heldout.overlap}); the policy needs min_disjoint_heldout="
-                f"{policy.min_disjoint_heldout}: champion kept"
-            ),
-            {"min_disjoint_heldout": policy.min_disjoint_heldout},
-        )
-    keep = heldout.keep
-    return decide(labels[keep], challenger[keep], None if champion is None else champion[keep], classes, policy)
-
-
-def _verdict(decision: GateDecision) -> str:
-    if decision.promote:
-        return "promoted"
-    return "refused" if decision.reason.startswith("refused") else "kept"
-
-
 def _apply(name: str, version: str, decision: GateDecision, champion_before: str | None) -> None:
     """The gate's one write step, safe to repeat: record the champion being replaced, move the
     alias, then tag the decision (a retry after any of these writes redoes them all)."""
@@ -389,5 +356,5 @@ def _apply(name: str, version: str, decision: GateDecision, champion_before: str
     if decision.promote:
         client.set_model_version_tag(name, version, "gate_champion_before", champion_before or "none")
         registry.set_alias(name, "champion", version)
-    client.set_model_version_tag(name, version, "gate_decision", _verdict(decision))
+    client.set_model_version_tag(name, version, "gate_decision", decision.verdict)
     client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])

@@ -62,26 +62,9 @@ def describe_images(records, model, what: str):
 @task(name="estimate-label-shift", cache_policy=NO_CACHE)
 def estimate_label_shift(validation, reference, batch, policy):
     """BBSE priors of the batch (None without the model's validation images)."""
-    import numpy as np
+    from ml.monitor.label_shift import estimate_label_shift as estimate
 
-    from ml.monitor.label_shift import bbse_bootstrap
-
-    if validation is None or len(validation) == 0:
-        return None
-    k = len(reference.classes)
-    labelled = validation.label_indices() >= 0
-    ref_labels = reference.label_indices()
-    ref_labels = ref_labels[ref_labels >= 0]
-    ref_priors = np.bincount(ref_labels, minlength=k) / max(len(ref_labels), 1) if len(ref_labels) else None
-    return bbse_bootstrap(
-        validation.label_indices()[labelled],
-        validation.probs[labelled].argmax(axis=1),
-        batch.probs.argmax(axis=1),
-        k,
-        ref_priors,
-        n_boot=policy.n_boot,
-        level=policy.prior_level,
-    )
+    return estimate(validation, reference, batch, n_boot=policy.n_boot, level=policy.prior_level)
 
 
 @task(name="measure-drift", cache_policy=NO_CACHE)

@@ -160,7 +160,7 @@ def ray_local():
     """A real local Ray (2 CPUs) on 127.0.0.1, started once and shut down at the end of the session."""
     import ray
 
-    from tasks.tuning import start_local_ray
+    from ml.train.ray_runtime import start_local_ray
 
     start_local_ray(num_cpus=2, env_vars={"OMP_NUM_THREADS": "1"})
     yield
@@ -216,3 +216,21 @@ def _mlflow_globals_follow_the_environment():
     tracking_service._tracking_uri = None
     registry._registry_uri = None
     fluent._active_experiment_id = None
+
+
+# Tests that share a heavy session service run in one xdist worker (``--dist loadgroup``), so
+# that each such service starts once per run: the stacks (local and team topology, each with its
+# own Prefect server, MLflow server, workers) and Ray (a local one, or two nodes).
+_XDIST_GROUPS = (
+    ("stacks", {"local_stack", "team_stack"}),
+    ("ray", {"ray_local", "ray_two_nodes"}),
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for group, fixtures in _XDIST_GROUPS:
+            if used & fixtures:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break

@@ -3,13 +3,13 @@ these defaults, shared by the flows, the CLI and prefect.yaml)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ml.config import ConfigModel
 
 
-class DataConfig(BaseModel):
+class DataConfig(ConfigModel):
     """A dataset version: its source, class map, split fractions and training resolution."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     source: str = Field("data/demo/synth", description="ImageFolder dir, CSV manifest, or s3:// prefix.")
     class_map: str | None = Field(None, description="Class-map YAML path or shipped name (sd198_to_10).")
@@ -17,8 +17,9 @@ class DataConfig(BaseModel):
     val_frac: float = Field(1 / 6, ge=0, lt=1, description="Validation share (thesis: 5:1 train/validation).")
     test_frac: float = Field(0.2, ge=0, lt=1, description="Held-out test share (kept when the source ships one).")
     seed: int = Field(0, ge=0, description="Split seed.")
-    allow_outside_root: bool = Field(False, description="Read CSV paths and symlinks that point outside the "
-                                     "dataset's folder (refused by default).")
+    allow_outside_root: bool = Field(
+        False, description="Read CSV paths and symlinks that point outside the dataset's folder (refused by default)."
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:

@@ -14,25 +14,20 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-import yaml
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ml.data.images import load_rgb
+from ml.policies import load_policy
 
-POLICY_FILE = "validation.yaml"
 _CHUNK = 512  # rows per block of the pairwise distance matrix (bounds memory to CHUNK x N)
 
 
 def policy_max_distance(policy_path: str | Path | None = None) -> int:
-    """The near-duplicate threshold of the validation policy (default: the settings' policies dir)."""
-    if policy_path is None:
-        from ml.settings import get_settings
-
-        policy_path = get_settings().policies_dir / POLICY_FILE
-    with open(policy_path, encoding="utf-8") as fh:
-        return int(yaml.safe_load(fh)["duplicates_leakage"]["phash_max_distance"])
+    """The near-duplicate threshold of the validation policy (default: the settings' policies dir),
+    read by :func:`ml.policies.load_policy` (the whole file is checked)."""
+    return int(load_policy("validation", policy_path)["duplicates_leakage"]["phash_max_distance"])
 
 
 def phash(img: Image.Image) -> str:
@@ -56,7 +51,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     hashes = np.asarray(hashes, dtype=np.uint64)
     rows, cols, dists = [], [], []
     for start in range(0, len(hashes), _CHUNK):
-        dist = np.bitwise_count(hashes[start:start + _CHUNK, None] ^ hashes[None, :])
+        dist = np.bitwise_count(hashes[start : start + _CHUNK, None] ^ hashes[None, :])
         a, b = np.nonzero(dist <= max_distance)
         keep = a + start < b
         rows.append(a[keep] + start)

@@ -27,7 +27,10 @@ Decision rule of :func:`decide` (thresholds come from ``policies/promotion.yaml`
 
 The held-out set must not hold images either model trained on: :func:`disjoint_heldout` says
 which to keep, given the SHA-256 digests of the held-out images and of each model's training
-images (train and val splits).
+images (train and val splits). :func:`decide_on_heldout` is the gate's whole decision on such a
+set: it refuses (verdict ``refused``, no comparison) when fewer than ``min_disjoint_heldout``
+images remain (:func:`refuse_if_too_few_disjoint`), else :func:`decide` on them (``promoted`` or
+``kept``). Every :class:`GateDecision` carries its verdict, set where it is made.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import yaml
 from scipy import stats
+
+from ml.policies import build_policy
 
 _EXACT_MCNEMAR_BELOW = 25
 _BOOT_CHUNK = 256
@@ -102,18 +106,33 @@ class PromotionPolicy:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | Path) -> PromotionPolicy:
-        """Read a policy YAML file such as ``policies/promotion.yaml``."""
-        return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
+    def load(cls, path: str | Path | None = None) -> PromotionPolicy:
+        """The policy at ``path`` (default: ``promotion.yaml`` in the settings' ``policies_dir``):
+        every field, no other key (:func:`ml.policies.load_policy`; mistakes are ``PolicyError``)."""
+        return build_policy("promotion", path, cls, [f.name for f in fields(cls)])
+
+
+Verdict = Literal["promoted", "kept", "refused"]
+VERDICTS: tuple[Verdict, ...] = ("promoted", "kept", "refused")
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Outcome of :func:`decide` with the numbers behind it."""
+    """Outcome of the gate with the numbers behind it. ``verdict``: ``promoted`` (the challenger
+    becomes champion), ``kept`` (compared and not better: the champion stays) or ``refused`` (no
+    comparison made: too few held-out images neither model trained on)."""
 
-    promote: bool
+    verdict: Verdict
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @property
+    def promote(self) -> bool:
+        return self.verdict == "promoted"
 
 
 @dataclass(frozen=True)
@@ -303,8 +322,8 @@ def decide(
     }
     if champion is None:
         if low:
-            return GateDecision(False, f"first version: recall below floor for {low}", numbers)
-        return GateDecision(True, "first version: every class recall clears the floor", numbers)
+            return GateDecision("kept", f"first version: recall below floor for {low}", numbers)
+        return GateDecision("promoted", "first version: every class recall clears the floor", numbers)
     old = _as_labels(champion)
     boot = paired_bootstrap_delta(y, old, new, "macro_f1", pol.n_boot, pol.seed, pol.ci)
     superior_lo = boot.lower_bound(pol.superiority_level)
@@ -322,7 +341,8 @@ def decide(
         mcnemar_c=test.c,
         mcnemar_p=test.p_value,
     )
-    return GateDecision(*_compare(boot, superior_lo, test, worse_top1, low, pol), numbers)
+    promote, reason = _compare(boot, superior_lo, test, worse_top1, low, pol)
+    return GateDecision("promoted" if promote else "kept", reason, numbers)
 
 
 def _compare(
@@ -351,4 +371,51 @@ def _compare(
         f"better: macro-F1 delta {boot.delta:+.4f} (one-sided {pol.superiority_level:.0%} lower bound "
         f"{superior_lo:+.4f} > {pol.min_improvement:+.4f}; CI [{boot.lo:+.4f}, {boot.hi:+.4f}]), "
         "non-inferior and recall floor met"
+    )
+
+
+def refuse_if_too_few_disjoint(heldout: HeldoutOverlap, n_heldout: int, policy: PromotionPolicy) -> GateDecision | None:
+    """The gate's refusal: a ``refused`` decision when fewer than ``policy.min_disjoint_heldout`` of the
+    ``n_heldout`` held-out images are disjoint from both models' training images, else None."""
+    if heldout.evaluated_on >= policy.min_disjoint_heldout:
+        return None
+    return GateDecision(
+        "refused",
+        (
+            f"refused: only {heldout.evaluated_on} of {n_heldout} held-out images are disjoint from the models' "
+            f"training images (overlap per model: {heldout.overlap}); the policy needs min_disjoint_heldout="
+            f"{policy.min_disjoint_heldout}: champion kept"
+        ),
+        {"min_disjoint_heldout": policy.min_disjoint_heldout},
+    )
+
+
+def decide_on_heldout(
+    y_true: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    classes: Sequence[str],
+    policy: PromotionPolicy,
+    heldout: HeldoutOverlap,
+) -> GateDecision:
+    """The gate's decision on a held-out set (labels or probabilities in evaluation order):
+    :func:`refuse_if_too_few_disjoint`, else :func:`decide` on the images neither model trained on
+    (``heldout.keep``, from :func:`disjoint_heldout`)."""
+    refusal = refuse_if_too_few_disjoint(heldout, len(y_true), policy)
+    if refusal is not None:
+        return refusal
+    keep = heldout.keep
+    y, new = np.asarray(y_true)[keep], np.asarray(challenger)[keep]
+    return decide(y, new, None if champion is None else np.asarray(champion)[keep], classes, policy)
+
+
+def after_earlier_promotion(decision: GateDecision) -> GateDecision:
+    """The decision for a challenger an earlier attempt of the same gate already made champion
+    (the alias moved, then the attempt failed): it stays promoted, the re-evaluation is reported."""
+    if decision.promote:
+        return decision
+    return GateDecision(
+        "promoted",
+        f"already champion (alias moved by an earlier attempt); re-evaluation: {decision.reason}",
+        decision.numbers,
     )

@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
+from ml.policies import build_policy
 from ml.train.precision import autocast
 from ml.train.transforms import Stats, to_float_batch
 
-POLICY_PATH = Path(__file__).resolve().parents[2] / "policies" / "augcheck.yaml"
 SAFE, NOT_SAFE = "safe to consider as augmentation", "not safe"
 
 
@@ -54,11 +53,9 @@ class AugCheckPolicy:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> AugCheckPolicy:
-        values = yaml.safe_load(Path(path or POLICY_PATH).read_text()) or {}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augcheck policy keys: {sorted(unknown)}")
-        return cls(**values)
+        """The policy at ``path`` (default: ``augcheck.yaml`` in the settings' ``policies_dir``):
+        every field, no other key (:func:`ml.policies.load_policy`; mistakes are ``PolicyError``)."""
+        return build_policy("augcheck", path, cls, [f.name for f in fields(cls)])
 
 
 # --- the pool and the binary task ----------------------------------------------------------

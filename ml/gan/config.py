@@ -3,22 +3,12 @@ defaults, shared by the augcheck flow, the CLI and prefect.yaml)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-# Config fields that may differ between an interrupted GAN run and its resumption.
-GAN_RESUME_FREE = ("device", "checkpoint_dir", "progress")
+from ml.config import ConfigModel, runtime
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-class ProGANConfig(_Config):
+class ProGANConfig(ConfigModel):
     """A progressive-growing GAN (Karras et al. 2018): 4x4 up to ``resolution``, one stage per
     doubling, each new stage faded in over ``fade_iters`` and then trained ``stable_iters``.
 
@@ -59,9 +49,10 @@ class ProGANConfig(_Config):
     )
     force_amp: bool = Field(False, description="With amp: bf16 autocast even on a CPU without native bf16.")
     seed: int = Field(0, ge=0)
-    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
-    checkpoint_dir: str | None = Field(None, description="Per-stage checkpoints; a run finding one resumes.")
-    progress: bool = True
+    # runtime-only: may differ between an interrupted GAN run and its resumption
+    device: str = runtime("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    checkpoint_dir: str | None = runtime(None, description="Per-stage checkpoints; a run finding one resumes.")
+    progress: bool = runtime(True)
 
     @model_validator(mode="after")
     def _power_of_two(self) -> ProGANConfig:
@@ -75,7 +66,7 @@ class ProGANConfig(_Config):
         return self.resolution or (64 if cuda else 32)
 
 
-class AugCheckConfig(_Config):
+class AugCheckConfig(ConfigModel):
     """The post-hoc augmentation check: which two labels are pooled at which ratio, how many
     synthetic images, how many binary classifiers (and their small training budget)."""
 

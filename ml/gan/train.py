@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.eval.plots import save_image_grid
-from ml.gan.config import GAN_RESUME_FREE, ProGANConfig
+from ml.gan.config import ProGANConfig
 from ml.gan.losses import critic_loss, generator_loss, gradient_penalty
 from ml.gan.progan import Discriminator, Generator, num_stages, parameter_count, stage_resolution
 from ml.train.checkpoint import (
@@ -195,8 +195,8 @@ def generate(
 
 
 def _resume_key(cfg: ProGANConfig, resolution: int, n_images: int) -> dict[str, Any]:
-    key = {k: v for k, v in cfg.to_dict().items() if k not in GAN_RESUME_FREE}
-    return {**key, "resolution": resolution, "n_images": n_images}
+    # runtime-only fields may change between a run and its resumption
+    return {**cfg.identity(), "resolution": resolution, "n_images": n_images}
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:

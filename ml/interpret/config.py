@@ -3,14 +3,14 @@ flow, the CLI and prefect.yaml)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ml.config import ConfigModel
 
 
-class InterpretConfig(BaseModel):
+class InterpretConfig(ConfigModel):
     """Repeated fits for the confused pairs, then galleries, Grad-CAM, guided backpropagation and
     the background test on the first fit's model."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     seeds: int = Field(3, ge=1, description="Fits with seeds seed..seed+K-1 (confused pairs mean +/- std).")
     top_pairs: int = Field(3, ge=1, description="Most confused pairs that get a gallery.")

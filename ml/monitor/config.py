@@ -3,16 +3,16 @@ CLI and prefect.yaml)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ml.config import ConfigModel
 
 DEFAULT_MODEL_URI = "models:/skin-lesion-classifier@champion"
 APPRISE_ENV = "SKINFLOW_DRIFT_APPRISE_URL"
 
 
-class MonitorConfig(BaseModel):
+class MonitorConfig(ConfigModel):
     """A batch, the model and reference it is compared with, and where the report goes."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     batch: str = Field(..., description="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix.")
     class_map: str | None = Field(None, description="Class map of the batch's folders (e.g. sd198_to_10).")

@@ -8,11 +8,15 @@ the probability simplex (non-negative least squares with the sum-to-one row weig
 :func:`bbse_bootstrap` gives percentile intervals by resampling both the validation pairs and the
 batch predictions, and :func:`expected_accuracy` the top-1 accuracy to expect under priors
 ``pi``: ``sum_j pi_j C[j, j]`` (per-class recall weighted by the new priors).
+:func:`estimate_label_shift` is the monitor's step: BBSE of a described batch against the
+model's described validation images, measured from the reference's class priors
+(:func:`class_priors`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import nnls
@@ -131,4 +135,53 @@ def bbse_bootstrap(
         expected_accuracy_interval=(float(acc_lo), float(acc_hi)),
         reference_accuracy=expected_accuracy(conf, ref),
         n_boot=n_boot,
+    )
+
+
+class _Described(Protocol):
+    """What :func:`estimate_label_shift` reads of :class:`ml.monitor.describe.Described`."""
+
+    probs: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def label_indices(self) -> np.ndarray: ...
+
+
+def class_priors(labels: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """Share of each class among the labelled rows (label index >= 0); None when none is labelled."""
+    labels = np.asarray(labels, int)
+    labels = labels[labels >= 0]
+    if len(labels) == 0:
+        return None
+    return np.bincount(labels, minlength=n_classes) / len(labels)
+
+
+def estimate_label_shift(
+    validation: _Described | None,
+    reference: _Described,
+    batch: _Described,
+    n_boot: int,
+    level: float,
+    seed: int = 0,
+) -> LabelShiftEstimate | None:
+    """BBSE priors of ``batch`` (:func:`bbse_bootstrap`): the confusion matrix of the model's
+    labelled ``validation`` images, the change measured from the labelled ``reference`` images'
+    class priors (the validation label shares when the reference has no labels). None without
+    validation images."""
+    if validation is None or len(validation) == 0:
+        return None
+    k = len(reference.classes)
+    val_labels = validation.label_indices()
+    labelled = val_labels >= 0
+    return bbse_bootstrap(
+        val_labels[labelled],
+        validation.probs[labelled].argmax(axis=1),
+        batch.probs.argmax(axis=1),
+        k,
+        class_priors(reference.label_indices(), k),
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
+from ml.policies import build_policy, shipped_path
 
-DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "policies" / "drift.yaml"
+DEFAULT_POLICY = shipped_path("drift")  # the shipped file; DriftPolicy.load() reads the settings' policies_dir
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,17 @@ class DriftPolicy:
     cooldown_s: int = 3600
     min_batch: int = 20
 
+    def __post_init__(self) -> None:
+        if not 0 < self.drifted_share <= 1 or not 0 < self.family_alpha < 1 or not 0 < self.label_alpha < 1:
+            raise ValueError("drifted_share must be in (0, 1], family_alpha and label_alpha in (0, 1)")
+        if self.tested_components > self.pca_components:
+            raise ValueError("tested_components must not exceed pca_components")
+
     @classmethod
     def load(cls, path: str | Path | None = None) -> DriftPolicy:
-        """The policy at ``path`` (default ``policies/drift.yaml``); unknown keys are refused."""
-        path = Path(path) if path else DEFAULT_POLICY
-        data = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown drift policy key(s) {unknown}; known: {sorted(known)}")
-        policy = cls(**data)
-        if not 0 < policy.drifted_share <= 1 or not 0 < policy.family_alpha < 1 or not 0 < policy.label_alpha < 1:
-            raise ValueError(f"{path}: drifted_share must be in (0, 1], family_alpha and label_alpha in (0, 1)")
-        if policy.tested_components > policy.pca_components:
-            raise ValueError(f"{path}: tested_components must not exceed pca_components")
-        return policy
+        """The policy at ``path`` (default: ``drift.yaml`` in the settings' ``policies_dir``): every
+        field, no other key (:func:`ml.policies.load_policy`; mistakes are ``PolicyError``)."""
+        return build_policy("drift", path, cls, [f.name for f in fields(cls)])
 
     def to_dict(self) -> dict:
         return asdict(self)

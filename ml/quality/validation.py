@@ -36,7 +36,6 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
-import yaml
 from great_expectations.core.metric_domain_types import MetricDomainTypes
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.execution_engine import PandasExecutionEngine
@@ -45,9 +44,9 @@ from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 from scipy.stats.contingency import association
 
-from ml.data.duplicates import POLICY_FILE, groups_from_pairs, hash_array, near_pairs
+from ml.data.duplicates import groups_from_pairs, hash_array, near_pairs
+from ml.policies import load_policy as _load_policy
 from ml.quality.features import ACQUISITION_KINDS, usable_mask
-from ml.settings import get_settings
 
 SEVERITIES = ("critical", "warning")
 _MAX_DETAILS = 50
@@ -293,11 +292,10 @@ def _json_default(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------- policy
 def load_policy(path: str | Path | None = None) -> dict[str, Any]:
-    """Read the validation policy YAML (default: the repository's ``policies/validation.yaml``)."""
-    if path is None:
-        path = get_settings().policies_dir / POLICY_FILE
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    """The validation policy at ``path`` (default: ``validation.yaml`` in the settings'
+    ``policies_dir``), with every key of the shipped ``policies/validation.yaml`` and no other
+    (:func:`ml.policies.load_policy`; mistakes are ``PolicyError``)."""
+    return _load_policy("validation", path)
 
 
 # --------------------------------------------------------------------------- derived tables

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ml.config import ConfigModel
+
 CorruptionKind = Literal["none", "salt_and_pepper", "gaussian_blur", "directional_blur"]
 
 
@@ -33,10 +35,8 @@ class Corruption(BaseModel):
         return f"blur ({'isotropic' if self.kind == 'gaussian_blur' else 'anisotropic 45°'}{side})"
 
 
-class RobustnessConfig(BaseModel):
+class RobustnessConfig(ConfigModel):
     """The Table 5.8 ablation: noise levels, blur kernels, seeds and the training subset."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     noise_levels: list[float] = Field(
         default_factory=lambda: [0.01, 0.02, 0.03, 0.04, 0.05, 0.15],

@@ -7,9 +7,11 @@ default lives here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ml.config import ConfigModel, runtime
 
 ScheduleName = Literal["sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm"]
 ArchName = Literal[
@@ -33,8 +35,6 @@ EPOCH_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 MONITORS = ("train_loss", "val_loss") + tuple(f"val_{m}" for m in EPOCH_METRICS)
 Monitor = Literal["train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_auroc_macro"]
 assert get_args(Monitor) == MONITORS
-# Config fields that may differ between an interrupted run and its resumption.
-_RESUME_FREE = ("device", "num_workers", "checkpoint_dir", "checkpoint_interval_s", "progress")
 
 
 def arch_family(arch: str) -> str:
@@ -46,15 +46,10 @@ def arch_family(arch: str) -> str:
     return "densenet" if arch.startswith("densenet") else "efficientnet_lite"
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-class TrainConfig(_Config):
-    """Everything that defines a training run (flattened into MLflow params by the tasks)."""
+class TrainConfig(ConfigModel):
+    """Everything that defines a training run (flattened into MLflow params by the tasks). The
+    runtime-only fields (:func:`ml.config.runtime`: device, workers, checkpointing, progress) may
+    differ between an interrupted run and its resumption and are no part of its identity."""
 
     arch: ArchName = Field("resnet18", description="Architecture (torchvision, or EfficientNet-Lite).")
     weights: str = Field("none", description="none | imagenet | a path | s3://... | models:/... | runs:/...")
@@ -85,9 +80,9 @@ class TrainConfig(_Config):
     weighted_sampler: bool = Field(False, description="Inverse class-frequency sampling.")
     tta: bool = Field(False, description="Test-time augmentation at evaluation.")
     seed: int = Field(0, ge=0)
-    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
-    num_workers: int = Field(0, ge=0)
-    checkpoint_dir: str | None = Field(
+    device: str = runtime("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    num_workers: int = runtime(0, ge=0)
+    checkpoint_dir: str | None = runtime(
         None,
         description=(
             "Folder of the run's checkpoint (last.pt): the same command run again resumes from it and ends as an "
@@ -96,11 +91,11 @@ class TrainConfig(_Config):
     )
     # 0: a checkpoint after every epoch; t > 0: after an epoch only once t seconds have passed
     # since the last one (and always after the final epoch), like Lightning's train_time_interval
-    checkpoint_interval_s: float = Field(0.0, ge=0)
-    progress: bool = True
+    checkpoint_interval_s: float = runtime(0.0, ge=0)
+    progress: bool = runtime(True)
 
 
-class SweepConfig(_Config):
+class SweepConfig(ConfigModel):
     """A Ray Tune sweep: the grid of (arch, schedule, AMP) cells, LR samples per cell from the
     range test's bracket, and each trial's budget and resources."""
 
@@ -137,7 +132,7 @@ class SweepConfig(_Config):
         return self
 
 
-class LRFindConfig(_Config):
+class LRFindConfig(ConfigModel):
     """Smith's LR range test: an exponential ramp from ``start_lr`` to ``end_lr``."""
 
     num_iter: int = Field(100, gt=1, description="Iterations of the ramp.")

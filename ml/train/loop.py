@@ -32,7 +32,7 @@ from ml.train.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from ml.train.config import _RESUME_FREE, EPOCH_METRICS, TrainConfig
+from ml.train.config import EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
 from ml.train.precision import Precision, autocast, precision_for, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
@@ -131,7 +131,7 @@ def _check_inputs(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConf
 
 
 def _resume_key(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+    return cfg.identity()  # runtime-only fields may change between a run and its resumption
 
 
 # --- the loop -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ Run as a user runs it: the installed `skinflow` in a subprocess, with an empty H
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -111,3 +112,68 @@ def test_help_documents_the_exit_codes():
     text = " ".join(out.stdout.split())
     for code in ("0 ok", "1 critical findings", "2 usage or input errors", "3 a service"):
         assert code in text
+
+
+USAGE_CASES = {
+    "a mistyped option": (["train", "--modle", "resnet18"], "No such option: --modle (Possible options: --model)"),
+    "a mistyped option of retrain": (["retrain", "--modle", "x"], "No such option: --modle"),
+    "an unknown option": (["validate", "{root}/ds", "--no-such-option"], "No such option: --no-such-option"),
+    "a missing argument": (["drift"], "Missing argument 'batch'"),
+    "a value of the wrong type": (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
+    "an unknown verb": (["trian"], "No such command 'trian'"),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_CASES), ids=list(USAGE_CASES))
+def test_usage_errors_are_clicks_message_and_exit_2_with_nothing_prepared(case, inputs, tmp_path):
+    """What click finds while parsing is click's message (the closest option name suggested), exit 2,
+    before any verb runs: no Prefect database prepared, no file written."""
+    args, expected = USAGE_CASES[case]
+    env = _env(tmp_path)
+    (tmp_path / "work").mkdir()
+    out = subprocess.run(
+        [str(VENV_BIN / "skinflow"), *[a.format(root=inputs) for a in args]],
+        env=env,
+        cwd=tmp_path / "work",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert expected in out.stderr and "Usage: skinflow" in out.stderr, said[-2000:]
+    assert "preparing Prefect" not in said and "Traceback" not in said and "error: " not in said, said[-2000:]
+    assert not any((tmp_path / "work").iterdir()) and not any((tmp_path / "home").iterdir())
+    assert not (tmp_path / "prefect").exists() and not (tmp_path / "data").exists()
+
+
+_DRIVER = """
+import json, sys
+from flows.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    code = done.code
+print(json.dumps({"code": code, "loaded": sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "prefect"})}))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["validate", "{root}/missing"], ["data", "manifest", "{root}/nolabel.csv"]],
+    ids=["refused option value", "error raised by the library"],
+)
+def test_a_user_error_is_classified_without_mlflow_or_prefect(args, inputs, tmp_path):
+    """A user error exits 2 without importing MLflow or Prefect (they took seconds to import
+    only to compare exception types)."""
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", _DRIVER, *[a.format(root=inputs) for a in args]],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"code": 2, "loaded": []}, out.stderr[-2000:]
+    assert [line for line in out.stderr.splitlines() if line.startswith("error: ")], out.stderr[-2000:]

@@ -34,13 +34,15 @@ from ml.data.split import split_manifest
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri
 from tasks.mlflow_tasks import close_run, open_run
-from tasks.tuning import TrialData, _ray_init, run_tune
+from ml.train.ray_runtime import ray_init
+from ml.train.sweep import TrialData
+from tasks.tuning import run_tune
 
 data_dir, root, epochs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 cache = build_cache(split_manifest(build_manifest(data_dir), val_frac=0.25, seed=0, max_distance=None), 32,
                     root / "cache")
 data = TrialData.from_cache(cache)
-_ray_init(get_settings())
+ray_init(get_settings())
 head = ray.get_runtime_context().get_node_id()
 
 @ray.remote(num_cpus=1)

@@ -52,6 +52,18 @@ def test_train_flow_logs_a_comparable_run(flows_env):
         out_dir=str(out),
     )
     run = MlflowClient().get_run(summary["run_id"])
+    # the Prefect flow run: named after what it ran, its id on the MLflow run, its task runs tagged
+    # (read before this test calls tasks of its own)
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(run.data.tags["prefect_flow_run_id"]))
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert flow_run.name == "train-synth-resnet18-sgdr_dlr_clm"
+    assert task_runs and all({"skinflow", "train"} <= set(t.tags) for t in task_runs)
     # the LR the range test chose is the LR the model trained with, and what its report says
     assert run.data.params["lr"] == str(summary["lr"])
     import json
@@ -114,7 +126,7 @@ def test_train_flow_rejects_bad_requests_before_work(flows_env):
 
 def test_tune_flow_runs_trials_as_child_runs(flows_env, ray_local):
     from flows.tune import tune_flow
-    from tasks.tuning import SCORE
+    from ml.train.sweep import SCORE
 
     res = tune_flow(
         data=flows_env["cfg"],
@@ -183,7 +195,7 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     # the shipped margin and statistics but lowers the floor so the first version is promoted
     policy = flows_env["root"] / "promotion.yaml"
     policy.write_text(
-        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 10\n"
+        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 10\nsuperiority_level: 0.95\nmin_improvement: 0.0\n"
     )  # the tiny test split has ~28 images
     first = retrain_flow(
         data=flows_env["cfg"],

@@ -59,8 +59,8 @@ def test_a_local_ray_started_by_a_flow_listens_on_127_0_0_1(tmp_path):
     code = """
 import json, ray, psutil
 from ml.settings import Settings
-from tasks.tuning import _ray_init
-_ray_init(Settings(), cpus=1)
+from ml.train.ray_runtime import ray_init
+ray_init(Settings(), cpus=1)
 me = psutil.Process()
 pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
 listen = sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in pids})
@@ -168,8 +168,9 @@ from ml.data.manifest import build_manifest
 from ml.data.split import split_manifest
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri
+from ml.train.sweep import TrialData
 from tasks.mlflow_tasks import open_run
-from tasks.tuning import TrialData, run_tune
+from tasks.tuning import run_tune
 
 data_dir, root = sys.argv[1], Path(sys.argv[2])
 cache = build_cache(split_manifest(build_manifest(data_dir), val_frac=0.25, seed=0, max_distance=None), 32,

@@ -277,3 +277,49 @@ def test_disjoint_heldout_keeps_what_no_model_trained_on() -> None:
     assert out.keep.tolist() == [True, False, True, False, True]
     assert out.overlap == {"challenger": 1, "champion": 2, "unknown": None} and out.evaluated_on == 3
     assert disjoint_heldout([], {"challenger": {"a"}}).evaluated_on == 0
+
+
+def test_every_decision_carries_its_verdict(y: np.ndarray, champion: np.ndarray, better: np.ndarray) -> None:
+    from ml.eval.gate import GateDecision
+
+    assert decide(y, better, champion, CLASSES, POLICY).verdict == "promoted"
+    assert decide(y, champion, better, CLASSES, POLICY).verdict == "kept"
+    assert decide(y, champion, None, CLASSES, POLICY).verdict == "promoted"
+    collapsed = np.where(y == 2, 1, y)
+    assert decide(y, collapsed, None, CLASSES, POLICY).verdict == "kept"
+    with pytest.raises(ValueError, match="verdict"):
+        GateDecision("maybe", "no such verdict")
+
+
+def test_too_few_disjoint_images_refuse_and_enough_decide(
+    y: np.ndarray, champion: np.ndarray, better: np.ndarray
+) -> None:
+    from ml.eval.gate import decide_on_heldout, disjoint_heldout, refuse_if_too_few_disjoint
+
+    digests = [f"img{i}" for i in range(len(y))]
+    policy = PromotionPolicy(n_boot=300, min_disjoint_heldout=250)
+    few = disjoint_heldout(digests, {"challenger": None, "champion": digests[:200]})  # 200 left
+    refusal = decide_on_heldout(y, better, champion, CLASSES, policy, few)
+    assert refusal == refuse_if_too_few_disjoint(few, len(y), policy)
+    assert refusal.verdict == "refused" and not refusal.promote
+    assert refusal.reason.startswith("refused: only 200 of 400") and "min_disjoint_heldout=250" in refusal.reason
+    assert refusal.numbers == {"min_disjoint_heldout": 250}
+    enough = disjoint_heldout(digests, {"challenger": digests[:100], "champion": None})  # 300 left
+    assert refuse_if_too_few_disjoint(enough, len(y), policy) is None
+    decision = decide_on_heldout(y, better, champion, CLASSES, policy, enough)
+    direct = decide(y[enough.keep], better[enough.keep], champion[enough.keep], CLASSES, policy)
+    assert (decision.verdict, decision.reason) == (direct.verdict, direct.reason) == ("promoted", direct.reason)
+    first = decide_on_heldout(y, better, None, CLASSES, policy, enough)
+    assert first.verdict == "promoted" and first.reason.startswith("first version")
+
+
+def test_a_version_an_earlier_attempt_promoted_stays_promoted(y: np.ndarray, champion: np.ndarray) -> None:
+    from ml.eval.gate import after_earlier_promotion
+
+    tie = decide(y, champion, champion, CLASSES, POLICY)
+    assert tie.verdict == "kept"
+    again = after_earlier_promotion(tie)
+    assert again.verdict == "promoted" and again.promote and again.numbers == tie.numbers
+    assert again.reason == f"already champion (alias moved by an earlier attempt); re-evaluation: {tie.reason}"
+    promoted = decide(y, champion, None, CLASSES, POLICY)
+    assert after_earlier_promotion(promoted) is promoted

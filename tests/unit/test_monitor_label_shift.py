@@ -95,3 +95,47 @@ def test_no_shift_moves_no_class_beyond_the_policy_change():
 def test_bbse_refuses_empty_inputs():
     with pytest.raises(ValueError, match="BBSE needs"):
         bbse_bootstrap(np.array([], int), np.array([], int), np.array([1, 2]), 3)
+
+
+def test_class_priors_count_the_labelled_rows_only():
+    from ml.monitor.label_shift import class_priors
+
+    assert class_priors(np.array([0, 0, 2, -1, 1]), 4) == pytest.approx([0.5, 0.25, 0.25, 0.0])
+    assert class_priors(np.array([-1, -1]), 3) is None and class_priors(np.array([], int), 3) is None
+
+
+class _Described:
+    def __init__(self, labels, probs, classes):
+        self.labels, self.probs, self.classes = np.asarray(labels), np.asarray(probs, float), classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def label_indices(self):
+        return self.labels
+
+
+def test_the_monitor_step_measures_from_the_reference_priors_and_skips_without_validation():
+    from ml.monitor.label_shift import estimate_label_shift
+
+    rng = np.random.default_rng(3)
+    k, conf = 3, _confusion(3, 0.8)
+    classes = ["a", "b", "c"]
+    val_true = rng.integers(0, k, 300)
+    val_pred = _predict(rng, val_true, conf)
+    val_true_masked = np.where(np.arange(300) % 10 == 0, -1, val_true)  # some validation rows unlabelled
+    validation = _Described(val_true_masked, np.eye(k)[val_pred], classes)
+    reference = _Described([0, 0, 0, 1, -1, 2], np.zeros((6, k)), classes)
+    batch_pred = _predict(rng, rng.choice(k, 200, p=[0.6, 0.2, 0.2]), conf)
+    batch = _Described(np.full(200, -1), np.eye(k)[batch_pred], classes)
+    est = estimate_label_shift(validation, reference, batch, n_boot=50, level=0.9)
+    labelled = val_true_masked >= 0
+    expected = bbse_bootstrap(val_true[labelled], val_pred[labelled], batch_pred, k, [0.6, 0.2, 0.2], 50, 0.9)
+    assert est.reference_priors == pytest.approx([0.6, 0.2, 0.2])
+    assert est.priors == pytest.approx(expected.priors) and est.low == pytest.approx(expected.low)
+    assert estimate_label_shift(None, reference, batch, 50, 0.9) is None
+    assert estimate_label_shift(_Described([], np.zeros((0, k)), classes), reference, batch, 50, 0.9) is None
+    unlabelled = _Described([-1, -1], np.zeros((2, k)), classes)  # no reference labels: the validation shares
+    assert estimate_label_shift(validation, unlabelled, batch, 50, 0.9).reference_priors == pytest.approx(
+        np.bincount(val_true[labelled], minlength=k) / labelled.sum()
+    )

@@ -26,7 +26,12 @@ def test_unknown_or_inconsistent_keys_are_refused(tmp_path):
     bad.write_text("drifted_sahre: 0.3\n")
     with pytest.raises(ValueError, match="unknown drift policy key"):
         DriftPolicy.load(bad)
-    bad.write_text("tested_components: 20\npca_components: 8\n")
+    shipped = DEFAULT_POLICY.read_text()  # every key (a policy file may omit none), two of them at odds
+    bad.write_text(
+        shipped.replace("tested_components: 6", "tested_components: 20").replace(
+            "pca_components: 16", "pca_components: 8"
+        )
+    )
     with pytest.raises(ValueError, match="tested_components"):
         DriftPolicy.load(bad)
 

@@ -178,7 +178,7 @@ def test_lr_range_test_uses_the_same_decision(monkeypatch, flags, capability, ex
 
 
 def test_tune_grid_drops_the_amp_cell_that_would_train_fp32() -> None:
-    from tasks.tuning import amp_grid, search_space
+    from ml.train.sweep import amp_grid, search_space
 
     space, note = search_space(
         (1e-3, 1e-1), ["sgd"], [False, True], ["resnet18"], device="cpu", cpu_flags=AVX2_FLAGS, capability="AVX2"

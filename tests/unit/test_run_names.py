@@ -69,12 +69,12 @@ def test_a_mapping_works_like_a_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "trial,index", [("_trainable_ccd60_00003", "3"), ("_trainable_ab12c_00000", "0"), ("custom", "custom")]
+    "trial,index", [("run_trial_ccd60_00003", "3"), ("run_trial_ab12c_00000", "0"), ("custom", "custom")]
 )
 def test_trial_index(trial: str, index: str) -> None:
-    from tasks.tuning import _trial_index
+    from ml.train.sweep_trial import trial_index
 
-    assert _trial_index(trial) == index
+    assert trial_index(trial) == index
 
 
 def test_names_carry_the_precision_actually_used() -> None:
@@ -88,3 +88,52 @@ def test_names_carry_the_precision_actually_used() -> None:
     cfg = TrainConfig(schedule="sgdr", lr=0.01, amp=True)
     assert "bf16" in run_name("train", cfg, precision=native.name)
     assert "fp32" in run_name("train", cfg, precision=avx2.name), "amp asked, fp32 used: the name says fp32"
+
+
+# --- Prefect flow run names and tags (flows/naming.py) ------------------------------------------
+
+
+def test_flow_run_name_from_parameters() -> None:
+    from flows.naming import flow_run_name
+    from ml.data.config import DataConfig
+
+    params = {
+        "data": DataConfig(source="data/isic9"),
+        "training": TrainConfig(arch="efficientnet_lite0", schedule="sgdr_dlr_clm"),
+        "tune": False,
+    }
+    assert flow_run_name("retrain", params) == "retrain-isic9-efficientnet_lite0-sgdr_dlr_clm"
+    # a deployment's parameters are mappings; what they leave out takes the class defaults
+    assert flow_run_name("train", {"data": {"source": "s3://bucket/sd198/"}}) == "train-sd198-resnet18-sgdr_dlr_clm"
+    assert flow_run_name("retrain", {"data": {"source": "isic9.csv"}, "tune": True}) == (
+        "retrain-isic9-tuned-resnet18-5schedules"
+    )
+    assert flow_run_name("monitor", {"monitor": {"batch": "data/incoming/daily"}}) == "monitor-daily-champion"
+    assert flow_run_name("validate", {}) == "validate-synth"
+
+
+def test_every_flow_names_its_runs_and_the_callable_reads_the_run_parameters(monkeypatch) -> None:
+    import prefect.runtime.flow_run as runtime_flow_run
+
+    from flows.naming import run_namer
+    from tests.unit.test_configs import _flows
+
+    for name, fl in _flows().items():
+        assert callable(fl.flow_run_name), f"{name} has no flow_run_name"
+        assert fl.flow_run_name().startswith(f"{name}-"), name
+    monkeypatch.setitem(runtime_flow_run.FIELDS, "parameters", lambda: {"data": {"source": "data/isic9"}})
+    assert run_namer("tune")() == "tune-isic9-resnet18-5schedules"
+
+
+def test_deployments_carry_the_flow_tags_and_mlflow_runs_the_flow_run_id() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from flows.naming import flow_tags, mlflow_tags
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    for dep in spec["deployments"]:
+        flow = dep["entrypoint"].split(":")[1].removesuffix("_flow").replace("_", "-")
+        assert dep.get("tags") == list(flow_tags(flow)), dep["entrypoint"]
+    assert mlflow_tags(dataset_version="abc") == {"dataset_version": "abc"}, "outside a flow run: no id"

@@ -8,16 +8,16 @@ from types import SimpleNamespace
 import pytest
 
 from ml.train.schedules import cycle_end_epochs
-from tasks.tuning import (
+from ml.train.sweep import (
     CLOCK,
     SCORE,
     TuneInterrupted,
-    _raise_if_interrupted,
     asha_scheduler,
     schedule_brackets,
     search_space,
     sweep_epochs,
 )
+from ml.train.sweep_results import _raise_if_interrupted
 
 FAMILY_BRACKETS = {"sgd": (1e-3, 1e-2), "sgd_dlr": (1e-2, 1e-1), "adam": (1e-5, 1e-4)}
 
@@ -113,3 +113,174 @@ def test_an_interrupted_tune_says_so_and_how_to_resume_it(monkeypatch):
     with pytest.raises(TuneInterrupted, match=r"1 of 2 trials unfinished; .*resume it with `skinflow tune --name t-x`"):
         _raise_if_interrupted(grid(result(done=True), result(done=False)), "t-x")
     assert issubclass(TuneInterrupted, KeyboardInterrupt), "the CLI and MLflow runs treat it as Ctrl-C"
+
+
+class _Trial:
+    """What the progress callback reads of a Tune trial."""
+
+    def __init__(self, index: int, status: str = "RUNNING", score: float | None = None):
+        self.trial_id, self.status = f"ab12c_{index:05d}", status
+        self.last_result = {} if score is None else {SCORE: score}
+
+    def __str__(self) -> str:
+        return f"run_trial_{self.trial_id}"
+
+
+def test_sweep_progress_counts_ended_trials_and_the_best_score_without_ray_running():
+    import pickle
+
+    from ml.train.sweep_callbacks import SweepProgress, progress_line, reporting_to
+
+    heard = []
+    callback = SweepProgress("t-progress", total=4)
+    trials = [_Trial(0, "TERMINATED", 0.4), _Trial(1, score=0.5), _Trial(2, score=0.7), _Trial(3)]
+    callback.on_trial_complete(0, trials, trials[1])  # nobody listens yet: nothing, no error
+    with reporting_to("t-progress", lambda *progress: heard.append(progress)):
+        callback.on_trial_complete(0, trials, trials[1])  # Tune sets the status after its callbacks
+        trials[1].status = "TERMINATED"
+        callback.on_trial_error(0, trials, trials[2])  # a failed trial's score is not the best
+        trials[2].status = "ERROR"
+        trials[3].last_result = {SCORE: 0.61}
+        callback.on_trial_complete(0, trials, trials[3])
+    callback.on_trial_complete(0, trials, trials[3])  # the sweep is over: nobody listens
+    assert heard == [(2, 4, 0.5, "1"), (3, 4, 0.5, "1"), (4, 4, 0.61, "3")]
+    assert (
+        progress_line(2, 4, 0.61, "3") == "sweep: 2/4 trials done, best val_ensemble_balanced_accuracy 0.61 (trial 3)"
+    )
+    assert progress_line(1, 4, None, "") == "sweep: 1/4 trials done, no val_ensemble_balanced_accuracy yet"
+    # Tune pickles its callbacks with the experiment: the caller's function is not in there
+    restored = pickle.loads(pickle.dumps(callback))
+    assert vars(restored) == {"experiment": "t-progress", "total": 4}
+
+
+def _result(epoch: int | None, budget: int = 7, error: BaseException | None = None, score: float = 0.5):
+    metrics = {} if epoch is None else {"epoch": epoch, "training_iteration": epoch, SCORE: score, "done": True}
+    return SimpleNamespace(
+        config={
+            "cell": {"schedule": "sgdr", "lr": 0.01, "lr_bracket": [1e-3, 1e-1]},
+            "amp": False,
+            "_base": {"epochs": budget},
+        },
+        metrics=metrics,
+        error=error,
+        path=f"/x/run_trial_{epoch}",
+        metrics_dataframe=None,
+    )
+
+
+def test_summary_rows_say_whether_a_trial_completed_stopped_early_or_failed():
+    from ml.train.sweep import summarize_grid
+
+    summary = summarize_grid([_result(7), _result(3, score=0.9), _result(1, error=RuntimeError("boom"))])
+    assert [t["outcome"] for t in summary["trials"]] == ["completed", "stopped_early", "error"]
+    assert summary["best"]["outcome"] == "stopped_early" and summary["failed"][0]["outcome"] == "error"
+
+
+def _trial_config(recorder, epochs: int = 3) -> dict:
+    return {
+        "cell": {"schedule": "sgd", "lr": 0.01, "lr_bracket": [1e-3, 1e-1]},
+        "amp": False,
+        "arch": "resnet18",
+        "_base": {"batch_size": 4, "snapshots": 0, "epochs": epochs, "seed": 0, "checkpoint_interval_s": 0},
+        "_cpus": 1,
+        "_recorder": recorder,
+    }
+
+
+def test_a_trial_asha_stopped_ends_finished_and_tagged_stopped_early(tmp_path, monkeypatch):
+    """The trial body against a real MLflow store, with Ray's trial context and fit stood in:
+    ASHA's stop (SystemExit from tune.report) ends the run FINISHED, not FAILED or KILLED."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import ray
+    import ray.tune
+
+    import ml.train.loop
+    from ml.tracking.trials import MlflowTrials
+    from ml.train.sweep import TrialData, run_trial
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    client = mlflow.MlflowClient()
+    parent = client.create_run(experiment).info.run_id
+    recorder = MlflowTrials(uri, experiment, parent)
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    labels = np.array([0, 1, 0, 1])
+    data = TrialData((images, labels), (images, labels), ["a", "b"], "v" * 64, "cache", pd.DataFrame({"n": [4]}))
+
+    trial = {"name": ""}
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_name=lambda: trial["name"]))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
+
+    def fake_fit(train, val, classes, cfg, callbacks, fetch_weights=None):
+        for epoch in range(1, cfg.epochs + 1):
+            row = {"epoch": epoch, "train_loss": 1.0, "val_balanced_accuracy": 0.5, "epoch_seconds": 0.1}
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, row, SimpleNamespace(checkpoint_epoch=None))
+        return SimpleNamespace(stopped_early=False)
+
+    def stop_at(epoch_to_stop):
+        def report(result, checkpoint=None):
+            if result["epoch"] == epoch_to_stop:
+                raise SystemExit(0)  # what tune.report does once the scheduler stopped the trial
+
+        return report
+
+    monkeypatch.setattr(ml.train.loop, "fit", fake_fit)
+    monkeypatch.setattr(ray.tune, "report", stop_at(1))
+    trial["name"] = "run_trial_ab12c_00000"
+    with pytest.raises(SystemExit):
+        run_trial(_trial_config(recorder), data)
+    monkeypatch.setattr(ray.tune, "report", stop_at(None))
+    trial["name"] = "run_trial_ab12c_00001"
+    run_trial(_trial_config(recorder), data)
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ml.train.loop, "fit", boom)
+    trial["name"] = "run_trial_ab12c_00002"
+    with pytest.raises(RuntimeError):
+        run_trial(_trial_config(recorder), data)
+
+    runs = {r.data.tags["trial"]: r for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")}
+    stopped, completed, failed = (runs[f"run_trial_ab12c_0000{i}"] for i in range(3))
+    assert stopped.info.status == "FINISHED", "a pruned trial is no failure in the runs table"
+    assert stopped.data.tags["stopped_by"] == "scheduler" and stopped.data.tags["trial_outcome"] == "stopped_early"
+    assert stopped.data.metrics["val_balanced_accuracy"] == 0.5 and stopped.info.run_name.endswith("#0 [trial]")
+    assert completed.info.status == "FINISHED" and completed.data.tags["trial_outcome"] == "completed"
+    assert "stopped_by" not in completed.data.tags
+    assert failed.info.status == "FAILED" and failed.data.tags["trial_outcome"] == "error"
+    assert mlflow.active_run() is None, "every trial's run was ended"
+
+    # Tune may end a stopped trial's process before the trial ends its run: the driver closes it
+    left_open = client.create_run(experiment).info.run_id
+    recorder.close(left_open, "stopped_early", stopped_by="scheduler")
+    closed = client.get_run(left_open)
+    assert closed.info.status == "FINISHED" and closed.data.tags["stopped_by"] == "scheduler"
+    assert closed.data.tags["trial_outcome"] == "stopped_early"
+    recorder.close(failed.info.run_id, "stopped_early", stopped_by="scheduler")
+    assert client.get_run(failed.info.run_id).info.status == "FAILED", "a closed run is left as it ended"
+
+
+def test_the_driver_closes_the_run_of_a_trial_asha_stopped_only():
+    from ml.train.sweep_callbacks import CloseStoppedRuns
+
+    closed = []
+    recorder = SimpleNamespace(
+        close=lambda run_id, outcome, stopped_by=None: closed.append((run_id, outcome, stopped_by))
+    )
+
+    def trial(epoch: int):
+        return SimpleNamespace(
+            last_result={"epoch": epoch, "mlflow_run_id": f"run-{epoch}", "done": True},
+            config={"_base": {"epochs": 3}, "_recorder": recorder},
+        )
+
+    callback = CloseStoppedRuns()
+    for epoch in (1, 3):
+        callback.on_trial_complete(0, [], trial(epoch))
+    assert closed == [("run-1", "stopped_early", "scheduler")], "a trial at its budget closed its own run"
