@@ -220,7 +220,8 @@ def _mlflow_globals_follow_the_environment():
 
 # Tests that share a heavy session service run in one xdist worker (``--dist loadgroup``), so
 # that each such service starts once per run: the stacks (local and team topology, each with its
-# own Prefect server, MLflow server, workers) and Ray (a local one, or two nodes).
+# own Prefect server, MLflow server, workers) and Ray (a local one, or two nodes). Every other
+# test stays with its module (module-scoped fixtures, such as a trained model, are built once).
 _XDIST_GROUPS = (
     ("stacks", {"local_stack", "team_stack"}),
     ("ray", {"ray_local", "ray_two_nodes"}),
@@ -234,3 +235,5 @@ def pytest_collection_modifyitems(config, items):
             if used & fixtures:
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
