@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
+from dataclasses import dataclass
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from ml.settings import get_settings
-from ml.storage import is_s3
 from tasks.common import IO_RETRY, publish_table
 
 
-def _source_fingerprint(ctx, params: dict) -> str | None:
-    """Cache key for a manifest: the file listing (relative path, size, mtime) of a local source.
-    The manifest's own content digest is the dataset version; this key only saves re-hashing
-    unchanged trees. S3 sources are re-listed each time (no key)."""
-    src = str(params["source"])
-    if is_s3(src) or not os.path.exists(src):
-        return None
-    h = hashlib.sha256(
-        f"{src}|{params.get('class_map')}|{params.get('check', True)}|"
-        f"{params.get('allow_outside_root', False)}".encode()
-    )
-    root = Path(src)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root) if p != root else p.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return "manifest-" + h.hexdigest()[:32]
+@dataclass
+class SourceFingerprint(CachePolicy):
+    """Prefect cache policy of a manifest: :func:`ml.data.fingerprint.source_fingerprint` of the
+    source (every file it reads by path, size and mtime; a CSV's listed files too), the task's
+    options, and the version of the code that builds manifests. No key (no caching) for S3
+    sources. One policy, not a compound: a compound drops a part that has no key and would cache
+    an S3 listing under the other parts' key."""
+
+    def compute_key(self, task_ctx, inputs: dict, flow_parameters: dict, **kwargs) -> str | None:
+        from ml.data.fingerprint import source_fingerprint
+
+        options = {k: v for k, v in inputs.items() if k != "source"}
+        key = source_fingerprint(str(inputs["source"]), options)
+        return None if key is None else f"manifest-{key[:32]}"
 
 
-@task(name="build-manifest", **IO_RETRY, cache_key_fn=_source_fingerprint, persist_result=True)
+@task(name="build-manifest", **IO_RETRY, cache_policy=SourceFingerprint(), persist_result=True)
 def build_manifest(source: str, class_map: str | None = None, check: bool = True, allow_outside_root: bool = False):
     """Manifest with file digests, labels, bad files (with reasons) and the dataset version."""
     from ml.data.manifest import build_manifest as _build

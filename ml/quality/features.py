@@ -514,12 +514,14 @@ def compute_features(
     left_out = records["reason"].fillna("").astype(str) if "reason" in records else pd.Series("", index=records.index)
     unread = left_out.isin(UNREAD_REASONS).to_numpy()
     paths = [str(p) for p in src[~unread]]
+    distinct = list(dict.fromkeys(paths))  # a file listed many times is decoded once
     if ray_address is not None:
-        rows = _run_ray(paths, ray_address, progress)
+        found = _run_ray(distinct, ray_address, progress)
     else:
-        rows = _run_local(paths, workers, progress)
-    read = iter(rows)
-    rows = [_empty_row(reason) if skip else next(read) for skip, reason in zip(unread, left_out, strict=True)]
+        found = _run_local(distinct, workers, progress)
+    by_path = dict(zip(distinct, found, strict=True))
+    read = iter(by_path[p] for p in paths)
+    rows = [_empty_row(reason) if skip else dict(next(read)) for skip, reason in zip(unread, left_out, strict=True)]
     feats = pd.DataFrame(rows, index=records.index, columns=list(FEATURE_COLUMNS))
     out = pd.concat([records.drop(columns=[c for c in FEATURE_COLUMNS if c in records]), feats], axis=1)
     out["left_out"] = left_out
@@ -553,16 +555,29 @@ hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``;
 artefacts reported by kind and left out of the pen-mark score, reduced JPEG decode)."""
 
 
-def features_path(version: str, cache_dir: str | Path) -> Path:
+def rows_digest(records: pd.DataFrame) -> str:
+    """sha256 of every row a feature table covers: path, label, split, content digest and the
+    manifest's reason for a file left out. The dataset version hashes only the usable records,
+    so a bad file added later, or a CSV with other bad rows, has the same version; this digest
+    tells them apart."""
+    cols = [c for c in ("path", "label", "split", "sha256", "bytes", "reason") if c in records]
+    table = records[cols].astype(str).to_csv(index=False).encode()
+    return hashlib.sha256(table).hexdigest()
+
+
+def features_path(version: str, cache_dir: str | Path, records: pd.DataFrame | None = None) -> Path:
     """Where the features of dataset ``version`` are cached (Parquet keeps dtypes and missing
-    values), keyed by the dataset version and :data:`FEATURES_REVISION`."""
-    return Path(cache_dir) / version / f"features-r{FEATURES_REVISION}.parquet"
+    values), keyed by the dataset version, :data:`FEATURES_REVISION` and, given the records, the
+    :func:`rows_digest` of every file they cover (bad ones too)."""
+    rows = "" if records is None else f"-{rows_digest(records)[:16]}"
+    return Path(cache_dir) / version / f"features-r{FEATURES_REVISION}{rows}.parquet"
 
 
 def compute_features_cached(records: pd.DataFrame, version: str, cache_dir: str | Path, **kwargs: Any) -> pd.DataFrame:
-    """Features of dataset ``version``: read from :func:`features_path` or computed (``kwargs`` go to
-    :func:`compute_features`) and written atomically."""
-    path = features_path(version, cache_dir)
+    """Features of dataset ``version``: read from :func:`features_path` (the same version and the
+    same rows, bad files included) or computed (``kwargs`` go to :func:`compute_features`) and
+    written atomically."""
+    path = features_path(version, cache_dir, records)
     if path.is_file():
         return pd.read_parquet(path)
     feats = compute_features(records, **kwargs)

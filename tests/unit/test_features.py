@@ -143,10 +143,9 @@ def test_cache_is_keyed_by_version_and_reused(images, tmp_path):
         shutil.copy(images[name], work / images[name].name)
     records = pd.DataFrame({"path": [str(p) for p in sorted(work.iterdir())], "label": ["b", "c"], "split": "val"})
     first = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
-    assert (
-        features_path("v1", tmp_path / "cache") == tmp_path / "cache" / "v1" / f"features-r{FEATURES_REVISION}.parquet"
-    )
-    assert features_path("v1", tmp_path / "cache").is_file()
+    path = features_path("v1", tmp_path / "cache", records)
+    assert path.parent == tmp_path / "cache" / "v1" and path.name.startswith(f"features-r{FEATURES_REVISION}-")
+    assert path.is_file()
     shutil.rmtree(work)  # a cache hit must not touch the images
     again = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
     pd.testing.assert_frame_equal(first, again)
@@ -222,3 +221,36 @@ def test_left_out_rows_keep_their_reason_and_refused_files_are_never_opened(imag
     assert feats["decode_ok"].tolist() == [True, True, False, False] and feats["sha256"].iloc[2] is None
     assert usable_mask(feats).tolist() == [True, False, False, False]
     assert usable_mask(feats.drop(columns="left_out")).tolist() == [True, True, False, False]
+
+
+def test_cache_answers_only_for_the_same_rows_bad_files_included(images, tmp_path):
+    """The dataset version hashes only usable records: a bad file added after a first validation
+    (same version) must not be answered from the cache."""
+    work = tmp_path / "data"
+    work.mkdir()
+    shutil.copy(images["clean"], work / "a.jpg")
+    records = pd.DataFrame({"path": [str(work / "a.jpg")], "label": ["b"], "split": "train"})
+    first = compute_features_cached(records, "v1", tmp_path / "cache", workers=1)
+    (work / "broken.jpg").write_bytes(b"\xff")
+    bad = pd.DataFrame({"path": [str(work / "broken.jpg")], "label": ["b"], "reason": ["truncated"]})
+    with_bad = pd.concat([records, bad], ignore_index=True)
+    again = compute_features_cached(with_bad, "v1", tmp_path / "cache", workers=1)
+    assert len(first) == 1 and len(again) == 2
+    assert list(again["left_out"]) == ["", "truncated"]
+
+
+def test_a_file_listed_many_times_is_decoded_once(images, monkeypatch):
+    import ml.quality.features as features
+
+    calls = []
+    real = features._run_local
+    monkeypatch.setattr(
+        features, "_run_local", lambda paths, *a, **k: calls.append(list(paths)) or real(paths, *a, **k)
+    )
+    records = pd.DataFrame(
+        {"path": [str(images["clean"])] * 50 + [str(images["blue"])], "label": "b", "split": "train"}
+    )
+    feats = compute_features(records, workers=1)
+    assert calls == [[str(images["clean"]), str(images["blue"])]]
+    assert len(feats) == 51 and feats["decode_ok"].all()
+    assert feats.loc[0, "sha256"] == feats.loc[49, "sha256"] != feats.loc[50, "sha256"]
