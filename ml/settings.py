@@ -12,6 +12,7 @@ here, so they cannot leak into logs or MLflow params through ``Settings.public_d
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -26,6 +27,19 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
+def _setting_names(cls) -> set[str]:
+    """The names a settings file may use: each field's name and its aliases."""
+    names = set()
+    for name, info in cls.model_fields.items():
+        names.add(name)
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(a for a in alias.choices if isinstance(a, str))
+        elif isinstance(alias, str):
+            names.add(alias)
+    return names
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads the optional YAML file named by ``SKINFLOW_CONFIG``."""
 
@@ -36,9 +50,23 @@ class _YamlSource(PydanticBaseSettingsSource):
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"SKINFLOW_CONFIG points to {p}, which does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{p} (SKINFLOW_CONFIG): {where}not valid YAML ({problem})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of setting names to values")
+            raise ValueError(f"{p} (SKINFLOW_CONFIG): expected a mapping of setting names to values")
+        known = _setting_names(self.settings_cls)
+        unknown = [str(k) for k in data if str(k) not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"{p} (SKINFLOW_CONFIG): unknown setting {', '.join(hints)}")
         return data
 
     def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
@@ -118,7 +146,8 @@ def get_settings() -> Settings:
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "credentials")
 _SECRET_SHORT = ("pw",)  # whole words only ("PWD" is the working directory)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# the user info runs to the LAST "@" of the authority (a password may contain "@")
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.IGNORECASE)
 _MIN_SECRET_LEN = 5  # shorter values ("1", "on") would mask ordinary text
 
 

@@ -107,16 +107,21 @@ def _targets(labels: np.ndarray, fracs: dict[str, float]) -> dict[str, dict[str,
 
 
 def _check_enough(labels: np.ndarray, groups: np.ndarray, targets: dict[str, dict[str, int]]) -> None:
+    """Raises ValueError naming every class too small for the splits (not only the first)."""
+    small = []
     for label, wanted in sorted(targets.items()):
         mask = labels == label
         n_images, n_groups = int(mask.sum()), len(np.unique(groups[mask]))
         needed = len(wanted) + 1
         if n_groups < needed or n_images <= sum(wanted.values()):
-            raise ValueError(
-                f"class '{label}' has {n_images} image(s) in {n_groups} duplicate group(s): too few for "
-                f"train + {' + '.join(wanted)} (needs at least {needed} distinct groups and more than "
-                f"{sum(wanted.values())} images)"
+            small.append(
+                f"class '{label}' has {n_images} image(s) in {n_groups} duplicate group(s), needs at least {needed} "
+                f"distinct groups and more than {sum(wanted.values())} images"
             )
+    if small:
+        held = " + ".join(next(iter(targets.values())))
+        head = "" if len(small) == 1 else f"{len(small)} classes are too small: "
+        raise ValueError(f"{head}{'; '.join(small)}: too few for train + {held}")
 
 
 def _distance(u: float, interval: tuple[float, float]) -> float:
@@ -124,8 +129,13 @@ def _distance(u: float, interval: tuple[float, float]) -> float:
     return max(lo - u, 0.0, u - hi)
 
 
-def _fill_empty(out: np.ndarray, labels: np.ndarray, groups: np.ndarray, units: np.ndarray,
-                intervals: dict[str, tuple[float, float]]) -> None:
+def _fill_empty(
+    out: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    units: np.ndarray,
+    intervals: dict[str, tuple[float, float]],
+) -> None:
     """Give every class at least one group in each split: a class left without one gets the
     group nearest to that split's interval by u, from train when it can, from a split where the
     class keeps another group otherwise (in place)."""
@@ -144,8 +154,9 @@ def _fill_empty(out: np.ndarray, labels: np.ndarray, groups: np.ndarray, units: 
                 out[groups == min(candidates)[3]] = split
 
 
-def _assign(labels: np.ndarray, groups: np.ndarray, digests: Sequence[str], fracs: dict[str, float],
-            seed: int) -> np.ndarray:
+def _assign(
+    labels: np.ndarray, groups: np.ndarray, digests: Sequence[str], fracs: dict[str, float], seed: int
+) -> np.ndarray:
     """Split per record from its group's u (see above): whole groups, stable across versions."""
     out = np.full(len(labels), "train", dtype=object)
     if not fracs or not len(labels):
@@ -165,19 +176,28 @@ def _check_result(labels: np.ndarray, splits: np.ndarray, fracs: dict[str, float
         present = set(splits[labels == label].tolist())
         missing = [s for s in ("train", *fracs) if s not in present]
         if missing:
-            raise ValueError(f"class '{label}': duplicate groups shared with other classes leave no image "
-                             f"for split(s) {missing}; lower the fractions or curate the duplicates")
+            raise ValueError(
+                f"class '{label}': duplicate groups shared with other classes leave no image "
+                f"for split(s) {missing}; lower the fractions or curate the duplicates"
+            )
 
 
 def _leak_rows(records: pd.DataFrame, leaked: np.ndarray, kept: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
     """Bad rows for pool records that duplicate a kept held-out record."""
-    kept_by_group = {g: (p, s) for g, p, s in zip(groups[kept], records["path"][kept], records["split"][kept],
-                                                  strict=True)}
+    kept_by_group = {
+        g: (p, s) for g, p, s in zip(groups[kept], records["path"][kept], records["split"][kept], strict=True)
+    }
     rows = []
     for g, path, label in zip(groups[leaked], records["path"][leaked], records["label"][leaked], strict=True):
         other, split = kept_by_group[g]
-        rows.append({"path": path, "label": label, "reason": "duplicate_across_splits",
-                     "message": f"{path} duplicates {other} of the given '{split}' split; kept out of training"})
+        rows.append(
+            {
+                "path": path,
+                "label": label,
+                "reason": "duplicate_across_splits",
+                "message": f"{path} duplicates {other} of the given '{split}' split; kept out of training",
+            }
+        )
     return pd.DataFrame(rows, columns=BAD_COLUMNS)
 
 
@@ -209,10 +229,14 @@ def split_manifest(
     given = set(records["split"][kept])
     fracs = {s: f for s, f in (("val", val_frac), ("test", test_frac)) if f > 0 and s not in given}
     new = records.copy()
-    new.loc[pool, "split"] = _assign(records["label"].to_numpy()[pool], groups[pool],
-                                       records["sha256"].to_numpy()[pool], fracs, seed)
-    bad = pd.concat([manifest.bad, _leak_rows(records, leaked, kept, groups)], ignore_index=True) if leaked.any() \
+    new.loc[pool, "split"] = _assign(
+        records["label"].to_numpy()[pool], groups[pool], records["sha256"].to_numpy()[pool], fracs, seed
+    )
+    bad = (
+        pd.concat([manifest.bad, _leak_rows(records, leaked, kept, groups)], ignore_index=True)
+        if leaked.any()
         else manifest.bad
+    )
     return replace(manifest, records=new[~leaked].reset_index(drop=True), bad=bad)
 
 

@@ -65,6 +65,25 @@ def test_missing_or_malformed_yaml_is_a_clear_error(monkeypatch, tmp_path):
         Settings()
 
 
+def test_a_malformed_settings_file_names_the_file_and_the_line(monkeypatch, tmp_path):
+    bad = tmp_path / "skinflow.yaml"
+    bad.write_text("data_root: /srv\nregistered_model: [unclosed\ns3_region: x\n")
+    monkeypatch.setenv("SKINFLOW_CONFIG", str(bad))
+    with pytest.raises(ValueError) as err:
+        Settings()
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message and "line " in message and "not valid YAML" in message
+
+
+def test_an_unknown_setting_is_refused_with_the_closest_name(monkeypatch, tmp_path):
+    cfg = tmp_path / "skinflow.yaml"
+    cfg.write_text("data_rot: /srv/skin\nMLFLOW_TRACKING_URI: http://127.0.0.1:5000\n")  # a typo; an alias is fine
+    monkeypatch.setenv("SKINFLOW_CONFIG", str(cfg))
+    with pytest.raises(ValueError, match=r"unknown setting 'data_rot' \(did you mean 'data_root'\?\)") as err:
+        Settings()
+    assert str(cfg) in str(err.value) and "MLFLOW" not in str(err.value)
+
+
 def test_public_dict_masks_credentials_in_uris(monkeypatch):
     monkeypatch.delenv("SKINFLOW_CONFIG", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cr3t@db:5432/mlflow")
@@ -73,3 +92,21 @@ def test_public_dict_masks_credentials_in_uris(monkeypatch):
     text = repr(public)
     assert "s3cr3t" not in text and "topsecret" not in text
     assert public["mlflow_tracking_uri"] == "postgresql://***@db:5432/mlflow"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("http://u:pr0be@SecretXY@127.0.0.1:9", "http://***@127.0.0.1:9"),
+        (
+            "see postgresql://a:b@c@d@db:5432/x and s3://bucket/k@v",
+            "see postgresql://***@db:5432/x and s3://bucket/k@v",
+        ),
+        ("http://host/path?mail=a@b", "http://host/path?mail=a@b"),  # an "@" after the authority is not user info
+        ("ray://user:p%40ss@head:10001", "ray://***@head:10001"),
+    ],
+)
+def test_redaction_masks_the_whole_user_info_up_to_the_last_at(text, expected, monkeypatch):
+    from ml.settings import redact_text
+
+    assert redact_text(text) == expected

@@ -144,6 +144,14 @@ def test_a_class_too_small_is_named(tmp_path: Path) -> None:
     assert set(split_manifest(m, val_frac=0.2).records.query("label == 'tumor'")["split"]) == {"train", "val"}
 
 
+def test_every_class_too_small_is_named(tmp_path: Path) -> None:
+    m = build_manifest(make_folder(tmp_path / "ds", {"acne": 10, "tumor": 2, "ulcer": 1}))
+    with pytest.raises(ValueError, match="2 classes are too small") as err:
+        split_manifest(m, val_frac=0.2, test_frac=0.2)
+    assert "class 'tumor' has 2 image" in str(err.value) and "class 'ulcer' has 1 image" in str(err.value)
+    assert "acne" not in str(err.value)
+
+
 def test_copies_count_as_one_group_when_sizing(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "ds", {"acne": 10, "tumor": 1})
     original = (root / "tumor" / "00.jpg").read_bytes()
