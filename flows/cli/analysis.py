@@ -25,7 +25,7 @@ from flows.cli.options import (
     csv_list,
     floats,
 )
-from flows.cli.runner import build, data_and_training, run_flow
+from flows.cli.runner import build, check_policies, data_and_training, run_flow
 from ml.data.config import DataConfig
 from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.interpret.config import InterpretConfig
@@ -233,6 +233,7 @@ def augcheck(
         checkpoint_dir=checkpoint_dir,
         seed=seed,
     )
+    check_policies(augcheck=policy)
     from flows.augcheck import augcheck_flow
 
     report = run_flow(

@@ -18,7 +18,7 @@ from flows.cli.options import (
     rates,
     value_range,
 )
-from flows.cli.runner import build, run_flow
+from flows.cli.runner import build, check_policies, run_flow
 from ml.data.config import DataConfig
 
 group = typer.Typer(help="Dataset tools: synthetic data, manifests, splits.", no_args_is_help=True)
@@ -160,6 +160,7 @@ def validate(
     """Validate a dataset version with Great Expectations; exits 1 on critical failures, 3 when the
     results (printed either way) could not be recorded in MLflow or the store."""
     data = build(DataConfig, source=source, class_map=class_map, allow_outside_root=allow_outside_root)
+    check_policies(validation=policy)
     from flows.validate import validate_flow
 
     report = run_flow(

@@ -10,7 +10,7 @@ import typer
 from flows.cli import render
 from flows.cli.errors import EXIT_FINDINGS, fail
 from flows.cli.options import config_option
-from flows.cli.runner import build, run_flow
+from flows.cli.runner import build, check_policies, run_flow
 from ml.monitor.config import MonitorConfig
 
 verbs = typer.Typer()
@@ -53,6 +53,7 @@ def drift(
     )
     if "://" not in batch and not Path(batch).exists():
         fail(f"batch {batch} does not exist")
+    check_policies(drift=policy)
     from flows.monitor import monitor_flow
 
     summary = run_flow(monitor_flow, monitor=cfg)

@@ -27,7 +27,7 @@ from flows.cli.options import (
     csv_list,
     on_off,
 )
-from flows.cli.runner import build, run_flow
+from flows.cli.runner import build, check_policies, run_flow
 from ml.data.config import DataConfig
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
@@ -242,6 +242,7 @@ def retrain(
         epochs=tune_epochs,
         num_samples=num_samples,
     )
+    check_policies(promotion=policy, **({"validation": validation_policy} if validate_data else {}))
     from flows.retrain import retrain_flow
 
     render.echo_json(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import VENV_BIN
 
@@ -37,6 +38,14 @@ def inputs(tmp_path_factory) -> Path:
     (root / "notes.txt").write_text("not a dataset\n")
     (root / "ds" / "acne").mkdir(parents=True)
     (root / "ds" / "acne" / "a.jpg").write_bytes(b"\xff\xd8 not decoded by the option checks")
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    validation = yaml.safe_load((shipped / "validation.yaml").read_text())
+    validation.pop("class_balance")
+    (root / "no_section.yaml").write_text(yaml.safe_dump(validation))
+    promotion = (shipped / "promotion.yaml").read_text().replace("margin:", "margn:")
+    (root / "promotion_typo.yaml").write_text(promotion)
+    (root / "empty_policy.yaml").write_text("# nothing but a comment\n")
+    (root / "bad_yaml.yaml").write_text("integrity:\n  min_side: [16\n  severity: critical\n")
     return root
 
 
@@ -61,6 +70,23 @@ CASES = {
     "tune: bad --amp": (["tune", "--data", "{root}/ds", "--amp", "maybe"], "--amp takes on, off"),
     "retrain: missing data": (["retrain", "--data", "{root}/missing"], "does not exist"),
     "stack up: unknown --db": (["stack", "up", "--db", "mysql"], "--db must be sqlite or postgres"),
+    # broken policy files are refused before any work, naming the file and the key
+    "validate: a policy missing a section": (
+        ["validate", "{root}/ds", "--policy", "{root}/no_section.yaml"],
+        "no_section.yaml: missing validation policy section 'class_balance'",
+    ),
+    "validate: a policy that is not YAML": (
+        ["validate", "{root}/ds", "--policy", "{root}/bad_yaml.yaml"],
+        "bad_yaml.yaml: line ",
+    ),
+    "retrain: a mistyped promotion key": (
+        ["retrain", "--data", "{root}/ds", "--policy", "{root}/promotion_typo.yaml"],
+        "unknown promotion policy key 'margn' (did you mean 'margin'?)",
+    ),
+    "drift: an empty policy": (
+        ["drift", "{root}/ds", "--policy", "{root}/empty_policy.yaml"],
+        "empty_policy.yaml: the drift policy file is empty",
+    ),
 }
 
 
