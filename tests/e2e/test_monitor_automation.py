@@ -35,6 +35,56 @@ def _retrain_runs(env: dict) -> list:
     return asyncio.run(read())
 
 
+PROBE = "skinflow.test.probe"
+
+
+def _nightly_runs(env: dict) -> list:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
+
+    async def read():
+        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+            return await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])),
+            )
+
+    return asyncio.run(read())
+
+
+def _create_probe_automation(env: dict) -> None:
+    """An automation that runs retrain/nightly (the pool is paused: it only appears as a scheduled
+    run) on a probe event. The triggers service judges events in the order they arrive, so once a
+    probe sent after some events has acted, those events have been judged too."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    async def create():
+        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+            nightly = await client.read_deployment_by_name("retrain/nightly")
+            trigger = EventTrigger(expect={PROBE}, posture=Posture.Reactive, threshold=1, within=0)
+            action = RunDeployment(source="selected", deployment_id=nightly.id)
+            await client.create_automation(AutomationCore(name="test-probe", trigger=trigger, actions=[action]))
+
+    asyncio.run(create())
+
+
+def _judged_so_far(env: dict, timeout: float) -> bool:
+    """Send probe events until the probe automation acts (a retrain/nightly run appears): every
+    event sent before the first probe has then been judged by the triggers service."""
+    before = len(_nightly_runs(env))
+    code = f"from prefect.events import emit_event; emit_event(event={PROBE!r}, resource={{'prefect.resource.id': {PROBE!r}}})"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120, check=True)
+        for _ in range(10):
+            if len(_nightly_runs(env)) > before:
+                return True
+            time.sleep(1)
+    return False
+
+
 def _delete(env: dict, runs: list) -> None:
     from prefect.client.orchestration import PrefectClient
 
@@ -66,10 +116,11 @@ def stack_env(local_stack, tmp_path_factory):
         [PREFECT, "work-pool", "pause", "skinflow-pool"], env=env, capture_output=True, text=True, timeout=120
     )
     assert pause.returncode == 0, pause.stderr
+    _create_probe_automation(env)  # long before its first probe: the triggers service has loaded it by then
     try:
         yield env
     finally:
-        _delete(env, _retrain_runs(env))
+        _delete(env, _retrain_runs(env) + _nightly_runs(env))
         subprocess.run([PREFECT, "work-pool", "resume", "skinflow-pool"], env=env, capture_output=True, timeout=120)
 
 
@@ -145,5 +196,5 @@ def test_drift_starts_one_retrain_and_none_within_the_cooldown(stack_env, monito
     assert runs[0].state.type.value == "SCHEDULED"  # the pool is paused: nobody runs it
     second = _drift(stack_env, monitored, "second")
     assert second.returncode == 0 and "event: sent" in second.stdout, second.stderr[-3000:]
-    time.sleep(10)  # the event is processed as it arrives; give the triggers service time anyway
+    assert _judged_so_far(stack_env, 120), "the triggers service judged no probe sent after the second drift"
     assert len(_retrain_runs(stack_env)) == 1, "a second drift inside the cooldown started another retrain"

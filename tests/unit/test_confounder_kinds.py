@@ -3,8 +3,8 @@ are reported apart and do not raise the pen-mark flag; the pen-mark flag's recal
 
 Measured rates (synthetic sets of ml.data.synth, seed 0, 6 images per class = 60 per set, 128 px):
 on main at 8ae4eee (before kinds were told apart) the pen-mark flag found 59/60 pen-marked images;
-with kinds apart it still finds 59/60. Wider measurements (10 per class, seed 7, 64/128/256 px) are in
-docs/notes-confounders.md."""
+with kinds apart it still finds 59/60. Wider hand measurements (10 per class, seed 7, 64/128/256 px)
+were a development log, removed from docs/: `git show 0f27fcd:docs/notes-confounders.md`."""
 
 from __future__ import annotations
 
