@@ -12,7 +12,7 @@ the modes run in rotating order and the median pass counts. The feature tables o
 compared (they must be identical). Data: ``../shared/data/isic9`` (train + test), or a synthetic
 set when it is absent (or with ``--synthetic``).
 
-Run: ``make bench-features`` (all images) or ``python bench/bench_features.py --limit 200``.
+Run: ``make bench-features`` (all images) or ``python -m bench.bench_features --limit 200``.
 Writes ``bench/out/bench_features.json``; ``--results bench/RESULTS.md`` replaces the section between
 ``<!-- features:start -->`` and ``<!-- features:end -->`` (appended when absent; other sections kept).
 """

@@ -19,8 +19,8 @@ min-max. Then a loader-only line per size (``TrainBatches`` with no model) vs wh
 Imports only torch/torchvision/numpy/scikit-learn/tqdm (through ``ml.train.loop``) and the standard
 library: no pydantic, mlflow, prefect, ...
 
-Run: ``python3 bench/bench_gpu.py --json OUT.json --markdown OUT.md`` (defaults under bench/out/gpu/),
-``python bench/bench_gpu.py --quick --device cpu``.
+Run: ``python3 -m bench.bench_gpu --json OUT.json --markdown OUT.md`` (defaults under bench/out/gpu/),
+``python -m bench.bench_gpu --quick --device cpu``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ With ``--code DIR`` the ``ml`` package is imported from another checkout (e.g. t
 before this change, whose ``image_features`` decodes twice and has no ``reduced``: only ``full`` is
 timed there). Descriptor agreement between the modes is reported (largest absolute difference).
 
-Run: ``make bench-large-jpeg`` or ``python bench/bench_large_jpeg.py --images 40 --repeats 3``; the
+Run: ``make bench-large-jpeg`` or ``python -m bench.bench_large_jpeg --images 40 --repeats 3``; the
 before/after pair of bench/RESULTS.md: ``--inputs /tmp/large`` here, then the same with ``--code /work/main``.
 Writes ``bench/out/bench_large_jpeg.json``; ``--results bench/RESULTS.md`` replaces the section between
 ``<!-- large-jpeg:start -->`` and ``<!-- large-jpeg:end -->``.

@@ -286,7 +286,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         )
     starts = [r.get("load_average_at_start") for r in results]
     start_text = ", ".join(f"{r['profile']} {fmt(st[0], '.1f') if st else 'unknown'}" for r, st in zip(results, starts))
-    return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python bench/bench_load.py`)
+    return f"""## Load: {args.runs} short flow runs on two workers (`make bench-load` = `python -m bench.bench_load`)
 
 Each back end: `infra/stack.sh up --db <sqlite|postgres>` on free 127.0.0.1 ports (moto S3, MLflow
 server, Prefect server; PostgreSQL 15 for both servers' metadata in the postgres profile), two

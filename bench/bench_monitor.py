@@ -11,7 +11,7 @@ Timed: the whole flow in this process on Prefect's ephemeral API, as ``skinflow 
 with its two EmbeddingsDrift TSNE plots, HTML/JSON, the MLflow run). A first, untimed run warms
 the imports and the ephemeral Prefect server. ``OMP_NUM_THREADS=1`` is set before numpy loads.
 
-Run: ``make bench-monitor`` or ``python bench/bench_monitor.py --batches 100 250 500 --results bench/RESULTS.md``.
+Run: ``make bench-monitor`` or ``python -m bench.bench_monitor --batches 100 250 500 --results bench/RESULTS.md``.
 Writes ``bench/out/bench_monitor.json``; ``--results`` replaces the ``monitor`` section of RESULTS.md.
 """
 

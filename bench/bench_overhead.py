@@ -14,7 +14,7 @@ The share is median(flow - bare) / median(flow) over the paired repeats (pairs c
 drifts of a shared machine). A breakdown of the last orchestrated run by Prefect task (read
 back from the Prefect API) shows where the extra time goes. Start-up of Prefect's ephemeral
 server and ``ray.init`` happen once per process and are reported separately.
-Usage: ``python bench/bench_overhead.py [--repeats 5] [--results bench/RESULTS.md]``.
+Usage: ``python -m bench.bench_overhead [--repeats 5] [--results bench/RESULTS.md]``.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def render(res: dict, machine: str) -> str:
     lines = [
         "## Orchestration overhead (retrain flow, demo profile)",
         "",
-        f"Command: `make bench-overhead` (`python bench/bench_overhead.py --repeats {n}"
+        f"Command: `make bench-overhead` (`python -m bench.bench_overhead --repeats {n}"
         " --results bench/RESULTS.md`). Machine: " + machine,
         "",
         f"Profile: {res['profile']}. {n} interleaved pairs (bare, orchestrated); overhead = median of the "

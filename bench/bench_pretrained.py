@@ -33,21 +33,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.bench_train import BASELINE_LR, cpu_precision
+from bench.bench_train import cpu_precision
 from bench.common import (
+    BASELINE_LR,
     command_line,
     configure_torch,
     load_average,
     machine_description,
     md_table,
+    range_tests,
     replace_section,
+    variant_lr,
     write_json,
 )
 from ml.eval.metrics import eta, time_to_target
+from ml.train.config import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 
-VARIANTS = ("sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm")
 PRECISIONS = ("fp32", "amp")
 METRIC = "val_balanced_accuracy"
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
@@ -159,33 +162,14 @@ def run_probe(data: dict[str, Any], arch: str) -> dict[str, Any]:
 
 def run_range_tests(data: dict[str, Any], profile: Profile, arch: str, variants: Sequence[str]) -> dict[str, Any]:
     """One LR range test per optimiser family of ``variants`` (bf16 where AMP runs bf16)."""
-    from ml.train.recipes import find_lr
-    from ml.train.schedules import lr_family
-
-    out = {}
-    for family in dict.fromkeys(lr_family(v) for v in variants if v != "sgd"):
-        first = next(v for v in variants if v != "sgd" and lr_family(v) == family)
-        cfg = train_config(profile, arch, first, "amp", None, seed=0)
-        start = time.perf_counter()
-        res = find_lr(data["train"], data["classes"], cfg, num_iter=profile.find_lr_iters)
-        out[family] = {
-            "chosen": res.chosen,
-            "bracket": list(res.bracket),
-            "iterations": len(res.lrs),
-            "stopped_early": res.stopped_early,
-            "wall_seconds": time.perf_counter() - start,
-        }
-        _log(
-            f"{arch}: range test {family}: chosen {res.chosen:.3g} (bracket {res.bracket[0]:.3g}.."
-            f"{res.bracket[1]:.3g}, {out[family]['wall_seconds']:.0f}s)"
-        )
-    return out
-
-
-def variant_lr(variant: str, finders: dict[str, Any]) -> float:
-    from ml.train.schedules import lr_family
-
-    return BASELINE_LR if variant == "sgd" else float(finders[lr_family(variant)]["chosen"])
+    return range_tests(
+        data["train"],
+        data["classes"],
+        variants,
+        lambda v: train_config(profile, arch, v, "amp", None, seed=0),
+        profile.find_lr_iters,
+        log=lambda line: _log(f"{arch}: {line}"),
+    )
 
 
 _HISTORY_KEYS = ("epoch", "val_loss", "val_balanced_accuracy", "val_macro_f1", "epoch_seconds")

@@ -1,6 +1,6 @@
 """Robustness ablation (Table 5.8) and error interpretation (Table 4.2) benchmark.
 
-    python bench/bench_robustness.py [--datasets synth,isic9] [--out bench/out/robustness]
+    python -m bench.bench_robustness [--datasets synth,isic9] [--out bench/out/robustness]
 
 Runs the ``robustness`` flow on the synthetic default (the demo's set: 60 images per class at
 64 px, trained at 48 px, resnet18 from scratch) and on isic9 (../shared/data/isic9) with the

@@ -12,7 +12,7 @@ One process, one machine, one model (resnet18), one resolution, one epoch budget
 7. training-loader throughput vs what a training step consumes;
 8. ``RESULTS.md`` + raw JSON.
 
-Run: ``make bench-train`` (full) or ``python bench/bench_train.py --quick`` (seconds, synthetic only).
+Run: ``make bench-train`` (full) or ``python -m bench.bench_train --quick`` (seconds, synthetic only).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    BASELINE_LR,
     command_line,
     configure_torch,
     load_average,
@@ -35,19 +36,19 @@ from bench.common import (
     marked_sections,
     md_table,
     median,
+    range_tests,
+    variant_lr,
     write_json,
 )
 from ml.eval.metrics import eta, time_to_target
+from ml.train.config import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 
 ARCH = "resnet18"
 BATCH = 64
-VARIANTS = ("sgd", "adam", "sgdr", "sgdr_dlr", "sgdr_dlr_clm")
 PRECISIONS = ("fp32", "amp")
 BASELINE = ("sgd", "fp32")
-BASELINE_LR = 0.01  # thesis baseline: single LR 0.01 with step decay
-ADAM_SGD_SCALE = 1e-3  # a chosen LR above this is SGD-scale: Adam gets chosen / 10
 METRIC = "val_balanced_accuracy"
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_OUT = REPO / "bench" / "RESULTS.md"
@@ -118,19 +119,6 @@ def speedups(
         ttt = time_to_target(hist, target, metric)
         runs[key] = {"time_to_target": ttt, "eta": eta(base_s, ttt["seconds"] if ttt else None)}
     return {"target": target, "baseline_seconds": base_s, "runs": runs}
-
-
-def adam_lr(chosen: float) -> float:
-    """Adam's LR from the SGD-momentum range test: chosen / 10 when the chosen LR is SGD-scale."""
-    return chosen / 10 if chosen > ADAM_SGD_SCALE else chosen
-
-
-def variant_lr(variant: str, chosen: float) -> float:
-    if variant == "sgd":
-        return BASELINE_LR
-    if variant == "adam":
-        return adam_lr(chosen)
-    return chosen
 
 
 def cpu_precision(force_amp: bool = False) -> dict[str, Any]:
@@ -261,21 +249,16 @@ def pretrain_backbone(profile: Profile, work: Path) -> dict[str, Any]:
     return info
 
 
-def run_lr_finder(data: dict[str, Any], weights: str, profile: Profile) -> dict[str, Any]:
+def run_lr_finders(data: dict[str, Any], weights: str, profile: Profile) -> dict[str, Any]:
+    """The product's procedure: one range test per optimiser family (bench.common.range_tests)."""
     from ml.train.config import TrainConfig
-    from ml.train.recipes import find_lr
 
-    cfg = TrainConfig(arch=ARCH, weights=weights, schedule="sgdr", batch_size=BATCH, seed=profile.seed, progress=False)
-    start = time.perf_counter()
-    res = find_lr(data["train"], data["classes"], cfg, num_iter=profile.find_lr_iters)
-    return {
-        "chosen": res.chosen,
-        "bracket": list(res.bracket),
-        "suggestions": res.suggestions,
-        "iterations": len(res.lrs),
-        "stopped_early": res.stopped_early,
-        "wall_seconds": time.perf_counter() - start,
-    }
+    def config_for(variant: str) -> TrainConfig:
+        return TrainConfig(
+            arch=ARCH, weights=weights, schedule=variant, batch_size=BATCH, seed=profile.seed, progress=False
+        )
+
+    return range_tests(data["train"], data["classes"], VARIANTS, config_for, profile.find_lr_iters, log=_log)
 
 
 _HISTORY_KEYS = (
@@ -342,15 +325,11 @@ def run_variant(
 def run_dataset(name: str, data: dict[str, Any], weights: str, profile: Profile) -> dict[str, Any]:
     info = data["info"]
     _log(f"{name}: {info['counts']} images, {len(data['classes'])} classes")
-    finder = run_lr_finder(data, weights, profile)
-    _log(
-        f"{name}: LR range test chose {finder['chosen']:.3g} (bracket {finder['bracket'][0]:.3g}.."
-        f"{finder['bracket'][1]:.3g}, {finder['wall_seconds']:.1f}s)"
-    )
+    finders = run_lr_finders(data, weights, profile)
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     for variant in VARIANTS:
         for precision in PRECISIONS:
-            run = run_variant(data, weights, variant, precision, variant_lr(variant, finder["chosen"]), profile)
+            run = run_variant(data, weights, variant, precision, variant_lr(variant, finders), profile)
             runs[(variant, precision)] = run
             if "error" in run:
                 _log(f"{name}: {variant:13s} {precision}: FAILED {run['error']}")
@@ -370,8 +349,8 @@ def run_dataset(name: str, data: dict[str, Any], weights: str, profile: Profile)
     return {
         "dataset": name,
         "info": info,
-        "lr_finder": finder,
-        "lrs": {v: variant_lr(v, finder["chosen"]) for v in VARIANTS},
+        "lr_finders": finders,
+        "lrs": {v: variant_lr(v, finders) for v in VARIANTS},
         "target": speed["target"] if speed else None,
         "baseline_seconds": speed["baseline_seconds"] if speed else None,
         "runs": [runs[(v, p)] for v in VARIANTS for p in PRECISIONS],
@@ -735,8 +714,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"no early stopping. Backbone pretrained on a synthetic source set "
         f"({result['pretrain']['images']} images, {result['pretrain']['config']['schedule']}, "
         f"{result['pretrain']['config']['epochs']} epochs, lr {result['pretrain']['config']['lr']}, AMP) and "
-        "fine-tuned with a fresh head. LRs: `sgd` = thesis baseline 0.01 with step decay; SGDR variants = the LR "
-        f"range test's `chosen`; Adam = chosen/10 when chosen > {ADAM_SGD_SCALE:g} (SGD-scale), else chosen. "
+        f"fine-tuned with a fresh head. LRs: `sgd` = thesis baseline {BASELINE_LR} with step decay; the others = "
+        "the `chosen` LR of their optimiser family's range test (the product's procedure: Adam's own range test "
+        "for adam, SGD's for sgdr, SGD with discriminative groups for the DLR variants). "
         "Target = best validation balanced accuracy of `sgd` fp32; time to target = cumulative `epoch_seconds` "
         "(training + per-epoch validation) up to the first epoch at or above it; eta = baseline time / variant "
         "time. Test macro-F1: snapshot ensemble (mean softmax of the kept cycle-end snapshots) for SGDR "
@@ -745,7 +725,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     for ds in result["datasets"]:
         info = ds["info"]
-        f = ds["lr_finder"]
+        finders = "; ".join(
+            f"{fam}: chosen {f['chosen']:.3g}, bracket {f['bracket'][0]:.3g}..{f['bracket'][1]:.3g} "
+            f"({f['iterations']} iterations, {f['wall_seconds']:.1f} s)"
+            for fam, f in ds["lr_finders"].items()
+        )
         parts += [
             f"## {ds['dataset']}",
             "",
@@ -753,8 +737,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{len(info['classes'])} classes (train per class: "
             + ", ".join(f"{c} {n}" for c, n in info["train_per_class"].items())
             + "). "
-            f"LR range test: chosen {f['chosen']:.3g}, bracket {f['bracket'][0]:.3g}..{f['bracket'][1]:.3g} "
-            f"({f['iterations']} iterations, {f['wall_seconds']:.1f} s). "
+            f"LR range tests (one per optimiser family): {finders}. "
             + (
                 f"Target {ds['target']:.3f}, baseline time to target {ds['baseline_seconds']:.1f} s."
                 if ds["target"] is not None

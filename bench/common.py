@@ -172,3 +172,40 @@ def replace_section(text: str, name: str, body: str) -> str:
 def marked_sections(text: str) -> list[str]:
     """Every ``<!-- name:start --> ... <!-- name:end -->`` block of ``text``, markers included."""
     return [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
+
+
+BASELINE_LR = 0.01  # the thesis's baseline: SGD with a single LR of 0.01 and step decay
+
+
+def range_tests(train, classes: list[str], variants, config_for, num_iter: int, log=None) -> dict[str, dict]:
+    """The product's LR procedure (``ml.train.recipes.find_lr``): one range test per optimiser
+    family of ``variants`` (``ml.train.schedules.lr_family``; ``sgd`` is the thesis's fixed-LR
+    baseline and needs none), with the config ``config_for(variant)`` of the family's first variant."""
+    from ml.train.recipes import find_lr
+    from ml.train.schedules import lr_family
+
+    out = {}
+    for family in dict.fromkeys(lr_family(v) for v in variants if v != "sgd"):
+        first = next(v for v in variants if v != "sgd" and lr_family(v) == family)
+        start = time.perf_counter()
+        res = find_lr(train, classes, config_for(first), num_iter=num_iter)
+        out[family] = {
+            "chosen": res.chosen,
+            "bracket": list(res.bracket),
+            "iterations": len(res.lrs),
+            "stopped_early": res.stopped_early,
+            "wall_seconds": time.perf_counter() - start,
+        }
+        if log:
+            log(
+                f"range test {family}: chosen {res.chosen:.3g} (bracket {res.bracket[0]:.3g}.."
+                f"{res.bracket[1]:.3g}, {out[family]['wall_seconds']:.0f}s)"
+            )
+    return out
+
+
+def variant_lr(variant: str, finders: dict[str, dict]) -> float:
+    """A variant's LR: the thesis baseline's for ``sgd``, else the chosen LR of its family's range test."""
+    from ml.train.schedules import lr_family
+
+    return BASELINE_LR if variant == "sgd" else float(finders[lr_family(variant)]["chosen"])

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_train import (
-    adam_lr,
-    eta,
-    speedups,
-    time_to_target,
-    variant_lr,
-)
+from bench.bench_train import eta, speedups, time_to_target
+from bench.common import variant_lr
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,11 +60,12 @@ def test_speedups_target_is_baseline_best_and_eta_per_run() -> None:
     assert runs[("adam", "fp32")]["eta"] is None
 
 
-def test_learning_rates_per_variant() -> None:
-    assert variant_lr("sgd", 0.3) == 0.01
-    assert variant_lr("sgdr_dlr_clm", 0.3) == 0.3
-    assert adam_lr(0.05) == pytest.approx(0.005)  # SGD-scale -> /10
-    assert adam_lr(5e-4) == pytest.approx(5e-4)
+def test_learning_rates_per_variant_come_from_their_family_s_range_test() -> None:
+    finders = {"sgd": {"chosen": 0.3}, "sgd_dlr": {"chosen": 0.2}, "adam": {"chosen": 4e-4}}
+    assert variant_lr("sgd", finders) == 0.01  # the thesis baseline
+    assert variant_lr("sgdr", finders) == 0.3
+    assert variant_lr("sgdr_dlr_clm", finders) == 0.2
+    assert variant_lr("adam", finders) == pytest.approx(4e-4)  # Adam's own range test, no chosen/10 rule
 
 
 def _result(amp_dtype: str | None) -> dict:
