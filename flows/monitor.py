@@ -1,6 +1,7 @@
 """monitor: a new batch against the model's reference -> descriptors, embeddings, predictions ->
-Evidently report and verdict -> label shift (BBSE) -> MLflow (skinflow-monitor) -> on drift:
-alert JSON, Prefect event ``skinflow.drift.detected`` (the retrain trigger listens), Apprise."""
+Evidently report and verdict -> label shift (BBSE) -> the snapshot into the Evidently workspace
+-> reports (verdict page + Evidently's report) and MLflow (skinflow-monitor) -> on drift: alert
+JSON, Prefect event ``skinflow.drift.detected`` (the retrain trigger listens), Apprise."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ml.tracking.runs import run_name
 from tasks.common import markdown_table, publish_markdown
 from tasks.mlflow_tasks import tracked_run
 from tasks.monitor import (
+    add_to_workspace,
     describe_images,
     emit_drift_event,
     estimate_label_shift,
@@ -32,7 +34,9 @@ from tasks.monitor import (
 @flow(name="monitor", flow_run_name=run_namer("monitor"))
 def monitor_flow(monitor: MonitorConfig) -> dict:
     """Compare one batch with the monitored model's reference; returns the JSON summary (with
-    ``verdict``, ``report_html``, ``mlflow_run_id``, ``event`` and ``notification``)."""
+    ``verdict``, ``report_page`` (the verdict page), ``report_html`` (Evidently's report),
+    ``evidently`` (workspace, project and snapshot id), ``mlflow_run_id``, ``event`` and
+    ``notification``)."""
     with tagged("monitor"):
         from prefect.runtime import flow_run
 
@@ -55,7 +59,9 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
         val = describe_images(reference.validation, model, "validation") if len(reference.validation) else None
         cur = describe_images(batch.records, model, "batch")
         label_estimate = estimate_label_shift(val, ref, cur, policy)
-        summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed)
+        key = flow_run.get_id() or "local"
+        metadata = {"batch": batch.source, "model_uri": monitor.model_uri, "prefect_flow_run_id": key}
+        summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed, metadata=metadata)
         summary.update(
             batch=batch.source,
             model_uri=monitor.model_uri,
@@ -69,7 +75,9 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
                 "notes": reference.notes,
             },
         )
-        key = flow_run.get_id() or "local"
+        summary["evidently"] = add_to_workspace(
+            snapshot, monitor.model_uri, f"{Path(batch.source).name}: {summary['verdict']}", monitor.workspace
+        )
         report_dir = str(Path(monitor.out_dir) / key)
         with tracked_run(
             "skinflow-monitor",
@@ -81,12 +89,12 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
             )
             files = write_reports(snapshot, summary, report_dir)
             log_monitor_run(run_id, summary, files, monitor.model_dump())
-        summary["report_html"], summary["report_json"] = files["html"], files["json"]
+        summary.update(report_page=files["page"], report_html=files["html"], report_json=files["json"])
         summary["report_uri"] = store_reports(report_dir, key)
         summary["prefect_api"] = "server" if prefect_server_configured() else "ephemeral"
         summary["event"] = summary["notification"] = "not sent: no drift"
         if summary["verdict"] == "drift":
-            links = {"report": summary["report_uri"] or files["html"], "mlflow_run": summary["mlflow_run_url"]}
+            links = {"report": summary["report_uri"] or files["page"], "mlflow_run": summary["mlflow_run_url"]}
             payload = alert_payload(summary, links)
             summary["alert_json"] = str(write_alert(payload, report_dir))
             summary["event"] = emit_drift_event(payload, batch_resource_id(batch.source), run_id)
@@ -99,6 +107,7 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
 def summary_markdown(summary: dict) -> str:
     """The Prefect artifact: verdict, reasons, top drifted features, priors, links."""
     bbse = summary["label_shift"].get("bbse") or {}
+    ev = summary.get("evidently") or {}
     rows = [
         {"column": r["column"], "method": r["method"], "score": r["score"], "drifted": r["drifted"]}
         for r in summary["columns"]
@@ -127,8 +136,12 @@ def summary_markdown(summary: dict) -> str:
         "### Class priors (BBSE)",
         markdown_table(priors) if priors else "_(no validation images: skipped)_",
         "",
-        f"Report: `{summary.get('report_uri') or summary.get('report_html')}`; "
+        f"Report: `{summary.get('report_uri') or summary.get('report_page')}`; "
         f"[MLflow run {summary.get('mlflow_run_id')}]({summary.get('mlflow_run_url')}) (skinflow-monitor).",
+        f"Evidently workspace: `{ev.get('workspace')}`, project `{ev.get('project')}` "
+        f"(`evidently ui --workspace {ev.get('workspace')}`)."
+        if ev
+        else "",
     ]
     return "\n".join(lines)
 

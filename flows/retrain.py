@@ -54,6 +54,7 @@ def retrain_flow(
             "skinflow-retrain",
             run_name("retrain", data=cache.version[:8]),
             tags=mlflow_tags(dataset_version=cache.version),
+            system_metrics=True,
         ) as (run_id, _):
             tuned = None
             if tune:

@@ -21,7 +21,7 @@ from ml.train.precision import precision_for
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import supersede_interrupted_run, tracked_run
-from tasks.training import evaluate_model, log_training_run, lr_range_test, repeated_fits, train_model
+from tasks.training import evaluate_model, log_training_run, run_lr_range_test, run_repeated_fits, train_model
 
 
 def prepare_data(data: DataConfig):
@@ -43,7 +43,7 @@ def with_lr(cache, training: TrainConfig, lr_find: LRFindConfig, out_dir: str, r
     Returns ``(config, range test summary or None)``."""
     if training.lr is not None:
         return training, None
-    finder = lr_range_test(cache, training, str(Path(out_dir) / "plots"), lr_find, run_id=run_id)
+    finder = run_lr_range_test(cache, training, str(Path(out_dir) / "plots"), lr_find, run_id=run_id)
     get_run_logger().info("LR range test chose %.3g (bracket %.3g..%.3g)", finder["chosen"], *finder["bracket"])
     return training.model_copy(update={"lr": finder["chosen"]}), finder
 
@@ -65,6 +65,7 @@ def train_flow(
             "skinflow-train",
             run_name("train", training, arch=training.arch, precision=precision_for(training).name),
             tags=mlflow_tags(),
+            system_metrics=True,
         ) as (run_id, _):
             if training.checkpoint_dir:  # a rerun after a crash resumes from the checkpoint: say which run it replaces
                 supersede_interrupted_run(training.checkpoint_dir, run_id)
@@ -74,7 +75,9 @@ def train_flow(
             evaluation = evaluate_model(result, cache, eval_split)
             logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)
             repeated = (
-                repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id) if repeats > 1 else None
+                run_repeated_fits(cache, cfg, evaluation["metrics"], repeats, eval_split, run_id)
+                if repeats > 1
+                else None
             )
         m = evaluation["metrics"]
         summary = {
@@ -116,7 +119,7 @@ def lr_find_flow(
     """Smith's LR range test on the training split: suggestions and a log-scale bracket."""
     with tagged("lr-find"):
         _, cache = prepare_data(data)
-        return lr_range_test(cache, training, out_dir, lr_find)
+        return run_lr_range_test(cache, training, out_dir, lr_find)
 
 
 @flow(name="pretrain", flow_run_name=run_namer("pretrain"))
@@ -128,8 +131,8 @@ def pretrain_flow(
 ) -> dict:
     """Train a backbone on a source set and store it (path or s3://) for ``weights=`` later."""
     with tagged("pretrain"):
-        from tasks.training import pretrain_backbone
+        from tasks.training import pretrain_and_store_backbone
 
         _, cache = prepare_data(data)
         cfg, _ = with_lr(cache, training, lr_find, str(Path(out).parent if "://" not in out else "outputs/pretrain"))
-        return pretrain_backbone(cache, cfg, out)
+        return pretrain_and_store_backbone(cache, cfg, out)

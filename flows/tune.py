@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri, run_name
+from ml.tracking.trials import log_lr_brackets, log_sweep_result
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from ml.train.schedules import lr_family
 from ml.train.sweep import METRIC, SCORE, TrialData, schedule_brackets, trial_base
 from tasks.common import publish_table
 from tasks.mlflow_tasks import tracked_run
-from tasks.training import lr_range_test
+from tasks.training import run_lr_range_test
 from tasks.tuning import run_tune
 
 
@@ -72,9 +72,7 @@ def run_sweep(
         brackets = schedule_brackets(
             {f: r["bracket"] for f, r in finders.items()} if finders else lr_bracket, sweep.schedules
         )
-        client = MlflowClient()
-        for schedule, (lo, hi) in brackets.items():
-            client.log_param(run_id, f"lr_bracket_{schedule}", f"{lo:.4g}..{hi:.4g}")
+        log_lr_brackets(run_id, brackets)
         base_config = trial_base(training)
         res = run_tune(
             TrialData.from_cache(cache),
@@ -96,13 +94,7 @@ def run_sweep(
             checkpoint_interval_s=sweep.checkpoint_interval_s,
             trial_resources=sweep.trial_resources,
         )
-        best = res["best"]
-        for k in ("schedule", "amp", "arch", "lr"):
-            client.set_tag(run_id, f"best_{k}", str(best[k]))
-        for metric in (SCORE, METRIC):
-            client.log_metric(run_id, f"best_{metric}", float(best[metric]))
-        client.log_metric(run_id, "failed_trials", len(res["failed"]))
-        client.log_dict(run_id, res, "reports/tune_trials.json")
+        log_sweep_result(run_id, res, (SCORE, METRIC))
     publish_table(
         "tune-summary",
         [
@@ -149,7 +141,7 @@ def _range_tests(
             run_id,
             tags=mlflow_tags(dataset_version=cache.version, lr_family=family),
         ) as (child, _):
-            finder = lr_range_test(cache, cfg, str(Path(out_dir) / "plots" / family), lr_find, run_id=child)
+            finder = run_lr_range_test(cache, cfg, str(Path(out_dir) / "plots" / family), lr_find, run_id=child)
         finders[family] = {**finder, "schedules": schedules, "run_id": child}
         logger.info(
             "LR bracket of %s (%s): %.3g..%.3g (chosen %.3g)",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.storage import StorageError
-from ml.tracking.runs import ServiceUnavailableError
+from ml.tracking.runs import ServiceUnavailableError, set_run_tags
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
 from tasks.validation import compute_features, run_expectations, store_data_docs
@@ -74,8 +73,7 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
         out["not_recorded"].append(f"no skinflow-validate run in MLflow: {exc}")
     else:  # log_validation opens the run itself: the flow run it belongs to is tagged here
         try:
-            for key, value in mlflow_tags().items():
-                MlflowClient().set_tag(mlflow_run_id, key, value)
+            set_run_tags(mlflow_run_id, mlflow_tags())
         except MlflowException as exc:
             out["not_recorded"].append(f"skinflow-validate run {mlflow_run_id} not tagged with its flow run: {exc}")
     for line in out["not_recorded"]:

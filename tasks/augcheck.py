@@ -5,14 +5,10 @@ No ML logic here."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.entities import Metric
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -21,7 +17,7 @@ from ml.gan.augcheck import AugCheckPolicy, pair_grid
 from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.gan.train import GanResult, train_progan
 from ml.settings import get_settings
-from ml.tracking import runs as tracking_runs
+from ml.tracking import studies as tracked_studies
 from tasks.common import IO_RETRY, markdown_table, publish_markdown, publish_table
 
 
@@ -101,56 +97,7 @@ def log_augcheck(parent_run_id: str, report: dict[str, Any], gan: GanResult, plo
     out.mkdir(parents=True, exist_ok=True)
     path = out / "augcheck.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    client = MlflowClient()
-    now = int(time.time() * 1000)
-    curve = [
-        Metric(f"gan_{k}", float(row[k]), now, int(row["iteration"]))
-        for row in gan.history
-        for k in ("d_loss", "g_loss", "wasserstein", "gp", "alpha")
-    ]
-    for start in range(0, len(curve), 1000):
-        client.log_batch(parent_run_id, metrics=curve[start : start + 1000])
-    with mlflow.start_run(run_id=parent_run_id):
-        tracking_runs.log_params(
-            {
-                "check": report["config"]["check"],
-                "gan": report["config"]["gan"],
-                "data": report["config"]["data"],
-                "dataset_version": report["dataset_version"],
-            }
-        )
-        mlflow.set_tags(
-            {
-                "dataset_version": report["dataset_version"],
-                "synthetic_dataset_version": report["synthetic"]["dataset_version"],
-                "verdict": report["verdict"]["verdict"],
-                "git_commit": tracking_runs.git_commit() or "",
-                "device": gan.device,
-                **gan.precision.tags(),
-            }
-        )
-        s = report["summary"]
-        mlflow.log_metrics(
-            {
-                "estimate_mean": s["mean"],
-                "estimate_std": s["std"],
-                "estimate_range": s["range"],
-                "estimate_error": s["error"],
-                "ratio": report["ratio"],
-                "memorised_share": report["memorisation"]["memorised_share"],
-                "distance_ratio": report["memorisation"]["distance_ratio"],
-                "control_mixed_estimate": report["control"]["mixed"]["mean"],
-                "tstr_accuracy": report["train_on_synthetic"]["tstr_accuracy"],
-                "trtr_accuracy": report["train_on_synthetic"]["trtr_accuracy"],
-                "gan_wall_seconds": gan.wall_seconds,
-                "safe": float(report["verdict"]["safe"]),
-            }
-        )
-        for grid in gan.grids:
-            mlflow.log_artifact(grid, artifact_path="plots/gan")
-        tracking_runs.log_plots(plots)
-        mlflow.log_table({k: [r[k] for r in report["table"]] for k in report["table"][0]}, "reports/estimates.json")
-        tracking_runs.log_report_json("augcheck", report)
+    tracked_studies.log_augcheck_run(parent_run_id, report, gan, plots)
     publish_table(
         "augcheck-summary",
         report["table"],

@@ -7,7 +7,7 @@ import socket
 import urllib.error
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 IO_RETRIES = 3
 IO_RETRY_DELAYS = [2, 5, 10]  # seconds; backoff for S3 and MLflow calls
@@ -113,6 +113,11 @@ def publish_table(key: str, rows: list[dict] | dict, description: str = "") -> N
     else:
         rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
     create_table_artifact(key=_artifact_key(key), table=rows, description=description)
+
+
+def publish_link(key: str, url: str, text: str, description: str = "") -> None:
+    """A Prefect link artifact (e.g. a flow's MLflow run)."""
+    create_link_artifact(key=_artifact_key(key), link=url, link_text=text, description=description)
 
 
 def publish_markdown(key: str, markdown: str, description: str = "") -> None:

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
-from ml.train.config import TrainConfig
+from ml.tracking import studies as tracked_studies
 from tasks.common import IO_RETRY, publish_table
 
 
@@ -68,22 +67,7 @@ def log_curation_ab(parent_run_id: str, report: dict[str, Any], out_dir: str) ->
     path = out / "curation_ab.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     split = report["eval_split"]
-    client = MlflowClient()
-    for k, v in {
-        "data": report["data"],
-        "steps": ";".join(report["steps"]),
-        "eval_split": split,
-        "curated_dir": report["curated"]["dir"],
-        **{f"config_{k}": v for k, v in report["config"].items() if k not in TrainConfig.runtime_fields()},
-    }.items():
-        client.log_param(parent_run_id, k, str(v)[:500])
-    for row in report["comparison"]:
-        for arm in ("baseline", "curated", "delta"):
-            if row[arm] is not None:
-                client.log_metric(parent_run_id, f"{arm}_{split}_{row['metric']}", row[arm])
-    for status, n in report["curated"]["counts"].items():
-        client.log_metric(parent_run_id, f"curation_{status}", n)
-    client.log_artifact(parent_run_id, str(path), artifact_path="reports")
+    tracked_studies.log_curation_ab_run(parent_run_id, report, path)
     rows = [
         {"metric": f"{split}_{r['metric']}", "baseline": r["baseline"], "curated": r["curated"], "delta": r["delta"]}
         for r in report["comparison"]

@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,6 +16,7 @@ from ml.eval.metrics import SCALAR_KEYS, aggregate_runs
 from ml.interpret import errors
 from ml.interpret.config import InterpretConfig
 from ml.tracking import runs as tracking_runs
+from ml.tracking import training as tracked_training
 from ml.train import recipes
 from ml.train.config import TrainConfig
 from tasks.common import IO_RETRY
@@ -41,12 +40,7 @@ def fit_and_evaluate(cache, cfg: TrainConfig, interp: InterpretConfig, eval_spli
     )
     evaluation = recipes.evaluate(result, cache.subset(eval_split), tta=cfg.tta)
     m = evaluation["metrics"]
-    MlflowClient().log_batch(
-        run_id,
-        metrics=[
-            mlflow.entities.Metric(f"{eval_split}_{k}", float(m[k]), 0, 0) for k in SCALAR_KEYS if m.get(k) is not None
-        ],
-    )
+    tracked_training.log_split_metrics(run_id, m, eval_split, SCALAR_KEYS)
     get_run_logger().info("seed %d: %s balanced accuracy %.3f", cfg.seed, eval_split, m["balanced_accuracy"])
     return {"result": result, "metrics": m, "pred": evaluation["pred"]}
 
@@ -98,14 +92,9 @@ def explain_errors(
         "background_test": {k: v for k, v in bg.items() if k != "p_true_after"},
         "cam_layer": next((g["layer"] for g in galleries if g.get("layer")), None),
     }
-    with mlflow.start_run(run_id=run_id):
-        logged = tracking_runs.log_plots(plots)
-        tracking_runs.log_report_json("interpret", report)
-        for key, stats in agg["metrics"].items():
-            if stats["mean"] is not None:
-                mlflow.log_metric(f"{eval_split}_{key}_mean", stats["mean"])
-                mlflow.log_metric(f"{eval_split}_{key}_std", stats["std"] or 0.0)
-        if bg["change_rate"] is not None:
-            mlflow.log_metric(f"{eval_split}_background_change_rate", bg["change_rate"])
-            mlflow.log_metric(f"{eval_split}_background_prob_drop", bg["prob_drop"])
+    metrics = tracked_training.mean_std_metrics(agg["metrics"], eval_split)
+    if bg["change_rate"] is not None:
+        metrics[f"{eval_split}_background_change_rate"] = bg["change_rate"]
+        metrics[f"{eval_split}_background_prob_drop"] = bg["prob_drop"]
+    logged = tracking_runs.log_run_report(run_id, "interpret", report, plots, metrics)
     return {**report, "plots": logged, "report": "reports/interpret.json"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ml.tracking import models as tracked_models
 from ml.tracking import registry
 from ml.tracking import runs as tracking_runs
 from ml.train import recipes
-from tasks.common import IO_RETRY, markdown_table, publish_markdown
+from tasks.common import IO_RETRY, markdown_table, publish_link, publish_markdown
 
 
 @task(name="open-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
@@ -35,19 +35,20 @@ def open_run(
     if uri.startswith("http"):
         tracking_runs.check_mlflow_available(uri)
     exp = _experiment(experiment, uri)
-    all_tags = {"mlflow.runName": run_name, **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = MlflowClient().create_run(exp.experiment_id, tags=all_tags, run_name=run_name)
+    run_id = tracking_runs.create_run(exp.experiment_id, run_name, parent_run_id, tags)
+    ui = uri if uri.startswith("http") else tracking_runs.MLFLOW_UI
     try:
-        get_run_logger().info(
-            "MLflow run %r: %s",
-            run_name,
-            tracking_runs.runs_page_url(exp.experiment_id, uri if uri.startswith("http") else tracking_runs.MLFLOW_UI),
-        )
+        get_run_logger().info("MLflow run %r: %s", run_name, tracking_runs.runs_page_url(exp.experiment_id, ui))
     except MissingContextError:  # called outside a flow (open_run.fn)
-        pass
-    return run.info.run_id, exp.experiment_id
+        return run_id, exp.experiment_id
+    if parent_run_id is None:  # the flow's own run: its Prefect artifact links the MLflow run
+        publish_link(
+            f"{experiment}-mlflow-run",
+            tracking_runs.run_page_url(exp.experiment_id, run_id, ui),
+            f"MLflow run {run_name!r} ({experiment})",
+            f"The MLflow run of this flow run: metrics, plots, model. Local store: `mlflow ui` serves {ui}.",
+        )
+    return run_id, exp.experiment_id
 
 
 def _experiment(name: str, uri: str):
@@ -62,19 +63,28 @@ def _experiment(name: str, uri: str):
 
 @task(name="close-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
 def close_run(run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient().set_terminated(run_id, status)
+    tracking_runs.terminate_run(run_id, status)
 
 
 @contextmanager
 def tracked_run(
-    experiment: str, run_name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+    experiment: str,
+    run_name: str,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """An MLflow run around a block: yields ``(run_id, experiment_id)``; the run ends FINISHED,
     FAILED when the block raises, KILLED when it is interrupted (Ctrl-C), and the block's own
-    exception is what propagates (a failure to close the run is only logged then)."""
+    exception is what propagates (a failure to close the run is only logged then).
+
+    ``system_metrics``: the run samples CPU, memory, disk, network (and GPU) use while the block
+    runs (:func:`ml.tracking.runs.system_metrics`, every 5 s): on for the runs that train, off
+    for short bookkeeping runs, where it would only add a thread and store calls."""
     run_id, experiment_id = open_run(experiment, run_name, parent_run_id, tags)
     try:
-        yield run_id, experiment_id
+        with tracking_runs.system_metrics(run_id) if system_metrics else nullcontext():
+            yield run_id, experiment_id
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
@@ -113,9 +123,7 @@ def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
             get_run_logger().warning("checkpoint %s names MLflow run %s, not in this store", folder, previous)
         else:
             if old.info.status == "RUNNING":
-                client.set_tag(previous, "superseded_by", run_id)
-                client.set_terminated(previous, "KILLED")
-                client.set_tag(run_id, "resumed_from_run", previous)
+                tracking_runs.supersede_run(previous, run_id)
                 superseded = previous
                 get_run_logger().info("MLflow run %s (interrupted) is superseded by %s", previous, run_id)
     atomic_write(folder / RUN_FILE, json.dumps({"run_id": run_id}).encode())
@@ -130,17 +138,8 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
         tracking_runs.run_name("validate", data=report["dataset_version"]),
         tags={"dataset_version": report["dataset_version"]},
     )
-    client = MlflowClient()
-    client.log_param(run_id, "source", source)
-    client.log_metric(run_id, "critical_failures", len(report["critical_failures"]))
-    client.log_metric(run_id, "warnings", len(report["warnings"]))
-    client.set_tag(run_id, "validation_passed", str(report["passed"]))
-    client.log_dict(run_id, report, "reports/validation.json")
-    if Path(docs_dir).is_dir():
-        client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
-    if report.get("summary_html"):
-        client.log_artifact(run_id, report["summary_html"], artifact_path="reports")
-    client.set_terminated(run_id, "FINISHED")
+    tracking_runs.log_validation_report(run_id, report, docs_dir, source)
+    tracking_runs.terminate_run(run_id)
     return run_id
 
 
@@ -352,9 +351,7 @@ def _champion_before(name: str, version: str) -> str | None:
 def _apply(name: str, version: str, decision: GateDecision, champion_before: str | None) -> None:
     """The gate's one write step, safe to repeat: record the champion being replaced, move the
     alias, then tag the decision (a retry after any of these writes redoes them all)."""
-    client = MlflowClient()
     if decision.promote:
-        client.set_model_version_tag(name, version, "gate_champion_before", champion_before or "none")
+        registry.tag_version(name, version, {"gate_champion_before": champion_before or "none"})
         registry.set_alias(name, "champion", version)
-    client.set_model_version_tag(name, version, "gate_decision", decision.verdict)
-    client.set_model_version_tag(name, version, "gate_reason", decision.reason[:500])
+    registry.tag_version(name, version, {"gate_decision": decision.verdict, "gate_reason": decision.reason[:500]})

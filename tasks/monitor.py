@@ -68,22 +68,43 @@ def estimate_label_shift(validation, reference, batch, policy):
 
 
 @task(name="measure-drift", cache_policy=NO_CACHE)
-def measure_drift(reference, batch, policy, label_estimate, seed: int):
+def measure_drift(reference, batch, policy, label_estimate, seed: int, metadata: dict | None = None):
     from ml.monitor.drift import measure_drift as measure
 
-    return measure(reference, batch, policy, label_estimate, render=True, seed=seed)
+    return measure(reference, batch, policy, label_estimate, render=True, seed=seed, metadata=metadata)
+
+
+@task(name="add-to-evidently-workspace", cache_policy=NO_CACHE)
+def add_to_workspace(snapshot, model_uri: str, run_name: str, workspace: str | None = None) -> dict[str, str]:
+    """The snapshot into the Evidently workspace (default ``<data_root>/evidently``), project
+    ``skinflow-monitor/<registered model>``: ``evidently ui --workspace <path>`` shows the runs."""
+    from ml.monitor.workspace import PROJECT, add_snapshot, default_workspace, project_name
+
+    path = workspace or str(default_workspace(get_settings()))
+    entry = add_snapshot(
+        snapshot,
+        path,
+        project_name(model_uri),
+        name=run_name,
+        description=f"{PROJECT}: drift of monitored batches against the model's reference, one snapshot per run",
+    )
+    get_run_logger().info(
+        "Evidently workspace: %s (project %s; evidently ui --workspace %s)", path, entry["project"], path
+    )
+    return entry
 
 
 @task(name="write-reports", cache_policy=NO_CACHE)
 def write_reports(snapshot, summary: dict, report_dir: str) -> dict[str, str]:
-    """``drift_report.html`` (the Evidently report with the verdict on top) and ``drift_summary.json``."""
-    from ml.monitor.drift import save_html, to_json
+    """``index.html`` (skinflow's verdict page, showing the report below the verdict),
+    ``drift_report.html`` (Evidently's report as it writes it) and ``drift_summary.json``."""
+    from ml.monitor.drift import to_json
+    from ml.monitor.report_page import write_report_pages
 
     folder = Path(report_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    html = save_html(snapshot, summary, folder / "drift_report.html")
+    pages = write_report_pages(snapshot, summary, folder)
     (folder / "drift_summary.json").write_text(to_json(summary))
-    return {"html": str(html), "json": str(folder / "drift_summary.json")}
+    return {"page": str(pages["page"]), "html": str(pages["report"]), "json": str(folder / "drift_summary.json")}
 
 
 @task(name="store-reports", **IO_RETRY, cache_policy=NO_CACHE)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -15,6 +13,7 @@ from ml.robust import ablation
 from ml.robust.config import Corruption, RobustnessConfig
 from ml.tracking import models as tracked_models
 from ml.tracking import runs as tracking_runs
+from ml.tracking import training as tracked_training
 from ml.train.batches import Arrays
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult, fit
@@ -38,13 +37,7 @@ def fit_logged(
     except BaseException:
         epoch_logger.flush()
         raise
-    with mlflow.start_run(run_id=run_id):
-        tracking_runs.log_params({**result.config, **extra_params, "dataset_version": dataset_version})
-        tracking_runs.set_standard_tags(
-            dataset_version, tracking_runs.git_commit(), result.config["schedule"], result.config["amp"], result.device
-        )
-        mlflow.set_tags(result.precision.tags())
-        mlflow.log_metric("wall_seconds", result.wall_seconds)
+    tracked_training.log_fit_result(run_id, result, dataset_version, extra_params)
     return result
 
 
@@ -70,12 +63,17 @@ def fit_and_score(
         },
     )
     rows = ablation.score_rows(result.predict_proba, cache.subset(eval_split), cache.classes, train_c, rob)
-    client = MlflowClient()
     for row in rows:
         row["run_id"] = run_id
-        for metric in ("top1", "balanced_accuracy", "macro_f1"):
-            client.log_metric(run_id, ablation.metric_key(row, metric, eval_split), float(row[metric]))
-    client.set_tag(run_id, "train_status", rows[0]["train_status"])
+    tracking_runs.log_run_metrics(
+        run_id,
+        {
+            ablation.metric_key(row, metric, eval_split): row[metric]
+            for row in rows
+            for metric in ("top1", "balanced_accuracy", "macro_f1")
+        },
+    )
+    tracking_runs.set_run_tags(run_id, {"train_status": rows[0]["train_status"]})
     get_run_logger().info(
         "trained %s in %.1fs: %s",
         rows[0]["train_status"],
@@ -110,8 +108,7 @@ def log_robustness(
             )
         )
     report = {"split": eval_split, "table": ablation.table(rows), "rows": rows, "curves": ablation.noise_curves(rows)}
-    with mlflow.start_run(run_id=run_id):
-        logged = tracking_runs.log_plots(plots)
-        tracking_runs.log_report_json("robustness", report)
-        mlflow.log_metric(f"{eval_split}_top1_clean", clean["top1"])
+    logged = tracking_runs.log_run_report(
+        run_id, "robustness", report, plots, {f"{eval_split}_top1_clean": clean["top1"]}
+    )
     return {"plots": logged, "report": "reports/robustness.json", "table": report["table"]}

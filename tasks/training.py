@@ -4,68 +4,28 @@ goes through ml.tracking; the ML lives in ml/."""
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from ml.eval.gate import heldout_digest
 from ml.tracking import models as tracked_models
-from ml.tracking import runs as tracking_runs
-from ml.tracking import serving
+from ml.tracking import training as tracked_training
+from ml.tracking.training import MlflowEpochLogger
 from ml.train import recipes
 from ml.train.config import LRFindConfig, TrainConfig
-from ml.train.loop import Callback, TrainResult, fit
+from ml.train.loop import TrainResult, fit
 from tasks.common import IO_RETRY, publish_table
 
 
-class MlflowEpochLogger(Callback):
-    """Logs each epoch's row to an MLflow run (client API: safe from any thread).
-
-    Rows go through MLflow's asynchronous queue so that training does not wait on the store
-    (which may be a remote server); :meth:`on_train_end` waits until every row is written and
-    raises if one failed."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-        self.client = MlflowClient()
-        self._pending: list = []
-
-    def on_train_begin(self, state) -> None:
-        """A run resumed from a checkpoint logs the restored epochs too: it holds the whole history,
-        and says where it resumed (tag ``restored_from_epoch``, the checkpoint's epoch)."""
-        if state.epoch:
-            self.client.set_tag(self.run_id, "restored_from_epoch", str(state.epoch))
-        for row in state.history[: state.epoch]:
-            self.on_epoch_end(row["epoch"], row, state)
-
-    def on_epoch_end(self, epoch: int, metrics: dict, state) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, epoch) for k, v in tracking_runs.epoch_metrics(metrics).items()]
-        # one call per epoch, not one per metric
-        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
-
-    def on_train_end(self, result) -> None:
-        self.flush()
-
-    def flush(self) -> None:
-        """Block until the queued rows are in the store (re-raises a failed write)."""
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.wait()
-
-
 @task(name="lr-range-test", cache_policy=NO_CACHE)
-def lr_range_test(
+def run_lr_range_test(
     cache, cfg: TrainConfig, out_dir: str, lr_find: LRFindConfig = LRFindConfig(), run_id: str | None = None
 ) -> dict[str, Any]:
-    """Smith's range test on the training split; returns suggestions and the log-scale bracket."""
+    """Smith's range test (:func:`ml.train.recipes.find_lr`) on the cache's training split, its
+    plot in ``out_dir``, its curve in run ``run_id`` when given and the ``lr-find-summary``
+    artifact; returns the chosen LR, the suggestions and the log-scale bracket."""
     res = recipes.find_lr(
         cache.subset("train"),
         cache.classes,
@@ -85,18 +45,7 @@ def lr_range_test(
         "plot": str(plot),
     }
     if run_id:
-        client = MlflowClient()
-        now = int(time.time() * 1000)
-        curve = [
-            Metric(name, float(v), now, i)
-            for i, (lr, loss) in enumerate(zip(res.lrs, res.losses))
-            for name, v in (("lr_finder_loss", loss), ("lr_finder_lr", lr))
-            if math.isfinite(float(v))
-        ]
-        for start in range(0, len(curve), 1000):  # MLflow's batch limit
-            client.log_batch(run_id, metrics=curve[start : start + 1000])
-        client.log_artifact(run_id, str(plot), artifact_path="plots")
-        client.log_dict(run_id, out, "reports/lr_finder.json")
+        tracked_training.log_lr_finder(run_id, res.lrs, res.losses, plot, out)
     publish_table(
         "lr-find-summary",
         {"chosen": res.chosen, "bracket_lo": res.bracket[0], "bracket_hi": res.bracket[1], **res.suggestions},
@@ -154,9 +103,11 @@ def log_training_run(
 ) -> dict[str, Any]:
     """Params, tags, dataset input, plots, classification report, held-out predictions and the
     model of one run: the served pyfunc (the evaluated snapshot ensemble with its preprocessing,
-    :mod:`ml.tracking.serving`) beside the state dicts under ``model/``. The weights go to the
-    store on a background thread while the plots are drawn (disk I/O beside Python-bound work).
-    Returns the plots, the report and ``model_uri``, the URI :func:`register_model` takes."""
+    :mod:`ml.tracking.serving`) beside the state dicts under ``model/``, then the final metrics
+    linked to that model and the evaluated split (:func:`ml.tracking.training.log_training`).
+    The weights go to the store on a background thread while the plots are drawn (disk I/O
+    beside Python-bound work). Returns the plots, the report and ``model_uri``, the URI
+    :func:`register_model` takes."""
     out = Path(out_dir)
     images, labels = cache.subset(eval_split)
     meta = tracked_models.model_meta(
@@ -187,36 +138,9 @@ def log_training_run(
             **(extra or {}),
         }
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
-        with mlflow.start_run(run_id=run_id):
-            tracking_runs.log_params({**result.config, "dataset_version": cache.version})
-            tracking_runs.set_standard_tags(
-                cache.version,
-                tracking_runs.git_commit(),
-                result.config["schedule"],
-                result.config["amp"],
-                result.device,
-            )
-            mlflow.set_tags(result.precision.tags())  # what AMP became on this machine, and why
-            tracking_runs.log_dataset_input(
-                cache.version, "dataset", manifest.source, manifest.records[["path", "label", "split"]]
-            )
-            tracking_runs.log_plots(plots.values())
-            tracking_runs.log_report_json("classification_report", report)
-            tracked_models.log_predictions(
-                eval_split, evaluation["probs"], heldout_digest(images, labels, cache.classes)
-            )
-            tracked_models.log_training_digests(run_id, manifest.records, cache.version)
-            # final (snapshot-ensemble) figures; on val they must not collide with the per-epoch series
-            prefix = "val_final_" if eval_split == "val" else f"{eval_split}_"
-            mlflow.log_metrics(
-                {
-                    f"{prefix}{k}": float(metrics[k])
-                    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
-                    if metrics.get(k) is not None
-                }
-            )
-            mlflow.log_metric("wall_seconds", result.wall_seconds)
-            served = serving.log_serving_model(written(), meta)
+        served = tracked_training.log_training(
+            run_id, result, evaluation, eval_split, cache, manifest, plots.values(), report, written, meta
+        )
     return {
         "plots": {k: str(v) for k, v in plots.items()},
         "report": str(out / "metrics.json"),
@@ -225,11 +149,12 @@ def log_training_run(
 
 
 @task(name="pretrain-backbone", retries=0, cache_policy=NO_CACHE)
-def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
-    """:func:`ml.train.pretrain.pretrain_backbone` on the cache's train/val splits."""
-    from ml.train.pretrain import pretrain_backbone as pretrain
+def pretrain_and_store_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
+    """Pretrain a backbone on the cache's train/val splits and store it at ``out``
+    (:func:`ml.train.pretrain.pretrain_backbone`); returns where it is and how it scored."""
+    from ml.train.pretrain import pretrain_backbone
 
-    result = pretrain(cache.subset("train"), cache.subset("val"), cache.classes, cfg, out)
+    result = pretrain_backbone(cache.subset("train"), cache.subset("val"), cache.classes, cfg, out)
     return {
         "weights": out,
         "arch": cfg.arch,
@@ -240,21 +165,16 @@ def pretrain_backbone(cache, cfg: TrainConfig, out: str) -> dict[str, Any]:
 
 
 @task(name="repeated-fits", cache_policy=NO_CACHE)
-def repeated_fits(
+def run_repeated_fits(
     cache, cfg: TrainConfig, first_metrics: dict, repeats: int, eval_split: str, run_id: str
 ) -> dict[str, Any]:
     """:func:`ml.train.repeats.repeated_fits` on the cache, logged to the run and published."""
-    from ml.train.repeats import repeated_fits as refit
+    from ml.train.repeats import repeated_fits
 
-    agg = refit(
+    agg = repeated_fits(
         cache.subset("train"), cache.subset("val"), cache.subset(eval_split), cache.classes, cfg, first_metrics, repeats
     )
-    client = MlflowClient()
-    for name, stats in agg["metrics"].items():
-        if stats["mean"] is not None:
-            client.log_metric(run_id, f"{eval_split}_{name}_mean", float(stats["mean"]))
-            client.log_metric(run_id, f"{eval_split}_{name}_std", float(stats["std"] or 0.0))
-    client.log_dict(run_id, agg, "reports/repeated_fits.json")
+    tracked_training.log_repeated_fits(run_id, agg, eval_split)
     publish_table(
         "train-repeats",
         [{"confused pair": p["text"]} for p in agg["confused_pairs"][:8]] or [{"confused pair": "none"}],

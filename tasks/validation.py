@@ -35,7 +35,8 @@ def _with_bad(manifest) -> pd.DataFrame:
 
 @task(name="run-expectations", cache_policy=NO_CACHE)
 def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: str | None, docs_dir: str):
-    """GX suites (integrity, class balance, confounders, duplicates/leakage) + Data Docs."""
+    """GX suites (integrity, class balance, confounders, duplicates/leakage), each run by a GX checkpoint whose
+    ``UpdateDataDocsAction`` writes the offline Data Docs site into ``docs_dir``."""
     from ml.quality.validation import load_policy, validate_features
 
     report = validate_features(features, load_policy(policy_path), classes, Path(docs_dir))

@@ -31,6 +31,7 @@ def drift(
     policy: Annotated[Path | None, typer.Option(help="Drift policy YAML (default policies/drift.yaml).")] = None,
     apprise_secret: Annotated[str | None, config_option(MonitorConfig, "apprise_secret")] = None,
     out: Annotated[str | None, config_option(MonitorConfig, "out_dir", "--out")] = None,
+    workspace: Annotated[str | None, config_option(MonitorConfig, "workspace")] = None,
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit 1 when the batch drifted (CI use).")
     ] = False,
@@ -50,6 +51,7 @@ def drift(
         policy=str(policy) if policy else None,
         apprise_secret=apprise_secret,
         out_dir=out,
+        workspace=workspace,
     )
     if "://" not in batch and not Path(batch).exists():
         fail(f"batch {batch} does not exist")

@@ -10,7 +10,18 @@ import typer
 
 
 def echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=str))  # JSON escapes control characters itself
+
+
+def shown(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``, ``\\u2028``): a file
+    name cannot break a console line or forge another one."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def echo(text: str) -> None:
+    """One console line: the text as :func:`shown`."""
+    typer.echo(shown(str(text)))
 
 
 def manifest_summary(m) -> None:
@@ -29,15 +40,15 @@ def validation(report: dict) -> None:
     for r in rows:
         mark = "PASS" if r["success"] else ("FAIL" if r["severity"] == "critical" else "WARN")
         observed = f"{r['observed']:.4g}" if isinstance(r["observed"], float) else r["observed"]
-        typer.echo(
+        echo(
             f"{mark:4}  {r['suite']:<18} {r.get('check') or r['expectation']:<{w}}  "
             f"observed={observed}  threshold={r.get('threshold')}  ({r['expectation']})"
         )
         if not r["success"]:  # what the check found, by name
             for line in details_lines(r.get("details") or {}):
-                typer.echo(f"      {line}")
+                echo(f"      {line}")
     findings(report)
-    typer.echo(
+    echo(
         f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
         f"data docs: {report.get('data_docs')}"
     )
@@ -50,24 +61,24 @@ def findings(report: dict) -> None:
 
     bad = report.get("bad_files") or []
     if bad:
-        typer.echo(f"files not used ({len(bad)}):")
+        echo(f"files not used ({len(bad)}):")
         for line in bounded([f"{b['path']}: {b['reason']}" for b in bad], MAX_EXAMPLES):
-            typer.echo(f"      {line}")
+            echo(f"      {line}")
     groups = report.get("duplicate_groups") or []
     if groups:
-        typer.echo(f"duplicate groups ({len(groups)}):")
+        echo(f"duplicate groups ({len(groups)}):")
         lines = [
             f"group {g['group']} ({g['kind']}, {g['n']} images, split {', '.join(x or 'none' for x in g['splits'])}): "
             + "; ".join(bounded(g["paths"], MAX_PATHS))
             for g in groups
         ]
         for line in bounded(lines, MAX_EXAMPLES):
-            typer.echo(f"      {line}")
+            echo(f"      {line}")
     by_class = report.get("confounders_by_class") or []
     if by_class:
         kinds = [k for k in by_class[0] if k not in ("label", "images")]
         totals = {k: sum(int(row[k]) for row in by_class) for k in kinds}
-        typer.echo("confounder kinds (images flagged): " + ", ".join(f"{k}={n}" for k, n in totals.items()))
+        echo("confounder kinds (images flagged): " + ", ".join(f"{k}={n}" for k, n in totals.items()))
 
 
 # --------------------------------------------------------------------------- drift
@@ -104,16 +115,16 @@ def drift(summary: dict) -> None:
                 f"{bbse['reference_accuracy']:.3f})",
             )
         )
-    typer.echo(
+    echo(
         f"DRIFT VERDICT: {summary['verdict'].upper()}  ({summary['n_batch']} batch vs "
         f"{summary['n_reference']} reference images)"
     )
     for name, drifted, text in rows:
-        typer.echo(f"{'DRIFT' if drifted else 'ok':5}  {name:<17} {text}")
+        echo(f"{'DRIFT' if drifted else 'ok':5}  {name:<17} {text}")
     if summary["top_drifted"]:
-        typer.echo("top drifted features: " + ", ".join(summary["top_drifted"]))
+        echo("top drifted features: " + ", ".join(summary["top_drifted"]))
     if bbse:
-        typer.echo(
+        echo(
             "BBSE priors: "
             + ", ".join(
                 f"{c} {p:.2f} [{bbse['interval_low'][c]:.2f}, {bbse['interval_high'][c]:.2f}]"
@@ -122,16 +133,19 @@ def drift(summary: dict) -> None:
         )
     inputs = summary.get("inputs", {})
     for k, n in sorted((inputs.get("out_of_map") or {}).items()):
-        typer.echo(f"out of map (kept as unlabelled): {k}: {n} image(s)")
+        echo(f"out of map (kept as unlabelled): {k}: {n} image(s)")
     for bad in inputs.get("bad_files", []):
-        typer.echo(f"skipped: {bad['path']}: {bad['reason']}")
+        echo(f"skipped: {bad['path']}: {bad['reason']}")
     for group in inputs.get("duplicate_groups", []):
-        typer.echo("duplicates: " + ", ".join(group))
-    typer.echo(f"report: {summary['report_html']}; MLflow run {summary['mlflow_run_id']} (skinflow-monitor)")
-    typer.echo(f"event: {summary['event']}")
+        echo("duplicates: " + ", ".join(group))
+    echo(
+        f"report: {summary.get('report_page') or summary['report_html']} (the verdict, then Evidently's report); "
+        f"MLflow run {summary['mlflow_run_id']} (skinflow-monitor)"
+    )
+    echo(f"event: {summary['event']}")
     if summary.get("prefect_api") == "ephemeral":
-        typer.echo(
+        echo(
             "note: no PREFECT_API_URL: flows ran on the in-process ephemeral Prefect API, where events do "
             "nothing (no automation starts a retrain); point PREFECT_API_URL at a Prefect server for that"
         )
-    typer.echo(f"notification: {summary['notification']}")
+    echo(f"notification: {summary['notification']}")

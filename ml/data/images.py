@@ -20,8 +20,15 @@ ALLOWED_FORMATS = ("JPEG", "PNG")
 ImageSource = str | Path | bytes
 
 REASONS = (
-    "zero_bytes", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "unreadable",
-    "missing_file", "broken_symlink", "not_a_file",
+    "zero_bytes",
+    "truncated",
+    "not_an_image",
+    "decompression_bomb",
+    "unsupported_format",
+    "unreadable",
+    "missing_file",
+    "broken_symlink",
+    "not_a_file",
 )
 
 
@@ -67,8 +74,13 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
 
 def _file_kind(path: Path) -> str:
     mode = path.stat().st_mode
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
@@ -86,16 +98,19 @@ def _open_bytes(src: ImageSource) -> tuple[bytes, str]:
         raise BadImageError("unreadable", f"{path}: cannot read file ({exc})") from exc
 
 
-def _decode(data: bytes, name: str, max_pixels: int | None,
-            draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode ``data``, mapping every failure to a :class:`BadImageError`.
+def _decode(
+    data: bytes, name: str, max_pixels: int | None, max_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and fully decode ``data`` (one ``Image.open``), mapping every failure to a :class:`BadImageError`;
+    returns the image and the (width, height) stored in its header.
 
     The pixel limit is checked from the header, before decoding. (No ``warnings`` filter is used for
     Pillow's own DecompressionBombWarning: filters are process-wide and this runs in threads.)
-    With ``draft`` (w, h), a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at
-    least that large (:meth:`PIL.Image.Image.draft`): every coefficient is still read, so truncated files
-    fail as in a full decode, but the inverse DCT and colour conversion run on fewer pixels. The mode,
-    the header size and the EXIF orientation are those of the stored image.
+    With ``max_side``, a JPEG larger than that is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps its long side at least ``max_side`` (:func:`draft_size`, :meth:`PIL.Image.Image.draft`): every
+    coefficient is still read, so truncated files fail as in a full decode, but the inverse DCT and colour
+    conversion run on fewer pixels. The mode, the header size and the EXIF orientation are those of the
+    stored image.
     """
     if not data:
         raise BadImageError("zero_bytes", f"{name}: file is empty")
@@ -109,7 +124,9 @@ def _decode(data: bytes, name: str, max_pixels: int | None,
         reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
         raise BadImageError(reason, f"{name}: cannot parse the header ({exc})") from exc
     _check_pixels(img, name, max_pixels)
-    if draft is not None and img.format == "JPEG":
+    header = img.size
+    draft = None if max_side is None or img.format != "JPEG" else draft_size(*header, max_side)
+    if draft is not None:
         img.draft(None, draft)
     try:
         img.load()
@@ -118,7 +135,7 @@ def _decode(data: bytes, name: str, max_pixels: int | None,
         raise BadImageError(reason, f"{name}: decoding failed ({exc})") from exc
     except (SyntaxError, ValueError) as exc:
         raise BadImageError("unreadable", f"{name}: decoding failed ({exc})") from exc
-    return img
+    return img, header
 
 
 def _check_pixels(img: Image.Image, name: str, max_pixels: int | None) -> None:
@@ -168,7 +185,7 @@ def load_rgb(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     Raises :class:`BadImageError` when the data is empty, truncated, not an image or too large.
     """
     data, name = _open_bytes(src)
-    img = _decode(data, name, max_pixels)
+    img, _ = _decode(data, name, max_pixels)
     img = ImageOps.exif_transpose(img)
     return _to_rgb(img)
 
@@ -214,11 +231,14 @@ def draft_size(width: int, height: int, max_side: int) -> tuple[int, int] | None
 
 
 def inspect_image(
-    path: ImageSource, max_pixels: int | None = None, allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
-    max_side: int | None = None, convert: bool = True,
+    path: ImageSource,
+    max_pixels: int | None = None,
+    allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
+    max_side: int | None = None,
+    convert: bool = True,
 ) -> tuple[ImageCheck, Image.Image | None]:
-    """:func:`check_image` and the decoded 8-bit RGB image (EXIF-rotated, as :func:`load_rgb`) from ONE decode;
-    the image is None when the check fails (an ``unsupported_format`` image is still returned).
+    """:func:`check_image` and the decoded 8-bit RGB image (EXIF-rotated, as :func:`load_rgb`) from ONE decode
+    (one ``Image.open``: the header size comes from the same open); the image is None when the check fails (an ``unsupported_format`` image is still returned).
 
     With ``max_side``, a JPEG larger than that is decoded at reduced size by DCT scaling (see :func:`_decode`;
     its long side stays >= ``max_side``): for descriptors computed on a downscaled copy anyway. The check's
@@ -229,9 +249,7 @@ def inspect_image(
     except BadImageError as exc:
         return _failed(exc.reason, exc.message), None
     try:
-        header = _header_size(data)
-        draft = None if max_side is None or header is None else draft_size(*header, max_side)
-        img = _decode(data, name, max_pixels, draft)
+        img, header = _decode(data, name, max_pixels, max_side)
         fmt, mode = img.format or "", img.mode
         found = ImageCheck(True, "", *_shown(header, img), mode, fmt, len(data))
         rgb = _to_rgb(ImageOps.exif_transpose(img)) if convert else None
@@ -245,16 +263,8 @@ def inspect_image(
     return found, rgb
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) stored in the header (None when it does not parse: :func:`_decode` says why)."""
-    try:
-        return Image.open(io.BytesIO(data)).size
-    except Exception:
-        return None
-
-
-def _shown(header: tuple[int, int] | None, img: Image.Image) -> tuple[int, int]:
-    """The displayed size of the stored image: its header size (``img``'s own when there is none; a draft
-    decode is smaller), swapped when the EXIF orientation turns it a quarter."""
-    w, h = header or img.size
+def _shown(header: tuple[int, int], img: Image.Image) -> tuple[int, int]:
+    """The displayed size of the stored image: its header size (a draft decode is smaller), swapped when the
+    EXIF orientation turns it a quarter."""
+    w, h = header
     return (h, w) if _quarter_turned(img) else (w, h)

@@ -15,7 +15,8 @@ the prefix) are refused with reason ``outside_root`` and never opened, unless
 
 Both may be local or under ``s3://bucket/prefix``. S3 objects are materialised in a content-addressed
 folder (``<settings.data_root>/s3cache/<sha256[:2]>/<sha256><suffix>``); ``path`` keeps the URI and
-``local_path`` names the materialised file.
+``local_path`` names the materialised file. The root rule, the listing, the download cache and the one
+decode per file are those of :mod:`ml.data.sources`, which the monitor's batch loader uses too.
 
 Folder rules: files whose name or folder starts with ``.`` are ignored, as are non-image files above
 the class folders (README, NOTICE, CSV manifests); every other file is either a record or a row of
@@ -30,23 +31,19 @@ but no usable image carries is named in ``Manifest.missing_classes``; both are l
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import yaml
-from tqdm import tqdm
 
-from ml.data.images import BadImageError, check_image, path_problem
-from ml.storage import Storage, atomic_write, is_s3, join, sha256_file
+from ml.data.sources import Entry, FileResult, OnImage, Source, base_of, read_table, relative
+from ml.storage import Storage, atomic_write, is_s3
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
 BAD_COLUMNS = ["path", "label", "reason", "message"]
@@ -155,11 +152,12 @@ class Manifest:
         Paths are taken relative to the source folder (the CSV's folder for a CSV), so the same files
         give the same version whether read locally, from S3, as an ImageFolder or through a CSV.
         """
-        base = _base_of(self.source)
+        base = base_of(self.source)
         rows = sorted(
-            [_relative(p, base), s, lab, sp]
-            for p, s, lab, sp in zip(self.records["path"], self.records["sha256"], self.records["label"],
-                                     self.records["split"], strict=True)
+            [relative(p, base), s, lab, sp]
+            for p, s, lab, sp in zip(
+                self.records["path"], self.records["sha256"], self.records["label"], self.records["split"], strict=True
+            )
         )
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
@@ -186,8 +184,10 @@ class Manifest:
         """One line per class-level problem: empty classes, classes the class map promises but lacks."""
         lines = [f"class '{c}' has no usable image ({self._left_out_of(c)})" for c in self.empty_classes]
         if self.missing_classes:
-            lines.append(f"{len(self.missing_classes)} class(es) of the class map have no usable image: "
-                         + ", ".join(self.missing_classes))
+            lines.append(
+                f"{len(self.missing_classes)} class(es) of the class map have no usable image: "
+                + ", ".join(self.missing_classes)
+            )
         return lines
 
     def _left_out_of(self, source_label: str) -> str:
@@ -199,10 +199,12 @@ class Manifest:
         reasons, then how many more and the count per reason."""
         if self.bad.empty:
             return "no file left out"
-        base = _base_of(self.source)
+        base = base_of(self.source)
         lines = [f"{len(self.bad)} file(s) left out:"]
-        lines += [f"  {_relative(p, base)}: {r}" for p, r in zip(self.bad["path"][:limit], self.bad["reason"][:limit],
-                                                                  strict=True)]
+        lines += [
+            f"  {relative(p, base)}: {r}"
+            for p, r in zip(self.bad["path"][:limit], self.bad["reason"][:limit], strict=True)
+        ]
         if len(self.bad) > limit:
             lines.append(f"  ... and {len(self.bad) - limit} more")
         counts = ", ".join(f"{r} {n}" for r, n in self.bad["reason"].value_counts().items())
@@ -214,15 +216,22 @@ class Manifest:
         validation names every file (bad rows with an :data:`UNREAD_REASONS` reason are not opened)."""
         bad = self.bad.assign(local_path=self.bad["path"], split="")
         return pd.concat([self.records.assign(reason="", message=""), bad], ignore_index=True)[
-            [*RECORD_COLUMNS, "reason", "message"]]
+            [*RECORD_COLUMNS, "reason", "message"]
+        ]
 
     def save(self, path: str | Path) -> Path:
         """Write the records as CSV at ``path`` and a JSON sidecar (``.json``) with bad rows and metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = {"source": self.source, "classes": self.classes, "version": self.version,
-                   "empty_classes": self.empty_classes, "class_map_labels": self.class_map_labels,
-                   "bad": self.bad.to_dict(orient="records"), "summary": self.summary()}
+        sidecar = {
+            "source": self.source,
+            "classes": self.classes,
+            "version": self.version,
+            "empty_classes": self.empty_classes,
+            "class_map_labels": self.class_map_labels,
+            "bad": self.bad.to_dict(orient="records"),
+            "summary": self.summary(),
+        }
         atomic_write(path, self.records.to_csv(index=False).encode())
         atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
         return path
@@ -232,33 +241,23 @@ class Manifest:
         """Read a manifest written by :meth:`save`; raises ValueError if the files disagree."""
         path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
-        records = _read_csv(path.read_bytes(), str(path))
+        records = read_table(path.read_bytes(), str(path))
         missing = set(RECORD_COLUMNS) - set(records.columns)
         if missing:
             raise ValueError(f"{path}: not a manifest, missing columns {sorted(missing)}")
         records["bytes"] = records["bytes"].astype("int64")
         bad = pd.DataFrame(meta["bad"], columns=BAD_COLUMNS)
-        manifest = cls(records[RECORD_COLUMNS], bad, list(meta["classes"]), meta["source"],
-                       list(meta.get("empty_classes", [])), meta.get("class_map_labels"))
+        manifest = cls(
+            records[RECORD_COLUMNS],
+            bad,
+            list(meta["classes"]),
+            meta["source"],
+            list(meta.get("empty_classes", [])),
+            meta.get("class_map_labels"),
+        )
         if manifest.version != meta["version"]:
             raise ValueError(f"{path}: records give version {manifest.version}, the sidecar says {meta['version']}")
         return manifest
-
-
-def _read_csv(data: bytes, name: str) -> pd.DataFrame:
-    try:
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{name}: cannot parse CSV ({exc})") from exc
-
-
-def _base_of(source: str) -> str:
-    """The folder that relative paths of ``source`` refer to."""
-    return posixpath.dirname(source) if source.lower().endswith(".csv") else source.rstrip("/")
-
-
-def _relative(path: str, base: str) -> str:
-    return path[len(base) + 1:] if path.startswith(base + "/") else path
 
 
 # --- listing sources ---------------------------------------------------------------------------
@@ -266,9 +265,15 @@ def _relative(path: str, base: str) -> str:
 
 @dataclass(frozen=True)
 class _Entry:
-    path: str
+    """A source entry (:class:`ml.data.sources.Entry`: path, root rule) with its source label and split."""
+
+    file: Entry
     source_label: str
     split: str
+
+    @property
+    def path(self) -> str:
+        return self.file.path
 
 
 def _bad(path: str, label: str, reason: str, message: str) -> dict[str, str]:
@@ -284,175 +289,75 @@ def _normalise_split(value: str, where: str) -> str:
         raise ValueError(f"{where}: unknown split '{value}' (expected one of {sorted(SPLIT_ALIASES)})") from None
 
 
-@dataclass(frozen=True)
-class _Tree:
-    """What a folder listing found, relative to its root: files, folders, and folders not entered."""
-
-    files: list[str]
-    folders: list[str]
-    refused: list[tuple[str, str, str]]  # (relative folder, reason, message)
-
-
-def _list_tree(root: str, storage: Storage, allow_outside_root: bool) -> _Tree:
-    """Every non-hidden file and folder under ``root``: local through :func:`_walk_local`, S3 by listing
-    (keys ending in ``/`` are the folder markers that consoles create for empty folders)."""
-    if not is_s3(root):
-        return _walk_local(root, allow_outside_root)
-    rels = [_relative(p, root) for p in storage.list(root + "/")]
-    rels = [r for r in rels if not any(part.startswith(".") for part in r.rstrip("/").split("/"))]
-    folders = {r.rstrip("/") for r in rels if r.endswith("/")}
-    files = [r for r in rels if not r.endswith("/")]
-    folders |= {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
-    return _Tree(files, sorted(folders - {""}), [])
-
-
-def _walk_local(root: str, allow_outside_root: bool) -> _Tree:
-    """Walk ``root`` following folder links, except links leading out of it (unless allowed) and links
-    back into a folder on their own path (a loop): those are not entered and come back as refused."""
-    root_real = os.path.realpath(root)
-    files, folders, refused = [], [], []
-    chains = {root: (root_real,)}  # real paths of each folder's ancestors, to detect loops
-    for here, dirnames, filenames in os.walk(root, followlinks=True):
-        chain, rel_here = chains.pop(here), os.path.relpath(here, root)
-        entered = []
-        for name in sorted(d for d in dirnames if not d.startswith(".")):
-            rel, real = os.path.normpath(os.path.join(rel_here, name)), os.path.realpath(os.path.join(here, name))
-            if real in chain:
-                refused.append((rel, "symlink_loop", f"{name} links back to {real}, a folder above it; not entered"))
-            elif not allow_outside_root and not _is_within(real, root_real):
-                refused.append((rel, "outside_root", f"{name} links to {real}, outside the dataset root {root_real}; "
-                                                     "not entered (allow_outside_root=True reads it)"))
-            else:
-                chains[os.path.join(here, name)] = (*chain, real)
-                entered.append(name)
-                folders.append(rel)
-        dirnames[:] = entered
-        files += [os.path.normpath(os.path.join(rel_here, f)) for f in sorted(filenames) if not f.startswith(".")]
-    return _Tree(sorted(files), sorted(folders), refused)
-
-
-def _is_within(real: str, root_real: str) -> bool:
-    return os.path.commonpath([real, root_real]) == root_real
-
-
-def _outside_root(path: str, root: str) -> bool:
-    """Whether ``path`` lies outside ``root``: local paths after resolving links, S3 keys after
-    normalising ``..``; a local path under an S3 root, or the reverse, is outside."""
-    if is_s3(path) != is_s3(root):
-        return True
-    if is_s3(path):
-        return not posixpath.normpath(path[5:]).startswith(posixpath.normpath(root[5:]) + "/")
-    return not _is_within(os.path.realpath(path), os.path.realpath(root))
-
-
-def _folder_entries(root: str, storage: Storage, allow_outside_root: bool = False
-                    ) -> tuple[list[_Entry], list[dict], set[str]]:
+def _folder_entries(source: Source) -> tuple[list[_Entry], list[dict], set[str]]:
     """Entries of an ImageFolder (flat or split layout), bad rows for unlabelled images and folders not
     entered, and the source labels of every class folder (empty ones too)."""
-    tree = _list_tree(root, storage, allow_outside_root)
+    tree = source.list_folder()
+    root = tree.root
     if not tree.files and not tree.folders:
         raise ValueError(f"{root}: no files found (expected an ImageFolder with one folder per class)")
-    tops = {r.split("/")[0].lower() for r in tree.files if "/" in r}
+    tops = {e.rel.split("/")[0].lower() for e in tree.files if "/" in e.rel}
     has_splits = bool(tops) and tops <= set(SPLIT_ALIASES)
     depth = 3 if has_splits else 2
     entries, bad = [], []
-    for rel in tree.files:
-        parts = rel.split("/")
+    for file in tree.files:
+        parts = file.rel.split("/")
         if len(parts) >= depth:
             split = SPLIT_ALIASES[parts[0].lower()] if has_splits else ""
-            entries.append(_Entry(join(root, rel), parts[depth - 2], split))
-        elif PurePosixPath(rel).suffix.lower() in IMAGE_SUFFIXES:
-            bad.append(_bad(join(root, rel), "", "no_label", f"{rel} is not inside a class folder"))
+            entries.append(_Entry(file, parts[depth - 2], split))
+        elif PurePosixPath(file.rel).suffix.lower() in IMAGE_SUFFIXES:
+            bad.append(_bad(file.path, "", "no_label", f"{file.rel} is not inside a class folder"))
+
     def class_of(folder: str) -> str:
         parts = folder.split("/")
         return parts[depth - 2] if len(parts) >= depth - 1 else ""
 
-    bad += [_bad(join(root, rel), class_of(rel), reason, message) for rel, reason, message in tree.refused]
-    class_level = [f for f in [*tree.folders, *(r[0] for r in tree.refused)] if f.count("/") == depth - 2
-                   and (not has_splits or f.split("/")[0].lower() in SPLIT_ALIASES)]
+    bad += [_bad(e.path, class_of(e.rel), e.reason, e.message) for e in tree.refused]
+    class_level = [
+        f
+        for f in [*tree.folders, *(e.rel for e in tree.refused)]
+        if f.count("/") == depth - 2 and (not has_splits or f.split("/")[0].lower() in SPLIT_ALIASES)
+    ]
     return entries, bad, {class_of(f) for f in class_level}
 
 
-def _csv_entries(csv_uri: str, storage: Storage) -> tuple[list[_Entry], list[dict]]:
+def _csv_entries(source: Source) -> tuple[list[_Entry], list[dict]]:
     """Entries of a ``path,label[,split]`` CSV; empty labels and repeated paths become bad rows."""
-    table = _read_csv(storage.get_bytes(csv_uri), csv_uri)
+    csv_uri, table = source.uri, source.table()
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise ValueError(f"{csv_uri}: missing column(s) {sorted(missing)}; expected path,label[,split]")
-    base = _base_of(csv_uri)
     splits = table["split"] if "split" in table.columns else [""] * len(table)
     entries, bad, seen = [], [], set()
     for row, (raw, label, split) in enumerate(zip(table["path"], table["label"], splits, strict=True), start=2):
-        path = _resolve(raw.strip(), base)
+        file = source.csv_entry(raw)
         where = f"{csv_uri} line {row}"
-        if path in seen:
-            bad.append(_bad(path, label, "duplicate_entry", f"{where}: {raw} is listed more than once"))
+        if file.path in seen:
+            bad.append(_bad(file.path, label, "duplicate_entry", f"{where}: {raw} is listed more than once"))
         elif not label.strip():
-            bad.append(_bad(path, "", "no_label", f"{where}: empty label for {raw}"))
+            bad.append(_bad(file.path, "", "no_label", f"{where}: empty label for {raw}"))
         else:
-            entries.append(_Entry(path, label.strip(), _normalise_split(split, where)))
-        seen.add(path)
+            entries.append(_Entry(file, label.strip(), _normalise_split(split, where)))
+        seen.add(file.path)
     return entries, bad
-
-
-def _resolve(raw: str, base: str) -> str:
-    """An absolute path or URI for a CSV entry."""
-    if is_s3(raw):
-        return raw
-    if is_s3(base) and not os.path.isabs(raw):
-        return "s3://" + posixpath.normpath(join(base, raw)[5:])
-    return os.path.abspath(os.path.join(base, raw))
 
 
 # --- inspecting files --------------------------------------------------------------------------
 
 
-class _Fetcher:
-    """Local file for a path or an ``s3://`` URI (S3 objects land in a content-addressed folder).
-
-    Raises :class:`BadImageError` for what cannot be read: a path outside ``root`` (unless allowed),
-    a missing file, a broken link, something that is not a regular file."""
-
-    def __init__(self, storage: Storage, cache_dir: Path, root: str, allow_outside_root: bool = False) -> None:
-        self.storage = storage
-        self.cache_dir = cache_dir
-        self.root = root
-        self.allow_outside_root = allow_outside_root
-
-    def __call__(self, path: str) -> Path:
-        if not self.allow_outside_root and _outside_root(path, self.root):
-            raise BadImageError("outside_root", f"{path} is outside the dataset root {self.root}; not read "
-                                                "(allow_outside_root=True reads it)")
-        if not is_s3(path):
-            problem = path_problem(path)
-            if problem is not None:
-                raise BadImageError(*problem)
-            return Path(path)
-        try:
-            data = self.storage.get_bytes(path)
-        except FileNotFoundError as exc:
-            raise BadImageError("missing_file", str(exc)) from exc
-        digest = hashlib.sha256(data).hexdigest()
-        local = self.cache_dir / digest[:2] / f"{digest}{PurePosixPath(path).suffix.lower()}"
-        if not local.is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(local, data)
-        return local
-
-
-def _inspect(entry: _Entry, label: str, fetch: Callable[[str], Path], check: bool) -> tuple[str, dict]:
+def _row(result: FileResult, entry: _Entry, label: str) -> tuple[str, dict]:
     """``("record", row)`` for a usable file, ``("bad", row)`` otherwise."""
-    try:
-        local = fetch(entry.path)
-    except BadImageError as exc:
-        return "bad", _bad(entry.path, label, exc.reason, exc.message)
-    if check:
-        result = check_image(local)
-        if not result.ok:
-            return "bad", _bad(entry.path, label, result.reason, result.message)
-    row = {"path": entry.path, "local_path": str(local), "label": label, "source_label": entry.source_label,
-           "split": entry.split, "sha256": sha256_file(local), "bytes": local.stat().st_size}
-    return "record", row
+    if not result.ok:
+        return "bad", _bad(entry.path, label, result.reason, result.message)
+    return "record", {
+        "path": entry.path,
+        "local_path": result.local_path,
+        "label": label,
+        "source_label": entry.source_label,
+        "split": entry.split,
+        "sha256": result.sha256,
+        "bytes": result.bytes,
+    }
 
 
 def _label_entries(entries: list[_Entry], class_map: ClassMap | None) -> tuple[list[tuple[_Entry, str]], list[dict]]:
@@ -474,44 +379,21 @@ def check_source(source: str | os.PathLike, storage: Storage | None = None, allo
     """Raise the error :func:`build_manifest` would raise for an unusable source (missing, neither
     a folder nor a CSV, no files, an unreadable CSV) after listing it only: no file is hashed or
     decoded, so a caller can refuse a bad source in a moment."""
-    src = str(source) if is_s3(source) else os.path.abspath(source)
-    _list_source(src, storage or Storage(), allow_outside_root)
+    _list_source(Source(source, storage, allow_outside_root))
 
 
-def _list_source(src: str, storage: Storage, allow_outside_root: bool = False
-                 ) -> tuple[list[_Entry], list[dict], set[str]]:
+def _list_source(source: Source) -> tuple[list[_Entry], list[dict], set[str]]:
     """Entries, early bad rows and the source labels seen (class folders, CSV labels) of a local or S3
     ImageFolder or CSV; raises for an unusable source."""
-    is_csv = src.lower().endswith(".csv")
+    src = source.uri
     if not is_s3(src) and not Path(src).exists():
         raise FileNotFoundError(f"dataset source {src} does not exist")
-    if not is_s3(src) and not is_csv and not Path(src).is_dir():
+    if not is_s3(src) and not source.is_csv and not Path(src).is_dir():
         raise ValueError(f"dataset source {src} is neither an ImageFolder directory nor a .csv manifest")
-    if is_csv:
-        entries, bad = _csv_entries(src, storage)
+    if source.is_csv:
+        entries, bad = _csv_entries(source)
         return entries, bad, {e.source_label for e in entries}
-    return _folder_entries(src.rstrip("/"), storage, allow_outside_root)
-
-
-def _inspect_all(labelled: list[tuple[_Entry, str]], fetch: _Fetcher, check: bool, workers: int,
-                 progress: bool) -> list[tuple[str, dict]]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pool.map(lambda pair: _inspect(pair[0], pair[1], fetch, check), labelled)
-        return list(tqdm(jobs, total=len(labelled), desc="manifest", disable=not progress))
-
-
-def _root_of(src: str, storage: Storage) -> str:
-    """The dataset root of ``src``: its folder (the CSV's folder), or for a manifest saved by
-    :meth:`Manifest.save` (a CSV with a JSON sidecar naming its source) the root of that source."""
-    sidecar = src[:-4] + ".json"
-    if not src.lower().endswith(".csv") or not storage.exists(sidecar):
-        return _base_of(src)
-    try:
-        meta = json.loads(storage.get_bytes(sidecar))
-    except (ValueError, OSError):
-        return _base_of(src)
-    saved = isinstance(meta, dict) and isinstance(meta.get("source"), str) and "version" in meta
-    return _base_of(meta["source"]) if saved else _base_of(src)
+    return _folder_entries(source)
 
 
 def _empty_classes(seen: set[str], records: pd.DataFrame, class_map: ClassMap | None) -> list[str]:
@@ -528,27 +410,34 @@ def build_manifest(
     progress: bool = False,
     workers: int = 8,
     allow_outside_root: bool = False,
+    on_image: OnImage | None = None,
 ) -> Manifest:
     """Build the manifest of an ImageFolder or CSV ``source`` (local or ``s3://``).
 
-    With ``check`` every image is fully decoded (:func:`ml.data.images.check_image`); files are hashed
-    and checked in a thread pool of ``workers``. Problems with single files go to ``Manifest.bad``;
+    With ``check`` every image is fully decoded, once (:meth:`ml.data.sources.Source.read`); files are
+    hashed and checked in a thread pool of ``workers``. Problems with single files go to ``Manifest.bad``;
     an unusable source (missing, not a folder or CSV, CSV without ``path``/``label``) raises. Files
     outside the dataset root are refused (``outside_root``) unless ``allow_outside_root``. Empty and
     missing classes are logged as warnings (``Manifest.warnings()``), as are the files left out.
+    ``on_image(path, rgb)`` (with ``check``) gets the pixels of each usable image from that same decode.
     """
-    storage = storage or Storage()
-    src = str(source) if is_s3(source) else os.path.abspath(source)
+    src = Source(source, storage, allow_outside_root)
     cmap = None if class_map is None else load_class_map(class_map)
-    entries, listing_bad, seen = _list_source(src, storage, allow_outside_root)
+    entries, listing_bad, seen = _list_source(src)
     labelled, unmapped = _label_entries(entries, cmap)
-    fetch = _Fetcher(storage, Path(storage.settings.data_root) / "s3cache", _root_of(src, storage), allow_outside_root)
-    results = _inspect_all(labelled, fetch, check, workers, progress)
-    records = pd.DataFrame([r for kind, r in results if kind == "record"], columns=RECORD_COLUMNS)
+    results = src.read_all([e.file for e, _ in labelled], check, workers, on_image, progress, desc="manifest")
+    rows = [_row(result, entry, label) for result, (entry, label) in zip(results, labelled, strict=True)]
+    records = pd.DataFrame([r for kind, r in rows if kind == "record"], columns=RECORD_COLUMNS)
     records = records.astype({"bytes": "int64"}).sort_values("path", ignore_index=True)
-    bad = pd.DataFrame(listing_bad + unmapped + [r for kind, r in results if kind == "bad"], columns=BAD_COLUMNS)
-    manifest = Manifest(records, bad.sort_values("path", ignore_index=True), sorted(records["label"].unique()), src,
-                        _empty_classes(seen, records, cmap), None if cmap is None else cmap.labels)
+    bad = pd.DataFrame(listing_bad + unmapped + [r for kind, r in rows if kind == "bad"], columns=BAD_COLUMNS)
+    manifest = Manifest(
+        records,
+        bad.sort_values("path", ignore_index=True),
+        sorted(records["label"].unique()),
+        src.uri,
+        _empty_classes(seen, records, cmap),
+        None if cmap is None else cmap.labels,
+    )
     for line in manifest.warnings() + ([manifest.bad_report()] if len(manifest.bad) else []):
-        logger.warning("%s: %s", src, line)
+        logger.warning("%s: %s", src.uri, line)
     return manifest

@@ -27,6 +27,9 @@ class MonitorConfig(ConfigModel):
     max_reference: int = Field(1000, ge=10, description="Reference images used at most (a seeded sample).")
     policy: str | None = Field(None, description="Drift policy YAML (default policies/drift.yaml).")
     out_dir: str = Field("outputs/monitor", description="Where the report, summary and alert go.")
+    workspace: str | None = Field(
+        None, description="Evidently workspace folder for the snapshots (default: <data root>/evidently)."
+    )
     apprise_secret: str | None = Field(
         None, description=f"Prefect Secret block holding an Apprise URL (else the {APPRISE_ENV} environment variable)."
     )

@@ -21,16 +21,15 @@ Decision (:func:`decide`, thresholds in ``policies/drift.yaml``):
   present) at ``label_alpha``, or a BBSE prior that moved by more than ``prior_change`` with its
   bootstrap interval excluding the reference prior.
 
-The decision calls Evidently's per-column stat tests (chosen as the preset chooses them) and its
-embedding drift methods directly: the report's ``ValueDrift`` and ``EmbeddingsDrift`` metrics
-compute the same numbers, but building the report also renders every plot (~0.2 s per column,
-a TSNE per embedding metric), so calibration over many batches decides without it and the flow
-renders it once for the HTML.
+The decision reads its inputs from the report's own results (``Snapshot.dict()``, Evidently's
+public export): each ``ValueDrift``'s score, method and threshold, and whether its drift test
+failed (Evidently's per-column verdict), and the two ``EmbeddingsDrift`` values. What decides
+is what the HTML shows. The report costs ~2-4 s at calibration sizes (each ``EmbeddingsDrift``
+renders a TSNE), so calibration over many batches pays it once per batch.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass
@@ -110,17 +109,6 @@ def auc_null_quantile(n_reference: int, n_batch: int) -> float:
     return 0.5 + Z_NULL * math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
 
 
-def embedding_scores(ref: pd.DataFrame, cur: pd.DataFrame, components: list[str]) -> dict[str, float]:
-    """Model-based ROC AUC and MMD of the components (Evidently's methods, called directly)."""
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import mmd, model
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        auc = model()(cur[components].copy(), ref[components].copy())[0]
-        mmd_score = mmd()(cur[components].copy(), ref[components].copy())[0]
-    return {"model_auc": float(auc), "mmd": float(mmd_score)}
-
-
 def _chi2(ref: pd.Series, cur: pd.Series) -> dict[str, Any]:
     """Chi-square test of two categorical samples (2 x K contingency table)."""
     cats = sorted(set(ref) | set(cur))
@@ -138,8 +126,12 @@ def build_report(columns: Columns, policy: DriftPolicy, embeddings: bool = True)
     """The Evidently 0.7 report (current batch first when it runs); ``embeddings=False`` leaves
     out the EmbeddingsDrift metrics (and their TSNE plots)."""
     from evidently import Report
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import mmd, model
     from evidently.metrics import EmbeddingsDrift, ValueDrift
+
+    # the drift methods as Evidently's 0.7 cookbook imports them (examples/cookbook/metrics.ipynb:
+    # ``from evidently.metrics.embeddings import ... MMDDriftMethod, ModelDriftMethod``); the same
+    # defaults as the legacy ``model()``/``mmd()`` factories
+    from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod
     from evidently.presets import DataDriftPreset
     from evidently.tests import lte
 
@@ -151,12 +143,12 @@ def build_report(columns: Columns, policy: DriftPolicy, embeddings: bool = True)
         else [
             EmbeddingsDrift(
                 embeddings_name=EMBEDDINGS_NAME,
-                drift_method=model(threshold=policy.embedding_model_auc),
+                drift_method=ModelDriftMethod(threshold=policy.embedding_model_auc),
                 tests=[lte(policy.embedding_model_auc)],
             ),
             EmbeddingsDrift(
                 embeddings_name=EMBEDDINGS_NAME,
-                drift_method=mmd(threshold=policy.embedding_mmd),
+                drift_method=MMDDriftMethod(threshold=policy.embedding_mmd),
                 tests=[lte(policy.embedding_mmd)],
             ),
         ]
@@ -164,9 +156,17 @@ def build_report(columns: Columns, policy: DriftPolicy, embeddings: bool = True)
     return Report(metrics, include_tests=True)
 
 
-def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, policy: DriftPolicy, embeddings: bool = True):
+def run_report(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    columns: Columns,
+    policy: DriftPolicy,
+    embeddings: bool = True,
+    metadata: dict[str, Any] | None = None,
+):
     """Run the report (BLAS/OpenMP limited to one thread: EmbeddingsDrift's TSNE otherwise costs
-    ~30 s per metric on 2 cores). Returns the Evidently snapshot."""
+    ~30 s per metric on 2 cores). ``metadata`` goes with the snapshot (shown in a workspace).
+    Returns the Evidently snapshot."""
     from evidently import DataDefinition, Dataset
     from threadpoolctl import threadpool_limits
 
@@ -182,69 +182,55 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: Columns, policy: D
         return build_report(columns, policy, embeddings).run(
             Dataset.from_pandas(cur[used], data_definition=definition),
             Dataset.from_pandas(ref[used], data_definition=definition),
+            metadata=metadata,
         )
 
 
-def column_results(snapshot_dict: dict) -> list[dict[str, Any]]:
-    """Per-column results of the report's ValueDrift metrics: column, method, score, threshold,
-    drifted (p-value methods: score < threshold; distances: score > threshold)."""
-    rows = []
-    for m in snapshot_dict["metrics"]:
-        cfg = m.get("config", {})
-        if not str(cfg.get("type", "")).endswith(":ValueDrift"):
-            continue
+def _metrics(snapshot_dict: dict, kind: str) -> list[dict[str, Any]]:
+    """The entries of ``Snapshot.dict()["metrics"]`` of one metric type (e.g. ``ValueDrift``)."""
+    return [m for m in snapshot_dict["metrics"] if str(m.get("config", {}).get("type", "")).endswith(f":{kind}")]
+
+
+def column_results(snapshot_dict: dict, order: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per-column results of the report's ValueDrift metrics (``Snapshot.dict()``): column,
+    method, score, threshold, p_value (p-value methods) and drifted: whether the metric's drift
+    test failed, i.e. Evidently's own per-column verdict (without tests in the report: p-value
+    methods score < threshold, distances score > threshold). ``order``: the columns wanted, in
+    this order (others left out)."""
+    failed = {
+        t["metric_config"]["metric_id"]: str(getattr(t["status"], "value", t["status"])) == "FAIL"
+        for t in snapshot_dict.get("tests", [])
+        if str(t.get("metric_config", {}).get("params", {}).get("type", "")).endswith(":ValueDrift")
+    }
+    rows = {}
+    for m in _metrics(snapshot_dict, "ValueDrift"):
+        cfg = m["config"]
         method, score, threshold = str(cfg.get("method")), float(m["value"]), float(cfg.get("threshold"))
         is_p = "p_value" in method
-        rows.append(
-            {
-                "column": cfg["column"],
-                "method": method,
-                "score": score,
-                "threshold": threshold,
-                "p_value": score if is_p else None,
-                "drifted": bool(score < threshold if is_p else score > threshold),
-            }
-        )
-    return rows
+        rows[cfg["column"]] = {
+            "column": cfg["column"],
+            "method": method,
+            "score": score,
+            "threshold": threshold,
+            "p_value": score if is_p else None,
+            "drifted": bool(
+                failed[m["id"]] if m["id"] in failed else (score < threshold if is_p else score > threshold)
+            ),
+        }
+    return list(rows.values()) if order is None else [rows[c] for c in order if c in rows]
 
 
-def column_tests(
-    ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical: list[str] = ()
-) -> list[dict[str, Any]]:
-    """Evidently's default stat test per column, chosen as its DataDriftPreset chooses it (by
-    type, reference size and number of values), called directly: the same rows as
-    :func:`column_results` of a report, without rendering its plots (~0.2 s per column)."""
-    from evidently.legacy.calculations.stattests.registry import get_stattest
-
-    rows = []
-    for col, kind in [*((c, "num") for c in numeric), *((c, "cat") for c in categorical)]:
-        r, c = ref[col].dropna(), cur[col].dropna()
-        test = get_stattest(r, c, kind, None)
-        result = test(r, c, kind, None)
-        method = f"{test.display_name}"
-        is_p = "p_value" in method
-        score = float(result.drift_score)
-        rows.append(
-            {
-                "column": col,
-                "method": method,
-                "score": score,
-                "threshold": float(result.actual_threshold),
-                "p_value": score if is_p else None,
-                "drifted": bool(result.drifted),
-            }
-        )
-    return rows
+EMBEDDING_METHODS = {"ModelDriftMethod": "model_auc", "MMDDriftMethod": "mmd"}
 
 
 def report_embedding_scores(snapshot_dict: dict) -> dict[str, float]:
-    """The EmbeddingsDrift values of the report by method (``model_auc``, ``mmd``)."""
+    """The EmbeddingsDrift values of the report by method (``model_auc``, ``mmd``): the two
+    metrics share one name, their ``drift_method`` type tells them apart."""
     out = {}
-    for m in snapshot_dict["metrics"]:
-        cfg = m.get("config", {})
-        if str(cfg.get("type", "")).endswith(":EmbeddingsDrift"):
-            kind = str(cfg["drift_method"]["type"])
-            out["model_auc" if kind.endswith("ModelDriftMethod") else "mmd"] = float(m["value"])
+    for m in _metrics(snapshot_dict, "EmbeddingsDrift"):
+        kind = str(m["config"]["drift_method"]["type"]).rsplit(":", 1)[-1]
+        if kind in EMBEDDING_METHODS:
+            out[EMBEDDING_METHODS[kind]] = float(m["value"])
     return out
 
 
@@ -336,32 +322,16 @@ def decide(
     }
 
 
-def verdict_html(summary: dict[str, Any]) -> str:
-    """A plain-HTML block with the verdict and its reasons (put above the Evidently report)."""
-    items = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) or "<li>no rule fired</li>"
-    bbse = (summary["label_shift"].get("bbse") or {}).get("priors") or {}
-    priors = ", ".join(f"{html.escape(k)} {v:.2f}" for k, v in bbse.items())
-    colour = {"drift": "#b00020", "no_drift": "#1b5e20"}.get(summary["verdict"], "#8d6e00")
-    return (
-        f'<div id="skinflow-verdict" style="font-family:sans-serif;padding:12px;border:2px solid {colour}">'
-        f'<h1 style="color:{colour}">Drift verdict: {html.escape(summary["verdict"])}</h1>'
-        f"<p>batch {html.escape(str(summary.get('batch', '')))}: {summary['n_batch']} images vs "
-        f"{summary['n_reference']} reference images</p><ul>{items}</ul>"
-        + (f"<p>BBSE priors: {priors}</p>" if priors else "")
-        + "</div>"
-    )
-
-
 def save_html(snapshot, summary: dict[str, Any], path: str | Path) -> Path:
-    """The Evidently report as one offline HTML file, the verdict block first in its body."""
+    """Evidently's report at ``path``, as ``snapshot.save_html`` writes it, and skinflow's verdict
+    page beside it (``<stem>.verdict.html``, linking and embedding the report): see
+    :func:`ml.monitor.report_page.write_report_pages`. Returns the verdict page."""
+    from ml.monitor.report_page import write_report_pages
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    text = path.read_text()
-    at = text.find("<body")
-    at = text.find(">", at) + 1 if at >= 0 else 0
-    path.write_text(text[:at] + verdict_html(summary) + text[at:])
-    return path
+    return write_report_pages(
+        snapshot, summary, path.parent, report_name=path.name, page_name=f"{path.stem}.verdict.html"
+    )["page"]
 
 
 def to_json(summary: dict[str, Any]) -> str:
@@ -375,27 +345,27 @@ def measure_drift(
     label_estimate: LabelShiftEstimate | None = None,
     render: bool = True,
     seed: int = 0,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """PCA on the reference, the two frames, the report and the decision: ``(summary, snapshot)``.
-    The decision comes from Evidently's stat tests and drift methods called directly; with
-    ``render`` the Evidently report of the same tests is run for the HTML (``snapshot``, else None)."""
+    """PCA on the reference, the two frames, the Evidently report and the decision read from its
+    results: ``(summary, snapshot)``. ``render=False`` drops the snapshot once the decision is
+    read (``snapshot`` None: calibration keeps only verdicts); ``metadata`` goes with the snapshot."""
     pca = fit_pca(reference.embeddings, policy.pca_components, seed)
     labels = bool((reference.label_indices() >= 0).any() and (batch.label_indices() >= 0).all())
     ref, cur = frame(reference, pca, labels), frame(batch, pca, labels)
     columns = choose_columns(ref, cur, policy, labels)
-    per_column = column_tests(
-        ref, cur, [*columns.covariate, "max_prob", "entropy"], ["pred_class"] + (["label"] if labels else [])
-    )
+    snapshot = run_report(ref, cur, columns, policy, metadata=metadata)
+    results = snapshot.dict()
+    order = [*columns.covariate, "max_prob", "entropy", "pred_class"] + (["label"] if labels else [])
     summary = decide(
         ref,
         cur,
         columns,
-        per_column,
-        embedding_scores(ref, cur, columns.components),
+        column_results(results, order),
+        report_embedding_scores(results),
         policy,
         label_estimate,
         reference.classes,
     )
-    snapshot = run_report(ref, cur, columns, policy) if render else None
     summary["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
-    return summary, snapshot
+    return summary, snapshot if render else None

@@ -50,6 +50,13 @@ def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
+def tag_version(name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on one version of ``name`` (e.g. the promotion gate's ``gate_decision``)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def get_alias_version(name: str, alias: str) -> str | None:
     """Version behind ``name@alias``, or None when the model or alias does not exist."""
     try:

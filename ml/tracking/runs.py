@@ -1,26 +1,36 @@
-"""MLflow runs: where tracking points, whether the server answers, params (redacted), per-epoch
-metrics, plots, reports, dataset inputs and the conventional tags (``shared/docs/conventions.md``).
-Plain functions with no Prefect import: the tasks layer adds retries."""
+"""MLflow runs: where tracking points, whether the server answers, a run's lifecycle (create,
+terminate, supersede, system metrics while it trains), params (redacted), per-epoch metrics,
+plots, reports, dataset inputs, evaluation metrics linked to a logged model and the conventional
+tags (``shared/docs/conventions.md``). Plain functions with no Prefect import: the tasks layer
+adds retries."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 
 from ml.settings import redact, redact_text
 
+if TYPE_CHECKING:
+    from mlflow.data.pandas_dataset import PandasDataset
+
 _METRIC_NAME = re.compile(r"^(?:(?:train|val|test)_[a-z0-9_]+|lr_group_\d+|epoch_seconds)$")
 _DIGEST_LEN = 36  # width of MLflow's dataset digest column
+_METRICS_PER_BATCH = 1000  # MLflow's limit of metrics per log_batch
 # The MLflow 3 UI opens an experiment on its runs (not the GenAI overview) when this tag says so
 # (its values: ``genai_development``, ``custom_model_development``, ...; see mlflow/server/js).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -39,7 +49,23 @@ RUNS_VIEW_COLUMNS = (
 )
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 _DEFAULT_ARCH = "resnet18"
+# Architectures' names as run names show them (:func:`short_arch`); others are shown as they are.
+SHORT_ARCHS = {
+    "efficientnet_lite0": "lite0",
+    "efficientnet_lite1": "lite1",
+    "efficientnet_lite2": "lite2",
+    "resnext50_32x4d": "resnext50",
+    "resnext101_32x8d": "resnext101",
+}
 _HEX = re.compile(r"^[0-9a-f]{12,}$")
+# System metrics of training runs (``system/cpu_utilization_percentage``, memory, disk, network,
+# GPU where there is one): one sample every 5 s, not MLflow's default 10 s, so that a run of a
+# minute gets a curve; a run shorter than one interval gets none.
+SYSTEM_METRICS_INTERVAL_S = 5.0
+_SYSTEM_METRICS_INTERVAL_ENV = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+# The evaluation metrics' dataset context, by split (the training input's context is "training").
+EVAL_CONTEXTS = {"val": "validation", "test": "testing"}
+_log = logging.getLogger(__name__)
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -150,16 +176,132 @@ def runs_page_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
     )
 
 
+def run_page_url(experiment_id: str, run_id: str, ui: str = MLFLOW_UI) -> str:
+    """The page of one run in the MLflow UI at ``ui`` (its metrics, params, plots and model)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def create_run(
+    experiment_id: str, run_name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+) -> str:
+    """Create a RUNNING run named ``run_name`` in ``experiment_id`` (a child of ``parent_run_id``
+    when given) with ``tags``; returns its id. Client API: the run is no thread's active run."""
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return MlflowClient().create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+
+
+def terminate_run(run_id: str, status: str = "FINISHED") -> None:
+    """End run ``run_id`` with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``), from any thread."""
+    MlflowClient().set_terminated(run_id, status)
+
+
+def supersede_run(previous: str, run_id: str) -> None:
+    """Run ``previous`` (its process died while it was RUNNING) is replaced by ``run_id``: it is
+    tagged ``superseded_by`` and ended KILLED, and ``run_id`` is tagged ``resumed_from_run``."""
+    client = MlflowClient()
+    client.set_tag(previous, "superseded_by", run_id)
+    client.set_terminated(previous, "KILLED")
+    client.set_tag(run_id, "resumed_from_run", previous)
+
+
+def system_metrics_enabled(interval_s: float | None = None) -> bool:
+    """Whether training runs log system metrics, with MLflow's sampling interval set for the runs
+    started from now on in this process: ``interval_s``, else ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    when set, else :data:`SYSTEM_METRICS_INTERVAL_S`. On unless MLflow's own switch
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is set to false (it is a per-process opt-out here:
+    skinflow turns them on for its training runs only, not for every run)."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0"):
+        return False
+    if interval_s is not None or not os.environ.get(_SYSTEM_METRICS_INTERVAL_ENV):
+        mlflow.set_system_metrics_sampling_interval(interval_s or SYSTEM_METRICS_INTERVAL_S)
+    return True
+
+
+@contextmanager
+def system_metrics(run_id: str, interval_s: float | None = None) -> Iterator[None]:
+    """Sample system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+    disk, network, GPU where there is one) into run ``run_id`` while the block runs, one sample
+    every ``interval_s`` (see :func:`system_metrics_enabled`; a block shorter than one interval
+    logs none).
+
+    Through MLflow's public API, ``mlflow.start_run(run_id=..., log_system_metrics=True)``, which
+    ties the monitor to a thread's active run: a helper thread holds that active run, so the
+    caller's thread (and code in it that starts the same run, e.g. to log a model) is unaffected.
+    On leaving, the helper ends its active run (stopping the monitor and flushing its samples)
+    with the block's status: FINISHED, FAILED when the block raises, KILLED on Ctrl-C; the run's
+    owner terminates it too. MLflow also stops the monitor when the run stops RUNNING or when
+    any thread ends that run with ``mlflow.end_run``. Failures to start or stop it are logged,
+    never raised: system metrics never fail a training run."""
+    if not system_metrics_enabled(interval_s):
+        yield
+        return
+    sampler = _SystemMetricsSampler(run_id)
+    sampler.start()
+    status = "FINISHED"
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        raise
+    finally:
+        sampler.stop(status)
+
+
+class _SystemMetricsSampler:
+    """A thread whose active MLflow run is ``run_id``, started with system metrics on."""
+
+    def __init__(self, run_id: str, stop_timeout_s: float = 60.0):
+        self.run_id = run_id
+        self.stop_timeout_s = stop_timeout_s
+        self._started, self._stopping = threading.Event(), threading.Event()
+        self._status = "FINISHED"
+        self._thread = threading.Thread(target=self._hold, name=f"system-metrics-{run_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(self.stop_timeout_s)
+
+    def stop(self, status: str) -> None:
+        self._status = status
+        self._stopping.set()
+        self._thread.join(self.stop_timeout_s)
+
+    def _hold(self) -> None:
+        try:
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
+        except Exception as exc:
+            _log.warning("no system metrics for MLflow run %s: %s", self.run_id, exc)
+            return
+        finally:
+            self._started.set()
+        self._stopping.wait()
+        try:
+            mlflow.end_run(self._status)
+        except Exception as exc:
+            _log.warning("could not stop the system metrics of MLflow run %s: %s", self.run_id, exc)
+
+
+def short_arch(arch: str) -> str:
+    """An architecture's name as run names show it: :data:`SHORT_ARCHS` (``efficientnet_lite0`` ->
+    ``lite0``, ``resnext50_32x4d`` -> ``resnext50``); any other name (``resnet18``,
+    ``densenet121``) as it is."""
+    return SHORT_ARCHS.get(arch, arch)
+
+
 def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
     """A short run name a person compares at a glance in the MLflow runs table, e.g.
-    ``sgdr_dlr_clm lr=0.0123 fp32 s0 [train]`` or ``sgdr lr=0.00456 bf16 s0 #3 [trial]``.
+    ``sgdr_dlr_clm lr=0.0123 fp32 s0 [train]`` or ``sgdr lr=0.00456 bf16 s0 #3 lite0 [trial]``.
 
     What differs between runs comes first, because the runs table cuts names after about 22
-    characters; the flow, the same for every run of an experiment, comes last in brackets.
-    Order: architecture (only when not resnet18, or given), schedule, ``lr=`` (3 significant
-    digits; ``lr=auto`` when the LR range test chooses it), precision, ``s<seed>``, the other
-    ``parts`` as ``key=value`` in the order given (a hex digest such as a dataset version cut
-    to 8 characters), ``#<trial>``, ``[flow]``. ``cfg`` is a
+    characters: schedule, LR and precision, the settings a sweep varies and a person compares;
+    the architecture, which a sweep often shares between all its trials, and the flow, the same
+    for every run of an experiment, come last.
+    Order: schedule, ``lr=`` (3 significant digits; ``lr=auto`` when the LR range test chooses
+    it), precision, ``s<seed>``, the other ``parts`` as ``key=value`` in the order given (a hex
+    digest such as a dataset version cut to 8 characters), ``#<trial>``, the architecture (only
+    when not resnet18, or given; shortened by :func:`short_arch`), ``[flow]``. ``cfg`` is a
     :class:`ml.train.config.TrainConfig` (or a mapping of its fields); ``parts`` override its
     fields and add others. Precision is ``precision=`` if given (``fp32``/``bf16``/``fp16``),
     else ``fp32`` without AMP and ``amp`` with it. Parts that are None are left out."""
@@ -168,8 +310,6 @@ def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
     known = {k: given.pop(k, fields.get(k)) for k in ("arch", "schedule", "lr", "amp", "precision", "seed")}
     trial = given.pop("trial", None)
     words = []
-    if known["arch"] and (known["arch"] != _DEFAULT_ARCH or "arch" in parts):
-        words.append(str(known["arch"]))
     if known["schedule"]:
         words.append(str(known["schedule"]))
     if "lr" in fields or "lr" in parts:
@@ -185,6 +325,8 @@ def run_name(flow: str, cfg: Any = None, **parts: Any) -> str:
         words.append(f"{key}={text[:8] if _HEX.match(text) else text}")
     if trial is not None:
         words.append(f"#{trial}")
+    if known["arch"] and (known["arch"] != _DEFAULT_ARCH or "arch" in parts):
+        words.append(short_arch(str(known["arch"])))
     words.append(f"[{flow}]")
     return " ".join(words)
 
@@ -235,23 +377,76 @@ def log_report_json(name: str, report: Mapping[str, Any]) -> str:
     return artifact
 
 
-def log_dataset_input(version: str, name: str, source: str, df_summary: pd.DataFrame) -> None:
-    """Record the training dataset (a summary frame, e.g. the manifest) as a run input.
+def dataset_of(digest: str, name: str, source: str, df_summary: pd.DataFrame) -> PandasDataset:
+    """An ``mlflow.data`` dataset of a summary frame (e.g. manifest rows) named ``name`` with
+    ``digest`` (cut to the width of MLflow's digest column) as its identity."""
+    return mlflow.data.from_pandas(df_summary, source=source, name=name, digest=digest[:_DIGEST_LEN])
+
+
+def log_dataset_input(version: str, name: str, source: str, df_summary: pd.DataFrame) -> PandasDataset:
+    """Record the training dataset (a summary frame, e.g. the manifest) as a run input of the
+    active run (context ``training``, tag ``dataset_version``); returns the dataset."""
+    dataset = dataset_of(version, name, source, df_summary)
+    _log_input(dataset, "training", {"dataset_version": version})
+    return dataset
+
+
+def log_evaluation_dataset(
+    split: str, digest: str, source: str, df_summary: pd.DataFrame, dataset_version: str, name: str = "dataset"
+) -> PandasDataset:
+    """Record the split a model was evaluated on as a run input of the active run, named
+    ``<name>-<split>`` with the evaluation set's ``digest`` (:func:`ml.eval.gate.heldout_digest`,
+    the key of the run's stored predictions), context ``testing`` or ``validation``
+    (:data:`EVAL_CONTEXTS`) and tags ``dataset_version``, ``split``; returns the dataset, the
+    ``dataset`` of :func:`log_evaluation_metrics`."""
+    dataset = dataset_of(digest, f"{name}-{split}", source, df_summary)
+    _log_input(dataset, EVAL_CONTEXTS.get(split, split), {"dataset_version": dataset_version, "split": split})
+    return dataset
+
+
+def _log_input(dataset: PandasDataset, context: str, tags: Mapping[str, str]) -> None:
+    """``mlflow.log_input`` into the active run.
 
     Runs that start together (Tune trials) may all create the experiment's dataset entry at
     once; on a SQL store the losers hit its unique constraint. The entry then exists, and the
     second attempt links to it."""
     from mlflow.exceptions import MlflowException
 
-    dataset = mlflow.data.from_pandas(df_summary, source=source, name=name, digest=version[:_DIGEST_LEN])
     for attempt in range(3):
         try:
-            mlflow.log_input(dataset, context="training", tags={"dataset_version": version})
+            mlflow.log_input(dataset, context=context, tags=dict(tags))
             return
         except MlflowException as exc:
             if "UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc) or attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def log_evaluation_metrics(metrics: Mapping[str, float], model_id: str, dataset: PandasDataset) -> dict[str, float]:
+    """Log a model's evaluation metrics into the active run, linked to the logged model
+    ``model_id`` (they show on its LoggedModel page, ``mlflow.get_logged_model(model_id).metrics``)
+    and to the evaluated ``dataset`` (:func:`log_evaluation_dataset`). Log the model first: MLflow
+    links the metrics of the run's step 0 to a model logged after them, without their dataset.
+    Returns what was logged."""
+    logged = {k: float(v) for k, v in metrics.items()}
+    mlflow.log_metrics(logged, model_id=model_id, dataset=dataset)
+    return logged
+
+
+def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str | Path, source: str) -> None:
+    """A validation run's record: param ``source``, metrics ``critical_failures`` and
+    ``warnings``, tag ``validation_passed``, ``reports/validation.json``, the GX Data Docs site
+    under ``reports/data_docs`` (when built) and the summary HTML (when any)."""
+    client = MlflowClient()
+    client.log_param(run_id, "source", source)
+    client.log_metric(run_id, "critical_failures", len(report["critical_failures"]))
+    client.log_metric(run_id, "warnings", len(report["warnings"]))
+    client.set_tag(run_id, "validation_passed", str(report["passed"]))
+    client.log_dict(run_id, dict(report), "reports/validation.json")
+    if Path(docs_dir).is_dir():
+        client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
+    if report.get("summary_html"):
+        client.log_artifact(run_id, report["summary_html"], artifact_path="reports")
 
 
 def set_standard_tags(
@@ -267,6 +462,102 @@ def set_standard_tags(
     }
     mlflow.set_tags(tags)
     return tags
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tag run ``run_id`` (client API: any run, from any thread) with ``tags`` as strings;
+    returns what was set."""
+    client = MlflowClient()
+    values = {k: str(v) for k, v in tags.items()}
+    for key, value in values.items():
+        client.set_tag(run_id, key, value)
+    return values
+
+
+def log_run_params(run_id: str, params: Mapping[str, Any], max_chars: int | None = None) -> dict[str, str]:
+    """Log ``params`` as strings (each cut to ``max_chars`` when given) into run ``run_id``
+    (client API); returns what was logged."""
+    client = MlflowClient()
+    values = {k: str(v)[:max_chars] if max_chars else str(v) for k, v in params.items()}
+    for key, value in values.items():
+        client.log_param(run_id, key, value)
+    return values
+
+
+def log_run_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None
+) -> dict[str, float]:
+    """Log ``metrics`` (as floats) at ``step`` into run ``run_id`` (client API), in batches of
+    MLflow's limit; ``timestamp_ms`` default now. Returns what was logged."""
+    from mlflow.entities import Metric
+
+    values = {k: float(v) for k, v in metrics.items()}
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    rows = [Metric(k, v, now, step) for k, v in values.items()]
+    client = MlflowClient()
+    for start in range(0, len(rows), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=rows[start : start + _METRICS_PER_BATCH])
+    return values
+
+
+def log_metric_history(
+    run_id: str, rows: Iterable[Mapping[str, Any]], keys: Iterable[str], step_key: str, prefix: str = ""
+) -> int:
+    """Curves from a history (one mapping per step, e.g. a GAN's per-iteration losses): metric
+    ``<prefix><key>`` of each of ``keys`` at step ``row[step_key]``, logged into run ``run_id``
+    in batches of MLflow's limit. Returns the number of points logged."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    keys = list(keys)
+    curve = [Metric(f"{prefix}{k}", float(row[k]), now, int(row[step_key])) for row in rows for k in keys]
+    client = MlflowClient()
+    for start in range(0, len(curve), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=curve[start : start + _METRICS_PER_BATCH])
+    return len(curve)
+
+
+def log_run_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> str:
+    """Log one file into run ``run_id`` (client API) under ``artifact_path``; returns its
+    artifact path."""
+    MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
+    return f"{artifact_path}/{Path(path).name}" if artifact_path else Path(path).name
+
+
+def log_files(paths: Iterable[str | Path], artifact_path: str) -> list[str]:
+    """Log files into the active run under ``artifact_path`` (e.g. ``plots/gan``); returns their
+    artifact paths (:func:`log_plots` is this under ``plots``)."""
+    logged = []
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        logged.append(f"{artifact_path}/{Path(path).name}")
+    return logged
+
+
+def log_table_json(rows: Sequence[Mapping[str, Any]], artifact_file: str) -> str:
+    """Log ``rows`` (mappings with the same keys, the first row's order) into the active run as an
+    MLflow table ``artifact_file`` (e.g. ``reports/estimates.json``: the UI shows it as a
+    table); returns its artifact path."""
+    mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, artifact_file)
+    return artifact_file
+
+
+def log_run_report(
+    run_id: str,
+    name: str,
+    report: Mapping[str, Any],
+    plots: Iterable[str | Path] = (),
+    metrics: Mapping[str, float] | None = None,
+) -> list[str]:
+    """A study's findings in run ``run_id``: ``plots`` under ``plots/``, ``report`` as
+    ``reports/<name>.json`` and ``metrics``. Through ``mlflow.start_run(run_id=...)``, left
+    FINISHED when done (its owner may end it again). Returns the plots' artifact paths."""
+    with mlflow.start_run(run_id=run_id):
+        logged = log_plots(plots)
+        log_report_json(name, report)
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    return logged
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:

@@ -20,7 +20,17 @@ Each image is resized and centre-cropped to the training size with the image cac
 Output: a ``DataFrame`` of class probabilities, one row per image, one float64 column per class
 name in the training order (rows sum to 1); the signature's output schema lists the columns.
 The signature has no input schema: MLflow's schema enforcement cannot describe "arrays of any
-size or paths", so the input is checked here instead (``ValueError`` / ``TypeError``).
+size or paths", so the input is checked here instead (``ValueError`` / ``TypeError``). The
+``predict`` type hint (``pd.DataFrame``, what MLflow hands a model once it has an input schema)
+is one MLflow infers no schema from, so an explicit input schema given to
+:func:`serving_signature` later (e.g. a binary ``image`` column) is the one MLflow enforces.
+
+The model is logged as code (MLflow's models-from-code): ``python_model`` is the file
+:data:`SERVED_MODEL_FILE` (``served_model.py``), which builds a :class:`SnapshotEnsembleClassifier`
+and hands it to ``mlflow.models.set_model``; nothing is pickled. MLflow runs that file when it
+logs the model and when it loads it, with ``ml/`` (a ``code_paths`` entry) importable, so the
+served model runs this module's code on the run's weights: the same ``ensemble_proba`` the
+run's evaluation and the promotion gate use.
 
 Artifacts: ``weights`` (``snapshots.pt``, a list of state dicts, or ``state_dict.pt`` when the
 run kept no snapshots) and ``meta`` (``model_meta.json``: arch, classes, norm, size, tta), the
@@ -30,11 +40,9 @@ same files the run logs under ``model/``; loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,7 @@ import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModelContext
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
@@ -57,17 +66,15 @@ from ml.train.predict import StateDict, ensemble_proba
 # what ml's code on the prediction path imports besides torch, torchvision, numpy and mlflow
 SERVING_PACKAGES = ("pandas", "pillow", "pydantic", "pyyaml", "tqdm")
 _ML_PACKAGE = Path(__file__).resolve().parents[1]
+# the served model's code file (models-from-code): it calls mlflow.models.set_model
+SERVED_MODEL_FILE = Path(__file__).resolve().with_name("served_model.py")
 
 
 class SnapshotEnsembleClassifier(mlflow.pyfunc.PythonModel):
     """The snapshot ensemble (or the single model) of one run, preprocessing included.
 
-    The logged instance holds no state (its pickle is a reference to this class): everything
-    comes from the ``weights`` and ``meta`` artifacts in :meth:`load_context`."""
-
-    # the input (arrays of any size, or paths) is checked by model_images, not by MLflow's
-    # type-hint validation, which would also warn on every import that predict has no hints
-    _skip_type_hint_validation = True
+    The model file :data:`SERVED_MODEL_FILE` builds it without state: everything comes from the
+    ``weights`` and ``meta`` artifacts in :meth:`load_context`."""
 
     def load_context(self, context) -> None:
         meta = json.loads(Path(context.artifacts[META]).read_text())
@@ -88,8 +95,15 @@ class SnapshotEnsembleClassifier(mlflow.pyfunc.PythonModel):
         self.module = build_model(meta["arch"], len(self.classes)).to(self.device)
         self.states = list(states)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """Class probabilities (N, C) with class-name columns; see the module docstring."""
+    def predict(
+        self, context: PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Class probabilities (N, C) with class-name columns; see the module docstring.
+
+        ``model_input`` is hinted as a ``DataFrame`` (a ``path`` column or one column of paths or
+        bytes), the form MLflow serving and schema enforcement deliver; called directly, the
+        model also takes what :func:`model_images` takes (image arrays, lists, a ``Series``).
+        MLflow infers no input schema from this hint and validates nothing against it."""
         images = model_images(model_input, self.size)
         if len(images) == 0:
             return pd.DataFrame(np.zeros((0, len(self.classes))), columns=self.classes)
@@ -148,16 +162,17 @@ def _rgb_array(item: Any, index: int) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def serving_signature(classes: Sequence[str]) -> ModelSignature:
-    """Output schema only: one double column per class name (the input is checked by the model)."""
-    return ModelSignature(outputs=Schema([ColSpec("double", c) for c in classes]))
+def serving_signature(classes: Sequence[str], inputs: Schema | None = None) -> ModelSignature:
+    """The served model's signature: the output schema, one double column per class name; no
+    input schema unless ``inputs`` is given (today the input is checked by the model)."""
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", c) for c in classes]))
 
 
 def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for the served model:
     ``files`` maps ``weights`` and ``meta`` to local files (see :func:`ml.tracking.models.write_model_files`)."""
     return {
-        "python_model": SnapshotEnsembleClassifier(),
+        "python_model": str(SERVED_MODEL_FILE),  # models-from-code: nothing pickled
         "artifacts": {WEIGHTS: str(files[WEIGHTS]), META: str(files[META])},
         # ml/ travels with the model, so that it loads where skinflow is not installed
         "code_paths": [str(_ML_PACKAGE)],
@@ -177,32 +192,11 @@ def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dic
 
 
 def log_serving_model(files: Mapping[str, str], meta: Mapping[str, Any]) -> ModelInfo:
-    """Log the served model (:class:`SnapshotEnsembleClassifier`) as ``model`` in the active run;
-    its ``ModelInfo.model_uri`` is what :func:`ml.tracking.registry.register_version` takes."""
-    with _without_notices_that_do_not_apply():
+    """Log the served model (:class:`SnapshotEnsembleClassifier`, from code) as ``model`` in the
+    active run; its ``ModelInfo.model_uri`` is what :func:`ml.tracking.registry.register_version`
+    takes, its ``model_id`` what the run's evaluation metrics are linked to."""
+    with warnings.catch_warnings():
+        # no input example on purpose: with one, MLflow would load the model and predict the
+        # example on every log; the input is checked by model_images (tests cover the round trip)
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
         return mlflow.pyfunc.log_model(name=MODEL_DIR, **serving_model_spec(files, meta))
-
-
-@contextmanager
-def _without_notices_that_do_not_apply() -> Iterator[None]:
-    """Silence two notices MLflow gives on every log: the pickled ``python_model`` (its pickle
-    is a reference to this module's class; the weights are artifacts read with
-    ``weights_only=True``) and the missing input example (with one, MLflow would load the model
-    and predict the example on every log; the input is checked by :func:`model_images`)."""
-    logger, pickled = logging.getLogger("mlflow.pyfunc"), _MessageFilter("Passing a Python object as `python_model`")
-    logger.addFilter(pickled)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
-            yield
-    finally:
-        logger.removeFilter(pickled)
-
-
-class _MessageFilter(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()

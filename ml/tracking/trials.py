@@ -9,16 +9,25 @@ Tune retries (its node died) continues the run its earlier attempt opened (``tri
 and ``stopped_early`` (with ``stopped_by``: ``scheduler`` for ASHA) end FINISHED (a pruned
 trial is a normal result of the sweep, not a failure), ``error`` ends FAILED. Tune may end the
 process of a trial ASHA stopped before the trial has ended its run; the driver then ends it
-(:meth:`MlflowTrials.close`)."""
+(:meth:`MlflowTrials.close`).
+
+A trial's run samples system metrics (``system/cpu_utilization_percentage``, memory, disk,
+network; every :data:`ml.tracking.runs.SYSTEM_METRICS_INTERVAL_S` seconds) from the trial's own
+process, so that trials on different nodes each show their machine's load.
+
+The tune's own run records the sweep's brackets (:func:`log_lr_brackets`) and its outcome
+(:func:`log_sweep_result`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 from mlflow.entities import RunTag
 
-from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name
+from ml.tracking.runs import epoch_metrics, flatten_config, log_dataset_input, run_name, system_metrics_enabled
 from ml.train.config import TrainConfig
 from ml.train.precision import Precision
 from ml.train.schedules import lr_family
@@ -52,10 +61,12 @@ class MlflowTrials:
         :meth:`MlflowTrialRun.end`."""
         mlflow.set_tracking_uri(self.tracking_uri)
         earlier = self.earlier_run(trial)
+        sample = system_metrics_enabled()  # in this trial's process: its interval, its machine
         if earlier is not None:  # Tune retried this trial (its node died): its MLflow run continues
-            active = mlflow.start_run(run_id=earlier)
+            active = mlflow.start_run(run_id=earlier, log_system_metrics=sample)
         else:
             active = mlflow.start_run(
+                log_system_metrics=sample,
                 experiment_id=self.experiment_id,
                 parent_run_id=self.parent_run_id,
                 run_name=run_name("trial", cfg, precision=precision.name, trial=trial_index(trial)),
@@ -146,3 +157,28 @@ def _end(client: mlflow.MlflowClient, run_id: str, outcome: str | None, stopped_
             mlflow.end_run(status)
         else:
             client.set_terminated(run_id, status)
+
+
+def log_lr_brackets(run_id: str, brackets: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+    """The sweep's LR bracket of each schedule as params of the tune's run ``run_id``:
+    ``lr_bracket_<schedule>`` = ``<lo>..<hi>`` (4 significant digits). Returns what was logged."""
+    client = mlflow.MlflowClient()
+    params = {f"lr_bracket_{schedule}": f"{lo:.4g}..{hi:.4g}" for schedule, (lo, hi) in brackets.items()}
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    return params
+
+
+def log_sweep_result(run_id: str, result: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    """The sweep's outcome in the tune's run ``run_id``: tags ``best_schedule``, ``best_amp``,
+    ``best_arch``, ``best_lr`` of the best trial, metrics ``best_<metric>`` of each of its
+    ``metrics`` and ``failed_trials``, and the whole ``result`` (``best``, ``trials``,
+    ``failed``, ...) as ``reports/tune_trials.json``."""
+    client = mlflow.MlflowClient()
+    best = result["best"]
+    for k in ("schedule", "amp", "arch", "lr"):
+        client.set_tag(run_id, f"best_{k}", str(best[k]))
+    for metric in metrics:
+        client.log_metric(run_id, f"best_{metric}", float(best[metric]))
+    client.log_metric(run_id, "failed_trials", len(result["failed"]))
+    client.log_dict(run_id, result, "reports/tune_trials.json")

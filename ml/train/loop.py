@@ -34,9 +34,10 @@ from ml.train.checkpoint import (
 )
 from ml.train.config import EPOCH_METRICS, TrainConfig
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
-from ml.train.precision import Precision, autocast, precision_for, resolve_device
+from ml.train.precision import Precision, precision_for, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
 from ml.train.schedules import Schedule, make_schedule, whole_cycle_epochs
+from ml.train.step import BatchCallback, NonFiniteLoss, TrainStep, run_batches
 from ml.train.transforms import Stats
 
 CHECKPOINT_FILE = "last.pt"
@@ -142,7 +143,7 @@ class _Run:
     """Mutable bookkeeping of one `fit` call (everything a checkpoint must carry)."""
 
     state: TrainState
-    scaler: torch.amp.GradScaler
+    step: TrainStep  # the one training step (its gradient scaler is checkpointed)
     generators: dict[str, torch.Generator]
     lr_trace: list[list[float]] = field(default_factory=list)
     snapshots: list[StateDict] = field(default_factory=list)
@@ -163,7 +164,7 @@ class _Run:
             "model": cpu_state(s.model),
             "optimizer": s.schedule.optimizer.state_dict(),
             "scheduler": s.schedule.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
             "history": s.history,
             "lr_trace": self.lr_trace,
             "snapshots": self.snapshots,
@@ -184,7 +185,7 @@ class _Run:
         s.model.load_state_dict(ckpt["model"])
         s.schedule.optimizer.load_state_dict(ckpt["optimizer"])
         s.schedule.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step.scaler.load_state_dict(ckpt["scaler"])
         s.epoch, s.iteration, s.history = ckpt["epoch"], ckpt["iteration"], ckpt["history"]
         self.lr_trace = ckpt["lr_trace"]
         self.snapshots, self.snapshot_iterations = ckpt["snapshots"], ckpt["snapshot_iterations"]
@@ -205,29 +206,6 @@ class _Run:
 _CUDA_SYNC_EVERY = 16
 
 
-def _non_finite(iteration: int, exact: bool) -> FloatingPointError:
-    where = f"at iteration {iteration}" if exact else f"by iteration {iteration}"
-    return FloatingPointError(f"non-finite training loss {where} (lr too high?)")
-
-
-def _train_step(run: _Run, x: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """One optimisation step; returns the detached loss (on the device, not read back)."""
-    s = run.state
-    with autocast(s.device, amp_dtype):
-        loss = F.cross_entropy(s.model(x), labels)
-    if s.device.type != "cuda" and not torch.isfinite(loss):  # free on CPU: stop before the update
-        raise _non_finite(s.iteration + 1, exact=True)
-    optimizer = s.schedule.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(optimizer)
-    run.scaler.update()
-    run.lr_trace.append(s.schedule.lrs())
-    s.schedule.scheduler.step()
-    s.iteration += 1
-    return loss.detach()
-
-
 def _maybe_snapshot(run: _Run, callbacks: Sequence[Callback]) -> None:
     s = run.state
     ends = s.schedule.cycle_end_iters
@@ -239,25 +217,39 @@ def _maybe_snapshot(run: _Run, callbacks: Sequence[Callback]) -> None:
         cb.on_snapshot(ends.index(s.iteration), s.iteration, s)
 
 
-def _train_epoch(
-    run: _Run, batches: TrainBatches, amp_dtype: torch.dtype | None, callbacks: Sequence[Callback], bar: tqdm
-) -> float:
-    s = run.state
-    s.model.train()
-    sync_every = _CUDA_SYNC_EVERY if s.device.type == "cuda" else 1
-    total = torch.zeros((), dtype=torch.float64, device=s.device)
-    count, steps, mean = 0, 0, 0.0
-    for x, labels in batches:
-        total += _train_step(run, x, labels, amp_dtype).double() * len(labels)
-        count, steps = count + len(labels), steps + 1
-        _maybe_snapshot(run, callbacks)
-        bar.update()
-        if steps % sync_every == 0 or steps == len(batches):  # the last step is always read back
-            mean = float(total) / count
-            if not math.isfinite(mean):
-                raise _non_finite(s.iteration, exact=sync_every == 1)
-            bar.set_postfix(loss=f"{mean:.4f}")
-    return mean
+class _EpochSteps(BatchCallback):
+    """`fit`'s bookkeeping after each step of an epoch: the LR trace and the schedule's step,
+    snapshots at cycle ends, progress, and the epoch's mean loss (read back, and checked, every
+    `sync_every` steps and at the epoch's end)."""
+
+    def __init__(self, run: _Run, callbacks: Sequence[Callback], bar: tqdm, steps: int) -> None:
+        self.run, self.callbacks, self.bar, self.steps = run, callbacks, bar, steps
+        device = run.state.device
+        self.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count, self.done, self.mean = 0, 0, 0.0
+
+    def on_batch_end(self, loss: torch.Tensor, size: int) -> None:
+        run, s = self.run, self.run.state
+        run.lr_trace.append(s.schedule.lrs())
+        s.schedule.scheduler.step()
+        s.iteration += 1
+        self.total += loss.double() * size
+        self.count, self.done = self.count + size, self.done + 1
+        _maybe_snapshot(run, self.callbacks)
+        self.bar.update()
+        if self.done % self.sync_every == 0 or self.done == self.steps:  # the last step is always read back
+            self.mean = float(self.total) / self.count
+            if not math.isfinite(self.mean):
+                raise NonFiniteLoss(self.mean, s.iteration, exact=self.sync_every == 1)
+            self.bar.set_postfix(loss=f"{self.mean:.4f}")
+
+
+def _train_epoch(run: _Run, batches: TrainBatches, callbacks: Sequence[Callback], bar: tqdm) -> float:
+    run.state.model.train()
+    epoch = _EpochSteps(run, callbacks, bar, len(batches))
+    run_batches(run.step, batches, (epoch,), start=run.state.iteration)
+    return epoch.mean
 
 
 def _validate(
@@ -348,7 +340,7 @@ def fit(
     )
     run = _Run(
         state=TrainState(cfg, list(classes), model, schedule, device),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"),
+        step=TrainStep(model, schedule.optimizer, F.cross_entropy, device=device, amp_dtype=amp_dtype),
         generators=batches.generators,
     )
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir else None
@@ -380,7 +372,7 @@ def _run_epochs(
     while s.epoch < s.cfg.epochs and not (run.stopped_early or s.stop_requested):
         started = time.perf_counter()
         bar = _epoch_bar(run, len(batches))
-        train_loss = _train_epoch(run, batches, amp_dtype, callbacks, bar)
+        train_loss = _train_epoch(run, batches, callbacks, bar)
         s.epoch += 1
         row = {"epoch": s.epoch, "train_loss": train_loss, **_validate(run, val, s.classes, norm, amp_dtype)}
         row.update({f"lr_group_{i}": lr for i, lr in enumerate(s.schedule.lrs())})

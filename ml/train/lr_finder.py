@@ -4,6 +4,11 @@ The thesis stresses a *bracket* on the log scale rather than a point: :func:`bra
 spans from the valley (or the minimum-loss LR / 10, whichever is lower) up to the minimum-loss
 LR; the single ``chosen`` rate is the minimum-loss LR / 10 (Smith; fastai's ``lr_min``) clipped
 into it. :func:`bracket_around` gives a symmetric bracket around any rate.
+
+The test trains with the training loop's own step (:class:`ml.train.step.TrainStep`: precision,
+gradient scaling, non-finite losses) and batch loop (:func:`ml.train.step.run_batches`), as
+fastai's ``LRFinder`` is a callback on its one loop: :class:`LRFinder` sets the LR before each
+batch, records the smoothed loss after it and stops the loop when the loss diverges.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
+
+from ml.train.step import BatchCallback, LossFn, NonFiniteLoss, TrainStep, run_batches
 
 MODES = ("exp", "linear")
 
@@ -53,10 +60,62 @@ def ramp(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> li
     return [start_lr + (end_lr - start_lr) * f for f in fractions]
 
 
+class LRFinder(BatchCallback):
+    """The LR range test as a callback on :func:`~ml.train.step.run_batches`.
+
+    Before each batch it sets the next LR of ``plan`` on the parameter group with the largest
+    initial LR, the other groups keeping their ratio to it (discriminative LRs); after it, it
+    records the raw and the smoothed loss (the debiased EMA ``avg_i / (1 - smooth**(i + 1))``)
+    and ends the loop at the end of the plan or once the smoothed loss exceeds ``diverge`` times
+    the best so far. ``step_callback`` sees every recorded iteration.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        plan: Sequence[float],
+        smooth: float = 0.98,
+        diverge: float = 4.0,
+        step_callback: StepCallback | None = None,
+    ) -> None:
+        if not 0.0 <= smooth < 1.0:
+            raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+        if not diverge > 1.0:
+            raise ValueError(f"diverge must be > 1, got {diverge}")
+        bases = [float(g["lr"]) for g in optimizer.param_groups]
+        if not max(bases) > 0:
+            raise ValueError(f"the optimizer's parameter groups need a positive initial lr, got {bases}")
+        self.optimizer, self.plan, self.smooth, self.diverge = optimizer, list(plan), smooth, diverge
+        self.step_callback = step_callback
+        self.scales = [b / max(bases) for b in bases]
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.raw_losses: list[float] = []
+        self._avg, self._best = 0.0, math.inf
+
+    def on_batch_begin(self) -> None:
+        lr = self.plan[len(self.lrs)]
+        for group, scale in zip(self.optimizer.param_groups, self.scales):
+            group["lr"] = lr * scale
+
+    def on_batch_end(self, loss: torch.Tensor, size: int) -> bool:
+        i, value = len(self.lrs), float(loss)
+        lr = self.plan[i]
+        self._avg = self.smooth * self._avg + (1.0 - self.smooth) * value
+        smoothed = self._avg / (1.0 - self.smooth ** (i + 1))
+        self.lrs.append(lr)
+        self.raw_losses.append(value)
+        self.losses.append(smoothed)
+        if self.step_callback is not None:
+            self.step_callback(i, lr, value, smoothed)
+        self._best = min(self._best, smoothed)
+        return smoothed > self.diverge * self._best or len(self.lrs) == len(self.plan)
+
+
 def lr_range_test(
     model: torch.nn.Module,
     loader: Iterable,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     *,
     start_lr: float = 1e-7,
@@ -75,69 +134,35 @@ def lr_range_test(
     ``num_iter``. The ramped LR goes to the parameter group with the largest initial LR; the
     other groups keep their ratio to it (discriminative LRs). The smoothed loss is the debiased
     EMA ``avg_i / (1 - smooth**(i + 1))``; the test stops early once it exceeds ``diverge`` times
-    the best smoothed loss so far, or the loss is no longer finite. Batches are moved to
-    ``device`` (default: the device of the model's parameters, where the model must already be).
-    Gradients are left as ``None`` afterwards.
+    the best smoothed loss so far, or the loss is no longer finite (that step is not taken).
+    Each step is the training loop's (:class:`~ml.train.step.TrainStep` at ``amp_dtype``).
+    Batches are moved to ``device`` (default: the device of the model's parameters, where the
+    model must already be). Gradients are left as ``None`` afterwards.
     """
-    lrs_plan = ramp(start_lr, end_lr, num_iter, mode)
-    if not 0.0 <= smooth < 1.0:
-        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
-    if not diverge > 1.0:
-        raise ValueError(f"diverge must be > 1, got {diverge}")
-    bases = [float(g["lr"]) for g in optimizer.param_groups]
-    if not max(bases) > 0:
-        raise ValueError(f"the optimizer's parameter groups need a positive initial lr, got {bases}")
-    scales = [b / max(bases) for b in bases]
+    plan = ramp(start_lr, end_lr, num_iter, mode)
+    finder = LRFinder(optimizer, plan, smooth, diverge, step_callback)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16 and dev.type == "cuda")
+    step = TrainStep(model, optimizer, loss_fn, device=dev, amp_dtype=amp_dtype, check_finite=True)
 
     model_state = copy.deepcopy(model.state_dict())
     optimizer_state = copy.deepcopy(optimizer.state_dict())
     was_training = model.training
-    lrs: list[float] = []
-    losses: list[float] = []
-    raw_losses: list[float] = []
-    stopped_early = False
     try:
         model.train()
-        batches = _cycle(loader)
-        avg, best = 0.0, math.inf
-        for i, lr in enumerate(lrs_plan):
-            for group, scale in zip(optimizer.param_groups, scales):
-                group["lr"] = lr * scale
-            inputs, targets = next(batches)[:2]
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(model(inputs.to(dev)), targets.to(dev))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                if i == 0:
-                    raise ValueError(
-                        f"loss is {value} at the first step (lr={lr:g}): check the model, data and loss_fn"
-                    )
-                stopped_early = True
-                break
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            avg = smooth * avg + (1.0 - smooth) * value
-            smoothed = avg / (1.0 - smooth ** (i + 1))
-            lrs.append(lr)
-            raw_losses.append(value)
-            losses.append(smoothed)
-            if step_callback is not None:
-                step_callback(i, lr, value, smoothed)
-            best = min(best, smoothed)
-            if smoothed > diverge * best:
-                stopped_early = i < num_iter - 1
-                break
+        batches = ((batch[0].to(dev), batch[1].to(dev)) for batch in _cycle(loader))
+        run_batches(step, islice(batches, num_iter), (finder,))
+    except NonFiniteLoss as e:
+        if not finder.lrs:
+            raise ValueError(
+                f"loss is {e.value} at the first step (lr={plan[0]:g}): check the model, data and loss_fn"
+            ) from None
     finally:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
 
+    lrs, losses = finder.lrs, finder.losses
     if len(lrs) < 2:
         raise ValueError(
             f"the loss diverged after {len(lrs)} iteration(s) (start_lr={start_lr:g}): "
@@ -148,11 +173,11 @@ def lr_range_test(
     return LRFinderResult(
         lrs=lrs,
         losses=losses,
-        raw_losses=raw_losses,
+        raw_losses=finder.raw_losses,
         suggestions=suggestions,
         chosen=min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
         bracket=bracket,
-        stopped_early=stopped_early,
+        stopped_early=len(lrs) < num_iter,  # diverged (or not finite) before the end of the ramp
     )
 
 

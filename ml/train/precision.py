@@ -144,4 +144,11 @@ def _logged_once(precision: Precision) -> Precision:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type; off for None (fp32)."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The gradient scaler of a run at autocast ``dtype`` on ``device``: enabled for fp16 on CUDA
+    only (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")

@@ -64,6 +64,16 @@ def test_train_flow_logs_a_comparable_run(flows_env):
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     assert flow_run.name == "train-synth-resnet18-sgdr_dlr_clm"
     assert task_runs and all({"skinflow", "train"} <= set(t.tags) for t in task_runs)
+    # the flow run's Prefect artifact links its MLflow run
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    links = [a for a in artifacts if a.type == "link"]
+    assert [a.key for a in links] == ["skinflow-train-mlflow-run"]
+    assert f"/runs/{summary['run_id']}" in links[0].data
     # the LR the range test chose is the LR the model trained with, and what its report says
     assert run.data.params["lr"] == str(summary["lr"])
     import json

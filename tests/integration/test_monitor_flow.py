@@ -2,7 +2,8 @@
 temporary Prefect server), against a real MLflow store (sqlite) and a champion trained on a
 tiny synthetic set: a drifted SD-198-style batch with an out-of-map class folder and a
 Thumbs.db through the CLI, the alert through Apprise to a local HTTP receiver, the event on
-the Prefect server, the HTML report in headless Chromium, and real isic9 batches."""
+the Prefect server, the verdict page and Evidently's report in headless Chromium, the snapshots
+in the Evidently workspace, and real isic9 batches."""
 
 from __future__ import annotations
 
@@ -132,7 +133,15 @@ def test_drifted_batch_is_reported_alerted_and_recorded(drifted_run, receiver, c
     assert run.info.experiment_id == exp.experiment_id and run.data.tags["drift_verdict"] == "drift"
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "reports")}
     assert {"reports/drift_report.html", "reports/drift_summary.json"} <= arts
+    assert "reports/index.html" in arts  # the verdict page beside Evidently's report
     assert run.data.metrics["drifted_share"] == pytest.approx(summary["covariate"]["drifted_share"])
+    # the snapshot is in the Evidently workspace under the data root, project of the registered model
+    from ml.monitor.workspace import list_snapshots
+
+    ev = summary["evidently"]
+    assert ev["workspace"] == str(get_settings().data_root / "evidently")
+    assert ev["project"] == f"skinflow-monitor/{get_settings().registered_model}"
+    assert ev["snapshot_id"] in [i for i, _ in list_snapshots(ev["workspace"], ev["project"])]
 
 
 def test_the_event_reached_the_prefect_server(drifted_run):
@@ -170,18 +179,22 @@ def test_report_opens_in_headless_chromium_with_verdict_and_embedding_drift(drif
 
     from infra.ui_screenshot import headless_chrome
 
-    html = sorted(drifted_run["out_dir"].glob("*/drift_report.html"))[0]
+    page = sorted(drifted_run["out_dir"].glob("*/index.html"))[0]
+    report = page.parent / "drift_report.html"
+    assert "skinflow" not in report.read_text()  # Evidently's report as Evidently wrote it
     with headless_chrome(tmp_path_factory.mktemp("chromium")) as driver:
-        driver.get(html.resolve().as_uri())
+        driver.get(page.resolve().as_uri())
         verdict = driver.find_element(By.ID, "skinflow-verdict").text
         assert "Drift verdict: drift" in verdict and "covariate" in verdict
+        assert driver.find_element(By.ID, "skinflow-report-link").get_attribute("href") == report.resolve().as_uri()
+        driver.switch_to.frame(driver.find_element(By.ID, "skinflow-report"))  # the report, shown in the page
         WebDriverWait(driver, 60).until(lambda d: "Drift in embeddings" in d.find_element(By.TAG_NAME, "body").text)
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "penultimate" in body and "Drifted Columns" in body
 
 
 def test_decision_numbers_are_the_report_numbers(champion):
-    """What decides (Evidently's tests and methods called directly) is what the HTML shows."""
+    """What decides is what the HTML shows: the summary's numbers are the report's results."""
     import numpy as np
 
     from ml.monitor import drift
@@ -193,19 +206,14 @@ def test_decision_numbers_are_the_report_numbers(champion):
     model = load_monitored_model("models:/skin-lesion-classifier@champion")
     reference = load_reference(model, max_images=60)
     ref, cur = describe(reference.records, model), describe(reference.validation, model)
-    policy = DriftPolicy.load()
-    pca = drift.fit_pca(ref.embeddings, policy.pca_components)
-    a, b = drift.frame(ref, pca, True), drift.frame(cur, pca, True)
-    columns = drift.choose_columns(a, b, policy, True)
-    snapshot = drift.run_report(a, b, columns, policy).dict()
-    direct = {
-        r["column"]: r["score"] for r in drift.column_tests(a, b, columns.covariate + ["max_prob"], ["pred_class"])
-    }
-    shown = {r["column"]: r["score"] for r in drift.column_results(snapshot)}
-    assert set(direct) <= set(shown)
-    assert all(np.isclose(direct[c], shown[c]) for c in direct)
-    emb = drift.embedding_scores(a, b, columns.components)
-    assert drift.report_embedding_scores(snapshot) == pytest.approx(emb)
+    summary, snapshot = drift.measure_drift(ref, cur, DriftPolicy.load())
+    results = snapshot.dict()
+    decided = {r["column"]: r["score"] for r in summary["columns"]}
+    shown = {r["column"]: r["score"] for r in drift.column_results(results)}
+    assert set(decided) <= set(shown) and {"max_prob", "pred_class"} <= set(decided)
+    assert all(np.isclose(decided[c], shown[c]) for c in decided)
+    emb = {k: summary["embedding"][k] for k in ("model_auc", "mmd")}
+    assert drift.report_embedding_scores(results) == pytest.approx(emb)
 
 
 def test_real_isic9_batches_against_the_synthetic_champion(champion, isic9, tmp_path):
@@ -215,7 +223,8 @@ def test_real_isic9_batches_against_the_synthetic_champion(champion, isic9, tmp_
     from flows.monitor import monitor_flow
     from ml.monitor.config import MonitorConfig
 
-    forward = monitor_flow(MonitorConfig(batch=str(isic9 / "test"), out_dir=str(tmp_path / "fwd")))
+    workspace = str(tmp_path / "evidently")  # a team's workspace folder (MonitorConfig.workspace, --workspace)
+    forward = monitor_flow(MonitorConfig(batch=str(isic9 / "test"), out_dir=str(tmp_path / "fwd"), workspace=workspace))
     assert forward["verdict"] == "drift" and forward["n_batch"] > 50
     assert sum(forward["inputs"]["out_of_map"].values()) == forward["n_batch"]
     assert Path(forward["report_html"]).stat().st_size > 100_000
@@ -226,10 +235,20 @@ def test_real_isic9_batches_against_the_synthetic_champion(champion, isic9, tmp_
             reference=str(isic9 / "train"),
             max_reference=150,
             out_dir=str(tmp_path / "rev"),
+            workspace=workspace,
         )
     )
     assert reverse["verdict"] == "drift" and reverse["reference"]["kind"] == "dataset"
     assert reverse["n_reference"] == 150
+    # two monitor runs of one model on one workspace: two snapshots in one project
+    from evidently.ui.workspace import Workspace
+
+    assert forward["evidently"]["workspace"] == reverse["evidently"]["workspace"] == workspace
+    assert forward["evidently"]["project_id"] == reverse["evidently"]["project_id"]
+    workspace = Workspace.create(forward["evidently"]["workspace"])
+    (project,) = workspace.search_project(forward["evidently"]["project"])
+    runs = {str(i) for i in workspace.list_runs(project.id)}
+    assert {forward["evidently"]["snapshot_id"], reverse["evidently"]["snapshot_id"]} <= runs
 
 
 def test_apprise_url_from_a_prefect_secret_block(prefect_harness, receiver):

@@ -117,3 +117,23 @@ def test_version_keeps_its_run_and_the_real_module_weights(registered) -> None:
 def test_a_run_id_is_not_a_model_uri(registered) -> None:
     with pytest.raises(ValueError, match="models:/<model_id>"):
         registry.register_version(registered[0], NAME)
+
+
+def test_the_test_metrics_are_on_the_logged_model_with_the_test_split(registered) -> None:
+    """The run logs the served model first, then its test metrics linked to it (``model_id``) and
+    to the test split as an MLflow dataset whose digest is the evaluation set's, the key of the
+    stored predictions the gate reads: the LoggedModel page shows them with the dataset."""
+    run_id, _, cache, _, logged, _ = registered
+    model_id = logged["model_uri"].removeprefix("models:/")
+    images, labels = cache.subset("test")
+    digest = heldout_digest(images, labels, cache.classes)
+    linked = {m.key: m for m in mlflow.get_logged_model(model_id).metrics}
+    run = MlflowClient().get_run(run_id)
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_loss"):
+        assert (linked[key].dataset_name, linked[key].dataset_digest) == ("dataset-test", digest[:36]), key
+        assert linked[key].value == pytest.approx(run.data.metrics[key]) and linked[key].run_id == run_id
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert inputs["dataset-test"]["mlflow.data.context"] == "testing"
+    assert inputs["dataset"]["mlflow.data.context"] == "training"
+    info = mlflow.models.get_model_info(logged["model_uri"])
+    assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # from code

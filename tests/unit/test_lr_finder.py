@@ -119,6 +119,26 @@ def test_divergence_stops_early():
     assert res.bracket[1] <= res.lrs[-1]
 
 
+def test_a_non_finite_loss_mid_run_stops_early_before_its_update():
+    """The training loop's step refuses a nan loss before the update; the test keeps what it
+    recorded up to there and restores the model."""
+    calls: list[int] = []
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        value = nn.functional.cross_entropy(out, y)
+        return value * float("nan") if len(calls) == 4 else value
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    res = lr_range_test(model, _data(), loss, opt, start_lr=1e-4, end_lr=1e-2, num_iter=10, diverge=1e9)
+    assert res.stopped_early and len(calls) == 4
+    assert res.lrs == pytest.approx([1e-4 * 100 ** (i / 9) for i in range(3)], rel=1e-12)
+    assert all(math.isfinite(v) for v in res.raw_losses + res.losses)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
 def test_discriminative_ratio_preserved_across_two_groups():
     model = _model()
     opt = torch.optim.SGD(

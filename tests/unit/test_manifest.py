@@ -267,12 +267,12 @@ def test_links_outside_the_root_are_refused_unless_allowed(folder: Path, tmp_pat
 
 
 def test_csv_paths_outside_the_root_are_refused_and_never_opened(folder: Path, tmp_path: Path, monkeypatch) -> None:
-    import ml.data.manifest as manifest_module
+    import ml.data.sources as sources_module
 
     a, b = write_image(tmp_path / "outside" / "a.jpg", seed=5), write_image(tmp_path / "outside" / "b.jpg", seed=6)
     opened: list[str] = []
-    real_check = manifest_module.check_image
-    monkeypatch.setattr(manifest_module, "check_image", lambda p: opened.append(str(p)) or real_check(p))
+    real_inspect = sources_module.inspect_image
+    monkeypatch.setattr(sources_module, "inspect_image", lambda p, **kw: opened.append(str(p)) or real_inspect(p, **kw))
     csv = write_csv(folder, path=["acne/acne_0.jpg", str(a), "../outside/b.jpg", "/etc/passwd"], label=["acne"] * 4)
     m = build_manifest(csv)
     assert m.records["path"].tolist() == [str(folder / "acne" / "acne_0.jpg")]
@@ -291,13 +291,13 @@ def test_csv_paths_outside_the_root_are_refused_and_never_opened(folder: Path, t
 
 
 def test_outside_root_for_s3_keys() -> None:
-    from ml.data.manifest import _outside_root
+    from ml.data.sources import outside_root
 
     root = "s3://bucket/ds"
-    assert not _outside_root("s3://bucket/ds/acne/1.jpg", root)
+    assert not outside_root("s3://bucket/ds/acne/1.jpg", root)
     for path in ("s3://bucket/ds/../secret.jpg", "s3://bucket/dsx/1.jpg", "s3://other/ds/1.jpg", "/etc/passwd"):
-        assert _outside_root(path, root), path
-    assert _outside_root("s3://bucket/ds/1.jpg", "/data/ds")
+        assert outside_root(path, root), path
+    assert outside_root("s3://bucket/ds/1.jpg", "/data/ds")
 
 
 def test_bad_report_names_the_first_files_and_counts_the_rest(folder: Path) -> None:

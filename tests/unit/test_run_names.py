@@ -36,8 +36,45 @@ def test_parts_override_the_config_and_extras_follow() -> None:
 
 def test_arch_only_when_not_the_default() -> None:
     assert "resnet18" not in run_name("train", TrainConfig())
-    assert run_name("train", TrainConfig(arch="densenet121")).split()[0] == "densenet121"
+    assert run_name("train", TrainConfig(arch="densenet121")).split()[-2] == "densenet121"
     assert run_name("train", arch="resnet18") == "resnet18 [train]", "asked for explicitly"
+
+
+def test_arch_after_what_a_sweep_varies_and_shortened() -> None:
+    """Trials of one backbone differ in schedule, LR and precision: those come first, the
+    (shortened) architecture just before the flow."""
+    cfg = TrainConfig(arch="efficientnet_lite0", schedule="sgdr", lr=0.0045678, seed=0)
+    assert run_name("trial", cfg, precision="bf16", trial=3) == "sgdr lr=0.00457 bf16 s0 #3 lite0 [trial]"
+    train = TrainConfig(schedule="sgdr_dlr_clm", lr=0.0123, amp=False)
+    assert run_name("train", train, arch="resnet18") == "sgdr_dlr_clm lr=0.0123 fp32 s0 resnet18 [train]"
+    assert run_name("train", arch="resnext101_32x8d") == "resnext101 [train]"
+    a = run_name("trial", cfg.model_copy(update={"lr": 0.00123}), precision="bf16", trial=1)
+    b = run_name("trial", cfg.model_copy(update={"schedule": "adam"}), precision="bf16", trial=2)
+    assert len({a[:22], b[:22], run_name("trial", cfg, precision="bf16", trial=3)[:22]}) == 3
+
+
+@pytest.mark.parametrize(
+    "arch,short",
+    [
+        ("efficientnet_lite0", "lite0"),
+        ("efficientnet_lite2", "lite2"),
+        ("resnext50_32x4d", "resnext50"),
+        ("resnet18", "resnet18"),
+        ("densenet121", "densenet121"),
+        ("some_new_arch", "some_new_arch"),
+    ],
+)
+def test_short_arch(arch: str, short: str) -> None:
+    from ml.tracking.runs import short_arch
+
+    assert short_arch(arch) == short
+
+
+def test_short_arch_names_stay_distinct() -> None:
+    from ml.tracking.runs import short_arch
+    from ml.train.config import ARCHS
+
+    assert len({short_arch(a) for a in ARCHS}) == len(ARCHS)
 
 
 def test_what_differs_comes_first() -> None:

@@ -18,7 +18,7 @@ from ml.tracking import serving
 from ml.train.models import build_model
 from ml.train.transforms import TTA_VIEWS, to_float_batch, tta_view
 
-# saved without an input example on purpose (see serving._without_notices_that_do_not_apply)
+# saved without an input example on purpose (see serving.log_serving_model)
 pytestmark = pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning")
 CLASSES = ["acne", "eczema", "nevus"]
 NORM = [[0.5, 0.45, 0.4], [0.25, 0.2, 0.22]]
@@ -125,3 +125,46 @@ def test_signature_names_the_classes_and_the_model_carries_its_code(tmp_path: Pa
     assert (tmp_path / "m" / "code" / "ml" / "tracking" / "serving.py").is_file()
     requirements = (tmp_path / "m" / "requirements.txt").read_text()
     assert all(f"{pkg}==" in requirements for pkg in ("torch", "pillow", "pandas", "mlflow"))
+
+
+def test_the_model_is_logged_from_code_with_a_typed_predict(tmp_path: Path, recwarn) -> None:
+    """Models-from-code: MLflow runs served_model.py (no pickle) and loads the same class; its
+    ``predict`` carries type hints MLflow accepts without a warning and infers no schema from."""
+    import inspect
+
+    model = _served(tmp_path, _states(1), tta=False)
+    mlmodel = mlflow.models.Model.load(str(tmp_path / "m" / "MLmodel"))
+    pyfunc = mlmodel.flavors["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(pyfunc["model_code_path"]).name == "served_model.py" and "python_model" not in pyfunc
+    assert (tmp_path / "m" / "served_model.py").is_file() and not (tmp_path / "m" / "python_model.pkl").exists()
+    assert isinstance(model.unwrap_python_model(), serving.SnapshotEnsembleClassifier)
+    assert not hasattr(serving.SnapshotEnsembleClassifier, "_skip_type_hint_validation")
+    hints = inspect.get_annotations(serving.SnapshotEnsembleClassifier.predict, eval_str=True)
+    assert hints["model_input"] is pd.DataFrame and hints["return"] is pd.DataFrame
+    assert model.unwrap_python_model().predict_type_hints.input is pd.DataFrame
+    noted = [str(w.message) for w in recwarn if "type hint" in str(w.message).lower() or "pickle" in str(w.message)]
+    assert not noted, noted
+
+
+def test_an_explicit_input_schema_is_the_one_mlflow_keeps(tmp_path: Path) -> None:
+    """Room for a binary ``image`` input later: the type hint infers no schema that would replace
+    an explicit one, and a DataFrame of encoded images is an input the model takes."""
+    from mlflow.types import ColSpec, Schema
+
+    states = _states(1)
+    meta = tracked_models.model_meta("resnet18", CLASSES, 0, {"norm": NORM, "size": SIZE, "tta": False})
+    (tmp_path / "files").mkdir()
+    files = tracked_models.write_model_files(tmp_path / "files", states[0], [], meta)
+    spec = serving.serving_model_spec(files, meta)
+    spec["signature"] = serving.serving_signature(CLASSES, inputs=Schema([ColSpec("binary", "image")]))
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), **spec)
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    assert [(c.name, c.type.name) for c in model.metadata.signature.inputs.inputs] == [("image", "binary")]
+    images = [img for img in _images(2) if img.shape[0] == img.shape[1]]
+    encoded = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        encoded.append((tmp_path / f"{i}.png").read_bytes())
+    probs = model.predict(pd.DataFrame({"image": encoded}))
+    np.testing.assert_allclose(probs.to_numpy(), _expected(states, images, ("identity",)), rtol=0, atol=1e-6)
