@@ -123,31 +123,15 @@ def store_reports(report_dir: str, key: str) -> str | None:
 @task(name="log-monitor-run", **IO_RETRY, cache_policy=NO_CACHE)
 def log_monitor_run(run_id: str, summary: dict, files: dict[str, str], config: dict) -> None:
     """Params, metrics, verdict tag and the report files (``reports/``) of the skinflow-monitor run."""
-    from mlflow import MlflowClient
-
+    from ml.monitor.drift import summary_metrics
     from ml.settings import redact
-    from ml.tracking.runs import flatten_config
+    from ml.tracking.runs import flatten_config, log_run_artifact, log_run_metrics, log_run_params, set_run_tags
 
-    client = MlflowClient()
-    for key, value in flatten_config(redact(config)).items():
-        client.log_param(run_id, key, value[:500])
-    bbse = summary["label_shift"].get("bbse") or {}
-    metrics = {
-        "drifted_share": summary["covariate"]["drifted_share"],
-        "embedding_model_auc": summary["embedding"]["model_auc"],
-        "embedding_mmd": summary["embedding"]["mmd"],
-        "n_batch": summary["n_batch"],
-        "n_reference": summary["n_reference"],
-        "predicted_class_p": summary["label_shift"]["predicted"]["p_value"],
-        "max_prior_change": bbse.get("max_prior_change"),
-        "expected_accuracy": bbse.get("expected_accuracy"),
-    }
-    for key, value in metrics.items():
-        if value is not None:
-            client.log_metric(run_id, key, float(value))
-    client.set_tag(run_id, "drift_verdict", summary["verdict"])
+    log_run_params(run_id, flatten_config(redact(config)), max_chars=500)
+    log_run_metrics(run_id, summary_metrics(summary))
+    set_run_tags(run_id, {"drift_verdict": summary["verdict"]})
     for path in files.values():
-        client.log_artifact(run_id, path, artifact_path="reports")
+        log_run_artifact(run_id, path, artifact_path="reports")
 
 
 def prefect_server_configured() -> bool:

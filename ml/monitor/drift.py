@@ -369,3 +369,19 @@ def measure_drift(
     )
     summary["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
     return summary, snapshot if render else None
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The numbers of a monitor run's summary that go to MLflow as metrics (those measured)."""
+    bbse = summary["label_shift"].get("bbse") or {}
+    metrics = {
+        "drifted_share": summary["covariate"]["drifted_share"],
+        "embedding_model_auc": summary["embedding"]["model_auc"],
+        "embedding_mmd": summary["embedding"]["mmd"],
+        "n_batch": summary["n_batch"],
+        "n_reference": summary["n_reference"],
+        "predicted_class_p": summary["label_shift"]["predicted"]["p_value"],
+        "max_prior_change": bbse.get("max_prior_change"),
+        "expected_accuracy": bbse.get("expected_accuracy"),
+    }
+    return {k: float(v) for k, v in metrics.items() if v is not None}

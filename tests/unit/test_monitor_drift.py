@@ -121,3 +121,25 @@ def test_report_embedding_scores_by_method():
 
     results = {"metrics": [emb("MMDDriftMethod", 0.02), emb("ModelDriftMethod", 0.7), emb("RatioDriftMethod", 0.1)]}
     assert drift.report_embedding_scores(results) == {"mmd": 0.02, "model_auc": 0.7}
+
+
+def test_summary_metrics_are_the_measured_numbers_only():
+    from ml.monitor.drift import summary_metrics
+
+    summary = {
+        "covariate": {"drifted_share": 0.25},
+        "embedding": {"model_auc": 0.71, "mmd": 0.02},
+        "n_batch": 40,
+        "n_reference": 200,
+        "label_shift": {"predicted": {"p_value": 0.5}, "bbse": None},
+    }
+    assert summary_metrics(summary) == {
+        "drifted_share": 0.25,
+        "embedding_model_auc": 0.71,
+        "embedding_mmd": 0.02,
+        "n_batch": 40.0,
+        "n_reference": 200.0,
+        "predicted_class_p": 0.5,
+    }
+    summary["label_shift"]["bbse"] = {"max_prior_change": 0.3, "expected_accuracy": None}
+    assert summary_metrics(summary)["max_prior_change"] == 0.3 and "expected_accuracy" not in summary_metrics(summary)
