@@ -170,6 +170,18 @@ def redact_text(text: str) -> str:
     return out
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without its user info (``http://user:pw@host:5000/x`` -> ``http://host:5000/x``): a
+    link that can be shown or stored (a Prefect artifact), where the credentials stay in the
+    environment."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def redact(d: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of a (nested) mapping without secret-named keys; strings through :func:`redact_text`."""
     out: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from ml.eval.gate import GateDecision, PromotionPolicy, after_earlier_promotion, decide_on_heldout, disjoint_heldout
-from ml.settings import get_settings
+from ml.settings import get_settings, without_credentials
 from ml.tracking import models as tracked_models
 from ml.tracking import registry
 from ml.tracking import runs as tracking_runs
@@ -36,7 +36,8 @@ def open_run(
         tracking_runs.check_mlflow_available(uri)
     exp = _experiment(experiment, uri)
     run_id = tracking_runs.create_run(exp.experiment_id, run_name, parent_run_id, tags)
-    ui = uri if uri.startswith("http") else tracking_runs.MLFLOW_UI
+    # links are shown and stored (a Prefect artifact): never with the server's credentials
+    ui = without_credentials(uri) if uri.startswith("http") else tracking_runs.MLFLOW_UI
     try:
         get_run_logger().info("MLflow run %r: %s", run_name, tracking_runs.runs_page_url(exp.experiment_id, ui))
     except MissingContextError:  # called outside a flow (open_run.fn)

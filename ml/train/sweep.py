@@ -23,6 +23,7 @@ cycle ends, reporting every epoch to Tune and recording its run through the swee
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -236,8 +237,11 @@ def run_trials(
         **grid,
         "_base": {**base_config, "epochs": epochs, "seed": seed, "checkpoint_interval_s": checkpoint_interval_s},
         "_cpus": cpus_per_trial,
-        # in each trial's config: a restored tune's trials keep recording where they started
+        # in each trial's config: a restored tune's trials keep recording where they started.
+        # Tune saves only plain values of a config: on restore it puts the NEW param space's objects
+        # back in place of the saved ones, so the recorder's fields also travel as plain values
         "_recorder": recorder,
+        "_recorder_fields": dataclasses.asdict(recorder) if dataclasses.is_dataclass(recorder) else None,
     }
     storage_path, fs = storage_for(settings, name)
     exp_path = f"{storage_path}/{name}"

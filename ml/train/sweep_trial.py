@@ -16,6 +16,7 @@ early stopping ended it) or ``error``; its run says which (:data:`OUTCOMES`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -189,6 +190,8 @@ def run_trial(config: dict, data: TrialData, fetch_weights: WeightsFetcher | Non
         restored_epoch = int(load_verified(ckpt_dir / "last.pt")["epoch"])
 
     recorder: TrialRecorder = config["_recorder"]
+    if config.get("_recorder_fields"):  # the fields this trial started with (see run_trials)
+        recorder = dataclasses.replace(recorder, **config["_recorder_fields"])
     node_id = ray.get_runtime_context().get_node_id()
     run = recorder.start(
         trial=tune.get_context().get_trial_name(),

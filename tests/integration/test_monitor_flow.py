@@ -106,8 +106,15 @@ def test_no_champion_is_a_clear_error_naming_model_and_alias(champion, capsys, t
     assert "'nobody-registered'" in err and "'champion'" in err and "Traceback" not in err
 
 
+def _drift_once(drifted_run: dict, capsys) -> tuple[int, str, str]:
+    """The module's one `skinflow drift` run, whichever test asks first (xdist may reorder them)."""
+    if "result" not in drifted_run:
+        drifted_run["result"] = _cli(drifted_run["args"], capsys)
+    return drifted_run["result"]
+
+
 def test_drifted_batch_is_reported_alerted_and_recorded(drifted_run, receiver, capsys):
-    code, out, err = _cli(drifted_run["args"], capsys)
+    code, out, err = _drift_once(drifted_run, capsys)
     assert code == 1, out + err  # --fail-on-drift
     assert "DRIFT VERDICT: DRIFT" in out
     assert "out of map (kept as unlabelled): Stevens_Johnson_Syndrome: 4 image(s)" in out
@@ -144,8 +151,10 @@ def test_drifted_batch_is_reported_alerted_and_recorded(drifted_run, receiver, c
     assert ev["snapshot_id"] in [i for i, _ in list_snapshots(ev["workspace"], ev["project"])]
 
 
-def test_the_event_reached_the_prefect_server(drifted_run):
+def test_the_event_reached_the_prefect_server(drifted_run, capsys):
     import asyncio
+
+    assert _drift_once(drifted_run, capsys)[0] == 1
 
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
@@ -170,8 +179,11 @@ def test_the_event_reached_the_prefect_server(drifted_run):
     assert any(r.id.startswith("mlflow.run.") for r in event.related)
 
 
-def test_report_opens_in_headless_chromium_with_verdict_and_embedding_drift(drifted_run, tmp_path_factory):
+def test_report_opens_in_headless_chromium_with_verdict_and_embedding_drift(drifted_run, tmp_path_factory, capsys):
     from tests.integration.test_mlflow_ui import ensure_chromium
+
+    code, out, err = _drift_once(drifted_run, capsys)
+    assert code == 1, out + err
 
     ensure_chromium()
     from selenium.webdriver.common.by import By
@@ -179,7 +191,7 @@ def test_report_opens_in_headless_chromium_with_verdict_and_embedding_drift(drif
 
     from infra.ui_screenshot import headless_chrome
 
-    page = sorted(drifted_run["out_dir"].glob("*/index.html"))[0]
+    (page,) = sorted(drifted_run["out_dir"].glob("*/index.html"))
     report = page.parent / "drift_report.html"
     assert "skinflow" not in report.read_text()  # Evidently's report as Evidently wrote it
     with headless_chrome(tmp_path_factory.mktemp("chromium")) as driver:

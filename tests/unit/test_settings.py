@@ -110,3 +110,10 @@ def test_redaction_masks_the_whole_user_info_up_to_the_last_at(text, expected, m
     from ml.settings import redact_text
 
     assert redact_text(text) == expected
+
+
+def test_links_drop_the_user_info():
+    from ml.settings import without_credentials
+
+    assert without_credentials("http://admin:p@ss@127.0.0.1:5000/x?y=1") == "http://127.0.0.1:5000/x?y=1"
+    assert without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
