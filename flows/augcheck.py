@@ -19,6 +19,7 @@ from ml.data.config import DataConfig
 from ml.gan.augcheck import AugCheckPolicy, binary_subset, decide, estimate_summary, estimate_table, pool_indices
 from ml.gan.check import load_synthetic_images
 from ml.gan.config import AugCheckConfig, ProGANConfig
+from ml.project import with_project
 from ml.train.precision import resolve_device
 from tasks.augcheck import (
     estimate_runs,
@@ -49,6 +50,7 @@ def augcheck_flow(
     control -> verdict. ``gan.checkpoint_dir`` defaults to ``<out_dir>/gan_checkpoints``: run
     the same command again after an interruption and the GAN continues from its last stage."""
     with tagged("augcheck"):
+        (data,) = with_project(data)  # the project file under what was given
         logger = get_run_logger()
         policy = AugCheckPolicy.load(policy_path)
         if data.test_frac <= 0:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
+from ml.project import with_project
 from ml.quality.curation import STEPS, ab_comparison
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, TrainConfig
@@ -44,6 +45,7 @@ def curation_ab_flow(
     """Split once -> curated copy (splits kept) -> train the same config on both -> compare on test.
     Without ``training.lr`` one LR range test on the baseline arm sets it for both arms."""
     with tagged("curation-ab"):
+        data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         from flows.train import with_lr
 
         steps = list(steps)

@@ -6,14 +6,12 @@ import json
 import time
 from pathlib import Path
 
+from ml.project import DEMO_RECIPE, recipe_values
+
 PROFILES = {
     # 2-core CPU: a few minutes. 15 epochs = 1+2+4+8: sgdr_dlr_clm completes four cycles.
-    "cpu": dict(
-        synth=dict(per_class=60, size=64),
-        data=dict(size=48),
-        training=dict(epochs=15, batch_size=32),
-        sweep=dict(epochs=3, num_samples=1, schedules=["sgd", "sgdr", "sgdr_dlr_clm"], amp=[True]),
-    ),
+    # The recipe is ml.project.DEMO_RECIPE: what `skinflow init` proposes for the demo set.
+    "cpu": dict(synth=dict(per_class=60, size=64), **recipe_values(DEMO_RECIPE)),
     # a GPU machine: larger images, every variant, AMP on and off.
     "full": dict(
         synth=dict(long_tail=True, size=160),

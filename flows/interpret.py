@@ -16,6 +16,7 @@ from flows.naming import mlflow_tags, run_namer, tagged
 from flows.train import eval_split_of, prepare_data, with_lr
 from ml.data.config import DataConfig
 from ml.interpret.config import InterpretConfig
+from ml.project import with_project
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, TrainConfig
 from tasks.common import publish_table
@@ -36,6 +37,7 @@ def interpret_flow(
     """Data -> LR (range test unless given) -> K seeded fits -> confused pairs, class
     distribution, galleries, background test -> MLflow and a Prefect artifact."""
     with tagged("interpret"):
+        data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         _, cache = prepare_data(data)
         eval_split = eval_split_of(cache)
         with tracked_run(

@@ -22,6 +22,7 @@ from typing import Any
 from ml.data.config import DataConfig
 from ml.gan.config import AugCheckConfig
 from ml.monitor.config import MonitorConfig
+from ml.project import ProjectError, load_project
 from ml.train.config import SweepConfig, TrainConfig
 from tasks.curation import _dataset_name
 
@@ -51,12 +52,20 @@ def mlflow_tags(**tags: Any) -> dict[str, str]:
 
 def _get(params: Mapping[str, Any], name: str, cls: type, field: str) -> Any:
     """``params[name].<field>``: a config object or its mapping form (a deployment's parameters);
-    the class default where it is not given."""
+    where it is not given, the project file's value (as the flow will use), else the class default."""
     value = params.get(name)
-    if hasattr(value, field):
+    if hasattr(value, field) and field in value.model_fields_set:
         return getattr(value, field)
     if isinstance(value, Mapping) and field in value:
         return value[field]
+    try:
+        section = load_project().section_for(cls)
+    except ProjectError:  # the flow itself reports it, in its first step
+        section = {}
+    if field in section:
+        return section[field]
+    if hasattr(value, field):
+        return getattr(value, field)
     default = cls.model_fields[field]
     return default.get_default(call_default_factory=True)
 
@@ -82,7 +91,7 @@ def _sweep(params: Mapping[str, Any]) -> str:
 
 def _monitor(params: Mapping[str, Any]) -> str:
     batch = _dataset_name(str(_get(params, "monitor", MonitorConfig, "batch") or "batch"))
-    model = str(_get(params, "monitor", MonitorConfig, "model_uri"))
+    model = str(_get(params, "monitor", MonitorConfig, "model_uri") or "champion")
     return _slug("monitor", batch, model.rsplit("@", 1)[-1] if "@" in model else model.rstrip("/").rsplit("/", 1)[-1])
 
 

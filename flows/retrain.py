@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.data.split import split_digests
+from ml.project import with_project
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from tasks.common import markdown_table, publish_markdown
@@ -35,6 +36,9 @@ def retrain_flow(
     With ``tune`` the sweep's best (arch, schedule, LR, AMP) replaces those of ``training``;
     without it ``training`` is fitted as given (its LR from a range test when unset)."""
     with tagged("retrain"):
+        data, training, sweep, lr_find = with_project(
+            data, training, sweep, lr_find
+        )  # the project file under what was given
         from flows.train import prepare_data, with_lr
         from flows.tune import run_sweep
         from flows.validate import validate_manifest

@@ -14,6 +14,7 @@ from prefect import flow
 from flows.naming import mlflow_tags, run_namer, tagged
 from flows.train import eval_split_of, prepare_data, with_lr
 from ml.data.config import DataConfig
+from ml.project import with_project
 from ml.robust.ablation import training_corruptions
 from ml.robust.config import RobustnessConfig
 from ml.tracking.runs import run_name
@@ -37,6 +38,7 @@ def robustness_flow(
     model) -> the clean model and its rows -> one model per noise level and its rows -> table,
     plots, Prefect artifact."""
     with tagged("robustness"):
+        data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         _, cache = prepare_data(data)
         eval_split = eval_split_of(cache)
         with tracked_run(

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
+from ml.project import with_project
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.precision import precision_for
@@ -60,6 +61,7 @@ def train_flow(
     when the data have none) -> log plots, metrics and model; with ``repeats > 1`` also refit with
     further seeds and report mean +/- std (Table 4.2 form)."""
     with tagged("train"):
+        data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         manifest, cache = prepare_data(data)
         with tracked_run(
             "skinflow-train",
@@ -118,6 +120,7 @@ def lr_find_flow(
 ) -> dict:
     """Smith's LR range test on the training split: suggestions and a log-scale bracket."""
     with tagged("lr-find"):
+        data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         _, cache = prepare_data(data)
         return run_lr_range_test(cache, training, out_dir, lr_find)
 
@@ -130,7 +133,7 @@ def pretrain_flow(
     lr_find: LRFindConfig = LRFindConfig(),
 ) -> dict:
     """Train a backbone on a source set and store it (path or s3://) for ``weights=`` later."""
-    with tagged("pretrain"):
+    with tagged("pretrain"):  # a source set of its own: the project file's data is the target
         from tasks.training import pretrain_and_store_backbone
 
         _, cache = prepare_data(data)

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
+from ml.project import with_project
 from ml.settings import get_settings
 from ml.tracking.runs import absolute_tracking_uri, run_name
 from ml.tracking.trials import log_lr_brackets, log_sweep_result
@@ -42,6 +43,9 @@ def tune_flow(
     once ``sweep.checkpoint_interval_s`` has passed since their last checkpoint and after their
     final epoch (0: every epoch)."""
     with tagged("tune"):
+        data, sweep, training, lr_find = with_project(
+            data, sweep, training, lr_find
+        )  # the project file under what was given
         from flows.train import prepare_data
 
         _, cache = prepare_data(data)

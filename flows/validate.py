@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
+from ml.project import with_project
 from ml.storage import StorageError
 from ml.tracking.runs import ServiceUnavailableError, set_run_tags
 from tasks.data import build_manifest
@@ -31,6 +32,7 @@ def validate_flow(
     report as a dict; raises on critical failures when ``fail_on_critical`` (the CLI prints the
     table and sets the exit code instead)."""
     with tagged("validate"):
+        (data,) = with_project(data)  # the project file under what was given
         manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
         return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
 

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ml.settings import get_settings
+from ml.settings import get_settings, yaml_problem
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "policies"
 POLICY_NAMES = ("validation", "promotion", "drift", "augcheck")
@@ -92,13 +92,7 @@ def _read(name: str, file: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
-            problem = f"{problem}, {context} that starts on line {context_mark.line + 1}"
-        raise PolicyError(f"{file}: {where}not valid YAML ({problem})") from exc
+        raise PolicyError(f"{file}: {yaml_problem(exc)}") from exc
     if data is None:
         raise PolicyError(f"{file}: the {name} policy file is empty")
     if not isinstance(data, dict):

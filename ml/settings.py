@@ -4,7 +4,9 @@ Defaults are embedded and need no running service: data under ``./data``, MLflow
 ``sqlite:///mlflow.db``, Prefect's ephemeral API, a local Ray, local storage. Environment
 variables (prefix ``SKINFLOW_``, plus the tools' own ``MLFLOW_TRACKING_URI``,
 ``PREFECT_API_URL``, ``RAY_ADDRESS``) and an optional YAML file named by
-``SKINFLOW_CONFIG`` switch to servers. Precedence: init kwargs > environment > YAML > defaults.
+``SKINFLOW_CONFIG`` switch to servers; the project file (ml/project.py) may name
+``registered_model`` and ``policies_dir``. Precedence: init kwargs > environment > YAML >
+project file > defaults.
 
 Secrets (AWS keys) are read by boto3 from the environment itself; they are never fields
 here, so they cannot leak into logs or MLflow params through ``Settings.public_dict()``.
@@ -40,6 +42,18 @@ def _setting_names(cls) -> set[str]:
     return names
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line <n>: not valid YAML (<problem>[, <context> that starts on line <m>])``: the one way a
+    YAML mistake in any of skinflow's files (settings, project, policies) is told."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        problem = f"{problem}, {context} that starts on line {context_mark.line + 1}"
+    return f"{where}not valid YAML ({problem})"
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads the optional YAML file named by ``SKINFLOW_CONFIG``."""
 
@@ -53,10 +67,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ValueError(f"{p} (SKINFLOW_CONFIG): {where}not valid YAML ({problem})") from None
+            raise ValueError(f"{p} (SKINFLOW_CONFIG): {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p} (SKINFLOW_CONFIG): expected a mapping of setting names to values")
         known = _setting_names(self.settings_cls)
@@ -68,6 +79,54 @@ class _YamlSource(PydanticBaseSettingsSource):
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ValueError(f"{p} (SKINFLOW_CONFIG): unknown setting {', '.join(hints)}")
         return data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
+        return None, field_name, False
+
+
+# --- the project file (read and checked by ml/project.py; its settings keys are read here) ----
+PROJECT_FILE = "skinflow.yaml"
+PROJECT_ENV = "SKINFLOW_PROJECT_FILE"
+PROJECT_SETTING_KEYS = ("registered_model", "policies_dir")
+
+
+class ProjectError(ValueError):
+    """The project file is wrong (a user's mistake): one line naming the file and the key."""
+
+
+def project_path() -> tuple[Path, bool]:
+    """The project file's path and whether it was named explicitly (``SKINFLOW_PROJECT_FILE``)."""
+    named = os.environ.get(PROJECT_ENV)
+    return (Path(named), True) if named else (Path(PROJECT_FILE), False)
+
+
+def read_project_yaml(path: Path) -> dict[str, Any]:
+    """The project file's mapping; a one-line :class:`ProjectError` for unreadable or malformed YAML."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProjectError(f"{path}: the project file cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProjectError(f"{path}: {yaml_problem(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ProjectError(f"{path}: the project file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+class _ProjectSource(PydanticBaseSettingsSource):
+    """The settings a project file names (``registered_model``, ``policies_dir``), below the
+    environment and ``SKINFLOW_CONFIG``; the rest of the file is ml/project.py's."""
+
+    def __call__(self) -> dict[str, Any]:
+        path, _ = project_path()
+        if not path.is_file():
+            return {}  # a named file that is missing is ml.project.load_project's error
+        values = read_project_yaml(path)
+        return {k: values[k] for k in PROJECT_SETTING_KEYS if values.get(k) is not None}
 
     def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
         return None, field_name, False
@@ -101,6 +160,9 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("ray_address", "SKINFLOW_RAY_ADDRESS", "RAY_ADDRESS")
     )
     registered_model: str = "skin-lesion-classifier"
+    project_file: Path = Path(PROJECT_FILE)
+    """The project file (ml/project.py) that every verb, the demo and every deployment read
+    (``SKINFLOW_PROJECT_FILE``)."""
     policies_dir: Path = Path(__file__).resolve().parents[1] / "policies"
 
     @field_validator("s3_prefix")
@@ -112,7 +174,13 @@ class Settings(BaseSettings):
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
-        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
+        return (
+            init_settings,
+            env_settings,
+            _YamlSource(settings_cls),
+            _ProjectSource(settings_cls),
+            file_secret_settings,
+        )
 
     @property
     def root_uri(self) -> str:

@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 _REGISTRY_AT_START = os.environ.get("MLFLOW_REGISTRY_URI")
+# A project file (skinflow.yaml) a developer wrote in the checkout must not change what the tests
+# train: every test reads an empty one unless it names its own (tests/unit/test_project.py).
+_EMPTY_PROJECT = Path(os.environ.get("TMPDIR", "/tmp")) / f"skinflow-empty-project-{os.getpid()}.yaml"
+_EMPTY_PROJECT.write_text("# no project: the config classes' defaults\n")
+os.environ["SKINFLOW_PROJECT_FILE"] = str(_EMPTY_PROJECT)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:

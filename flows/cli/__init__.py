@@ -5,7 +5,7 @@ error handling and exit codes.
 - :mod:`flows.cli.runner`: options -> config objects -> a flow run (Prefect starts only there);
 - :mod:`flows.cli.render`: what the verbs print;
 - :mod:`flows.cli.errors`: exit codes and the one line an error becomes (no heavy imports);
-- one module of verbs per area: :mod:`~flows.cli.data`, :mod:`~flows.cli.training`,
+- one module of verbs per area: :mod:`~flows.cli.project`, :mod:`~flows.cli.data`, :mod:`~flows.cli.training`,
   :mod:`~flows.cli.monitoring`, :mod:`~flows.cli.analysis`, :mod:`~flows.cli.stack`.
 
 Importing the CLI imports typer and the config classes only: ``--help`` (of the app or of any
@@ -18,7 +18,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from flows.cli import analysis, data, monitoring, stack, training
+from flows.cli import analysis, data, monitoring, project, stack, training
 from flows.cli.errors import (
     EXIT_FINDINGS,
     EXIT_INTERNAL,
@@ -38,6 +38,7 @@ no traceback); 3 a service (MLflow, S3, Prefect, Ray) did not answer after its r
 unexpected error. --debug (anywhere on the line, or SKINFLOW_DEBUG=1) shows tracebacks."""
 
 VERBS = (
+    "init",
     "lr-find",
     "train",
     "pretrain",
@@ -74,7 +75,7 @@ class _App(typer.Typer):
 
 
 app = _App(cls=_Verbs, help=_HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-for _area in (training, data, analysis, monitoring):
+for _area in (project, training, data, analysis, monitoring):
     app.add_typer(_area.verbs)
 app.add_typer(data.group, name="data")
 app.add_typer(stack.group, name="stack")

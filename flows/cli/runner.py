@@ -18,12 +18,19 @@ Config = TypeVar("Config")
 
 
 def build(cls: type[Config], **given) -> Config:
-    """``cls`` from the options that were given (None: the class default); a bad value is one
-    clear line and exit 2. A local data source is listed before any flow starts."""
+    """``cls`` from the options that were given, over the project file's section for ``cls``
+    (ml/project.py; an option left out (None) takes the file's value, else the class default);
+    a bad value or a broken project file is one clear line and exit 2. A local data source is listed before any flow starts."""
     from pydantic import ValidationError
 
+    from ml.project import ProjectError, load_project
+
     try:
-        cfg = cls(**{k: v for k, v in given.items() if v is not None})
+        project = load_project()
+    except ProjectError as exc:
+        fail(str(exc))
+    try:
+        cfg = cls(**{**project.section_for(cls), **{k: v for k, v in given.items() if v is not None}})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in exc.errors())
         fail(f"invalid {cls.__name__}: {problems}")
