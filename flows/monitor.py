@@ -46,7 +46,9 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
         logger = get_run_logger()
         policy = DriftPolicy.load(monitor.policy)
         model = load_model(monitor.model_uri)
-        batch = load_batch(monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root)
+        batch, images = load_batch(
+            monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root, model.size
+        )
         reference = load_reference(
             model,
             monitor.reference,
@@ -57,7 +59,7 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
         )
         ref = describe_images(reference.records, model, "reference")
         val = describe_images(reference.validation, model, "validation") if len(reference.validation) else None
-        cur = describe_images(batch.records, model, "batch")
+        cur = describe_images(batch.records, model, "batch", images)  # no batch image decoded again
         label_estimate = estimate_label_shift(val, ref, cur, policy)
         key = flow_run.get_id() or "local"
         metadata = {"batch": batch.source, "model_uri": monitor.model_uri, "prefect_flow_run_id": key}

@@ -26,16 +26,26 @@ def load_model(model_uri: str):
 
 
 @task(name="load-batch", **IO_RETRY, cache_policy=NO_CACHE)
-def load_batch(source: str, class_map: str | None, classes: list[str], allow_outside_root: bool = False):
+def load_batch(
+    source: str, class_map: str | None, classes: list[str], allow_outside_root: bool = False, size: int | None = None
+):
+    """The batch and, with the model's input ``size``, what the monitor needs of each image (its
+    descriptors and model input: :class:`ml.monitor.describe.DecodedImages`, else None) from the one
+    decode that checks it."""
     from ml.monitor.batch import load_batch as load
 
-    batch = load(source, class_map, classes, allow_outside_root=allow_outside_root)
+    images = None
+    if size is not None:
+        from ml.monitor.describe import DecodedImages
+
+        images = DecodedImages(size)
+    batch = load(source, class_map, classes, allow_outside_root=allow_outside_root, on_image=images)
     if batch.records.empty:
         raise ValueError(f"batch {batch.source} has no usable image: " + "; ".join(batch.report_lines()[1:]))
     logger = get_run_logger()
     for line in batch.report_lines():
         logger.info("%s", line)
-    return batch
+    return batch, images
 
 
 @task(name="load-reference", **IO_RETRY, cache_policy=NO_CACHE)
@@ -49,14 +59,15 @@ def load_reference(model, source: str | None, version: str | None, class_map: st
 
 
 @task(name="describe-images", cache_policy=NO_CACHE)
-def describe_images(records, model, what: str):
-    """Descriptors, embeddings and predictions of ``records`` (a progress bar on the terminal)."""
+def describe_images(records, model, what: str, images=None):
+    """Descriptors, embeddings and predictions of ``records`` (a progress bar on the terminal);
+    ``images`` holds those already decoded (:func:`ml.monitor.describe.describe`)."""
     from tqdm import tqdm
 
     from ml.monitor.describe import describe
 
     with tqdm(total=len(records), desc=f"describe {what}", unit="img", leave=False) as bar:
-        return describe(records, model, progress=lambda done, _total: bar.update(done - bar.n))
+        return describe(records, model, progress=lambda done, _total: bar.update(done - bar.n), images=images)
 
 
 @task(name="estimate-label-shift", cache_policy=NO_CACHE)

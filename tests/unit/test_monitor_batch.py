@@ -98,3 +98,56 @@ def test_a_batch_without_usable_images_stops_the_flow_with_the_files_named(tmp_p
     (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 20)
     with pytest.raises(ValueError, match="has no usable image.*Thumbs.db: not_an_image"):
         load_batch_task.fn(str(folder), None, list(LABELS))
+
+
+class _Model:
+    """What :func:`ml.monitor.describe.describe` uses of a monitored model; keeps the images it was given."""
+
+    size, classes = 16, ["a", "b"]
+
+    def embed_and_predict(self, images, progress=None):
+        self.images = images.copy()
+        flat = images.reshape(len(images), -1).astype(float)
+        return flat[:, :4], np.tile([0.25, 0.75], (len(images), 1))
+
+
+def test_the_monitor_flow_decodes_each_batch_image_once(tmp_path, monkeypatch):
+    """The flow's load-batch and describe-images tasks: one decode per batch file gives its check, its
+    descriptors and the model's input, the same as decoding it anew."""
+    import logging
+    from collections import Counter
+
+    import pandas as pd
+
+    import ml.data.images as images_module
+    import tasks.monitor as monitor_tasks
+    from ml.data.cache import resize_crop
+    from ml.data.images import load_rgb
+    from ml.monitor.describe import describe
+
+    folder = tmp_path / "incoming"
+    for i in range(3):
+        _jpg(folder / f"img{i}.jpg", i, size=24 + i)
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 20)
+    decoded, real_decode = Counter(), images_module._decode
+
+    def counting_decode(data, name, *args, **kwargs):
+        decoded[Path(name).name] += 1
+        return real_decode(data, name, *args, **kwargs)
+
+    monkeypatch.setattr(images_module, "_decode", counting_decode)
+    monkeypatch.setattr(monitor_tasks, "get_run_logger", lambda: logging.getLogger(__name__))
+    model = _Model()
+    batch, images = monitor_tasks.load_batch.fn(str(folder), None, list(LABELS), size=model.size)
+    described = monitor_tasks.describe_images.fn(batch.records, model, "batch", images)
+    assert decoded == {"img0.jpg": 1, "img1.jpg": 1, "img2.jpg": 1, "Thumbs.db": 1}
+    assert batch.bad["reason"].tolist() == ["not_an_image"] and len(described) == 3
+
+    decoded.clear()
+    fresh_model = _Model()
+    fresh = describe(batch.records, fresh_model)  # nothing decoded before: decoded here, once each
+    assert decoded == {"img0.jpg": 1, "img1.jpg": 1, "img2.jpg": 1}
+    pd.testing.assert_frame_equal(described.table, fresh.table)
+    expected = np.stack([np.asarray(resize_crop(load_rgb(p), model.size)) for p in batch.records["local_path"]])
+    assert np.array_equal(model.images, expected) and np.array_equal(fresh_model.images, expected)
+    assert described.table["width"].tolist() == [24, 26, 28]
