@@ -198,3 +198,76 @@ def test_drift_starts_one_retrain_and_none_within_the_cooldown(stack_env, monito
     assert second.returncode == 0 and "event: sent" in second.stdout, second.stderr[-3000:]
     assert _judged_so_far(stack_env, 120), "the triggers service judged no probe sent after the second drift"
     assert len(_retrain_runs(stack_env)) == 1, "a second drift inside the cooldown started another retrain"
+
+
+def _set_project_file(env: dict, path: Path | None) -> None:
+    """Name ``path`` as the project file of retrain/on-demand's runs (the worker reads a
+    deployment's job variables when it submits a run); None: as prefect.yaml deploys it."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    async def update():
+        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+            dep = await client.read_deployment_by_name("retrain/on-demand")
+            job_vars = {k: v for k, v in (dep.job_variables or {}).items() if k != "env"}
+            if path is not None:
+                job_vars["env"] = {"SKINFLOW_PROJECT_FILE": str(path)}
+            await client.update_deployment(dep.id, DeploymentUpdate(job_variables=job_vars))
+
+    asyncio.run(update())
+
+
+def _pool(env: dict, verb: str) -> None:
+    out = subprocess.run([PREFECT, "work-pool", verb, "skinflow-pool"], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def _wait_final(env: dict, run_id, timeout: float):
+    from prefect.client.orchestration import PrefectClient
+
+    async def read():
+        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+            return await client.read_flow_run(run_id)
+
+    deadline = time.monotonic() + timeout
+    run = asyncio.run(read())
+    while not run.state.is_final() and time.monotonic() < deadline:
+        time.sleep(2)
+        run = asyncio.run(read())
+    return run
+
+
+def test_the_drift_triggered_retrain_trains_the_project_s_data_with_its_backbone(stack_env, monitored, tmp_path):
+    """The retrain the drift event created above (still scheduled: the pool is paused) runs on the
+    worker after the project file changed: it trains the data and the backbone the file names."""
+    import mlflow
+
+    from ml.data.synth import SynthConfig, generate
+
+    runs = _wait_for_runs(stack_env, 1, 5)
+    assert len(runs) == 1, "the drift test above left its triggered retrain"
+    data = tmp_path / "team_photos"
+    generate(data, SynthConfig(per_class=12, size=64, seed=3), progress=False)
+    project = tmp_path / "skinflow.yaml"
+    project.write_text(
+        f"data: {{source: {data}, size: 24, test_frac: 0.25}}\n"
+        "training: {arch: efficientnet_lite0, epochs: 1, lr: 0.01, batch_size: 16}\n"
+    )
+    _delete(stack_env, _nightly_runs(stack_env))  # the probes' runs: only the triggered retrain is left to run
+    _set_project_file(stack_env, project)
+    _pool(stack_env, "resume")
+    try:
+        run = _wait_final(stack_env, runs[0].id, 420)
+    finally:
+        _pool(stack_env, "pause")
+        _set_project_file(stack_env, None)
+    assert run.state.is_completed(), f"{run.name}: {run.state.type.value} {run.state.message}"
+    assert run.name.startswith("retrain-team_photos-efficientnet_lite0"), run.name  # flow, data, recipe
+    client = mlflow.MlflowClient(tracking_uri=stack_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("skinflow-retrain")
+    found = client.search_runs([exp.experiment_id], f"tags.prefect_flow_run_id = '{runs[0].id}'")
+    assert len(found) == 1, "the triggered retrain's MLflow run carries its Prefect flow-run id"
+    trained = found[0]
+    assert trained.data.params["arch"] == "efficientnet_lite0"
+    sources = [d.dataset.source for d in trained.inputs.dataset_inputs]
+    assert any(str(data) in s for s in sources), sources
