@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.monitor.config import MonitorConfig
+from ml.project import with_project
 from ml.tracking.runs import run_name
 from tasks.common import markdown_table, publish_markdown
 from tasks.mlflow_tasks import tracked_run
@@ -32,7 +33,7 @@ from tasks.monitor import (
 
 
 @flow(name="monitor", flow_run_name=run_namer("monitor"))
-def monitor_flow(monitor: MonitorConfig) -> dict:
+def monitor_flow(monitor: MonitorConfig = MonitorConfig()) -> dict:
     """Compare one batch with the monitored model's reference; returns the JSON summary (with
     ``verdict``, ``report_page`` (the verdict page), ``report_html`` (Evidently's report),
     ``evidently`` (workspace, project and snapshot id), ``mlflow_run_id``, ``event`` and
@@ -43,9 +44,15 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
         from ml.monitor.alerts import alert_payload, batch_resource_id, write_alert
         from ml.monitor.policy import DriftPolicy
 
+        (monitor,) = with_project(monitor)  # the project file under what was given
+        if not monitor.batch:
+            raise ValueError(
+                "no batch to check: name one (skinflow drift BATCH) or set monitor.batch in the project file"
+            )
+        model_uri = monitor.monitored_uri()
         logger = get_run_logger()
         policy = DriftPolicy.load(monitor.policy)
-        model = load_model(monitor.model_uri)
+        model = load_model(model_uri)
         batch, images = load_batch(
             monitor.batch, monitor.class_map, model.classes, monitor.allow_outside_root, model.size
         )
@@ -62,11 +69,11 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
         cur = describe_images(batch.records, model, "batch", images)  # no batch image decoded again
         label_estimate = estimate_label_shift(val, ref, cur, policy)
         key = flow_run.get_id() or "local"
-        metadata = {"batch": batch.source, "model_uri": monitor.model_uri, "prefect_flow_run_id": key}
+        metadata = {"batch": batch.source, "model_uri": model_uri, "prefect_flow_run_id": key}
         summary, snapshot = measure_drift(ref, cur, policy, label_estimate, monitor.seed, metadata=metadata)
         summary.update(
             batch=batch.source,
-            model_uri=monitor.model_uri,
+            model_uri=model_uri,
             inputs=batch.summary(),
             reference={
                 "source": reference.source,
@@ -78,7 +85,7 @@ def monitor_flow(monitor: MonitorConfig) -> dict:
             },
         )
         summary["evidently"] = add_to_workspace(
-            snapshot, monitor.model_uri, f"{Path(batch.source).name}: {summary['verdict']}", monitor.workspace
+            snapshot, model_uri, f"{Path(batch.source).name}: {summary['verdict']}", monitor.workspace
         )
         report_dir = str(Path(monitor.out_dir) / key)
         with tracked_run(

@@ -20,8 +20,12 @@ verbs = typer.Typer()
 @verbs.command("drift")
 def drift(
     batch: Annotated[
-        str, typer.Argument(help="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix.")
-    ],
+        str | None,
+        typer.Argument(
+            help="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix "
+            "(default: monitor.batch of the project file)."
+        ),
+    ] = None,
     class_map: Annotated[str | None, config_option(MonitorConfig, "class_map")] = None,
     model: Annotated[str | None, config_option(MonitorConfig, "model_uri", "--model")] = None,
     reference: Annotated[str | None, config_option(MonitorConfig, "reference")] = None,
@@ -53,8 +57,10 @@ def drift(
         out_dir=out,
         workspace=workspace,
     )
-    if "://" not in batch and not Path(batch).exists():
-        fail(f"batch {batch} does not exist")
+    if not cfg.batch:
+        fail("no batch to check: name one (skinflow drift BATCH) or set monitor.batch in the project file")
+    if "://" not in cfg.batch and not Path(cfg.batch).exists():
+        fail(f"batch {cfg.batch} does not exist")
     check_policies(drift=policy)
     from flows.monitor import monitor_flow
 

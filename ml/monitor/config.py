@@ -7,17 +7,23 @@ from pydantic import Field
 
 from ml.config import ConfigModel
 
-DEFAULT_MODEL_URI = "models:/skin-lesion-classifier@champion"
+CHAMPION = "champion"  # the alias the promotion gate moves
 APPRISE_ENV = "SKINFLOW_DRIFT_APPRISE_URL"
 
 
 class MonitorConfig(ConfigModel):
     """A batch, the model and reference it is compared with, and where the report goes."""
 
-    batch: str = Field(..., description="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix.")
+    batch: str | None = Field(
+        None,
+        description="Batch: ImageFolder (SD-198 layout), unlabelled folder, CSV or s3:// prefix "
+        "(required: given, or monitor.batch in the project file).",
+    )
     class_map: str | None = Field(None, description="Class map of the batch's folders (e.g. sd198_to_10).")
-    model_uri: str = Field(
-        DEFAULT_MODEL_URI, description="Model to monitor (models:/name@alias, models:/name/N, runs:/...)."
+    model_uri: str | None = Field(
+        None,
+        description="Model to monitor (models:/name@alias, models:/name/N, runs:/...); "
+        "default: the registered model's champion (models:/<registered_model>@champion).",
     )
     reference: str | None = Field(
         None, description="Reference dataset source; default: the model's recorded training images."
@@ -35,3 +41,9 @@ class MonitorConfig(ConfigModel):
     )
     allow_outside_root: bool = Field(False, description="Read CSV paths outside the CSV's folder.")
     seed: int = Field(0, ge=0, description="Seed of the reference sample, PCA and bootstrap.")
+
+    def monitored_uri(self) -> str:
+        """``model_uri``, else the champion of the settings' registered model."""
+        from ml.settings import get_settings
+
+        return self.model_uri or f"models:/{get_settings().registered_model}@{CHAMPION}"

@@ -175,3 +175,15 @@ def test_no_deployment_names_the_demo_set_or_a_recipe():
         params = dep.get("parameters") or {}
         assert not {"data", "training", "sweep"} & set(params), (dep["name"], dep["entrypoint"], params)
         assert "demo" not in yaml.safe_dump(params), dep["entrypoint"]
+
+
+def test_drift_takes_its_batch_from_the_file_when_none_is_given(project, tmp_path):
+    from flows.cli import app
+
+    runner = CliRunner()
+    project("# empty\n")
+    out = runner.invoke(app, ["drift"])
+    assert out.exit_code == 2 and "no batch to check" in out.output and "monitor.batch" in out.output
+    project(f"monitor: {{batch: {tmp_path / 'incoming'}}}\n")
+    out = runner.invoke(app, ["drift"])
+    assert out.exit_code == 2 and f"batch {tmp_path / 'incoming'} does not exist" in out.output
