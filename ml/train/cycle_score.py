@@ -20,7 +20,7 @@ import numpy as np
 
 from ml.eval.metrics import classification_metrics
 from ml.train.loop import Callback, TrainState
-from ml.train.schedules import STEP_DECAY_VARIANTS, cycle_end_epochs
+from ml.train.schedules import SINGLE_CYCLE, cycle_end_epochs
 
 
 class CycleEndScore(Callback):
@@ -51,7 +51,7 @@ class CycleEndScore(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         cfg = state.cfg
         self._ends = set(cycle_end_epochs(cfg.schedule, cfg.epochs))
-        self._window = 1 if cfg.schedule in STEP_DECAY_VARIANTS else max(1, self.snapshots)
+        self._window = 1 if cfg.schedule in SINGLE_CYCLE else max(1, self.snapshots)
         if state.epoch and self.value is None:  # resumed without a saved score: the last cycle end's own
             last = max((e for e in self._ends if e <= state.epoch), default=0)
             if last:

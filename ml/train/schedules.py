@@ -12,6 +12,11 @@ Variants (thesis ch. 3):
   would squash the low-LR groups' cosine; a multiplicative factor in ``LambdaLR``
   (:class:`WarmRestartCosine`) scales each group's whole curve instead.
 - ``sgdr_dlr_clm``: as ``sgdr_dlr`` with cycle length multiplication (cycles of 1, 2, 4, ... epochs).
+- ``one_cycle`` (not the thesis's: fastai's ``fit_one_cycle``, the baseline a user would pick):
+  AdamW (betas 0.9/0.99, eps 1e-5, fastai's), one LR for every group, one cycle over the whole
+  budget: cosine warm-up from ``lr / 25`` to ``lr`` in the first 25 % of the iterations, then
+  cosine down to ``lr / 25e4``, with beta1 cycled 0.95 -> 0.85 -> 0.95 (torch's ``OneCycleLR``
+  with fastai's defaults).
 
 Every scheduler is stepped once per training iteration.
 
@@ -31,17 +36,24 @@ import numbers
 from dataclasses import dataclass
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, LRScheduler, StepLR
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, LRScheduler, OneCycleLR, StepLR
 
-from ml.train.config import VARIANTS  # the one list of variant names
+from ml.train.config import SCHEDULES  # the one list of schedule names
 
 DLR_VARIANTS = ("sgdr_dlr", "sgdr_dlr_clm")
 STEP_DECAY_VARIANTS = ("sgd", "adam")
+SINGLE_CYCLE = (*STEP_DECAY_VARIANTS, "one_cycle")  # no restarts: one snapshot, any budget is whole
+ONE_CYCLE = {"pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4, "momentum": (0.95, 0.85)}  # fastai's
 CLM_CYCLE_MULT = 2
 # optimiser family -> the variants it trains: SGD with one LR for every group, SGD with
 # discriminative LRs, Adam; a family's LR range test gives its variants' (head) LR bracket
-LR_FAMILIES: dict[str, tuple[str, ...]] = {"sgd": ("sgd", "sgdr"), "sgd_dlr": DLR_VARIANTS, "adam": ("adam",)}
-assert sorted(v for vs in LR_FAMILIES.values() for v in vs) == sorted(VARIANTS)
+LR_FAMILIES: dict[str, tuple[str, ...]] = {
+    "sgd": ("sgd", "sgdr"),
+    "sgd_dlr": DLR_VARIANTS,
+    "adam": ("adam",),
+    "adamw": ("one_cycle",),
+}
+assert sorted(v for vs in LR_FAMILIES.values() for v in vs) == sorted(SCHEDULES)
 
 
 def lr_family(variant: str) -> str:
@@ -49,7 +61,7 @@ def lr_family(variant: str) -> str:
     for family, variants in LR_FAMILIES.items():
         if variant in variants:
             return family
-    raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -128,8 +140,8 @@ def cycle_end_iters(steps_per_epoch: int, epochs: int, t0_epochs: int = 1, t_mul
 
 def cycle_end_epochs(variant: str, epochs: int) -> list[int]:
     """The epochs (1-based, up to ``epochs``) at which a cycle of ``variant`` ends: every epoch for
-    ``sgd``/``adam`` (step decay has no restarts) and ``sgdr``/``sgdr_dlr``; 1, 3, 7, 15, ...
-    for ``sgdr_dlr_clm``."""
+    ``sgd``/``adam`` (step decay has no restarts), ``one_cycle`` (one cycle fitted to any budget)
+    and ``sgdr``/``sgdr_dlr``; 1, 3, 7, 15, ... for ``sgdr_dlr_clm``."""
     lr_family(variant)  # a known variant
     return cycle_end_iters(1, epochs, 1, CLM_CYCLE_MULT if variant == "sgdr_dlr_clm" else 1)
 
@@ -160,13 +172,15 @@ def make_optimizer(
     weight_decay: float = 1e-4,
     dlr_ratio: float = 0.01,
 ) -> torch.optim.Optimizer:
-    """The optimiser of ``variant`` over the layer groups (first to head): Adam for ``adam``,
-    else SGD with momentum; group LRs log-spaced from ``dlr_ratio * lr`` to ``lr`` for the DLR
+    """The optimiser of ``variant`` over the layer groups (first to head): Adam for ``adam``, AdamW
+    with fastai's betas and eps for ``one_cycle``, else SGD with momentum; group LRs log-spaced from ``dlr_ratio * lr`` to ``lr`` for the DLR
     variants, else ``lr`` for every group. ``momentum`` is ignored by Adam."""
     lrs = group_lrs(lr, len(param_groups), dlr_ratio) if variant in DLR_VARIANTS else [lr] * len(param_groups)
     groups = [{"params": list(p), "lr": g_lr} for p, g_lr in zip(param_groups, lrs)]
     if variant == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if variant == "one_cycle":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -185,15 +199,15 @@ def make_schedule(
     dlr_ratio: float = 0.01,
     cycle_mult: int = CLM_CYCLE_MULT,
 ) -> Schedule:
-    """Build the optimiser and per-iteration scheduler of ``variant`` (one of :data:`VARIANTS`).
+    """Build the optimiser and per-iteration scheduler of ``variant`` (one of :data:`SCHEDULES`).
 
     ``param_groups`` are the model's layer groups, first (stem) to last (head). ``lr_min``
     (default ``lr / 100``) is the cosine floor of the head; ``step_epochs`` (default
     ``max(1, epochs // 3)``) and ``gamma`` define the step decay of ``sgd``/``adam``;
     ``momentum`` is ignored by ``adam``.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    if variant not in SCHEDULES:
+        raise ValueError(f"unknown schedule variant {variant!r}; allowed: {', '.join(SCHEDULES)}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     _check_positive(steps_per_epoch=steps_per_epoch, epochs=epochs)
@@ -216,6 +230,21 @@ def make_schedule(
         step_epochs = max(1, epochs // 3) if step_epochs is None else step_epochs
         _check_positive(step_epochs=step_epochs)
         scheduler = StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+        return Schedule(optimizer, scheduler, variant, [total])
+    if variant == "one_cycle":
+        high, low = ONE_CYCLE["momentum"]
+        scheduler = OneCycleLR(
+            optimizer,
+            max_lr=[float(g["lr"]) for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=ONE_CYCLE["pct_start"],
+            anneal_strategy="cos",
+            div_factor=ONE_CYCLE["div_factor"],
+            final_div_factor=ONE_CYCLE["final_div_factor"],
+            cycle_momentum=True,
+            base_momentum=low,
+            max_momentum=high,
+        )
         return Schedule(optimizer, scheduler, variant, [total])
     if variant == "sgdr":
         scheduler = CosineAnnealingWarmRestarts(optimizer, T_0=steps_per_epoch, eta_min=lr_min)

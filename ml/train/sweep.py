@@ -92,11 +92,11 @@ def schedule_brackets(
 ) -> dict[str, tuple[float, float]]:
     """The LR bracket of each schedule: ``bracket`` is one ``(lo, hi)`` for every schedule, or a
     mapping by LR family (:data:`ml.train.schedules.LR_FAMILIES`) or by schedule."""
-    from ml.train.schedules import VARIANTS, lr_family
+    from ml.train.schedules import SCHEDULES, lr_family
 
-    unknown = sorted(set(schedules) - set(VARIANTS))
+    unknown = sorted(set(schedules) - set(SCHEDULES))
     if unknown:
-        raise ValueError(f"unknown schedule(s) {unknown}; choose from {list(VARIANTS)}")
+        raise ValueError(f"unknown schedule(s) {unknown}; choose from {list(SCHEDULES)}")
     if isinstance(bracket, Mapping):
         missing = [s for s in schedules if s not in bracket and lr_family(s) not in bracket]
         if missing:

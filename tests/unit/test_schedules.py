@@ -10,7 +10,7 @@ import torch
 
 from ml.train.schedules import (
     LR_FAMILIES,
-    VARIANTS,
+    SCHEDULES,
     WarmRestartCosine,
     cycle_end_epochs,
     cycle_end_iters,
@@ -139,7 +139,7 @@ def test_clm_with_cycle_mult_three():
     assert s.cycle_end_iters == [2, 8]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", SCHEDULES)
 def test_state_dict_round_trip_mid_cycle(variant):
     def build():
         return make_schedule(variant, _groups(2), 0.05, 4, 6)
@@ -192,12 +192,13 @@ def test_group_lrs_errors():
 
 
 def test_lr_families_group_the_variants_by_optimiser_and_group_lrs():
-    assert {v: lr_family(v) for v in VARIANTS} == {
+    assert {v: lr_family(v) for v in SCHEDULES} == {
         "sgd": "sgd",
         "sgdr": "sgd",
         "sgdr_dlr": "sgd_dlr",
         "sgdr_dlr_clm": "sgd_dlr",
         "adam": "adam",
+        "one_cycle": "adamw",
     }
     for family, variants in LR_FAMILIES.items():  # one optimiser and one set of LR ratios per family
         built = [make_schedule(v, _groups(3), lr=0.1, steps_per_epoch=2, epochs=1).optimizer for v in variants]
@@ -208,7 +209,7 @@ def test_lr_families_group_the_variants_by_optimiser_and_group_lrs():
 
 
 def test_cycle_end_epochs_per_variant():
-    for v in ("sgd", "adam", "sgdr", "sgdr_dlr"):
+    for v in ("sgd", "adam", "sgdr", "sgdr_dlr", "one_cycle"):
         assert cycle_end_epochs(v, 5) == [1, 2, 3, 4, 5]
     assert cycle_end_epochs("sgdr_dlr_clm", 16) == [1, 3, 7, 15]
     # the same ends as the schedule's own snapshot points, in epochs
@@ -224,3 +225,25 @@ def test_whole_cycle_epochs_rounds_down_to_the_last_complete_cycle():
     assert whole_cycle_epochs("sgdr_dlr_clm", 2)[0] == 1 and whole_cycle_epochs("sgdr_dlr_clm", 14)[0] == 7
     for v in ("sgd", "adam", "sgdr", "sgdr_dlr"):
         assert whole_cycle_epochs(v, 5) == (5, None)
+
+
+def test_one_cycle_is_fastai_s_fit_one_cycle():
+    """Warm-up from lr/25 to lr over the first 25 % of the iterations (cosine), cosine down to
+    lr/25e4, beta1 0.95 -> 0.85 -> 0.95, AdamW; one cycle: one snapshot, any budget whole."""
+    s = make_schedule("one_cycle", _groups(3), 0.02, steps_per_epoch=10, epochs=4, weight_decay=0.01)
+    assert isinstance(s.optimizer, torch.optim.AdamW) and s.optimizer.defaults["eps"] == 1e-5
+    lrs, betas = [], []
+    for _ in range(40):
+        lrs.append(s.lrs())
+        betas.append(s.optimizer.param_groups[0]["betas"][0])
+        s.optimizer.step()
+        s.scheduler.step()
+    head = [g[-1] for g in lrs]
+    assert all(len(set(g)) == 1 for g in lrs), "one LR for every group"
+    assert head[0] == pytest.approx(0.02 / 25) and max(head) == pytest.approx(0.02, rel=1e-6)
+    peak = int(np.argmax(head))
+    assert peak == 9, "the peak ends the first 25 % (OneCycleLR counts the warm-up as pct_start * total - 1 steps)"
+    assert head[5] == pytest.approx(0.02 / 25 + (0.02 - 0.02 / 25) * (1 - math.cos(math.pi * 5 / 9)) / 2)
+    assert head[-1] == pytest.approx(0.02 / 25e4, rel=0.5) and head[-1] < 0.02 / 1e3
+    assert betas[0] == pytest.approx(0.95) and betas[peak] == pytest.approx(0.85) and betas[-1] > 0.94
+    assert s.cycle_end_iters == [40] and whole_cycle_epochs("one_cycle", 5) == (5, None)
