@@ -26,6 +26,11 @@ the class folders (README, NOTICE, CSV manifests); every other file is either a 
 back into one of its own parent folders is ``symlink_loop``). A class with no usable image (an empty
 folder, or every file left out) is named in ``Manifest.empty_classes``; a class the class map promises
 but no usable image carries is named in ``Manifest.missing_classes``; both are logged as warnings.
+
+A manifest can be derived from another by setting files aside (:meth:`Manifest.set_aside`, e.g. the
+validation's quarantine, :mod:`ml.quality.quarantine`): the new version lists them in
+``Manifest.quarantined`` with their reasons and records its parent's version (``parent_version``);
+the files themselves are never touched.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -47,6 +52,10 @@ from ml.storage import Storage, atomic_write, is_s3
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
 BAD_COLUMNS = ["path", "label", "reason", "message"]
+QUARANTINE_COLUMNS = ["path", "label", "split", "reason", "group", "note"]
+"""Files a derived manifest set aside: ``reason`` the finding(s) that named it (``;``-joined),
+``group`` the content it shares with the other members of its group (12 hex digits of its SHA-256),
+``note`` what was found (e.g. the labels a copy carries, a reason it was already left out)."""
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 DATA_DIR = Path(__file__).resolve().parent / "class_maps"
@@ -125,6 +134,8 @@ class Manifest:
     ``classes`` are the labels with at least one record. ``empty_classes`` are the source labels (class
     folders, CSV labels) the class map covers, or all without one, that gave no usable image;
     ``class_map_labels`` are the labels the class map promises (None without a class map).
+    A manifest derived by :meth:`set_aside` names the version it came from (``parent_version``) and the
+    files it set aside (``quarantined``, :data:`QUARANTINE_COLUMNS`); both are None otherwise.
     """
 
     records: pd.DataFrame
@@ -133,6 +144,8 @@ class Manifest:
     source: str
     empty_classes: list[str] = field(default_factory=list)
     class_map_labels: list[str] | None = None
+    parent_version: str | None = None
+    quarantined: pd.DataFrame | None = None
 
     @property
     def expected_classes(self) -> list[str]:
@@ -162,11 +175,20 @@ class Manifest:
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
     def summary(self) -> dict:
-        """Counts per class and split, bad counts per reason, empty and missing classes, and the version."""
+        """Counts per class and split, bad counts per reason, empty and missing classes, and the version
+        (for a derived manifest also its parent's version and the files set aside per reason)."""
         counts = self.records.groupby(["label", "split"]).size()
         per_class: dict[str, dict[str, int]] = {c: {} for c in self.classes}
         for (label, split), n in counts.items():
             per_class[label][split or "unassigned"] = int(n)
+        derived = (
+            {
+                "parent_version": self.parent_version,
+                "quarantined": {r: int(n) for r, n in self.quarantined["reason"].value_counts().items()},
+            }
+            if self.quarantined is not None
+            else {}
+        )
         return {
             "version": self.version,
             "source": self.source,
@@ -178,7 +200,29 @@ class Manifest:
             "bad": {r: int(n) for r, n in self.bad["reason"].value_counts().items()},
             "empty_classes": list(self.empty_classes),
             "missing_classes": self.missing_classes,
+            **derived,
         }
+
+    def set_aside(self, files: pd.DataFrame) -> Manifest:
+        """A new version of this manifest without ``files`` (:data:`QUARANTINE_COLUMNS`; matched by
+        ``path``, among the records and the bad rows alike): they are listed in ``quarantined`` (after
+        any this manifest set aside already), ``parent_version`` is this manifest's version, classes
+        and empty classes are those of the records left. Nothing is read or written."""
+        paths = set(files["path"])
+        records = self.records[~self.records["path"].isin(paths)].reset_index(drop=True)
+        emptied = set(self.records["source_label"]) - set(records["source_label"])
+        listed = files[QUARANTINE_COLUMNS].fillna("").astype(str)
+        if self.quarantined is not None:
+            listed = pd.concat([self.quarantined, listed], ignore_index=True)
+        return replace(
+            self,
+            records=records,
+            bad=self.bad[~self.bad["path"].isin(paths)].reset_index(drop=True),
+            classes=sorted(records["label"].unique()),
+            empty_classes=sorted(set(self.empty_classes) | emptied),
+            parent_version=self.version,
+            quarantined=listed.reset_index(drop=True),
+        )
 
     def warnings(self) -> list[str]:
         """One line per class-level problem: empty classes, classes the class map promises but lacks."""
@@ -220,7 +264,8 @@ class Manifest:
         ]
 
     def save(self, path: str | Path) -> Path:
-        """Write the records as CSV at ``path`` and a JSON sidecar (``.json``) with bad rows and metadata."""
+        """Write the records as CSV at ``path`` and a JSON sidecar (``.json``) with bad rows and metadata
+        (a derived manifest's parent version and the files it set aside too)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         sidecar = {
@@ -231,6 +276,8 @@ class Manifest:
             "class_map_labels": self.class_map_labels,
             "bad": self.bad.to_dict(orient="records"),
             "summary": self.summary(),
+            "parent_version": self.parent_version,
+            "quarantined": None if self.quarantined is None else self.quarantined.to_dict(orient="records"),
         }
         atomic_write(path, self.records.to_csv(index=False).encode())
         atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
@@ -254,6 +301,8 @@ class Manifest:
             meta["source"],
             list(meta.get("empty_classes", [])),
             meta.get("class_map_labels"),
+            meta.get("parent_version"),
+            None if meta.get("quarantined") is None else pd.DataFrame(meta["quarantined"], columns=QUARANTINE_COLUMNS),
         )
         if manifest.version != meta["version"]:
             raise ValueError(f"{path}: records give version {manifest.version}, the sidecar says {meta['version']}")

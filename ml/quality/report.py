@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml.data.manifest import QUARANTINE_COLUMNS
+
 SEVERITIES = ("critical", "warning")
 """The severities a policy may give a check (GX's own ``FailureSeverity`` has ``info`` too)."""
 MAX_EXAMPLES = 20
@@ -42,7 +44,12 @@ class ExpectationOutcome:
 
 @dataclass
 class ValidationReport:
-    """All outcomes of :func:`ml.quality.validation.validate_features` plus the derived duplicate tables."""
+    """All outcomes of :func:`ml.quality.validation.validate_features` plus the derived duplicate tables.
+
+    ``unexpected`` holds every id a row-wise check named (the outcomes' details keep the first ones);
+    a report of data left after a quarantine (:mod:`ml.quality.quarantine`) names the files set aside
+    (``quarantined``), the version they were set aside from (``parent_version``) and what that version
+    failed (``failed_before``: ``suite:check`` names)."""
 
     results: list[ExpectationOutcome]
     label_conflicts: pd.DataFrame
@@ -51,6 +58,10 @@ class ValidationReport:
     bad_files: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BAD_FILE_COLUMNS))
     duplicate_groups: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_GROUP_COLUMNS))
     confounders_by_class: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unexpected: dict[str, list[Any]] = field(default_factory=dict, repr=False)
+    quarantined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
+    parent_version: str | None = None
+    failed_before: list[str] = field(default_factory=list)
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -91,6 +102,9 @@ class ValidationReport:
                     "bad_files": self.bad_files.to_dict(orient="records"),
                     "duplicate_groups": self.duplicate_groups.to_dict(orient="records"),
                     "confounders_by_class": self.confounders_by_class.to_dict(orient="records"),
+                    "quarantined": self.quarantined.to_dict(orient="records"),
+                    "parent_version": self.parent_version,
+                    "failed_before": list(self.failed_before),
                     "data_docs_index": str(self.data_docs_index) if self.data_docs_index else None,
                 },
                 default=_json_default,
@@ -110,7 +124,8 @@ def report_html(report: ValidationReport, title: str = "Dataset validation") -> 
     """A self-contained HTML summary (no external assets, opens offline): one row per expectation with
     observed value, threshold and what it found (the first offending files with their reasons), then the
     files not used, the duplicate groups with their paths, the label conflicts and the leaking pairs,
-    linking to the GX Data Docs site when it was built. Every value is HTML-escaped."""
+    linking to the GX Data Docs site when it was built; after a quarantine, first what the parent version
+    failed and the files set aside (every one, with reason and group). Every value is HTML-escaped."""
     rows = []
     for r in report.results:
         mark = "PASS" if r.success else ("FAIL" if r.severity == "critical" else "WARN")
@@ -131,12 +146,26 @@ def report_html(report: ValidationReport, title: str = "Dataset validation") -> 
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p><b>{verdict}</b></p>{docs}"
+        f"{_quarantine_html(report)}"
         "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
         f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
         f"{_table(report.bad_files, 'Files not used')}{_table(report.duplicate_groups, 'Duplicate groups')}"
         f"{_table(report.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
         f"{_table(report.label_conflicts, 'Label conflicts')}{_table(report.leaking_pairs, 'Leaking pairs')}"
         "</body></html>"
+    )
+
+
+def _quarantine_html(report: ValidationReport) -> str:
+    """What a quarantine set aside, every file listed (nothing set aside is out of sight)."""
+    if report.parent_version is None:
+        return ""
+    failed = ", ".join(report.failed_before) or "nothing"
+    return (
+        f"<h2>Quarantined ({len(report.quarantined)} files)</h2><p>Set aside from dataset version "
+        f"{html.escape(report.parent_version)}, which failed: {html.escape(failed)}. The checks below ran on the "
+        "files left; the files themselves are unchanged.</p>"
+        f"{_table(report.quarantined, 'Quarantined files', limit=None)}"
     )
 
 
@@ -147,15 +176,15 @@ def _cell(v: Any) -> str:
     return html.escape(text if len(text) < 300 else text[:300] + "...")
 
 
-def _table(df: pd.DataFrame, name: str) -> str:
+def _table(df: pd.DataFrame, name: str, limit: int | None = MAX_LISTED) -> str:
     if df.empty:
         return f"<h2>{name}</h2><p>none</p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    shown = df if limit is None else df.head(limit)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-        for row in df.head(MAX_LISTED).itertuples(index=False)
+        "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in shown.itertuples(index=False)
     )
-    more = f"<p>... and {len(df) - MAX_LISTED} more</p>" if len(df) > MAX_LISTED else ""
+    more = f"<p>... and {len(df) - len(shown)} more</p>" if len(df) > len(shown) else ""
     return f"<h2>{name} ({len(df)})</h2><table><tr>{head}</tr>{body}</table>{more}"
 
 

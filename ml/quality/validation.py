@@ -46,11 +46,13 @@ from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from ml.policies import PolicyError, policy_path
 from ml.policies import load_policy as _load_policy
 from ml.quality.checks import DEFAULT_MIN_CLASSES, Check, Table, all_checks, gx_tables
 from ml.quality.data_docs import SITE_NAME, from_gx, gx_frame, site_config
 from ml.quality.features import usable_mask
 from ml.quality.gx_cramers import ExpectColumnPairCramersVToBeLessThan, TableColumnPairCramersV, cramers_v
+from ml.quality.quarantine import quarantined_findings
 from ml.quality.report import (
     BAD_FILE_COLUMNS,
     DUPLICATE_GROUP_COLUMNS,
@@ -119,8 +121,14 @@ RUN_NAME = "skinflow-validate"
 def load_policy(path: str | Path | None = None) -> dict[str, Any]:
     """The validation policy at ``path`` (default: ``validation.yaml`` in the settings'
     ``policies_dir``), with every key of the shipped ``policies/validation.yaml`` and no other
-    (:func:`ml.policies.load_policy`; mistakes are ``PolicyError``)."""
-    return _load_policy("validation", path)
+    (:func:`ml.policies.load_policy`) and only quarantinable findings under ``quarantine``
+    (:func:`ml.quality.quarantine.quarantined_findings`); mistakes are ``PolicyError``."""
+    policy = _load_policy("validation", path)
+    try:
+        quarantined_findings(policy)
+    except ValueError as exc:
+        raise PolicyError(f"{policy_path('validation', path)}: {exc}") from exc
+    return policy
 
 
 def validate_features(
@@ -142,6 +150,7 @@ def validate_features(
     docs_dir = Path(data_docs_dir).resolve() if data_docs_dir is not None else None
     gx_results = _run_checkpoints(checks, tables, docs_dir)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
+    unexpected = {c.name: _unexpected_ids(gx_results[c.name], tables[c.table]) for c in checks}
     named = {
         "within_split_duplicate_share": duplicate_examples(used, pairs, within=True),
         "cross_split_leakage": duplicate_examples(used, pairs, within=False),
@@ -155,6 +164,7 @@ def validate_features(
         bad_files_table(features),
         duplicate_groups_table(used, pairs),
         confounders_by_class(used),
+        {name: ids for name, ids in unexpected.items() if ids is not None},
     )
 
 
@@ -192,11 +202,23 @@ def _run_checkpoints(checks: list[Check], tables: dict[str, Table], docs_dir: Pa
     return by_check
 
 
+def _found(result: Any) -> list[dict[str, Any]]:
+    """The offending rows GX lists (every one: result format COMPLETE), read back from its escaping."""
+    return [{k: from_gx(v) for k, v in row.items()} for row in (result.result or {}).get("unexpected_index_list") or []]
+
+
+def _unexpected_ids(result: Any, table: Table) -> list[Any] | None:
+    """Every id a row-wise check named (None for an aggregate check)."""
+    if "unexpected_count" not in (result.result or {}):
+        return None
+    return [row[table.id_column] for row in _found(result)]
+
+
 def _outcome(check: Check, result: Any, table: Table) -> ExpectationOutcome:
     res = result.result or {}
     observed = res.get("observed_value")
     if "unexpected_count" in res:
-        found = [{k: from_gx(v) for k, v in row.items()} for row in res.get("unexpected_index_list") or []]
+        found = _found(result)
         ids = [row[table.id_column] for row in found]
         observed = res["unexpected_count"]
         details = {"unexpected": ids[:_MAX_DETAILS], **_examples(found, observed, check.column, table)}
