@@ -16,7 +16,8 @@ from ml.project import with_project
 from ml.tracking.runs import run_name
 from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from tasks.common import markdown_table, publish_markdown
-from tasks.mlflow_tasks import promotion_gate, register_model, tracked_run
+from tasks.data import build_image_cache, load_manifest
+from tasks.mlflow_tasks import log_quarantine, promotion_gate, register_model, tracked_run
 from tasks.training import evaluate_model, log_training_run, train_model
 
 
@@ -32,7 +33,8 @@ def retrain_flow(
     validation_policy: str | None = None,
     out_dir: str = "outputs/retrain",
 ) -> dict:
-    """The scheduled retraining loop. Critical validation failures stop it before training.
+    """The scheduled retraining loop. Critical validation failures stop it before training; files of
+    findings the validation policy quarantines are set aside and it trains on the new dataset version.
     With ``tune`` the sweep's best (arch, schedule, LR, AMP) replaces those of ``training``;
     without it ``training`` is fitted as given (its LR from a range test when unset)."""
     with tagged("retrain"):
@@ -54,12 +56,18 @@ def retrain_flow(
             if validate_data
             else None
         )
+        quarantine = validation["quarantine"] if validation else None
+        if quarantine:  # files the policy quarantines: train on the new version without them
+            manifest = load_manifest(quarantine["manifest"])
+            cache = build_image_cache(manifest, data.size)
         with tracked_run(
             "skinflow-retrain",
             run_name("retrain", data=cache.version[:8]),
             tags=mlflow_tags(dataset_version=cache.version),
             system_metrics=True,
         ) as (run_id, _):
+            if quarantine:  # the list of the files set aside, on the run that trained without them
+                log_quarantine(run_id, quarantine)
             tuned = None
             if tune:
                 tuned = run_sweep(cache, sweep, training, lr_find, str(Path(out_dir) / "tune"), parent_run_id=run_id)
@@ -126,6 +134,8 @@ def retrain_flow(
             "gate_evaluated_on": gate.get("evaluated_on"),
             "gate_heldout_overlap": gate.get("heldout_overlap"),
             "validation_passed": validation["passed"] if validation else None,
+            "quarantined": quarantine["summary"] if quarantine else None,
+            "parent_dataset_version": quarantine["parent_dataset_version"] if quarantine else None,
         }
         publish_markdown("retrain-summary", "## Retrain summary\n\n" + markdown_table([summary]))
         logger.info(

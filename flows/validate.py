@@ -14,7 +14,7 @@ from ml.storage import StorageError
 from ml.tracking.runs import ServiceUnavailableError, set_run_tags
 from tasks.data import build_manifest
 from tasks.mlflow_tasks import log_validation
-from tasks.validation import compute_features, run_expectations, store_data_docs
+from tasks.validation import compute_features, quarantine_files, run_expectations, store_data_docs
 
 
 class ValidationFailed(RuntimeError):
@@ -39,17 +39,26 @@ def validate_flow(
 
 def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, fail_on_critical: bool) -> dict:
     """The validation of a built manifest: what ``validate_flow`` runs, and what the retrain
-    flow calls on the manifest it trains on."""
+    flow calls on the manifest it trains on. When the policy quarantines a finding, its files are
+    set aside into a new dataset version (``quarantine``: its manifest, the list, the parent
+    version) and the files left are validated again: the report is the new version's."""
     logger = get_run_logger()
     features = compute_features(manifest)
     docs_dir = Path(out_dir) / manifest.version / "data_docs"
     # the classes the data should have: the class map's promise, not only the folders found
     report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
-    summary_html = docs_dir.parent / "summary.html"
-    summary_html.write_text(report.to_html(f"Validation of {source} (dataset {manifest.version})"))
+    held = quarantine_files(manifest, features, report, policy)  # None: the policy sets nothing aside
+    if held is not None:  # the parent's page stays beside the new version's, which names every file set aside
+        _summary_page(report, docs_dir, source, manifest.version)
+        manifest = held.manifest
+        docs_dir = Path(out_dir) / manifest.version / "data_docs"
+        report = run_expectations(held.features, held.expected_classes, policy, str(docs_dir), held)
+    summary_html = _summary_page(report, docs_dir, source, manifest.version)
     full = report.to_dict()
     out = {
         "dataset_version": manifest.version,
+        "parent_dataset_version": held.parent_version if held is not None else None,
+        "quarantine": held.summary() if held is not None else None,
         "summary_html": str(summary_html),
         "passed": report.passed,
         "critical_failures": [f"{r.suite}:{r.check}" for r in report.critical_failures],
@@ -84,6 +93,15 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
         logger.warning("validation warning: %s", w)
     if not report.passed and fail_on_critical:
         raise ValidationFailed(
-            f"dataset {manifest.version} failed critical expectations: " + ", ".join(out["critical_failures"])
+            f"dataset {manifest.version} failed critical expectations: "
+            + ", ".join(out["critical_failures"])
+            + (f" (after quarantine: {held.line()})" if held is not None else "")
         )
     return out
+
+
+def _summary_page(report, docs_dir: Path, source: str, version: str) -> Path:
+    """``summary.html`` beside the Data Docs of ``version``."""
+    page = docs_dir.parent / "summary.html"
+    page.write_text(report.to_html(f"Validation of {source} (dataset {version})"))
+    return page

@@ -44,6 +44,14 @@ def build_manifest(source: str, class_map: str | None = None, check: bool = True
     return m
 
 
+@task(name="load-manifest", cache_policy=NO_CACHE)
+def load_manifest(path: str):
+    """A manifest saved with its sidecar (e.g. a quarantined dataset version), checked against its version."""
+    from ml.data.manifest import Manifest
+
+    return Manifest.load(path)
+
+
 @task(name="split-dataset", cache_policy=NO_CACHE)
 def split_dataset(manifest, val_frac: float = 1 / 6, test_frac: float = 0.0, seed: int = 0):
     """Stratified, duplicate-aware split (raises before any training when a class is too small)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from ml.settings import get_settings
@@ -34,12 +34,17 @@ def _with_bad(manifest) -> pd.DataFrame:
 
 
 @task(name="run-expectations", cache_policy=NO_CACHE)
-def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: str | None, docs_dir: str):
+def run_expectations(
+    features: pd.DataFrame, classes: list[str], policy_path: str | None, docs_dir: str, quarantine=None
+):
     """GX suites (integrity, class balance, confounders, duplicates/leakage), each run by a GX checkpoint whose
-    ``UpdateDataDocsAction`` writes the offline Data Docs site into ``docs_dir``."""
+    ``UpdateDataDocsAction`` writes the offline Data Docs site into ``docs_dir``. After a ``quarantine``
+    (:class:`ml.quality.quarantine.Quarantine`) the report names the files it set aside."""
     from ml.quality.validation import load_policy, validate_features
 
     report = validate_features(features, load_policy(policy_path), classes, Path(docs_dir))
+    if quarantine is not None:
+        report = quarantine.annotate(report)
     rows = [
         {
             "suite": r.suite,
@@ -54,6 +59,25 @@ def run_expectations(features: pd.DataFrame, classes: list[str], policy_path: st
     ]
     publish_table("validate-summary", rows, "Great Expectations results (critical failures stop the flow)")
     return report
+
+
+@task(name="quarantine-files", cache_policy=NO_CACHE)
+def quarantine_files(manifest, features: pd.DataFrame, report, policy_path: str | None):
+    """The files of the findings the policy quarantines, set aside into a new version of ``manifest``
+    under ``<data_root>/datasets/<name>-quarantined/<quarantine key>/`` (reused when complete), listed
+    in a Prefect artifact. Returns :class:`ml.quality.quarantine.Quarantine`, or None when nothing is
+    set aside."""
+    from ml.quality.quarantine import quarantine
+    from ml.quality.validation import load_policy
+    from tasks.curation import _dataset_name
+
+    versions = get_settings().data_root / "datasets" / f"{_dataset_name(manifest.source)}-quarantined"
+    held = quarantine(manifest, features, report, load_policy(policy_path), versions)
+    if held is None:
+        return None
+    get_run_logger().warning("quarantined %s (list: %s)", held.line(), held.csv_path)
+    publish_table("validate-quarantine", held.files.to_dict(orient="records"), f"Quarantined: {held.line()}")
+    return held
 
 
 @task(name="store-data-docs", **IO_RETRY, cache_policy=NO_CACHE)

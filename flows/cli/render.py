@@ -31,10 +31,11 @@ def manifest_summary(m) -> None:
 
 # --------------------------------------------------------------------------- validate
 def validation(report: dict) -> None:
-    """One line per check (PASS, FAIL for a critical one, WARN), what a failed check found, the
-    findings behind the counts, and where the reports are."""
+    """The files quarantined (when any), one line per check (PASS, FAIL for a critical one, WARN),
+    what a failed check found, the findings behind the counts, and where the reports are."""
     from ml.quality.validation import details_lines
 
+    quarantined(report.get("quarantine"))  # first: the checks below ran on the files left
     rows = report["results"]
     w = max((len(r.get("check") or r["expectation"]) for r in rows), default=10)
     for r in rows:
@@ -52,6 +53,22 @@ def validation(report: dict) -> None:
         f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
         f"data docs: {report.get('data_docs')}"
     )
+
+
+def quarantined(quarantine: dict | None) -> None:
+    """The files the policy quarantined (bounded, "and N more"), where the full list and the new
+    version are, and what the version they came from failed; nothing when none."""
+    from ml.quality.validation import MAX_EXAMPLES, bounded
+
+    if not quarantine:
+        return
+    echo(f"quarantined: {quarantine['summary']}; the checks below ran on the files left")
+    failed = ", ".join(quarantine["failed_before"]) or "nothing"
+    echo(f"      dataset version {quarantine['parent_dataset_version']} failed: {failed}")
+    rows = [f"{r['path']} [{r['label']}]: {r['reason']}, group {r['group']} ({r['note']})" for r in quarantine["rows"]]
+    for line in bounded(rows, MAX_EXAMPLES):
+        echo(f"      {line}")
+    echo(f"      every file: {quarantine['csv']}; the new version: {quarantine['manifest']}")
 
 
 def findings(report: dict) -> None:

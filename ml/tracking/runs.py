@@ -436,7 +436,8 @@ def log_evaluation_metrics(metrics: Mapping[str, float], model_id: str, dataset:
 def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str | Path, source: str) -> None:
     """A validation run's record: param ``source``, metrics ``critical_failures`` and
     ``warnings``, tag ``validation_passed``, ``reports/validation.json``, the GX Data Docs site
-    under ``reports/data_docs`` (when built) and the summary HTML (when any)."""
+    under ``reports/data_docs`` (when built), the summary HTML (when any) and, when files were
+    quarantined (``report["quarantine"]``), :func:`log_quarantine`'s record."""
     client = MlflowClient()
     client.log_param(run_id, "source", source)
     client.log_metric(run_id, "critical_failures", len(report["critical_failures"]))
@@ -447,6 +448,20 @@ def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str 
         client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
     if report.get("summary_html"):
         client.log_artifact(run_id, report["summary_html"], artifact_path="reports")
+    if report.get("quarantine"):
+        log_quarantine(run_id, report["quarantine"])
+
+
+def log_quarantine(run_id: str, quarantine: Mapping[str, Any]) -> None:
+    """The files a validation quarantined (:meth:`ml.quality.quarantine.Quarantine.summary`) on run
+    ``run_id``: param ``quarantined_files`` (how many), tags ``parent_dataset_version`` (the version
+    they were set aside from) and ``quarantine`` (the one-line summary), and the list itself as the
+    artifact ``quarantine.csv`` (path, label, split, reason, group, note)."""
+    client = MlflowClient()
+    client.log_param(run_id, "quarantined_files", int(quarantine["files"]))
+    client.set_tag(run_id, "parent_dataset_version", quarantine["parent_dataset_version"])
+    client.set_tag(run_id, "quarantine", quarantine["summary"])
+    client.log_artifact(run_id, quarantine["csv"])
 
 
 def set_standard_tags(
