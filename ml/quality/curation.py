@@ -1,7 +1,8 @@
-"""Dataset curation (thesis ch. 4): quarantine, pen-mark removal, gamma, field-of-view crop, balance.
+"""Dataset curation (thesis ch. 4): pen-mark removal, gamma, field-of-view crop, balance.
 
 Every function returns new arrays/frames and :func:`curate_dataset` writes a new ImageFolder;
-source files are never modified.
+source files are never modified. Setting files aside (label conflicts, broken files) is the
+validation's quarantine, :mod:`ml.quality.quarantine`.
 """
 
 from __future__ import annotations
@@ -34,22 +35,6 @@ MIN_LESION_DISTANCE = 40.0
 MIN_LESION_SHARE = 0.005
 """:func:`fov_crop` leaves an image alone when the lesion it finds covers less than this share."""
 _DEFAULTS = {"patch": 32, "k": 3, "dark_lesion_share": 0.25, "gamma": 1.3, "fov_target_share": 0.5}
-
-
-# --------------------------------------------------------------------------- tables
-def quarantine(features: pd.DataFrame, label_conflicts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``features`` into kept rows and quarantined rows with a ``quarantine_reason``.
-
-    Reasons: ``decode:<reason>`` for files that do not decode, ``label_conflict`` for files whose
-    bytes also occur under another label (all copies go: which label is right is unknown).
-    """
-    ok = features["decode_ok"].fillna(False).astype(bool)
-    decode = ("decode:" + features["reason"].fillna("unknown").astype(str)).where(~ok, "")
-    conflict = features["sha256"].isin(set(label_conflicts.get("sha256", []))).map({True: "label_conflict", False: ""})
-    reasons = (decode + ";" + conflict).str.strip(";")
-    held = reasons != ""
-    kept = features[~held].reset_index(drop=True)
-    return kept, features[held].assign(quarantine_reason=reasons[held]).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- image steps

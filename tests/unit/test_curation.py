@@ -1,4 +1,5 @@
-"""Curation: pen-mark removal, dark-lesion skip, gamma, FOV crop, balance plans, quarantine, new dataset."""
+"""Curation: pen-mark removal, dark-lesion skip, gamma, FOV crop, balance plans, new dataset (quarantine:
+test_quarantine.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from ml.quality.curation import (
     curate_dataset,
     fov_crop,
     gamma_correct,
-    quarantine,
     remove_confounders,
 )
 from ml.quality.features import confounder_mask, luma
@@ -97,27 +97,6 @@ def test_fov_crop_frames_the_lesion_at_the_target_share():
     assert np.all(crop == LESION, axis=2).sum() == lesion.sum()  # the whole lesion stays in frame
     big = _skin(size=64, radius=30)
     assert np.array_equal(fov_crop(big), big)
-
-
-def test_quarantine_separates_broken_and_conflicting_files():
-    feats = pd.DataFrame(
-        {
-            "path": ["a", "b", "c", "d"],
-            "label": ["x", "y", "x", "x"],
-            "decode_ok": [True, True, False, True],
-            "reason": ["", "", "truncated", ""],
-            "sha256": ["h1", "h1", "h2", "h3"],
-        }
-    )
-    conflicts = pd.DataFrame({"sha256": ["h1", "h1"], "path": ["a", "b"], "label": ["x", "y"]})
-    kept, held = quarantine(feats, conflicts)
-    assert list(kept["path"]) == ["d"]
-    assert dict(zip(held["path"], held["quarantine_reason"])) == {
-        "a": "label_conflict",
-        "b": "label_conflict",
-        "c": "decode:truncated",
-    }
-    assert len(feats) == 4 and "quarantine_reason" not in feats
 
 
 @pytest.fixture
