@@ -1,11 +1,15 @@
-"""Prefect tasks around MLflow runs and the model registry (with retries on I/O)."""
+"""Prefect tasks around MLflow runs and the model registry (with retries on I/O).
+
+The promotion gate's modules (``ml.eval.gate``, ``ml.tracking.models``, ``ml.train.recipes``: scipy,
+torch, torchvision, matplotlib) are imported by the tasks that use them: flows that only open runs and
+log to them (``validate``) do not load them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow import MlflowClient
@@ -15,13 +19,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from ml.eval.gate import GateDecision, PromotionPolicy, after_earlier_promotion, decide_on_heldout, disjoint_heldout
 from ml.settings import get_settings, without_credentials
-from ml.tracking import models as tracked_models
 from ml.tracking import registry
 from ml.tracking import runs as tracking_runs
-from ml.train import recipes
 from tasks.common import IO_RETRY, markdown_table, publish_link, publish_markdown
+
+if TYPE_CHECKING:
+    from ml.eval.gate import GateDecision, PromotionPolicy
 
 
 @task(name="open-mlflow-run", **IO_RETRY, cache_policy=NO_CACHE)
@@ -144,13 +148,6 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     return run_id
 
 
-@task(name="log-quarantine", **IO_RETRY, cache_policy=NO_CACHE)
-def log_quarantine(run_id: str, quarantine: dict[str, Any]) -> None:
-    """The files the validation quarantined (the validate report's ``quarantine``) on run ``run_id``:
-    ``quarantine.csv``, param ``quarantined_files``, tags ``parent_dataset_version`` and ``quarantine``."""
-    tracking_runs.log_quarantine(run_id, quarantine)
-
-
 @task(name="register-model", **IO_RETRY, cache_policy=NO_CACHE)
 def register_model(model_uri: str, tags: dict[str, Any]) -> str:
     """Register the logged model ``model_uri`` (``log_training_run(...)["model_uri"]``) as a new
@@ -173,6 +170,8 @@ def _predictions(
     stored for exactly this set (same digest) when there are any, else predicted again from
     its stored weights. Returns ``(pred, meta, "stored" | "recomputed")``."""
     from ml.eval.gate import heldout_digest
+    from ml.tracking import models as tracked_models
+    from ml.train import recipes
 
     if not recompute:
         probs = tracked_models.load_predictions(model_uri, heldout_digest(images, labels, classes))
@@ -213,6 +212,8 @@ def promotion_gate(
     repeats whole. A retry that finds ``version`` already champion (an earlier attempt moved the
     alias, then failed) compares it again with the champion it replaced (tag
     ``gate_champion_before``, written before the alias moves) and reports it promoted."""
+    from ml.eval.gate import PromotionPolicy
+
     logger = get_run_logger()
     settings = get_settings()
     name = settings.registered_model
@@ -283,6 +284,8 @@ def _gate_step(
 ):
     """What a gate does while it holds the lock: read the champion, compare, move the alias (one
     idempotent step). Returns ``(result, decision, heldout)``."""
+    from ml.eval.gate import after_earlier_promotion, decide_on_heldout, disjoint_heldout
+
     current = registry.get_alias_version(name, "champion")
     already = current == str(version)
     champion = _champion_before(name, version) if already else current
@@ -341,6 +344,8 @@ def one_gate_at_a_time(name: str, timeout_s: float = 900) -> Iterator[None]:
 
 def _trained(model_uri: str) -> set[str] | None:
     """The model's training images (train + val digests); None (and a warning) when unrecorded."""
+    from ml.tracking import models as tracked_models
+
     seen = tracked_models.load_training_digests(model_uri)
     if seen is None:
         get_run_logger().warning(
