@@ -148,6 +148,13 @@ def log_validation(report: dict, docs_dir: Path, source: str) -> str:
     return run_id
 
 
+@task(name="log-quarantine", **IO_RETRY, cache_policy=NO_CACHE)
+def log_quarantine(run_id: str, quarantine: dict[str, Any]) -> None:
+    """The files the validation quarantined (the validate report's ``quarantine``) on run ``run_id``:
+    ``quarantine.csv``, param ``quarantined_files``, tags ``parent_dataset_version`` and ``quarantine``."""
+    tracking_runs.log_quarantine(run_id, quarantine)
+
+
 @task(name="register-model", **IO_RETRY, cache_policy=NO_CACHE)
 def register_model(model_uri: str, tags: dict[str, Any]) -> str:
     """Register the logged model ``model_uri`` (``log_training_run(...)["model_uri"]``) as a new
