@@ -6,7 +6,7 @@ with local stores under ``--work-dir`` (data root + sqlite MLflow, ephemeral Pre
 ProGAN to 32 px on the pool, N synthetic images as a new dataset version, K binary classifiers,
 estimates, memorisation test, train-on-synthetic, control, verdict.
 
-Run: ``make bench-augcheck`` (``BENCH_ARGS=--quick`` for a format check). Writes
+Run: ``make bench-augcheck``. Writes
 ``<work-dir>/bench_augcheck.json``; ``--results bench/RESULTS.md`` replaces the section between
 ``<!-- augcheck:start -->`` and ``<!-- augcheck:end -->`` (other sections kept).
 """
@@ -55,7 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     p.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out" / "augcheck")
     p.add_argument("--results", type=Path, default=None, help="Update this RESULTS.md's augcheck section.")
-    p.add_argument("--quick", action="store_true", help="Tiny format check (16 px GAN, few images, 1 epoch).")
     return p.parse_args(argv)
 
 
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
 
     from ml.data.synth import SynthConfig, generate
 
-    per_class = 24 if args.quick else args.per_class
+    per_class = args.per_class
     source = work / f"synth_acne_blister_{per_class}"
     if not (source / "synth_meta.csv").is_file():
         generate(
@@ -86,13 +85,10 @@ def main(argv=None) -> int:
     data = DataConfig(source=str(source), test_frac=0.2)
     check = AugCheckConfig(
         ratio=args.ratio,
-        n_synthetic=40 if args.quick else args.n_synthetic,
-        classifiers=2 if args.quick else args.classifiers,
-        **({"epochs": 1} if args.quick else {}),
+        n_synthetic=args.n_synthetic,
+        classifiers=args.classifiers,
     )
     given = {"fade_iters": args.fade_iters, "stable_iters": args.stable_iters, "batch_size": args.batch_size}
-    if args.quick:
-        given.update(resolution=16, fade_iters=5, stable_iters=5)
     gan = ProGANConfig(
         device="cpu", checkpoint_dir=str(work / "gan_checkpoints"), **{k: v for k, v in given.items() if v is not None}
     )

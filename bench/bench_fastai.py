@@ -16,7 +16,7 @@ recommended recipe and its LR finder included in the wall time.
 Runs are interleaved per seed (the order rotates with the seed). Reported: wall time (LR finder +
 training, with per-epoch validation on both sides), test balanced accuracy and macro-F1 on the shipped
 test images, and the goal of issue #12: skinflow reaching fastai's balanced accuracy in at most 0.8x
-fastai's wall time. Run: ``make bench-fastai`` (about 25 minutes on 2 cores) or ``--quick``.
+fastai's wall time. Run: ``make bench-fastai`` (about 25 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def render(result: dict[str, Any]) -> str:
         [
             "# skinflow vs fastai (`make bench-fastai`)",
             "",
-            f"Command: `{result['command']}`" + (" (**quick format check, not a measurement**)" if p["quick"] else ""),
+            f"Command: `{result['command']}`",
             "",
             f"Machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
             f"fastai {result['fastai_version']}; AMP here: {result['cpu_precision']['amp_precision']}; load average "
@@ -294,7 +294,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="format check: 48 px, 8/class, 1 epoch, 1 seed")
     ap.add_argument("--variant", default=None, help="skinflow's variant (default: the pretrained bench's best)")
     ap.add_argument("--no-fp32", action="store_true", help="skip skinflow's fp32 (precision-matched) rows")
     ap.add_argument("--size", type=int, default=Profile.size)
@@ -309,8 +308,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     import fastai
 
-    if args.quick:
-        args.size, args.per_class, args.val_per_class, args.epochs, args.batch, args.seeds = 48, 8, 4, 1, 16, "0"
     profile = {
         "size": args.size,
         "per_class": args.per_class,
@@ -318,7 +315,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "epochs": args.epochs,
         "batch": args.batch,
         "seeds": [int(s) for s in args.seeds.split(",")],
-        "quick": args.quick,
     }
     variant = args.variant or default_variant()
     machine = machine_description(configure_torch(args.threads))

@@ -9,8 +9,7 @@ Modes, all on the same records in one run:
 
 Every file is read once before timing (page cache warm for every mode alike); with ``--repeats``
 the modes run in rotating order and the median pass counts. The feature tables of all modes are
-compared (they must be identical). Data: ``../shared/data/isic9`` (train + test), or a synthetic
-set when it is absent (or with ``--synthetic``).
+compared (they must be identical). Data: ``../shared/data/isic9`` (train + test), or ``--data``.
 
 Run: ``make bench-features`` (all images) or ``python -m bench.bench_features --limit 200``.
 Writes ``bench/out/bench_features.json``; ``--results bench/RESULTS.md`` replaces the section between
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +48,6 @@ COMPARED = ("sha256", "phash", "decode_ok", "width", "height", "brightness", "sh
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ISIC9, help="ImageFolder (default ../shared/data/isic9)")
-    p.add_argument("--synthetic", action="store_true", help="use a generated synthetic set instead")
-    p.add_argument("--synthetic-size", type=int, default=256, help="side of synthetic images (px)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images (evenly spread over the set)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts to time")
     p.add_argument("--ray-cpus", type=int, default=2, help="CPUs for ray.init (0 skips the Ray mode)")
@@ -63,38 +59,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--limit must be >= 1")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if not args.data.is_dir():
+        p.error(f"--data {args.data} is not a folder")
     return args
 
 
 # --------------------------------------------------------------------------- data
-def load_records(args: argparse.Namespace, tmp: Path) -> tuple[Any, str]:
+def load_records(args: argparse.Namespace) -> tuple[Any, str]:
     """Records (path, label, ...) to compute features on, and a description of where they came from."""
     from ml.data.manifest import build_manifest
 
-    if args.synthetic or not args.data.is_dir():
-        from ml.data.synth import SynthConfig, generate
-
-        n = args.limit or 200
-        per_class = max(1, -(-n // 10))
-        out = tmp / "synth"
-        generate(
-            out,
-            SynthConfig(per_class=per_class, size=args.synthetic_size, seed=0, pen_rate=0.2, ruler_rate=0.1),
-            progress=False,
-        )
-        source = (
-            f"synthetic ({per_class}/class, {args.synthetic_size} px; {args.data} absent)"
-            if not args.synthetic
-            else f"synthetic ({per_class}/class, {args.synthetic_size} px)"
-        )
-        records = build_manifest(out, check=False).records
-    else:
-        records = build_manifest(args.data, check=False).records
-        source = str(args.data)
+    records = build_manifest(args.data, check=False).records
     if args.limit and args.limit < len(records):
         step = len(records) / args.limit  # evenly spread: every class and split is represented
         records = records.iloc[[int(i * step) for i in range(args.limit)]]
-    return records.reset_index(drop=True), source
+    return records.reset_index(drop=True), str(args.data)
 
 
 def warm_page_cache(records) -> int:
@@ -219,12 +198,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
-        records, source = load_records(args, Path(tmp))
-        nbytes = warm_page_cache(records)
-        print(f"features throughput on {len(records)} images from {source}", flush=True)
-        load_at_start = load_average()
-        rows, ray_info = run_modes(records, args)
+    records, source = load_records(args)
+    nbytes = warm_page_cache(records)
+    print(f"features throughput on {len(records)} images from {source}", flush=True)
+    load_at_start = load_average()
+    rows, ray_info = run_modes(records, args)
     meta = {
         "source": source,
         "images": len(records),

@@ -1,7 +1,7 @@
 """GPU training throughput: ``ml.train.loop.fit`` vs a bare PyTorch loop, per image size and precision.
 
 Meant to run once on a rented CUDA machine through ``bench/gpu_check.sh`` (which also runs the
-gpu-marked tests); ``--quick --device cpu`` is a format check that runs in about a minute on 2 cores.
+gpu-marked tests).
 
 For every (size, batch) x {fp32, AMP}, after one warm-up of each, ``--repeats`` interleaved rounds of:
 
@@ -19,8 +19,7 @@ min-max. Then a loader-only line per size (``TrainBatches`` with no model) vs wh
 Imports only torch/torchvision/numpy/scikit-learn/tqdm (through ``ml.train.loop``) and the standard
 library: no pydantic, mlflow, prefect, ...
 
-Run: ``python3 -m bench.bench_gpu --json OUT.json --markdown OUT.md`` (defaults under bench/out/gpu/),
-``python -m bench.bench_gpu --quick --device cpu``.
+Run: ``python3 -m bench.bench_gpu --json OUT.json --markdown OUT.md`` (defaults under bench/out/gpu/).
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ SCHEDULE = "sgdr_dlr_clm"
 LR = 0.01
 DEFAULT_OUT = REPO / "bench" / "out" / "gpu"
 FULL = {"sizes": (64, 224), "batches": (256, 128), "steps": 24, "repeats": 3}
-QUICK = {"sizes": (32, 48), "batches": (16, 8), "steps": 3, "repeats": 2}
 BASE_IMAGES = 256  # distinct synthetic images per size; tiled up to steps x batch
 
 
@@ -174,18 +172,14 @@ def measure_config(
     steps = n // batch
     val = (images[:32], labels[:32])
     classes = [f"c{i}" for i in range(num_classes)]
-    xs = [
-        to_float_batch(torch.from_numpy(images[i : i + batch]).to(device), *norm, channels_last=args.channels_last)
-        for i in range(0, n, batch)
-    ]
+    xs = [to_float_batch(torch.from_numpy(images[i : i + batch]).to(device), *norm) for i in range(0, n, batch)]
     ys = [torch.from_numpy(labels[i : i + batch]).to(device) for i in range(0, n, batch)]
     # the bare loop's batches stay allocated during every run: subtract them from the peaks
     staged = sum(t.numel() * t.element_size() for t in xs + ys) / 2**30 if device.type == "cuda" else None
 
     def new_model() -> torch.nn.Module:
         torch.manual_seed(args.seed)
-        model = build_model(args.arch, num_classes).to(device).train()
-        return model.to(memory_format=torch.channels_last) if args.channels_last else model
+        return build_model(args.arch, num_classes).to(device).train()
 
     def cfg() -> TrainConfig:
         return TrainConfig(
@@ -195,7 +189,6 @@ def measure_config(
             epochs=1,
             batch_size=batch,
             amp=precision == "amp",
-            channels_last=args.channels_last,
             snapshots=1,
             seed=args.seed,
             device=str(device),
@@ -217,7 +210,7 @@ def measure_config(
         reset_peak(device)
         sync(device)
         start = time.perf_counter()
-        done = _bare_steps(model, batches, device, dtype)  # TrainBatches applies channels_last itself
+        done = _bare_steps(model, batches, device, dtype)
         sync(device)
         return {"seconds": time.perf_counter() - start, "steps": done, "peak_gib": peak_gib(device)}
 
@@ -300,7 +293,6 @@ def measure_loader(
         arch=args.arch,
         batch_size=batch,
         seed=args.seed,
-        channels_last=args.channels_last,
         device=str(device),
         progress=False,
     )
@@ -492,11 +484,8 @@ def reading(result: dict[str, Any]) -> str:
         )
     parts.append(
         f"Medians of {max(c['repeats'] for c in ok)} interleaved repeats after one warm-up, "
-        f"cudnn.benchmark={dev['cudnn_benchmark']}, channels_last={result['settings']['channels_last']}; "
-        "one run on one machine."
+        f"cudnn.benchmark={dev['cudnn_benchmark']}; one run on one machine."
     )
-    if result["settings"]["quick"]:
-        parts.append("This is a `--quick` format check: tiny sizes, the numbers mean nothing.")
     return " ".join(parts)
 
 
@@ -573,12 +562,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("auto", "cuda", "cpu"),
         help="auto (default) = cuda when available, else cpu",
     )
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"format check: sizes {QUICK['sizes']}, batches {QUICK['batches']}, {QUICK['steps']} steps, "
-        f"{QUICK['repeats']} repeats",
-    )
     ap.add_argument("--sizes", type=_ints, default=None, help=f"comma list of px (default {FULL['sizes']})")
     ap.add_argument("--batches", type=_ints, default=None, help=f"comma list, one per size (default {FULL['batches']})")
     ap.add_argument("--precisions", default="fp32,amp", help="comma list (default fp32,amp)")
@@ -586,17 +569,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help=f"interleaved repeats (default {FULL['repeats']})")
     ap.add_argument("--arch", default="resnet18", help="torchvision arch known to ml.train.models (default resnet18)")
     ap.add_argument("--num-classes", type=int, default=10, help="default 10")
-    ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (bare and fit)")
-    ap.add_argument(
-        "--cudnn-benchmark",
-        action="store_true",
-        help="set torch.backends.cudnn.benchmark=True (fit leaves torch's default, False)",
-    )
     ap.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: all usable cores; 1 with --quick on cpu)",
+        help="torch intra-op threads (default: all usable cores)",
     )
     ap.add_argument(
         "--budget-s",
@@ -618,11 +595,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the RESULTS.md-style section, also printed (default bench/out/gpu/gpu_section.md)",
     )
     args = ap.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    args.sizes = args.sizes or base["sizes"]
-    args.batches = args.batches or base["batches"]
-    args.steps = args.steps or base["steps"]
-    args.repeats = args.repeats or base["repeats"]
+    args.sizes = args.sizes or FULL["sizes"]
+    args.batches = args.batches or FULL["batches"]
+    args.steps = args.steps or FULL["steps"]
+    args.repeats = args.repeats or FULL["repeats"]
     if len(args.batches) != len(args.sizes):
         ap.error(f"--batches needs one value per size ({len(args.sizes)}), got {len(args.batches)}")
     args.precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
@@ -646,12 +622,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     deadline = started + args.budget_s
     device = resolve_device(args.device)
-    # --quick on a small shared CPU: one thread (OpenMP threads spinning at barriers on a loaded
-    # 2-core box made single steps 10x slower, see bench/README.md)
-    threads = args.threads if args.threads is not None else (1 if args.quick and device.type == "cpu" else None)
-    torch_settings = configure_torch(threads)
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
+    torch_settings = configure_torch(args.threads)
     result: dict[str, Any] = {
         "command": command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_description(torch_settings),
@@ -668,9 +639,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "schedule": SCHEDULE,
             "lr": LR,
-            "channels_last": args.channels_last,
             "seed": args.seed,
-            "quick": args.quick,
             "budget_s": args.budget_s,
         },
         "configs": [],

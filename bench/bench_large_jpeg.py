@@ -2,8 +2,7 @@
 
 Large JPEGs (default 1600x1100, quality 90) are made at bench time, never committed: synthetic
 photographs (``ml.data.synth``, 256 px, with drapes, dark backgrounds, watermark bands and some pen
-marks) upscaled bicubically, or isic9 images upscaled the same way with ``--from-isic9``. Each is
-read once before timing (page cache warm). Modes, in one process, serial (``workers=1``, the unit
+marks) upscaled bicubically. Each is read once before timing (page cache warm). Modes, in one process, serial (``workers=1``, the unit
 of work a pool or Ray task runs):
 
 * ``full``    -- ``image_features(path, reduced=False)``: one full-resolution decode;
@@ -44,7 +43,6 @@ from bench.common import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-ISIC9 = REPO.parent / "shared" / "data" / "isic9"
 DEFAULT_JSON = REPO / "bench" / "out" / "bench_large_jpeg.json"
 SECTION_TITLE = "## Features on large JPEGs (reduced decode)"
 SECTION = "large-jpeg"
@@ -56,7 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=40, help="how many large JPEGs to make and time")
     p.add_argument("--width", type=int, default=1600)
     p.add_argument("--height", type=int, default=1100)
-    p.add_argument("--from-isic9", action="store_true", help="upscale isic9 images instead of synthetic ones")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per mode (median reported)")
     p.add_argument("--code", type=Path, default=None, help="import ml from this checkout (e.g. /work/main)")
     p.add_argument(
@@ -84,29 +81,24 @@ def make_large(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], str]:
         return made, (folder / "SOURCE.txt").read_text().strip()
     folder.mkdir(parents=True, exist_ok=True)
 
-    if args.from_isic9 and ISIC9.is_dir():
-        sources = sorted(ISIC9.glob("*/*/*.jpg"))
-        step = max(1, len(sources) // args.images)
-        sources, origin = sources[::step][: args.images], f"isic9 images upscaled from {ISIC9}"
-    else:
-        from ml.data.synth import SynthConfig, generate
+    from ml.data.synth import SynthConfig, generate
 
-        per_class = -(-args.images // 10)
-        generate(
-            tmp / "synth",
-            SynthConfig(
-                per_class=per_class,
-                size=256,
-                seed=0,
-                pen_rate=0.2,
-                drape_rate=0.5,
-                dark_background_rate=0.3,
-                watermark_rate=0.5,
-            ),
-            progress=False,
-        )
-        sources = sorted((tmp / "synth").glob("*/*.jpg"))[: args.images]
-        origin = "synthetic 256 px photographs (drapes, dark backgrounds, watermark bands, pen marks) upscaled"
+    per_class = -(-args.images // 10)
+    generate(
+        tmp / "synth",
+        SynthConfig(
+            per_class=per_class,
+            size=256,
+            seed=0,
+            pen_rate=0.2,
+            drape_rate=0.5,
+            dark_background_rate=0.3,
+            watermark_rate=0.5,
+        ),
+        progress=False,
+    )
+    sources = sorted((tmp / "synth").glob("*/*.jpg"))[: args.images]
+    origin = "synthetic 256 px photographs (drapes, dark backgrounds, watermark bands, pen marks) upscaled"
     out = []
     for i, src in enumerate(sources):
         path = folder / f"large_{i:04d}.jpg"

@@ -1,15 +1,15 @@
-"""Monitor-flow cost: seconds of ``flows.monitor.monitor_flow`` for a reference of N images
-against batches of growing size, at one resolution.
+"""Monitor-flow cost: seconds of the ``ml/monitor`` steps that the monitor flow's tasks call, each
+timed, for a reference of N images against batches of growing size, at one resolution.
 
 Set-up (not timed): a synthetic SD-198-style set (``ml/data/synth.py``) of ``reference + 100``
-images at ``--size`` px, of which the first ``reference`` are recorded as the model's train split
+images at ``--size`` px, ``reference`` of them (drawn at random) recorded as the model's train split
 and the rest as its val split (BBSE's confusion matrix); a ResNet-18 at random initialisation
 logged as an MLflow run (sqlite store in a temp folder) with its weights, training digests and
 dataset source, as a training run records them; batches from the same generator with other seeds.
-Timed: the whole flow in this process on Prefect's ephemeral API, as ``skinflow drift`` runs it
-(model and reference loading, descriptors, embeddings, predictions, BBSE, the Evidently report
-with its two EmbeddingsDrift TSNE plots, HTML/JSON, the MLflow run). A first, untimed run warms
-the imports and the ephemeral Prefect server. ``OMP_NUM_THREADS=1`` is set before numpy loads.
+Timed, without Prefect and MLflow: model and reference loading and the reference's description
+(once), then per batch: reading it (each image decoded once, as the flow does), describing it, BBSE,
+the Evidently report with its two EmbeddingsDrift TSNE plots and the decision, the HTML.
+``OMP_NUM_THREADS=1`` is set before numpy loads.
 
 Run: ``make bench-monitor`` or ``python -m bench.bench_monitor --batches 100 250 500 --results bench/RESULTS.md``.
 Writes ``bench/out/bench_monitor.json``; ``--results`` replaces the ``monitor`` section of RESULTS.md.
@@ -47,13 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=64, help="image side (px)")
     p.add_argument("--reference", type=int, default=500, help="reference (train split) images")
     p.add_argument("--batches", type=int, nargs="+", default=[100, 250, 500, 1000], help="batch sizes to time")
-    p.add_argument(
-        "--mode",
-        choices=["flow", "steps"],
-        default="flow",
-        help="flow: the whole monitor flow (Prefect + MLflow); steps: the ml/monitor steps the flow's "
-        "tasks call, timed one by one, without Prefect and MLflow (the reference described once)",
-    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--results", type=Path, default=None, help="RESULTS.md to update")
     return p.parse_args(argv)
@@ -90,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     from ml.data.synth import SynthConfig, generate
     from ml.settings import get_settings
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ["SKINFLOW_DATA_ROOT"] = str(root / "data")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-        os.environ.pop("PREFECT_API_URL", None)
         get_settings.cache_clear()
         from ml.tracking.runs import configure_mlflow
 
@@ -104,44 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         generate(root / "reference", SynthConfig(per_class=per_class, size=args.size, seed=0), progress=False)
         (root / "reference" / "synth_meta.csv").unlink()
         model_uri = _model_run(root, root / "reference", args.reference, args.size)
-        from flows.monitor import monitor_flow
-        from flows.runtime import local_flow_settings
-        from ml.monitor.config import MonitorConfig
-
-        def run(n: int, seed: int) -> tuple[float, dict]:
-            batch = root / f"batch{n}-{seed}"
-            generate(batch, SynthConfig(per_class=-(-n // 10), size=args.size, seed=seed), progress=False)
-            (batch / "synth_meta.csv").unlink()
-            cfg = MonitorConfig(
-                batch=str(batch), model_uri=model_uri, max_reference=args.reference, out_dir=str(root / "out")
-            )
-            start = time.perf_counter()
-            summary = monitor_flow(monitor=cfg)
-            return time.perf_counter() - start, summary
-
-        if args.mode == "steps":
-            rows = run_steps(root, model_uri, args)
-        else:
-            with local_flow_settings():
-                run(50, 1)  # warm-up: imports, ephemeral Prefect server
-                for n in args.batches:
-                    load = load_average()
-                    seconds, summary = run(n, 100 + n)
-                    rows.append(
-                        {
-                            "batch": summary["n_batch"],
-                            "reference": summary["n_reference"],
-                            "validation": summary["reference"]["validation_images"],
-                            "seconds": seconds,
-                            "verdict": summary["verdict"],
-                            "load_average": load,
-                        }
-                    )
-                    print(f"batch {summary['n_batch']}: {seconds:.1f} s ({summary['verdict']})", flush=True)
-                    write_json({"rows": rows, "partial": True}, args.json)  # what is measured survives an interrupt
+        rows = run_steps(root, model_uri, args)
     meta = {
         "size": args.size,
-        "mode": args.mode,
         "machine": machine_description({}),
         "command": command_line([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -160,7 +116,7 @@ def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict
 
     from ml.data.synth import SynthConfig, generate
     from ml.monitor.batch import load_batch
-    from ml.monitor.describe import describe
+    from ml.monitor.describe import DecodedImages, describe
     from ml.monitor.drift import measure_drift, save_html
     from ml.monitor.label_shift import bbse_bootstrap
     from ml.monitor.model import load_monitored_model
@@ -184,10 +140,11 @@ def run_steps(root: Path, model_uri: str, args: argparse.Namespace) -> list[dict
         load = load_average()
         times = {}
         start = time.perf_counter()
-        batch = load_batch(batch_dir, None, model.classes)
+        images = DecodedImages(model.size)  # as the flow: each batch image decoded once, while it is read
+        batch = load_batch(batch_dir, None, model.classes, on_image=images)
         times["load_batch_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        cur = describe(batch.records, model)
+        cur = describe(batch.records, model, images=images)
         times["describe_batch_s"] = time.perf_counter() - start
         start = time.perf_counter()
         est = bbse_bootstrap(
@@ -252,39 +209,32 @@ def markdown(rows: list[dict], meta: dict) -> str:
     head = [
         "## Monitor flow cost",
         "",
-        f"`{meta['command']}` at {meta['size']} px ({meta['mode']} mode), {m['cpu_model']} "
+        f"`{meta['command']}` at {meta['size']} px, {m['cpu_model']} "
         f"({m['usable_cores']} usable cores), OMP_NUM_THREADS={m['omp_num_threads_env']}, commit "
         f"{m['git_commit']}, {m['date']}.",
         "",
         table,
         "",
     ]
-    if meta["mode"] == "steps":
-        steps = [
-            "model_and_reference_s",
-            "describe_reference_s",
-            "load_batch_s",
-            "describe_batch_s",
-            "bbse_s",
-            "report_and_decision_s",
-            "html_s",
-        ]
-        head += [
-            md_table(["batch images", *steps], [[str(r["batch"]), *(fmt(r[k], ".1f") for k in steps)] for r in rows]),
-            "",
-            "Steps mode: the ml/monitor steps the flow's tasks call, each timed, without Prefect and MLflow "
-            "(model and reference loading from the MLflow run, descriptors + embeddings + predictions of the "
-            "reference and the model's 100 validation images, done once and counted in every row; then per "
-            "batch: reading it, describing it, BBSE with 400 bootstraps, the Evidently report with its two "
-            "EmbeddingsDrift TSNE plots and the decision, the HTML).",
-        ]
-    else:
-        head += [
-            "The whole flow in-process (ephemeral Prefect API, sqlite MLflow): model and reference loading, "
-            "descriptors, embeddings and predictions of the reference (plus the model's 100 validation images "
-            "for BBSE) and of the batch, BBSE with its bootstrap, the Evidently report with two EmbeddingsDrift "
-            "TSNE plots, HTML + JSON, the MLflow run."
-        ]
+    steps = [
+        "model_and_reference_s",
+        "describe_reference_s",
+        "load_batch_s",
+        "describe_batch_s",
+        "bbse_s",
+        "report_and_decision_s",
+        "html_s",
+    ]
+    head += [
+        md_table(["batch images", *steps], [[str(r["batch"]), *(fmt(r[k], ".1f") for k in steps)] for r in rows]),
+        "",
+        "The ml/monitor steps the flow's tasks call, each timed, without Prefect and MLflow "
+        "(model and reference loading from the MLflow run, descriptors + embeddings + predictions of the "
+        "reference and the model's 100 validation images, done once and counted in every row; then per "
+        "batch: reading it (each image decoded once, its descriptors and model input kept), describing it, "
+        "BBSE with 400 bootstraps, the Evidently report with its two EmbeddingsDrift TSNE plots and the "
+        "decision, the HTML).",
+    ]
     remark = load_remark(*(r["load_average"] for r in rows), cores=m["usable_cores"])
     head += ["", f"Load: {remark[0].upper() + remark[1:]}. The growth with batch size is what the table shows."]
     return "\n".join(head)

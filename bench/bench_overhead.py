@@ -193,7 +193,6 @@ def _main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--results", type=Path, default=None, help="update this RESULTS.md section")
-    ap.add_argument("--skip-tune", action="store_true")
     ap.add_argument(
         "--long-epochs",
         type=int,
@@ -254,25 +253,24 @@ def _main() -> int:
             "overhead_seconds": statistics.median(long_diffs),
             "overhead_share": statistics.median(long_diffs) / statistics.median(long_flow),
         }
-    if not args.skip_tune:
-        import ray
+    import ray
 
-        t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        res["ray_init_seconds"] = time.perf_counter() - t0
-        trial_bare, trial_tune = [], []
-        for i in range(args.repeats):
-            trial_bare.append(bare_trial(data, work / "bare-cache"))
-            trial_tune.append(tune_run(data, work / f"tune{i}", f"bench-{i}"))
-            print(f"repeat {i}: bare fit {trial_bare[-1]:.1f}s  tune flow {trial_tune[-1]:.1f}s", flush=True)
-        tune_diffs = [t - b for b, t in zip(trial_bare, trial_tune)]
-        res.update(
-            trial_bare=trial_bare,
-            trial_tune=trial_tune,
-            tune_overhead_seconds=statistics.median(tune_diffs),
-            tune_overhead_share=statistics.median(tune_diffs) / statistics.median(trial_tune),
-        )
-        ray.shutdown()
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    res["ray_init_seconds"] = time.perf_counter() - t0
+    trial_bare, trial_tune = [], []
+    for i in range(args.repeats):
+        trial_bare.append(bare_trial(data, work / "bare-cache"))
+        trial_tune.append(tune_run(data, work / f"tune{i}", f"bench-{i}"))
+        print(f"repeat {i}: bare fit {trial_bare[-1]:.1f}s  tune flow {trial_tune[-1]:.1f}s", flush=True)
+    tune_diffs = [t - b for b, t in zip(trial_bare, trial_tune)]
+    res.update(
+        trial_bare=trial_bare,
+        trial_tune=trial_tune,
+        tune_overhead_seconds=statistics.median(tune_diffs),
+        tune_overhead_share=statistics.median(tune_diffs) / statistics.median(trial_tune),
+    )
+    ray.shutdown()
 
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
@@ -317,12 +315,11 @@ def render(res: dict, machine: str) -> str:
             f"| the same, {lg['epochs']} epochs ({len(lg['bare'])} pairs) | {med(lg['bare']):.2f} | {med(lg['flow']):.2f}"
             f" | {lg['overhead_seconds']:.2f} | {lg['overhead_share']:.1%} | - |"
         )
-    if "trial_tune" in res:
-        lines.append(
-            f"| tune flow, 1 Ray Tune trial (+ MLflow child run) vs bare fit of the trial config"
-            f" | {med(res['trial_bare']):.2f} | {med(res['trial_tune']):.2f} | {res['tune_overhead_seconds']:.2f}"
-            f" | {res['tune_overhead_share']:.1%} | - |"
-        )
+    lines.append(
+        f"| tune flow, 1 Ray Tune trial (+ MLflow child run) vs bare fit of the trial config"
+        f" | {med(res['trial_bare']):.2f} | {med(res['trial_tune']):.2f} | {res['tune_overhead_seconds']:.2f}"
+        f" | {res['tune_overhead_share']:.1%} | - |"
+    )
     lines += [
         "",
         "Per-pair seconds (bare / orchestrated): "
@@ -356,9 +353,7 @@ def render(res: dict, machine: str) -> str:
     lines += [
         "",
         f"Once per process, not in the shares: first flow run incl. Prefect ephemeral server start "
-        f"{res['warm_up_flow_seconds']:.1f}s"
-        + (f"; `ray.init` {res['ray_init_seconds']:.1f}s" if "ray_init_seconds" in res else "")
-        + ".",
+        f"{res['warm_up_flow_seconds']:.1f}s; `ray.init` {res['ray_init_seconds']:.1f}s.",
         "",
         (
             "Meets the 5% target on the demo profile."

@@ -19,7 +19,7 @@ One process, one machine, interleaved by seed (every variant of seed 0, then see
    ``--compare-arch`` (default efficientnet_lite2), with that backbone's own range test;
 7. a ``pretrained`` section in ``bench/RESULTS.md`` + raw JSON in ``bench/out/bench_pretrained.json``.
 
-Run: ``make bench-pretrained`` (about 40-60 minutes on 2 cores) or ``--quick`` (a format check).
+Run: ``make bench-pretrained`` (about 40-60 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -71,9 +71,7 @@ class Profile:
     variants: tuple[str, ...] = VARIANTS
     precisions: tuple[str, ...] = PRECISIONS
     find_lr_iters: int = 60
-    force_amp: bool = False
     threads: int | None = None
-    quick: bool = False
 
 
 def _log(msg: str) -> None:
@@ -139,7 +137,6 @@ def train_config(profile: Profile, arch: str, variant: str, precision: str, lr: 
         epochs=profile.epochs,
         batch_size=profile.batch,
         amp=precision == "amp",
-        force_amp=profile.force_amp,
         snapshots=3,
         seed=seed,
         progress=False,
@@ -380,7 +377,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         "# Pretrained backbones on real images (`make bench-pretrained`)",
         "",
-        f"Command: `{result['command']}`" + (" (**quick format check, not a measurement**)" if p["quick"] else ""),
+        f"Command: `{result['command']}`",
         "",
         "| machine | value |",
         "|---|---|",
@@ -424,7 +421,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="format check: 48 px, 8/class, 1 seed, 2 variants, 1 epoch")
     ap.add_argument("--arch", default=Profile.arch)
     ap.add_argument("--compare-arch", default=Profile.compare_arch, help="'' to skip")
     ap.add_argument("--size", type=int, default=Profile.size)
@@ -440,7 +436,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--find-lr-iters", type=int, default=Profile.find_lr_iters)
-    ap.add_argument("--force-amp", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="RESULTS.md; JSON goes to <dir>/out/")
     ap.add_argument("--work-dir", type=Path, default=None, help="decoded caches (default <out dir>/out/work)")
@@ -448,22 +443,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_profile(args: argparse.Namespace) -> Profile:
-    if args.quick:
-        return Profile(
-            arch=args.arch,
-            compare_arch=args.compare_arch or None,
-            size=48,
-            per_class=8,
-            val_per_class=4,
-            epochs=1,
-            batch=16,
-            seeds=(0,),
-            variants=("sgd", "sgdr_dlr_clm"),
-            find_lr_iters=8,
-            force_amp=args.force_amp,
-            threads=args.threads,
-            quick=True,
-        )
     return Profile(
         arch=args.arch,
         compare_arch=args.compare_arch or None,
@@ -475,7 +454,6 @@ def make_profile(args: argparse.Namespace) -> Profile:
         seeds=tuple(int(s) for s in args.seeds.split(",")),
         variants=tuple(v for v in args.variants.split(",") if v),
         find_lr_iters=args.find_lr_iters,
-        force_amp=args.force_amp,
         threads=args.threads,
     )
 
@@ -524,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {
         "command": command_line(),
         "machine": machine,
-        "cpu_precision": cpu_precision(profile.force_amp),
+        "cpu_precision": cpu_precision(),
         "profile": asdict(profile),
         "data": data["info"],
         "probe": probe,

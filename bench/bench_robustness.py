@@ -8,8 +8,7 @@ ImageNet-pretrained efficientnet_lite0 at 128 px, then the ``interpret`` flow on
 seeds. The budget is bounded so that everything finishes in about 15 minutes on an idle 2-core
 CPU (see ``PROFILES``): fixed LRs, a few epochs, no snapshot ensemble; isic9 trains on 50 images per
 class (seeded subset) and is corrupted at 1, 5 and 15% only; the synthetic set at 32 px, all six levels.
-The three parts can run as separate processes with separate ``--out`` folders (``--datasets synth``,
-``--datasets isic9 --no-interpret``, ``--datasets isic9 --no-robustness``).
+The interpret part can rerun alone (``--datasets isic9 --no-robustness``, with its own ``--out``).
 MLflow goes to a sqlite store under ``--out`` (``mlflow ui --backend-store-uri
 sqlite:///<out>/mlflow.db`` shows the runs); the tables are printed as markdown and written to
 ``<out>/results.md`` and ``results.json``.
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="synth,isic9", help="comma list of synth,isic9")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "robustness")
-    ap.add_argument("--no-interpret", action="store_true", help="skip the interpret flow on isic9")
     ap.add_argument("--no-robustness", action="store_true", help="only the interpret flow (with isic9 listed)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
@@ -123,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
             print("\n".join(md[-4:]), flush=True)
-        if "isic9" in args.datasets and ISIC9.is_dir() and not args.no_interpret:
+        if "isic9" in args.datasets and ISIC9.is_dir():
             p = PROFILES["isic9"]
             t0 = time.perf_counter()
             summary = interpret_flow(

@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +113,6 @@ def command_line(argv: list[str] | None = None) -> str:
     except ValueError:
         pass
     return " ".join(shlex.quote(a) for a in ["python", script, *argv[1:]])
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
 
 
 def median(values: list[float]) -> float:
