@@ -16,7 +16,7 @@ Each run is a fresh process timed from outside, the way a user runs it, start-up
 Both sides train on the same 5/6 of isic9's training folder and select on the same 1/6 (the
 manifest's seeded split; fastai gets those images through ``bench_pretrained.isic9_data``). Budgets
 and seeds are interleaved; the order of the sides rotates with the seed. Reported: test balanced
-accuracy and macro-F1 against wall seconds (table and ``bench/out/rapid_curve.png``), and the goal
+accuracy and macro-F1 against wall seconds (table and ``bench/rapid_curve.png``), and the goal
 line: the wall time skinflow needs to reach fastai's balanced accuracy at each fastai budget, as a
 ratio of fastai's time (linear between skinflow's budgets; "not reached" when its best is below).
 """
@@ -202,7 +202,7 @@ def render(result: dict[str, Any]) -> str:
             "",
             md_table(["side", "epochs", "runs", "wall s", "test bal. acc", "test macro-F1", "precision"], rows),
             "",
-            "![balanced accuracy against wall seconds](out/rapid_curve.png)",
+            "![balanced accuracy against wall seconds](rapid_curve.png)",
             "",
             "Goal (skinflow reaches fastai's balanced accuracy in at most 0.5x fastai's wall time):",
             "",
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "runs": runs,
     }
     write_json(result, REPO / "bench" / "out" / "bench_rapid.json")
-    plot(runs, REPO / "bench" / "out" / "rapid_curve.png")
+    plot(runs, REPO / "bench" / "rapid_curve.png")  # tracked: RESULTS.md shows it
     args.out.write_text(replace_section(args.out.read_text(), SECTION, render(result)))
     print(render(result))
     return result
