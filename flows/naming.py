@@ -22,6 +22,7 @@ from typing import Any
 from ml.data.config import DataConfig
 from ml.gan.config import AugCheckConfig
 from ml.monitor.config import MonitorConfig
+from ml.predict.config import PredictConfig
 from ml.project import ProjectError, load_project
 from ml.train.config import SweepConfig, TrainConfig
 from tasks.curation import _dataset_name
@@ -95,6 +96,12 @@ def _monitor(params: Mapping[str, Any]) -> str:
     return _slug("monitor", batch, model.rsplit("@", 1)[-1] if "@" in model else model.rstrip("/").rsplit("/", 1)[-1])
 
 
+def _predict(params: Mapping[str, Any]) -> str:
+    source = _dataset_name(str(_get(params, "predict", PredictConfig, "source") or "images"))
+    model = str(_get(params, "predict", PredictConfig, "model_uri") or "champion")
+    return _slug("predict", source, model.rsplit("@", 1)[-1] if "@" in model else model.rstrip("/").rsplit("/", 1)[-1])
+
+
 def _augcheck(params: Mapping[str, Any]) -> str:
     a, b = (_get(params, "check", AugCheckConfig, f) for f in ("label_a", "label_b"))
     return _slug("augcheck", _data(params), f"{a}+{b}", f"r{_get(params, 'check', AugCheckConfig, 'ratio'):g}")
@@ -107,6 +114,8 @@ def flow_run_name(flow: str, parameters: Mapping[str, Any]) -> str:
     p = parameters
     if flow == "monitor":
         return _monitor(p)
+    if flow == "predict":
+        return _predict(p)
     if flow == "augcheck":
         return _augcheck(p)
     if flow == "validate":

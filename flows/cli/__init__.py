@@ -6,7 +6,7 @@ error handling and exit codes.
 - :mod:`flows.cli.render`: what the verbs print;
 - :mod:`flows.cli.errors`: exit codes and the one line an error becomes (no heavy imports);
 - one module of verbs per area: :mod:`~flows.cli.project`, :mod:`~flows.cli.data`, :mod:`~flows.cli.training`,
-  :mod:`~flows.cli.monitoring`, :mod:`~flows.cli.analysis`, :mod:`~flows.cli.stack`.
+  :mod:`~flows.cli.monitoring`, :mod:`~flows.cli.prediction`, :mod:`~flows.cli.analysis`, :mod:`~flows.cli.stack`.
 
 Importing the CLI imports typer and the config classes only: ``--help`` (of the app or of any
 verb), a mistyped option and a refused value import no Prefect, MLflow or torch and write no file."""
@@ -18,7 +18,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from flows.cli import analysis, data, monitoring, project, stack, training
+from flows.cli import analysis, data, monitoring, prediction, project, stack, training
 from flows.cli.errors import (
     EXIT_FINDINGS,
     EXIT_INTERNAL,
@@ -51,6 +51,7 @@ VERBS = (
     "augcheck",
     "demo",
     "drift",
+    "predict",
     "data",
     "stack",
 )
@@ -75,7 +76,7 @@ class _App(typer.Typer):
 
 
 app = _App(cls=_Verbs, help=_HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-for _area in (project, training, data, analysis, monitoring):
+for _area in (project, training, data, analysis, monitoring, prediction):
     app.add_typer(_area.verbs)
 app.add_typer(data.group, name="data")
 app.add_typer(stack.group, name="stack")

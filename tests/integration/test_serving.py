@@ -137,3 +137,45 @@ def test_the_test_metrics_are_on_the_logged_model_with_the_test_split(registered
     assert inputs["dataset"]["mlflow.data.context"] == "training"
     info = mlflow.models.get_model_info(logged["model_uri"])
     assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # from code
+
+
+def test_predict_gives_one_row_per_file_with_the_served_probabilities(registered, prefect_harness, tmp_path, capsys):
+    """`skinflow predict FOLDER`: every file is a row (images predicted by the registered pyfunc
+    itself, the rest left out with their reason), in CSV and Parquet, recorded in MLflow."""
+    import json
+    import shutil
+
+    from flows.cli import main
+
+    _, _, _, manifest, _, version = registered
+    uri = f"models:/{NAME}/{version}"
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(manifest.records.loc[manifest.records["split"] == "test", "local_path"][:3]):
+        shutil.copy(p, folder / f"img{i}.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    for out in (tmp_path / "pred.csv", tmp_path / "pred.parquet"):
+        with pytest.raises(SystemExit) as done:
+            main(["predict", str(folder), "--model", uri, "--out", str(out)])
+        printed = capsys.readouterr()
+        assert done.value.code == 0, printed.err[-3000:]
+        summary = json.loads(printed.out[printed.out.index("{") :])
+        assert (summary["n_predicted"], summary["n_left_out"]) == (3, 2)
+        table = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out, keep_default_na=False)
+        rows = {Path(p).name: r for p, r in zip(table["path"], table.to_dict("records"), strict=True)}
+        assert set(rows) == {"img0.jpg", "img1.jpg", "img2.jpg", "empty.jpg", "notes.jpg"}
+        assert (rows["empty.jpg"]["status"], rows["empty.jpg"]["reason"]) == ("left_out", "zero_bytes")
+        assert (rows["notes.jpg"]["status"], rows["notes.jpg"]["reason"]) == ("left_out", "not_an_image")
+    images = sorted(str(p) for p in folder.glob("img*.jpg"))
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": images}))
+    predicted = table.set_index("path").loc[images]
+    np.testing.assert_allclose(predicted[[f"p_{c}" for c in served.columns]].to_numpy(), served.to_numpy(), atol=1e-6)
+    assert predicted["label"].tolist() == served.idxmax(axis=1).tolist()
+    assert (predicted["top1"] == predicted["label"]).all() and (predicted["top1_p"] >= predicted["top2_p"]).all()
+    run = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["n_predicted"] == 3 and run.data.metrics["n_left_out"] == 2
+    assert run.data.params["model_uri"] == uri
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "predictions")] == [
+        "predictions/pred.parquet"
+    ]

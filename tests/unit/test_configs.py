@@ -65,6 +65,7 @@ def _flows():
     from flows.curation_ab import curation_ab_flow
     from flows.interpret import interpret_flow
     from flows.monitor import monitor_flow
+    from flows.predict import predict_flow
     from flows.retrain import retrain_flow
     from flows.robustness import robustness_flow
     from flows.train import lr_find_flow, pretrain_flow, train_flow
@@ -84,6 +85,7 @@ def _flows():
             robustness_flow,
             interpret_flow,
             monitor_flow,
+            predict_flow,
             augcheck_flow,
         )
     }

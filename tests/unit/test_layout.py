@@ -13,7 +13,7 @@ LAYERS = [
     {"ml.data"},
     {"ml.quality", "ml.eval"},
     {"ml.train"},
-    {"ml.tracking", "ml.monitor", "ml.robust", "ml.interpret", "ml.gan"},
+    {"ml.tracking", "ml.monitor", "ml.robust", "ml.interpret", "ml.gan", "ml.predict"},
     {"ml.project"},  # the project file: overrides of the config classes of every layer above
     {"tasks"},
     {"flows"},

@@ -1,0 +1,71 @@
+"""Prefect tasks of the predict flow: thin wrappers over ml/ (retries only on I/O)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ml.settings import get_settings
+from tasks.common import IO_RETRY
+
+
+@task(name="load-inputs", **IO_RETRY, cache_policy=NO_CACHE)
+def load_inputs(source: str, allow_outside_root: bool = False):
+    """Every file of ``source`` (folder, CSV of paths, s3:// prefix): the usable images and the
+    files left out with their reasons (ml.monitor.batch, the same rules as the manifest)."""
+    from ml.monitor.batch import load_batch
+
+    batch = load_batch(source, allow_outside_root=allow_outside_root)
+    logger = get_run_logger()
+    for line in batch.report_lines():
+        logger.info("%s", line)
+    return batch
+
+
+@task(name="predict-images", **IO_RETRY, cache_policy=NO_CACHE)
+def predict_images(model_uri: str, local_paths: list[str], chunk: int) -> tuple[np.ndarray, list[str]]:
+    """The served model's probabilities (the registered pyfunc itself: what serving answers) for
+    each image, ``chunk`` at a time with a progress bar; returns ``(probs, classes)``."""
+    import mlflow
+    import pandas as pd
+    from tqdm import tqdm
+
+    from ml.tracking.runs import configure_mlflow
+
+    configure_mlflow(get_settings().mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    parts, classes = [], None
+    for start in tqdm(range(0, len(local_paths), chunk), desc="predict", unit="chunk"):
+        frame = model.predict(pd.DataFrame({"path": local_paths[start : start + chunk]}))
+        classes = list(frame.columns)
+        parts.append(frame.to_numpy(dtype=np.float64))
+    if classes is None:
+        classes = list(model.metadata.metadata.get("classes", [])) if model.metadata.metadata else []
+    return (np.concatenate(parts) if parts else np.zeros((0, len(classes)))), classes
+
+
+@task(name="write-predictions", cache_policy=NO_CACHE)
+def write_predictions(table, out: str) -> Path:
+    """The table at ``out`` (.csv or .parquet), written atomically."""
+    from ml.storage import atomic_path
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+    return path
+
+
+@task(name="log-predictions", **IO_RETRY, cache_policy=NO_CACHE)
+def log_prediction_run(run_id, model_uri, source, table, counts, sha256, out) -> str:
+    from ml.tracking.predictions import input_digest, log_predictions
+
+    digest = input_digest(table, sha256)
+    log_predictions(run_id, model_uri, source, table, counts, digest, Path(out))
+    return digest
