@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ _REGISTRY_AT_START = os.environ.get("MLFLOW_REGISTRY_URI")
 _EMPTY_PROJECT = Path(os.environ.get("TMPDIR", "/tmp")) / f"skinflow-empty-project-{os.getpid()}.yaml"
 _EMPTY_PROJECT.write_text("# no project: the config classes' defaults\n")
 os.environ["SKINFLOW_PROJECT_FILE"] = str(_EMPTY_PROJECT)
+atexit.register(_EMPTY_PROJECT.unlink, missing_ok=True)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
