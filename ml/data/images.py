@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 from dataclasses import dataclass, replace
@@ -15,7 +16,10 @@ MAX_PIXELS = 89_478_485
 """Default decompression-bomb limit (Pillow's default): images with more pixels are refused.
 Pillow itself refuses twice its ``Image.MAX_IMAGE_PIXELS`` whatever the limit given here."""
 
-ALLOWED_FORMATS = ("JPEG", "PNG")
+logger = logging.getLogger("ml.data")
+ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO")
+"""What clinics export: JPEG (and its multi-picture MPO variant), PNG, TIFF (first page), BMP and still
+WebP; each gets the same size, EXIF and colour-mode handling. Animated WebP, like GIF, is not a photograph."""
 
 ImageSource = str | Path | bytes
 
@@ -30,6 +34,31 @@ REASONS = (
     "broken_symlink",
     "not_a_file",
 )
+
+
+# ISO base media files (HEIC/HEIF from phones, AVIF) carry "ftyp" and a brand at bytes 4-12.
+_FTYP_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+}
+
+
+def container_format(data: bytes) -> str | None:
+    """What a file Pillow cannot open is, when its signature says so, with how to convert it;
+    None when nothing is recognised."""
+    if data[4:8] == b"ftyp" and data[8:12] in _FTYP_BRANDS:
+        kind = _FTYP_BRANDS[data[8:12]]
+        return (
+            f"a {kind} image (phone photo format), which skinflow does not decode: convert it to JPEG or PNG, "
+            "e.g. `heif-convert photo.heic photo.jpg` (libheif) or macOS `sips -s format jpeg photo.heic --out photo.jpg`"
+        )
+    return None
 
 
 class BadImageError(ValueError):
@@ -116,8 +145,11 @@ def _decode(
         raise BadImageError("zero_bytes", f"{name}: file is empty")
     try:
         img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise BadImageError("not_an_image", f"{name}: not a recognised image ({exc})") from exc
+    except UnidentifiedImageError:
+        known = container_format(data)
+        if known:  # Pillow cannot open it, but what it is can be named (and how to convert it)
+            raise BadImageError("unsupported_format", f"{name}: {known}") from None
+        raise BadImageError("not_an_image", f"{name}: not a recognised image (no image format's signature)") from None
     except Image.DecompressionBombError as exc:
         raise BadImageError("decompression_bomb", f"{name}: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -260,6 +292,12 @@ def inspect_image(
     if fmt not in allowed_formats:
         message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
         return replace(found, ok=False, reason="unsupported_format", message=message), rgb
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1 and fmt in ("WEBP", "GIF"):
+        message = f"{name}: an animated {fmt} ({frames} frames), not a still image"
+        return replace(found, ok=False, reason="unsupported_format", message=message), rgb
+    if frames > 1 and fmt == "TIFF":
+        logger.warning("%s: a TIFF of %d pages: the first page is used", name, frames)
     return found, rgb
 
 

@@ -441,6 +441,8 @@ def _list_source(source: Source) -> tuple[list[_Entry], list[dict], set[str]]:
         raise ValueError(f"dataset source {src} is neither an ImageFolder directory nor a .csv manifest")
     if source.is_csv:
         entries, bad = _csv_entries(source)
+        if not entries and not bad:
+            raise ValueError(f"{src}: the CSV lists no files (a header and no rows): the dataset is empty")
         return entries, bad, {e.source_label for e in entries}
     return _folder_entries(source)
 

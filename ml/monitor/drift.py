@@ -48,6 +48,9 @@ EMBEDDINGS_NAME = "penultimate"
 Z_NULL = 3.090232306167813  # one-sided 99.9% normal quantile
 
 
+TSNE_PERPLEXITY = 30  # Evidently's EmbeddingsDrift draws a TSNE with this perplexity: it needs more rows per side
+
+
 def fit_pca(reference_embeddings: np.ndarray, n_components: int, seed: int = 0):
     """PCA of the reference embeddings (the batch is projected on the reference's axes)."""
     from sklearn.decomposition import PCA
@@ -270,7 +273,10 @@ def decide(
         "mmd_threshold": policy.embedding_mmd,
         "components": len(columns.components),
     }
-    emb["drifted"] = bool(embedding["model_auc"] > auc_threshold or embedding["mmd"] > policy.embedding_mmd)
+    measured = embedding["model_auc"] is not None  # not run on too few images (TSNE_PERPLEXITY)
+    emb["drifted"] = measured and bool(
+        embedding["model_auc"] > auc_threshold or embedding["mmd"] > policy.embedding_mmd
+    )
     predicted = _chi2(ref["pred_class"], cur["pred_class"])
     predicted["drifted"] = predicted["p_value"] < policy.label_alpha
     labels = None
@@ -303,8 +309,9 @@ def decide(
         reasons.append(f"true labels: chi-square p={labels['p_value']:.2g} < {policy.label_alpha}")
     if bbse and bbse["drifted"]:
         reasons.append(f"BBSE priors moved > {policy.prior_change}: {', '.join(bbse['changed_classes'])}")
-    if n_cur < policy.min_batch:
+    if n_cur < policy.min_batch or n_ref < policy.min_batch:
         verdict = "insufficient"
+        reasons.insert(0, f"too few images to judge: batch {n_cur}, reference {n_ref} (min_batch {policy.min_batch})")
     else:
         verdict = "drift" if reasons else "no_drift"
     top = sorted(cov_rows, key=lambda r: (not r["drifted"], r["p_value"] if r["p_value"] is not None else -r["score"]))
@@ -354,7 +361,8 @@ def measure_drift(
     labels = bool((reference.label_indices() >= 0).any() and (batch.label_indices() >= 0).all())
     ref, cur = frame(reference, pca, labels), frame(batch, pca, labels)
     columns = choose_columns(ref, cur, policy, labels)
-    snapshot = run_report(ref, cur, columns, policy, metadata=metadata)
+    embeddings = min(len(ref), len(cur)) > TSNE_PERPLEXITY  # Evidently's embedding plot needs more rows
+    snapshot = run_report(ref, cur, columns, policy, embeddings=embeddings, metadata=metadata)
     results = snapshot.dict()
     order = [*columns.covariate, "max_prob", "entropy", "pred_class"] + (["label"] if labels else [])
     summary = decide(
@@ -362,7 +370,7 @@ def measure_drift(
         cur,
         columns,
         column_results(results, order),
-        report_embedding_scores(results),
+        report_embedding_scores(results) if embeddings else {"model_auc": None, "mmd": None},
         policy,
         label_estimate,
         reference.classes,

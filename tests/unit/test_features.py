@@ -93,7 +93,7 @@ def test_exposure_sharpness_and_modes(images):
     grey = image_features(images["grey_png"])
     assert (grey["mode"], grey["format"], grey["saturation"]) == ("L", "PNG", 0.0)
     bmp = image_features(images["bmp"])
-    assert bmp["decode_ok"] and bmp["format"] == "BMP"  # decodes; the integrity suite rejects the format
+    assert bmp["decode_ok"] and bmp["format"] == "BMP"  # a format clinics export: decoded like a JPEG
 
 
 def test_broken_files_are_reported_not_raised(images, tmp_path):

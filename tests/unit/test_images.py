@@ -114,13 +114,49 @@ def test_bad_files_are_reported_with_their_reason(tmp_path: Path, reason: str) -
     assert result.bytes == path.stat().st_size
 
 
-def test_bmp_is_unsupported_but_decodable(tmp_path: Path) -> None:
-    path = tmp_path / "x.bmp"
-    _marked().save(path, format="BMP")
+def _clinic_file(tmp_path: Path, kind: str) -> Path:
+    rgb = _marked()
+    if kind == "bmp":
+        rgb.save(path := tmp_path / "x.bmp", format="BMP")
+    elif kind == "tiff":
+        rgb.save(path := tmp_path / "x.tif", format="TIFF")
+    elif kind == "tiff16":
+        grey = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(grey).save(path := tmp_path / "x16.tif", format="TIFF")
+    elif kind == "tiff_cmyk":
+        rgb.convert("CMYK").save(path := tmp_path / "cmyk.tif", format="TIFF")
+    elif kind == "webp":
+        rgb.save(path := tmp_path / "x.webp", format="WEBP", lossless=True)
+    elif kind == "png_alpha":
+        rgb.convert("RGBA").save(path := tmp_path / "alpha.png")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["bmp", "tiff", "tiff16", "tiff_cmyk", "webp", "png_alpha"])
+def test_the_formats_clinics_export_are_used_with_the_same_handling(tmp_path: Path, kind: str) -> None:
+    path = _clinic_file(tmp_path, kind)
     result = check_image(path)
-    assert (result.ok, result.reason, result.format) == (False, "unsupported_format", "BMP")
-    assert "BMP" in result.message
-    assert load_rgb(path).size == (40, 20)
+    assert result.ok, result.message
+    rgb = load_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == (40, 20)
+
+
+def test_a_multi_page_tiff_uses_its_first_page_and_says_how_many(tmp_path: Path, caplog) -> None:
+    first, second = _marked(), Image.new("RGB", (40, 20), (0, 0, 255))
+    path = tmp_path / "pages.tif"
+    first.save(path, format="TIFF", save_all=True, append_images=[second, second])
+    with caplog.at_level("WARNING", logger="ml.data"):
+        assert check_image(path).ok
+    assert "a TIFF of 3 pages: the first page is used" in caplog.text
+    assert np.array_equal(np.asarray(load_rgb(path)), np.asarray(first.convert("RGB")))
+
+
+def test_an_animated_webp_is_not_a_still_image(tmp_path: Path) -> None:
+    path = tmp_path / "anim.webp"
+    frames = [Image.new("RGB", (40, 20), (i * 60, 0, 0)) for i in range(3)]
+    frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], duration=100)
+    result = check_image(path)
+    assert (result.ok, result.reason) == (False, "unsupported_format") and "3 frames" in result.message
 
 
 def test_decompression_bomb_limit_is_configurable(tmp_path: Path) -> None:
@@ -192,3 +228,24 @@ def test_links_folders_and_fifos_are_reported_without_reading_them(tmp_path: Pat
     with pytest.raises(BadImageError) as err:
         load_rgb(tmp_path / "pipe.jpg")
     assert err.value.reason == "not_a_file"
+
+
+@pytest.mark.parametrize("brand,kind", [(b"heic", "HEIC"), (b"mif1", "HEIF")])
+def test_a_phone_photo_pillow_cannot_open_is_named_with_how_to_convert(tmp_path, brand, kind):
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic" + bytes(200))
+    with pytest.raises(BadImageError) as exc:
+        load_rgb(path)
+    assert exc.value.reason == "unsupported_format"
+    assert f"a {kind} image" in exc.value.message and "convert it to JPEG or PNG" in exc.value.message
+    assert "BytesIO" not in str(exc.value)
+    check = check_image(path)
+    assert not check.ok and check.reason == "unsupported_format" and kind in check.message
+
+
+def test_an_unknown_file_says_no_format_matched_not_an_object_repr(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"just some text, not an image")
+    with pytest.raises(BadImageError) as exc:
+        load_rgb(path)
+    assert exc.value.reason == "not_an_image" and "BytesIO" not in str(exc.value)

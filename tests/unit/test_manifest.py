@@ -356,3 +356,27 @@ def test_a_saved_manifest_is_read_within_the_root_of_its_source(folder: Path, tm
     assert again.bad.empty and sorted(again.records["path"]) == sorted(build_manifest(folder).records["path"])
     (tmp_path / "out" / "other.csv").write_text(saved.read_text())  # no sidecar: the CSV's own folder is the root
     assert set(build_manifest(tmp_path / "out" / "other.csv").bad["reason"]) == {"outside_root"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "manifest", "{csv}"],
+        ["data", "split", "{csv}", "--out", "{tmp}/split.csv"],
+        ["validate", "{csv}"],
+        ["train", "--data", "{csv}"],
+        ["retrain", "--data", "{csv}"],
+        ["tune", "--data", "{csv}"],
+    ],
+)
+def test_a_header_only_csv_is_one_line_and_exit_2_in_every_verb(tmp_path, capsys, argv) -> None:
+    from flows.cli import main
+
+    csv = tmp_path / "empty.csv"
+    csv.write_text("path,label\n")
+    with pytest.raises(SystemExit) as done:
+        main([a.format(csv=csv, tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert "the CSV lists no files" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "split.csv").exists()

@@ -143,3 +143,27 @@ def test_summary_metrics_are_the_measured_numbers_only():
     }
     summary["label_shift"]["bbse"] = {"max_prior_change": 0.3, "expected_accuracy": None}
     assert summary_metrics(summary)["max_prior_change"] == 0.3 and "expected_accuracy" not in summary_metrics(summary)
+
+
+def test_a_reference_of_a_dozen_images_is_insufficient_not_a_crash():
+    """sklearn's TSNE (Evidently's embedding plot) refuses n_samples <= perplexity: with a dozen
+    reference images the embedding tests are left out and the verdict is ``insufficient``."""
+    from flows.cli import render
+
+    policy = DriftPolicy.load()
+    summary, snapshot = drift.measure_drift(described(12, seed=0), described(40, seed=1, shift=0.8), policy)
+    assert summary["verdict"] == "insufficient" and snapshot is not None
+    assert summary["reasons"][0].startswith("too few images to judge: batch 40, reference 12")
+    assert summary["embedding"]["model_auc"] is None and summary["embedding"]["drifted"] is False
+    assert "embedding_model_auc" not in drift.summary_metrics(summary)
+    render.drift(
+        summary
+        | {
+            "inputs": {},
+            "report_page": "p",
+            "report_html": "r",
+            "mlflow_run_id": "r1",
+            "event": "-",
+            "notification": "-",
+        }
+    )  # prints

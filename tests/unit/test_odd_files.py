@@ -50,9 +50,14 @@ EXPECTED = {
     "acne/bomb_header.png": "decompression_bomb",  # 100000 x 100000 declared in a 70-byte file
     "acne/bomb_real.png": "decompression_bomb",  # 9500 x 9500 pixels, really there
     "acne/anim.gif": "unsupported_format",
-    "acne/photo.webp": "unsupported_format",
-    "acne/scan.tiff": "unsupported_format",
-    "acne/old.bmp": "unsupported_format",
+    "acne/anim.webp": "unsupported_format",  # an animated WebP is not a photograph
+    # the formats clinics export are used like JPEG: TIFF (8-bit, 16-bit, CMYK, multi-page: page 1), BMP, WebP
+    "acne/photo.webp": USED,
+    "acne/scan.tiff": USED,
+    "acne/scan16.tif": USED,
+    "acne/scan_cmyk.tif": USED,
+    "acne/pages.tif": USED,
+    "acne/old.bmp": USED,
     "acne/broken_link.jpg": "broken_symlink",
     "acne/outside_link.jpg": "outside_root",
     "acne/pipe.jpg": "not_a_file",  # a FIFO: reading it would block
@@ -124,6 +129,12 @@ def _odd_files(root: Path, outside: Path) -> None:
     (acne / "bomb_real.png").write_bytes(_encoded(Image.new("1", (9500, 9500)), "PNG"))
     for name, fmt in (("anim.gif", "GIF"), ("photo.webp", "WEBP"), ("scan.tiff", "TIFF"), ("old.bmp", "BMP")):
         (acne / name).write_bytes(_encoded(_noise(50 + len(name)), fmt))
+    deep = (np.asarray(_noise(70, mode="L"), dtype=np.uint16) * 257).astype(np.uint16)
+    (acne / "scan16.tif").write_bytes(_encoded(Image.fromarray(deep), "TIFF"))
+    (acne / "scan_cmyk.tif").write_bytes(_encoded(_noise(71, mode="CMYK"), "TIFF"))
+    (acne / "pages.tif").write_bytes(_encoded(_noise(72), "TIFF", save_all=True, append_images=[_noise(73)]))
+    frames = [_noise(74 + i) for i in range(3)]
+    (acne / "anim.webp").write_bytes(_encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
     (acne / "broken_link.jpg").symlink_to("deleted.jpg")
     (acne / "outside_link.jpg").symlink_to(outside / "secret.jpg")
     os.mkfifo(acne / "pipe.jpg")
@@ -199,13 +210,13 @@ def test_every_file_is_used_or_reported_and_every_class_present_or_reported(odd)
     named = _outcomes(pd.DataFrame({"path": features["path"][usable_mask(features)]}), report.bad_files, root)
     assert named == {k: v for k, v in EXPECTED.items() if v != IGNORED}
     counts = report.outcome("min_per_class").details["values"]
-    assert counts == split.records["label"].value_counts().to_dict() == {"acne": 10, "tumor": 5, "wheal": 3}
+    assert counts == split.records["label"].value_counts().to_dict() == {"acne": 16, "tumor": 5, "wheal": 3}
     assert report.outcome("classes_present").success and report.outcome("min_classes").observed == 3
     decodes = report.outcome("decodes")
     assert {Path(e["id"]).name: e["reason"] for e in decodes.details["examples"]}["pipe.jpg"] == "not_a_file"
     assert decodes.observed == len(decodes.details["examples"]) + decodes.details["n_more"]
     formats = {Path(e["id"]).name: e["value"] for e in report.outcome("format_allowed").details["examples"]}
-    assert formats == {"anim.gif": "GIF", "photo.webp": "WEBP", "scan.tiff": "TIFF", "old.bmp": "BMP"}
+    assert formats == {"anim.gif": "GIF"}, "TIFF, BMP and still WebP are formats clinics export: allowed"
     assert set(report.label_conflicts["path"]) == {str(root / "acne/good_2.jpg"), str(root / "tumor/conflict.jpg")}
     assert sorted(sorted(map(str, g)) for g in report.duplicate_groups["paths"]) == [
         [str(root / "acne/good_1.jpg"), str(root / "acne/inside_link.jpg")],

@@ -155,20 +155,20 @@ def test_corrupt_files_fail_integrity(clean, policy, tmp_path):
 
 def test_small_foreign_format_and_unknown_label_fail_integrity(clean, policy, tmp_path):
     Image.new("RGB", (32, 48), (200, 150, 120)).save(tmp_path / "small.png")
-    Image.new("RGB", (80, 80), (200, 150, 120)).save(tmp_path / "odd.bmp")
+    Image.new("RGB", (80, 80), (200, 150, 120)).save(tmp_path / "odd.gif")
     Image.new("F", (80, 80), 0.5).save(tmp_path / "float.tif")
     extra = _extra(
         [
             (tmp_path / "small.png", "acne", "train"),
-            (tmp_path / "odd.bmp", "mystery", "train"),
+            (tmp_path / "odd.gif", "mystery", "train"),
             (tmp_path / "float.tif", "acne", "train"),
         ]
     )
     report = validate_features(pd.concat([clean, extra], ignore_index=True), policy, CLASSES, None)
     expected = {
         "min_side": [str(tmp_path / "small.png")],
-        "format_allowed": sorted([str(tmp_path / "odd.bmp"), str(tmp_path / "float.tif")]),
-        "labels_known": [str(tmp_path / "odd.bmp")],
+        "format_allowed": [str(tmp_path / "odd.gif")],
+        "labels_known": [str(tmp_path / "odd.gif")],
         "mode_allowed": [str(tmp_path / "float.tif")],
     }
     for check, paths in expected.items():
