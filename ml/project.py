@@ -155,8 +155,8 @@ PRETRAINED_RECIPE: dict[str, dict[str, tuple[Any, str]]] = {
         "weights": ("imagenet", "fine-tuning ImageNet weights beats random init by far on a few thousand photos"),
         "schedule": (
             "one_cycle",
-            "fastai's warm-up + cosine with AdamW; on isic9 at 5 epochs 0.507 test balanced accuracy "
-            "against adam's 0.444 (bench/RESULTS.md, rapid)",
+            "fastai's warm-up + cosine with AdamW; on isic9 at 5 epochs 0.507-0.514 test balanced accuracy "
+            "(bench/RESULTS.md, rapid) where adam's step decay had reached 0.444",
         ),
         "epochs": (5, "one_cycle fits any budget; 5 is where the rapid benchmark compares with fastai"),
         "batch_size": (32, "more, smaller steps in a short budget (fastai's default too)"),
