@@ -29,13 +29,21 @@ from tests.conftest import REPO
 HEAVY = ("prefect", "mlflow", "torch", "ray", "great_expectations", "evidently", "matplotlib")
 
 
-def _python(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+def _python(code: str, cwd=REPO, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_every_help_imports_no_heavy_module():
+def test_every_help_imports_no_heavy_module_and_creates_no_file(tmp_path):
+    import os
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SKINFLOW_"))}
+    env = {**keep, "HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
+    env["SKINFLOW_DATA_ROOT"] = str(tmp_path / "data")
     result = _python(
         f"""
 import contextlib, io, json, sys
@@ -56,8 +64,12 @@ for path in walk(typer.main.get_command(app), []):
             codes[" ".join(path)] = done.code
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 print(json.dumps({{"codes": codes, "heavy": heavy}}))
-"""
+""",
+        cwd=work,
+        env=env,
     )
+    created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p not in (work, home))
+    assert created == [], f"--help created {created}"
     assert len(result["codes"]) >= 20 and set(result["codes"].values()) == {0}, result["codes"]
     assert result["heavy"] == [], f"--help imported {result['heavy']}"
 
