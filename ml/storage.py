@@ -62,7 +62,13 @@ class StorageFullError(StorageError, OSError):
     """A write ran out of space (disk or quota full, or the process's file-size limit)."""
 
 
+class LocalPathError(StorageError):
+    """A local path the user gave cannot be written (read-only, no permission, too long, not a
+    folder): the user's mistake to fix, not a service that is down."""
+
+
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_USER_PATH = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 CHECKSUM_SUFFIX = ".sha256"
@@ -103,6 +109,8 @@ def write_error(path: Path, exc: OSError) -> StorageError:
             exc.errno,
             f"no space to write {path}: {exc.strerror} (disk, quota or file-size limit full); nothing was replaced",
         )
+    if exc.errno in _USER_PATH:
+        return LocalPathError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to")
     return StorageError(f"cannot write {path}: {exc}")
 
 

@@ -16,6 +16,7 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 FINDINGS = ("flows.validate:ValidationFailed",)
 SERVICE = ("ml.tracking.runs:ServiceUnavailableError",)
 STORAGE = ("ml.storage:StorageError",)
+USER_PATH = ("ml.storage:LocalPathError",)
 INVALID = ("pydantic_core:ValidationError", "prefect.exceptions:ParameterTypeError")
 CLICK = ("click.exceptions:ClickException", "typer._click.exceptions:ClickException")
 """``module:Class`` names; typer 0.29 carries its own copy of click (``typer._click``)."""
@@ -47,6 +48,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
     """Exit code and the one line a user sees for an exception a verb raised."""
     if isinstance(exc, loaded_types(*FINDINGS)):
         return EXIT_FINDINGS, str(exc)
+    if isinstance(exc, loaded_types(*USER_PATH)):  # a path the user gave: read-only, too long, ...
+        return EXIT_USAGE, str(exc)
     storage = loaded_types(*STORAGE)
     if isinstance(exc, (*loaded_types(*SERVICE), ConnectionError, TimeoutError)) or (
         isinstance(exc, storage) and not isinstance(exc, FileNotFoundError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from flows.cli.errors import (
     INVALID,
     SERVICE,
     STORAGE,
+    USER_PATH,
     classify,
     is_click_error,
 )
@@ -36,7 +38,6 @@ def _python(code: str, cwd=REPO, env: dict | None = None) -> dict:
 
 
 def test_every_help_imports_no_heavy_module_and_creates_no_file(tmp_path):
-    import os
 
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
@@ -86,7 +87,7 @@ print(json.dumps({"codes": codes, "loaded": sorted({m.split(".")[0] for m in sys
     assert result == {"codes": [EXIT_USAGE, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERNAL], "loaded": []}
 
 
-@pytest.mark.parametrize("name", [*FINDINGS, *SERVICE, *STORAGE, *INVALID])
+@pytest.mark.parametrize("name", [*FINDINGS, *SERVICE, *STORAGE, *USER_PATH, *INVALID])
 def test_the_classes_named_for_classification_exist(name):
     """A class renamed or moved would silently fall through to exit 4."""
     module, _, attr = name.partition(":")
@@ -121,6 +122,26 @@ def test_classify_the_project_errors():
     assert classify(ObjectNotFoundError("s3://b/k"))[0] == EXIT_USAGE
     code, line = classify(invalid.value)
     assert code == EXIT_USAGE and "\n" not in line and "epochs" in line
+
+
+def test_an_out_folder_that_cannot_be_made_is_the_user_s_mistake_exit_2():
+    """/sys refuses new folders even to root (EPERM): the CLI answers exit 2 naming the path."""
+    from ml.storage import atomic_write
+
+    with pytest.raises(Exception) as raised:
+        atomic_write("/sys/skinflow-out/report.json", b"{}")
+    code, line = classify(raised.value)
+    assert code == EXIT_USAGE and "/sys/skinflow-out/report.json" in line and "choose a folder" in line
+
+
+def test_an_over_long_out_path_is_the_user_s_mistake_exit_2(tmp_path):
+    from ml.storage import atomic_write
+
+    long = tmp_path / ("x" * 300) / "report.json"
+    with pytest.raises(Exception) as raised:
+        atomic_write(long, b"{}")
+    code, line = classify(raised.value)
+    assert code == EXIT_USAGE and "File name too long" in line and "choose a folder you can write to" in line
 
 
 def test_verbs_are_listed_in_order_and_each_once():
