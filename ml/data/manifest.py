@@ -347,6 +347,12 @@ def _folder_entries(source: Source) -> tuple[list[_Entry], list[dict], set[str]]
         raise ValueError(f"{root}: no files found (expected an ImageFolder with one folder per class)")
     tops = {e.rel.split("/")[0].lower() for e in tree.files if "/" in e.rel}
     has_splits = bool(tops) and tops <= set(SPLIT_ALIASES)
+    splits, classes = sorted(tops & set(SPLIT_ALIASES)), sorted(tops - set(SPLIT_ALIASES))
+    if splits and classes:  # read either way, some images would get a split's name as their label
+        raise ValueError(
+            f"{root}: mixed layout: split folders ({', '.join(splits)}) beside class folders "
+            f"({', '.join(classes)}); put every class folder under a split folder, or none"
+        )
     depth = 3 if has_splits else 2
     entries, bad = [], []
     for file in tree.files:

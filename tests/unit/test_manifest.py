@@ -380,3 +380,16 @@ def test_a_header_only_csv_is_one_line_and_exit_2_in_every_verb(tmp_path, capsys
     assert done.value.code == 2, err
     assert "the CSV lists no files" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "split.csv").exists()
+
+
+def test_a_split_layout_mixed_with_flat_class_folders_is_refused_naming_both(tmp_path) -> None:
+    from ml.data.manifest import check_source
+
+    for rel in ("train/acne/a.jpg", "test/ulcer/b.jpg", "blister/c.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (200, 120, 100)).save(tmp_path / rel)
+    for call in (build_manifest, check_source):
+        with pytest.raises(
+            ValueError, match=r"mixed layout: split folders \(test, train\) beside class folders \(blister\)"
+        ):
+            call(tmp_path)
