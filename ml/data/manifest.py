@@ -39,7 +39,7 @@ import hashlib
 import json
 import logging
 import os
-import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -69,8 +69,11 @@ logger = logging.getLogger(__name__)
 
 
 def normalise_label(label: str) -> str:
-    """Matching key of a source label: lower case, letters and digits only ("Bowen's_Disease" -> "bowensdisease")."""
-    return re.sub(r"[^0-9a-z]", "", label.lower())
+    """Matching key of a source label: NFKC, Unicode case folding, letters and digits only, in any
+    script ("Bowen's_Disease" -> "bowensdisease", "Ekzém" -> "ekzém", "湿疹" -> "湿疹"): two labels
+    match only when their letters do, so two non-Latin names never collapse into one empty key."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    return "".join(ch for ch in folded if ch.isalnum())
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,20 @@ class Manifest:
                 f"{len(self.missing_classes)} class(es) of the class map have no usable image: "
                 + ", ".join(self.missing_classes)
             )
+        lines += [
+            f"classes {', '.join(repr(c) for c in group)} differ only in case or punctuation: they train as "
+            f"{len(group)} classes; to merge them, a class map {{{group[0]}: [{', '.join(group)}]}} (--class-map)"
+            for group in self.near_identical_classes()
+        ]
         return lines
+
+    def near_identical_classes(self) -> list[list[str]]:
+        """Groups of labels that are one label written differently (``Acne`` and ``acne``): the same
+        :func:`normalise_label` key."""
+        keys: dict[str, list[str]] = {}
+        for label in self.classes:
+            keys.setdefault(normalise_label(label), []).append(label)
+        return [sorted(g) for g in keys.values() if len(g) > 1]
 
     def _left_out_of(self, source_label: str) -> str:
         n = int((self.bad["label"] == source_label).sum())

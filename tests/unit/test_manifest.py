@@ -393,3 +393,27 @@ def test_a_split_layout_mixed_with_flat_class_folders_is_refused_naming_both(tmp
             ValueError, match=r"mixed layout: split folders \(test, train\) beside class folders \(blister\)"
         ):
             call(tmp_path)
+
+
+def test_class_maps_match_non_ascii_labels_by_their_letters() -> None:
+    from ml.data.manifest import ClassMap, normalise_label
+
+    cmap = ClassMap.from_mapping({"eczema": ["湿疹", "Ekzém"], "acne": ["ACNE"]})
+    assert cmap.lookup("湿疹") == "eczema" and cmap.lookup("皮膚炎") is None, "two Japanese names are not one"
+    assert cmap.lookup("ekzém") == "eczema" and cmap.lookup("Ekzem") is None, "the accent is a letter"
+    assert cmap.lookup("ＡＣＮＥ") == "acne", "full-width letters are NFKC's ASCII"
+    assert normalise_label("Bowen's_Disease") == "bowensdisease" and normalise_label("Straße") == "strasse"
+    ClassMap.from_mapping({"a": ["湿疹"], "b": ["皮膚炎"]})  # two labels, two keys: no "mapped to both"
+
+
+def test_case_only_duplicate_classes_are_warned_with_the_class_map_that_merges_them(tmp_path, caplog) -> None:
+    for label in ("Acne", "acne", "ulcer"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (64, 64), (100 + 40 * i, 80, len(label) * 9)).save(tmp_path / label / f"{label}{i}.jpg")
+    with caplog.at_level("WARNING", logger="ml.data"):
+        m = build_manifest(tmp_path)
+    assert m.classes == ["Acne", "acne", "ulcer"] and m.near_identical_classes() == [["Acne", "acne"]]
+    assert "classes 'Acne', 'acne' differ only in case or punctuation" in caplog.text
+    merged = build_manifest(tmp_path, class_map={"acne": ["Acne", "acne"], "ulcer": ["ulcer"]})
+    assert merged.classes == ["acne", "ulcer"] and (merged.records["label"] == "acne").sum() == 4
