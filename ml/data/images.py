@@ -292,6 +292,7 @@ def inspect_image(
     if fmt not in allowed_formats:
         message = f"{name}: format {fmt or 'unknown'} is not one of {', '.join(allowed_formats)}"
         return replace(found, ok=False, reason="unsupported_format", message=message), rgb
+    _note_oddities(name, fmt, data)
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1 and fmt in ("WEBP", "GIF"):
         message = f"{name}: an animated {fmt} ({frames} frames), not a still image"
@@ -299,6 +300,30 @@ def inspect_image(
     if frames > 1 and fmt == "TIFF":
         logger.warning("%s: a TIFF of %d pages: the first page is used", name, frames)
     return found, rgb
+
+
+_SUFFIXES = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "PNG": (".png",),
+    "TIFF": (".tif", ".tiff"),
+    "BMP": (".bmp",),
+    "WEBP": (".webp",),
+    "MPO": (".jpg", ".jpeg", ".mpo"),
+}
+TRAILING_NOTE_BYTES = 1024  # bytes after a JPEG's end marker worth a word (padding is smaller)
+
+
+def _note_oddities(name: str, fmt: str, data: bytes) -> None:
+    """A warning (logger ``ml.data``) for a usable image that is not what it looks like: an
+    extension of another format, or data appended after a JPEG's end marker (e.g. a zip)."""
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix and fmt in _SUFFIXES and suffix not in _SUFFIXES[fmt]:
+        logger.warning("%s: a %s file with a %s extension; read as %s", name, fmt, suffix, fmt)
+    if fmt in ("JPEG", "MPO"):
+        end = data.rfind(b"\xff\xd9")
+        trailing = len(data) - (end + 2) if end >= 0 else 0
+        if trailing > TRAILING_NOTE_BYTES:
+            logger.warning("%s: %d bytes after the JPEG's end (appended data); the image is used", name, trailing)
 
 
 def _shown(header: tuple[int, int], img: Image.Image) -> tuple[int, int]:

@@ -249,3 +249,20 @@ def test_an_unknown_file_says_no_format_matched_not_an_object_repr(tmp_path):
     with pytest.raises(BadImageError) as exc:
         load_rgb(path)
     assert exc.value.reason == "not_an_image" and "BytesIO" not in str(exc.value)
+
+
+def test_a_jpeg_named_png_and_a_jpeg_with_a_zip_appended_are_used_and_said(tmp_path: Path, caplog) -> None:
+    lying = tmp_path / "photo.png"
+    _marked().save(lying, format="JPEG")
+    appended = tmp_path / "with_zip.jpg"
+    appended.write_bytes(_jpeg_bytes(_marked()) + b"PK\x03\x04" + bytes(4000))
+    with caplog.at_level("WARNING", logger="ml.data"):
+        assert check_image(lying).ok and check_image(appended).ok
+    assert f"{lying}: a JPEG file with a .png extension; read as JPEG" in caplog.text
+    assert f"{appended}: 4004 bytes after the JPEG's end (appended data)" in caplog.text
+    caplog.clear()
+    plain = tmp_path / "plain.jpg"
+    _marked().save(plain, format="JPEG")
+    with caplog.at_level("WARNING", logger="ml.data"):
+        assert check_image(plain).ok
+    assert caplog.text == "", "an ordinary JPEG says nothing"
