@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Callable, Iterable
@@ -36,6 +37,9 @@ from tqdm import tqdm
 
 from ml.data.images import BadImageError, inspect_image, path_problem
 from ml.storage import Storage, atomic_write, is_s3, join, sha256_file
+
+logger = logging.getLogger("ml.data")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif")
 
 CACHE_FOLDER = "s3cache"
 """Folder under ``settings.data_root`` holding materialised S3 objects."""
@@ -253,7 +257,10 @@ class Source:
         if not is_s3(root):
             return walk_local(root, self.allow_outside_root, self.entry)
         rels = [relative(p, root) for p in self.storage.list(root + "/")]
-        rels = [r for r in rels if not any(part.startswith(".") for part in r.rstrip("/").split("/"))]
+        hidden = {r for r in rels if any(part.startswith(".") for part in r.rstrip("/").split("/"))}
+        for r in sorted(h for h in hidden if _is_image_name(posixpath.basename(h))):
+            _say_hidden(root, r)
+        rels = [r for r in rels if r not in hidden]
         folders = {r.rstrip("/") for r in rels if r.endswith("/")}
         files = [r for r in rels if not r.endswith("/")]
         folders |= {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
@@ -315,6 +322,10 @@ def walk_local(root: str, allow_outside_root: bool, entry: Callable[[str, str], 
     for here, dirnames, filenames in os.walk(root, followlinks=True):
         chain, rel_here = chains.pop(here), os.path.relpath(here, root)
         entered = []
+        for name in sorted(d for d in dirnames if d.startswith(".")):
+            _say_hidden(root, os.path.normpath(os.path.join(rel_here, name)), _count_images(os.path.join(here, name)))
+        for f in sorted(f for f in filenames if f.startswith(".") and _is_image_name(f)):
+            _say_hidden(root, os.path.normpath(os.path.join(rel_here, f)))
         for name in sorted(d for d in dirnames if not d.startswith(".")):
             rel, real = os.path.normpath(os.path.join(rel_here, name)), os.path.realpath(os.path.join(here, name))
             path = os.path.join(root, rel)
@@ -336,3 +347,27 @@ def walk_local(root: str, allow_outside_root: bool, entry: Callable[[str, str], 
             rel = os.path.normpath(os.path.join(rel_here, f))
             files.append(entry(os.path.join(root, rel), rel))
     return Listing(root, sorted(files, key=lambda e: e.rel), sorted(folders), refused)
+
+
+def _is_image_name(name: str) -> bool:
+    """An image by its name (not an AppleDouble ``._x.jpg`` resource fork, which is not one)."""
+    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith("._")
+
+
+def _count_images(folder: str) -> int:
+    """Image files (by name) anywhere under ``folder``."""
+    return sum(_is_image_name(f) for _, _, files in os.walk(folder) for f in files)
+
+
+def _say_hidden(root: str, rel: str, images: int | None = None) -> None:
+    """A warning line for a hidden file that is an image (``images`` None) or a hidden folder that
+    holds ``images`` of them: hidden entries (``.DS_Store``, ``.thumbnails``, ``.git``) are never
+    read, so what they hold is said, not silently skipped."""
+    if images == 0:
+        return  # a hidden folder without images: nothing a user lost
+    if images is None:
+        logger.warning("%s: hidden file %s is not read (hidden); rename it to use it", root, rel)
+    else:
+        logger.warning(
+            "%s: hidden folder %s holds %d image file(s), not read (hidden); rename it to use them", root, rel, images
+        )

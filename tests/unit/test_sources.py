@@ -310,3 +310,24 @@ def test_each_batch_image_is_decoded_once_and_its_pixels_come_from_that_decode(t
     assert set(pixels) == set(batch.records["path"])
     for path, local in zip(batch.records["path"], batch.records["local_path"], strict=True):
         assert np.array_equal(pixels[path], np.asarray(load_rgb(local)))
+
+
+def test_hidden_images_are_said_not_silently_skipped(tmp_path, caplog):
+    from PIL import Image
+
+    from ml.data.manifest import build_manifest
+
+    for rel in ("acne/a.jpg", "acne/.thumbnails/t1.jpg", "acne/.thumbnails/deep/t2.png", "acne/.secret.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (180, 120, 90)).save(tmp_path / rel)
+    (tmp_path / "acne" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "acne" / "._a.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    with caplog.at_level("WARNING", logger="ml.data"):
+        m = build_manifest(tmp_path)
+    assert len(m.records) == 1, "hidden entries are still not read"
+    said = [r.getMessage() for r in caplog.records if "hidden" in r.getMessage()]
+    assert any("hidden folder acne/.thumbnails holds 2 image file(s), not read" in line for line in said), said
+    assert any("hidden file acne/.secret.jpg is not read" in line for line in said), said
+    assert not any(".DS_Store" in line or "._a.jpg" in line or ".git" in line for line in said), said
