@@ -49,6 +49,29 @@ _FTYP_BRANDS = {
 }
 
 
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def image_signature(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce (JPEG, PNG, GIF, TIFF, BMP, WEBP, HEIC/HEIF/AVIF),
+    whatever its name says; None for anything else."""
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
+        return _FTYP_BRANDS[head[8:12]]
+    return None
+
+
 def container_format(data: bytes) -> str | None:
     """What a file Pillow cannot open is, when its signature says so, with how to convert it;
     None when nothing is recognised."""

@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import yaml
 
+from ml.data.images import image_signature
 from ml.data.sources import Entry, FileResult, OnImage, Source, base_of, read_table, relative
 from ml.storage import Storage, atomic_write, is_s3
 
@@ -378,6 +379,9 @@ def _folder_entries(source: Source) -> tuple[list[_Entry], list[dict], set[str]]
             entries.append(_Entry(file, parts[depth - 2], split))
         elif PurePosixPath(file.rel).suffix.lower() in IMAGE_SUFFIXES:
             bad.append(_bad(file.path, "", "no_label", f"{file.rel} is not inside a class folder"))
+        elif not PurePosixPath(file.rel).suffix and (kind := _sniffed(file.path)):
+            message = f"{file.rel} is a {kind} image without an extension, not inside a class folder"
+            bad.append(_bad(file.path, "", "no_label", message))
 
     def class_of(folder: str) -> str:
         parts = folder.split("/")
@@ -390,6 +394,17 @@ def _folder_entries(source: Source) -> tuple[list[_Entry], list[dict], set[str]]
         if f.count("/") == depth - 2 and (not has_splits or f.split("/")[0].lower() in SPLIT_ALIASES)
     ]
     return entries, bad, {class_of(f) for f in class_level}
+
+
+def _sniffed(path: str) -> str | None:
+    """The image format a local file's first bytes announce (an S3 object is not fetched for this)."""
+    if is_s3(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return image_signature(f.read(16))
+    except OSError:
+        return None
 
 
 def _csv_entries(source: Source) -> tuple[list[_Entry], list[dict]]:

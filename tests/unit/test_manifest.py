@@ -417,3 +417,14 @@ def test_case_only_duplicate_classes_are_warned_with_the_class_map_that_merges_t
     assert "classes 'Acne', 'acne' differ only in case or punctuation" in caplog.text
     merged = build_manifest(tmp_path, class_map={"acne": ["Acne", "acne"], "ulcer": ["ulcer"]})
     assert merged.classes == ["acne", "ulcer"] and (merged.records["label"] == "acne").sum() == 4
+
+
+def test_an_image_without_an_extension_above_the_class_folders_is_reported(tmp_path) -> None:
+    (tmp_path / "acne").mkdir()
+    Image.new("RGB", (64, 64), (200, 120, 100)).save(tmp_path / "acne" / "a.jpg")
+    Image.new("RGB", (64, 64), (20, 120, 100)).save(tmp_path / "IMG_0001", format="JPEG")
+    (tmp_path / "LICENSE").write_text("not an image, not a word about it\n")
+    m = build_manifest(tmp_path)
+    bad = dict(zip(m.bad["path"].map(lambda p: Path(p).name), m.bad["message"], strict=True))
+    assert list(bad) == ["IMG_0001"] and "a JPEG image without an extension" in bad["IMG_0001"]
+    assert m.bad["reason"].tolist() == ["no_label"]
