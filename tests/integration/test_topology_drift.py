@@ -22,8 +22,22 @@ INFRA = REPO / "infra"
 
 
 def _expand_defaults(text: str) -> str:
-    """``${VAR:-default}`` -> default: what compose uses with no .env file."""
+    """``${VAR:-default}`` -> default: what compose uses with no .env file; a required
+    ``${VAR:?message}`` -> ``<VAR>``, the value infra/.env must give."""
+    text = re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", r"<\1>", text)
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_no_secret_has_a_default_in_the_team_stack() -> None:
+    """Without infra/.env, compose must refuse to start rather than run on known passwords."""
+    for name in ("docker-compose.yml", "compose.env"):
+        text = (INFRA / name).read_text()
+        for var in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "RAY_AUTH_TOKEN"):
+            assert not re.search(rf"\$\{{{var}:-", text), f"{name}: {var} falls back to a default"
+        assert "skinflow-dev" not in text, f"{name} still names a development password"
+    compose_text = (INFRA / "docker-compose.yml").read_text()
+    for var in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "RAY_AUTH_TOKEN"):
+        assert f"${{{var}:?" in compose_text, f"{var} is not required"
 
 
 @pytest.fixture(scope="module")
