@@ -118,7 +118,7 @@ def drift(summary: dict) -> None:
             f"model AUC {emb['model_auc']:.3f} (threshold {emb['model_auc_threshold']:.3f}), "
             f"MMD {emb['mmd']:.4f} (threshold {emb['mmd_threshold']})"
             if emb["model_auc"] is not None
-            else "not measured: too few images on a side for the embedding tests",
+            else "not measured: too few reference images for the embedding tests",
         ),
         ("predicted classes", lab["predicted"]["drifted"], f"chi-square p={lab['predicted']['p_value']:.3g}"),
     ]

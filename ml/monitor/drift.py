@@ -48,7 +48,7 @@ EMBEDDINGS_NAME = "penultimate"
 Z_NULL = 3.090232306167813  # one-sided 99.9% normal quantile
 
 
-TSNE_PERPLEXITY = 30  # Evidently's EmbeddingsDrift draws a TSNE with this perplexity: it needs more rows per side
+TSNE_PERPLEXITY = 30  # Evidently's EmbeddingsDrift draws a TSNE of the reference with this perplexity: it needs more rows
 
 
 def fit_pca(reference_embeddings: np.ndarray, n_components: int, seed: int = 0):
@@ -361,7 +361,7 @@ def measure_drift(
     labels = bool((reference.label_indices() >= 0).any() and (batch.label_indices() >= 0).all())
     ref, cur = frame(reference, pca, labels), frame(batch, pca, labels)
     columns = choose_columns(ref, cur, policy, labels)
-    embeddings = min(len(ref), len(cur)) > TSNE_PERPLEXITY  # Evidently's embedding plot needs more rows
+    embeddings = len(ref) > TSNE_PERPLEXITY  # Evidently's embedding plot runs a TSNE on the reference rows
     snapshot = run_report(ref, cur, columns, policy, embeddings=embeddings, metadata=metadata)
     results = snapshot.dict()
     order = [*columns.covariate, "max_prob", "entropy", "pred_class"] + (["label"] if labels else [])
