@@ -48,7 +48,8 @@ EMBEDDINGS_NAME = "penultimate"
 Z_NULL = 3.090232306167813  # one-sided 99.9% normal quantile
 
 
-TSNE_PERPLEXITY = 30  # Evidently's EmbeddingsDrift draws a TSNE of the reference with this perplexity: it needs more rows
+# Evidently's EmbeddingsDrift draws a TSNE of the reference with this perplexity: it needs more rows
+TSNE_PERPLEXITY = 30
 
 
 def fit_pca(reference_embeddings: np.ndarray, n_components: int, seed: int = 0):

@@ -144,7 +144,7 @@ USAGE_CASES = {
     "a mistyped option": (["train", "--modle", "resnet18"], "No such option: --modle (Possible options: --model)"),
     "a mistyped option of retrain": (["retrain", "--modle", "x"], "No such option: --modle"),
     "an unknown option": (["validate", "{root}/ds", "--no-such-option"], "No such option: --no-such-option"),
-    "a missing argument": (["drift"], "Missing argument 'batch'"),
+    "a missing argument": (["predict"], "Missing argument 'source'"),
     "a value of the wrong type": (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
     "an unknown verb": (["trian"], "No such command 'trian'"),
 }
