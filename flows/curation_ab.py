@@ -23,7 +23,7 @@ from ml.train.config import LRFindConfig, TrainConfig
 from tasks.curation import check_curated_splits, curate_copy, log_curation_ab
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import tracked_run
-from tasks.training import evaluate_model, log_training_run, train_model
+from tasks.training import calibrate_model, evaluate_model, log_training_run, train_model
 
 EXPERIMENT = "skinflow-curation"
 ARMS = ("baseline", "curated")
@@ -89,6 +89,7 @@ def curation_ab_flow(
                 ) as (run_id, _):
                     children[arm] = run_id
                     result = train_model(cache, cfg, run_id)
+                    result = calibrate_model(result, cache, str(Path(out_dir) / arm))
                     evaluation = evaluate_model(result, cache, "test")
                     log_training_run(
                         run_id,

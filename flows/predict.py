@@ -26,8 +26,8 @@ def predict_flow(predict: PredictConfig = PredictConfig()) -> dict:
         batch = load_inputs(predict.source, predict.allow_outside_root)
         records = batch.records
         with tracked_run("skinflow-predict", run_name("predict", model=model_uri), tags=mlflow_tags()) as (run_id, _):
-            probs, classes = predict_images(model_uri, records["local_path"].tolist(), predict.chunk)
-            table = prediction_table(records["path"].tolist(), probs, classes, batch.bad, predict.top_k)
+            answers, classes = predict_images(model_uri, records["local_path"].tolist(), predict.chunk)
+            table = prediction_table(records["path"].tolist(), answers, classes, batch.bad, predict.top_k)
             counts = summary(table)
             out = write_predictions(table, predict.out)
             sha = dict(zip(records["path"], records["sha256"], strict=True))
@@ -37,6 +37,10 @@ def predict_flow(predict: PredictConfig = PredictConfig()) -> dict:
             {"model": model_uri, "out": str(out), **{k: v for k, v in counts.items() if not isinstance(v, dict)}},
         )
         get_run_logger().info(
-            "%d image(s) predicted, %d file(s) left out: %s", counts["n_predicted"], counts["n_left_out"], out
+            "%d image(s) predicted (%d to refer to a person), %d file(s) left out: %s",
+            counts["n_predicted"],
+            counts["n_referred"],
+            counts["n_left_out"],
+            out,
         )
         return {"model_uri": model_uri, "out": str(out), "mlflow_run_id": run_id, **counts}

@@ -18,7 +18,7 @@ from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 from tasks.common import markdown_table, publish_markdown
 from tasks.data import build_image_cache, load_manifest
 from tasks.mlflow_tasks import log_quarantine, promotion_gate, register_model, tracked_run
-from tasks.training import evaluate_model, log_training_run, train_model
+from tasks.training import calibrate_model, evaluate_model, log_training_run, train_model
 
 
 @flow(name="retrain", flow_run_name=run_namer("retrain"))
@@ -83,6 +83,7 @@ def retrain_flow(
             else:
                 cfg, _ = with_lr(cache, training, lr_find, out_dir, run_id)
             result = train_model(cache, cfg, run_id)
+            result = calibrate_model(result, cache, out_dir)
             evaluation = evaluate_model(result, cache, "test")
             logged = log_training_run(
                 run_id,

@@ -22,7 +22,14 @@ from ml.train.precision import precision_for
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
 from tasks.mlflow_tasks import supersede_interrupted_run, tracked_run
-from tasks.training import evaluate_model, log_training_run, run_lr_range_test, run_repeated_fits, train_model
+from tasks.training import (
+    calibrate_model,
+    evaluate_model,
+    log_training_run,
+    run_lr_range_test,
+    run_repeated_fits,
+    train_model,
+)
 
 
 def prepare_data(data: DataConfig):
@@ -73,6 +80,7 @@ def train_flow(
                 supersede_interrupted_run(training.checkpoint_dir, run_id)
             cfg, finder = with_lr(cache, training, lr_find, out_dir, run_id)
             result = train_model(cache, cfg, run_id)
+            result = calibrate_model(result, cache, out_dir)
             eval_split = eval_split_of(cache)
             evaluation = evaluate_model(result, cache, eval_split)
             logged = log_training_run(run_id, result, evaluation, eval_split, cache, manifest, out_dir)

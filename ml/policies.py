@@ -1,5 +1,5 @@
 """The one policy loader: the threshold files of ``policies/`` (``validation``, ``promotion``,
-``drift``, ``augcheck``), read from ``get_settings().policies_dir`` unless a path is given.
+``drift``, ``augcheck``, ``prediction``), read from ``get_settings().policies_dir`` unless a path is given.
 
 A team's copy of a policy file must carry every key of the shipped one and no other: the valid
 keys are the fields of the policy's typed class where it has one (``keys=``), otherwise the key
@@ -30,7 +30,7 @@ import yaml
 from ml.settings import get_settings, yaml_problem
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "policies"
-POLICY_NAMES = ("validation", "promotion", "drift", "augcheck")
+POLICY_NAMES = ("validation", "promotion", "drift", "augcheck", "prediction")
 
 T = TypeVar("T")
 

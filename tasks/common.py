@@ -131,3 +131,17 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(_cell(r.get(c, ""))) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_logger():
+    """The Prefect run logger, or the ``skinflow`` logger when a task's function is called
+    outside a flow or task run (``task.fn(...)``, as tests and notebooks do)."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("skinflow")

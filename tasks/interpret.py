@@ -38,6 +38,9 @@ def fit_and_evaluate(cache, cfg: TrainConfig, interp: InterpretConfig, eval_spli
         cache.version,
         {"interpret": interp.model_dump(mode="json"), "train_images": len(keep)},
     )
+    from ml.eval.trust import PredictionPolicy
+
+    recipes.calibrate(result, cache.subset("val"), PredictionPolicy.load())  # the background test reads these
     evaluation = recipes.evaluate(result, cache.subset(eval_split), tta=cfg.tta)
     m = evaluation["metrics"]
     tracked_training.log_split_metrics(run_id, m, eval_split, SCALAR_KEYS)
@@ -78,7 +81,10 @@ def explain_errors(
         galleries.append({**gallery, "errors_mean": pair["mean"], "errors_std": pair["std"], "text": pair["text"]})
         if gallery["png"]:
             plots.append(Path(gallery["png"]))
-    bg = errors.background(first.model, first.norm, images, labels, classes, interp, out / "background_test.png")
+    temperature = first.trust.calibration.temperature if first.trust is not None else 1.0
+    bg = errors.background(
+        first.model, first.norm, images, labels, classes, interp, out / "background_test.png", temperature
+    )
     if bg["png"]:
         plots.append(Path(bg["png"]))
     report = {

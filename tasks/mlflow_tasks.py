@@ -173,9 +173,9 @@ def register_model(model_uri: str, tags: dict[str, Any]) -> str:
 def _predictions(
     model_uri: str, images: np.ndarray, labels: np.ndarray, classes: list[str], recompute: bool = False
 ) -> tuple[np.ndarray, dict, str]:
-    """Top-1 predictions of a stored model on the held-out set: the probabilities its run
-    stored for exactly this set (same digest) when there are any, else predicted again from
-    its stored weights. Returns ``(pred, meta, "stored" | "recomputed")``."""
+    """A stored model's (calibrated) class probabilities on the held-out set: the ones its run
+    stored for exactly this set (same digest) when there are any, else predicted again from its
+    stored weights and trust. Returns ``(probs, meta, "stored" | "recomputed")``."""
     from ml.eval.gate import heldout_digest
     from ml.tracking import models as tracked_models
     from ml.train import recipes
@@ -183,12 +183,12 @@ def _predictions(
     if not recompute:
         probs = tracked_models.load_predictions(model_uri, heldout_digest(images, labels, classes))
         if probs is not None:
-            return probs.argmax(1), tracked_models.load_model_meta(model_uri), "stored"
+            return probs, tracked_models.load_model_meta(model_uri), "stored"
     states, meta = tracked_models.load_model_states(model_uri)
     probs = recipes.predict_logged(
-        meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta.get("tta", False)
+        meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta.get("tta", False), trust=meta.get("trust")
     )  # as the run evaluated (and serves) it
-    return probs.argmax(1), meta, "recomputed"
+    return probs, meta, "recomputed"
 
 
 @task(name="promotion-gate", **IO_RETRY, cache_policy=NO_CACHE)

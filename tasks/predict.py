@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,25 +26,24 @@ def load_inputs(source: str, allow_outside_root: bool = False):
 
 
 @task(name="predict-images", **IO_RETRY, cache_policy=NO_CACHE)
-def predict_images(model_uri: str, local_paths: list[str], chunk: int) -> tuple[np.ndarray, list[str]]:
-    """The served model's probabilities (the registered pyfunc itself: what serving answers) for
-    each image, ``chunk`` at a time with a progress bar; returns ``(probs, classes)``."""
+def predict_images(model_uri: str, local_paths: list[str], chunk: int) -> tuple[pd.DataFrame, list[str]]:
+    """The served model's answers (the registered pyfunc itself: what serving answers) for each
+    image, ``chunk`` at a time with a progress bar: calibrated class probabilities, and
+    ``prediction_set`` / ``refer`` for a model with trust. Returns ``(answers, classes)``."""
     import mlflow
-    import pandas as pd
     from tqdm import tqdm
 
     from ml.tracking.runs import configure_mlflow
 
     configure_mlflow(get_settings().mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri)
-    parts, classes = [], None
+    classes = list((model.metadata.metadata or {}).get("classes", []))
+    parts = []
     for start in tqdm(range(0, len(local_paths), chunk), desc="predict", unit="chunk"):
-        frame = model.predict(pd.DataFrame({"path": local_paths[start : start + chunk]}))
-        classes = list(frame.columns)
-        parts.append(frame.to_numpy(dtype=np.float64))
-    if classes is None:
-        classes = list(model.metadata.metadata.get("classes", [])) if model.metadata.metadata else []
-    return (np.concatenate(parts) if parts else np.zeros((0, len(classes)))), classes
+        batch = pd.DataFrame({"path": local_paths[start : start + chunk]})
+        parts.append(model.predict(batch, params={"allow_paths": True}))  # local files, read here
+    answers = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=classes)
+    return answers, classes
 
 
 @task(name="write-predictions", cache_policy=NO_CACHE)

@@ -16,7 +16,7 @@ from ml.tracking.training import MlflowEpochLogger
 from ml.train import recipes
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import TrainResult, fit
-from tasks.common import IO_RETRY, publish_table
+from tasks.common import IO_RETRY, publish_table, run_logger
 
 
 @task(name="lr-range-test", cache_policy=NO_CACHE)
@@ -84,6 +84,26 @@ def train_model(cache, cfg: TrainConfig, run_id: str) -> TrainResult:
     return result
 
 
+@task(name="calibrate-model", cache_policy=NO_CACHE)
+def calibrate_model(result: TrainResult, cache, out_dir: str, policy_path: str | None = None) -> TrainResult:
+    """Temperature, conformal sets and refer rule fitted on the validation split
+    (:func:`ml.train.recipes.calibrate`, ``policies/prediction.yaml``); the result predicts
+    calibrated probabilities from here on, and its model stores them."""
+    from ml.eval.trust import PredictionPolicy
+
+    figures = recipes.calibrate(
+        result, cache.subset("val"), PredictionPolicy.load(policy_path), Path(out_dir) / "plots"
+    )
+    run_logger().info(
+        "calibrated on %d validation images: temperature %.3f, ECE %.3f -> %.3f",
+        result.trust.calibration.n_images,
+        figures["temperature"],
+        figures["val_ece"],
+        figures["val_ece_calibrated"],
+    )
+    return result
+
+
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model(result: TrainResult, cache, split: str) -> dict[str, Any]:
     """Metrics of the (snapshot-ensembled) model on ``split``; probabilities kept for the gate."""
@@ -119,12 +139,15 @@ def log_training_run(
             "size": int(images.shape[1]),
             "dataset_version": cache.version,
             "tta": bool(result.config.get("tta")),
+            **({"trust": result.trust.to_meta()} if result.trust is not None else {}),
         },
     )
     with tracked_models.model_weights_in_background(
         run_id, result.model.state_dict(), result.snapshots, meta
     ) as written:
         plots = recipes.training_plots(result, out / "plots", (images, labels), evaluation["probs"])
+        if result.trust is not None and (out / "plots" / "reliability.png").exists():
+            plots["reliability"] = out / "plots" / "reliability.png"  # drawn by calibrate_model
         metrics = evaluation["metrics"]
         report = {
             "split": eval_split,
@@ -135,6 +158,7 @@ def log_training_run(
             "best_epoch": result.best_epoch,
             "snapshots": len(result.snapshots),
             **result.precision.tags(),
+            **({"calibration": result.trust.calibration.to_dict()} if result.trust is not None else {}),
             **(extra or {}),
         }
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))

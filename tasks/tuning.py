@@ -4,7 +4,6 @@ schedules x AMP (x arch), with ASHA) with the trials as MLflow child runs of the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 from prefect import task
@@ -13,17 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from ml.tracking.models import fetch_weights
 from ml.tracking.trials import MlflowTrials
 from ml.train.sweep import TrialData, run_trials
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger inside a flow or task run, else this module's logger."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
+from tasks.common import run_logger
 
 
 @task(name="ray-tune", cache_policy=NO_CACHE)
@@ -53,7 +42,7 @@ def run_tune(
     :class:`ml.train.sweep_results.TuneInterrupted` on Ctrl-C before every trial finished."""
     from ml.train.sweep_callbacks import progress_line
 
-    log = _logger()
+    log = run_logger()
     return run_trials(
         data,
         bracket,

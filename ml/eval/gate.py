@@ -5,9 +5,12 @@ probabilities, which are reduced to the arg-max) over one shared evaluation set.
 
 Decision rule of :func:`decide` (thresholds come from ``policies/promotion.yaml``):
 
-1. **Recall floor.** Every class with support in ``y_true`` must have a challenger recall
-   ``>= recall_floor``. A collapsed minority class blocks promotion even when macro-F1
-   improves. Classes without support cannot be judged and are reported, not checked.
+1. **Recall floor.** No class with support in ``y_true`` may have a challenger recall that is
+   below ``recall_floor`` beyond the noise of its few images: a class fails when the one-sided
+   ``recall_floor_confidence`` Clopper-Pearson upper bound of its recall (``k`` of ``n`` images
+   right) is below the floor. A collapsed minority class (0 of 16) blocks promotion even when
+   macro-F1 improves; 4 of 16 (0.25, one image under a 0.30 floor; upper bound 0.48) or 0 of 1 does not, since
+   neither shows the class collapsed. Classes without support cannot be judged and are reported.
 2. **No champion** (first version): promote iff the recall floor holds.
 3. **With a champion**, all of the following must hold:
 
@@ -82,6 +85,7 @@ class PromotionPolicy:
 
     margin: float = 0.03
     recall_floor: float = 0.30
+    recall_floor_confidence: float = 0.95  # a class fails when its recall's upper bound is below the floor
     alpha: float = 0.05
     n_boot: int = 2000
     ci: float = 0.95
@@ -89,8 +93,11 @@ class PromotionPolicy:
     superiority_level: float = 0.95
     min_improvement: float = 0.0
     min_disjoint_heldout: int = 50
+    max_ece: float | None = 0.20  # refuse a challenger whose calibrated held-out ECE is above it (None: off)
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.recall_floor_confidence < 1.0:
+            raise ValueError(f"recall_floor_confidence must lie in [0.5, 1), got {self.recall_floor_confidence}")
         if not 0.5 <= self.superiority_level < 1.0:
             raise ValueError(f"superiority_level must lie in [0.5, 1), got {self.superiority_level}")
         if self.min_disjoint_heldout < 1:
@@ -294,9 +301,45 @@ def per_class_recall(
     return np.divide(hits, support, out=np.full(n_classes, np.nan), where=support > 0)
 
 
-def _recall_failures(recalls: np.ndarray, classes: Sequence[str], floor: float) -> list[str]:
-    """Names of classes with support whose recall is below the floor."""
-    return [name for name, r in zip(classes, recalls, strict=True) if not np.isnan(r) and r < floor]
+def recall_upper_bounds(
+    y_true: np.ndarray | Sequence[int], pred: np.ndarray | Sequence[int], n_classes: int, level: float
+) -> np.ndarray:
+    """Per class, the one-sided ``level`` Clopper-Pearson upper confidence bound of its recall
+    (``k`` right of ``n``: the ``level`` quantile of Beta(k + 1, n - k), 1 when k = n); NaN
+    without support."""
+    from scipy.stats import beta
+
+    y, p = _as_labels(y_true), _as_labels(pred)
+    n = np.bincount(y, minlength=n_classes)
+    k = np.bincount(y[y == p], minlength=n_classes)
+    out = np.full(n_classes, np.nan)
+    for c in range(n_classes):
+        if n[c]:
+            out[c] = 1.0 if k[c] == n[c] else float(beta.ppf(level, k[c] + 1, n[c] - k[c]))
+    return out
+
+
+def _recall_failures(upper: np.ndarray, classes: Sequence[str], floor: float) -> list[str]:
+    """Names of classes with support whose recall is below the floor beyond the noise (its upper bound is)."""
+    return [name for name, u in zip(classes, upper, strict=True) if not np.isnan(u) and u < floor]
+
+
+def _calibration_problem(
+    y: np.ndarray, challenger: np.ndarray | Sequence[int], pol: PromotionPolicy, numbers: dict[str, Any]
+) -> str | None:
+    """The challenger's top-label ECE on the held-out images (when it comes as probabilities) into
+    ``numbers``; a reason to keep it when the policy's ``max_ece`` is set and exceeded. Labels
+    alone carry no confidence: the rule needs probabilities (the promotion gate task passes them)."""
+    from ml.eval.calibration import ece
+
+    probs = np.asarray(challenger)
+    value = ece(probs, y) if probs.ndim == 2 and len(y) else None
+    numbers.update(ece=value, max_ece=pol.max_ece)
+    if pol.max_ece is None or value is None:
+        return None
+    if value > pol.max_ece:
+        return f"calibration: held-out ECE {value:.4f} > max_ece {pol.max_ece}"
+    return None
 
 
 def decide(
@@ -314,12 +357,18 @@ def decide(
     pol = policy if isinstance(policy, PromotionPolicy) else PromotionPolicy.from_mapping(policy)
     y, new = _as_labels(y_true), _as_labels(challenger)
     recalls = per_class_recall(y, new, len(classes))
-    low = _recall_failures(recalls, classes, pol.recall_floor)
+    upper = recall_upper_bounds(y, new, len(classes), pol.recall_floor_confidence)
+    low = _recall_failures(upper, classes, pol.recall_floor)
     numbers: dict[str, Any] = {
         "recall_floor": pol.recall_floor,
+        "recall_floor_confidence": pol.recall_floor_confidence,
         "per_class_recall": {c: float(r) for c, r in zip(classes, recalls, strict=True)},
+        "per_class_recall_upper": {c: float(u) for c, u in zip(classes, upper, strict=True)},
         "classes_below_floor": low,
     }
+    ece_problem = _calibration_problem(y, challenger, pol, numbers)
+    if ece_problem:
+        return GateDecision("kept", f"{'first version: ' if champion is None else ''}{ece_problem}", numbers)
     if champion is None:
         if low:
             return GateDecision("kept", f"first version: recall below floor for {low}", numbers)

@@ -142,6 +142,26 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: list[str], path: st
     return _save(fig, path, tight=False)
 
 
+def plot_reliability(
+    curves: Mapping[str, Mapping[str, np.ndarray]], eces: Mapping[str, float], path: str | Path
+) -> Path:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, one line per
+    entry of ``curves`` (:func:`ml.eval.calibration.reliability`, e.g. before and after
+    calibration) with its ECE in the legend; the diagonal is perfect calibration."""
+    fig = Figure(figsize=(6, 6))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfectly calibrated")
+    for name, curve in curves.items():
+        seen = np.asarray(curve["count"]) > 0
+        conf, acc = np.asarray(curve["confidence"])[seen], np.asarray(curve["accuracy"])[seen]
+        ax.plot(conf, acc, marker="o", lw=1.5, label=f"{name} (ECE {eces[name]:.3f})")
+    ax.set(xlabel="confidence (top label)", ylabel="accuracy", title="Reliability (15 equal-width bins)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize="small", loc="upper left")
+    fig.subplots_adjust(left=0.12, right=0.96, bottom=0.1, top=0.94)
+    return _save(fig, path, tight=False)
+
+
 def save_image_grid(images: np.ndarray, titles: Sequence[str] | None, path: str | Path, ncols: int = 8) -> Path:
     """A grid of uint8 NHWC images (H, W, 1 or 3 channels) with optional titles."""
     imgs = np.asarray(images)

@@ -151,12 +151,20 @@ def background(
     classes: list[str],
     cfg: InterpretConfig,
     path: str | Path | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """:func:`ml.interpret.background.background_test` with the model's fp32 probabilities; with
+    """:func:`ml.interpret.background.background_test` with the model's fp32 probabilities,
+    calibrated by ``temperature`` (the fit's, so that "confident" means what it says); with
     ``path``, a PNG of up to ``cfg.background_examples`` before/after pairs."""
+    from ml.eval.calibration import apply_temperature
+
     net = cams.fp32_eval_copy(model)
     res = background_test(
-        lambda imgs: cams.probabilities(net, imgs, norm), images, labels, cfg.confidence, cfg.patch_frac
+        lambda imgs: apply_temperature(cams.probabilities(net, imgs, norm), temperature),
+        images,
+        labels,
+        cfg.confidence,
+        cfg.patch_frac,
     )
     shown = res["indices"][: cfg.background_examples]
     res["png"] = None

@@ -11,6 +11,13 @@ CHAMPION = "champion"  # the alias the promotion gate moves
 APPRISE_ENV = "SKINFLOW_DRIFT_APPRISE_URL"
 
 
+def champion_uri() -> str:
+    """``models:/<registered_model>@champion``: the model monitored and predicted with by default."""
+    from ml.settings import get_settings
+
+    return f"models:/{get_settings().registered_model}@{CHAMPION}"
+
+
 class MonitorConfig(ConfigModel):
     """A batch, the model and reference it is compared with, and where the report goes."""
 
@@ -44,6 +51,4 @@ class MonitorConfig(ConfigModel):
 
     def monitored_uri(self) -> str:
         """``model_uri``, else the champion of the settings' registered model."""
-        from ml.settings import get_settings
-
-        return self.model_uri or f"models:/{get_settings().registered_model}@{CHAMPION}"
+        return self.model_uri or champion_uri()

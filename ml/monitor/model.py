@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ml.eval.trust import Trust
 from ml.train.models import build_model, head_name
 from ml.train.transforms import to_float_batch
 
@@ -48,7 +49,9 @@ class MonitoredModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings, probs)`` of uint8 NHWC ``images``: the input of the classification head
         (penultimate layer) of the last snapshot, and the mean softmax over the snapshots (what
-        the served ensemble predicts, without TTA). ``progress(done, total)`` is called per batch."""
+        the served ensemble predicts, without TTA), calibrated by the model's stored temperature when it has
+        one (BBSE, the confidence columns and the background test read calibrated probabilities).
+        ``progress(done, total)`` is called per batch."""
         module = self.module
         head = getattr(module, head_name(self.arch))
         captured: list[torch.Tensor] = []
@@ -75,9 +78,11 @@ class MonitoredModel:
         finally:
             hook.remove()
         dim = getattr(head, "in_features", 0)
+        mean = np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes)))
+        trust = Trust.from_meta(self.classes, self.meta.get("trust"))
         return (
             np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
-            np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes))),
+            trust.calibrated(mean) if trust is not None else mean,  # what the served model answers
         )
 
 

@@ -22,7 +22,6 @@ class PredictConfig(ConfigModel):
 
     def model(self) -> str:
         """``model_uri``, else the champion of the settings' registered model."""
-        from ml.monitor.config import CHAMPION
-        from ml.settings import get_settings
+        from ml.monitor.config import champion_uri
 
-        return self.model_uri or f"models:/{get_settings().registered_model}@{CHAMPION}"
+        return self.model_uri or champion_uri()

@@ -1,5 +1,5 @@
 """A prediction run's records in MLflow: the model and its version, the input as a dataset
-(digest of the files' contents), the counts and the abstention-free label shares as metrics, and
+(digest of the files' contents), the counts and the referral (abstention) rate as metrics, and
 the table as an artifact."""
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def log_predictions(
             "n_predicted": counts["n_predicted"],
             "n_left_out": counts["n_left_out"],
             "left_out_share": counts["n_left_out"] / n,
+            "n_referred": counts["n_referred"],
+            "referral_rate": counts["referral_rate"],  # the abstention rate of the policy's refer rule
         },
     )
     with mlflow.start_run(run_id=run_id):

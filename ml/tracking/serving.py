@@ -6,24 +6,27 @@ size. :class:`SnapshotEnsembleClassifier` is that model with its preprocessing i
 ``mlflow.pyfunc.load_model("models:/skin-lesion-classifier@champion").predict(...)`` gives the
 probabilities the gate saw.
 
-Input (``predict``'s ``model_input``), any image size:
-
-- uint8 RGB images: an ``(N, H, W, 3)`` array or a list of ``(H, W, 3)`` arrays (other integer
-  dtypes are accepted when every value lies in 0..255, as JSON serving delivers them);
-- encoded images: image file paths (a list, a ``pandas.Series``, or a ``DataFrame`` with a
-  ``path`` column or a single column, of ``str`` / ``os.PathLike``) or their bytes, decoded with
-  :func:`ml.data.images.load_rgb` (EXIF orientation applied), exactly as the image cache does.
+Input, any image size. Served, and through ``mlflow.pyfunc.load_model(...).predict``, the signature's
+input schema applies (:func:`serving_input_schema`): a ``DataFrame`` with an ``image`` column of
+encoded image bytes (``binary``: a REST client sends base64 strings in JSON, which MLflow decodes),
+or a ``path`` column of files on the serving machine, read only with ``params={"allow_paths": True}``
+(local use: ``skinflow predict``). The Python model itself (``unwrap_python_model().predict``) also
+takes uint8 RGB images (an ``(N, H, W, 3)`` array or a list of ``(H, W, 3)`` arrays; other integer
+dtypes when every value lies in 0..255), lists or a ``Series`` of bytes or paths. Bytes and files are
+decoded with :func:`ml.data.images.load_rgb` (EXIF orientation applied), exactly as the image cache
+does. An input the model cannot use is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (the
+scoring server answers 400) saying which image and why.
 
 Each image is resized and centre-cropped to the training size with the image cache's own
 :func:`ml.data.cache.resize_crop`, normalised with the run's statistics and predicted in fp32.
 
 Output: a ``DataFrame`` of class probabilities, one row per image, one float64 column per class
-name in the training order (rows sum to 1); the signature's output schema lists the columns.
-The signature has no input schema: MLflow's schema enforcement cannot describe "arrays of any
-size or paths", so the input is checked here instead (``ValueError`` / ``TypeError``). The
-``predict`` type hint (``pd.DataFrame``, what MLflow hands a model once it has an input schema)
-is one MLflow infers no schema from, so an explicit input schema given to
-:func:`serving_signature` later (e.g. a binary ``image`` column) is the one MLflow enforces.
+name in the training order (rows sum to 1), calibrated by the run's temperature; a model trained
+with trust (:mod:`ml.eval.trust`) adds ``prediction_set`` (its class-conditional conformal set,
+``|``-separated, most probable first) and ``refer`` (the abstention flag of
+``policies/prediction.yaml``). The signature's output schema lists the columns. The ``predict``
+type hint (``pd.DataFrame``) is one MLflow infers no schema from, so the explicit input schema is
+the one MLflow enforces.
 
 The model is logged as code (MLflow's models-from-code): ``python_model`` is the file
 :data:`SERVED_MODEL_FILE` (``served_model.py``), which builds a :class:`SnapshotEnsembleClassifier`
@@ -57,17 +60,20 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from ml.data.cache import resize_crop
-from ml.data.images import load_rgb
+from ml.data.images import BadImageError, load_rgb
+from ml.eval.trust import REFER_COLUMN, SET_COLUMN, Trust, set_labels
 from ml.tracking.models import META, MODEL_DIR, WEIGHTS, _model_requirements
 from ml.train.models import build_model
 from ml.train.precision import resolve_device
 from ml.train.predict import StateDict, ensemble_proba
 
 # what ml's code on the prediction path imports besides torch, torchvision, numpy and mlflow
-SERVING_PACKAGES = ("pandas", "pillow", "pydantic", "pyyaml", "tqdm")
+SERVING_PACKAGES = ("crepes", "pandas", "pillow", "pydantic", "pyyaml", "scipy", "tqdm")
 _ML_PACKAGE = Path(__file__).resolve().parents[1]
 # the served model's code file (models-from-code): it calls mlflow.models.set_model
 SERVED_MODEL_FILE = Path(__file__).resolve().with_name("served_model.py")
+IMAGE_COLUMN, PATH_COLUMN = "image", "path"  # the input columns: encoded bytes, or (local use) file paths
+ALLOW_PATHS = "allow_paths"  # the parameter that lets a served model read file paths
 
 
 class SnapshotEnsembleClassifier(mlflow.pyfunc.PythonModel):
@@ -94,31 +100,67 @@ class SnapshotEnsembleClassifier(mlflow.pyfunc.PythonModel):
         self.device = resolve_device(device)
         self.module = build_model(meta["arch"], len(self.classes)).to(self.device)
         self.states = list(states)
+        self.trust = Trust.from_meta(self.classes, meta.get("trust"))
 
     def predict(
         self, context: PythonModelContext | None, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Class probabilities (N, C) with class-name columns; see the module docstring.
+        """Class probabilities (N, C) with class-name columns, then the set and the refer flag;
+        see the module docstring.
 
-        ``model_input`` is hinted as a ``DataFrame`` (a ``path`` column or one column of paths or
-        bytes), the form MLflow serving and schema enforcement deliver; called directly, the
-        model also takes what :func:`model_images` takes (image arrays, lists, a ``Series``).
-        MLflow infers no input schema from this hint and validates nothing against it."""
-        images = model_images(model_input, self.size)
-        if len(images) == 0:
-            return pd.DataFrame(np.zeros((0, len(self.classes))), columns=self.classes)
-        probs = ensemble_proba(self.module, self.states, images, self.norm, self.device, tta=self.tta)
-        return pd.DataFrame(probs, columns=self.classes)
+        Served (``mlflow models serve``), the input is a ``DataFrame`` with an ``image`` column of
+        encoded image bytes (base64 strings in JSON, which MLflow decodes for a ``binary`` column).
+        A ``path`` column is read from the serving machine's disk only with
+        ``params={"allow_paths": True}`` (local use, as ``skinflow predict`` does). Called directly,
+        the model also takes what :func:`model_images` takes (image arrays, lists, a ``Series``).
+        An input it cannot use raises an ``MlflowException`` (``INVALID_PARAMETER_VALUE``: a 400
+        from the scoring server) that says what was wrong."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            images = model_images(model_input, self.size, allow_paths=bool((params or {}).get(ALLOW_PATHS, False)))
+        except (ValueError, TypeError, BadImageError) as exc:
+            raise MlflowException(f"skinflow model input: {exc}", error_code=INVALID_PARAMETER_VALUE) from exc
+        probs = np.zeros((0, len(self.classes)))
+        if len(images):
+            probs = ensemble_proba(self.module, self.states, images, self.norm, self.device, tta=self.tta)
+        return answer_frame(probs, self.classes, self.trust)
 
 
-def model_images(model_input: Any, size: int) -> np.ndarray:
+def answer_frame(probs: np.ndarray, classes: Sequence[str], trust: Trust | None) -> pd.DataFrame:
+    """The served answer for the ensemble's ``probs``: one float64 column per class (calibrated by
+    ``trust``'s temperature), then ``prediction_set`` (the conformal set, ``|``-separated, most
+    probable first) and ``refer`` (the policy's abstention flag); a model stored without trust
+    answers probabilities only."""
+    if trust is None:
+        return pd.DataFrame(probs, columns=list(classes))
+    calibrated = trust.calibrated(probs)
+    answer = trust.apply(calibrated)
+    frame = pd.DataFrame(calibrated, columns=list(classes))
+    frame[SET_COLUMN] = set_labels(answer["sets"], list(classes), calibrated)
+    frame[REFER_COLUMN] = answer["refer"].astype(bool)
+    return frame
+
+
+def model_images(model_input: Any, size: int, allow_paths: bool = True) -> np.ndarray:
     """``model_input`` (see the module docstring) as uint8 ``(N, size, size, 3)`` images, each
-    resized and centre-cropped like the image cache's."""
+    resized and centre-cropped like the image cache's. With ``allow_paths`` False a file path is
+    refused (a served model reads no file of the machine it runs on unless told to)."""
     items = _items(model_input)
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)) and not allow_paths:
+            raise ValueError(
+                f"image {i}: a file path; the served model reads files only with params "
+                f'{{"{ALLOW_PATHS}": true}} (local use): send the encoded image bytes in an '
+                f"'{IMAGE_COLUMN}' column (base64 strings in JSON)"
+            )
         if isinstance(item, (str, os.PathLike, bytes)):
-            img = load_rgb(item)
+            try:
+                img = load_rgb(item)
+            except BadImageError as exc:
+                raise ValueError(f"image {i}: {exc}") from exc
         else:
             img = Image.fromarray(_rgb_array(item, i))
         out[i] = np.asarray(resize_crop(img, size))
@@ -127,8 +169,10 @@ def model_images(model_input: Any, size: int) -> np.ndarray:
 
 def _items(model_input: Any) -> list:
     if isinstance(model_input, pd.DataFrame):
-        if "path" in model_input.columns:
-            return model_input["path"].tolist()
+        if IMAGE_COLUMN in model_input.columns and model_input[IMAGE_COLUMN].notna().all():
+            return model_input[IMAGE_COLUMN].tolist()
+        if PATH_COLUMN in model_input.columns:
+            return model_input[PATH_COLUMN].tolist()
         if model_input.shape[1] != 1:
             raise ValueError(
                 f"a DataFrame input needs a 'path' column or exactly one column, "
@@ -162,10 +206,26 @@ def _rgb_array(item: Any, index: int) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def serving_signature(classes: Sequence[str], inputs: Schema | None = None) -> ModelSignature:
-    """The served model's signature: the output schema, one double column per class name; no
-    input schema unless ``inputs`` is given (today the input is checked by the model)."""
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", c) for c in classes]))
+def serving_input_schema() -> Schema:
+    """What a REST client sends: an ``image`` column of encoded image bytes (``binary``: base64
+    strings in JSON), or, for local use with ``allow_paths``, a ``path`` column; one is enough."""
+    return Schema([ColSpec("binary", IMAGE_COLUMN, required=False), ColSpec("string", PATH_COLUMN, required=False)])
+
+
+def serving_signature(classes: Sequence[str], inputs: Schema | None = None, with_trust: bool = False) -> ModelSignature:
+    """The served model's signature: the input schema (``inputs``, default
+    :func:`serving_input_schema`), the ``allow_paths`` parameter (default false) and the output
+    schema, one double column per class name (and ``prediction_set``, ``refer`` for a model with
+    trust)."""
+    from mlflow.types import ParamSchema, ParamSpec
+
+    columns = [ColSpec("double", c) for c in classes]
+    columns += [ColSpec("string", SET_COLUMN), ColSpec("boolean", REFER_COLUMN)] if with_trust else []
+    return ModelSignature(
+        inputs=inputs if inputs is not None else serving_input_schema(),
+        outputs=Schema(columns),
+        params=ParamSchema([ParamSpec(ALLOW_PATHS, "boolean", False)]),
+    )
 
 
 def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +236,7 @@ def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dic
         "artifacts": {WEIGHTS: str(files[WEIGHTS]), META: str(files[META])},
         # ml/ travels with the model, so that it loads where skinflow is not installed
         "code_paths": [str(_ML_PACKAGE)],
-        "signature": serving_signature(meta["classes"]),
+        "signature": serving_signature(meta["classes"], with_trust=bool(meta.get("trust"))),
         # declared, not inferred: inference loads the model in a subprocess (seconds per run)
         "pip_requirements": _model_requirements(SERVING_PACKAGES),
         "metadata": {
@@ -185,8 +245,10 @@ def serving_model_spec(files: Mapping[str, str], meta: Mapping[str, Any]) -> dic
             "tta": bool(meta.get("tta")),
             "snapshots": int(meta.get("snapshots", 0)),
             "arch": meta["arch"],
-            "input": "uint8 RGB images (N,H,W,3) or list of (H,W,3), any size; or image paths",
-            "output": "DataFrame of class probabilities, one column per class",
+            "input": "DataFrame with an 'image' column of encoded image bytes (base64 in JSON); "
+            "a 'path' column with params {'allow_paths': true} (local use)",
+            "output": "DataFrame of calibrated class probabilities, one column per class, then "
+            "prediction_set (conformal, '|'-separated) and refer (bool)",
         },
     }
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ml.data.cache import ImageCache
     from ml.data.manifest import Manifest
 
-FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss")
+FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "loss", "ece")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch
 
 
@@ -132,6 +132,11 @@ def log_training(
         tracked_models.log_predictions(eval_split, evaluation["probs"], digest)
         tracked_models.log_training_digests(run_id, manifest.records, cache.version)
         mlflow.log_metric("wall_seconds", result.wall_seconds)
+        if result.trust is not None:  # ECE on the validation images before and after temperature scaling
+            cal = result.trust.calibration
+            mlflow.log_metrics(
+                {"val_ece": cal.ece_before, "val_ece_calibrated": cal.ece_after, "temperature": cal.temperature}
+            )
         served = serving.log_serving_model(model_files(), meta)
         evaluated = tracking_runs.log_evaluation_dataset(
             eval_split, digest, manifest.source, records[records["split"] == eval_split], cache.version

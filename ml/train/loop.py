@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ml.eval.metrics import classification_metrics, nll
+from ml.eval.trust import Trust
 from ml.train.batches import Arrays, TrainBatches, normalisation_for
 from ml.train.checkpoint import (
     StateDict,
@@ -99,14 +100,19 @@ class TrainResult:
     stopped_early: bool
     weights_report: dict[str, Any] | None = None
     precision_reason: str = ""  # why the run trained at `amp_dtype` (see `choose_precision`)
+    # calibration, conformal sets and refer rule fitted after training (ml.eval.trust; None before)
+    trust: Trust | None = None
 
     @property
     def precision(self) -> Precision:
         """The precision the run trained (and predicts) in, and why."""
         return Precision(getattr(torch, self.amp_dtype) if self.amp_dtype else None, self.precision_reason)
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 128, tta: bool | None = None) -> np.ndarray:
-        """Class probabilities; the mean softmax over snapshots when there are any."""
+    def predict_proba(
+        self, images: np.ndarray, batch_size: int = 128, tta: bool | None = None, calibrated: bool = True
+    ) -> np.ndarray:
+        """Class probabilities; the mean softmax over snapshots when there are any, calibrated by
+        the fitted temperature once :attr:`trust` is set (unless ``calibrated`` is False)."""
         kwargs = dict(
             norm=self.norm,
             device=torch.device(self.device),
@@ -115,8 +121,10 @@ class TrainResult:
             tta=self.config["tta"] if tta is None else tta,
         )
         if self.snapshots:
-            return ensemble_proba(self.model, self.snapshots, images, **kwargs)
-        return predict_proba(self.model, images, **kwargs)
+            probs = ensemble_proba(self.model, self.snapshots, images, **kwargs)
+        else:
+            probs = predict_proba(self.model, images, **kwargs)
+        return self.trust.calibrated(probs) if (calibrated and self.trust is not None) else probs
 
 
 def _check_inputs(train: Arrays, val: Arrays, classes: list[str], cfg: TrainConfig) -> None:

@@ -5,6 +5,7 @@ Pure ML (no Prefect, no MLflow): tasks call these and log what they return.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.eval.calibration import ece, reliability
 from ml.eval.metrics import classification_metrics, nll
-from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_roc, plot_schedule
+from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_reliability, plot_roc, plot_schedule
+from ml.eval.trust import PredictionPolicy, Trust
 from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import TrainConfig
 from ml.train.loop import TrainResult
@@ -71,6 +74,7 @@ def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict
     probs = result.predict_proba(images, tta=tta)
     metrics = classification_metrics(labels, probs, result.classes)
     metrics["loss"] = nll(labels, probs)
+    metrics["ece"] = ece(probs, labels)  # calibrated once the result has its trust
     return {"metrics": metrics, "probs": probs, "pred": probs.argmax(1)}
 
 
@@ -93,6 +97,34 @@ def training_plots(
     return plots
 
 
+def calibrate(
+    result: TrainResult, val: Arrays, policy: PredictionPolicy, plot_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Fit the model's trust on its validation images (:meth:`ml.eval.trust.Trust.fit`: the
+    temperature, the class-conditional conformal sets, the refer rule) and set ``result.trust``;
+    draws ``reliability.png`` (before and after) into ``plot_dir`` when given. Returns the ECE
+    figures and the plot's path (None without ``plot_dir``)."""
+    images, labels = val
+    raw = result.predict_proba(images, tta=result.config.get("tta"), calibrated=False)
+    trust = Trust.fit(raw, labels, result.classes, policy)
+    result.trust = trust
+    after = trust.calibrated(raw)
+    cal = trust.calibration
+    plot = None
+    if plot_dir is not None:
+        plot = plot_reliability(
+            {"before": reliability(raw, labels), "after (temperature scaling)": reliability(after, labels)},
+            {"before": cal.ece_before, "after (temperature scaling)": cal.ece_after},
+            Path(plot_dir) / "reliability.png",
+        )
+    return {
+        "val_ece": cal.ece_before,
+        "val_ece_calibrated": cal.ece_after,
+        "temperature": cal.temperature,
+        "plot": plot,
+    }
+
+
 def lr_finder_plot(res: LRFinderResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,14 +141,23 @@ def lr_finder_plot(res: LRFinderResult, out_dir: str | Path) -> Path:
 
 
 def predict_logged(
-    arch: str, classes: list[str], states: list[dict], norm, images: np.ndarray, tta: bool = False
+    arch: str,
+    classes: list[str],
+    states: list[dict],
+    norm,
+    images: np.ndarray,
+    tta: bool = False,
+    trust: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Probabilities of a stored model: the mean softmax over its snapshot state dicts
-    (one state = a single model), exactly as :meth:`TrainResult.predict_proba` computes them."""
+    (one state = a single model), calibrated by its stored ``trust`` (``meta["trust"]``) when it
+    has one, exactly as :meth:`TrainResult.predict_proba` computes them."""
     from ml.train.predict import ensemble_proba
 
     model = build_model(arch, len(classes))
     device = resolve_device("auto")
     model.to(device)
     stats = (tuple(norm[0]), tuple(norm[1]))
-    return ensemble_proba(model, states, images, stats, device, tta=tta)
+    probs = ensemble_proba(model, states, images, stats, device, tta=tta)
+    fitted = Trust.from_meta(classes, trust)
+    return fitted.calibrated(probs) if fitted is not None else probs

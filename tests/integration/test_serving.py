@@ -5,6 +5,7 @@ their file size and from the image files."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def registered(tmp_path_factory, monkeypatch_module):
     from ml.train.config import TrainConfig
     from ml.train.loop import fit
     from tasks.mlflow_tasks import open_run, register_model
-    from tasks.training import evaluate_model, log_training_run
+    from tasks.training import calibrate_model, evaluate_model, log_training_run
 
     root = tmp_path_factory.mktemp("serving")
     use_local_stores(monkeypatch_module, root)
@@ -46,6 +47,7 @@ def registered(tmp_path_factory, monkeypatch_module):
     cache = build_cache(manifest, CACHE_SIZE, root / "cache")
     cfg = TrainConfig(schedule="sgdr_dlr_clm", epochs=3, batch_size=16, lr=0.01, tta=True, device="cpu", progress=False)
     result = fit(cache.subset("train"), cache.subset("val"), cache.classes, cfg)
+    result = calibrate_model.fn(result, cache, str(root / "out"))  # temperature, conformal sets, refer rule
     evaluation = evaluate_model.fn(result, cache, "test")
     run_id, _ = open_run.fn("skinflow-retrain", "serving")
     logged = log_training_run.fn(run_id, result, evaluation, "test", cache, manifest, str(root / "out"))
@@ -65,10 +67,18 @@ def test_registered_pyfunc_reproduces_the_gated_probabilities(registered) -> Non
     paths = manifest.records.loc[manifest.records["split"] == "test", "local_path"].tolist()
     originals = np.stack([np.asarray(load_rgb(p)) for p in paths])
     assert originals.shape[1:] == (FILE_SIZE, FILE_SIZE, 3) and originals.dtype == np.uint8
-    for given in (originals, pd.DataFrame({"path": paths}), paths):
-        probs = served.predict(given)
-        assert isinstance(probs, pd.DataFrame) and list(probs.columns) == cache.classes
-        np.testing.assert_allclose(probs.to_numpy(), stored, rtol=0, atol=1e-5)
+    encoded = pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]})  # what a REST client sends
+    for given, params in ((encoded, None), (pd.DataFrame({"path": paths}), {"allow_paths": True})):
+        answer = served.predict(given, params=params)
+        assert isinstance(answer, pd.DataFrame) and list(answer.columns) == [*cache.classes, "prediction_set", "refer"]
+        np.testing.assert_allclose(answer[cache.classes].to_numpy(), stored, rtol=0, atol=1e-5)
+        assert answer["refer"].dtype == bool and answer["prediction_set"].str.len().gt(0).all()
+    as_arrays = served.unwrap_python_model().predict(None, originals)  # decoded pixels, in Python
+    np.testing.assert_allclose(as_arrays[cache.classes].to_numpy(), stored, rtol=0, atol=1e-5)
+    # the stored (gated) probabilities are the calibrated ones: the run's temperature applied
+    raw = result.predict_proba(images, calibrated=False)
+    np.testing.assert_allclose(result.trust.calibrated(raw), stored, rtol=0, atol=1e-5)
+    assert result.trust.calibration.temperature != 1.0 and np.abs(raw - stored).max() > 1e-3
     # the final model alone, or the ensemble without TTA, predicts something else
     from ml.train.predict import ensemble_proba, predict_proba
 
@@ -86,11 +96,13 @@ def test_gate_recomputes_what_the_run_evaluated(registered) -> None:
     images, labels = cache.subset("test")
     uri = f"models:/{NAME}/{version}"
     stored = tracked_models.load_predictions(uri, heldout_digest(images, labels, cache.classes))
-    pred, meta, source = _predictions(uri, images, labels, cache.classes, recompute=True)
-    assert source == "recomputed" and meta["tta"] is True
-    np.testing.assert_array_equal(pred, stored.argmax(1))
+    probs, meta, source = _predictions(uri, images, labels, cache.classes, recompute=True)
+    assert source == "recomputed" and meta["tta"] is True and meta["trust"]["temperature"] > 0
+    np.testing.assert_allclose(probs, stored, rtol=0, atol=1e-5)  # calibrated, as the run evaluated it
     states, _ = tracked_models.load_model_states(uri)
-    again = recipes.predict_logged(meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta["tta"])
+    again = recipes.predict_logged(
+        meta["arch"], meta["classes"], states, meta["norm"], images, tta=meta["tta"], trust=meta["trust"]
+    )
     np.testing.assert_allclose(again, stored, rtol=0, atol=1e-5)
 
 
@@ -111,7 +123,7 @@ def test_version_keeps_its_run_and_the_real_module_weights(registered) -> None:
     assert all(torch.equal(a[k], b[k]) for a, b in zip(states, result.snapshots, strict=True) for k in a)
     info = mlflow.models.get_model_info(uri)
     assert "python_function" in info.flavors and "pytorch" not in info.flavors
-    assert [c.name for c in info.signature.outputs.inputs] == meta["classes"]
+    assert [c.name for c in info.signature.outputs.inputs] == [*meta["classes"], "prediction_set", "refer"]
 
 
 def test_a_run_id_is_not_a_model_uri(registered) -> None:
@@ -129,9 +141,13 @@ def test_the_test_metrics_are_on_the_logged_model_with_the_test_split(registered
     digest = heldout_digest(images, labels, cache.classes)
     linked = {m.key: m for m in mlflow.get_logged_model(model_id).metrics}
     run = MlflowClient().get_run(run_id)
-    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_loss"):
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_loss", "test_ece"):
         assert (linked[key].dataset_name, linked[key].dataset_digest) == ("dataset-test", digest[:36]), key
         assert linked[key].value == pytest.approx(run.data.metrics[key]) and linked[key].run_id == run_id
+    # calibration: ECE on the validation images before and after temperature scaling, and its plot
+    assert {"val_ece", "val_ece_calibrated", "temperature"} <= set(run.data.metrics)
+    assert run.data.metrics["val_ece_calibrated"] <= run.data.metrics["val_ece"] + 1e-6
+    assert "plots/reliability.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "plots")]
     inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
     assert inputs["dataset-test"]["mlflow.data.context"] == "testing"
     assert inputs["dataset"]["mlflow.data.context"] == "training"
@@ -168,10 +184,14 @@ def test_predict_gives_one_row_per_file_with_the_served_probabilities(registered
         assert (rows["empty.jpg"]["status"], rows["empty.jpg"]["reason"]) == ("left_out", "zero_bytes")
         assert (rows["notes.jpg"]["status"], rows["notes.jpg"]["reason"]) == ("left_out", "not_an_image")
     images = sorted(str(p) for p in folder.glob("img*.jpg"))
-    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": images}))
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": images}), params={"allow_paths": True})
+    classes = [c for c in served.columns if c not in ("prediction_set", "refer")]
     predicted = table.set_index("path").loc[images]
-    np.testing.assert_allclose(predicted[[f"p_{c}" for c in served.columns]].to_numpy(), served.to_numpy(), atol=1e-6)
-    assert predicted["label"].tolist() == served.idxmax(axis=1).tolist()
+    np.testing.assert_allclose(predicted[[f"p_{c}" for c in classes]].to_numpy(), served[classes].to_numpy(), atol=1e-6)
+    assert predicted["label"].tolist() == served[classes].idxmax(axis=1).tolist()
+    assert predicted["prediction_set"].tolist() == served["prediction_set"].tolist()
+    assert predicted["refer"].tolist() == served["refer"].tolist()
+    assert (summary["n_referred"], summary["referral_rate"]) == (int(served["refer"].sum()), served["refer"].mean())
     assert (predicted["top1"] == predicted["label"]).all() and (predicted["top1_p"] >= predicted["top2_p"]).all()
     run = MlflowClient().get_run(summary["mlflow_run_id"])
     assert run.data.metrics["n_predicted"] == 3 and run.data.metrics["n_left_out"] == 2
@@ -179,3 +199,78 @@ def test_predict_gives_one_row_per_file_with_the_served_probabilities(registered
     assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "predictions")] == [
         "predictions/pred.parquet"
     ]
+
+
+@pytest.fixture(scope="module")
+def model_server(registered, tmp_path_factory):
+    """``mlflow models serve`` on the registered challenger, a real process on a free 127.0.0.1 port
+    (the environment this suite runs in: ``--env-manager local``)."""
+    from tests.conftest import VENV_BIN, Service, free_port
+
+    port = free_port()
+    svc = Service(
+        "mlflow-models-serve",
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@challenger", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/ping",
+        tmp_path_factory.mktemp("serve"),
+        env={"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"},  # it execs uvicorn by name
+        timeout=180,
+    )
+    yield f"http://127.0.0.1:{port}"
+    svc.close()
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/invocations", json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_real_image_bytes_as_predict_does(
+    registered, model_server, prefect_harness, tmp_path
+):
+    """A REST client posts base64 JPEG bytes in an ``image`` column; the server answers the
+    probabilities, set and refer flag that ``skinflow predict`` writes for the same files. A path
+    (without ``allow_paths``) and bytes that are no image get a 400 that names the problem."""
+    import base64
+    import json
+    import shutil
+
+    from flows.cli import main
+
+    _, _, _, manifest, _, version = registered
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(manifest.records.loc[manifest.records["split"] == "test", "local_path"][:3]):
+        shutil.copy(p, folder / f"img{i}.jpg")
+    files = sorted(folder.glob("img*.jpg"))
+    body = {
+        "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(f.read_bytes()).decode()] for f in files]}
+    }
+    status, answer = _post(model_server, body)
+    assert status == 200, answer
+    served = pd.DataFrame(answer["predictions"])
+    with pytest.raises(SystemExit) as done:
+        main(["predict", str(folder), "--model", f"models:/{NAME}/{version}", "--out", str(tmp_path / "p.csv")])
+    assert done.value.code == 0
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("path").loc[[str(f) for f in files]]
+    classes = [c for c in served.columns if c not in ("prediction_set", "refer")]
+    np.testing.assert_allclose(table[[f"p_{c}" for c in classes]].to_numpy(), served[classes].to_numpy(), atol=1e-6)
+    assert table["prediction_set"].tolist() == served["prediction_set"].tolist()
+    assert table["refer"].tolist() == served["refer"].tolist()
+    # a path is not read on the server unless allowed; bytes that are no image are named
+    status, error = _post(model_server, {"dataframe_split": {"columns": ["path"], "data": [[str(files[0])]]}})
+    assert status == 400 and "a file path" in error["message"] and "allow_paths" in error["message"]
+    garbage = base64.b64encode(b"GIF89a but not really").decode()
+    status, error = _post(model_server, {"dataframe_split": {"columns": ["image"], "data": [[garbage]]}})
+    assert status == 400 and "image 0:" in error["message"], json.dumps(error)[:500]

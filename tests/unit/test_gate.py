@@ -121,7 +121,36 @@ def test_challenger_given_as_probabilities_is_reduced_to_argmax(
 ) -> None:
     probs = np.full((len(y), len(CLASSES)), 0.1)
     probs[np.arange(len(y)), better] = 0.7
-    assert decide(y, probs, champion, CLASSES, POLICY) == decide(y, better, champion, CLASSES, POLICY)
+    policy = PromotionPolicy(n_boot=1000, max_ece=None)
+    from_probs, from_labels = decide(y, probs, champion, CLASSES, policy), decide(y, better, champion, CLASSES, policy)
+    assert (from_probs.verdict, from_probs.reason) == (from_labels.verdict, from_labels.reason)
+    accuracy = float(np.mean(better == y))  # one bin: ECE = accuracy - confidence
+    assert from_probs.numbers["ece"] == pytest.approx(accuracy - 0.7, abs=1e-5)
+    assert from_labels.numbers["ece"] is None  # labels carry no confidence
+
+
+def _confident(pred: np.ndarray, top: float) -> np.ndarray:
+    """Probabilities with ``top`` on ``pred`` and the rest spread evenly."""
+    probs = np.full((len(pred), len(CLASSES)), (1 - top) / (len(CLASSES) - 1))
+    probs[np.arange(len(pred)), pred] = top
+    return probs
+
+
+def test_gate_keeps_a_miscalibrated_challenger_and_promotes_the_same_answers_calibrated(
+    y: np.ndarray, champion: np.ndarray, better: np.ndarray
+) -> None:
+    """``better`` is right on 11/12 of the images: at confidence 0.999 its ECE is ~0.08 (kept
+    with max_ece 0.05); the same labels at confidence 11/12 have ECE ~0 (promoted). A first
+    version is held to the rule too."""
+    policy = PromotionPolicy(n_boot=1000, max_ece=0.05)
+    over = decide(y, _confident(better, 0.999), champion, CLASSES, policy)
+    assert not over.promote and over.reason.startswith("calibration: held-out ECE 0.08")
+    assert over.numbers["max_ece"] == 0.05
+    fair = decide(y, _confident(better, 11 / 12), champion, CLASSES, policy)
+    assert fair.promote and fair.numbers["ece"] < 0.01
+    first = decide(y, _confident(better, 0.999), None, CLASSES, policy)
+    assert first.verdict == "kept" and first.reason.startswith("first version: calibration")
+    assert decide(y, _confident(better, 0.999), None, CLASSES, PromotionPolicy(max_ece=None)).promote
 
 
 def test_worse_challenger_stays_challenger(y: np.ndarray, champion: np.ndarray, better: np.ndarray) -> None:
@@ -175,6 +204,35 @@ def test_significantly_more_top1_errors_blocks_promotion_even_if_macro_f1_rises(
     assert decision.numbers["mcnemar_p"] < policy.alpha
     assert not decision.promote
     assert "McNemar" in decision.reason
+
+
+def test_recall_floor_fires_on_evidence_not_on_one_image_of_a_small_class() -> None:
+    """The isic9 case: melanoma 4/16 (0.25 under a 0.30 floor by one image) and a class with one
+    test image missed do not block a first version; a class at 0/16 or 1/16 does. The bound is
+    the one-sided 95% Clopper-Pearson one (scipy's exact two-sided 90% interval's upper end)."""
+    from ml.eval.gate import recall_upper_bounds
+
+    classes = ["melanoma", "rare", "nevus"]
+    y = np.array([0] * 16 + [1] + [2] * 16)
+
+    def pred(melanoma_right: int, rare_right: bool) -> np.ndarray:
+        p = y.copy()
+        p[melanoma_right:16] = 2  # the rest of the melanomas called nevus
+        if not rare_right:
+            p[16] = 0
+        return p
+
+    noisy = decide(y, pred(4, False), None, classes, PromotionPolicy())
+    assert noisy.promote, noisy.reason
+    assert noisy.numbers["per_class_recall"]["melanoma"] == 0.25
+    upper = recall_upper_bounds(y, pred(4, False), 3, 0.95)
+    assert upper[0] == pytest.approx(stats.binomtest(4, 16).proportion_ci(0.90, "exact").high, abs=1e-9)
+    assert upper[1] == pytest.approx(0.95) and upper[2] == 1.0
+    for right in (0, 1):
+        collapsed = decide(y, pred(right, True), None, classes, PromotionPolicy())
+        assert not collapsed.promote and collapsed.numbers["classes_below_floor"] == ["melanoma"]
+    with pytest.raises(ValueError, match="recall_floor_confidence"):
+        PromotionPolicy(recall_floor_confidence=0.3)
 
 
 def test_first_version_promoted_iff_every_class_clears_the_floor(y: np.ndarray, champion: np.ndarray) -> None:

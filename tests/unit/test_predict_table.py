@@ -15,7 +15,7 @@ CLASSES = ["acne", "blister", "tumor", "ulcer"]
 def test_rows_for_every_file_with_top_labels_in_order():
     probs = np.array([[0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.4, 0.1]])
     bad = pd.DataFrame({"path": ["x/empty.jpg"], "label": [""], "reason": ["zero_bytes"], "message": ["file is empty"]})
-    table = prediction_table(["x/a.jpg", "x/b.jpg"], probs, CLASSES, bad, top_k=3)
+    table = prediction_table(["x/a.jpg", "x/b.jpg"], pd.DataFrame(probs, columns=CLASSES), CLASSES, bad, top_k=3)
     assert table["path"].tolist() == ["x/a.jpg", "x/b.jpg", "x/empty.jpg"]
     assert table["status"].tolist() == ["predicted", "predicted", "left_out"]
     assert table.loc[0, ["top1", "top2", "top3"]].tolist() == ["blister", "tumor", "acne"]
@@ -29,12 +29,30 @@ def test_rows_for_every_file_with_top_labels_in_order():
         "n_left_out": 1,
         "left_out": {"zero_bytes": 1},
         "labels": {"blister": 1, "tumor": 1},
+        "n_referred": 0,
+        "referral_rate": 0.0,
     }
+    assert table["prediction_set"].tolist()[:2] == ["", ""], "a model without trust serves no set"
+
+
+def test_sets_and_refer_flags_come_through_as_served():
+    answers = pd.DataFrame(
+        {
+            **{c: p for c, p in zip(CLASSES, np.eye(4)[[1, 2]].T, strict=True)},
+            "prediction_set": ["blister", "tumor|ulcer"],
+            "refer": [False, True],
+        }
+    )
+    table = prediction_table(["a.jpg", "b.jpg"], answers, CLASSES)
+    assert table["prediction_set"].tolist() == ["blister", "tumor|ulcer"]
+    assert table["refer"].tolist() == [False, True]
+    counts = summary(table)
+    assert counts["n_referred"] == 1 and counts["referral_rate"] == 0.5
 
 
 def test_nothing_usable_is_still_a_table_of_reasons():
     bad = pd.DataFrame({"path": ["n.jpg"], "label": [""], "reason": ["not_an_image"]})
-    table = prediction_table([], np.zeros((0, 4)), CLASSES, bad)
+    table = prediction_table([], pd.DataFrame(np.zeros((0, 4)), columns=CLASSES), CLASSES, bad)
     assert table["status"].tolist() == ["left_out"] and table["message"].tolist() == [""]
 
 

@@ -65,23 +65,24 @@ def _expected(states: list[dict], images: list[np.ndarray], views: tuple[str, ..
 
 def test_tta_averages_the_views_of_every_snapshot(tmp_path: Path) -> None:
     states, images = _states(2), _images()
-    with_tta = _served(tmp_path, states, tta=True).predict(images)
+    with_tta = _served(tmp_path, states, tta=True).unwrap_python_model().predict(None, images)
     assert isinstance(with_tta, pd.DataFrame) and list(with_tta.columns) == CLASSES
     np.testing.assert_allclose(with_tta.to_numpy(), _expected(states, images, TTA_VIEWS), rtol=0, atol=1e-6)
     np.testing.assert_allclose(with_tta.sum(axis=1), 1.0, atol=1e-6)
     # the views matter: without TTA the same snapshots predict the identity view only
-    plain = _served(tmp_path, states, tta=False, name="plain").predict(images).to_numpy()
+    plain = _served(tmp_path, states, tta=False, name="plain").unwrap_python_model().predict(None, images).to_numpy()
     np.testing.assert_allclose(plain, _expected(states, images, ("identity",)), rtol=0, atol=1e-6)
     assert np.abs(plain - with_tta.to_numpy()).max() > 1e-4
 
 
 def test_single_model_and_input_forms(tmp_path: Path) -> None:
-    """Without snapshots the state dict is the model; arrays, paths and bytes are one input."""
+    """Without snapshots the state dict is the model; arrays, paths and bytes are one input to the
+    Python model (paths only when allowed)."""
     states = _states(1)
-    model = _served(tmp_path, states, tta=False)
+    model = _served(tmp_path, states, tta=False).unwrap_python_model()
     images = [img for img in _images(1) if img.shape[0] == img.shape[1]] * 2  # (N, H, W, 3) needs one size
     expected = _expected(states, images, ("identity",))
-    as_array = model.predict(np.stack(images)).to_numpy()
+    as_array = model.predict(None, np.stack(images)).to_numpy()
     np.testing.assert_allclose(as_array, expected, rtol=0, atol=1e-6)
     paths = []
     for i, img in enumerate(images):
@@ -93,12 +94,38 @@ def test_single_model_and_input_forms(tmp_path: Path) -> None:
         pd.Series([str(p) for p in paths]),
         pd.DataFrame({"path": [str(p) for p in paths], "note": "x"}),
         pd.DataFrame({"file": paths}),
+        pd.DataFrame({"image": [p.read_bytes() for p in paths]}),
         [p.read_bytes() for p in paths],
         np.stack(images).astype(np.int64),
     ):
-        np.testing.assert_allclose(model.predict(given).to_numpy(), expected, rtol=0, atol=1e-6)
-    empty = model.predict([])
+        answer = model.predict(None, given, params={"allow_paths": True})
+        np.testing.assert_allclose(answer.to_numpy(), expected, rtol=0, atol=1e-6)
+    empty = model.predict(None, [])
     assert empty.shape == (0, len(CLASSES)) and list(empty.columns) == CLASSES
+
+
+def test_the_served_contract_is_image_bytes_and_paths_only_when_allowed(tmp_path: Path) -> None:
+    """Through MLflow (schema enforced): an ``image`` column of encoded bytes; a ``path`` column is
+    read only with ``allow_paths``; an undecodable image is an MlflowException naming it."""
+    from mlflow.exceptions import MlflowException
+
+    states = _states(1)
+    model = _served(tmp_path, states, tta=False)
+    images = [img for img in _images(3) if img.shape[0] == img.shape[1]]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(str(tmp_path / f"i{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    expected = _expected(states, images, ("identity",))
+    by_bytes = model.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+    np.testing.assert_allclose(by_bytes.to_numpy(), expected, rtol=0, atol=1e-6)
+    with pytest.raises(MlflowException, match="image 0: a file path.*allow_paths"):
+        model.predict(pd.DataFrame({"path": paths}))
+    by_path = model.predict(pd.DataFrame({"path": paths}), params={"allow_paths": True})
+    np.testing.assert_allclose(by_path.to_numpy(), expected, rtol=0, atol=1e-6)
+    with pytest.raises(MlflowException, match="image 1: ") as bad:
+        model.predict(pd.DataFrame({"image": [Path(paths[0]).read_bytes(), b"not an image at all"]}))
+    assert bad.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 @pytest.mark.parametrize(
@@ -120,7 +147,9 @@ def test_unusable_inputs_are_refused_with_a_reason(tmp_path: Path, bad, error) -
 def test_signature_names_the_classes_and_the_model_carries_its_code(tmp_path: Path) -> None:
     _served(tmp_path, _states(1), tta=False)
     mlmodel = mlflow.models.Model.load(str(tmp_path / "m" / "MLmodel"))
-    assert mlmodel.signature.inputs is None
+    inputs = [(c.name, c.type.name, c.required) for c in mlmodel.signature.inputs.inputs]
+    assert inputs == [("image", "binary", False), ("path", "string", False)]
+    assert [(p.name, p.default) for p in mlmodel.signature.params.params] == [("allow_paths", False)]
     assert [c.name for c in mlmodel.signature.outputs.inputs] == CLASSES
     assert (tmp_path / "m" / "code" / "ml" / "tracking" / "serving.py").is_file()
     requirements = (tmp_path / "m" / "requirements.txt").read_text()
