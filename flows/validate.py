@@ -92,10 +92,13 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     for w in out["warnings"]:
         logger.warning("validation warning: %s", w)
     if not report.passed and fail_on_critical:
+        from ml.quality.quarantine import small_class_hint
+
         raise ValidationFailed(
             f"dataset {manifest.version} failed critical expectations: "
             + ", ".join(out["critical_failures"])
             + (f" (after quarantine: {held.line()})" if held is not None else "")
+            + (small_class_hint(out["critical_failures"], held.files) if held is not None else "")
         )
     return out
 

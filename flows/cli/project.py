@@ -28,6 +28,7 @@ def init(
     set, each value with its reason. Every verb, the demo and every deployment then read it."""
     from ml.data.manifest import check_source
     from ml.project import is_demo_set, project_path, propose
+    from ml.storage import atomic_write
 
     target = out or project_path()[0]
     if target.exists() and not force:
@@ -38,9 +39,6 @@ def init(
         except (ValueError, OSError) as exc:
             fail(str(exc))
     text = propose(data, registered_model=registered_model, batch=batch)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    atomic_write(target, text.encode())
     recipe = "the demo's recipe (synthetic set)" if is_demo_set(data) else "the pretrained recipe (photographs)"
     typer.echo(f"wrote {target}: {data} with {recipe}; every verb and deployment now reads it")

@@ -48,7 +48,7 @@ import pandas as pd
 import yaml
 
 from ml.data.images import image_signature
-from ml.data.sources import Entry, FileResult, OnImage, Source, base_of, read_table, relative
+from ml.data.sources import IMAGE_SUFFIXES, Entry, FileResult, OnImage, Source, base_of, read_table, relative
 from ml.storage import Storage, atomic_write, is_s3
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
@@ -58,7 +58,6 @@ QUARANTINE_COLUMNS = ["path", "label", "split", "reason", "group", "note"]
 ``group`` the content it shares with the other members of its group (12 hex digits of its SHA-256),
 ``note`` what was found (e.g. the labels a copy carries, a reason it was already left out)."""
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 DATA_DIR = Path(__file__).resolve().parent / "class_maps"
 UNREAD_REASONS = frozenset({"outside_root", "symlink_loop", "broken_symlink", "not_a_file", "missing_file"})
 """Bad-row reasons of files that are never opened (by the manifest nor by anything reading its bad rows)."""

@@ -39,7 +39,8 @@ from ml.data.images import BadImageError, inspect_image, path_problem
 from ml.storage import Storage, atomic_write, is_s3, join, sha256_file
 
 logger = logging.getLogger("ml.data")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+_PHONE_SUFFIXES = (".heic", ".heif")  # not read, but an image a hidden folder should not hide in silence
 
 CACHE_FOLDER = "s3cache"
 """Folder under ``settings.data_root`` holding materialised S3 objects."""
@@ -351,7 +352,7 @@ def walk_local(root: str, allow_outside_root: bool, entry: Callable[[str, str], 
 
 def _is_image_name(name: str) -> bool:
     """An image by its name (not an AppleDouble ``._x.jpg`` resource fork, which is not one)."""
-    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith("._")
+    return name.lower().endswith((*IMAGE_SUFFIXES, *_PHONE_SUFFIXES)) and not name.startswith("._")
 
 
 def _count_images(folder: str) -> int:

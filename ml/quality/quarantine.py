@@ -13,6 +13,11 @@ aside is a remedy that leaves the rest of the set sound:
   ``mode_allowed``, ``format_allowed``, ``min_side`` (files training would otherwise get); each file
   is its own group (its content).
 
+* ``small_classes`` (off unless listed, and applied after the findings above): every file of a class
+  the quarantine left with fewer usable images than ``class_balance.min_per_class``. The new version
+  no longer has that class, so a model trained on it cannot predict it: a team's decision (on
+  isic9, 78 of the 80 seborrheic keratosis files are copies of melanoma pictures), not a default.
+
 Not quarantinable: the class balance checks, the confounder shares and associations, cross-split
 leakage and the within-split duplicate share. They measure the whole set; removing the files they
 count would hide the finding (a shortcut, a skew, a wrong split) rather than fix it.
@@ -51,6 +56,10 @@ QUARANTINABLE: dict[str, str] = {
     "mode_allowed": "images in a colour mode the loader does not convert",
     "format_allowed": "images in a format the policy does not allow",
     "min_side": "images smaller than the policy's minimum side",
+    "small_classes": (
+        "every file of a class left with fewer than class_balance.min_per_class usable images once the "
+        "findings listed before it are set aside; the class leaves the version (the model will not know it)"
+    ),
 }
 """The findings (check names) a policy may quarantine, with what each sets aside."""
 VERSION_MANIFEST = "manifest.csv"
@@ -82,11 +91,15 @@ def files_to_quarantine(features: pd.DataFrame, report: ValidationReport, policy
     findings that named it (``;``-joined), sorted by group and path. Empty when nothing is quarantined."""
     features = features.reset_index(drop=True)
     parts = []
-    for finding in quarantined_findings(policy):
+    findings = quarantined_findings(policy)
+    for finding in findings:
         if finding == "label_conflicts":
             parts.append(_label_conflicts(features))
-        else:
+        elif finding != "small_classes":
             parts.append(_named(features, finding, report))
+    if "small_classes" in findings:
+        so_far = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=QUARANTINE_COLUMNS)])
+        parts.append(_small_classes(remaining(features, so_far), int(policy["class_balance"]["min_per_class"])))
     rows = [p for p in parts if len(p)]
     if not rows:
         return pd.DataFrame(columns=QUARANTINE_COLUMNS)
@@ -136,6 +149,33 @@ def _label_conflicts(features: pd.DataFrame) -> pd.DataFrame:
         index=features.index,
     )
     return _rows(features, member, "label_conflicts", notes)
+
+
+def _small_classes(features: pd.DataFrame, min_per_class: int) -> pd.DataFrame:
+    """Every file (usable or not) of a label with fewer than ``min_per_class`` usable files in ``features``."""
+    usable = features[usable_mask(features)]
+    counts = usable["label"].astype(str).value_counts()
+    labels = features["label"].fillna("").astype(str)
+    small = {c for c in labels.unique() if c and counts.get(c, 0) < min_per_class}
+    notes = labels.map(lambda c: f"{c}: {counts.get(c, 0)} usable image(s) left < min_per_class {min_per_class}")
+    return _rows(features, labels.isin(small), "small_classes", notes)
+
+
+def dropped_classes(files: pd.DataFrame) -> list[str]:
+    """The classes a quarantine took out whole (``small_classes``)."""
+    mask = files["reason"].astype(str).str.split(";").map(lambda r: "small_classes" in r)
+    return sorted(set(files.loc[mask, "label"].astype(str)))
+
+
+def small_class_hint(failures: list[str], files: pd.DataFrame) -> str:
+    """After a quarantine (``files``) that left a class too small (a ``min_per_class`` failure) and
+    did not take one out whole: the policy entry that does, as a clause for the error line."""
+    if not any(f.endswith(":min_per_class") for f in failures) or dropped_classes(files):
+        return ""
+    return (
+        "; a class the quarantine left too small can be set aside whole, if the model may do without it: "
+        "add small_classes to the validation policy's quarantine list"
+    )
 
 
 def _named(features: pd.DataFrame, finding: str, report: ValidationReport) -> pd.DataFrame:
@@ -261,5 +301,6 @@ def quarantine(
         manifest=derived,
         manifest_path=path,
         features=remaining(features, files),
-        expected_classes=manifest.expected_classes,
+        # a class taken out whole (small_classes) is no longer expected; one that lost its files otherwise is
+        expected_classes=[c for c in manifest.expected_classes if c not in dropped_classes(files)],
     )

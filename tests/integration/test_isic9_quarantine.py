@@ -3,7 +3,7 @@ Validated as the retrain loop validates it (the split manifest), the label-confl
 the shipped quarantine every copy is set aside (310 files, each group one picture under two labels),
 the label-conflict check of the files left passes, and what the data then lacks is said plainly:
 seborrheic_keratosis keeps 2 of its 80 files (78 are copies of melanoma pictures), so class balance
-now fails. The features are cached in pytest's cache folder (keyed by every row they cover), so only
+now fails; a policy that also lists small_classes takes the class out whole and validation passes. The features are cached in pytest's cache folder (keyed by every row they cover), so only
 a cold run computes them (about a minute on 2 cores)."""
 
 from __future__ import annotations
@@ -57,3 +57,19 @@ def test_isic9_label_conflicts_are_quarantined_and_the_rest_rechecked(validated,
     counts = recheck.outcome("min_per_class").details["values"]
     assert counts["seborrheic_keratosis"] == 2
     assert {r.check for r in recheck.critical_failures} == {"min_per_class", "imbalance_ratio", "kl_divergence"}
+
+
+def test_isic9_with_small_classes_quarantined_drops_seborrheic_keratosis_whole(validated, tmp_path) -> None:
+    """A team that lists ``small_classes`` after ``label_conflicts`` trains without the class the
+    conflicts emptied: its 2 remaining files go too (their reason says why), the class is no longer
+    expected, and the class-count check passes on the files left."""
+    policy = {**validated["policy"], "quarantine": ["label_conflicts", "small_classes"]}
+    held = quarantine(validated["manifest"], validated["features"], validated["report"], policy, tmp_path / "v")
+    small = held.files[held.files["reason"].str.contains("small_classes")]
+    assert set(small["label"]) == {"seborrheic_keratosis"} and len(small) == 2
+    assert small["note"].str.contains("2 usable image").all()
+    assert len(held.files) == 312 and "seborrheic_keratosis" not in held.expected_classes
+    assert "seborrheic_keratosis" not in set(held.manifest.records["label"])
+    recheck = validate_features(held.features, policy, held.expected_classes)
+    assert recheck.outcome("min_per_class").success and recheck.outcome("classes_present").success
+    assert not recheck.critical_failures, "the loop goes on past validation"

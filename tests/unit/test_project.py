@@ -158,7 +158,7 @@ def test_init_on_the_demo_set_writes_what_the_demo_trains(tmp_path):
     values = yaml.safe_load(propose(str(tmp_path / "synth")))
     for section, fields in recipe_values(DEMO_RECIPE).items():
         assert {k: values[section][k] for k in fields} == fields == PROFILES["cpu"][section]
-    assert values["training"].get("weights") is None, "the demo trains from scratch: no download"
+    assert values["training"]["weights"] == "imagenet", "the packaged ImageNet weights: no download"
 
 
 def test_help_of_init_creates_no_file(tmp_path, monkeypatch):

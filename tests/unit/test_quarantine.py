@@ -222,3 +222,14 @@ def test_remaining_drops_rows_by_path() -> None:
     features = pd.DataFrame({"path": ["a", "b", "c"], "x": [1, 2, 3]})
     files = pd.DataFrame({"path": ["b"]})
     assert remaining(features, files)["path"].tolist() == ["a", "c"]
+
+
+def test_a_class_left_too_small_by_a_quarantine_gets_the_way_through_named():
+    from ml.quality.quarantine import small_class_hint
+
+    conflicts = pd.DataFrame({"reason": ["label_conflicts"], "label": ["melanoma"]})
+    hint = small_class_hint(["class_balance:min_per_class"], conflicts)
+    assert "add small_classes to the validation policy's quarantine list" in hint
+    assert small_class_hint(["integrity:decodes"], conflicts) == ""
+    dropped = pd.DataFrame({"reason": ["label_conflicts", "small_classes"], "label": ["melanoma", "nevus"]})
+    assert small_class_hint(["class_balance:min_per_class"], dropped) == ""  # a class was already taken out
