@@ -24,6 +24,7 @@ from ml.gan.config import AugCheckConfig
 from ml.monitor.config import MonitorConfig
 from ml.predict.config import PredictConfig
 from ml.project import ProjectError, load_project
+from ml.quality.config import LabelIssuesConfig
 from ml.train.config import SweepConfig, TrainConfig
 from tasks.curation import _dataset_name
 
@@ -120,6 +121,8 @@ def flow_run_name(flow: str, parameters: Mapping[str, Any]) -> str:
         return _augcheck(p)
     if flow == "validate":
         return _slug(flow, _data(p))
+    if flow == "label-issues":  # the backbone probed, not the training recipe
+        return _slug(flow, _data(p), _get(p, "issues", LabelIssuesConfig, "arch"))
     if flow == "tune":
         return _slug(flow, _data(p), _sweep(p))
     if flow == "retrain" and p.get("tune"):

@@ -21,6 +21,7 @@ from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.precision import precision_for
 from tasks.common import publish_table
 from tasks.data import build_image_cache, build_manifest, split_dataset
+from tasks.label_issues import apply_label_decisions
 from tasks.mlflow_tasks import supersede_interrupted_run, tracked_run
 from tasks.training import (
     calibrate_model,
@@ -33,8 +34,11 @@ from tasks.training import (
 
 
 def prepare_data(data: DataConfig):
-    """Manifest -> duplicate-aware split -> decoded image cache. Returns (manifest, cache)."""
+    """Manifest (with ``data.decisions`` applied) -> duplicate-aware split -> decoded image cache.
+    Returns (manifest, cache)."""
     manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
+    if data.decisions:  # a person's label-review decisions: train on the version they make
+        manifest, _, _ = apply_label_decisions(manifest, data.decisions)
     if manifest.records.empty:
         raise ValueError(f"dataset {data.source} has no usable images ({len(manifest.bad)} bad files)")
     manifest = split_dataset(manifest, data.val_frac, data.test_frac, data.seed)

@@ -13,6 +13,7 @@ from ml.project import with_project
 from ml.storage import StorageError
 from ml.tracking.runs import ServiceUnavailableError, set_run_tags
 from tasks.data import build_manifest
+from tasks.label_issues import apply_label_decisions
 from tasks.mlflow_tasks import log_validation
 from tasks.validation import compute_features, quarantine_files, run_expectations, store_data_docs
 
@@ -34,6 +35,8 @@ def validate_flow(
     with tagged("validate"):
         (data,) = with_project(data)  # the project file under what was given
         manifest = build_manifest(data.source, data.class_map, allow_outside_root=data.allow_outside_root)
+        if data.decisions:  # a person's label-review decisions: validate the version they make
+            manifest, _, _ = apply_label_decisions(manifest, data.decisions)
         return validate_manifest(manifest, data.source, policy, out_dir, fail_on_critical)
 
 

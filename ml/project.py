@@ -44,6 +44,7 @@ def sections() -> dict[str, type[BaseModel]]:
     """Section name -> the config class it overrides (imported here: pydantic models only)."""
     from ml.data.config import DataConfig
     from ml.monitor.config import MonitorConfig
+    from ml.quality.config import LabelIssuesConfig
     from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
     return {
@@ -52,6 +53,7 @@ def sections() -> dict[str, type[BaseModel]]:
         "sweep": SweepConfig,
         "lr_find": LRFindConfig,
         "monitor": MonitorConfig,
+        "label_issues": LabelIssuesConfig,
     }
 
 

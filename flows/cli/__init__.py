@@ -45,6 +45,7 @@ VERBS = (
     "tune",
     "retrain",
     "validate",
+    "label-issues",
     "curation-ab",
     "robustness",
     "interpret",

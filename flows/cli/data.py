@@ -1,4 +1,5 @@
-"""Data verbs: ``data synth|manifest|split`` (the ``data`` group) and ``validate``."""
+"""Data verbs: ``data synth|manifest|split|apply-decisions`` (the ``data`` group), ``validate`` and
+``label-issues``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from flows.cli.errors import EXIT_FINDINGS, EXIT_SERVICE, fail
 from flows.cli.options import (
     AllowOutsideRoot,
     ClassMap,
+    Decisions,
+    Size,
     TestFrac,
     ValFrac,
     config_option,
@@ -20,11 +23,13 @@ from flows.cli.options import (
 )
 from flows.cli.runner import build, check_policies, run_flow
 from ml.data.config import DataConfig
+from ml.quality.config import LabelIssuesConfig
 
 group = typer.Typer(help="Dataset tools: synthetic data, manifests, splits.", no_args_is_help=True)
 """``skinflow data ...``"""
 verbs = typer.Typer()
 """Top-level verbs of this area."""
+DatasetSource = Annotated[str, typer.Argument(help="Dataset dir, CSV manifest or s3:// URI.")]
 
 
 @group.command("synth")
@@ -149,8 +154,9 @@ def _check_out_file(out: Path | None) -> None:
 
 @verbs.command("validate")
 def validate(
-    source: Annotated[str, typer.Argument(help="Dataset dir, CSV manifest or s3:// URI.")],
+    source: DatasetSource,
     class_map: ClassMap = None,
+    decisions: Decisions = None,
     allow_outside_root: AllowOutsideRoot = None,
     policy: Annotated[
         Path | None, typer.Option(help="Validation policy YAML (default policies/validation.yaml).")
@@ -159,7 +165,9 @@ def validate(
 ):
     """Validate a dataset version with Great Expectations; exits 1 on critical failures, 3 when the
     results (printed either way) could not be recorded in MLflow or the store."""
-    data = build(DataConfig, source=source, class_map=class_map, allow_outside_root=allow_outside_root)
+    data = build(
+        DataConfig, source=source, class_map=class_map, decisions=decisions, allow_outside_root=allow_outside_root
+    )
     check_policies(validation=policy)
     from flows.validate import validate_flow
 
@@ -173,3 +181,68 @@ def validate(
         raise typer.Exit(EXIT_FINDINGS)
     if report["not_recorded"]:
         raise typer.Exit(EXIT_SERVICE)
+
+
+@verbs.command("label-issues")
+def label_issues(
+    source: DatasetSource,
+    class_map: ClassMap = None,
+    size: Size = None,
+    decisions: Decisions = None,
+    folds: Annotated[int | None, config_option(LabelIssuesConfig, "folds")] = None,
+    out: Annotated[str | None, config_option(LabelIssuesConfig, "out_dir", "--out")] = None,
+    allow_outside_root: AllowOutsideRoot = None,
+):
+    """Find images that probably carry the wrong label, copies under another label and outliers
+    (cross-fitted probes on frozen ImageNet features, cleanlab). Writes label_issues.csv, an offline
+    review page, the confused label pairs and decisions.csv to fill in; then `data apply-decisions`."""
+    data = build(
+        DataConfig,
+        source=source,
+        class_map=class_map,
+        size=size,
+        decisions=decisions,
+        allow_outside_root=allow_outside_root,
+    )
+    cfg = build(LabelIssuesConfig, folds=folds, out_dir=out)
+    from flows.label_issues import label_issues_flow
+
+    render.echo_json(run_flow(label_issues_flow, data=data, issues=cfg))
+
+
+@group.command("apply-decisions")
+def apply_decisions(
+    decisions: Annotated[Path, typer.Argument(help="The edited decisions.csv of `skinflow label-issues`.")],
+    source: Annotated[str, typer.Argument(help="The dataset the decisions were made on.")],
+    class_map: ClassMap = None,
+    allow_outside_root: AllowOutsideRoot = None,
+):
+    """Make the new dataset version a person's label-review decisions describe (relabel, drop, keep;
+    who and why recorded), beside the data root; originals are never modified. Train on it with
+    --decisions (or data.decisions in the project file)."""
+    from ml.data.decisions import DecisionError, read_decisions
+
+    try:
+        read_decisions(decisions)  # a broken file is one line before any work
+    except DecisionError as exc:
+        fail(str(exc))
+    data = build(DataConfig, source=source, class_map=class_map, allow_outside_root=allow_outside_root)
+    from ml.data.manifest import build_manifest, load_class_map
+    from tasks.label_issues import apply_label_decisions
+
+    manifest = build_manifest(
+        data.source,
+        class_map=load_class_map(data.class_map) if data.class_map else None,
+        progress=True,
+        allow_outside_root=data.allow_outside_root,
+    )
+    derived, path, counts = apply_label_decisions.fn(manifest, str(decisions))
+    render.echo_json(
+        {
+            "parent_dataset_version": manifest.version,
+            "dataset_version": derived.version,
+            "decisions": counts,
+            "manifest": str(path),
+            "next": f"skinflow retrain --data {data.source} --decisions {decisions}",
+        }
+    )

@@ -36,6 +36,7 @@ ClassMap = Annotated[str | None, config_option(DataConfig, "class_map")]
 Size = Annotated[int | None, config_option(DataConfig, "size")]
 ValFrac = Annotated[float | None, config_option(DataConfig, "val_frac")]
 TestFrac = Annotated[float | None, config_option(DataConfig, "test_frac")]
+Decisions = Annotated[str | None, config_option(DataConfig, "decisions")]
 AllowOutsideRoot = Annotated[bool | None, config_option(DataConfig, "allow_outside_root", flag=True)]
 
 # --------------------------------------------------------------------------- training (TrainConfig)

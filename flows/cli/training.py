@@ -13,6 +13,7 @@ from flows.cli.options import (
     BatchSize,
     ClassMap,
     Data,
+    Decisions,
     Epochs,
     Lr,
     Model,
@@ -66,6 +67,7 @@ def lr_find(
 def train(
     data: Data = None,
     class_map: ClassMap = None,
+    decisions: Decisions = None,
     size: Size = None,
     val_frac: ValFrac = None,
     test_frac: TestFrac = None,
@@ -92,7 +94,14 @@ def train(
     """Train one configuration, evaluate it (on the test split; val when there is none), log it to
     MLflow (experiment skinflow-train)."""
     data_cfg = build(
-        DataConfig, source=data, class_map=class_map, size=size, val_frac=val_frac, test_frac=test_frac, seed=seed
+        DataConfig,
+        source=data,
+        class_map=class_map,
+        decisions=decisions,
+        size=size,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        seed=seed,
     )
     training = build(
         TrainConfig,
@@ -190,6 +199,7 @@ def tune(
 def retrain(
     data: Data = None,
     class_map: ClassMap = None,
+    decisions: Decisions = None,
     size: Size = None,
     test_frac: TestFrac = None,
     model: Annotated[
@@ -223,7 +233,9 @@ def retrain(
     out: Annotated[Path, typer.Option(help="Plots and reports.")] = Path("outputs/retrain"),
 ):
     """Validate -> tune/train -> evaluate on held-out -> register -> promotion gate."""
-    data_cfg = build(DataConfig, source=data, class_map=class_map, size=size, test_frac=test_frac, seed=seed)
+    data_cfg = build(
+        DataConfig, source=data, class_map=class_map, decisions=decisions, size=size, test_frac=test_frac, seed=seed
+    )
     training = build(
         TrainConfig,
         arch=model,

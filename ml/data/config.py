@@ -17,6 +17,11 @@ class DataConfig(ConfigModel):
     val_frac: float = Field(1 / 6, ge=0, lt=1, description="Validation share (thesis: 5:1 train/validation).")
     test_frac: float = Field(0.2, ge=0, lt=1, description="Held-out test share (kept when the source ships one).")
     seed: int = Field(0, ge=0, description="Split seed.")
+    decisions: str | None = Field(
+        None,
+        description="A label-review decisions CSV (skinflow label-issues): its relabels and drops make a new "
+        "dataset version; originals are untouched.",
+    )
     allow_outside_root: bool = Field(
         False, description="Read CSV paths and symlinks that point outside the dataset's folder (refused by default)."
     )

@@ -37,3 +37,16 @@ def linear_probe(train: Arrays, test: Arrays, c: float = 0.01) -> float:
     scaler = StandardScaler().fit(train[0])
     clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(scaler.transform(train[0]), train[1])
     return float(balanced_accuracy_score(test[1], clf.predict(scaler.transform(test[0]))))
+
+
+def pretrained_features(images: np.ndarray, arch: str, batch: int = 64) -> np.ndarray:
+    """Pooled features of uint8 NHWC ``images`` from ``arch``'s packaged ImageNet weights (no
+    download), normalised as those weights were trained: (N, D) float32."""
+    from ml.train.config import arch_family
+    from ml.train.models import build_model
+    from ml.train.transforms import PRETRAINED_STATS
+
+    model = build_model(arch, 1, weights="imagenet")
+    return pooled_features(
+        model, np.array(images), PRETRAINED_STATS[arch_family(arch)], batch
+    )  # a writable copy of a memmap
