@@ -26,17 +26,13 @@ def embed_images(cache, arch: str) -> np.ndarray:
 def find_label_issues(manifest, cache, features: np.ndarray, folds: int, c: float, neighbours: int, seed: int) -> dict:
     """Out-of-sample probabilities (cross-fitted probes), then the flagged images and the noise table
     (:mod:`ml.quality.label_issues`). Near-duplicates follow the validation policy's pHash distance."""
-    from PIL import Image
 
-    from ml.data.duplicates import exact_pairs, groups_from_pairs, hash_array, near_pairs, phash, policy_max_distance
+    from ml.data.duplicates import policy_max_distance
     from ml.quality import label_issues as li
 
     labels = np.asarray(cache.labels)
     probs = li.cross_fitted_probs(features, labels, len(cache.classes), folds, c, seed)
-    hashes = hash_array([phash(Image.fromarray(np.asarray(img))) for img in cache.images])
-    rows, cols, _ = near_pairs(hashes, policy_max_distance())
-    same_rows, same_cols = exact_pairs(manifest.records["sha256"].tolist())
-    groups = groups_from_pairs(len(labels), np.concatenate([rows, same_rows]), np.concatenate([cols, same_cols]))
+    groups = li.copy_groups(cache.images, manifest.records["sha256"].tolist(), policy_max_distance())
     paths = manifest.records["path"].tolist()
     issues = li.find_issues(paths, labels, cache.classes, probs, features, groups, neighbours)
     noise = li.noise_table(labels, probs, cache.classes)

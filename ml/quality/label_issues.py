@@ -93,6 +93,19 @@ def outliers(features: np.ndarray, k: int = 10, t: float = OUTLIER_T) -> tuple[n
     return mean > q3 + (1 / t - 1) * (q3 - q1), mean
 
 
+def copy_groups(images: Sequence[np.ndarray], digests: Sequence[str], max_distance: int) -> np.ndarray:
+    """Duplicate group of each image: the same bytes (SHA-256 ``digests``) or pHashes of the decoded
+    ``images`` at most ``max_distance`` bits apart (the validation policy's near-duplicate rule)."""
+    from PIL import Image
+
+    from ml.data.duplicates import exact_pairs, groups_from_pairs, hash_array, near_pairs, phash
+
+    hashes = hash_array([phash(Image.fromarray(np.asarray(img))) for img in images])
+    rows, cols, _ = near_pairs(hashes, max_distance)
+    same_rows, same_cols = exact_pairs(list(digests))
+    return groups_from_pairs(len(digests), np.concatenate([rows, same_rows]), np.concatenate([cols, same_cols]))
+
+
 def other_label_copies(labels: np.ndarray, groups: np.ndarray) -> dict[int, list[int]]:
     """For each image in a duplicate group (``groups[i]`` >= 0; -1 is none) that holds another label:
     the other members with a different label."""
