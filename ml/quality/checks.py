@@ -238,7 +238,7 @@ def gx_tables(
         "class_counts": Table(counts, "label", summary=True),
         "present_classes": Table(counts[counts["count"] > 0].reset_index(drop=True), "label", summary=True),
         "flagged_by_class": Table(flagged_by_class(used), "label", summary=True),
-        "sha_groups": Table(groups, "sha256", note_column="members"),
+        "sha_groups": Table(groups, "content", note_column="members"),
         "leaking_pairs": Table(leaking.assign(pair=leaking["path_a"] + " | " + leaking["path_b"]), "pair", True),
         "split_duplicates": Table(within_split_duplicates(used, pairs), "split", summary=True),
     }

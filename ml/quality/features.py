@@ -122,6 +122,7 @@ FEATURE_COLUMNS = (
     "decode_ok",
     "reason",
     "sha256",
+    "pixel_sha256",
     "phash",
     *PIXEL_COLUMNS,
 )
@@ -417,6 +418,7 @@ def _empty_row(reason: str, data: bytes | None = None) -> dict[str, Any]:
         "decode_ok": False,
         "reason": reason,
         "sha256": None if data is None else hashlib.sha256(data).hexdigest(),
+        "pixel_sha256": None,
         "phash": None,
     }
     return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None}
@@ -441,9 +443,17 @@ def image_features(path: str | Path, reduced: bool = True) -> dict[str, Any]:
     if img is None:
         return row
     row.update(width=check.width, height=check.height, mode=check.mode, format=check.format)
-    row.update(decode_ok=True, reason="", phash=phash(img))
+    row.update(decode_ok=True, reason="", phash=phash(img), pixel_sha256=pixel_digest(img))
     row.update(pixel_features(analysis_array(img)))
     return row
+
+
+def pixel_digest(img) -> str:
+    """SHA-256 of an image's decoded pixels (mode, size and raster): the same picture saved with
+    other metadata (EXIF, ICC, comments) or by another encoder run gives the same digest."""
+    h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
 
 
 def _features_of(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -549,7 +559,7 @@ def usable_mask(features: pd.DataFrame) -> pd.Series:
     return ok & (features["left_out"].fillna("").astype(str) == "")
 
 
-FEATURES_REVISION = 5
+FEATURES_REVISION = 6  # 6: pixel_sha256 (the same picture under other metadata)
 """Bump when a feature's definition changes, so that cached tables are recomputed (3: magenta
 hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``; 5: acquisition
 artefacts reported by kind and left out of the pen-mark score, reduced JPEG decode)."""

@@ -4,7 +4,8 @@ instead of stopping the loop, when the validation policy lists it under ``quaran
 What is quarantinable (:data:`QUARANTINABLE`): findings that name files, where setting those files
 aside is a remedy that leaves the rest of the set sound:
 
-* ``label_conflicts``: identical bytes under two or more labels. Which label is right is unknown,
+* ``label_conflicts``: the same picture (identical bytes, or identical decoded pixels under other
+  metadata) under two or more labels. Which label is right is unknown,
   so every copy of the group goes: the usable ones and the copies the manifest or the split left
   out already (a held-out copy whose training twin the split left out carries the same doubtful
   label). ``group`` is the content they share.
@@ -46,10 +47,10 @@ from ml.data.manifest import QUARANTINE_COLUMNS, Manifest
 from ml.data.versions import build_version
 from ml.quality.features import usable_mask
 from ml.quality.report import ValidationReport
-from ml.quality.tables import file_problems
+from ml.quality.tables import content_key, file_problems
 
 QUARANTINABLE: dict[str, str] = {
-    "label_conflicts": "identical bytes under two or more labels; every copy of the group",
+    "label_conflicts": "the same picture (identical bytes, or identical pixels under other metadata) under two or more labels; every copy of the group",
     "decodes": "files that do not decode (left out by the manifest already)",
     "bytes_positive": "empty files (left out by the manifest already)",
     "labels_known": "files whose label is not a class of the data (left out by the manifest already)",
@@ -114,8 +115,12 @@ def files_to_quarantine(features: pd.DataFrame, report: ValidationReport, policy
     return joined.reset_index()[QUARANTINE_COLUMNS].sort_values(["group", "path"], ignore_index=True)
 
 
-def _rows(features: pd.DataFrame, mask: pd.Series, reason: str, notes: pd.Series) -> pd.DataFrame:
+def _rows(
+    features: pd.DataFrame, mask: pd.Series, reason: str, notes: pd.Series, group: pd.Series | None = None
+) -> pd.DataFrame:
+    """The quarantine rows of ``features[mask]``; ``group`` (default: the bytes' digest) is what they share."""
     chosen = features[mask]
+    group = features["sha256"] if group is None else group
     split = chosen["split"] if "split" in chosen else pd.Series("", index=chosen.index)
     return pd.DataFrame(
         {
@@ -123,7 +128,7 @@ def _rows(features: pd.DataFrame, mask: pd.Series, reason: str, notes: pd.Series
             "label": chosen["label"].fillna("").astype(str),
             "split": split.fillna("").astype(str),
             "reason": reason,
-            "group": chosen["sha256"].fillna("").astype(str).str[:12],
+            "group": group[mask].fillna("").astype(str).str[:12],
             "note": notes[mask].astype(str),
         },
         columns=QUARANTINE_COLUMNS,
@@ -136,19 +141,20 @@ def _label_conflicts(features: pd.DataFrame) -> pd.DataFrame:
     decoded = features["decode_ok"].fillna(False).astype(bool)
     labels = set(features.loc[usable_mask(features), "label"].astype(str))
     labelled = decoded & features["label"].astype(str).isin(labels)
-    per_content = features[labelled].groupby("sha256")["label"].agg(lambda s: sorted(set(s.astype(str))))
+    content = content_key(features)
+    per_content = features[labelled].groupby(content[labelled])["label"].agg(lambda s: sorted(set(s.astype(str))))
     conflicting = per_content[per_content.map(len) > 1]
-    member = decoded & features["sha256"].isin(conflicting.index)
+    member = decoded & content.isin(conflicting.index)
     left_out = file_problems(features)
     notes = pd.Series(
         [
-            f"identical bytes under {', '.join(conflicting.get(sha, []))}"
+            f"the same picture under {', '.join(conflicting.get(key, []))}"
             + (f" (left out already: {why})" if why else "")
-            for sha, why in zip(features["sha256"], left_out, strict=True)
+            for key, why in zip(content, left_out, strict=True)
         ],
         index=features.index,
     )
-    return _rows(features, member, "label_conflicts", notes)
+    return _rows(features, member, "label_conflicts", notes, content)
 
 
 def _small_classes(features: pd.DataFrame, min_per_class: int) -> pd.DataFrame:

@@ -107,23 +107,37 @@ def within_split_duplicates(features: pd.DataFrame, pairs: pd.DataFrame) -> pd.D
     return out.drop(columns="groups")
 
 
+def content_key(features: pd.DataFrame) -> pd.Series:
+    """What makes two files the same picture: the digest of their decoded pixels (``pixel_sha256``),
+    else of their bytes (a file that did not decode)."""
+    if "pixel_sha256" not in features:
+        return features["sha256"].astype(object)
+    return features["pixel_sha256"].where(features["pixel_sha256"].notna(), features["sha256"]).astype(object)
+
+
 def sha_groups(features: pd.DataFrame) -> pd.DataFrame:
-    """Identical-bytes groups of decoded images with at least two members: size, labels, splits and
-    ``members`` ('path [label]; ...')."""
+    """Groups of decoded images with the same pixels (:func:`content_key`: identical bytes, or the
+    same picture under other metadata) with at least two members: ``content``, size, labels,
+    splits and ``members`` ('path [label]; ...')."""
     ok = features[features["decode_ok"].fillna(False).astype(bool)]
-    named = ok.assign(split=_splits(ok), member=ok["path"].astype(str) + " [" + ok["label"].astype(str) + "]")
-    groups = named.groupby("sha256").agg(
+    named = ok.assign(
+        content=content_key(ok),
+        split=_splits(ok),
+        member=ok["path"].astype(str) + " [" + ok["label"].astype(str) + "]",
+    )
+    groups = named.groupby("content").agg(
         n=("path", "size"), n_labels=("label", "nunique"), n_splits=("split", "nunique"), members=("member", "; ".join)
     )
     return groups[groups["n"] > 1].reset_index()
 
 
 def label_conflicts_table(features: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
-    """Rows whose bytes also occur under another label."""
-    bad = groups.loc[groups["n_labels"] > 1, "sha256"]
-    rows = features[features["sha256"].isin(bad) & features["decode_ok"].fillna(False).astype(bool)]
-    cols = ["sha256", "path", "label"] + (["split"] if "split" in features else [])
-    return rows[cols].sort_values(["sha256", "label", "path"]).reset_index(drop=True)
+    """Rows whose picture (:func:`content_key`) also occurs under another label."""
+    bad = groups.loc[groups["n_labels"] > 1, "content"]
+    rows = features.assign(content=content_key(features))
+    rows = rows[rows["content"].isin(bad) & rows["decode_ok"].fillna(False).astype(bool)]
+    cols = ["content", "sha256", "path", "label"] + (["split"] if "split" in features else [])
+    return rows[cols].sort_values(["content", "label", "path"]).reset_index(drop=True)
 
 
 def class_counts(features: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ One suite per concern, thresholds from ``policies/validation.yaml``:
   :data:`ml.quality.features.ACQUISITION_KINDS`) per class as checks of their own, so that a set of
   clinical photographs on blue drapes does not read as pen-marked, and Cramér's V between the label
   and every metadata column and flag present (a custom GX expectation, :class:`ExpectColumnPairCramersVToBeLessThan`);
-* ``duplicates_leakage``: no identical bytes under two labels, no exact or near duplicate across
+* ``duplicates_leakage``: no picture (identical bytes or decoded pixels) under two labels, no exact or near duplicate across
   splits, few duplicates within a split.
 
 GX binds one suite to one table, so a concern that reads two tables runs as two GX suites named

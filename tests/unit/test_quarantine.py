@@ -31,6 +31,13 @@ from ml.quality.validation import load_policy, validate_features
 CONFLICTS = {("acne", "acne_0000.jpg"): "blister", ("tumor", "tumor_0001.jpg"): "ulcer"}
 
 
+def _picture(path: Path) -> str:
+    """The digest of the decoded pixels: what a label conflict's copies share."""
+    from ml.quality.features import image_features
+
+    return image_features(path)["pixel_sha256"]
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -95,9 +102,9 @@ def test_every_copy_of_a_conflicting_group_is_named(planted) -> None:
     by_group = files.groupby("group")["path"].apply(frozenset)
     assert set(by_group) == {frozenset(pair) for pair in pairs}  # each group holds one original and its copy
     for src in planted["copies"]:
-        assert files.loc[files["path"] == str(src), "group"].item() == _sha(src)[:12]
+        assert files.loc[files["path"] == str(src), "group"].item() == _picture(src)[:12]  # the picture they share
     acne = files.loc[files["path"] == str(planted["root"] / "acne" / "acne_0000.jpg")].iloc[0]
-    assert acne["label"] == "acne" and acne["note"] == "identical bytes under acne, blister"
+    assert acne["label"] == "acne" and acne["note"] == "the same picture under acne, blister"
 
 
 def test_the_new_version_lacks_exactly_those_files_and_names_its_parent(planted, tmp_path) -> None:
@@ -167,10 +174,10 @@ def test_copies_the_split_left_out_go_too(planted, tmp_path) -> None:
         planted["policy"],
         tmp_path,
     )
-    pair = held.files[held.files["group"] == _sha(src)[:12]].set_index("path")
+    pair = held.files[held.files["group"] == _picture(src)[:12]].set_index("path")
     assert set(pair.index) == {str(src), str(copy)}
     assert (
-        pair.loc[str(copy), "note"] == "identical bytes under acne, blister (left out already: duplicate_across_splits)"
+        pair.loc[str(copy), "note"] == "the same picture under acne, blister (left out already: duplicate_across_splits)"
     )
     assert str(copy) not in set(held.manifest.bad["path"])  # listed once: set aside, not also "left out"
 

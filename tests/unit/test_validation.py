@@ -120,6 +120,24 @@ def test_duplicates_across_splits_are_leakage(clean, policy, tmp_path):
     assert report.outcome("label_conflicts").success
 
 
+def test_the_same_picture_with_other_exif_under_two_labels_is_a_label_conflict(clean, policy, tmp_path):
+    """Bytes differ (an EXIF block), pixels do not: the same image, so a label conflict, not a
+    near-duplicate warning."""
+    from PIL import Image
+
+    pixels = Image.open(_first(clean, "acne")).convert("RGB")
+    plain, tagged = tmp_path / "plain.jpg", tmp_path / "tagged.jpg"
+    pixels.save(plain, "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[0x010F] = "another camera"  # Make
+    pixels.save(tagged, "JPEG", quality=90, exif=exif.tobytes())
+    assert plain.read_bytes() != tagged.read_bytes()
+    feats = pd.concat([clean, _extra([(plain, "acne", "train"), (tagged, "blister", "train")])], ignore_index=True)
+    report = validate_features(feats, policy, CLASSES, None)
+    assert not report.outcome("label_conflicts").success
+    assert set(report.label_conflicts["path"]) == {str(plain), str(tagged)}
+
+
 def test_same_bytes_under_two_labels_is_a_label_conflict(clean, policy, tmp_path):
     src = _first(clean, "acne")
     copy = tmp_path / "copy.jpg"
@@ -128,7 +146,7 @@ def test_same_bytes_under_two_labels_is_a_label_conflict(clean, policy, tmp_path
     report = validate_features(feats, policy, CLASSES, None)
     conflict = report.outcome("label_conflicts")
     assert not conflict.success and conflict.observed == 1
-    assert conflict.details["unexpected"] == [feats.loc[feats["path"] == str(copy), "sha256"].item()]
+    assert conflict.details["unexpected"] == [feats.loc[feats["path"] == str(copy), "pixel_sha256"].item()]
     assert set(zip(report.label_conflicts["path"], report.label_conflicts["label"])) == {
         (str(src), "acne"),
         (str(copy), "blister"),
