@@ -62,8 +62,10 @@ class _Api:
     def __init__(self, env: dict[str, str], attempts: int = 8):
         import httpx
 
+        from infra.local_stack import api_auth
+
         self.client, self.attempts, self.retries = (
-            httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60),
+            httpx.Client(base_url=env["PREFECT_API_URL"], auth=api_auth(env), timeout=60),
             attempts,
             0,
         )

@@ -31,6 +31,16 @@ def read_stack_env(path: Path) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in lines)
 
 
+def api_auth(env: dict[str, str]) -> tuple[str, str] | None:
+    """The Prefect API's basic-auth ``(user, password)`` of a stack's client environment
+    (``PREFECT_API_AUTH_STRING``, set by the team profile), for HTTP clients; None without it."""
+    value = env.get("PREFECT_API_AUTH_STRING")
+    if not value:
+        return None
+    user, _, password = value.partition(":")
+    return user, password
+
+
 class Stack:
     """An ``infra/stack.sh`` stack (profile ``sqlite`` or ``postgres``) in ``run_dir`` on free ports.
 

@@ -17,7 +17,9 @@
 # <stack dir>/secrets/ when unset), SKINFLOW_PG_BIN (the newest /usr/lib/postgresql/*/bin),
 # SKINFLOW_PG_DIR (<stack dir>/postgres; a directory under /tmp when run as root, since the server
 # runs as the `postgres` user), SKINFLOW_RAY_PORT (6379), SKINFLOW_RAY_CPUS (CPUs per Ray node, 1),
-# SKINFLOW_RAY_AUTH_TOKEN (generated once when unset). Both profiles: SKINFLOW_WORKERS (workers on the
+# SKINFLOW_RAY_AUTH_TOKEN (generated once when unset), SKINFLOW_PREFECT_PASSWORD (the Prefect server's
+# basic-auth password for user skinflow, generated once when unset: the server refuses a client without
+# it, PREFECT_API_AUTH_STRING in the env file). Both profiles: SKINFLOW_WORKERS (workers on the
 # pool; sqlite 1, postgres 2), SKINFLOW_WORKER_LIMIT (flow runs at once per worker; unset = no limit).
 # Secrets are never printed. Logs and pids live under the stack dir; `source <stack dir>/env`
 # (mode 0600: it holds the Ray token) points clients at the stack.
@@ -121,8 +123,9 @@ http_ok() { curl -fs --max-time 3 -o /dev/null "$1"; }
 
 # workers_online N: at least N workers of the pool report ONLINE.
 workers_online() {
-  local n
-  n="$(curl -fsS --max-time 3 -X POST -H 'Content-Type: application/json' -d '{}' \
+  local n auth=()
+  [[ -z "${PREFECT_API_AUTH_STRING:-}" ]] || auth=(-u "$PREFECT_API_AUTH_STRING")
+  n="$(curl -fsS --max-time 3 "${auth[@]}" -X POST -H 'Content-Type: application/json' -d '{}' \
     "$PREFECT_API/work_pools/$POOL/workers/filter" | grep -o '"status":"ONLINE"' | wc -l)"
   ((n >= $1))
 }
@@ -154,6 +157,12 @@ secret() {
     (umask 077; mkdir -p "$RUN/secrets"; "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(24))' >"$f")
   fi
   tr -d '\n' <"$f"
+}
+
+# prefect_auth: the team profile's Prefect basic auth (PREFECT_SERVER_API_AUTH_STRING on the server,
+# PREFECT_API_AUTH_STRING on every client this script starts: work-pool, automations, workers).
+prefect_auth() {
+  export PREFECT_API_AUTH_STRING="skinflow:$(secret prefect_password SKINFLOW_PREFECT_PASSWORD)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL (postgres profile)
@@ -295,6 +304,7 @@ start_s3() { start s3 "$VENV/bin/moto_server" -H "$HOST" -p "$S3_PORT"; }
 start_prefect() {
   if [[ "$PROFILE" == postgres ]]; then
     PGPASSWORD="$PG_PASSWORD" PREFECT_API_DATABASE_CONNECTION_URL="$PG_PREFECT_URL" \
+      PREFECT_SERVER_API_AUTH_STRING="$PREFECT_API_AUTH_STRING" \
       start prefect "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
   else
     start prefect "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
@@ -349,6 +359,7 @@ export AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION
 EOF
   if [[ "$PROFILE" == postgres ]]; then
     cat >>"$RUN/env" <<EOF
+export PREFECT_API_AUTH_STRING=$PREFECT_API_AUTH_STRING
 export RAY_ADDRESS=$HOST:$RAY_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN=$RAY_TOKEN
@@ -394,6 +405,7 @@ up() {
   local i
   if [[ "$PROFILE" == postgres ]]; then
     PG_PASSWORD="$(secret pg_password SKINFLOW_PG_PASSWORD)"
+    prefect_auth
     start_ray_head  # Ray starts while the database comes up
     start_postgres
   fi
@@ -503,7 +515,7 @@ restart() {
   [[ -n "$name" && "$known" == *" $name "* ]] || { echo "usage: $0 restart SERVICE (one of:${known% })" >&2; exit 2; }
   stop "$name"
   mkdir -p "$RUN/logs" "$RUN/pids"
-  [[ "$PROFILE" != postgres ]] || PG_PASSWORD="$(secret pg_password SKINFLOW_PG_PASSWORD)"
+  if [[ "$PROFILE" == postgres ]]; then PG_PASSWORD="$(secret pg_password SKINFLOW_PG_PASSWORD)"; prefect_auth; fi
   case "$name" in
     postgres) start_postgres ;;
     s3) start_s3; wait_until s3 http_ok "$S3_URL/moto-api/" ;;
@@ -545,9 +557,11 @@ status() {
 describe() {
   set_profile
   local store="sqlite:///$RUN/mlflow.db" prefect_db="sqlite+aiosqlite:///$PREFECT_HOME/prefect.db" ray_nodes=0
-  if [[ "$PROFILE" == postgres ]]; then store="$PG_MLFLOW_URL"; prefect_db="$PG_PREFECT_URL"; ray_nodes=2; fi
+  local prefect_auth_mode=none
+  if [[ "$PROFILE" == postgres ]]; then store="$PG_MLFLOW_URL"; prefect_db="$PG_PREFECT_URL"; ray_nodes=2; prefect_auth_mode=basic; fi
   cat <<EOF
 profile=$PROFILE
+prefect_api_auth=$prefect_auth_mode
 services=${SERVICES[*]}
 mlflow_backend_store_uri=$store
 mlflow_artifacts_destination=$ARTIFACTS

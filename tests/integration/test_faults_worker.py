@@ -28,6 +28,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from infra.local_stack import api_auth
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -36,21 +37,21 @@ EPOCHS = 8
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _flow_run(api: str, run_id: str) -> dict:
-    r = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30)
+def _flow_run(api: httpx.Client, run_id: str) -> dict:
+    r = api.get(f"/flow_runs/{run_id}")
     r.raise_for_status()
     return r.json()
 
 
-def _create_run(api: str, parameters: dict) -> str:
-    dep = httpx.get(f"{api}/deployments/name/train/on-demand", timeout=30)
+def _create_run(api: httpx.Client, parameters: dict) -> str:
+    dep = api.get("/deployments/name/train/on-demand")
     dep.raise_for_status()
-    r = httpx.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", json={"parameters": parameters}, timeout=30)
+    r = api.post(f"/deployments/{dep.json()['id']}/create_flow_run", json={"parameters": parameters})
     r.raise_for_status()
     return r.json()["id"]
 
 
-def _wait_state(api: str, run_id: str, wanted: set[str], timeout: float) -> dict:
+def _wait_state(api: httpx.Client, run_id: str, wanted: set[str], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = _flow_run(api, run_id)
@@ -111,7 +112,7 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
     from ml.train.checkpoint import load_verified
 
     env = team_stack.client_env()
-    api = env["PREFECT_API_URL"]
+    api = httpx.Client(base_url=env["PREFECT_API_URL"], auth=api_auth(env), timeout=30)  # the team stack's basic auth
     deploy = subprocess.run(
         [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
@@ -124,7 +125,7 @@ def test_a_killed_worker_s_flow_run_is_crashed_taken_over_and_resumed(team_stack
         timeout=120,
     )  # stack.sh up applied it once already
     assert again.returncode == 0, again.stderr[-2000:]
-    automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    automations = api.post("/automations/filter", json={}).json()
     assert [a["name"] for a in automations].count("crash-zombie-flow-runs") == 1  # replaced, not doubled
     worker_env = Path(f"/proc/{team_stack.pid('worker')}/environ").read_bytes().split(b"\0")
     assert b"PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in worker_env

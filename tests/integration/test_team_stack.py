@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.local_stack import api_auth
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,8 @@ def test_two_workers_are_online_on_the_pool(team_stack) -> None:
     import httpx
 
     api = team_stack.env["PREFECT_API_URL"]
-    workers = httpx.post(f"{api}/work_pools/skinflow-pool/workers/filter", json={}, timeout=10).json()
+    auth = api_auth(team_stack.env)
+    workers = httpx.post(f"{api}/work_pools/skinflow-pool/workers/filter", json={}, auth=auth, timeout=10).json()
     online = sorted(w["name"] for w in workers if w["status"] == "ONLINE")
     assert online == ["skinflow-pool-worker-1", "skinflow-pool-worker-2"]
     # each worker sends its flow runs to this stack's MLflow, S3 and Ray cluster
@@ -98,6 +100,22 @@ def test_two_workers_are_online_on_the_pool(team_stack) -> None:
         assert env["MLFLOW_TRACKING_URI"] == team_stack.env["MLFLOW_TRACKING_URI"]
         assert env["RAY_ADDRESS"] == f"127.0.0.1:{team_stack.ports['RAY']}"
         assert "PGPASSWORD" not in env  # only the database's clients (MLflow, Prefect servers) get it
+
+
+def test_the_prefect_api_refuses_a_client_without_the_stack_s_auth_string(team_stack) -> None:
+    """The team profile turns on Prefect's basic auth: no string or a wrong one is 401; the env
+    file's string is let in; the health probe stays open (for supervisors and load balancers)."""
+    import httpx
+
+    api, auth = team_stack.env["PREFECT_API_URL"], api_auth(team_stack.env)
+    assert auth is not None and auth[0] == "skinflow" and len(auth[1]) >= 32
+    assert httpx.post(f"{api}/flows/filter", json={}, timeout=10).status_code == 401
+    assert httpx.post(f"{api}/flows/filter", json={}, auth=(auth[0], "wrong"), timeout=10).status_code == 401
+    assert httpx.post(f"{api}/flows/filter", json={}, auth=auth, timeout=10).status_code == 200
+    assert httpx.get(f"{api}/health", timeout=10).status_code == 200
+    server_env = Path(f"/proc/{team_stack.pid('prefect')}/environ").read_bytes().split(b"\0")
+    assert f"PREFECT_SERVER_API_AUTH_STRING={auth[0]}:{auth[1]}".encode() in server_env
+    assert team_stack.describe()["prefect_api_auth"] == "basic"
 
 
 _RAY_PROBE = """
@@ -140,7 +158,10 @@ def test_a_ray_client_with_a_wrong_token_is_refused(team_stack, tmp_path) -> Non
 
 
 def test_no_secret_is_printed_and_the_env_file_is_private(team_stack) -> None:
-    secrets = [(team_stack.run_dir / "secrets" / name).read_text().strip() for name in ("pg_password", "ray_token")]
+    secrets = [
+        (team_stack.run_dir / "secrets" / name).read_text().strip()
+        for name in ("pg_password", "ray_token", "prefect_password")
+    ]
     assert all(len(s) >= 32 for s in secrets)
     shown = (
         team_stack.up.stdout + team_stack.up.stderr + team_stack.sh("status").stdout + team_stack.sh("describe").stdout

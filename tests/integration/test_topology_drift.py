@@ -133,6 +133,19 @@ def test_workers_and_ray_nodes_agree(compose, stack) -> None:
     assert stack["automations"] == "crash-zombie-flow-runs"
 
 
+def test_prefect_basic_auth_is_on_in_both(compose, stack) -> None:
+    """The stack's team profile and compose both run the Prefect server with basic auth, and every
+    compose client of it carries the same string, from infra/.env (no default)."""
+    assert stack["prefect_api_auth"] == "basic"
+    raw = yaml.safe_load((INFRA / "docker-compose.yml").read_text())["services"]
+    server = raw["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert server == "skinflow:${PREFECT_PASSWORD:?set PREFECT_PASSWORD in infra/.env}"
+    clients = [s for s in raw.values() if "PREFECT_API_URL" in (s.get("environment") or {})]
+    assert clients and all(s["environment"]["PREFECT_API_AUTH_STRING"] == server for s in clients)
+    exports = dict(re.findall(r"^export (\w+)=(\S+)", (INFRA / "compose.env").read_text(), re.M))
+    assert exports["PREFECT_API_AUTH_STRING"].startswith("skinflow:${PREFECT_PASSWORD:?")
+
+
 def test_compose_env_points_at_the_compose_ports(compose, stack) -> None:
     exports = dict(re.findall(r"^export (\w+)=(\S+)", (INFRA / "compose.env").read_text(), re.M))
     services = compose["services"]

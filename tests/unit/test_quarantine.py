@@ -177,7 +177,8 @@ def test_copies_the_split_left_out_go_too(planted, tmp_path) -> None:
     pair = held.files[held.files["group"] == _picture(src)[:12]].set_index("path")
     assert set(pair.index) == {str(src), str(copy)}
     assert (
-        pair.loc[str(copy), "note"] == "the same picture under acne, blister (left out already: duplicate_across_splits)"
+        pair.loc[str(copy), "note"]
+        == "the same picture under acne, blister (left out already: duplicate_across_splits)"
     )
     assert str(copy) not in set(held.manifest.bad["path"])  # listed once: set aside, not also "left out"
 
