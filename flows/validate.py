@@ -51,18 +51,20 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     # the classes the data should have: the class map's promise, not only the folders found
     report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
     held = quarantine_files(manifest, features, report, policy)  # None: the policy sets nothing aside
+    not_written = [report.data_docs_error] if report.data_docs_error else []
     if held is not None:  # the parent's page stays beside the new version's, which names every file set aside
-        _summary_page(report, docs_dir, source, manifest.version)
+        _summary_page(report, docs_dir, source, manifest.version, not_written)
         manifest = held.manifest
         docs_dir = Path(out_dir) / manifest.version / "data_docs"
         report = run_expectations(held.features, held.expected_classes, policy, str(docs_dir), held)
-    summary_html = _summary_page(report, docs_dir, source, manifest.version)
+        not_written += [report.data_docs_error] if report.data_docs_error else []
+    summary_html = _summary_page(report, docs_dir, source, manifest.version, not_written)
     full = report.to_dict()
     out = {
         "dataset_version": manifest.version,
         "parent_dataset_version": held.parent_version if held is not None else None,
         "quarantine": held.summary() if held is not None else None,
-        "summary_html": str(summary_html),
+        "summary_html": str(summary_html) if summary_html else None,
         "passed": report.passed,
         "critical_failures": [f"{r.suite}:{r.check}" for r in report.critical_failures],
         "warnings": [f"{r.suite}:{r.check}" for r in report.warnings],
@@ -74,15 +76,19 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     }
     from prefect.runtime import flow_run
 
-    # the findings stand whether or not they can be recorded: a store or tracking server that
-    # is down (after the tasks' retries) is reported beside them, not instead of them
-    out["not_recorded"] = []
+    # the findings stand whether or not they can be recorded: pages a full or read-only disk could
+    # not take, and a store or tracking server that is down (after the tasks' retries), are reported
+    # beside them, not instead of them
+    out["not_written"], out["not_recorded"] = not_written, []
+    written = docs_dir if report.data_docs_index is not None else None  # this run's pages, not an older site
+    out["data_docs_uri"] = None
     try:
-        out["data_docs_uri"] = store_data_docs(str(docs_dir), manifest.version, flow_run.get_id() or "local")
+        if written is not None:
+            out["data_docs_uri"] = store_data_docs(str(written), manifest.version, flow_run.get_id() or "local")
     except StorageError as exc:
-        out["data_docs_uri"], out["not_recorded"] = None, [f"Data Docs not stored: {exc}"]
+        out["not_recorded"] = [f"Data Docs not stored: {exc}"]
     try:
-        mlflow_run_id = log_validation(out, docs_dir, source)
+        mlflow_run_id = log_validation(out, written, source)
     except ServiceUnavailableError as exc:
         out["not_recorded"].append(f"no skinflow-validate run in MLflow: {exc}")
     else:  # log_validation opens the run itself: the flow run it belongs to is tagged here
@@ -90,6 +96,8 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
             set_run_tags(mlflow_run_id, mlflow_tags())
         except MlflowException as exc:
             out["not_recorded"].append(f"skinflow-validate run {mlflow_run_id} not tagged with its flow run: {exc}")
+    for line in out["not_written"]:
+        logger.warning("report pages not written: %s", line)
     for line in out["not_recorded"]:
         logger.warning("%s (reports stay in %s)", line, docs_dir.parent)
     for w in out["warnings"]:
@@ -106,8 +114,16 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     return out
 
 
-def _summary_page(report, docs_dir: Path, source: str, version: str) -> Path:
-    """``summary.html`` beside the Data Docs of ``version``."""
+def _summary_page(report, docs_dir: Path, source: str, version: str, not_written: list[str]) -> Path | None:
+    """``summary.html`` beside the Data Docs of ``version``, written atomically; None (and the
+    reason in ``not_written``) when the disk cannot take it."""
+    from ml.storage import atomic_write
+
     page = docs_dir.parent / "summary.html"
-    page.write_text(report.to_html(f"Validation of {source} (dataset {version})"))
+    try:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(page, report.to_html(f"Validation of {source} (dataset {version})").encode())
+    except (StorageError, OSError) as exc:
+        not_written.append(str(exc))
+        return None
     return page

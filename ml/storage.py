@@ -61,6 +61,9 @@ class IntegrityError(StorageError):
 class StorageFullError(StorageError, OSError):
     """A write ran out of space (disk or quota full, or the process's file-size limit)."""
 
+    def __str__(self) -> str:  # the message, not the (errno, message) tuple RuntimeError would print
+        return str(self.args[1]) if len(self.args) == 2 else super().__str__()
+
 
 class LocalPathError(StorageError):
     """A local path the user gave cannot be written (read-only, no permission, too long, not a

@@ -136,7 +136,7 @@ def supersede_interrupted_run(checkpoint_dir: str, run_id: str) -> str | None:
 
 
 @task(name="log-validation", **IO_RETRY, cache_policy=NO_CACHE)
-def log_validation(report: dict, docs_dir: Path, source: str) -> str:
+def log_validation(report: dict, docs_dir: Path | None, source: str) -> str:
     """A skinflow-validate run with the results JSON and the GX Data Docs site."""
     run_id, _ = open_run.fn(
         "skinflow-validate",

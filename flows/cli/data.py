@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from flows.cli import render
-from flows.cli.errors import EXIT_FINDINGS, EXIT_SERVICE, fail
+from flows.cli.errors import EXIT_FINDINGS, EXIT_SERVICE, EXIT_USAGE, fail
 from flows.cli.options import (
     AllowOutsideRoot,
     ClassMap,
@@ -175,8 +175,12 @@ def validate(
         validate_flow, data=data, policy=str(policy) if policy else None, out_dir=str(out), fail_on_critical=False
     )
     render.validation(report)
+    for line in report["not_written"]:  # a full or read-only disk: the user's to fix (exit 2)
+        typer.secho(f"error: report pages not written: {line}", fg=typer.colors.RED, err=True)
     for line in report["not_recorded"]:
         typer.secho(f"error: {line}; the reports above are on disk", fg=typer.colors.RED, err=True)
+    if report["not_written"]:
+        raise typer.Exit(EXIT_USAGE)
     if not report["passed"]:
         raise typer.Exit(EXIT_FINDINGS)
     if report["not_recorded"]:

@@ -50,7 +50,7 @@ def validation(report: dict) -> None:
                 echo(f"      {line}")
     findings(report)
     echo(
-        f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html')}; "
+        f"dataset version {report.get('dataset_version')}; report: {report.get('summary_html') or 'not written'}; "
         f"data docs: {report.get('data_docs')}"
     )
 

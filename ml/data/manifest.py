@@ -49,7 +49,7 @@ import yaml
 
 from ml.data.images import image_signature
 from ml.data.sources import IMAGE_SUFFIXES, Entry, FileResult, OnImage, Source, base_of, read_table, relative
-from ml.storage import Storage, atomic_write, is_s3
+from ml.storage import Storage, StorageError, atomic_write, is_s3
 
 RECORD_COLUMNS = ["path", "local_path", "label", "source_label", "split", "sha256", "bytes"]
 BAD_COLUMNS = ["path", "label", "reason", "message"]
@@ -295,8 +295,14 @@ class Manifest:
             "parent_version": self.parent_version,
             "quarantined": None if self.quarantined is None else self.quarantined.to_dict(orient="records"),
         }
+        existed = path.exists()
         atomic_write(path, self.records.to_csv(index=False).encode())
-        atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+        try:
+            atomic_write(path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+        except StorageError:  # no CSV left without its sidecar (a full disk): one is useless without the other
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from great_expectations.render.view import DefaultJinjaIndexPageView, DefaultJinjaPageView
 from great_expectations.render.view.view import DefaultJinjaView
 from jinja2 import BaseLoader, Environment, TemplateNotFound
+
+from ml.storage import write_error
 
 SITE_NAME = "skinflow"
 
@@ -75,6 +79,33 @@ def site_config(base_directory: Path) -> dict[str, Any]:
         },
         "site_section_builders": {section: {"view": view} for section in ("expectations", "validations", "profiling")},
     }
+
+
+T = TypeVar("T")
+
+
+def built_atomically(docs_dir: Path, build: Callable[[Path], T]) -> T:
+    """``build(tmp)`` writes the site into a hidden sibling of ``docs_dir`` (a copy of the site there
+    already, so earlier validations keep their pages), which then replaces ``docs_dir``: a reader
+    sees the old site or the whole new one, never half a site. A write that fails (a full disk, a
+    read-only folder) removes the copy and raises :class:`ml.storage.StorageError` naming ``docs_dir``."""
+    tmp = None
+    try:
+        docs_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", dir=docs_dir.parent))
+        if docs_dir.is_dir():
+            shutil.copytree(docs_dir, tmp, dirs_exist_ok=True)
+        result = build(tmp)
+        old = docs_dir.with_name(f"{tmp.name}.old")
+        if docs_dir.exists():
+            docs_dir.rename(old)
+        tmp.rename(docs_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return result
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(docs_dir, exc) from exc
 
 
 _REMOTE_TAG = re.compile(

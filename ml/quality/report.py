@@ -62,6 +62,7 @@ class ValidationReport:
     quarantined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     parent_version: str | None = None
     failed_before: list[str] = field(default_factory=list)
+    data_docs_error: str | None = None
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:

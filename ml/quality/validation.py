@@ -49,7 +49,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from ml.policies import PolicyError, policy_path
 from ml.policies import load_policy as _load_policy
 from ml.quality.checks import DEFAULT_MIN_CLASSES, Check, Table, all_checks, gx_tables
-from ml.quality.data_docs import SITE_NAME, from_gx, gx_frame, site_config
+from ml.quality.data_docs import SITE_NAME, built_atomically, from_gx, gx_frame, site_config
 from ml.quality.features import usable_mask
 from ml.quality.gx_cramers import ExpectColumnPairCramersVToBeLessThan, TableColumnPairCramersV, cramers_v
 from ml.quality.quarantine import quarantined_findings
@@ -81,6 +81,7 @@ from ml.quality.tables import (
     sha_groups,
     within_split_duplicates,
 )
+from ml.storage import StorageError
 
 __all__ = [
     "BAD_FILE_COLUMNS",
@@ -138,8 +139,9 @@ def validate_features(
     data_docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Run every suite on ``features`` (from :func:`ml.quality.features.compute_features`) and derived tables;
-    with ``data_docs_dir``, the suites' checkpoints write an offline Data Docs site there
-    (``ValidationReport.data_docs_index`` is its ``index.html``)."""
+    with ``data_docs_dir``, the suites' checkpoints write an offline Data Docs site there, whole or
+    not at all (``ValidationReport.data_docs_index`` is its ``index.html``; when it cannot be written,
+    ``data_docs_error`` says why and the outcomes are those of a run without pages)."""
     features = features.reset_index(drop=True)
     used = features[usable_mask(features)].reset_index(drop=True)
     pairs = duplicate_pairs(used, policy["duplicates_leakage"]["phash_max_distance"])
@@ -148,7 +150,17 @@ def validate_features(
     tables = gx_tables(features, used, pairs, classes, groups, leaking)
     checks = all_checks(policy, classes, features)
     docs_dir = Path(data_docs_dir).resolve() if data_docs_dir is not None else None
-    gx_results = _run_checkpoints(checks, tables, docs_dir)
+    docs_error = None
+    try:
+        gx_results = (
+            _run_checkpoints(checks, tables, None)
+            if docs_dir is None
+            else built_atomically(docs_dir, lambda tmp: _run_checkpoints(checks, tables, tmp))
+        )
+    except StorageError as exc:  # the pages could not be written (a full disk): the findings stand without them
+        docs_error, docs_dir = str(exc), None
+        checks = all_checks(policy, classes, features)  # fresh expectations: GX binds each to one suite
+        gx_results = _run_checkpoints(checks, tables, None)
     outcomes = [_outcome(c, gx_results[c.name], tables[c.table]) for c in checks]
     unexpected = {c.name: _unexpected_ids(gx_results[c.name], tables[c.table]) for c in checks}
     named = {
@@ -165,6 +177,7 @@ def validate_features(
         duplicate_groups_table(used, pairs),
         confounders_by_class(used),
         {name: ids for name, ids in unexpected.items() if ids is not None},
+        data_docs_error=docs_error,
     )
 
 

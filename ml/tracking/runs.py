@@ -433,7 +433,7 @@ def log_evaluation_metrics(metrics: Mapping[str, float], model_id: str, dataset:
     return logged
 
 
-def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str | Path, source: str) -> None:
+def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str | Path | None, source: str) -> None:
     """A validation run's record: param ``source``, metrics ``critical_failures`` and
     ``warnings``, tag ``validation_passed``, ``reports/validation.json``, the GX Data Docs site
     under ``reports/data_docs`` (when built), the summary HTML (when any) and, when files were
@@ -444,7 +444,7 @@ def log_validation_report(run_id: str, report: Mapping[str, Any], docs_dir: str 
     client.log_metric(run_id, "warnings", len(report["warnings"]))
     client.set_tag(run_id, "validation_passed", str(report["passed"]))
     client.log_dict(run_id, dict(report), "reports/validation.json")
-    if Path(docs_dir).is_dir():
+    if docs_dir is not None and Path(docs_dir).is_dir():
         client.log_artifacts(run_id, str(docs_dir), artifact_path="reports/data_docs")
     if report.get("summary_html"):
         client.log_artifact(run_id, report["summary_html"], artifact_path="reports")

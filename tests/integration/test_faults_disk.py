@@ -170,3 +170,99 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_file(tmp_pat
     with pytest.raises(StorageError, match=str(path)):
         atomic_write(path, half_then_fail)
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+
+
+# Validation with its report folder on the small filesystem: Data Docs need more than it holds.
+VALIDATE = r"""
+import json, sys
+from pathlib import Path
+from ml.data.manifest import Manifest
+from ml.quality.features import compute_features
+from ml.quality.validation import load_policy, validate_features
+from ml.storage import StorageError
+
+small, data = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = Manifest.load(data / "manifest.csv")
+features = compute_features(manifest.all_files(), workers=1)
+report = validate_features(features, load_policy(), manifest.expected_classes, small / "v" / "data_docs")
+out = {"error": report.data_docs_error, "index": str(report.data_docs_index), "outcomes": len(report.results)}
+out["left"] = sorted(str(p.relative_to(small)) for p in small.rglob("*"))
+import os
+page = 4096  # tmpfs hands out whole pages: leave exactly the pages the CSV needs, none for its sidecar
+csv_pages = -(-len(manifest.records.to_csv(index=False).encode()) // page)
+free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+(small / "filler").write_bytes(b"x" * (free - csv_pages * page))
+try:
+    manifest.save(small / "m.csv")
+    out["save_error"] = None
+except StorageError as exc:
+    out["save_error"] = [type(exc).__name__, str(exc)]
+out["after_save"] = sorted(p.name for p in small.iterdir())
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_validation_on_a_full_disk_keeps_its_findings_and_leaves_no_half_written_report(dataset, tmp_path) -> None:
+    if not _tmpfs_works():
+        pytest.skip("no unprivileged mount namespaces here: Data Docs pages are each below a file-size limit")
+    small = tmp_path / "small"
+    small.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    shell = f'mount -t tmpfs -o size={LIMIT} tmpfs "$0" && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell, str(small), sys.executable, "-c", VALIDATE, str(small), str(dataset)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
+    assert seen["error"].startswith(f"no space to write {small / 'v' / 'data_docs'}")  # the path, in words
+    assert seen["index"] == "None" and seen["outcomes"] > 20  # every check was still run and reported
+    assert seen["left"] == ["v"], "no partial Data Docs and no temporary folder left behind"
+    kind, message = seen["save_error"]
+    assert kind == "StorageFullError" and "m.json" in message and not message.startswith("(")
+    assert "m.csv" not in seen["after_save"], "no manifest CSV left without its sidecar"
+
+
+def test_skinflow_validate_on_a_full_disk_prints_its_findings_names_the_path_and_exits_2(synth_small, tmp_path) -> None:
+    if not _tmpfs_works():
+        pytest.skip("no unprivileged mount namespaces here: Data Docs pages are each below a file-size limit")
+    small, home = tmp_path / "small", tmp_path / "home"
+    small.mkdir()
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
+    skinflow = str(Path(sys.executable).parent / "skinflow")
+    shell = f'mount -t tmpfs -o size={LIMIT} tmpfs "$0" && exec "$@"'
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            shell,
+            str(small),
+            skinflow,
+            "validate",
+            str(synth_small),
+            "--out",
+            str(small / "v"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "duplicates_leakage label_conflicts" in proc.stdout  # the findings, printed all the same
+    assert f"error: report pages not written: no space to write {small / 'v'}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "(28," not in proc.stderr

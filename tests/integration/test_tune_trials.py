@@ -34,7 +34,7 @@ def test_trials_are_named_and_log_their_dataset(synth_small, ray_local, tmp_path
 
     use_local_stores(monkeypatch, tmp_path)
     heard = _Lines()  # the task's log (Prefect's logging setup may replace the root's handlers)
-    task_log = logging.getLogger("tasks.tuning")
+    task_log = logging.getLogger("skinflow")  # tasks.common.run_logger outside a flow run
     task_log.addHandler(heard)
     level = task_log.level
     task_log.setLevel(logging.INFO)
