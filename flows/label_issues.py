@@ -7,13 +7,13 @@ any flow) makes the new dataset version."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.naming import mlflow_tags, run_namer, tagged
 from ml.data.config import DataConfig
 from ml.project import with_project
 from ml.quality.config import LabelIssuesConfig
-from ml.quality.label_issues import REASONS
+from ml.quality.label_issues import REASONS, probe_warning
 from ml.tracking.runs import run_name
 from tasks.data import build_image_cache, build_manifest
 from tasks.label_issues import (
@@ -46,6 +46,10 @@ def label_issues_flow(data: DataConfig = DataConfig(), issues: LabelIssuesConfig
             "confident learning (prune_by_class), ranked by self-confidence; copies by SHA-256 or pHash; "
             f"outliers by mean cosine distance to the {issues.neighbours} nearest images (Datalab's IQR rule)."
         )
+        warning = probe_warning(found["probe_accuracy"], issues.min_probe_accuracy)
+        if warning:
+            get_run_logger().warning("%s", warning)
+            method += " Warning: " + warning
         flagged = found["issues"]
         counts = {"n_images": len(manifest.records), "n_flagged": len(flagged)}
         counts |= {f"n_{r}": int(flagged["reason"].str.contains(r).sum()) for r in REASONS}
@@ -67,6 +71,7 @@ def label_issues_flow(data: DataConfig = DataConfig(), issues: LabelIssuesConfig
             "dataset_version": manifest.version,
             **counts,
             "probe_accuracy": round(found["probe_accuracy"], 4),
+            "warning": warning,
             **{k: str(v) for k, v in files.items()},
             "mlflow_run_id": run_id,
         }

@@ -23,6 +23,13 @@ server" while every later run would have worked. So, without a Prefect API:
   first start);
 - when the SQLite file does not exist yet, one line on stderr says why this start is slow.
 
+Ctrl-C. The ephemeral server is a child of this process; in the terminal's process group it got
+the same SIGINT as the run and died first, and the run then spent about 70 s retrying a server
+that was gone before it exited with a connection error, its flow run left "Running". Here the
+server starts in its own session (a terminal's Ctrl-C reaches the run alone) and, on Linux, with
+the parent-death signal set, so it still ends with this process however that ends; the run is
+marked Crashed by Prefect on the interrupt and the CLI exits 130 within seconds.
+
 Not chosen: a project-local ``PREFECT_HOME``. It would not make the first start faster (any new
 home needs the same migration), and it would hide the CLI's runs from the user's own Prefect
 (``prefect server start`` shows the runs in ``~/.prefect``). A warm-up that starts the server
@@ -96,5 +103,57 @@ def local_flow_settings() -> Iterator[dict]:
     db = prefect_sqlite_path()
     if db is not None and not db.exists():
         print(FIRST_RUN_MESSAGE.format(path=db), file=sys.stderr, flush=True)
-    with ps.temporary_settings(updates=updates):
+    with ps.temporary_settings(updates=updates), server_out_of_the_terminal_group():
         yield {setting.name: value for setting, value in updates.items()}
+
+
+def _own_session_dying_with_parent() -> None:  # in the server's child process, before exec
+    import os
+    import signal
+
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class _DetachedPopen:
+    """``subprocess`` as Prefect's server module sees it while it starts the ephemeral server:
+    ``Popen`` puts the child in its own session, dying with its parent."""
+
+    def __getattr__(self, name: str):
+        import subprocess
+
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):
+        import subprocess
+
+        return subprocess.Popen(*args, preexec_fn=_own_session_dying_with_parent, **kwargs)
+
+
+@contextmanager
+def server_out_of_the_terminal_group() -> Iterator[None]:
+    """While inside, an ephemeral Prefect server started by this process runs in its own session
+    (see the module's docstring: Ctrl-C)."""
+    import subprocess
+
+    from prefect.server.api import server
+
+    original = server.SubprocessASGIServer._run_uvicorn_command
+
+    def run(self):
+        server.subprocess = _DetachedPopen()
+        try:
+            return original(self)
+        finally:
+            server.subprocess = subprocess
+
+    server.SubprocessASGIServer._run_uvicorn_command = run
+    try:
+        yield
+    finally:
+        server.SubprocessASGIServer._run_uvicorn_command = original

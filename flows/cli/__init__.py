@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho("aborted", err=True)
         code = 130
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
+        typer.secho(
+            "interrupted: the flow run is marked Crashed in Prefect; outputs are written whole or not at all, "
+            "so what finished before the interrupt is kept and nothing half-written is left",
+            err=True,
+        )
         code = 130
     except Exception as exc:
         if is_click_error(exc):

@@ -24,4 +24,12 @@ class LabelIssuesConfig(ConfigModel):
     )
     neighbours: int = Field(10, ge=1, description="k of the outlier rule's k nearest images.")
     seed: int = Field(0, ge=0, description="Fold assignment seed.")
+    min_probe_accuracy: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Below this out-of-sample accuracy of the probes, the run says that most 'likely "
+        "mislabelled' flags reflect what frozen features cannot tell apart rather than wrong labels "
+        "(isic9: 0.505 at 128 px, 0.52 at 224 px).",
+    )
     out_dir: str = Field("outputs/label_issues", description="Folder of label_issues.csv, review.html, decisions.csv.")

@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -480,9 +481,21 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
         results = _progress(map(_features_of, chunks), len(chunks), progress)
         return [row for chunk in results for row in chunk]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # the workers leave Ctrl-C to this process, which cancels what is queued: one message, not a
+    # traceback per worker, and no wait for the chunks that had not started
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_leave_interrupts_to_parent)
+    try:
         results = _progress(pool.map(_features_of, chunks), len(chunks), progress)
         return [row for chunk in results for row in chunk]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _leave_interrupts_to_parent() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_ray(paths: list[str], address: str, progress: bool) -> list[dict[str, Any]]:

@@ -173,6 +173,18 @@ def noise_table(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], t
     return table.sort_values(["share", "given_label"], ascending=[False, True], ignore_index=True).head(top)
 
 
+def probe_warning(accuracy: float, minimum: float) -> str | None:
+    """What to tell a reviewer when the probes agree with the given labels too rarely for their
+    disagreements to point at wrong labels; None when they agree often enough."""
+    if accuracy >= minimum:
+        return None
+    return (
+        f"the probes agree with the given labels on {accuracy:.0%} of the images (below {minimum:.0%}): most "
+        "'likely mislabelled' flags mark images the frozen features cannot place, not wrong labels. Review "
+        "from the top (lowest score) and the copies under another label first; relabel only what a person confirms."
+    )
+
+
 def scored(flagged: pd.DataFrame, truth: set[str]) -> dict[str, float]:
     """Precision and recall of ``flagged`` paths against the paths known to be wrong (``truth``)."""
     found = set(flagged["path"])

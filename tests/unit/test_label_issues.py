@@ -188,3 +188,9 @@ def test_the_review_page_embeds_its_images_and_escapes_names():
     assert page.count("data:image/png;base64,") == 1 and "http" not in page
     template = decisions_template(issues)
     assert template.loc[0, "new_label"] == "tumor" and template.loc[0, "decision"] == ""
+
+
+def test_weak_probes_are_said_to_be_weak():
+    assert li.probe_warning(0.94, 0.8) is None
+    warning = li.probe_warning(0.51, 0.8)
+    assert "51% of the images" in warning and "not wrong labels" in warning
