@@ -59,6 +59,13 @@ VERBS = (
 """The order ``skinflow --help`` lists the verbs in (the areas are registered one module at a time)."""
 
 
+INTERRUPTED = (
+    "interrupted (exit 130): a flow run in progress is marked Crashed in Prefect; outputs are written whole "
+    "or not at all, so what finished before the interrupt is kept and nothing half-written is left"
+)
+"""What Ctrl-C prints, once, instead of a traceback."""
+
+
 class _Verbs(TyperGroup):
     """The root group: lists its verbs in :data:`VERBS` order."""
 
@@ -135,17 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         _prefect_logs_without_tracebacks()
     try:
         code = typer.Typer.__call__(app, args=args, prog_name="skinflow", standalone_mode=False)
+        if code == 130:  # typer answers Ctrl-C with exit code 130 and no word
+            typer.secho(INTERRUPTED, err=True)
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.Abort:
-        typer.secho("aborted", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        typer.secho(
-            "interrupted: the flow run is marked Crashed in Prefect; outputs are written whole or not at all, "
-            "so what finished before the interrupt is kept and nothing half-written is left",
-            err=True,
-        )
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho(INTERRUPTED, err=True)
         code = 130
     except Exception as exc:
         if is_click_error(exc):
