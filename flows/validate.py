@@ -52,13 +52,14 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
     held = quarantine_files(manifest, features, report, policy)  # None: the policy sets nothing aside
     not_written = [report.data_docs_error] if report.data_docs_error else []
+    notes: list[str] = []
     if held is not None:  # the parent's page stays beside the new version's, which names every file set aside
-        _summary_page(report, docs_dir, source, manifest.version, not_written)
-        manifest = held.manifest
+        _summary_page(report, docs_dir, source, manifest.version, not_written, manifest.notes)
+        notes, manifest = manifest.notes, held.manifest
         docs_dir = Path(out_dir) / manifest.version / "data_docs"
         report = run_expectations(held.features, held.expected_classes, policy, str(docs_dir), held)
         not_written += [report.data_docs_error] if report.data_docs_error else []
-    summary_html = _summary_page(report, docs_dir, source, manifest.version, not_written)
+    summary_html = _summary_page(report, docs_dir, source, manifest.version, not_written, manifest.notes or notes)
     full = report.to_dict()
     out = {
         "dataset_version": manifest.version,
@@ -114,7 +115,9 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     return out
 
 
-def _summary_page(report, docs_dir: Path, source: str, version: str, not_written: list[str]) -> Path | None:
+def _summary_page(
+    report, docs_dir: Path, source: str, version: str, not_written: list[str], notes: list[str]
+) -> Path | None:
     """``summary.html`` beside the Data Docs of ``version``, written atomically; None (and the
     reason in ``not_written``) when the disk cannot take it."""
     from ml.storage import atomic_write
@@ -122,7 +125,7 @@ def _summary_page(report, docs_dir: Path, source: str, version: str, not_written
     page = docs_dir.parent / "summary.html"
     try:
         page.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(page, report.to_html(f"Validation of {source} (dataset {version})").encode())
+        atomic_write(page, report.to_html(f"Validation of {source} (dataset {version})", notes).encode())
     except (StorageError, OSError) as exc:
         not_written.append(str(exc))
         return None

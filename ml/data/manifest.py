@@ -40,7 +40,8 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -139,6 +140,9 @@ class Manifest:
     ``class_map_labels`` are the labels the class map promises (None without a class map).
     A manifest derived by :meth:`set_aside` names the version it came from (``parent_version``) and the
     files it set aside (``quarantined``, :data:`QUARANTINE_COLUMNS`); both are None otherwise.
+    ``notes`` are the lines said about the source that are not bad files: hidden entries holding
+    images, a JPEG named .png, data appended after an image, a multi-page TIFF, and the class-level
+    :meth:`warnings` (the validation summary lists them).
     """
 
     records: pd.DataFrame
@@ -149,6 +153,7 @@ class Manifest:
     class_map_labels: list[str] | None = None
     parent_version: str | None = None
     quarantined: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def expected_classes(self) -> list[str]:
@@ -294,6 +299,7 @@ class Manifest:
             "summary": self.summary(),
             "parent_version": self.parent_version,
             "quarantined": None if self.quarantined is None else self.quarantined.to_dict(orient="records"),
+            "notes": list(self.notes),
         }
         existed = path.exists()
         atomic_write(path, self.records.to_csv(index=False).encode())
@@ -325,6 +331,7 @@ class Manifest:
             meta.get("class_map_labels"),
             meta.get("parent_version"),
             None if meta.get("quarantined") is None else pd.DataFrame(meta["quarantined"], columns=QUARANTINE_COLUMNS),
+            list(meta.get("notes", [])),
         )
         if manifest.version != meta["version"]:
             raise ValueError(f"{path}: records give version {manifest.version}, the sidecar says {meta['version']}")
@@ -516,9 +523,10 @@ def build_manifest(
     """
     src = Source(source, storage, allow_outside_root)
     cmap = None if class_map is None else load_class_map(class_map)
-    entries, listing_bad, seen = _list_source(src)
-    labelled, unmapped = _label_entries(entries, cmap)
-    results = src.read_all([e.file for e, _ in labelled], check, workers, on_image, progress, desc="manifest")
+    with _said("ml.data") as notes:  # what listing and reading warn of (ml.data.sources, ml.data.images), kept
+        entries, listing_bad, seen = _list_source(src)
+        labelled, unmapped = _label_entries(entries, cmap)
+        results = src.read_all([e.file for e, _ in labelled], check, workers, on_image, progress, desc="manifest")
     rows = [_row(result, entry, label) for result, (entry, label) in zip(results, labelled, strict=True)]
     records = pd.DataFrame([r for kind, r in rows if kind == "record"], columns=RECORD_COLUMNS)
     records = records.astype({"bytes": "int64"}).sort_values("path", ignore_index=True)
@@ -531,6 +539,32 @@ def build_manifest(
         _empty_classes(seen, records, cmap),
         None if cmap is None else cmap.labels,
     )
+    manifest.notes = [*notes, *(f"{src.uri}: {line}" for line in manifest.warnings())]
     for line in manifest.warnings() + ([manifest.bad_report()] if len(manifest.bad) else []):
         logger.warning("%s: %s", src.uri, line)
     return manifest
+
+
+class _Said(logging.Handler):
+    """Collects the messages of warning records (from any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def _said(*names: str) -> Iterator[list[str]]:
+    """The warning lines the loggers ``names`` emit while inside (they are still logged as before)."""
+    handler = _Said()
+    loggers = [logging.getLogger(n) for n in names]
+    for log in loggers:
+        log.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)

@@ -78,9 +78,9 @@ class ValidationReport:
         """True when no critical expectation failed."""
         return not self.critical_failures
 
-    def to_html(self, title: str = "Dataset validation") -> str:
-        """The summary page (:func:`report_html`)."""
-        return report_html(self, title)
+    def to_html(self, title: str = "Dataset validation", notes: list[str] | None = None) -> str:
+        """The summary page (:func:`report_html`), with the data's ``notes`` (``Manifest.notes``)."""
+        return report_html(self, title, notes)
 
     def outcome(self, check: str) -> ExpectationOutcome:
         """The outcome of the check named ``check`` (e.g. ``'imbalance_ratio'``)."""
@@ -121,12 +121,14 @@ _STYLE = (
 )
 
 
-def report_html(report: ValidationReport, title: str = "Dataset validation") -> str:
+def report_html(report: ValidationReport, title: str = "Dataset validation", notes: list[str] | None = None) -> str:
     """A self-contained HTML summary (no external assets, opens offline): one row per expectation with
     observed value, threshold and what it found (the first offending files with their reasons), then the
     files not used, the duplicate groups with their paths, the label conflicts and the leaking pairs,
     linking to the GX Data Docs site when it was built; after a quarantine, first what the parent version
-    failed and the files set aside (every one, with reason and group). Every value is HTML-escaped."""
+    failed and the files set aside (every one, with reason and group); ``notes`` (what reading the data
+    warned of that is not a bad file: hidden folders of images, a misnamed format, appended data) come
+    after the files not used. Every value is HTML-escaped."""
     rows = []
     for r in report.results:
         mark = "PASS" if r.success else ("FAIL" if r.severity == "critical" else "WARN")
@@ -150,11 +152,25 @@ def report_html(report: ValidationReport, title: str = "Dataset validation") -> 
         f"{_quarantine_html(report)}"
         "<table><tr><th>result</th><th>suite</th><th>check</th><th>observed</th><th>threshold</th>"
         f"<th>severity</th><th>GX expectation</th><th>found</th></tr>{''.join(rows)}</table>"
-        f"{_table(report.bad_files, 'Files not used')}{_table(report.duplicate_groups, 'Duplicate groups')}"
+        f"{_table(report.bad_files, 'Files not used')}{_notes_html(notes or [])}"
+        f"{_table(report.duplicate_groups, 'Duplicate groups')}"
         f"{_table(report.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
         f"{_table(report.label_conflicts, 'Label conflicts')}{_table(report.leaking_pairs, 'Leaking pairs')}"
         "</body></html>"
     )
+
+
+def _notes_html(notes: list[str]) -> str:
+    """The data's notes as a list; a note is printable text whatever a file name holds."""
+    if not notes:
+        return "<h2>Notes on the data (0)</h2><p>none</p>"
+    items = "".join(f"<li>{html.escape(_printable(n))}</li>" for n in notes)
+    return f"<h2>Notes on the data ({len(notes)})</h2><ul>{items}</ul>"
+
+
+def _printable(text: str) -> str:
+    """Control characters (a newline in a file name) shown escaped, so a name cannot forge a line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def _quarantine_html(report: ValidationReport) -> str:

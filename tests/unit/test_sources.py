@@ -331,3 +331,31 @@ def test_hidden_images_are_said_not_silently_skipped(tmp_path, caplog):
     assert any("hidden folder acne/.thumbnails holds 2 image file(s), not read" in line for line in said), said
     assert any("hidden file acne/.secret.jpg is not read" in line for line in said), said
     assert not any(".DS_Store" in line or "._a.jpg" in line or ".git" in line for line in said), said
+
+
+def test_what_reading_warns_of_is_kept_as_notes_and_listed_on_the_summary_page(tmp_path):
+    """Issue #24: the lines said about a source that are not bad files (a hidden folder of images, a
+    JPEG named .png, data appended after a JPEG's end) are the manifest's notes, saved with it and
+    listed on the validation summary page, not only printed to the console."""
+    import pandas as pd
+    from PIL import Image
+
+    from ml.data.manifest import Manifest, build_manifest
+    from ml.quality.report import ValidationReport, report_html
+
+    for rel in ("acne/a.jpg", "acne/.thumbnails/t1.jpg", "blister/b.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (180, 120, 90)).save(tmp_path / rel)
+    Image.new("RGB", (64, 64), (90, 120, 180)).save(tmp_path / "blister" / "looks_like.png", format="JPEG")
+    with (tmp_path / "acne" / "a.jpg").open("ab") as f:
+        f.write(b"PK\3\4" + bytes(2000))  # a zip appended: more than padding
+    m = build_manifest(tmp_path)
+    assert len(m.records) == 3
+    notes = "\n".join(m.notes)
+    assert "hidden folder acne/.thumbnails holds 1 image file(s)" in notes
+    assert "looks_like.png: a JPEG file with a .png extension" in notes
+    assert "a.jpg: 2004 bytes after the JPEG's end" in notes
+    assert Manifest.load(m.save(tmp_path.parent / "m.csv")).notes == m.notes
+    page = report_html(ValidationReport([], pd.DataFrame(), pd.DataFrame()), "t", m.notes + ["evil\nskipped: x"])
+    assert f"Notes on the data ({len(m.notes) + 1})" in page and "looks_like.png" in page
+    assert "evil\\nskipped: x" in page and "evil\nskipped" not in page  # a name cannot forge a line
