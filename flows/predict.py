@@ -1,6 +1,6 @@
 """predict: new images -> the files used and those left out (with reasons) -> the registered
 model's probabilities (the served pyfunc itself) -> one row per file (CSV or Parquet) -> MLflow
-(skinflow-predict) and a Prefect table artifact."""
+(skinflow-predict) and a Prefect table artifact; with ``explain``, a Grad-CAM overlay per image."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ml.predict.table import prediction_table, summary
 from ml.tracking.runs import run_name
 from tasks.common import publish_table
 from tasks.mlflow_tasks import tracked_run
-from tasks.predict import load_inputs, log_prediction_run, predict_images, write_predictions
+from tasks.predict import explain_predictions, load_inputs, log_prediction_run, predict_images, write_predictions
 
 
 @flow(name="predict", flow_run_name=run_namer("predict"))
@@ -28,6 +28,9 @@ def predict_flow(predict: PredictConfig = PredictConfig()) -> dict:
         with tracked_run("skinflow-predict", run_name("predict", model=model_uri), tags=mlflow_tags()) as (run_id, _):
             answers, classes = predict_images(model_uri, records["local_path"].tolist(), predict.chunk)
             table = prediction_table(records["path"].tolist(), answers, classes, batch.bad, predict.top_k)
+            if predict.explain:  # where the model looked, per predicted image
+                local = dict(zip(records["path"], records["local_path"], strict=True))
+                table.insert(6, "explanation", explain_predictions(model_uri, table, local, predict.explain))
             counts = summary(table)
             out = write_predictions(table, predict.out)
             sha = dict(zip(records["path"], records["sha256"], strict=True))

@@ -46,6 +46,43 @@ def predict_images(model_uri: str, local_paths: list[str], chunk: int) -> tuple[
     return answers, classes
 
 
+@task(name="explain-predictions", cache_policy=NO_CACHE)
+def explain_predictions(model_uri: str, table: pd.DataFrame, local_paths: dict[str, str], folder: str) -> pd.Series:
+    """A Grad-CAM overlay of each predicted image's label (ml.interpret.explain) written as PNG into
+    ``folder`` (atomically, numbered by row); returns the overlay's path per row ('' for a file left out)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ml.data.cache import resize_crop
+    from ml.data.images import load_rgb
+    from ml.interpret.explain import explain
+    from ml.monitor.model import load_monitored_model
+    from ml.storage import atomic_write
+
+    model = load_monitored_model(model_uri)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = pd.Series("", index=table.index, dtype=object)
+    rows = table.index[table["status"] == "predicted"]
+    for start in tqdm(range(0, len(rows), 16), desc="explain", unit="batch"):
+        chunk = rows[start : start + 16]
+        images = np.stack(
+            [np.asarray(resize_crop(load_rgb(local_paths[table.at[i, "path"]]), model.size)) for i in chunk]
+        )
+        targets = [model.classes.index(table.at[i, "label"]) for i in chunk]
+        for i, overlay in zip(chunk, explain(model.module, model.arch, model.norm, images, targets), strict=True):
+            name = f"{i:05d}_{Path(str(table.at[i, 'path'])).stem}_{table.at[i, 'label']}.png"
+            buf = io.BytesIO()
+            Image.fromarray(overlay).save(buf, format="PNG")
+            atomic_write(out / name, buf.getvalue())
+            written[i] = str(out / name)
+    get_run_logger().info("%d Grad-CAM overlay(s) in %s", len(rows), out)
+    return written
+
+
 @task(name="write-predictions", cache_policy=NO_CACHE)
 def write_predictions(table, out: str) -> Path:
     """The table at ``out`` (.csv or .parquet), written atomically."""

@@ -24,12 +24,19 @@ def predict(
     out: Annotated[str | None, config_option(PredictConfig, "out")] = None,
     top_k: Annotated[int | None, config_option(PredictConfig, "top_k")] = None,
     allow_outside_root: Annotated[bool | None, config_option(PredictConfig, "allow_outside_root", flag=True)] = None,
+    explain: Annotated[str | None, config_option(PredictConfig, "explain")] = None,
 ):
     """Predict every image of SOURCE with the registered model (default: its champion): one row
     per file (probabilities, top labels; files left out with their reason) in a CSV or Parquet
     table, an MLflow run (skinflow-predict) and a Prefect artifact."""
     cfg = build(
-        PredictConfig, source=source, model_uri=model, out=out, top_k=top_k, allow_outside_root=allow_outside_root
+        PredictConfig,
+        source=source,
+        model_uri=model,
+        out=out,
+        top_k=top_k,
+        allow_outside_root=allow_outside_root,
+        explain=explain,
     )
     if not cfg.out.endswith((".csv", ".parquet")):
         fail(f"--out {cfg.out}: the table is written as .csv or .parquet")

@@ -19,6 +19,9 @@ class PredictConfig(ConfigModel):
     top_k: int = Field(3, ge=1, description="Labels listed per image, most probable first.")
     chunk: int = Field(64, ge=1, description="Images per prediction call (progress is shown per chunk).")
     allow_outside_root: bool = Field(False, description="Read CSV paths outside the CSV's folder.")
+    explain: str | None = Field(
+        None, description="Folder for one Grad-CAM overlay (PNG) per predicted image: where the model looked."
+    )
 
     def model(self) -> str:
         """``model_uri``, else the champion of the settings' registered model."""

@@ -201,6 +201,78 @@ def test_predict_gives_one_row_per_file_with_the_served_probabilities(registered
     ]
 
 
+def test_predict_reads_a_csv_of_paths_and_an_s3_prefix_with_bad_files_among_good_ones(
+    registered, prefect_harness, s3, tmp_path, monkeypatch, capsys
+):
+    """Issue #26: the other two kinds of source. A CSV of paths (one empty file, one missing) and an
+    ``s3://`` prefix on a real local S3 endpoint (an empty object, a Thumbs.db): each file's outcome
+    is its row, and the images get the served model's probabilities."""
+    import json
+    import shutil
+
+    from flows.cli import main
+    from ml.settings import get_settings
+
+    _, _, _, manifest, _, version = registered
+    uri = f"models:/{NAME}/{version}"
+    sources = manifest.records.loc[manifest.records["split"] == "test", "local_path"][:2].tolist()
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": sources}), params={"allow_paths": True})
+
+    def run(source: str, out: Path, *more: str) -> dict[str, dict]:
+        with pytest.raises(SystemExit) as done:
+            main(["predict", source, "--model", uri, "--out", str(out), *more])
+        printed = capsys.readouterr()
+        assert done.value.code == 0, printed.err[-3000:]
+        table = pd.read_csv(out, keep_default_na=False)
+        return {p.rsplit("/", 1)[-1]: r for p, r in zip(table["path"], table.to_dict("records"), strict=True)}
+
+    def same_as_served(rows: dict[str, dict]) -> None:
+        for i, name in enumerate(("img0.jpg", "img1.jpg")):
+            assert rows[name]["status"] == "predicted" and rows[name]["prediction_set"] == served["prediction_set"][i]
+            for c in [c for c in served.columns if c not in ("prediction_set", "refer")]:
+                assert float(rows[name][f"p_{c}"]) == pytest.approx(served[c][i], abs=1e-6)
+
+    folder = tmp_path / "listed"
+    folder.mkdir()
+    for i, p in enumerate(sources):
+        shutil.copy(p, folder / f"img{i}.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    pd.DataFrame({"path": ["img0.jpg", "img1.jpg", "empty.jpg", "gone.jpg"]}).to_csv(folder / "batch.csv", index=False)
+    rows = run(str(folder / "batch.csv"), tmp_path / "from_csv.csv", "--explain", str(tmp_path / "cams"))
+    assert set(rows) == {"img0.jpg", "img1.jpg", "empty.jpg", "gone.jpg"}
+    # --explain: a Grad-CAM overlay of the given label for each predicted image, none for the others
+    from PIL import Image
+
+    assert rows["empty.jpg"]["explanation"] == rows["gone.jpg"]["explanation"] == ""
+    for name in ("img0.jpg", "img1.jpg"):
+        overlay = Path(rows[name]["explanation"])
+        assert overlay.parent == tmp_path / "cams" and overlay.name.endswith(f"_{rows[name]['label']}.png")
+        with Image.open(overlay) as im:
+            assert im.mode == "RGB" and im.size[0] == im.size[1] > 16
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 2
+    assert (rows["empty.jpg"]["status"], rows["empty.jpg"]["reason"]) == ("left_out", "zero_bytes")
+    assert (rows["gone.jpg"]["status"], rows["gone.jpg"]["reason"]) == ("left_out", "missing_file")
+    same_as_served(rows)
+
+    storage, bucket = s3
+    for i, p in enumerate(sources):
+        storage.put_bytes(Path(p).read_bytes(), f"{bucket}/incoming/img{i}.jpg")
+    storage.put_bytes(b"", f"{bucket}/incoming/empty.jpg")
+    storage.put_bytes(b"\xd0\xcf\x11\xe0junk", f"{bucket}/incoming/Thumbs.db")
+    monkeypatch.setenv("SKINFLOW_S3_ENDPOINT_URL", storage.settings.s3_endpoint_url)
+    get_settings.cache_clear()
+    try:
+        rows = run(f"{bucket}/incoming", tmp_path / "from_s3.csv")
+    finally:
+        monkeypatch.delenv("SKINFLOW_S3_ENDPOINT_URL")
+        get_settings.cache_clear()
+    assert set(rows) == {"img0.jpg", "img1.jpg", "empty.jpg", "Thumbs.db"}
+    assert (rows["empty.jpg"]["status"], rows["empty.jpg"]["reason"]) == ("left_out", "zero_bytes")
+    assert (rows["Thumbs.db"]["status"], rows["Thumbs.db"]["reason"]) == ("left_out", "not_an_image")
+    assert all(json.dumps(r["path"]).startswith(f'"{bucket}/incoming/') for r in rows.values())
+    same_as_served(rows)
+
+
 @pytest.fixture(scope="module")
 def model_server(registered, tmp_path_factory):
     """``mlflow models serve`` on the registered challenger, a real process on a free 127.0.0.1 port
