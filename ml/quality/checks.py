@@ -24,6 +24,7 @@ from ml.quality.tables import (
     class_counts,
     file_problems,
     flagged_by_class,
+    skin_tone_splits,
     within_split_duplicates,
 )
 
@@ -206,13 +207,32 @@ def duplicate_checks(policy: dict[str, Any]) -> list[Check]:
     return [_check("duplicates_leakage", t, n, e, thr, s, **kw) for t, n, e, thr, s, kw in spec]
 
 
+def skin_tone_checks(policy: dict[str, Any]) -> list[Check]:
+    """A skin-tone group held out (val/test) but nearly absent from training (``skin_tone_splits``)."""
+    p = policy["skin_tone"]
+    return [
+        _check(
+            "skin_tone",
+            "skin_tone_splits",
+            "skin_tone_in_training",
+            gxe.ExpectColumnValuesToBeBetween,
+            0,
+            p["severity"],
+            column="missing_in_train",
+            max_value=0,
+        )
+    ]
+
+
 def all_checks(policy: dict[str, Any], classes: list[str], features: pd.DataFrame) -> list[Check]:
-    """Every check of the policy, concern by concern (integrity, class balance, confounders, duplicates)."""
+    """Every check of the policy, concern by concern (integrity, class balance, confounders, duplicates,
+    skin tone)."""
     return [
         *integrity_checks(policy, classes),
         *balance_checks(policy, classes),
         *confounder_checks(policy, features),
         *duplicate_checks(policy),
+        *skin_tone_checks(policy),
     ]
 
 
@@ -223,6 +243,7 @@ def gx_tables(
     classes: list[str],
     groups: pd.DataFrame,
     leaking: pd.DataFrame,
+    policy: dict[str, Any],
 ) -> dict[str, Table]:
     """The tables the checks read, by the name a :class:`Check` gives in ``table``: all rows (``features``),
     the usable ones, usable images per class and the classes present, confounder shares per class,
@@ -241,4 +262,9 @@ def gx_tables(
         "sha_groups": Table(groups, "content", note_column="members"),
         "leaking_pairs": Table(leaking.assign(pair=leaking["path_a"] + " | " + leaking["path_b"]), "pair", True),
         "split_duplicates": Table(within_split_duplicates(used, pairs), "split", summary=True),
+        "skin_tone_splits": Table(
+            skin_tone_splits(used, policy["skin_tone"]["min_train_share"], policy["skin_tone"]["min_heldout_images"]),
+            "ita_group",
+            summary=True,
+        ),
     }

@@ -71,6 +71,7 @@ from scipy import ndimage
 from ml.data.duplicates import phash
 from ml.data.images import inspect_image, path_problem
 from ml.data.manifest import UNREAD_REASONS
+from ml.quality.skin_tone import skin_tone
 
 ANALYSIS_MAX_SIDE = 512
 UNDER_EXPOSED_BRIGHTNESS = 0.30
@@ -110,6 +111,9 @@ PIXEL_COLUMNS = (
     "exposure",
     "confounder_score",
     *(f"{kind}_share" for kind in ACQUISITION_KINDS),
+    "ita",
+    "ita_group",
+    "skin_share",
 )
 FLAG_COLUMNS = ("confounder_flag", *(f"{kind}_flag" for kind in ACQUISITION_KINDS))
 """Per-image flags of :func:`compute_features`: the pen-mark flag (``confounder_flag``) and one per
@@ -388,6 +392,7 @@ def pixel_features(rgb: np.ndarray) -> dict[str, Any]:
         "sharpness": float(ndimage.laplace(y.astype(np.float64) * 255.0).var()),
         "exposure": exposure_class(rgb),
         **confounder_features(rgb, hsv_),
+        **skin_tone(rgb),
     }
 
 
@@ -422,7 +427,7 @@ def _empty_row(reason: str, data: bytes | None = None) -> dict[str, Any]:
         "pixel_sha256": None,
         "phash": None,
     }
-    return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None}
+    return row | dict.fromkeys(PIXEL_COLUMNS, np.nan) | {"exposure": None, "ita_group": None}
 
 
 def image_features(path: str | Path, reduced: bool = True) -> dict[str, Any]:
@@ -572,7 +577,7 @@ def usable_mask(features: pd.DataFrame) -> pd.Series:
     return ok & (features["left_out"].fillna("").astype(str) == "")
 
 
-FEATURES_REVISION = 6  # 6: pixel_sha256 (the same picture under other metadata)
+FEATURES_REVISION = 7  # 6: pixel_sha256 (the same picture under other metadata); 7: ita, ita_group, skin_share
 """Bump when a feature's definition changes, so that cached tables are recomputed (3: magenta
 hues count as ink only in thin strokes; 4: displayed width/height, ``left_out``; 5: acquisition
 artefacts reported by kind and left out of the pen-mark score, reduced JPEG decode)."""

@@ -63,6 +63,7 @@ class ValidationReport:
     parent_version: str | None = None
     failed_before: list[str] = field(default_factory=list)
     data_docs_error: str | None = None
+    skin_tones: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -103,6 +104,7 @@ class ValidationReport:
                     "bad_files": self.bad_files.to_dict(orient="records"),
                     "duplicate_groups": self.duplicate_groups.to_dict(orient="records"),
                     "confounders_by_class": self.confounders_by_class.to_dict(orient="records"),
+                    "skin_tones": self.skin_tones.to_dict(orient="records"),
                     "quarantined": self.quarantined.to_dict(orient="records"),
                     "parent_version": self.parent_version,
                     "failed_before": list(self.failed_before),
@@ -155,6 +157,7 @@ def report_html(report: ValidationReport, title: str = "Dataset validation", not
         f"{_table(report.bad_files, 'Files not used')}{_notes_html(notes or [])}"
         f"{_table(report.duplicate_groups, 'Duplicate groups')}"
         f"{_table(report.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
+        f"{_table(report.skin_tones, 'Skin tone groups (ITA) per split and class')}"
         f"{_table(report.label_conflicts, 'Label conflicts')}{_table(report.leaking_pairs, 'Leaking pairs')}"
         "</body></html>"
     )

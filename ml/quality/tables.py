@@ -187,6 +187,38 @@ def confounders_by_class(features: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def skin_tone_splits(features: pd.DataFrame, min_train_share: float, min_heldout_images: int) -> pd.DataFrame:
+    """Per skin-tone group (ITA, :mod:`ml.quality.skin_tone`; ``unknown`` left out): usable images in
+    training and held out (val and test), its share of training, and ``missing_in_train`` (1 when
+    at least ``min_heldout_images`` are held out while training has under ``min_train_share``)."""
+    from ml.quality.skin_tone import GROUP_NAMES
+
+    tone = features["ita_group"].astype(str) if "ita_group" in features else pd.Series("", index=features.index)
+    split = _splits(features)
+    train = tone[split.isin(["train", ""])].value_counts()
+    held = tone[split.isin(["val", "test"])].value_counts()
+    n_train = max(int(train.sum()), 1)
+    out = pd.DataFrame({"ita_group": list(GROUP_NAMES), "train": [int(train.get(g, 0)) for g in GROUP_NAMES]}).assign(
+        heldout=[int(held.get(g, 0)) for g in GROUP_NAMES]
+    )
+    out["train_share"] = out["train"] / n_train
+    out["missing_in_train"] = ((out["heldout"] >= min_heldout_images) & (out["train_share"] < min_train_share)).astype(
+        int
+    )
+    return out
+
+
+def skin_tones_by(features: pd.DataFrame) -> pd.DataFrame:
+    """Usable images per skin-tone group (rows) and per split and class (columns): what the summary shows."""
+    if "ita_group" not in features:
+        return pd.DataFrame()
+    tone = features["ita_group"].fillna("unknown").astype(str).rename("ita_group")
+    by_split = pd.crosstab(tone, _splits(features).replace("", "unsplit").rename("split"))
+    by_class = pd.crosstab(tone, features["label"].astype(str))
+    by_split.columns = [f"split:{c}" for c in by_split.columns]
+    return by_split.join(by_class).reset_index()
+
+
 def duplicate_examples(features: pd.DataFrame, pairs: pd.DataFrame, within: bool) -> dict[str, Any]:
     """The duplicate groups a check counts, one example each (``id`` names the group, ``reason`` its paths):
     groups inside one split (``within``) or groups spanning splits (leakage)."""

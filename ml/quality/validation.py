@@ -79,6 +79,7 @@ from ml.quality.tables import (
     label_conflicts_table,
     leaking_pairs_table,
     sha_groups,
+    skin_tones_by,
     within_split_duplicates,
 )
 from ml.storage import StorageError
@@ -147,7 +148,7 @@ def validate_features(
     pairs = duplicate_pairs(used, policy["duplicates_leakage"]["phash_max_distance"])
     groups = sha_groups(used)
     leaking = leaking_pairs_table(used, pairs)
-    tables = gx_tables(features, used, pairs, classes, groups, leaking)
+    tables = gx_tables(features, used, pairs, classes, groups, leaking, policy)
     checks = all_checks(policy, classes, features)
     docs_dir = Path(data_docs_dir).resolve() if data_docs_dir is not None else None
     docs_error = None
@@ -178,6 +179,7 @@ def validate_features(
         confounders_by_class(used),
         {name: ids for name, ids in unexpected.items() if ids is not None},
         data_docs_error=docs_error,
+        skin_tones=skin_tones_by(used),
     )
 
 

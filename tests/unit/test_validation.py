@@ -53,7 +53,13 @@ def test_clean_set_passes_every_expectation_and_builds_data_docs(clean, policy, 
     failed = [(r.check, r.observed) for r in report.results if not r.success]
     assert failed == []
     assert report.passed and not report.warnings
-    assert {r.suite for r in report.results} == {"integrity", "class_balance", "confounders", "duplicates_leakage"}
+    assert {r.suite for r in report.results} == {
+        "integrity",
+        "class_balance",
+        "confounders",
+        "duplicates_leakage",
+        "skin_tone",
+    }
     assert report.outcome("kl_divergence").observed == pytest.approx(0.0, abs=1e-9)
     assert report.outcome("imbalance_ratio").observed == 1.0
     assert report.data_docs_index == tmp_path / "docs" / "index.html"
