@@ -304,7 +304,12 @@ def _gate_step(
             raise ValueError(f"champion v{champion} and challenger v{version} have different classes")
         trained["champion"] = _trained(champion_uri)
     heldout = disjoint_heldout(digests, trained)
-    decision = decide_on_heldout(labels, challenger_pred, champion_pred, classes, policy, heldout)
+    groups = None
+    if champion is not None:  # the skin-tone group rule compares two models
+        from ml.quality.skin_tone import groups_of
+
+        groups = groups_of(images)
+    decision = decide_on_heldout(labels, challenger_pred, champion_pred, classes, policy, heldout, groups)
     if already:  # the alias moved in an earlier attempt: it stays
         decision = after_earlier_promotion(decision)
     _apply(name, version, decision, champion)

@@ -115,7 +115,7 @@ class FaultProxy:
 # a promotion policy for tiny test splits (few held-out images, a short bootstrap)
 SMALL_POLICY = (
     "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 200\nci: 0.95\nseed: 0\n"
-    "superiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmin_disjoint_heldout: 5\n"
+    "superiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmax_group_loss: null\nmin_group_support: 30\nmin_disjoint_heldout: 5\n"
 )
 
 

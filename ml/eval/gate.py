@@ -18,7 +18,10 @@ Decision rule of :func:`decide` (thresholds come from ``policies/promotion.yaml`
       ``macro_f1(challenger) - macro_f1(champion)`` is ``> -margin``;
    b. *Not significantly worse on top-1*: McNemar's test does not find the challenger
       making more errors than the champion at level ``alpha``;
-   c. *Better beyond the noise*: the one-sided ``superiority_level`` lower confidence bound
+   c. *No skin-tone group left behind*: given the held-out images' groups, the challenger's
+      balanced accuracy on no rated group of at least ``min_group_support`` images is more than
+      ``max_group_loss`` below the champion's (:mod:`ml.eval.groups`; ``null`` turns it off);
+   d. *Better beyond the noise*: the one-sided ``superiority_level`` lower confidence bound
       of that delta (its ``1 - superiority_level`` bootstrap quantile) is ``> min_improvement``.
       A point delta above 0 is not enough: two models of the same quality would swap the
       champion on up to half the retrains. With ``superiority_level=0.95`` and
@@ -94,6 +97,8 @@ class PromotionPolicy:
     min_improvement: float = 0.0
     min_disjoint_heldout: int = 50
     max_ece: float | None = 0.20  # refuse a challenger whose calibrated held-out ECE is above it (None: off)
+    max_group_loss: float | None = 0.10  # most balanced accuracy a challenger may lose on a skin-tone group
+    min_group_support: int = 30  # held-out images a group needs before that rule reads it
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.recall_floor_confidence < 1.0:
@@ -348,11 +353,13 @@ def decide(
     champion: np.ndarray | Sequence[int] | None,
     classes: Sequence[str],
     policy: PromotionPolicy | Mapping[str, Any],
+    groups: Sequence[str] | None = None,
 ) -> GateDecision:
     """Apply the promotion rule of this module's docstring.
 
     ``challenger`` and ``champion`` are labels or class probabilities on ``y_true``'s
-    items; ``champion=None`` means there is no champion yet.
+    items; ``champion=None`` means there is no champion yet. ``groups`` (one per item, e.g. the
+    skin-tone group) turn on the group rule.
     """
     pol = policy if isinstance(policy, PromotionPolicy) else PromotionPolicy.from_mapping(policy)
     y, new = _as_labels(y_true), _as_labels(challenger)
@@ -391,6 +398,13 @@ def decide(
         mcnemar_p=test.p_value,
     )
     promote, reason = _compare(boot, superior_lo, test, worse_top1, low, pol)
+    if groups is not None:
+        from ml.eval.groups import group_loss_problem
+
+        problem, by_group = group_loss_problem(y, old, new, groups, pol.max_group_loss, pol.min_group_support)
+        numbers["skin_tone_groups"] = by_group
+        if problem and promote:
+            promote, reason = False, problem
     return GateDecision("promoted" if promote else "kept", reason, numbers)
 
 
@@ -446,16 +460,18 @@ def decide_on_heldout(
     classes: Sequence[str],
     policy: PromotionPolicy,
     heldout: HeldoutOverlap,
+    groups: Sequence[str] | None = None,
 ) -> GateDecision:
     """The gate's decision on a held-out set (labels or probabilities in evaluation order):
     :func:`refuse_if_too_few_disjoint`, else :func:`decide` on the images neither model trained on
-    (``heldout.keep``, from :func:`disjoint_heldout`)."""
+    (``heldout.keep``, from :func:`disjoint_heldout`); ``groups`` in the same order."""
     refusal = refuse_if_too_few_disjoint(heldout, len(y_true), policy)
     if refusal is not None:
         return refusal
     keep = heldout.keep
     y, new = np.asarray(y_true)[keep], np.asarray(challenger)[keep]
-    return decide(y, new, None if champion is None else np.asarray(champion)[keep], classes, policy)
+    kept_groups = None if groups is None else np.asarray(groups)[keep]
+    return decide(y, new, None if champion is None else np.asarray(champion)[keep], classes, policy, kept_groups)
 
 
 def after_earlier_promotion(decision: GateDecision) -> GateDecision:

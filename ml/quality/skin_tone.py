@@ -69,3 +69,8 @@ def skin_tone(rgb: np.ndarray) -> dict[str, float | str]:
         return {"ita": math.nan, "ita_group": UNKNOWN, "skin_share": share}
     angle = ita(float(np.median(lab[..., 0][skin])), float(np.median(lab[..., 2][skin])))
     return {"ita": angle, "ita_group": group(angle), "skin_share": share}
+
+
+def groups_of(images: np.ndarray) -> np.ndarray:
+    """The ITA group of each uint8 NHWC image (what the gate reads its group rule on)."""
+    return np.array([skin_tone(np.asarray(img))["ita_group"] for img in images], dtype=object)

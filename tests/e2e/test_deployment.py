@@ -74,7 +74,7 @@ def test_deployment_run_lands_in_the_mlflow_server(deployed, tmp_path):
     generate(data, SynthConfig(per_class=10, size=40, seed=3), progress=False)
     policy = tmp_path / "promotion.yaml"  # tiny data: no recall floor, so the first version is promoted
     policy.write_text(
-        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 5\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\n"
+        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 5\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmax_group_loss: null\nmin_group_support: 30\n"
     )  # the tiny test split has ~20 images
     params = {
         "data": {"source": str(data), "size": 32},

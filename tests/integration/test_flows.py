@@ -210,7 +210,7 @@ def test_retrain_registers_and_gates(flows_env, ray_local):
     # the shipped margin and statistics but lowers the floor so the first version is promoted
     policy = flows_env["root"] / "promotion.yaml"
     policy.write_text(
-        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 10\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\n"
+        "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\nmin_disjoint_heldout: 10\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmax_group_loss: null\nmin_group_support: 30\n"
     )  # the tiny test split has ~28 images
     first = retrain_flow(
         data=flows_env["cfg"],

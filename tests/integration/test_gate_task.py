@@ -35,7 +35,7 @@ CLASSES = ["acne", "nevus", "tumor", "wheal"]
 N_HELDOUT = 80
 POLICY_TEXT = (
     "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 500\nci: 0.95\nseed: 0\n"
-    "superiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmin_disjoint_heldout: 50\n"
+    "superiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmax_group_loss: null\nmin_group_support: 30\nmin_disjoint_heldout: 50\n"
 )
 
 

@@ -23,7 +23,7 @@ from tests.conftest import use_local_stores
 COPIES = {("acne", "acne_0000.jpg"): "blister", ("tumor", "tumor_0001.jpg"): "ulcer"}
 PROMOTION = (  # the shipped margin and statistics, a floor tiny data can clear (as in test_flows)
     "margin: 0.03\nrecall_floor: 0.0\nalpha: 0.05\nn_boot: 200\nci: 0.95\nseed: 0\n"
-    "min_disjoint_heldout: 10\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\n"
+    "min_disjoint_heldout: 10\nsuperiority_level: 0.95\nmin_improvement: 0.0\nmax_ece: null\nrecall_floor_confidence: 0.95\nmax_group_loss: null\nmin_group_support: 30\n"
 )
 
 
