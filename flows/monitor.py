@@ -42,6 +42,7 @@ def monitor_flow(monitor: MonitorConfig = MonitorConfig()) -> dict:
         from prefect.runtime import flow_run
 
         from ml.monitor.alerts import alert_payload, batch_resource_id, write_alert
+        from ml.monitor.describe import tone_shares
         from ml.monitor.policy import DriftPolicy
 
         (monitor,) = with_project(monitor)  # the project file under what was given
@@ -75,6 +76,7 @@ def monitor_flow(monitor: MonitorConfig = MonitorConfig()) -> dict:
             batch=batch.source,
             model_uri=model_uri,
             inputs=batch.summary(),
+            skin_tone_shares=tone_shares(ref, cur),
             reference={
                 "source": reference.source,
                 "kind": reference.kind,

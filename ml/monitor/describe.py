@@ -72,6 +72,7 @@ class Decoded:
 
     descriptors: dict[str, float]
     pixels: np.ndarray
+    tone: str = "unknown"  # the skin-tone group (ITA) of the image: ml.quality.skin_tone
 
 
 def decoded(rgb: Image.Image, size: int) -> Decoded:
@@ -80,7 +81,9 @@ def decoded(rgb: Image.Image, size: int) -> Decoded:
     displayed width and height, and the model's input."""
     width, height = rgb.size
     row = pixel_features(analysis_array(rgb)) | {"width": width, "height": height, "aspect_ratio": width / height}
-    return Decoded({d: row[d] for d in DESCRIPTORS}, np.asarray(resize_crop(rgb, size)))
+    return Decoded(
+        {d: row[d] for d in DESCRIPTORS}, np.asarray(resize_crop(rgb, size)), str(row.get("ita_group") or "unknown")
+    )
 
 
 def decode(path: str, size: int) -> Decoded | None:
@@ -153,8 +156,28 @@ def describe(
         [
             records[ok][["path", "label"]].reset_index(drop=True),
             pd.DataFrame([d.descriptors for d in kept], columns=list(DESCRIPTORS)),
+            pd.DataFrame({"ita_group": [d.tone for d in kept]}),
             prediction_table(probs, model.classes),
         ],
         axis=1,
     )
     return Described(table, emb, probs, list(model.classes))
+
+
+def tone_shares(reference: Described, batch: Described) -> list[dict[str, float | int | str]]:
+    """Per skin-tone group (ITA; the six groups, then ``unknown``): its share of the reference and
+    of the batch, and the batch's image count, for the report page (the drift rules do not read it)."""
+    from ml.quality.skin_tone import GROUP_NAMES, UNKNOWN
+
+    ref = reference.table.get("ita_group", pd.Series(dtype=str)).astype(str).value_counts()
+    cur = batch.table.get("ita_group", pd.Series(dtype=str)).astype(str).value_counts()
+    n_ref, n_cur = max(int(ref.sum()), 1), max(int(cur.sum()), 1)
+    return [
+        {
+            "group": g,
+            "reference_share": float(ref.get(g, 0) / n_ref),
+            "batch_share": float(cur.get(g, 0) / n_cur),
+            "batch_images": int(cur.get(g, 0)),
+        }
+        for g in (*GROUP_NAMES, UNKNOWN)
+    ]

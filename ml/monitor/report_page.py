@@ -60,6 +60,21 @@ def _numbers(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _tones_html(rows: list[dict[str, Any]]) -> str:
+    """Skin-tone group shares of the reference and the batch (ITA), when the summary has them."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(r['group'])}</td><td>{_num(r['reference_share'], '.2f')}</td>"
+        f"<td>{_num(r['batch_share'], '.2f')}</td><td>{_num(r['batch_images'])}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<table id="skinflow-skin-tones"><tr><th>skin-tone group (ITA)</th><th>reference share</th>'
+        f"<th>batch share</th><th>batch images</th></tr>{body}</table>"
+    )
+
+
 def _safe_link(url: Any) -> str | None:
     """An http(s) URL, escaped for an attribute; anything else is not linked."""
     text = str(url or "")
@@ -85,6 +100,7 @@ def verdict_html(summary: dict[str, Any]) -> str:
         + f"<table><tr><th>rule input</th><th>value</th><th>fires when</th></tr>{numbers}</table>"
         + (f"<p>Top drifted columns: {top}</p>" if top else "")
         + (f"<p>BBSE priors: {priors}</p>" if priors else "")
+        + _tones_html(summary.get("skin_tone_shares") or [])
         + (f'<p><a href="{mlflow}">MLflow run</a> (skinflow-monitor)</p>' if mlflow else "")
         + "</div>"
     )

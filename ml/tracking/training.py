@@ -137,6 +137,13 @@ def log_training(
             mlflow.log_metrics(
                 {"val_ece": cal.ece_before, "val_ece_calibrated": cal.ece_after, "temperature": cal.temperature}
             )
+        for row in evaluation["metrics"].get("skin_tone_groups") or []:  # per skin-tone group, with its count
+            mlflow.log_metrics(
+                {
+                    f"{eval_split}_balanced_accuracy_{row['group']}": float(row["balanced_accuracy"]),
+                    f"{eval_split}_images_{row['group']}": float(row["n"]),
+                }
+            )
         served = serving.log_serving_model(model_files(), meta)
         evaluated = tracking_runs.log_evaluation_dataset(
             eval_split, digest, manifest.source, records[records["split"] == eval_split], cache.version

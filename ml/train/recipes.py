@@ -69,12 +69,18 @@ def find_lr(
 
 
 def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict[str, Any]:
-    """Metrics of a trained result (snapshot ensemble when it has snapshots) on ``data``."""
+    """Metrics of a trained result (snapshot ensemble when it has snapshots) on ``data``, with
+    ``skin_tone_groups``: balanced accuracy and accuracy (Wilson interval) per skin-tone group of
+    the images (:mod:`ml.eval.groups`, :mod:`ml.quality.skin_tone`), with their counts."""
+    from ml.eval.groups import group_metrics
+    from ml.quality.skin_tone import groups_of
+
     images, labels = data
     probs = result.predict_proba(images, tta=tta)
     metrics = classification_metrics(labels, probs, result.classes)
     metrics["loss"] = nll(labels, probs)
     metrics["ece"] = ece(probs, labels)  # calibrated once the result has its trust
+    metrics["skin_tone_groups"] = group_metrics(labels, probs.argmax(1), groups_of(images)).to_dict(orient="records")
     return {"metrics": metrics, "probs": probs, "pred": probs.argmax(1)}
 
 

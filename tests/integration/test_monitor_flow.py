@@ -127,6 +127,10 @@ def test_drifted_batch_is_reported_alerted_and_recorded(drifted_run, receiver, c
     assert summary["verdict"] == "drift" and summary["covariate"]["drifted"]
     assert summary["inputs"]["out_of_map"] == {"Stevens_Johnson_Syndrome": 4}
     assert summary["n_batch"] == 40 and summary["reference"]["kind"] == "champion-training"
+    # the batch was drawn from the two darkest tones: its skin-tone shares say so beside the reference's
+    shares = {r["group"]: r for r in summary["skin_tone_shares"]}
+    dark = sum(shares[g]["batch_share"] for g in ("brown", "dark"))
+    assert dark >= 0.7 and dark > sum(shares[g]["reference_share"] for g in ("brown", "dark")) + 0.3
     assert summary["reference"]["validation_images"] > 0 and summary["label_shift"]["bbse"]["priors"]
     # the alert: JSON beside the report, the Apprise notification at the receiver
     alert = json.loads((folder / "alert.json").read_text())
@@ -198,6 +202,8 @@ def test_report_opens_in_headless_chromium_with_verdict_and_embedding_drift(drif
         driver.get(page.resolve().as_uri())
         verdict = driver.find_element(By.ID, "skinflow-verdict").text
         assert "Drift verdict: drift" in verdict and "covariate" in verdict
+        tones = driver.find_element(By.ID, "skinflow-skin-tones").text
+        assert "skin-tone group (ITA)" in tones and "dark" in tones
         assert driver.find_element(By.ID, "skinflow-report-link").get_attribute("href") == report.resolve().as_uri()
         driver.switch_to.frame(driver.find_element(By.ID, "skinflow-report"))  # the report, shown in the page
         WebDriverWait(driver, 60).until(lambda d: "Drift in embeddings" in d.find_element(By.TAG_NAME, "body").text)

@@ -150,6 +150,14 @@ def test_the_test_metrics_are_on_the_logged_model_with_the_test_split(registered
     assert "plots/reliability.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "plots")]
     inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
     assert inputs["dataset-test"]["mlflow.data.context"] == "testing"
+    # per skin-tone group of the test images: balanced accuracy with the count it rests on
+    from ml.quality.skin_tone import groups_of
+
+    found = dict(zip(*np.unique(groups_of(images).astype(str), return_counts=True), strict=True))
+    assert {k.removeprefix("test_images_"): v for k, v in run.data.metrics.items() if k.startswith("test_images_")} == {
+        g: float(n) for g, n in found.items()
+    }
+    assert all(f"test_balanced_accuracy_{g}" in run.data.metrics for g in found)
     assert inputs["dataset"]["mlflow.data.context"] == "training"
     info = mlflow.models.get_model_info(logged["model_uri"])
     assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # from code
