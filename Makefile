@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo lint test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai bench-rapid bench-loop bench-label-issues stack-up stack-down stack-status clean postgres stack-up-team bench-load
+.PHONY: install demo lint test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai bench-rapid bench-loop bench-label-issues bench-confounders stack-up stack-down stack-status clean postgres stack-up-team bench-load
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,10 @@ bench-loop: install
 # bench/bench_label_issues.py: planted label flips found (synthetic) and label issues on isic9 (~5 min on 2 cores)
 bench-label-issues: install
 	$(PY) -m bench.bench_label_issues --out bench/RESULTS.md $(BENCH_ARGS)
+
+# bench/bench_confounders.py: the pen-mark flag against look-alikes (synthetic) and on isic9 (~3 min)
+bench-confounders: install
+	$(PY) -m bench.bench_confounders --out bench/RESULTS.md $(BENCH_ARGS)
 
 bench-rapid: install
 	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'

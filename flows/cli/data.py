@@ -58,6 +58,9 @@ def data_synth(
     duplicate_rate: Annotated[float, typer.Option(help="Share of extra exact duplicates.")] = 0.0,
     near_duplicate_rate: Annotated[float, typer.Option(help="Share of extra near duplicates.")] = 0.0,
     corrupt: Annotated[int, typer.Option(help="Number of extra corrupt files.")] = 0,
+    distractor_rate: Annotated[
+        float, typer.Option(help="Share of images with a pen-mark look-alike (hair, lips, dark lesion, shadow).")
+    ] = 0.0,
     fmt: Annotated[str, typer.Option(help="jpg or png.")] = "jpg",
 ):
     """Write an SD-198-style synthetic ImageFolder (acne, alopecia, blister, crust, erythema, leukoderma,
@@ -82,6 +85,7 @@ def data_synth(
         duplicate_rate=duplicate_rate,
         near_duplicate_rate=near_duplicate_rate,
         corrupt=corrupt,
+        distractor_rate=distractor_rate,
         fmt=fmt,
     )
     render.echo_json(generate(out, cfg))

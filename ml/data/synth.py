@@ -56,7 +56,12 @@ META_COLUMNS: tuple[str, ...] = (
     "drape",
     "dark_background",
     "watermark",
+    "distractor",
 )
+DISTRACTORS: tuple[str, ...] = ("hair", "lips", "dark_lesion", "shadow")
+"""Looks that are not ink but that a pen-mark detector may take for it (issue #27): dark hair
+strokes, lips (red mucosa), a very dark pigmented lesion, a cast shadow. Dark skin is the
+``skin_tones`` knob."""
 CORRUPT_KINDS: tuple[str, ...] = ("zero_bytes", "truncated", "not_an_image")
 N_SKIN_TONES = 6
 LONG_TAIL_RANGE = (10, 60)
@@ -65,7 +70,7 @@ JPEG_QUALITY = 92
 # Random stream tags: [seed, stream, label_index, index, part].
 _S_IMAGE, _S_DUPLICATE, _S_NEAR, _S_COUNTS = 0, 1, 2, 3
 _P_CONTENT, _P_PEN, _P_RULER, _P_PHOTO, _P_NOISE = 0, 1, 2, 3, 4
-_P_DRAPE, _P_BACKGROUND, _P_WATERMARK = 5, 6, 7
+_P_DRAPE, _P_BACKGROUND, _P_WATERMARK, _P_DISTRACTOR = 5, 6, 7, 8
 
 # Skin albedo per tone bin, light (0) to dark (5), roughly Fitzpatrick I-VI.
 _SKIN = np.array(
@@ -88,9 +93,7 @@ _PALETTES: dict[str, np.ndarray] = {
     "erythema": np.array([[205, 78, 76], [178, 62, 70], [168, 88, 72], [215, 110, 100]], np.float32),
     "leukoderma": np.array([[250, 240, 230], [245, 232, 222], [238, 226, 214]], np.float32),
     "macula": np.array([[172, 112, 74], [120, 72, 46], [66, 40, 28], [160, 88, 66]], np.float32),
-    "tumor": np.array(
-        [[176, 36, 46], [130, 42, 72], [120, 76, 56], [62, 36, 28], [214, 150, 136]], np.float32
-    ),
+    "tumor": np.array([[176, 36, 46], [130, 42, 72], [120, 76, 56], [62, 36, 28], [214, 150, 136]], np.float32),
     "ulcer": np.array([[176, 46, 46], [206, 176, 96], [58, 32, 26], [190, 80, 70]], np.float32),
     "wheal": np.array([[226, 124, 122], [202, 84, 88], [236, 160, 150]], np.float32),
 }
@@ -142,6 +145,8 @@ class SynthConfig:
     dark_background_rate: float = 0.0
     background_share: tuple[float, float] = (0.15, 0.4)
     watermark_rate: float = 0.0
+    distractor_rate: float = 0.0
+    distractors: tuple[str, ...] = DISTRACTORS
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -150,9 +155,20 @@ class SynthConfig:
         for name in ("pen_rate", "ruler_rate"):
             for rate in _rate_table(getattr(self, name), name).values():
                 _check_unit(name, rate)
-        for name in ("flash_rate", "noise", "duplicate_rate", "near_duplicate_rate", "drape_rate",
-                     "dark_background_rate", "watermark_rate"):
+        for name in (
+            "flash_rate",
+            "noise",
+            "duplicate_rate",
+            "near_duplicate_rate",
+            "drape_rate",
+            "dark_background_rate",
+            "watermark_rate",
+            "distractor_rate",
+        ):
             _check_unit(name, getattr(self, name))
+        unknown = sorted(set(self.distractors) - set(DISTRACTORS))
+        if unknown or not self.distractors:
+            raise ValueError(f"distractors must be some of {list(DISTRACTORS)}, got {list(self.distractors)}")
         _check_range("gamma", self.gamma, 0.0, float("inf"))
         _check_range("fov", self.fov, 0.0, 0.9)
         _check_range("drape_share", self.drape_share, 0.0, 0.6)
@@ -208,9 +224,7 @@ def _tone_weights(weights: Sequence[float] | None) -> np.ndarray:
         return np.full(N_SKIN_TONES, 1.0 / N_SKIN_TONES)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (N_SKIN_TONES,) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(
-            f"skin_tones must be {N_SKIN_TONES} non-negative weights with a positive sum, got {weights}"
-        )
+        raise ValueError(f"skin_tones must be {N_SKIN_TONES} non-negative weights with a positive sum, got {weights}")
     return w / w.sum()
 
 
@@ -660,8 +674,10 @@ def _edge_region(rng: np.random.Generator, size: int, share: float, edges: Seque
     for edge in edges:
         depth = share / len(edges) * size
         phase, freq = rng.uniform(0, 2 * np.pi, 2), rng.uniform(1.0, 2.5, 2)
-        wave = (np.sin(2 * np.pi * freq[0] * along[edge] / size + phase[0]) * 0.12
-                + np.sin(2 * np.pi * freq[1] * along[edge] / size + phase[1]) * 0.06)
+        wave = (
+            np.sin(2 * np.pi * freq[0] * along[edge] / size + phase[0]) * 0.12
+            + np.sin(2 * np.pi * freq[1] * along[edge] / size + phase[1]) * 0.06
+        )
         border = depth * (1 + wave)
         mask = np.maximum(mask, np.clip(border - dist[edge] + 0.5, 0.0, 1.0))
     return mask
@@ -691,6 +707,58 @@ def _draw_background(img: np.ndarray, rng: np.random.Generator, les: _Lesion, cf
     mask = _off_lesion(_edge_region(rng, size, rng.uniform(*cfg.background_share), edges), les)
     black = rng.uniform(4, 22) + rng.normal(0, 2.0, (size, size, 1)).astype(np.float32)
     _paint(img, mask, np.repeat(black, 3, axis=2))
+
+
+def _draw_hair(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
+    """Dark hairs (eyelashes, axillary or scalp hair): thin curved strokes across the frame (in place)."""
+    size = img.shape[0]
+    layer = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
+    for _ in range(int(rng.integers(6, 25))):
+        x, y = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, 2 * np.pi)
+        points = []
+        for _ in range(8):
+            points.append((float(x), float(y)))
+            angle += rng.normal(0, 0.25)
+            step = size * rng.uniform(0.03, 0.06)
+            x, y = x + step * np.cos(angle), y + step * np.sin(angle)
+        draw.line(points, fill=int(rng.integers(160, 256)), width=max(1, round(size * rng.uniform(0.006, 0.012))))
+    alpha = np.asarray(layer, np.float32)[..., None] / 255.0
+    colour = np.array([40, 28, 20], np.float32) * rng.uniform(0.5, 1.2)
+    img[:] = img * (1 - alpha) + colour * alpha
+
+
+def _draw_lips(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
+    """Lips: a soft red-pink mucosa band at one edge of the frame (in place)."""
+    size = img.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    side = int(rng.integers(4))
+    dist = (yy, 1 - yy, xx, 1 - xx)[side]
+    across = (xx, xx, yy, yy)[side]
+    edge = rng.uniform(0.18, 0.32) * (1 - 1.5 * (across - 0.5) ** 2)
+    mask = np.clip((edge - dist) / 0.03, 0, 1)[..., None]
+    colour = np.array([176, 62, 74], np.float32) * rng.uniform(0.85, 1.1, 3)
+    img[:] = img * (1 - mask) + colour * mask
+
+
+def _draw_dark_lesion(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
+    """A very dark pigmented lesion: the lesion darkened towards black-brown (in place)."""
+    env = les.env[..., None]
+    img[:] = img * (1 - env * rng.uniform(0.7, 0.88))
+
+
+def _draw_shadow(img: np.ndarray, rng: np.random.Generator, les: _Lesion) -> None:
+    """A cast shadow: one side of the frame darkened behind a soft, slightly curved edge (in place)."""
+    size = img.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle = rng.uniform(0, 2 * np.pi)
+    proj = (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle) + 0.1 * np.sin(6 * (xx + yy))
+    dark = np.clip((proj - rng.uniform(0.05, 0.25)) / 0.08, 0, 1)[..., None]
+    img[:] = img * (1 - dark * rng.uniform(0.45, 0.7))
+
+
+_DISTRACT = {"hair": _draw_hair, "lips": _draw_lips, "dark_lesion": _draw_dark_lesion, "shadow": _draw_shadow}
 
 
 def _draw_watermark(out: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -771,6 +839,11 @@ def _render(
     has_background = cfg.dark_background_rate > 0 and background.random() < cfg.dark_background_rate
     if has_background:
         _draw_background(img, background, les, cfg)
+    distractor = ""
+    lookalike = _rng(cfg.seed, _S_IMAGE, label_idx, i, _P_DISTRACTOR)
+    if cfg.distractor_rate > 0 and lookalike.random() < cfg.distractor_rate:
+        distractor = str(cfg.distractors[int(lookalike.integers(len(cfg.distractors)))])
+        _DISTRACT[distractor](img, lookalike, les)
     has_pen = pen.random() < rates["pen"][label]
     if has_pen:
         _draw_pen(img, pen, les)
@@ -804,6 +877,7 @@ def _render(
         "drape": int(has_drape),
         "dark_background": int(has_background),
         "watermark": int(has_watermark),
+        "distractor": distractor,
     }
     return out, meta
 
@@ -848,9 +922,7 @@ class _Writer:
         self.rows: list[dict[str, object]] = []
         self.next_index: dict[str, int] = {}
 
-    def write(
-        self, label: str, data: bytes, kind: str, meta: dict[str, object], duplicate_of: str = ""
-    ) -> str:
+    def write(self, label: str, data: bytes, kind: str, meta: dict[str, object], duplicate_of: str = "") -> str:
         i = self.next_index.get(label, 0)
         self.next_index[label] = i + 1
         rel = f"{label}/{label}_{i:04d}.{self.fmt}"

@@ -64,6 +64,8 @@ class ValidationReport:
     failed_before: list[str] = field(default_factory=list)
     data_docs_error: str | None = None
     skin_tones: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evidence: list = field(default_factory=list)  # ml.quality.evidence.Evidence of flagged images
+    n_flagged: int = 0
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -105,6 +107,7 @@ class ValidationReport:
                     "duplicate_groups": self.duplicate_groups.to_dict(orient="records"),
                     "confounders_by_class": self.confounders_by_class.to_dict(orient="records"),
                     "skin_tones": self.skin_tones.to_dict(orient="records"),
+                    "confounder_evidence": [{"path": e.path, "kinds": list(e.kinds)} for e in self.evidence],
                     "quarantined": self.quarantined.to_dict(orient="records"),
                     "parent_version": self.parent_version,
                     "failed_before": list(self.failed_before),
@@ -157,9 +160,28 @@ def report_html(report: ValidationReport, title: str = "Dataset validation", not
         f"{_table(report.bad_files, 'Files not used')}{_notes_html(notes or [])}"
         f"{_table(report.duplicate_groups, 'Duplicate groups')}"
         f"{_table(report.confounders_by_class, 'Confounder kinds per class (images flagged)')}"
+        f"{_evidence_html(report)}"
         f"{_table(report.skin_tones, 'Skin tone groups (ITA) per split and class')}"
         f"{_table(report.label_conflicts, 'Label conflicts')}{_table(report.leaking_pairs, 'Leaking pairs')}"
         "</body></html>"
+    )
+
+
+def _evidence_html(report: ValidationReport) -> str:
+    """Each flagged image with the pixels that raised its flag painted over it (pen marks red,
+    ruler yellow, text band magenta, drape cyan, dark background blue): a flag checked at a glance."""
+    if not report.evidence:
+        return ""
+    cards = "".join(
+        "<figure style='display:inline-block;margin:4px;width:200px;vertical-align:top;font-size:12px'>"
+        + (f"<img src='{e.image}' alt='{html.escape(e.path)}' style='max-width:192px'>" if e.image else "")
+        + f"<figcaption><b>{html.escape(', '.join(e.kinds))}</b><br>{html.escape(_printable(e.path))}</figcaption></figure>"
+        for e in report.evidence
+    )
+    return (
+        f"<h2>Confounder flags and their evidence ({len(report.evidence)} shown of {report.n_flagged} flagged)</h2>"
+        "<p>Painted: pen marks red, ruler yellow, text band magenta, drape cyan, dark background blue.</p>"
+        f"<div id='confounder-evidence'>{cards}</div>"
     )
 
 

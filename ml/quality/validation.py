@@ -50,6 +50,7 @@ from ml.policies import PolicyError, policy_path
 from ml.policies import load_policy as _load_policy
 from ml.quality.checks import DEFAULT_MIN_CLASSES, Check, Table, all_checks, gx_tables
 from ml.quality.data_docs import SITE_NAME, built_atomically, from_gx, gx_frame, site_config
+from ml.quality.evidence import gallery
 from ml.quality.features import usable_mask
 from ml.quality.gx_cramers import ExpectColumnPairCramersVToBeLessThan, TableColumnPairCramersV, cramers_v
 from ml.quality.quarantine import quarantined_findings
@@ -180,6 +181,8 @@ def validate_features(
         {name: ids for name, ids in unexpected.items() if ids is not None},
         data_docs_error=docs_error,
         skin_tones=skin_tones_by(used),
+        evidence=gallery(used),
+        n_flagged=int((used.get("confounder_kinds", pd.Series(dtype=str)).fillna("").astype(str) != "").sum()),
     )
 
 
