@@ -59,6 +59,8 @@ def test_every_deployment_is_registered_and_nightly_is_scheduled(deployed):
         "interpret/on-demand",
         "monitor/daily",
         "monitor/on-demand",
+        "predict/on-demand",
+        "label-issues/on-demand",
     ):
         assert name in listing, f"{name} missing from: {out.stdout}"
     inspect = subprocess.run(

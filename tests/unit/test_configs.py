@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ml.data.config import DataConfig
 from ml.gan.config import AugCheckConfig, ProGANConfig
 from ml.interpret.config import InterpretConfig
+from ml.quality.config import LabelIssuesConfig
 from ml.robust.config import RobustnessConfig
 from ml.train.config import VARIANTS, LRFindConfig, SweepConfig, TrainConfig
 
@@ -64,6 +65,7 @@ def _flows():
     from flows.augcheck import augcheck_flow
     from flows.curation_ab import curation_ab_flow
     from flows.interpret import interpret_flow
+    from flows.label_issues import label_issues_flow
     from flows.monitor import monitor_flow
     from flows.predict import predict_flow
     from flows.retrain import retrain_flow
@@ -87,6 +89,7 @@ def _flows():
             monitor_flow,
             predict_flow,
             augcheck_flow,
+            label_issues_flow,
         )
     }
 
@@ -107,6 +110,7 @@ def test_flows_take_config_objects_whose_defaults_are_the_classes():
                     "InterpretConfig": InterpretConfig,
                     "AugCheckConfig": AugCheckConfig,
                     "ProGANConfig": ProGANConfig,
+                    "LabelIssuesConfig": LabelIssuesConfig,
                 }.get(param.annotation)
             if cls is not None and issubclass(cls, BaseModel):
                 assert param.default == cls(), f"{name}.{param.name} overrides {cls.__name__}'s defaults"
@@ -120,6 +124,7 @@ def test_flows_take_config_objects_whose_defaults_are_the_classes():
         InterpretConfig,
         AugCheckConfig,
         ProGANConfig,
+        LabelIssuesConfig,
     }
 
 
