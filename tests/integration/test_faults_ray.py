@@ -21,7 +21,8 @@ from tests.integration.test_ray_cluster import PYTHON, ray_two_nodes  # noqa: F4
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 5
+# long enough that the trial cannot finish between its first logged epoch and the kill (5 raced on a fast CPU)
+EPOCHS = 20
 
 _DRIVER = """
 import json, sys, threading, time
