@@ -52,14 +52,13 @@ def validate_manifest(manifest, source: str, policy: str | None, out_dir: str, f
     report = run_expectations(features, manifest.expected_classes, policy, str(docs_dir))
     held = quarantine_files(manifest, features, report, policy)  # None: the policy sets nothing aside
     not_written = [report.data_docs_error] if report.data_docs_error else []
-    notes: list[str] = []
     if held is not None:  # the parent's page stays beside the new version's, which names every file set aside
         _summary_page(report, docs_dir, source, manifest.version, not_written, manifest.notes)
-        notes, manifest = manifest.notes, held.manifest
+        manifest = held.manifest  # set_aside keeps the parent's notes
         docs_dir = Path(out_dir) / manifest.version / "data_docs"
         report = run_expectations(held.features, held.expected_classes, policy, str(docs_dir), held)
         not_written += [report.data_docs_error] if report.data_docs_error else []
-    summary_html = _summary_page(report, docs_dir, source, manifest.version, not_written, manifest.notes or notes)
+    summary_html = _summary_page(report, docs_dir, source, manifest.version, not_written, manifest.notes)
     full = report.to_dict()
     out = {
         "dataset_version": manifest.version,

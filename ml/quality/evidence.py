@@ -6,13 +6,13 @@ and :func:`~ml.quality.features.confounder_mask`), on the same analysis copy of 
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from ml.quality.label_review import thumbnail_uri
 
 # the colour each kind's pixels are painted in (RGB), and the gallery's caption order
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -76,7 +76,5 @@ def gallery(features: pd.DataFrame, limit: int = 24) -> list[Evidence]:
         masks = {k: m for k, m in kind_masks(rgb).items() if k in kinds}
         picture = Image.fromarray(overlay(rgb, masks))
         picture.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        picture.save(buf, format="PNG")
-        out.append(Evidence(str(row.path), kinds, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()))
+        out.append(Evidence(str(row.path), kinds, thumbnail_uri(np.asarray(picture))))
     return out

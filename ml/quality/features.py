@@ -165,14 +165,18 @@ def _stroke_side(rgb: np.ndarray) -> int:
     return max(5, min(rgb.shape[:2]) // 32) | 1
 
 
+def _opened(mask: np.ndarray, side: int) -> np.ndarray:
+    """A binary opening of ``mask`` with a side x side square, as separable min/max filters (outside the
+    frame is 0): the parts at least ``side`` wide."""
+    u8 = mask.astype(np.uint8)
+    return ndimage.maximum_filter(
+        ndimage.minimum_filter(u8, size=side, mode="constant", cval=0), size=side, mode="constant", cval=0
+    ).astype(bool)
+
+
 def _thin(mask: np.ndarray, side: int) -> np.ndarray:
     """Pixels of ``mask`` in structures thinner than ``side`` (they vanish under the opening)."""
-    # a binary opening with a side x side square, as separable min/max filters (outside the frame is 0)
-    u8 = mask.astype(np.uint8)
-    opened = ndimage.maximum_filter(
-        ndimage.minimum_filter(u8, size=side, mode="constant", cval=0), size=side, mode="constant", cval=0
-    )
-    return mask & ~opened.astype(bool)
+    return mask & ~_opened(mask, side)
 
 
 def ink_mask(rgb: np.ndarray, hsv_: HSV | None = None) -> np.ndarray:
@@ -233,11 +237,7 @@ def _marker_wide(dark: np.ndarray, side: int) -> np.ndarray:
     if not dark.any() or min(dark.shape) < MARKER_WIDTH_MIN_SIDE:
         return dark
     core_side = max(3, side // 2) | 1
-    u8 = dark.astype(np.uint8)
-    core = ndimage.maximum_filter(
-        ndimage.minimum_filter(u8, size=core_side, mode="constant", cval=0), size=core_side, mode="constant", cval=0
-    ).astype(bool)
-    return dark & _grow(core, core_side)
+    return dark & _grow(_opened(dark, core_side), core_side)
 
 
 def _grow(mask: np.ndarray, side: int) -> np.ndarray:
