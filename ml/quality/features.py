@@ -58,8 +58,10 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -512,13 +514,30 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
     # traceback per worker, and no wait for the chunks that had not started
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_leave_interrupts_to_parent)
     try:
-        results = _progress(pool.map(_features_of, chunks), len(chunks), progress)
+        with _workers_start_ignoring_interrupts():  # the pool starts its workers on the first submit
+            mapped = pool.map(_features_of, chunks)
+        results = _progress(mapped, len(chunks), progress)
         return [row for chunk in results for row in chunk]
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+@contextmanager
+def _workers_start_ignoring_interrupts():
+    """SIGINT ignored while worker processes are started: an ignored signal stays ignored across
+    exec, so a Ctrl-C that lands while a worker is still importing does not print its traceback
+    (the initializer below would come too late). Only the main thread may change handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _leave_interrupts_to_parent() -> None:
