@@ -314,7 +314,10 @@ start_prefect() {
 start_mlflow() {
   local store="sqlite:///$RUN/mlflow.db"
   [[ "$PROFILE" != postgres ]] || store="$PG_MLFLOW_URL"
-  PGPASSWORD="${PG_PASSWORD:-}" start mlflow "$VENV/bin/mlflow" server --backend-store-uri "$store" \
+  # MLflow's job runners (huey consumers, 8 processes of ~250 MB) serve its GenAI features, which
+  # skinflow does not use: without them the server starts with a quarter of the CPU
+  PGPASSWORD="${PG_PASSWORD:-}" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    start mlflow "$VENV/bin/mlflow" server --backend-store-uri "$store" \
     --artifacts-destination "$ARTIFACTS" --host "$HOST" --port "$MLFLOW_PORT" --workers 1
 }
 

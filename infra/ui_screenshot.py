@@ -96,6 +96,7 @@ def mlflow_ui(store: str, timeout: float = 120) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners
     )
     url = f"http://127.0.0.1:{port}"
     try:

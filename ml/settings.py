@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     """For S3-compatible endpoints (MinIO, moto_server). Default: AWS."""
     s3_region: str = "us-east-1"
     s3_max_attempts: int = 5
+    io_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0])
+    """Seconds between a task's retries of an S3 or MLflow call that failed for a transient
+    reason (``SKINFLOW_IO_RETRY_DELAYS='[2, 5, 10]'``): one retry per entry, ``[]`` for none."""
 
     mlflow_tracking_uri: str = Field(
         "sqlite:///mlflow.db",
@@ -164,6 +167,13 @@ class Settings(BaseSettings):
     """The project file (ml/project.py) that every verb, the demo and every deployment read
     (``SKINFLOW_PROJECT_FILE``)."""
     policies_dir: Path = Path(__file__).resolve().parents[1] / "policies"
+
+    @field_validator("io_retry_delays")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(d < 0 for d in v):
+            raise ValueError(f"io_retry_delays are seconds to wait, none negative: {v}")
+        return v
 
     @field_validator("s3_prefix")
     @classmethod

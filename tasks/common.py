@@ -9,8 +9,10 @@ from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-IO_RETRIES = 3
-IO_RETRY_DELAYS = [2, 5, 10]  # seconds; backoff for S3 and MLflow calls
+from ml.settings import get_settings
+
+IO_RETRY_DELAYS = get_settings().io_retry_delays  # seconds; backoff for S3 and MLflow calls
+IO_RETRIES = len(IO_RETRY_DELAYS)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -16,6 +16,9 @@ import pytest
 from infra.local_stack import STACK_SH, Stack, free_port, listening, read_stack_env  # noqa: F401
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The MLflow servers tests start run without MLflow's GenAI job runners (8 processes each), as the
+# stack's does (infra/stack.sh): they serve nothing skinflow uses and cost ~12 CPU s per start.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ISIC9 = REPO.parent / "shared" / "data" / "isic9"
@@ -209,7 +212,14 @@ def _mlflow_globals_follow_the_environment():
     test MLflow goes back to reading MLFLOW_TRACKING_URI, so stores never leak between tests."""
     # tests and fixtures choose the tracking store through MLFLOW_TRACKING_URI; none chooses a
     # separate registry, so MLFLOW_REGISTRY_URI always returns to its value at session start
-    saved = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_REGISTRY_URI": _REGISTRY_AT_START}
+    # mlflow.set_experiment also exports MLFLOW_EXPERIMENT_ID (for subprocesses): a later test's
+    # start_run on another store would look that id up there and fail
+    saved = {
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
+        "MLFLOW_REGISTRY_URI": _REGISTRY_AT_START,
+        "MLFLOW_EXPERIMENT_ID": os.environ.get("MLFLOW_EXPERIMENT_ID"),
+        "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+    }
     yield
     for k, v in saved.items():  # set_tracking_uri/set_registry_uri also export these
         if v is None:
@@ -235,8 +245,13 @@ _XDIST_GROUPS = (
 )
 
 
+# tryfirst: xdist's worker turns the xdist_group marks into node-id suffixes in its own
+# collection hook, so the marks must be on the items before it runs
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if item.get_closest_marker("xdist_group"):  # a module that asks for its stack at run time names it
+            continue
         used = set(getattr(item, "fixturenames", ()))
         for group, fixtures in _XDIST_GROUPS:
             if used & fixtures:
@@ -244,3 +259,19 @@ def pytest_collection_modifyitems(config, items):
                 break
         else:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under ``--dist loadgroup`` every collected test must carry its group in its node id (xdist's
+    side channel to the scheduler); without it the groups are silently spread over the workers and
+    each shared stack starts once per worker (pytest-dev/pytest-xdist#1386)."""
+    if node.config.getoption("dist", None) != "loadgroup":
+        return
+    lost = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        pytest.exit(
+            f"--dist loadgroup lost the xdist_group of {len(lost)} test(s), e.g. {lost[0]}: this pytest and "
+            "pytest-xdist do not work together (pytest-dev/pytest-xdist#1386); install the pinned versions "
+            "(constraints.txt)",
+            returncode=4,
+        )

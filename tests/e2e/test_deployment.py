@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 
 from tests.conftest import REPO, read_stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# its stacks come through request.getfixturevalue, which collection cannot see: the group is named
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("stacks")]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 

@@ -1,6 +1,8 @@
 """Secrets never leak: credentialed URIs and secret variables go through the one redaction in
 every output, the Prefect database and the MLflow store; and a credentialed MLflow URI works
-against a real server that requires basic auth."""
+against a real server that requires basic auth. The CLI runs as a user runs it, in a subprocess
+with its own HOME and PREFECT_HOME, against the session's Prefect server (whose database is
+searched); the ephemeral-server path of a fresh machine is tests/integration/test_fresh_home.py's."""
 
 from __future__ import annotations
 
@@ -29,7 +31,17 @@ def dataset(tmp_path_factory) -> Path:
     return root / "ds"
 
 
-def _env(tmp: Path, tracking_uri: str) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def prefect_db(prefect_harness) -> tuple[str, Path]:
+    """The session Prefect server's API URL and the folder of its sqlite database."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    assert db.parent.is_dir()
+    return PREFECT_API_URL.value(), db.parent
+
+
+def _env(tmp: Path, tracking_uri: str, prefect_api: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SKINFLOW_"))}
     home = tmp / "home"
     home.mkdir(exist_ok=True)
@@ -37,6 +49,7 @@ def _env(tmp: Path, tracking_uri: str) -> dict[str, str]:
         **keep,
         "HOME": str(home),
         "PREFECT_HOME": str(tmp / "prefect"),
+        "PREFECT_API_URL": prefect_api,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "SKINFLOW_DATA_ROOT": str(tmp / "data"),
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
@@ -60,9 +73,12 @@ def _leaks(folder: Path, *needles: str) -> list[str]:
     return found
 
 
-def test_credentials_never_reach_outputs_or_the_prefect_database(dataset, tmp_path):
+def test_credentials_never_reach_outputs_or_the_prefect_database(dataset, prefect_db, tmp_path):
     dead = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}/"
-    env = _env(tmp_path, dead)
+    api, db_folder = prefect_db
+    # one retry, 1 s on: the server stays down, and what is checked is what the failures print and store
+    env = {**_env(tmp_path, dead, api), "SKINFLOW_IO_RETRY_DELAYS": "[1]"}
+    validate_runs_before = len(_flow_runs(api, "validate"))
     manifest = _skinflow(["data", "manifest", str(dataset)], env, tmp_path)
     validate = _skinflow(["validate", str(dataset), "--out", str(tmp_path / "val")], env, tmp_path)
     # the findings are printed, then what could not be recorded, naming the service: exit 3
@@ -74,8 +90,10 @@ def test_credentials_never_reach_outputs_or_the_prefect_database(dataset, tmp_pa
     for run in (manifest, validate, train):
         assert PASSWORD not in run.stdout + run.stderr and AWS_SECRET not in run.stdout + run.stderr
         assert TAIL not in run.stdout + run.stderr, "the part of the password after its '@' leaked"
-    assert (tmp_path / "prefect").is_dir()
-    assert not _leaks(tmp_path / "prefect", PASSWORD, TAIL, AWS_SECRET), "Prefect's database stores no secret"
+    # the validate run reached the Prefect server whose database is searched
+    assert len(_flow_runs(api, "validate")) == validate_runs_before + 1
+    assert not _leaks(db_folder, PASSWORD, TAIL, AWS_SECRET), "Prefect's database stores no secret"
+    assert not _leaks(tmp_path / "prefect", PASSWORD, TAIL, AWS_SECRET), "nor does the Prefect home"
     assert not _leaks(tmp_path / "val", PASSWORD, TAIL, AWS_SECRET)
 
 
@@ -118,20 +136,21 @@ def auth_server(tmp_path_factory):
     svc.close()
 
 
-def test_a_credentialed_tracking_uri_works_against_basic_auth(auth_server, dataset, tmp_path):
+def test_a_credentialed_tracking_uri_works_against_basic_auth(auth_server, dataset, prefect_db, tmp_path):
     import requests
 
     port, root = auth_server
+    api = prefect_db[0]
     base = f"http://127.0.0.1:{port}"
     # the server really requires the credentials
     assert requests.get(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10).status_code == 401
     wrong = _skinflow(
         ["validate", str(dataset), "--out", str(tmp_path / "v0")],
-        _env(tmp_path, f"http://admin:wrong{PASSWORD}@127.0.0.1:{port}/"),
+        _env(tmp_path, f"http://admin:wrong{PASSWORD}@127.0.0.1:{port}/", api),
         tmp_path,
     )
     assert wrong.returncode == 3 and "refused the credentials" in wrong.stderr, wrong.stderr[-2000:]
-    env = _env(tmp_path, f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/")
+    env = _env(tmp_path, f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/", api)
     ok = _skinflow(["validate", str(dataset), "--out", str(tmp_path / "v1")], env, tmp_path)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
     found = requests.post(
@@ -142,7 +161,11 @@ def test_a_credentialed_tracking_uri_works_against_basic_auth(auth_server, datas
     ).json()
     assert len(found["runs"]) == 1 and found["runs"][0]["info"]["status"] == "FINISHED"
     # the variables form works too, and nothing stores or prints a password
-    env2 = {**_env(tmp_path, base), "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+    env2 = {
+        **_env(tmp_path, base, api),
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
+    }
     ok2 = _skinflow(["validate", str(dataset), "--out", str(tmp_path / "v2")], env2, tmp_path)
     assert ok2.returncode == 0, ok2.stderr[-3000:]
     for run in (wrong, ok, ok2):
@@ -163,3 +186,12 @@ def _experiment_id(base: str, name: str) -> str:
         timeout=10,
     )
     return r.json()["experiment"]["experiment_id"]
+
+
+def _flow_runs(api: str, name_part: str) -> list[dict]:
+    """Flow runs on the Prefect server at ``api`` whose flow name contains ``name_part``."""
+    import requests
+
+    runs = requests.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+    flows = {f["id"]: f["name"] for f in requests.post(f"{api}/flows/filter", json={}, timeout=10).json()}
+    return [r for r in runs if name_part in flows.get(r["flow_id"], "")]

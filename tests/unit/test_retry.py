@@ -78,3 +78,24 @@ def test_the_io_retry_policy_keeps_the_existing_constants() -> None:
         "retry_delay_seconds": IO_RETRY_DELAYS,
         "retry_condition_fn": transient_only,
     }
+
+
+def test_the_retry_delays_come_from_the_settings_and_their_count_is_the_retries(monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from ml.settings import Settings
+
+    monkeypatch.setenv("SKINFLOW_IO_RETRY_DELAYS", "[0.5, 3]")
+    assert Settings().io_retry_delays == [0.5, 3.0]
+    monkeypatch.setenv("SKINFLOW_IO_RETRY_DELAYS", "[-1]")
+    with pytest.raises(ValueError, match="none negative"):
+        Settings()
+    monkeypatch.setenv("SKINFLOW_IO_RETRY_DELAYS", "[1, 4]")
+    shown = subprocess.run(
+        [sys.executable, "-c", "from tasks.common import IO_RETRY as r; print(r['retries'], r['retry_delay_seconds'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.split("\n")[0] == "2 [1.0, 4.0]"
