@@ -206,22 +206,24 @@ def team_stack(tmp_path_factory):
         stack.stop()
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_globals_follow_the_environment():
-    """Code under test calls mlflow.set_tracking_uri/set_experiment (process globals); after each
-    test MLflow goes back to reading MLFLOW_TRACKING_URI, so stores never leak between tests."""
-    # tests and fixtures choose the tracking store through MLFLOW_TRACKING_URI; none chooses a
-    # separate registry, so MLFLOW_REGISTRY_URI always returns to its value at session start
-    # mlflow.set_experiment also exports MLFLOW_EXPERIMENT_ID (for subprocesses): a later test's
-    # start_run on another store would look that id up there and fail
-    saved = {
+def mlflow_env() -> dict[str, str | None]:
+    """What MLflow's process globals follow: the variables :func:`restore_mlflow` puts back.
+    Tests and fixtures choose the tracking store through MLFLOW_TRACKING_URI; none chooses a
+    separate registry, so MLFLOW_REGISTRY_URI always returns to its value at session start.
+    mlflow.set_experiment also exports MLFLOW_EXPERIMENT_ID (for subprocesses): a later test's
+    start_run on another store would look that id up there and fail."""
+    return {
         "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI"),
         "MLFLOW_REGISTRY_URI": _REGISTRY_AT_START,
         "MLFLOW_EXPERIMENT_ID": os.environ.get("MLFLOW_EXPERIMENT_ID"),
         "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME"),
     }
-    yield
-    for k, v in saved.items():  # set_tracking_uri/set_registry_uri also export these
+
+
+def restore_mlflow(saved: dict[str, str | None]) -> None:
+    """Put back the variables of :func:`mlflow_env` and let MLflow read them again (its
+    set_tracking_uri/set_registry_uri/set_experiment keep globals and export variables)."""
+    for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
@@ -233,6 +235,16 @@ def _mlflow_globals_follow_the_environment():
     tracking_service._tracking_uri = None
     registry._registry_uri = None
     fluent._active_experiment_id = None
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_globals_follow_the_environment():
+    """Code under test calls mlflow.set_tracking_uri/set_experiment (process globals); after each
+    test MLflow goes back to reading the environment, so stores never leak between tests (a
+    module fixture that sets them restores them the same way: :func:`restore_mlflow`)."""
+    saved = mlflow_env()
+    yield
+    restore_mlflow(saved)
 
 
 # Tests that share a heavy session service run in one xdist worker (``--dist loadgroup``), so

@@ -49,15 +49,16 @@ def _assert_same_weights(got: dict, expected: dict) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A fresh sqlite tracking store with artifacts under tmp; the previous URI is restored."""
+    from tests.conftest import mlflow_env, restore_mlflow
+
     root = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
+    saved = mlflow_env()
     uri = tracking_runs.configure_mlflow(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_experiment(
+    mlflow.set_experiment(  # exports MLFLOW_EXPERIMENT_ID, which this module's tests run on
         experiment_id=mlflow.create_experiment("skinflow-train", artifact_location=str(root / "artifacts"))
     )
     yield uri, root
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
+    restore_mlflow(saved)  # not set_*_uri(previous): those would pin the registry for later modules
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ml.tracking import runs as tracking_runs
+from tests.conftest import mlflow_env, restore_mlflow
 
 INTERVAL_S = 0.4
 CPU = "system/cpu_utilization_percentage"
@@ -23,14 +24,13 @@ def experiment(tmp_path_factory, monkeypatch_module):
     """A fresh store and experiment for the module; the tracking URI and MLflow's system-metrics
     variables are restored afterwards."""
     root = tmp_path_factory.mktemp("records")
-    previous = mlflow.get_tracking_uri()
+    saved = mlflow_env()
     for name in ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"):
         monkeypatch_module.setenv(name, "")  # recorded, so that what the code under test sets is undone
         monkeypatch_module.delenv(name)
     tracking_runs.configure_mlflow(f"sqlite:///{root / 'mlflow.db'}")
     yield tracking_runs.ensure_experiment("records", artifact_location=(root / "artifacts").as_uri()).experiment_id
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
+    restore_mlflow(saved)  # not set_*_uri(previous): those would pin the registry for later modules
 
 
 def _system_threads() -> set[str]:

@@ -15,16 +15,16 @@ from mlflow import MlflowClient
 from ml.tracking import runs as tracking_runs
 from ml.tracking import studies, trials
 from ml.tracking import training as tracked_training
+from tests.conftest import mlflow_env, restore_mlflow
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
-    previous = mlflow.get_tracking_uri()
+    saved = mlflow_env()
     tracking_runs.configure_mlflow(f"sqlite:///{root / 'mlflow.db'}")
     yield tracking_runs.ensure_experiment("studies", artifact_location=(root / "artifacts").as_uri()).experiment_id
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous)
+    restore_mlflow(saved)  # not set_*_uri(previous): those would pin the registry for later modules
 
 
 def _run(experiment: str, name: str = "r") -> str:
