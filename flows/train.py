@@ -109,7 +109,7 @@ def train_flow(
             "amp_dtype": result.amp_dtype,
             "top_confused_pairs": m["confused_pairs"][:4],
             **logged,
-            **({"lr_bracket": finder["bracket"]} if finder else {}),
+            **({"lr_bracket": finder["bracket"], "lr_range_reused": finder["reused"]} if finder else {}),
             **(
                 {
                     "repeats": {k: v for k, v in repeated.items() if k != "confused_pairs"},
@@ -134,7 +134,8 @@ def lr_find_flow(
     with tagged("lr-find"):
         data, training, lr_find = with_project(data, training, lr_find)  # the project file under what was given
         _, cache = prepare_data(data)
-        return run_lr_range_test(cache, training, out_dir, lr_find)
+        # asked for a range test: it measures (and stores what it measured for later runs)
+        return run_lr_range_test(cache, training, out_dir, lr_find.model_copy(update={"reuse": False}))
 
 
 @flow(name="pretrain", flow_run_name=run_namer("pretrain"))

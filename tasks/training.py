@@ -3,12 +3,16 @@ goes through ml.tracking; the ML lives in ml/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from ml.tracking import models as tracked_models
 from ml.tracking import training as tracked_training
@@ -16,16 +20,24 @@ from ml.tracking.training import MlflowEpochLogger
 from ml.train import recipes
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import TrainResult, fit
+from ml.train.lr_finder import LRFinderResult
 from tasks.common import IO_RETRY, publish_table, run_logger
 
 
-@task(name="lr-range-test", cache_policy=NO_CACHE)
-def run_lr_range_test(
-    cache, cfg: TrainConfig, out_dir: str, lr_find: LRFindConfig = LRFindConfig(), run_id: str | None = None
-) -> dict[str, Any]:
-    """Smith's range test (:func:`ml.train.recipes.find_lr`) on the cache's training split, its
-    plot in ``out_dir``, its curve in run ``run_id`` when given and the ``lr-find-summary``
-    artifact; returns the chosen LR, the suggestions and the log-scale bracket."""
+@dataclass
+class RangeTestKey(CachePolicy):
+    """Prefect cache policy of a range test: :func:`ml.train.recipes.range_test_key` (the training
+    images, the settings the test runs with, the ramp and the ml/train code), so a stored result
+    answers only for the same test."""
+
+    def compute_key(self, task_ctx, inputs: dict, flow_parameters: dict, **kwargs) -> str | None:
+        return "lr-range-" + recipes.range_test_key(inputs["cache"], inputs["cfg"], inputs["lr_find"])
+
+
+@task(name="measure-lr-range", cache_policy=RangeTestKey(), persist_result=True)
+def measure_lr_range(cache, cfg: TrainConfig, lr_find: LRFindConfig) -> dict[str, Any]:
+    """Smith's range test (:func:`ml.train.recipes.find_lr`) on the cache's training split, stored
+    under its :class:`RangeTestKey`; returns its curve, suggestions and bracket, and when it ran."""
     res = recipes.find_lr(
         cache.subset("train"),
         cache.classes,
@@ -35,6 +47,24 @@ def run_lr_range_test(
         end_lr=lr_find.end_lr,
         fetch_weights=tracked_models.fetch_weights,
     )
+    return {**dataclasses.asdict(res), "bracket": list(res.bracket), "measured_at": time.time()}
+
+
+@task(name="lr-range-test", cache_policy=NO_CACHE)
+def run_lr_range_test(
+    cache, cfg: TrainConfig, out_dir: str, lr_find: LRFindConfig = LRFindConfig(), run_id: str | None = None
+) -> dict[str, Any]:
+    """The range test's result (measured, or the stored one of the same test when
+    ``lr_find.reuse``; measured and stored again otherwise), its plot in ``out_dir``, its curve in
+    run ``run_id`` when given and the ``lr-find-summary`` artifact; returns the chosen LR, the
+    suggestions, the log-scale bracket and whether it was reused (and from when)."""
+    asked = time.time()
+    measure = measure_lr_range if lr_find.reuse else measure_lr_range.with_options(refresh_cache=True)
+    found = measure(cache, cfg, lr_find)
+    res = LRFinderResult(
+        **{**{k: found[k] for k in LRFinderResult.__dataclass_fields__}, "bracket": tuple(found["bracket"])}
+    )
+    reused = found["measured_at"] < asked
     plot = recipes.lr_finder_plot(res, out_dir)
     out = {
         "chosen": res.chosen,
@@ -43,12 +73,27 @@ def run_lr_range_test(
         "stopped_early": res.stopped_early,
         "iterations": len(res.lrs),
         "plot": str(plot),
+        "reused": reused,
+        "measured_at": datetime.fromtimestamp(found["measured_at"], UTC).isoformat(timespec="seconds"),
     }
+    if reused:
+        get_run_logger().info(
+            "LR range test: reusing the one measured at %s on the same images, model and settings "
+            "(lr_find.reuse; --fresh-lr-test measures again)",
+            out["measured_at"],
+        )
     if run_id:
         tracked_training.log_lr_finder(run_id, res.lrs, res.losses, plot, out)
     publish_table(
         "lr-find-summary",
-        {"chosen": res.chosen, "bracket_lo": res.bracket[0], "bracket_hi": res.bracket[1], **res.suggestions},
+        {
+            "chosen": res.chosen,
+            "bracket_lo": res.bracket[0],
+            "bracket_hi": res.bracket[1],
+            **res.suggestions,
+            "reused": reused,
+            "measured_at": out["measured_at"],
+        },
     )
     return out
 

@@ -13,7 +13,7 @@ import typer
 
 from flows.cli.errors import fail
 from ml.data.config import DataConfig
-from ml.train.config import SweepConfig, TrainConfig
+from ml.train.config import LRFindConfig, SweepConfig, TrainConfig
 
 
 def config_option(cls, field: str, *names: str, help: str | None = None, flag: bool = False):
@@ -47,6 +47,7 @@ Schedule = Annotated[str | None, config_option(TrainConfig, "schedule")]
 Lr = Annotated[float | None, config_option(TrainConfig, "lr")]
 Epochs = Annotated[int | None, config_option(TrainConfig, "epochs")]
 Amp = Annotated[bool | None, config_option(TrainConfig, "amp", flag=True)]
+ReuseLrTest = Annotated[bool | None, config_option(LRFindConfig, "reuse", "--reuse-lr-test/--fresh-lr-test")]
 Seed = Annotated[int | None, config_option(TrainConfig, "seed", help="Split and training seed.")]
 
 # --------------------------------------------------------------------------- sweeps (SweepConfig)

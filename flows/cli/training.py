@@ -18,6 +18,7 @@ from flows.cli.options import (
     Lr,
     Model,
     NumSamples,
+    ReuseLrTest,
     Schedule,
     Seed,
     Size,
@@ -81,6 +82,7 @@ def train(
     amp: Amp = None,
     force_amp: Annotated[bool | None, config_option(TrainConfig, "force_amp", flag=True)] = None,
     weights: Weights = None,
+    reuse_lr_test: ReuseLrTest = None,
     snapshots: Annotated[int | None, config_option(TrainConfig, "snapshots")] = None,
     weighted_sampler: Annotated[bool | None, config_option(TrainConfig, "weighted_sampler", flag=True)] = None,
     tta: Annotated[bool | None, config_option(TrainConfig, "tta", flag=True)] = None,
@@ -119,9 +121,12 @@ def train(
         seed=seed,
         checkpoint_dir=checkpoint_dir,
     )
+    lr_find_cfg = build(LRFindConfig, reuse=reuse_lr_test)
     from flows.train import train_flow
 
-    render.echo_json(run_flow(train_flow, data=data_cfg, training=training, repeats=repeats, out_dir=str(out)))
+    render.echo_json(
+        run_flow(train_flow, data=data_cfg, training=training, lr_find=lr_find_cfg, repeats=repeats, out_dir=str(out))
+    )
 
 
 @verbs.command("pretrain")
@@ -217,6 +222,7 @@ def retrain(
     ] = None,
     epochs: Annotated[int | None, config_option(TrainConfig, "epochs", help="Epochs of the final model.")] = None,
     amp: Amp = None,
+    reuse_lr_test: ReuseLrTest = None,
     schedules: Annotated[
         str | None, config_option(SweepConfig, "schedules", help="Variants the sweep tries (comma-separated).")
     ] = None,
@@ -254,6 +260,7 @@ def retrain(
         epochs=tune_epochs,
         num_samples=num_samples,
     )
+    lr_find_cfg = build(LRFindConfig, reuse=reuse_lr_test)
     check_policies(promotion=policy, **({"validation": validation_policy} if validate_data else {}))
     from flows.retrain import retrain_flow
 
@@ -263,6 +270,7 @@ def retrain(
             data=data_cfg,
             training=training,
             sweep=sweep,
+            lr_find=lr_find_cfg,
             tune=tune,
             validate_data=validate_data,
             policy=str(policy) if policy else None,

@@ -142,6 +142,12 @@ class LRFindConfig(ConfigModel):
     num_iter: int = Field(100, gt=1, description="Iterations of the ramp.")
     start_lr: float = Field(1e-7, gt=0)
     end_lr: float = Field(10.0, gt=0)
+    reuse: bool = runtime(
+        True,
+        description="Reuse the result of an earlier range test on the same training images, model, "
+        "optimiser, batch, precision and seed (stored with the run's results); off: measure again "
+        "and store that.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LRFindConfig:

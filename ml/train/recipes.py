@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.data.cache import ImageCache
 from ml.eval.calibration import ece, reliability
 from ml.eval.metrics import classification_metrics, nll
 from ml.eval.plots import plot_confusion, plot_curves, plot_lr_finder, plot_reliability, plot_roc, plot_schedule
 from ml.eval.trust import PredictionPolicy, Trust
 from ml.train.batches import TrainBatches, normalisation_for
-from ml.train.config import TrainConfig
+from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import TrainResult
 from ml.train.lr_finder import LRFinderResult, lr_range_test
 from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
@@ -66,6 +67,30 @@ def find_lr(
         device=device,
         amp_dtype=precision_for(cfg).dtype,
     )
+
+
+# what a range test does not depend on: it runs before the fit, at the LR it ramps itself
+_FIT_ONLY = frozenset({"lr", "lr_min", "epochs", "snapshots", "early_stopping_patience", "monitor", "tta"})
+_CODE = Path(__file__).resolve().parent  # ml/train: the model, optimiser, batches and step code
+
+
+def range_test_key(cache: ImageCache, cfg: TrainConfig, lr_find: LRFindConfig) -> str:
+    """The identity of :func:`find_lr`'s result: the training images (the cache's dataset
+    version, size, labels and split), every setting of ``cfg`` the test runs with (the precision
+    this machine grants included; not the fit-only settings), the ramp, and the code of
+    ``ml/train``. Equal keys give the same curve, so a stored result can stand for a new run."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([cache.version, cache.size, cache.classes]).encode())
+    digest.update(np.ascontiguousarray(cache.labels).tobytes())
+    digest.update("\0".join(map(str, cache.splits.tolist())).encode())
+    settings = {k: v for k, v in cfg.identity().items() if k not in _FIT_ONLY}
+    digest.update(json.dumps([settings, precision_for(cfg).name, lr_find.identity()], sort_keys=True).encode())
+    for source in sorted(_CODE.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:32]
 
 
 def evaluate(result: TrainResult, data: Arrays, tta: bool | None = None) -> dict[str, Any]:

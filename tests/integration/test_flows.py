@@ -375,3 +375,35 @@ def test_repeated_fits_report_mean_and_std(flows_env):
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.metrics["test_macro_f1_mean"] == pytest.approx(stats["mean"])
     assert all("±" in text for text in summary["confused_pairs_mean_std"])
+
+
+def test_a_second_train_on_the_same_images_reuses_the_range_test_and_says_so(flows_env):
+    """The range test is stored under what it ran on and with: a later train of the same images,
+    model and settings (more epochs) takes its result, says so and logs the same curve in its own
+    run; another seed measures again, and so does --fresh-lr-test (reuse off)."""
+    import json
+
+    from flows.train import train_flow
+
+    root, lr_find = flows_env["root"] / "reuse", LRFindConfig(num_iter=10)
+
+    def train(name: str, cfg: TrainConfig, finder: LRFindConfig) -> tuple[dict, dict]:
+        summary = train_flow(data=flows_env["cfg"], training=cfg, lr_find=finder, out_dir=str(root / name))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=summary["run_id"], artifact_path="reports/lr_finder.json", dst_path=str(root / name / "dl")
+        )
+        curve = MlflowClient().get_metric_history(summary["run_id"], "lr_finder_loss")
+        return summary, {**json.loads(open(local).read()), "curve": [m.value for m in curve]}
+
+    cfg = _train(schedule="adam", epochs=1)
+    first, measured = train("first", cfg, lr_find.model_copy(update={"reuse": False}))
+    again, reused = train("again", cfg.model_copy(update={"epochs": 2}), lr_find)
+    assert not measured["reused"] and not first["lr_range_reused"]
+    assert reused["reused"] and again["lr_range_reused"] and reused["measured_at"] == measured["measured_at"]
+    assert again["lr"] == first["lr"] and reused["bracket"] == measured["bracket"]
+    assert reused["curve"] == measured["curve"] and len(reused["curve"]) >= 2  # logged in the new run too
+    assert (root / "again" / "plots" / "lr_finder.png").is_file()
+    other_seed, _ = train("seed1", cfg.model_copy(update={"seed": 1}), lr_find)
+    assert not other_seed["lr_range_reused"]
+    fresh, refreshed = train("fresh", cfg, lr_find.model_copy(update={"reuse": False}))
+    assert not fresh["lr_range_reused"] and refreshed["measured_at"] >= measured["measured_at"]

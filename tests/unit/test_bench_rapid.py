@@ -44,3 +44,10 @@ def test_goal_line_gives_the_ratio_and_the_verdict():
     assert "0.530 in 350 s" in line and "reached it in 130 s: 0.37x" in line and "**met**" in line
     (line,) = goal_lines([r for r in RUNS if r["epochs"] != 5 or r["side"] == "fastai"])
     assert "did not reach it (best 0.500 at 3 epochs, 100 s)" in line
+
+
+def test_a_rerun_that_reuses_the_range_test_has_its_own_goal_line():
+    runs = RUNS + [_run("skinflow-rerun", 3, 0, 70.0, 0.50), _run("skinflow-rerun", 5, 0, 170.0, 0.60)]
+    first, rerun = goal_lines(runs)
+    assert first.endswith("0.37x fastai's time; goal (<= 0.5x) **met**.") and "skinflow reached" in first
+    assert "skinflow-rerun reached it in 100 s: 0.29x" in rerun
