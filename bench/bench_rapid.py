@@ -20,7 +20,8 @@ manifest's seeded split; fastai gets those images through ``bench_pretrained.isi
 and seeds are interleaved; the order of the sides rotates with the seed. Reported: test balanced
 accuracy and macro-F1 against wall seconds (table and ``bench/rapid_curve.png``), and the goal
 line: the wall time skinflow needs to reach fastai's balanced accuracy at each fastai budget, as a
-ratio of fastai's time (linear between skinflow's budgets; "not reached" when its best is below).
+ratio of fastai's time (linear between skinflow's budgets, never earlier than its first budget's
+run; "not reached" when its best is below).
 """
 
 from __future__ import annotations
@@ -126,12 +127,15 @@ def points(runs: list[dict], side: str) -> list[tuple[int, float, float, float]]
 
 
 def time_to_reach(curve: list[tuple[int, float, float, float]], target: float) -> float | None:
-    """Wall seconds at which ``curve`` (by budget) first reaches ``target`` accuracy: linear between
-    budgets (from 0 s and 0 accuracy before the first); None when it never does."""
-    prev_t, prev_a = 0.0, 0.0
+    """Wall seconds at which ``curve`` (by budget) first reaches ``target`` accuracy: the first
+    budget's time when that budget already reaches it (no run stops sooner: start-up and the LR
+    finder come first), else linear between the budgets around it; None when it never does."""
+    prev_t, prev_a = None, None
     for _, t, acc, _ in curve:
         if acc >= target:
-            return prev_t + (t - prev_t) * (target - prev_a) / (acc - prev_a) if acc > prev_a else t
+            if prev_t is None or acc <= prev_a:
+                return t
+            return prev_t + (t - prev_t) * (target - prev_a) / (acc - prev_a)
         prev_t, prev_a = t, acc
     return None
 
