@@ -3,7 +3,6 @@ goes through ml.tracking; the ML lives in ml/."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CachePolicy
 
 from ml.tracking import models as tracked_models
 from ml.tracking import training as tracked_training
@@ -34,7 +33,8 @@ class RangeTestKey(CachePolicy):
         return "lr-range-" + recipes.range_test_key(inputs["cache"], inputs["cfg"], inputs["lr_find"])
 
 
-@task(name="measure-lr-range", cache_policy=RangeTestKey(), persist_result=True)
+# + TASK_SOURCE: a stored result answers only to the task that wrote it (the shape it returns)
+@task(name="measure-lr-range", cache_policy=RangeTestKey() + TASK_SOURCE, persist_result=True)
 def measure_lr_range(cache, cfg: TrainConfig, lr_find: LRFindConfig) -> dict[str, Any]:
     """Smith's range test (:func:`ml.train.recipes.find_lr`) on the cache's training split, stored
     under its :class:`RangeTestKey`; returns its curve, suggestions and bracket, and when it ran."""
@@ -47,7 +47,7 @@ def measure_lr_range(cache, cfg: TrainConfig, lr_find: LRFindConfig) -> dict[str
         end_lr=lr_find.end_lr,
         fetch_weights=tracked_models.fetch_weights,
     )
-    return {**dataclasses.asdict(res), "bracket": list(res.bracket), "measured_at": time.time()}
+    return {"result": res, "measured_at": time.time()}
 
 
 @task(name="lr-range-test", cache_policy=NO_CACHE)
@@ -61,9 +61,7 @@ def run_lr_range_test(
     asked = time.time()
     measure = measure_lr_range if lr_find.reuse else measure_lr_range.with_options(refresh_cache=True)
     found = measure(cache, cfg, lr_find)
-    res = LRFinderResult(
-        **{**{k: found[k] for k in LRFinderResult.__dataclass_fields__}, "bracket": tuple(found["bracket"])}
-    )
+    res: LRFinderResult = found["result"]
     reused = found["measured_at"] < asked
     plot = recipes.lr_finder_plot(res, out_dir)
     out = {

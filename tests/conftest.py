@@ -157,11 +157,15 @@ def monkeypatch_module():
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """A real (temporary, sqlite-backed) Prefect API server for the session's flow runs."""
+def prefect_harness(tmp_path_factory):
+    """A real (temporary, sqlite-backed) Prefect API server for the session's flow runs, with its
+    own result storage: a stored task result (a manifest, a range test) from a developer's own
+    runs in ~/.prefect/storage never answers for a test."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    storage = tmp_path_factory.mktemp("prefect-storage")
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}):
         yield
 
 

@@ -71,25 +71,44 @@ def find_lr(
 
 # what a range test does not depend on: it runs before the fit, at the LR it ramps itself
 _FIT_ONLY = frozenset({"lr", "lr_min", "epochs", "snapshots", "early_stopping_patience", "monitor", "tta"})
-_CODE = Path(__file__).resolve().parent  # ml/train: the model, optimiser, batches and step code
+# the modules whose code decides a range test's curve: the model, its weights, the batches, the
+# optimiser, the precision, the step and the test itself
+RANGE_TEST_CODE = tuple(
+    f"ml.train.{name}"
+    for name in (
+        "recipes",
+        "lr_finder",
+        "step",
+        "precision",
+        "batches",
+        "prefetch",
+        "transforms",
+        "models",
+        "efficientnet_lite",
+        "checkpoint",
+        "schedules",
+        "config",
+    )
+)
 
 
 def range_test_key(cache: ImageCache, cfg: TrainConfig, lr_find: LRFindConfig) -> str:
     """The identity of :func:`find_lr`'s result: the training images (the cache's dataset
     version, size, labels and split), every setting of ``cfg`` the test runs with (the precision
-    this machine grants included; not the fit-only settings), the ramp, and the code of
-    ``ml/train``. Equal keys give the same curve, so a stored result can stand for a new run."""
+    this machine grants included; not the fit-only settings), the ramp, and the code that runs it
+    (:data:`RANGE_TEST_CODE`). Equal keys give the same curve, so a stored result can stand for a
+    new run."""
     import hashlib
     import json
 
-    digest = hashlib.sha256()
+    from ml.data.fingerprint import code_version
+
+    digest = hashlib.sha256(code_version(RANGE_TEST_CODE).encode())
     digest.update(json.dumps([cache.version, cache.size, cache.classes]).encode())
     digest.update(np.ascontiguousarray(cache.labels).tobytes())
     digest.update("\0".join(map(str, cache.splits.tolist())).encode())
     settings = {k: v for k, v in cfg.identity().items() if k not in _FIT_ONLY}
     digest.update(json.dumps([settings, precision_for(cfg).name, lr_find.identity()], sort_keys=True).encode())
-    for source in sorted(_CODE.glob("*.py")):
-        digest.update(source.read_bytes())
     return digest.hexdigest()[:32]
 
 
