@@ -213,7 +213,7 @@ def render(result: dict[str, Any]) -> str:
             "isic9, all of its training folder (5/6 trained on, 1/6 for selection, the same images on both "
             f"sides), ImageNet EfficientNet-Lite0 at {SIZE} px, tested on the 118 shipped test images. Wall = "
             "the whole process as a user runs it. skinflow's recipe: the project file `skinflow init` "
-            f"writes for photographs ({result['recipe']}).",
+            f"writes for photographs ({result['recipe']}); its precision here: {result.get('precision', '?')}.",
             "",
             md_table(
                 ["side", "epochs", "runs", "wall s", "test bal. acc", "test macro-F1", "precision", "range test"], rows
@@ -268,8 +268,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         capture_output=True,
     )  # Prefect's database, once
     from ml.project import load_project
+    from ml.train.config import TrainConfig
+    from ml.train.precision import precision_for
 
-    recipe = {**load_project(work / "skinflow.yaml").section("training"), "size": SIZE}
+    project = load_project(work / "skinflow.yaml")
+    recipe = {
+        **project.section("training"),
+        "size": SIZE,
+        **{f"lr_find.{k}": v for k, v in project.section("lr_find").items()},
+    }
+    precision = precision_for(TrainConfig(**project.section("training")))
+    if precision.dtype is None and fp32:  # the recipe trains in fp32 here: its own rows are precision-matched
+        _log(f"no separate fp32 row: the recipe trains in fp32 on this machine ({precision.reason})")
+        fp32 = []
     machine = machine_description({"threads": None})
     started, load_start, runs = time.perf_counter(), load_average(), []
     sides = args.sides.split(",")
@@ -295,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "load_at_end": load_average(),
         "wall_seconds": time.perf_counter() - started,
         "recipe": ", ".join(f"{k} {v}" for k, v in recipe.items()),
+        "precision": f"{precision.name}: {precision.reason}",
         "runs": runs,
     }
     write_json(result, REPO / "bench" / "out" / "bench_rapid.json")

@@ -77,7 +77,11 @@ class TrainConfig(ConfigModel):
         False,
         description="With amp: bf16 autocast even on a CPU without native bf16 (can be many times slower than fp32).",
     )
-    channels_last: bool = False
+    channels_last: bool = Field(
+        True,
+        description="Train and predict in channels_last memory format: on a 2-core AMD EPYC a Lite0 step at 128 px "
+        "took 0.58x the time of the default format in fp32 (0.90x under bf16), a ResNet-18 step 0.82x.",
+    )
     snapshots: int = Field(3, ge=0, description="Snapshot-ensemble size (cycle ends kept); 0 = off.")
     early_stopping_patience: int | None = Field(None, gt=0)
     monitor: Monitor = "val_loss"

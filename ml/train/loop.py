@@ -34,7 +34,7 @@ from ml.train.checkpoint import (
     set_rng_state,
 )
 from ml.train.config import EPOCH_METRICS, TrainConfig
-from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
+from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights, place_model
 from ml.train.precision import Precision, precision_for, resolve_device
 from ml.train.predict import ensemble_proba, predict_proba
 from ml.train.schedules import Schedule, make_schedule, whole_cycle_epochs
@@ -332,9 +332,7 @@ def fit(
         model = build_model(cfg.arch, len(classes))
         if cfg.weights != "none":
             weights_report = load_weights(model, cfg.weights, cfg.arch, fetch=fetch_weights).to_dict()
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(model, device, cfg.channels_last)
     norm = normalisation_for(cfg, train[0])
     batches = TrainBatches(train, len(classes), cfg, norm, device)
     schedule = make_schedule(

@@ -98,6 +98,20 @@ def build_model(
     return model
 
 
+def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` on ``device``, its 4-d weights in channels_last memory format when asked (the
+    format :class:`~ml.train.batches.TrainBatches` then feeds it): what fit and the LR range test
+    train."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s first 4-d weight is in channels_last memory format (inputs should follow)."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def layer_groups(model: nn.Module, arch: str) -> list[list[nn.Parameter]]:
     """Parameters split stem -> stages -> head; every parameter lands in exactly one group."""
     family = arch_family(arch)

@@ -4,7 +4,9 @@ AMP is a request, not an order: :func:`choose_precision` grants it where it help
 that is bfloat16 (float16 without bf16 support). On a CPU, bfloat16 autocast is a large win
 only with native bf16 units (``avx512_bf16`` or ``amx_bf16``): on an AVX2-only AMD EPYC a
 ResNet-18 step was 24x slower under bf16 autocast than in fp32, so there AMP trains in fp32
-unless forced.
+unless forced. Depthwise convolutions (EfficientNet-Lite) gain nothing from ``avx512_bf16`` alone:
+on an AMD EPYC with it and no AMX, a channels_last Lite0 step at 128 px took 0.26 s in fp32 and
+0.33 s under bf16 autocast (ResNet-18: 0.32 s and 0.19 s), so such archs need AMX for bf16 on a CPU.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from typing import Any
 
 import torch
 
+from ml.train.config import arch_family
+
 log = logging.getLogger("ml.train")
 
 # CPU flags (as /proc/cpuinfo and torch.cpu.get_capabilities() spell them) of native bf16 units.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# arch families built on depthwise convolutions: bf16 autocast on a CPU pays for them only with AMX
+DEPTHWISE_FAMILIES = frozenset({"efficientnet_lite"})
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below its bf16 kernels: convolutions then emulate bf16.
 _ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
 _NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -92,13 +98,15 @@ def choose_precision(
     force: bool = False,
     cpu_flags: Iterable[str] | None = None,
     capability: str | None = None,
+    arch: str | None = None,
 ) -> Precision:
-    """The precision a run on ``device`` trains in when ``amp`` is (not) requested.
+    """The precision a run of ``arch`` on ``device`` trains in when ``amp`` is (not) requested.
 
     CUDA: bfloat16 if supported, else float16. CPU: bfloat16 only with native bf16 units
     (``NATIVE_BF16_FLAGS`` in ``cpu_flags``), torch's AVX512 kernels (``capability``) and
-    oneDNN not capped below bf16 (:func:`onednn_isa_cap`); otherwise fp32, logged once per
-    process on logger ``ml.train``, unless ``force``.
+    oneDNN not capped below bf16 (:func:`onednn_isa_cap`), and for an arch of
+    ``DEPTHWISE_FAMILIES`` only with AMX (``amx_bf16``); otherwise fp32, logged once per
+    process on logger ``ml.train``, unless ``force``. ``arch`` None: no arch rule.
     ``cpu_flags`` and ``capability`` default to this machine's (tests inject them)."""
     if not amp:
         return Precision(None, "amp off")
@@ -118,6 +126,8 @@ def choose_precision(
         why = f"torch's CPU kernels run {capability}, not AVX512 (the CPU has {native})"
     elif capped:
         why = f"oneDNN is capped at {capped} by ONEDNN_MAX_CPU_ISA, below its bf16 kernels (the CPU has {native})"
+    elif arch is not None and arch_family(arch) in DEPTHWISE_FAMILIES and "amx_bf16" not in flags:
+        why = f"without AMX, {arch}'s depthwise convolutions run faster in fp32 (channels_last) than in bf16 (the CPU has {native})"
     else:
         return Precision(torch.bfloat16, f"amp on a CPU with native bf16 ({native})")
     if force:
@@ -132,8 +142,9 @@ def choose_precision(
 def precision_for(cfg: Any) -> Precision:
     """The precision a run of ``cfg`` (a :class:`~ml.train.config.TrainConfig`) trains in on this
     machine: what ``fit`` chooses, for everything that must agree with it (the LR range test,
-    Tune trials' tags, run names)."""
-    return choose_precision(resolve_device(cfg.device), cfg.amp, cfg.force_amp)
+    Tune trials' tags, run names). The depthwise rule applies to channels_last runs (measured so)."""
+    arch = cfg.arch if cfg.channels_last else None
+    return choose_precision(resolve_device(cfg.device), cfg.amp, cfg.force_amp, arch=arch)
 
 
 def _logged_once(precision: Precision) -> Precision:

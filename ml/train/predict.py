@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ml.train.models import is_channels_last
 from ml.train.precision import autocast
 from ml.train.transforms import TTA_VIEWS, Stats, to_float_batch, tta_view
 
@@ -34,9 +35,10 @@ def predict_proba(
     was_training = model.training
     model.eval()
     views = TTA_VIEWS if tta else ("identity",)
+    channels_last = is_channels_last(model)  # inputs in the model's memory format
     out = []
     for batch in _batches(images, batch_size):
-        x = to_float_batch(batch.to(device), *norm)
+        x = to_float_batch(batch.to(device), *norm, channels_last=channels_last)
         probs = torch.zeros(())
         for view in views:
             with autocast(device, amp_dtype):

@@ -22,7 +22,7 @@ from ml.train.batches import TrainBatches, normalisation_for
 from ml.train.config import LRFindConfig, TrainConfig
 from ml.train.loop import TrainResult
 from ml.train.lr_finder import LRFinderResult, lr_range_test
-from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights
+from ml.train.models import WeightsFetcher, build_model, layer_groups, load_weights, place_model
 from ml.train.precision import precision_for, resolve_device
 from ml.train.schedules import make_optimizer
 
@@ -51,7 +51,7 @@ def find_lr(
     model = build_model(cfg.arch, len(classes))
     if cfg.weights != "none":
         load_weights(model, cfg.weights, cfg.arch, fetch=fetch_weights)
-    model.to(device)
+    model = place_model(model, device, cfg.channels_last)
     groups = layer_groups(model, cfg.arch)
     opt = make_optimizer(cfg.schedule, groups, 1.0, weight_decay=cfg.weight_decay)
     loader = TrainBatches(train, len(classes), cfg, normalisation_for(cfg, train[0]), device)

@@ -14,10 +14,12 @@ from ml.train.models import (
     build_model,
     cam_target_layer,
     head_name,
+    is_channels_last,
     layer_groups,
     load_model_file,
     load_weights,
     packaged_weights_path,
+    place_model,
     save_checkpoint_file,
 )
 from ml.train.transforms import (
@@ -306,3 +308,25 @@ def test_input_normalisation_follows_the_pretrained_weights() -> None:
     pixels = torch.tensor([0, 127, 255], dtype=torch.uint8).view(1, 1, 3, 1).expand(1, 1, 3, 3).contiguous()
     x = to_float_batch(pixels, *TF_LITE_STATS)
     torch.testing.assert_close(x[0, :, 0, :], torch.tensor([-127 / 128, 0.0, 1.0]).expand(3, 3))
+
+
+def test_place_model_puts_weights_in_channels_last_and_predictions_follow_the_model() -> None:
+    from ml.train.predict import predict_proba
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3)
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cpu = torch.device("cpu")
+    plain = predict_proba(place_model(model, cpu, channels_last=False), images, stats, cpu)
+    assert not is_channels_last(model)
+    seen: list[bool] = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    placed = place_model(model, cpu, channels_last=True)
+    assert is_channels_last(placed)
+    fast = predict_proba(placed, images, stats, cpu)
+    assert seen and all(seen), "inputs follow the model's memory format"
+    np.testing.assert_allclose(fast, plain, atol=1e-5)  # the same model, only its layout differs
