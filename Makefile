@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skinflow-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo lint test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai bench-rapid bench-loop bench-label-issues bench-confounders stack-up stack-down stack-status clean postgres stack-up-team bench-load
+.PHONY: install demo lint test test-fast bench bench-train bench-overhead bench-features bench-large-jpeg bench-monitor bench-augcheck bench-gpu bench-pretrained bench-fastai bench-rapid bench-step bench-loop bench-label-issues bench-confounders stack-up stack-down stack-status clean postgres stack-up-team bench-load
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,9 @@ bench-label-issues: install
 # bench/bench_confounders.py: the pen-mark flag against look-alikes (synthetic) and on isic9 (~3 min)
 bench-confounders: install
 	$(PY) -m bench.bench_confounders --out bench/RESULTS.md $(BENCH_ARGS)
+
+bench-step: install
+	$(PY) -m bench.bench_step --out bench/RESULTS.md $(BENCH_ARGS)
 
 bench-rapid: install
 	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[bench]'

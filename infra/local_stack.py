@@ -49,8 +49,12 @@ class Stack:
 
     def __init__(self, run_dir: Path, profile: str, venv: Path | None = None):
         self.run_dir, self.profile = Path(run_dir), profile
-        names = ["S3", "MLFLOW", "PREFECT"] + (["PG", "RAY"] if profile == "postgres" else [])
-        self.ports = {k: free_port() for k in names}
+        names = ["S3", "MLFLOW", "PREFECT"] + (["PG", "RAY", "RAY_DASHBOARD"] if profile == "postgres" else [])
+        self.ports: dict[str, int] = {}
+        for k in names:  # the OS may hand the same free port out twice in a row: draw until distinct
+            while (port := free_port()) in self.ports.values():
+                pass
+            self.ports[k] = port
         self.script_env = {
             **os.environ,
             "VENV": str(venv or Path(sys.executable).parent.parent),

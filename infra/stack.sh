@@ -16,7 +16,8 @@
 # SKINFLOW_PG_PORT (5432), SKINFLOW_PG_USER (skinflow), SKINFLOW_PG_PASSWORD (generated once into
 # <stack dir>/secrets/ when unset), SKINFLOW_PG_BIN (the newest /usr/lib/postgresql/*/bin),
 # SKINFLOW_PG_DIR (<stack dir>/postgres; a directory under /tmp when run as root, since the server
-# runs as the `postgres` user), SKINFLOW_RAY_PORT (6379), SKINFLOW_RAY_CPUS (CPUs per Ray node, 1),
+# runs as the `postgres` user), SKINFLOW_RAY_PORT (6379), SKINFLOW_RAY_DASHBOARD_PORT (8265: the head's
+# dashboard and Jobs API, on 127.0.0.1), SKINFLOW_RAY_CPUS (CPUs per Ray node, 1),
 # SKINFLOW_RAY_AUTH_TOKEN (generated once when unset), SKINFLOW_PREFECT_PASSWORD (the Prefect server's
 # basic-auth password for user skinflow, generated once when unset: the server refuses a client without
 # it, PREFECT_API_AUTH_STRING in the env file). Both profiles: SKINFLOW_WORKERS (workers on the
@@ -39,6 +40,7 @@ TIMEOUT="${SKINFLOW_STACK_TIMEOUT:-180}"
 PG_PORT="${SKINFLOW_PG_PORT:-5432}"
 PG_USER="${SKINFLOW_PG_USER:-skinflow}"
 RAY_PORT="${SKINFLOW_RAY_PORT:-6379}"
+RAY_DASHBOARD_PORT="${SKINFLOW_RAY_DASHBOARD_PORT:-8265}"  # the head's dashboard: the Jobs API of `ray job submit`
 RAY_CPUS="${SKINFLOW_RAY_CPUS:-1}"
 ARTIFACTS="s3://$BUCKET/mlartifacts"
 
@@ -268,7 +270,8 @@ start_ray_head() {
   ray_env
   # shellcheck disable=SC2046
   (cd "$REPO" && PYTHONPATH="$REPO" OMP_NUM_THREADS=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
-    start ray-head "$VENV/bin/ray" start --head --port="$RAY_PORT" --include-dashboard=false \
+    start ray-head "$VENV/bin/ray" start --head --port="$RAY_PORT" --include-dashboard=true \
+    --dashboard-host="$HOST" --dashboard-port="$RAY_DASHBOARD_PORT" \
     --temp-dir="$(ray_temp ray-head)" $(ray_common))
 }
 
@@ -364,6 +367,7 @@ EOF
     cat >>"$RUN/env" <<EOF
 export PREFECT_API_AUTH_STRING=$PREFECT_API_AUTH_STRING
 export RAY_ADDRESS=$HOST:$RAY_PORT
+export RAY_API_SERVER_ADDRESS=http://$HOST:$RAY_DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN=$RAY_TOKEN
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
@@ -373,7 +377,7 @@ EOF
 
 profile_ports() {
   PORTS=("$S3_PORT" "$MLFLOW_PORT" "$PREFECT_PORT")
-  [[ "$PROFILE" != postgres ]] || PORTS+=("$PG_PORT" "$RAY_PORT")
+  [[ "$PROFILE" != postgres ]] || PORTS+=("$PG_PORT" "$RAY_PORT" "$RAY_DASHBOARD_PORT")
 }
 
 check_free() {
@@ -441,6 +445,7 @@ EOF
     cat <<EOF
   PostgreSQL  $HOST:$PG_PORT   databases mlflow, prefect (user $PG_USER)
   Ray         $HOST:$RAY_PORT   head + 1 node (token auth; the token is in the env file)
+  Ray jobs    http://$HOST:$RAY_DASHBOARD_PORT   dashboard and Jobs API (ray job submit)
 EOF
   fi
   echo "  source $RUN/env"
@@ -581,7 +586,8 @@ mlflow_port=$MLFLOW_PORT
 prefect_port=$PREFECT_PORT
 EOF
   if [[ "$PROFILE" == postgres ]]; then
-    printf 'postgres_port=%s\npostgres_user=%s\nray_port=%s\n' "$PG_PORT" "$PG_USER" "$RAY_PORT"
+    printf 'postgres_port=%s\npostgres_user=%s\nray_port=%s\nray_dashboard_port=%s\n' \
+      "$PG_PORT" "$PG_USER" "$RAY_PORT" "$RAY_DASHBOARD_PORT"
   fi
 }
 

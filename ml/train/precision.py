@@ -5,8 +5,9 @@ that is bfloat16 (float16 without bf16 support). On a CPU, bfloat16 autocast is 
 only with native bf16 units (``avx512_bf16`` or ``amx_bf16``): on an AVX2-only AMD EPYC a
 ResNet-18 step was 24x slower under bf16 autocast than in fp32, so there AMP trains in fp32
 unless forced. Depthwise convolutions (EfficientNet-Lite) gain nothing from ``avx512_bf16`` alone:
-on an AMD EPYC with it and no AMX, a channels_last Lite0 step at 128 px took 0.26 s in fp32 and
-0.33 s under bf16 autocast (ResNet-18: 0.32 s and 0.19 s), so such archs need AMX for bf16 on a CPU.
+on an AMD EPYC with it and no AMX, a channels_last Lite0 step at 128 px took 0.30 s in fp32 and
+0.41 s under bf16 autocast (ResNet-18: 0.40 s and 0.23 s; ``make bench-step``), so such archs need
+AMX for bf16 on a CPU.
 """
 
 from __future__ import annotations

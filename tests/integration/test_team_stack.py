@@ -194,3 +194,66 @@ def test_a_killed_worker_is_restarted_alone_and_keeps_its_log(team_stack) -> Non
     assert log_file.read_text().count("Worker 'skinflow-pool-worker-2' started!") == starts + 1  # appended, kept
     assert team_stack.sh("status").returncode == 0
     assert {s: p for s, p in team_stack.pids().items() if s != "worker2"} == others  # nothing else restarted
+
+
+def test_a_sweep_submitted_with_ray_job_submit_runs_on_both_nodes_and_logs_to_the_stack_s_mlflow(
+    team_stack, synth_small, tmp_path
+) -> None:
+    """The README's way to run a sweep on a team's cluster (infra/README.md, "Ray cluster"): `ray job
+    submit` to the head's Jobs API (the env file's RAY_API_SERVER_ADDRESS, dashboard on 127.0.0.1
+    only), MLflow named in the job's runtime env. The driver runs on the head and joins the cluster
+    (Ray sets RAY_ADDRESS); its two trials (1 CPU each, 1 CPU per node) run on both nodes and log to
+    the stack's MLflow; the flow run is on the stack's Prefect server."""
+    import time
+
+    import httpx
+    import psutil
+    import ray  # noqa: F401 - as the other tests: Ray's packaged psutil when none is installed
+    from mlflow import MlflowClient
+
+    from tests.conftest import VENV_BIN
+
+    env = team_stack.client_env(HOME=str(tmp_path))
+    dashboard = int(env["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1])
+    assert dashboard == team_stack.ports["RAY_DASHBOARD"]
+    bound = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == dashboard}
+    assert bound == {"127.0.0.1"}, bound
+    runtime = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"],
+            "SKINFLOW_DATA_ROOT": str(tmp_path / "data"),
+            "PREFECT_HOME": str(tmp_path / "prefect"),
+        }
+    }
+    sweep = [str(VENV_BIN / "skinflow"), "tune", "--data", str(synth_small), "--size", "32", "--model", "resnet18"]
+    sweep += ["--schedules", "sgd,sgdr", "--amp", "off", "--epochs", "1", "--batch-size", "16", "--name", "ray-job"]
+    submit = [str(VENV_BIN / "ray"), "job", "submit", "--submission-id", "sweep-1"]
+    started_ms = int(time.time() * 1000)
+    out = subprocess.run(
+        [*submit, "--runtime-env-json", json.dumps(runtime), "--", *sweep],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        cwd=tmp_path,
+    )
+    said = out.stdout + out.stderr
+    assert out.returncode == 0 and "Job 'sweep-1' succeeded" in said, said[-4000:]
+    status = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "status", "sweep-1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "Job 'sweep-1' succeeded" in status.stdout, status.stdout + status.stderr
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("skinflow-tune")
+    trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("trial")]
+    trials = [r for r in trials if r.info.start_time >= started_ms]  # this sweep's (other tests share the stack)
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials), [r.info for r in trials]
+    assert len({r.data.tags["ray_node_id"] for r in trials}) == 2, "one trial on each node"
+    runs = httpx.post(
+        f"{env['PREFECT_API_URL']}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["tune"]}}},
+        auth=api_auth(env),
+        timeout=10,
+    ).json()
+    assert any(r["state_type"] == "COMPLETED" for r in runs), [r["state_type"] for r in runs]

@@ -120,6 +120,9 @@ def test_workers_and_ray_nodes_agree(compose, stack) -> None:
     assert len(ray) == int(stack["ray_nodes"]) == 2
     (head,) = [n for n, args in ray.items() if "--head" in args]
     assert int(_option(ray[head], "--port")) == int(stack["ray_port"])
+    # the head serves the Jobs API (`ray job submit`) on the stack's dashboard port
+    published = {int(p.split(":")[1]) for p in services[head].get("ports", [])}
+    assert int(stack["ray_dashboard_port"]) in published and "--include-dashboard=false" not in ray[head]
     (node,) = set(ray) - {head}
     assert _option(ray[node], "--address") == f"{head}:{stack['ray_port']}"
     assert "worker_node" in _option(ray[node], "--resources")
