@@ -527,17 +527,23 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
 
 @contextmanager
 def _workers_start_ignoring_interrupts():
-    """SIGINT ignored while worker processes are started: an ignored signal stays ignored across
-    exec, so a Ctrl-C that lands while a worker is still importing does not print its traceback
-    (the initializer below would come too late). Only the main thread may change handlers."""
+    """A Ctrl-C while worker processes are started is held back and raised once they are: never
+    lost. (Ignoring SIGINT for the start, so that the workers inherit the ignore across exec, lost
+    a Ctrl-C sent during a slow start on a loaded machine; blocking it does not reach the workers,
+    whose exec resets the mask.) A worker interrupted while it still imports may print a traceback;
+    the initializer below leaves later interrupts to this process. Only the main thread may change
+    handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _leave_interrupts_to_parent() -> None:

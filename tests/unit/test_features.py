@@ -254,3 +254,22 @@ def test_a_file_listed_many_times_is_decoded_once(images, monkeypatch):
     assert calls == [[str(images["clean"]), str(images["blue"])]]
     assert len(feats) == 51 and feats["decode_ok"].all()
     assert feats.loc[0, "sha256"] == feats.loc[49, "sha256"] != feats.loc[50, "sha256"]
+
+
+def test_a_ctrl_c_while_feature_workers_start_is_raised_once_they_have_started() -> None:
+    """A Ctrl-C that lands while the pool starts its workers is held and raised right after: this
+    process still stops (the guard used to ignore it, and a slow start lost it)."""
+    import os
+    import signal
+    import time
+
+    from ml.quality import features
+
+    after = []
+    with pytest.raises(KeyboardInterrupt):
+        with features._workers_start_ignoring_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the workers start
+            time.sleep(0.3)
+            after.append("the start went on")
+    assert after == ["the start went on"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
