@@ -375,7 +375,7 @@ def render(result: dict[str, Any]) -> str:
         for fam, f in fs.items()
     )
     lines = [
-        "# Pretrained backbones on real images (`make bench-pretrained`)",
+        "## Pretrained backbones on real images (`make bench-pretrained`)",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -202,7 +202,7 @@ def render(result: dict[str, Any]) -> str:
             )
     return "\n".join(
         [
-            "# Rapid on real data: skinflow vs fastai, time to accuracy (`make bench-rapid`)",
+            "## Rapid on real data: skinflow vs fastai, time to accuracy (`make bench-rapid`)",
             "",
             f"Command: `{result['command']}`",
             "",
