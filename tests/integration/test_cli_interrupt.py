@@ -52,6 +52,9 @@ def test_ctrl_c_in_the_feature_phase_stops_at_once_with_130_and_a_crashed_run(tm
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,  # its own process group, as a terminal gives a foreground job
+            # and Ctrl-C at its default, as a shell gives it: an ignored SIGINT is inherited across
+            # exec, and pytest-xdist's workers ignore it (this test then failed under `make test`)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 180
         while "build-manifest" not in err.read_text() and time.monotonic() < deadline:
