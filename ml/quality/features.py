@@ -514,7 +514,7 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
     # traceback per worker, and no wait for the chunks that had not started
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_leave_interrupts_to_parent)
     try:
-        with _workers_start_ignoring_interrupts():  # the pool starts its workers on the first submit
+        with _interrupts_held_while_workers_start():  # the pool starts its workers on the first submit
             mapped = pool.map(_features_of, chunks)
         results = _progress(mapped, len(chunks), progress)
         return [row for chunk in results for row in chunk]
@@ -526,12 +526,12 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
 
 
 @contextmanager
-def _workers_start_ignoring_interrupts():
+def _interrupts_held_while_workers_start():
     """A Ctrl-C while worker processes are started is held back and raised once they are: never
-    lost. (Ignoring SIGINT for the start, so that the workers inherit the ignore across exec, lost
-    a Ctrl-C sent during a slow start on a loaded machine; blocking it does not reach the workers,
-    whose exec resets the mask.) A worker interrupted while it still imports may print a traceback;
-    the initializer below leaves later interrupts to this process. Only the main thread may change
+    lost. (Ignoring SIGINT for the start, so that the workers inherit the ignore across exec, would
+    discard a Ctrl-C landing in that window; blocking it does not reach spawned workers, whose
+    mask is reset.) A worker interrupted while it still imports may print a traceback; the
+    initializer below leaves later interrupts to this process. Only the main thread may change
     handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield

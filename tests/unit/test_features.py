@@ -268,7 +268,7 @@ def test_a_ctrl_c_while_feature_workers_start_is_raised_once_they_have_started()
     after, before = [], signal.getsignal(signal.SIGINT)  # xdist workers ignore SIGINT: whatever it was
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt):
-        with features._workers_start_ignoring_interrupts():
+        with features._interrupts_held_while_workers_start():
             os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the workers start
             time.sleep(0.3)
             after.append("the start went on")
