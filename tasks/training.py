@@ -69,6 +69,7 @@ def run_lr_range_test(
         "bracket": list(res.bracket),
         "suggestions": res.suggestions,
         "stopped_early": res.stopped_early,
+        "descended": res.descended,
         "iterations": len(res.lrs),
         "plot": str(plot),
         "reused": reused,
@@ -79,6 +80,15 @@ def run_lr_range_test(
             "LR range test: reusing the one measured at %s on the same images, model and settings "
             "(lr_find.reuse; --fresh-lr-test measures again)",
             out["measured_at"],
+        )
+    if not res.descended:
+        get_run_logger().warning(
+            "LR range test: no LR in %g..%g lowered the loss; the chosen %g will not train "
+            "(see %s; set the LR yourself or check the weights and data)",
+            res.lrs[0],
+            res.lrs[-1],
+            res.chosen,
+            plot,
         )
     if run_id:
         tracked_training.log_lr_finder(run_id, res.lrs, res.losses, plot, out)

@@ -14,6 +14,7 @@ batch, records the smoothed loss after it and stops the loop when the loss diver
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from ml.train.step import BatchCallback, LossFn, NonFiniteLoss, TrainStep, run_batches
 
 MODES = ("exp", "linear")
+log = logging.getLogger("ml.train")
 
 StepCallback = Callable[[int, float, float, float], None]
 """Called after every iteration with ``(iteration, lr, raw_loss, smoothed_loss)``."""
@@ -41,6 +43,10 @@ class LRFinderResult:
     chosen: float
     bracket: tuple[float, float]
     stopped_early: bool
+    descended: bool = True
+    """Whether the smoothed loss fell below its value at the start of the ramp (:func:`loss_went_down`).
+    False: no LR of the tested range lowered the loss, and ``chosen`` (the ramp's start) is not
+    a learning rate to train with."""
 
 
 def ramp(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> list[float]:
@@ -170,6 +176,16 @@ def lr_range_test(
         )
     suggestions = suggest(lrs, losses)
     bracket = bracket_to_minimum(suggestions, lrs)
+    went_down = loss_went_down(losses)
+    if not went_down:
+        log.warning(
+            "the LR range test found no learning rate in %g..%g that lowered the loss (its smoothed "
+            "minimum is at the start of the ramp): the chosen %g will not train. Check the weights "
+            "and the data, try another schedule's range test, or set the LR yourself",
+            lrs[0],
+            lrs[-1],
+            min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
+        )
     return LRFinderResult(
         lrs=lrs,
         losses=losses,
@@ -178,7 +194,17 @@ def lr_range_test(
         chosen=min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
         bracket=bracket,
         stopped_early=len(lrs) < num_iter,  # diverged (or not finite) before the end of the ramp
+        descended=went_down,
     )
+
+
+def loss_went_down(losses: Sequence[float], skip: float = 0.1) -> bool:
+    """Whether the smoothed loss reaches its minimum after the first ``skip`` share of the
+    points. fastai's finder drops its first tenth before suggesting for the same reason: there the
+    EMA still rests on a few batches. A curve whose minimum lies in that head never went down:
+    the loss only rose as the LR grew (seen on isic9 with a DLR ramp whose body barely moves)."""
+    y = np.asarray(losses, dtype=float)
+    return bool(len(y) >= 2 and int(np.argmin(y)) >= max(1, int(len(y) * skip)))
 
 
 def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:

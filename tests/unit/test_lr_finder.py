@@ -119,6 +119,39 @@ def test_divergence_stops_early():
     assert res.bracket[1] <= res.lrs[-1]
 
 
+def test_a_ramp_that_never_lowers_the_loss_says_so(caplog):
+    """A curve that only rises (seen on isic9: a DLR ramp on a backbone pretrained on other
+    images) has its minimum at the ramp's start: the result says it did not descend and the
+    library warns, since ``chosen`` is then the ramp's start and would train nothing."""
+    import logging
+
+    model = _model()
+    rising = iter(range(1000))
+
+    def loss_fn(out, y):  # depends on the model (it has a gradient) and rises every step
+        return nn.functional.cross_entropy(out, y) * 0.0 + 1.0 + 0.05 * next(rising)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING, logger="ml.train"):
+        res = lr_range_test(model, _data(), loss_fn, opt, start_lr=1e-5, end_lr=1.0, num_iter=30)
+    assert not res.descended and len(res.lrs) == 30
+    assert res.chosen == pytest.approx(1e-5)  # the ramp's start: what the warning is about
+    assert "no learning rate in 1e-05..1 that lowered the loss" in caplog.text
+    # a curve that falls and then rises is the normal case: no warning
+    caplog.clear()
+    falling = iter(range(1000))
+
+    def dip(out, y):
+        i = next(falling)
+        return nn.functional.cross_entropy(out, y) * 0.0 + 1.0 + 0.01 * (i - 20) ** 2
+
+    with caplog.at_level(logging.WARNING, logger="ml.train"):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        res = lr_range_test(model, _data(), dip, opt, start_lr=1e-5, end_lr=1.0, num_iter=30)
+    assert res.descended and "lowered the loss" not in caplog.text
+
+
 def test_a_non_finite_loss_mid_run_stops_early_before_its_update():
     """The training loop's step refuses a nan loss before the update; the test keeps what it
     recorded up to there and restores the model."""
