@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -917,13 +918,14 @@ STATE = "<!-- state:start -->"  # the file's summary of what is current: kept on
 
 
 def keep_other_sections(path: Path, text: str) -> str:
-    """``text`` followed by the sections other benchmarks keep in the same file; the ``state``
-    section (what is current, written by hand) stays above it."""
-    kept = marked_sections(path.read_text()) if path.exists() else []
-    top = [k for k in kept if k.startswith(STATE)]
-    rest = [k for k in kept if not k.startswith(STATE)]
-    head = "".join(k + "\n\n" for k in top)
-    return head + text.rstrip() + ("\n\n" + "\n\n".join(rest) + "\n" if rest else "\n")
+    """``text`` (this benchmark's part: the top of the file) with the hand-written ``state``
+    section above it and, below it, everything from the first other benchmark's section on, byte
+    for byte: their sections and the readings written by hand between them."""
+    old = path.read_text() if path.exists() else ""
+    head = "".join(k + "\n\n" for k in marked_sections(old) if k.startswith(STATE))
+    other = re.search(r"<!-- (?!state:)[\w-]+:start -->", old)
+    rest = old[other.start() :] if other else ""
+    return head + text.rstrip() + ("\n\n" + rest if rest else "\n")
 
 
 if __name__ == "__main__":

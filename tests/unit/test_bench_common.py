@@ -40,16 +40,20 @@ def test_load_remark_says_shared_quiet_or_unknown():
 
 def test_marked_sections_with_hyphenated_names_survive_a_training_rerun(tmp_path):
     """bench_train rewrites RESULTS.md around the marked sections: a `large-jpeg` section (hyphen)
-    must be kept, and the hand-written `state` section stays on top."""
+    must be kept, the hand-written `state` section stays on top, and a reading written by hand
+    between two sections survives byte for byte (a rerun once dropped every one of them)."""
     from bench.bench_train import keep_other_sections
 
     doc = tmp_path / "RESULTS.md"
     doc.write_text(
         "<!-- state:start -->\nS\n<!-- state:end -->\n# old training text\n\n"
-        "<!-- large-jpeg:start -->\nJ\n<!-- large-jpeg:end -->\n<!-- load:start -->\nL\n<!-- load:end -->\n"
+        "<!-- large-jpeg:start -->\nJ\n<!-- large-jpeg:end -->\n\n### Reading\n\nBy hand.\n\n"
+        "<!-- load:start -->\nL\n<!-- load:end -->\nTail by hand.\n"
     )
     assert [b.splitlines()[1] for b in marked_sections(doc.read_text())] == ["S", "J", "L"]
     new = keep_other_sections(doc, "# new training text\n")
     assert new.startswith("<!-- state:start -->\nS\n<!-- state:end -->\n\n# new training text\n")
     assert "old training text" not in new
     assert new.index("# new training text") < new.index("large-jpeg:start") < new.index("load:start")
+    old = doc.read_text()
+    assert new.endswith(old[old.index("<!-- large-jpeg:start -->") :])  # readings by hand included
