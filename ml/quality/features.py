@@ -509,10 +509,9 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
     if workers <= 1:
         results = _progress(map(_features_of, chunks), len(chunks), progress)
         return [row for chunk in results for row in chunk]
-    ctx = multiprocessing.get_context("spawn")
     # the workers leave Ctrl-C to this process, which cancels what is queued: one message, not a
     # traceback per worker, and no wait for the chunks that had not started
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_leave_interrupts_to_parent)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_QuietSpawnContext())
     try:
         with _interrupts_held_while_workers_start():  # the pool starts its workers on the first submit
             mapped = pool.map(_features_of, chunks)
@@ -528,11 +527,9 @@ def _run_local(paths: list[str], workers: int, progress: bool) -> list[dict[str,
 @contextmanager
 def _interrupts_held_while_workers_start():
     """A Ctrl-C while worker processes are started is held back and raised once they are: never
-    lost. (Ignoring SIGINT for the start, so that the workers inherit the ignore across exec, would
-    discard a Ctrl-C landing in that window; blocking it does not reach spawned workers, whose
-    mask is reset.) A worker interrupted while it still imports may print a traceback; the
-    initializer below leaves later interrupts to this process. Only the main thread may change
-    handlers."""
+    lost. (Ignoring SIGINT for the whole start would discard a Ctrl-C landing in it; blocking it
+    does not reach spawned workers, whose mask is reset.) The workers themselves are born with
+    Ctrl-C ignored (:class:`_QuietSpawnProcess`). Only the main thread may change handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -546,8 +543,28 @@ def _interrupts_held_while_workers_start():
         raise KeyboardInterrupt
 
 
-def _leave_interrupts_to_parent() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+class _QuietSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker that ignores Ctrl-C from its first instruction: SIGINT is ignored in this
+    process for the fork and exec alone (an ignored signal is inherited across exec, and Python
+    keeps it ignored), so a Ctrl-C sent to the terminal's process group reaches only this
+    process. A worker that set the ignore itself (an initializer) could still be interrupted
+    while importing: it printed a traceback, and the pool broke under the CPython 3.11 race of
+    gh-107219 (an InvalidStateError traceback from the pool's manager thread). The ignore lasts
+    the few milliseconds of one process start; the main thread only may change handlers."""
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            super().start()
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _QuietSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _QuietSpawnProcess
 
 
 def _run_ray(paths: list[str], address: str, progress: bool) -> list[dict[str, Any]]:

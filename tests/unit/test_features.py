@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +256,41 @@ def test_a_file_listed_many_times_is_decoded_once(images, monkeypatch):
     assert calls == [[str(images["clean"]), str(images["blue"])]]
     assert len(feats) == 51 and feats["decode_ok"].all()
     assert feats.loc[0, "sha256"] == feats.loc[49, "sha256"] != feats.loc[50, "sha256"]
+
+
+def _sigint_ignored(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (its SigIgn mask in /proc, bit 2 - 1)."""
+    mask = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn"))
+    return bool(int(mask.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_feature_workers_ignore_ctrl_c_from_birth_and_the_parent_keeps_its_handler() -> None:
+    """A Ctrl-C reaches only the parent: the pool's workers are born with SIGINT ignored (no
+    traceback from a worker interrupted while it imports, no broken pool), from the moment they
+    exist, while the parent's handler is what it was before and after the start."""
+    import time
+
+    from ml.quality import features
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = features._QuietSpawnContext().Process(target=time.sleep, args=(3,))
+        proc.start()
+        try:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert not _sigint_ignored(os.getpid())
+            assert _sigint_ignored(proc.pid)  # at once, before the child's Python has started
+            time.sleep(1.0)
+            assert _sigint_ignored(proc.pid) and proc.is_alive()  # and after its imports
+            os.kill(proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+            assert proc.is_alive(), "a Ctrl-C stopped the worker"
+        finally:
+            proc.terminate()
+            proc.join(10)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_ctrl_c_while_feature_workers_start_is_raised_once_they_have_started() -> None:
