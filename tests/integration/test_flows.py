@@ -311,6 +311,42 @@ def test_pretrain_then_fine_tune_from_the_stored_backbone(flows_env):
     assert run.data.params["weights"] == str(weights)
 
 
+def test_a_range_test_whose_loss_never_falls_says_so(flows_env):
+    """A ramp that starts far too high (the loss only rises from its first step) has found no
+    learning rate: the flow's result says ``descended: false`` and the task warns in the run's
+    log (on the Prefect server), naming the plot, instead of handing back the ramp's start as if
+    it had been chosen."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.train import lr_find_flow
+    from ml.train.config import LRFindConfig
+
+    def run(lr_find: LRFindConfig, name: str) -> tuple[dict, list[str]]:
+        state = lr_find_flow(
+            data=flows_env["cfg"],
+            training=_train(schedule="sgdr", epochs=1),
+            lr_find=lr_find,
+            out_dir=str(flows_env["root"] / name),
+            return_state=True,
+        )
+        APILogHandler().flush()
+        run_id = state.state_details.flow_run_id
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return state.result(), [log.message for log in logs if log.level >= 30]
+
+    res, warnings = run(LRFindConfig(start_lr=2.0, end_lr=200.0, num_iter=20), "never-falls")
+    assert res["descended"] is False, res
+    assert res["chosen"] == pytest.approx(2.0)  # the ramp's start: nothing was chosen
+    said = [w for w in warnings if w.startswith("LR range test: no LR in 2..") and "lowered the loss" in w]
+    assert len(said) == 1 and "never-falls/lr_finder.png" in said[0], warnings
+    # the normal case, on the same images: a ramp from 1e-5 descends and says nothing of the kind
+    ok, warnings = run(LRFindConfig(start_lr=1e-5, end_lr=10.0, num_iter=40), "falls")
+    assert ok["descended"] is True and not [w for w in warnings if "lowered the loss" in w], (ok, warnings)
+
+
 def test_unreachable_mlflow_fails_with_a_message_naming_it(flows_env, monkeypatch):
     """After its retries the flow fails naming the tracking service and its URL (every retry is
     taken, with the waits shortened: the shipped 2, 5 and 10 s are the settings' to test)."""
