@@ -176,6 +176,7 @@ def lr_range_test(
         )
     suggestions = suggest(lrs, losses)
     bracket = bracket_to_minimum(suggestions, lrs)
+    chosen = min(max(suggestions["min_div10"], bracket[0]), bracket[1])
     went_down = loss_went_down(losses)
     if not went_down:
         log.warning(
@@ -184,14 +185,14 @@ def lr_range_test(
             "and the data, try another schedule's range test, or set the LR yourself",
             lrs[0],
             lrs[-1],
-            min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
+            chosen,
         )
     return LRFinderResult(
         lrs=lrs,
         losses=losses,
         raw_losses=finder.raw_losses,
         suggestions=suggestions,
-        chosen=min(max(suggestions["min_div10"], bracket[0]), bracket[1]),
+        chosen=chosen,
         bracket=bracket,
         stopped_early=len(lrs) < num_iter,  # diverged (or not finite) before the end of the ramp
         descended=went_down,
